@@ -1,0 +1,3 @@
+from lnzoo.cli import main
+
+main()

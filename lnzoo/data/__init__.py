@@ -1,0 +1,1 @@
+"""Data: sources, views, splits, the synthetic phantom."""

@@ -1,0 +1,47 @@
+"""The whole plugin contract of lnzoo.
+
+A plugin is a module named by an entry point in the group ``lnzoo``. It implements any of the
+hooks below with ``@lnzoo.hookimpl``. Each hook receives a ``register`` callable:
+
+    register(name, factory, description=None, *, override=False)
+
+The host records the name, description, factory and the distribution + version that registered
+it. Factory contracts (what ``factory`` must accept and return) are documented in
+``lnzoo.contracts`` and checked by ``lnzoo.testing``.
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    from lnzoo.registry import Register
+
+PROJECT = "lnzoo"
+hookspec = pluggy.HookspecMarker(PROJECT)
+hookimpl = pluggy.HookimplMarker(PROJECT)
+
+
+# --- model components -----------------------------------------------------------------------
+
+@hookspec
+def lnzoo_register_backbones(register: "Register") -> None:
+    """Register image backbones: ``factory(pretrained=False, **kw) -> Backbone``; fires once at start-up."""
+
+
+@hookspec
+def lnzoo_register_heads(register: "Register") -> None:
+    """Register task heads: ``factory(in_features, num_classes, **kw) -> nn.Module``; fires once at start-up."""
+
+
+@hookspec
+def lnzoo_register_fusions(register: "Register") -> None:
+    """Register view fusions: ``factory(num_views, in_features, **kw) -> Fusion``; fires once at start-up."""
+
+
+# --- tasks ------------------------------------------------------------------------------------
+
+@hookspec
+def lnzoo_register_tasks(register: "Register") -> None:
+    """Register tasks: ``factory() -> lnzoo.tasks.Task`` (or a Task itself); fires once at start-up."""

@@ -1,0 +1,125 @@
+"""Backbones: an image batch (B, 3, H, W) in, pooled features (B, num_features) out.
+
+Every backbone carries ``num_features``, ``cam_layer`` (dotted name of the module whose output
+Grad-CAM uses) and ``tokens_layout`` ("nchw", "nhwc" or "tokens") so explainers can reshape it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from lnzoo.errors import LnzooError, UsageError
+
+
+class Backbone(nn.Module):
+    """Wraps a feature extractor with the metadata the rest of lnzoo needs."""
+
+    def __init__(self, body: nn.Module, num_features: int, cam_layer: str, tokens_layout: str = "nchw",
+                 num_prefix_tokens: int = 0, source: str = ""):
+        super().__init__()
+        self.body = body
+        self.num_features = int(num_features)
+        self.cam_layer = f"body.{cam_layer}" if cam_layer else "body"
+        self.tokens_layout = tokens_layout
+        self.num_prefix_tokens = num_prefix_tokens
+        self.source = source
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+    def cam_module(self) -> nn.Module:
+        return self.get_submodule(self.cam_layer)
+
+
+def load_local_weights(model: nn.Module, path: str | Path, what: str) -> dict[str, list[str]]:
+    """Load a local .safetensors file into ``model`` (classifier keys may be absent); report what matched."""
+    from safetensors.torch import load_file
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UsageError(f"pretrained weights file not found: {path}")
+    if path.suffix != ".safetensors":
+        raise UsageError(f"pretrained weights must be a .safetensors file (no pickles), got {path}")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:
+        raise UsageError(f"{path}: not a readable safetensors file: {exc}") from None
+    own = model.state_dict()
+    # accept files saved from a whole lnzoo model or a Backbone wrapper by stripping known prefixes
+    for prefix in ("backbones.0.body.", "backbone.body.", "body."):
+        if not any(k in own for k in state) and any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    usable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not usable:
+        raise UsageError(f"{path}: none of its {len(state)} tensors fit {what}; is it the right architecture?")
+    model.load_state_dict(usable, strict=False)
+    return {"loaded": sorted(usable), "missing": sorted(set(own) - set(usable)),
+            "unused": sorted(set(state) - set(usable))}
+
+
+def _hub_error(what: str, exc: Exception) -> LnzooError:
+    return LnzooError(
+        f"could not fetch pretrained weights for {what} from the model hub ({type(exc).__name__}: "
+        f"{str(exc).splitlines()[0] if str(exc) else ''}). Offline? Use pretrained = false, or "
+        f"pretrained = \"/path/to/weights.safetensors\".")
+
+
+def timm_backbone(model_name: str = "resnet50", pretrained: bool | str = False, drop_rate: float = 0.0,
+                  drop_path_rate: float | None = None) -> Backbone:
+    import timm
+
+    if not timm.is_model(model_name):
+        from lnzoo.errors import UnknownNameError
+        raise UnknownNameError("timm model", model_name, timm.list_models())
+    kw: dict[str, Any] = {"num_classes": 0, "drop_rate": drop_rate}
+    if drop_path_rate is not None:
+        kw["drop_path_rate"] = drop_path_rate
+    hub = pretrained is True or pretrained == "hub"
+    try:
+        body = timm.create_model(model_name, pretrained=hub, **kw)
+    except Exception as exc:
+        if hub:
+            raise _hub_error(f"timm model {model_name!r}", exc) from None
+        raise
+    if isinstance(pretrained, str) and pretrained not in ("hub", ""):
+        load_local_weights(body, pretrained, f"timm model {model_name!r}")
+    info = getattr(body, "feature_info", None)
+    cam = info[-1]["module"] if info else ""
+    layout, prefix = "nchw", 0
+    if hasattr(body, "blocks") and hasattr(body, "num_prefix_tokens"):  # ViT family: tokens
+        layout, prefix = "tokens", int(body.num_prefix_tokens)
+        cam = f"blocks.{len(body.blocks) - 1}.norm1"
+    elif "swin" in model_name:
+        layout = "nhwc"
+    return Backbone(body, body.num_features, cam, layout, prefix, source=f"timm:{model_name}")
+
+
+def tv_resnet50(pretrained: bool | str = False) -> Backbone:
+    import torchvision
+
+    hub = pretrained is True or pretrained == "hub"
+    try:
+        body = torchvision.models.resnet50(weights="IMAGENET1K_V2" if hub else None)
+    except Exception as exc:
+        raise _hub_error("torchvision resnet50", exc) from None
+    if isinstance(pretrained, str) and pretrained not in ("hub", ""):
+        load_local_weights(body, pretrained, "torchvision resnet50")
+    body.fc = nn.Identity()
+    return Backbone(body, 2048, "layer4", "nchw", source="torchvision:resnet50")
+
+
+def tv_swin_t(pretrained: bool | str = False) -> Backbone:
+    import torchvision
+
+    hub = pretrained is True or pretrained == "hub"
+    try:
+        body = torchvision.models.swin_t(weights="IMAGENET1K_V1" if hub else None)
+    except Exception as exc:
+        raise _hub_error("torchvision swin_t", exc) from None
+    if isinstance(pretrained, str) and pretrained not in ("hub", ""):
+        load_local_weights(body, pretrained, "torchvision swin_t")
+    body.head = nn.Identity()
+    return Backbone(body, 768, "features.7", "nhwc", source="torchvision:swin_t")

@@ -1,0 +1,144 @@
+"""Conformance kit: checks any registered backbone, head or fusion against lnzoo's contracts.
+
+Plugin authors run it on their components::
+
+    from lnzoo.testing import check_head
+    check_head("coral")                      # builds it from the installed plugins
+
+or parametrise pytest over a whole registry::
+
+    @pytest.mark.parametrize("name", registered_names("head"))
+    def test_head(name): check_head(name)
+
+Each check builds the component, runs a forward pass on a small batch, checks shapes and finite
+values, backpropagates to every trainable parameter, and round-trips the state dict through
+safetensors bytes (save, load into a fresh instance, identical outputs in eval mode).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from lnzoo.plugins import PluginHost, get_host
+
+__all__ = ["registered_names", "check_backbone", "check_head", "check_fusion", "check_component"]
+
+
+def registered_names(kind: str, host: PluginHost | None = None) -> list[str]:
+    """Names registered for ``kind`` ("backbone", "head", "fusion"), for pytest parametrisation."""
+    return (host or get_host()).registry(kind).names()
+
+
+def _kwargs(entry: Any, kwargs: dict) -> dict:
+    return {**getattr(entry.factory, "lnzoo_check_kwargs", {}), **kwargs}
+
+
+def _roundtrip(build, forward) -> None:
+    import torch
+    from safetensors.torch import load, save
+
+    torch.manual_seed(0)
+    a = build()
+    torch.manual_seed(1)
+    b = build()
+    state = {k: v.detach().contiguous() for k, v in a.state_dict().items()}
+    restored = load(save(state))
+    missing, unexpected = b.load_state_dict(restored, strict=True), None
+    del missing, unexpected
+    a.eval(), b.eval()
+    with torch.no_grad():
+        out_a, out_b = forward(a), forward(b)
+    assert torch.allclose(out_a, out_b, atol=1e-5), "outputs differ after a safetensors state-dict round trip"
+
+
+def _backward(module, out) -> None:
+    import torch
+
+    assert torch.isfinite(out).all(), "forward produced non-finite values"
+    out.float().pow(2).mean().backward()
+    trainable = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    assert trainable, "component has no trainable parameters"
+    no_grad = [n for n, p in trainable if p.grad is None]
+    assert not no_grad, f"parameters received no gradient: {no_grad[:5]}"
+
+
+def check_backbone(name: str, host: PluginHost | None = None, image_size: int = 64, **kwargs: Any) -> None:
+    """Backbone contract: (B,3,H,W) -> (B, num_features); cam_layer names a real submodule."""
+    import torch
+
+    entry = (host or get_host()).get("backbone", name)
+    kw = _kwargs(entry, kwargs)
+    model = entry.build(**kw)
+    assert isinstance(getattr(model, "num_features", None), int) and model.num_features > 0, \
+        "backbone must expose an int num_features"
+    cam = getattr(model, "cam_layer", None)
+    assert isinstance(cam, str), "backbone must expose cam_layer (dotted name of the Grad-CAM layer)"
+    model.get_submodule(cam)  # raises if the layer does not exist
+    assert getattr(model, "tokens_layout", "nchw") in ("nchw", "nhwc", "tokens")
+    x = torch.randn(2, 3, image_size, image_size)
+    model.train()
+    out = model(x)
+    assert out.shape == (2, model.num_features), f"expected (2, {model.num_features}), got {tuple(out.shape)}"
+    _backward(model, out)
+    _roundtrip(lambda: entry.build(**kw), lambda m: m(x))
+
+
+def check_head(name: str, host: PluginHost | None = None, in_features: int = 32, num_classes: int = 3,
+               **kwargs: Any) -> None:
+    """Head contract: (B, in_features) -> outputs; probabilities sum to 1; a loss backpropagates."""
+    import torch
+
+    entry = (host or get_host()).get("head", name)
+    kw = _kwargs(entry, kwargs)
+    head = entry.build(in_features, num_classes, **kw)
+    x = torch.randn(4, in_features)
+    out = head(x)
+    assert out.ndim == 2 and out.shape[0] == 4, f"head output must be (B, C), got {tuple(out.shape)}"
+    probs = head.probabilities(out) if hasattr(head, "probabilities") else out.softmax(1)
+    assert probs.shape == (4, num_classes), f"probabilities must be (4, {num_classes}), got {tuple(probs.shape)}"
+    assert torch.allclose(probs.sum(1), torch.ones(4), atol=1e-4) and (probs >= 0).all(), \
+        "probabilities must be non-negative and sum to 1"
+    target = torch.tensor([0, 1, num_classes - 1, 0])
+    if hasattr(head, "task_loss"):
+        loss = head.task_loss(out, target, weight=torch.ones(num_classes), label_smoothing=0.0)
+    else:
+        loss = torch.nn.functional.cross_entropy(out, target)
+    assert loss.ndim == 0 and torch.isfinite(loss), "loss must be a finite scalar"
+    loss.backward()
+    assert all(p.grad is not None for p in head.parameters() if p.requires_grad), "a parameter got no gradient"
+    _roundtrip(lambda: entry.build(in_features, num_classes, **kw), lambda m: m(x))
+
+
+def check_fusion(name: str, host: PluginHost | None = None, num_views: int = 2, in_features: int = 16,
+                 **kwargs: Any) -> None:
+    """Fusion contract: N x (B, F) + presence mask -> (B, out_features); a missing view changes nothing else."""
+    import torch
+
+    entry = (host or get_host()).get("fusion", name)
+    kw = _kwargs(entry, kwargs)
+    if name == "single" or getattr(entry.factory, "lnzoo_single_view", False):
+        num_views = 1
+    fusion = entry.build(num_views, in_features, **kw)
+    assert isinstance(getattr(fusion, "out_features", None), int), "fusion must expose an int out_features"
+    feats = [torch.randn(3, in_features, requires_grad=True) for _ in range(num_views)]
+    present = torch.ones(3, num_views, dtype=torch.bool)
+    out = fusion(feats, present)
+    assert out.shape == (3, fusion.out_features), f"expected (3, {fusion.out_features}), got {tuple(out.shape)}"
+    assert torch.isfinite(out).all()
+    out.pow(2).mean().backward()
+    assert all(f.grad is not None for f in feats), "every view must receive a gradient"
+    if num_views > 1:  # a missing view must not leak its (garbage) features into the result
+        garbage = [f.detach().clone() for f in feats]
+        garbage[-1] = garbage[-1] * 1e3 + 7.0
+        mask = present.clone()
+        mask[:, -1] = False
+        with torch.no_grad():
+            fusion.eval()
+            a = fusion([f.detach() for f in feats], mask)
+            b = fusion(garbage, mask)
+        assert torch.allclose(a, b, atol=1e-5), "output depends on a view marked missing"
+    fusion.train()
+    _roundtrip(lambda: entry.build(num_views, in_features, **kw), lambda m: m([f.detach() for f in feats], present))
+
+
+def check_component(kind: str, name: str, host: PluginHost | None = None, **kwargs: Any) -> None:
+    {"backbone": check_backbone, "head": check_head, "fusion": check_fusion}[kind](name, host=host, **kwargs)

@@ -1,0 +1,60 @@
+"""Shared fixtures: fake plugin distributions on a temporary sys.path entry, and a CLI runner."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+
+
+def make_distribution(root: Path, name: str, version: str, entry_points: dict[str, str],
+                      modules: dict[str, str]) -> Path:
+    """Write a minimal installed distribution (dist-info + modules) under ``root``; return root."""
+    root.mkdir(parents=True, exist_ok=True)
+    info = root / f"{name.replace('-', '_')}-{version}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
+    eps = "\n".join(f"{k} = {v}" for k, v in entry_points.items())
+    (info / "entry_points.txt").write_text(f"[lnzoo]\n{eps}\n")
+    for mod, source in modules.items():
+        path = root / (mod.replace(".", "/") + ".py")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(textwrap.dedent(source))
+    return root
+
+
+@pytest.fixture
+def fake_dist(tmp_path):
+    """Factory: ``fake_dist(name, version, entry_points, modules)`` -> folder to put on PYTHONPATH."""
+    counter = iter(range(1000))
+
+    def factory(name, version="1.0", entry_points=None, modules=None):
+        return make_distribution(tmp_path / f"site{next(counter)}", name, version, entry_points or {}, modules or {})
+    return factory
+
+
+def run_cli(*args: str, pythonpath: list[Path] | None = None, env: dict[str, str] | None = None,
+            cwd: Path | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run ``python -m lnzoo ARGS`` in a subprocess with extra sys.path entries (fresh plugin discovery)."""
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("LNZOO_STRICT_PLUGINS", None) if "LNZOO_STRICT_PLUGINS" not in (env or {}) else None
+    if pythonpath:
+        full_env["PYTHONPATH"] = os.pathsep.join([*map(str, pythonpath), full_env.get("PYTHONPATH", "")])
+    full_env.setdefault("COLUMNS", "200")
+    return subprocess.run([sys.executable, "-m", "lnzoo", *args], capture_output=True, text=True,
+                          env=full_env, cwd=cwd or REPO, timeout=timeout)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_plugin_host():
+    """Each test sees the plugin host as installed, never one a previous test replaced."""
+    from lnzoo.plugins import set_host
+    set_host(None)
+    yield
+    set_host(None)

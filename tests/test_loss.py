@@ -1,0 +1,60 @@
+"""The weighted multi-task loss: exact composition, masking of missing labels, empty batches."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from lnzoo.loss import MISSING, MultiTaskLoss, balanced_class_weights
+from lnzoo.plugins import load_plugins
+
+TASKS = {name: load_plugins().get("task", name).build() for name in ("malignancy", "enlargement")}
+
+
+def test_total_is_exactly_one_main_plus_half_aux_with_masked_labels():
+    torch.manual_seed(0)
+    out = {"malignancy": torch.randn(6, 2, requires_grad=True), "enlargement": torch.randn(6, 2, requires_grad=True)}
+    # as in the seed: main and auxiliary labels come from different lists; some rows carry one, some both
+    tgt = {"malignancy": torch.tensor([0, 1, MISSING, 1, MISSING, 0]),
+           "enlargement": torch.tensor([MISSING, 1, 0, MISSING, 1, MISSING])}
+    loss_fn = MultiTaskLoss(TASKS, {"malignancy": 1.0, "enlargement": 0.5})
+    total, parts = loss_fn(out, tgt)
+    main = F.cross_entropy(out["malignancy"][[0, 1, 3, 5]], torch.tensor([0, 1, 1, 0]))
+    aux = F.cross_entropy(out["enlargement"][[1, 2, 4]], torch.tensor([1, 0, 1]))
+    assert torch.allclose(total, 1.0 * main + 0.5 * aux, atol=0, rtol=1e-6)
+    assert parts == pytest.approx({"malignancy": float(main.detach()), "enlargement": float(0.5 * aux.detach())})
+    total.backward()
+    # a missing label must not pull on its row's logits
+    assert torch.all(out["malignancy"].grad[[2, 4]] == 0) and torch.all(out["enlargement"].grad[[0, 3, 5]] == 0)
+
+
+def test_batch_without_any_label_for_a_task_gives_zero_and_still_backpropagates():
+    out = {"malignancy": torch.randn(3, 2, requires_grad=True), "enlargement": torch.randn(3, 2, requires_grad=True)}
+    tgt = {"malignancy": torch.tensor([0, 1, 1]), "enlargement": torch.full((3,), MISSING)}
+    total, parts = MultiTaskLoss(TASKS, {"malignancy": 1.0, "enlargement": 0.5})(out, tgt)
+    assert parts["enlargement"] == 0.0 and torch.isfinite(total)
+    total.backward()
+    assert torch.all(out["enlargement"].grad == 0)
+
+
+def test_class_weights_and_label_smoothing_are_applied():
+    out = {"malignancy": torch.randn(5, 2)}
+    tgt = {"malignancy": torch.tensor([0, 0, 0, 0, 1])}
+    w = balanced_class_weights(tgt["malignancy"].numpy(), 2)
+    assert w == pytest.approx([5 / 8, 5 / 2])
+    task = {"malignancy": TASKS["malignancy"].with_options(label_smoothing=0.1)}
+    total, _ = MultiTaskLoss(task, {"malignancy": 1.0}, {"malignancy": w})(out, tgt)
+    ref = F.cross_entropy(out["malignancy"], tgt["malignancy"], weight=torch.tensor(w, dtype=torch.float32),
+                          label_smoothing=0.1)
+    assert torch.allclose(total, ref)
+
+
+def test_balanced_weights_ignore_missing_and_absent_classes():
+    w = balanced_class_weights(np.array([0, 0, 2, MISSING, MISSING]), 3)
+    assert w[1] == 0 and w[0] == pytest.approx(3 / 4) and w[2] == pytest.approx(3 / 2)
+
+
+def test_task_weights_naming_an_unknown_task_is_an_error():
+    with pytest.raises(Exception, match="not in the model"):
+        MultiTaskLoss(TASKS, {"malignancy": 1.0, "enlargment": 0.5})
