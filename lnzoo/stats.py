@@ -1,0 +1,279 @@
+"""Statistical comparisons: DeLong AUC variance/test/CI, patient-level bootstrap, McNemar (no torch)."""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
+import numpy as np
+from scipy.stats import binom, chi2, norm, rankdata
+
+__all__ = [
+    "fast_auc",
+    "delong_roc_variance",
+    "delong_test",
+    "delong_ci",
+    "bootstrap_ci",
+    "paired_bootstrap_auc_diff",
+    "mcnemar_test",
+]
+
+NAN = float("nan")
+
+
+def _binary_y(y_true) -> np.ndarray:
+    y = np.asarray(y_true)
+    if y.ndim != 1:
+        raise ValueError(f"y_true must be 1-D, got shape {y.shape}")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must be binary 0/1 (or bool); 1 is the positive class")
+    return y.astype(bool)
+
+
+def _score_1d(score, n: int) -> np.ndarray:
+    s = np.asarray(score, dtype=float)
+    if s.ndim == 2 and s.shape[1] == 2:
+        s = s[:, 1]  # a binary (n, 2) probability matrix: score the positive class
+    if s.shape != (n,):
+        raise ValueError(f"score must have shape ({n},) or ({n}, 2), got {s.shape}")
+    return s
+
+
+def fast_auc(y_true, score) -> float:
+    """Binary ROC AUC via the Mann-Whitney rank sum; NaN when one class is absent.
+
+    Equals sklearn's ``roc_auc_score`` (ties count 1/2) at a fraction of its per-call overhead,
+    which is what dominates a bootstrap; ``score`` may be (n,) or a binary (n, 2) probability matrix.
+    """
+    y = _binary_y(y_true)
+    s = _score_1d(score, y.shape[0])
+    m = int(y.sum())
+    n = y.shape[0] - m
+    if m == 0 or n == 0:
+        return NAN
+    r = rankdata(s)
+    return float((r[y].sum() - m * (m + 1) / 2.0) / (m * n))
+
+
+def _delong_components(y: np.ndarray, scores: np.ndarray):
+    """AUCs and DeLong placements for k score rows over the same cases (Sun & Xu 2014 midranks).
+
+    ``v10[r, i]`` is the fraction of negatives scored below positive i (ties 1/2) and
+    ``v01[r, j]`` the fraction of positives scored above negative j, for score row r.
+    """
+    m = int(y.sum())
+    n = y.shape[0] - m
+    if m == 0 or n == 0:
+        raise ValueError("DeLong needs at least one positive and one negative case")
+    pos, neg = scores[:, y], scores[:, ~y]
+    tx = rankdata(pos, axis=1)
+    ty = rankdata(neg, axis=1)
+    tz = rankdata(np.concatenate([pos, neg], axis=1), axis=1)
+    auc = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
+    # a positive's rank among all minus its rank among positives = negatives below it (ties 1/2)
+    v10 = (tz[:, :m] - tx) / n
+    v01 = 1.0 - (tz[:, m:] - ty) / m
+    return auc, v10, v01, m, n
+
+
+def _delong_cov(y, score_rows) -> tuple[np.ndarray, np.ndarray]:
+    y = _binary_y(y)
+    s = np.vstack([_score_1d(r, y.shape[0]) for r in score_rows])
+    auc, v10, v01, m, n = _delong_components(y, s)
+    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+        # one positive or one negative leaves the variance undefined (NaN), not an error
+        warnings.simplefilter("ignore", RuntimeWarning)
+        s10 = np.atleast_2d(np.cov(v10, ddof=1)) if m > 1 else np.full((len(s), len(s)), np.nan)
+        s01 = np.atleast_2d(np.cov(v01, ddof=1)) if n > 1 else np.full((len(s), len(s)), np.nan)
+    return auc, s10 / m + s01 / n
+
+
+def delong_roc_variance(y_true, score) -> tuple[float, float]:
+    """(AUC, DeLong variance of the AUC) for binary ``y_true`` (1 = positive); NaN variance if m or n < 2."""
+    auc, cov = _delong_cov(y_true, [score])
+    return float(auc[0]), float(cov[0, 0])
+
+
+def delong_test(y_true, score_a, score_b) -> dict:
+    """Paired DeLong test (DeLong, DeLong & Clarke-Pearson 1988) of AUC(a) == AUC(b) on the same cases.
+
+    Returns ``auc_a``, ``auc_b``, ``diff`` (a - b), ``z``, two-sided normal ``p_value``,
+    ``var_a``, ``var_b`` and ``cov`` (DeLong covariance of the two AUCs). Identical AUCs give
+    z = 0, p = 1; a non-zero difference with zero variance gives |z| = inf, p = 0.
+    """
+    auc, s = _delong_cov(y_true, [score_a, score_b])
+    diff = float(auc[0] - auc[1])
+    var = float(s[0, 0] + s[1, 1] - 2.0 * s[0, 1])
+    if diff == 0.0:
+        z = 0.0
+    elif var > 0.0:
+        z = diff / math.sqrt(var)
+    elif var <= 0.0:
+        z = math.copysign(math.inf, diff)
+    else:  # NaN variance (a class with a single case)
+        z = NAN
+    p = float(2.0 * norm.sf(abs(z))) if not math.isnan(z) else NAN
+    return {
+        "auc_a": float(auc[0]),
+        "auc_b": float(auc[1]),
+        "diff": diff,
+        "z": float(z),
+        "p_value": p,
+        "var_a": float(s[0, 0]),
+        "var_b": float(s[1, 1]),
+        "cov": float(s[0, 1]),
+    }
+
+
+def delong_ci(y_true, score, alpha: float = 0.05) -> tuple[float, float, float]:
+    """(AUC, lo, hi): plain normal interval AUC ± z(1-alpha/2)·sqrt(DeLong var), clipped to [0, 1] (pROC's default)."""
+    auc, var = delong_roc_variance(y_true, score)
+    if not var >= 0:  # NaN variance: one case in a class
+        return auc, NAN, NAN
+    half = float(norm.ppf(1.0 - alpha / 2.0)) * math.sqrt(var)
+    return auc, max(0.0, auc - half), min(1.0, auc + half)
+
+
+def _group_layout(groups, n: int):
+    """Case indices sorted by group, with each group's start and size (groups in order of first appearance)."""
+    g = list(groups.tolist() if isinstance(groups, np.ndarray) else groups)
+    if len(g) != n:
+        raise ValueError(f"groups has {len(g)} entries for {n} cases")
+    index: dict = {}
+    codes = np.fromiter((index.setdefault(x, len(index)) for x in g), dtype=np.intp, count=n)
+    order = np.argsort(codes, kind="stable")
+    sizes = np.bincount(codes, minlength=len(index))
+    starts = np.cumsum(sizes) - sizes
+    return order, starts, sizes
+
+
+def _bootstrap_values(metric_fn: Callable, y: np.ndarray, p: np.ndarray, groups, n_boot: int,
+                      seed: int) -> np.ndarray:
+    """Metric on each resample whose value is defined; resamples raising ValueError or giving non-finite values are skipped."""
+    n = y.shape[0]
+    if groups is None:
+        order, starts, sizes = np.arange(n), np.arange(n), np.ones(n, dtype=np.intp)
+    else:
+        order, starts, sizes = _group_layout(groups, n)
+    units = sizes.shape[0]
+    singletons = bool((sizes == 1).all())
+    rng = np.random.default_rng(seed)
+    vals = np.empty(n_boot)
+    keep = np.zeros(n_boot, dtype=bool)
+    for b in range(n_boot):
+        draw = rng.integers(0, units, size=units)
+        if singletons:
+            idx = order[draw]
+        else:
+            # all cases of every drawn group, a group drawn twice contributing its cases twice
+            lens = sizes[draw]
+            offsets = np.repeat(starts[draw] - (np.cumsum(lens) - lens), lens)
+            idx = order[offsets + np.arange(lens.sum())]
+        try:
+            v = float(metric_fn(y[idx], p[idx]))
+        except (ValueError, ZeroDivisionError, FloatingPointError):
+            continue
+        if math.isfinite(v):
+            vals[b] = v
+            keep[b] = True
+    return vals[keep]
+
+
+def _checked_inputs(y_true, proba):
+    y = np.asarray(y_true)
+    p = np.asarray(proba)
+    if y.shape[0] != p.shape[0]:
+        raise ValueError(f"y_true has {y.shape[0]} cases but proba has {p.shape[0]}")
+    if y.shape[0] == 0:
+        raise ValueError("no cases to bootstrap")
+    return y, p
+
+
+def _metric_or_nan(metric_fn, y, p) -> float:
+    try:
+        v = float(metric_fn(y, p))
+    except (ValueError, ZeroDivisionError, FloatingPointError):
+        return NAN
+    return v if math.isfinite(v) else NAN
+
+
+def bootstrap_ci(metric_fn: Callable, y_true, proba, groups: Sequence | None = None, n_boot: int = 1000,
+                 seed: int = 0, alpha: float = 0.05) -> dict:
+    """Percentile bootstrap CI of ``metric_fn(y, p) -> float``: dict(value, lo, hi, n_boot_valid).
+
+    With ``groups`` (patient ids) whole patients are resampled with replacement, each bringing all
+    of its cases (cluster bootstrap), so correlated images of one patient are not counted as
+    independent evidence. Resamples where the metric is undefined (raises ValueError or returns
+    NaN, e.g. AUC with one class) are skipped and counted out of ``n_boot_valid``. Deterministic
+    for a ``seed``. The metric call dominates the cost: prefer ``fast_auc`` to sklearn's AUC.
+    """
+    y, p = _checked_inputs(y_true, proba)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # undefined resamples are expected and counted, not warned
+        value = _metric_or_nan(metric_fn, y, p)
+        vals = _bootstrap_values(metric_fn, y, p, groups, n_boot, seed)
+    if vals.size:
+        lo, hi = np.quantile(vals, [alpha / 2.0, 1.0 - alpha / 2.0])
+    else:
+        lo = hi = NAN
+    return {"value": value, "lo": float(lo), "hi": float(hi), "n_boot_valid": int(vals.size)}
+
+
+def paired_bootstrap_auc_diff(y_true, score_a, score_b, groups: Sequence | None = None, n_boot: int = 1000,
+                              seed: int = 0, alpha: float = 0.05) -> dict:
+    """Paired (optionally patient-clustered) bootstrap of AUC(a) - AUC(b).
+
+    Returns dict(diff, lo, hi, z, p_value, n_boot_valid): percentile CI of the difference, and
+    z = diff / bootstrap SD with a two-sided normal p-value (pROC's bootstrap test).
+    """
+    y = _binary_y(y_true)
+    a = _score_1d(score_a, y.shape[0])
+    b = _score_1d(score_b, y.shape[0])
+    both = np.column_stack([a, b])
+
+    def diff_fn(yy, ss):
+        return fast_auc(yy, ss[:, 0]) - fast_auc(yy, ss[:, 1])
+
+    y, both = _checked_inputs(y, both)
+    diff = _metric_or_nan(diff_fn, y, both)
+    vals = _bootstrap_values(diff_fn, y, both, groups, n_boot, seed)
+    if vals.size > 1:
+        lo, hi = np.quantile(vals, [alpha / 2.0, 1.0 - alpha / 2.0])
+        sd = float(np.std(vals, ddof=1))
+    else:
+        lo = hi = sd = NAN
+    if diff == 0.0:
+        z = 0.0
+    elif sd > 0:
+        z = diff / sd
+    else:
+        z = NAN
+    p = float(2.0 * norm.sf(abs(z))) if not math.isnan(z) else NAN
+    return {"diff": diff, "lo": float(lo), "hi": float(hi), "z": float(z), "p_value": p,
+            "n_boot_valid": int(vals.size)}
+
+
+def mcnemar_test(y_true, pred_a, pred_b) -> dict:
+    """McNemar test of paired correctness of two classifiers on the same cases.
+
+    ``b`` = cases A gets right and B wrong, ``c`` = A wrong and B right. When b + c < 25 the
+    exact two-sided binomial test (b ~ Bin(b + c, 1/2)) is used and ``statistic`` is min(b, c);
+    otherwise the chi-square test with continuity correction, statistic (|b - c| - 1)² / (b + c)
+    on 1 degree of freedom. Returns dict(b, c, statistic, p_value, exact).
+    """
+    y = np.asarray(y_true)
+    a = np.asarray(pred_a)
+    bb = np.asarray(pred_b)
+    if not (y.shape == a.shape == bb.shape) or y.ndim != 1:
+        raise ValueError(f"y_true, pred_a, pred_b must be 1-D of equal length, got {y.shape}, {a.shape}, {bb.shape}")
+    ok_a = a == y
+    ok_b = bb == y
+    b = int(np.sum(ok_a & ~ok_b))
+    c = int(np.sum(~ok_a & ok_b))
+    n = b + c
+    if n < 25:
+        k = min(b, c)
+        p = 1.0 if n == 0 else min(1.0, 2.0 * float(binom.cdf(k, n, 0.5)))
+        return {"b": b, "c": c, "statistic": float(k), "p_value": p, "exact": True}
+    stat = (abs(b - c) - 1.0) ** 2 / n
+    return {"b": b, "c": c, "statistic": float(stat), "p_value": float(chi2.sf(stat, 1)), "exact": False}
