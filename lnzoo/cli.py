@@ -121,6 +121,123 @@ def plugins(as_json: JsonOpt = False) -> None:
     console.print(table)
 
 
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set train.epochs=3 "
+                                                    "(value parsed as TOML). Repeatable.")]
+QuickOpt = Annotated[bool, typer.Option("--quick", help="The quick profile: small backbone and images, few "
+                                                        "epochs, one fold (see README).")]
+
+
+def _load(recipe: Path, sets: list[str] | None, quick: bool):
+    from lnzoo.recipe import load_recipe
+    return load_recipe(recipe, sets=sets, quick=quick, host=_host())
+
+
+@app.command()
+@guarded
+def validate(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")], set_: SetOpt = None,
+             quick: QuickOpt = False) -> None:
+    """Check a recipe and its data without training; every problem is listed, exit 2 if any."""
+    from lnzoo.runner import load_run_data, recipe_tasks
+
+    r = _load(recipe, set_, quick)
+    console.print(f"[green]recipe ok[/]: {recipe} ({r.name}; tasks {', '.join(r.tasks)})")
+    data = load_run_data(r, recipe_tasks(r, _host()))
+    n_pat = len({s.patient for s in data.pool})
+    console.print(f"[green]data ok[/]: {len(data.pool)} images of {n_pat} patients for cross-validation"
+                  + (f", {len(data.test)} test" if data.test else "")
+                  + (f", {len(data.external)} external" if data.external else "") + f" ({data.description})")
+
+
+@app.command()
+@guarded
+def run(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
+        quick: QuickOpt = False, set_: SetOpt = None,
+        out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<name>-<time>).")] = None
+        ) -> None:
+    """Train and evaluate a recipe: patient-level CV, checkpoints, metrics.json, predictions.csv."""
+    import time as _time
+
+    from lnzoo.runner import run_recipe
+
+    r = _load(recipe, set_, quick)
+    out = out or Path("runs") / f"{r.name}{'-quick' if quick else ''}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    console.print(f"[bold]lnzoo run[/] {recipe}{' --quick' if quick else ''} -> {out}")
+    metrics = run_recipe(r, _host(), out, console=err)
+    _summary_table(metrics)
+    console.print(f"run directory: {out}")
+
+
+@app.command()
+@guarded
+def evaluate(run_dir: Annotated[Path, typer.Argument(help="A run directory written by lnzoo run.")]) -> None:
+    """Reload each fold's best checkpoint, recompute the held-out metrics and compare with metrics.json."""
+    from lnzoo.evaluate import evaluate_run
+
+    stored, fresh = evaluate_run(run_dir, _host())
+    _summary_table(fresh)
+    diffs = _compare(stored.get("cross_validation", {}).get("pooled", {}), fresh["cross_validation"]["pooled"])
+    if diffs:
+        err.print("[bold red]differs from the stored metrics.json:[/]\n" + "\n".join(diffs[:20]))
+        raise typer.Exit(1)
+    console.print("[green]reproduced[/]: recomputed metrics match metrics.json")
+
+
+@app.command()
+@guarded
+def synth(out: Annotated[Path, typer.Option("--out", help="Folder to write the phantom into.")],
+          patients: Annotated[int, typer.Option(help="Number of patients.")] = 160,
+          seed: Annotated[int, typer.Option(help="Seed; the same seed writes the same files.")] = 0,
+          difficulty: Annotated[float, typer.Option(help="0 easy ... 1 heavily overlapping classes.")] = 0.5) -> None:
+    """Write the synthetic lymph node phantom (development/demo data, NOT clinical data)."""
+    from rich.progress import Progress
+
+    from lnzoo.data.phantom import generate_phantom
+
+    with Progress(console=err) as progress:
+        bar = progress.add_task("phantom", total=patients)
+        try:
+            manifest = generate_phantom(out, patients=patients, seed=seed, difficulty=difficulty,
+                                        progress=lambda d, t: progress.update(bar, completed=d, total=t))
+        except ValueError as exc:
+            raise LnzooError(str(exc)) from None
+    console.print(f"phantom written: {manifest} (+ lists/ with the seed-style list files)")
+
+
+def _summary_table(metrics: dict) -> None:
+    pooled = metrics.get("cross_validation", {}).get("pooled", {})
+    mean_sd = metrics.get("cross_validation", {}).get("mean_sd", {})
+    cols = ["auc", "accuracy", "balanced_accuracy", "f1_macro", "mcc"]
+    table = Table(title=f"{metrics.get('recipe', '')}: held-out folds {metrics.get('folds_run', '')}",
+                  title_justify="left")
+    table.add_column("task", style="bold")
+    table.add_column("part")
+    for c in cols:
+        table.add_column(c, justify="right")
+    fmt = lambda v: "-" if v is None else f"{v:.3f}"  # noqa: E731
+    for task, m in pooled.items():
+        table.add_row(task, "pooled CV", *[fmt(m.get(c)) for c in cols])
+        if len(metrics.get("folds_run", [])) > 1 and task in mean_sd:
+            table.add_row("", "mean ± sd", *[f"{fmt(mean_sd[task][c]['mean'])}±{fmt(mean_sd[task][c]['sd'])}"
+                                             if c in mean_sd[task] else "-" for c in cols])
+    for part in ("test", "external"):
+        for task, m in metrics.get(part, {}).items():
+            table.add_row(task, part, *[fmt(m.get(c)) for c in cols])
+    console.print(table)
+
+
+def _compare(a: dict, b: dict, tol: float = 1e-4) -> list[str]:
+    diffs = []
+    for task in set(a) | set(b):
+        for key in set(a.get(task, {})) | set(b.get(task, {})):
+            x, y = a.get(task, {}).get(key), b.get(task, {}).get(key)
+            if isinstance(x, (int, float)) and isinstance(y, (int, float)):
+                if abs(x - y) > tol:
+                    diffs.append(f"  {task}.{key}: stored {x} vs recomputed {y}")
+            elif x != y and not isinstance(x, (dict, list)):
+                diffs.append(f"  {task}.{key}: stored {x} vs recomputed {y}")
+    return diffs
+
+
 def main() -> None:
     """Console entry point: load plugins (warning about broken ones), then dispatch."""
     args = sys.argv[1:]

@@ -1,0 +1,108 @@
+"""The torch Dataset: decoded images cached once, views augmented together, labels per task."""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from lnzoo.data.images import Preprocessing, load_image
+from lnzoo.data.samples import MISSING, Sample
+from lnzoo.errors import DataError
+
+
+def build_augment(cfg: Mapping[str, Any], size: int) -> Callable:
+    """The seed's augmentation (rotation, flip, colour jitter, blur) as one torchvision v2 pipeline.
+
+    Called on all views of a sample at once, so the full image and its crop (or 2D/CDFI/elasto)
+    get the same geometric parameters; the seed flipped them independently.
+    """
+    from torchvision.transforms import v2
+
+    ops: list[Any] = []
+    lo, hi = cfg["scale"]
+    if lo < 1.0:
+        ops.append(v2.RandomResizedCrop(size, scale=(lo, hi), ratio=(0.85, 1.18), antialias=True))
+    if cfg["hflip"] > 0:
+        ops.append(v2.RandomHorizontalFlip(cfg["hflip"]))
+    if cfg["vflip"] > 0:
+        ops.append(v2.RandomVerticalFlip(cfg["vflip"]))
+    if cfg["rotation"] > 0:
+        ops.append(v2.RandomRotation(cfg["rotation"]))
+    if cfg["color_jitter"] > 0:
+        ops.append(v2.ColorJitter(brightness=cfg["color_jitter"], contrast=cfg["color_jitter"]))
+    if cfg["blur"] > 0:
+        ops.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=cfg["blur"]))
+    return v2.Compose(ops)
+
+
+class ImageCache:
+    """Decoded, resized uint8 images by path (one decode per file per run)."""
+
+    def __init__(self, pre: Preprocessing):
+        self.pre = pre
+        self._images: dict[str, np.ndarray] = {}
+
+    def get(self, path, origin: str = "") -> np.ndarray:
+        key = str(path)
+        img = self._images.get(key)
+        if img is None:
+            img = load_image(path, self.pre, origin)
+            self._images[key] = img
+        return img
+
+    def preload(self, samples: Sequence[Sample], progress: Callable[[int, int], None] | None = None) -> None:
+        """Decode every image up front, collecting every bad file before failing."""
+        problems: list[str] = []
+        todo = [(p, s.origin) for s in samples for p in s.views.values() if p is not None]
+        for i, (path, origin) in enumerate(todo):
+            try:
+                self.get(path, origin)
+            except DataError as exc:
+                problems += exc.problems
+            if progress:
+                progress(i + 1, len(todo))
+        if problems:
+            raise DataError(problems, "unreadable image(s)")
+
+
+class NodeDataset(Dataset):
+    """Sample i -> (views (V,3,H,W) float, present (V,) bool, labels (T,) long, i)."""
+
+    def __init__(self, samples: Sequence[Sample], views: Sequence[str], tasks: Sequence[str], cache: ImageCache,
+                 augment: Callable | None = None):
+        self.samples, self.views, self.tasks = list(samples), list(views), list(tasks)
+        self.cache, self.augment = cache, augment
+        mean, std = cache.pre.mean_std
+        self.mean = torch.tensor(mean).view(3, 1, 1)
+        self.std = torch.tensor(std).view(3, 1, 1)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def labels(self, task: str) -> np.ndarray:
+        return np.array([s.labels.get(task, MISSING) for s in self.samples], dtype=np.int64)
+
+    def __getitem__(self, i: int):
+        from torchvision import tv_tensors
+
+        s = self.samples[i]
+        size = self.cache.pre.image_size
+        images, present = [], []
+        for view in self.views:
+            path = s.views.get(view)
+            if path is None:
+                images.append(tv_tensors.Image(torch.zeros(3, size, size, dtype=torch.uint8)))
+                present.append(False)
+            else:
+                arr = self.cache.get(path, s.origin)
+                images.append(tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1).contiguous()))
+                present.append(True)
+        if self.augment is not None:
+            images = self.augment(images)
+        x = torch.stack([(img.float() / 255.0 - self.mean) / self.std for img in images])
+        x[~torch.tensor(present)] = 0.0
+        y = torch.tensor([s.labels.get(t, MISSING) for t in self.tasks], dtype=torch.long)
+        return x, torch.tensor(present), y, i

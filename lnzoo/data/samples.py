@@ -1,0 +1,234 @@
+"""Data sources -> samples: the seed's list files and CSV manifests.
+
+A :class:`Sample` is one image (or one set of views of a node) with its patient id, one label
+index per task (``-1`` = no label for that task) and the ``file:line`` it came from, so every
+error can point at the row that caused it.
+"""
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lnzoo.errors import DataError, UsageError
+from lnzoo.tasks import Task
+
+MISSING = -1
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm"}
+# a manifest's view columns: the view "full" is the column "path"; any other view is its own column
+VIEW_COLUMN = {"full": "path"}
+
+
+@dataclass
+class Sample:
+    views: dict[str, Path | None]
+    patient: str
+    labels: dict[str, int]
+    origin: str                      # "file:line" of the row (first row, when merged)
+    center: str | None = None
+    split: str | None = None
+    covariates: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def key(self) -> str:
+        return str(next(p for p in self.views.values() if p is not None))
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8-sig").splitlines()  # tolerates a BOM and CRLF
+    except FileNotFoundError:
+        raise DataError([f"{path}: file not found"], "problem(s) with the data sources") from None
+    except UnicodeDecodeError as exc:
+        raise DataError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"],
+                        "problem(s) with the data sources") from None
+
+
+def _crop_path(path: Path, suffix: str) -> Path:
+    """The seed's rule: the ROI crop sits in a mirror folder whose name gets a suffix."""
+    return path.parent.parent / f"{path.parent.name}{suffix}" / path.name
+
+
+def _patient_of(path: Path, regex: re.Pattern[str] | None) -> str | None:
+    if regex is None:
+        return None
+    m = regex.search(path.name)
+    return m.group(1) if m and m.groups() else (m.group(0) if m else None)
+
+
+def infer_list_task(path: Path, tasks: Mapping[str, Task]) -> str:
+    """Which of the recipe's tasks a list file labels: the one that knows most of its labels.
+
+    Rows whose label that task does not know are then reported one by one, with their line.
+    """
+    labels = [line.rsplit(",", 1)[1].strip() for line in _read_lines(path) if line.strip() and "," in line]
+    known = {name: sum(task.try_index(lb) is not None for lb in labels) for name, task in tasks.items()}
+    best = max(known.values(), default=0)
+    fits = [name for name, n in known.items() if n == best and n > 0]
+    if len(fits) == 1:
+        return fits[0]
+    hint = f"name the task: {{path = \"{path.name}\", task = \"...\"}}"
+    if not fits:
+        raise DataError([f"{path}: its labels {sorted(set(labels))[:8]} fit none of the recipe's tasks "
+                         f"{list(tasks)}; {hint}"], "problem(s) with the data sources")
+    raise DataError([f"{path}: its labels fit several tasks {fits}; {hint}"], "problem(s) with the data sources")
+
+
+def read_list_file(path: Path, task: Task, views: Sequence[str], crop_suffix: str,
+                   patient_regex: str | None, problems: list[str]) -> list[Sample]:
+    """``path,<label>`` lines (the seed's format); relative paths resolve against the list's folder."""
+    regex = re.compile(patient_regex) if patient_regex else None
+    samples = []
+    for lineno, line in enumerate(_read_lines(path), start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        where = f"{path}:{lineno}"
+        if "," not in line:
+            problems.append(f"{where}: expected 'path,label', got {line.strip()!r}")
+            continue
+        rel, label = (s.strip() for s in line.rsplit(",", 1))
+        idx = task.try_index(label)
+        if idx is None:
+            try:
+                task.index_of(label)
+            except UsageError as exc:
+                problems.append(f"{where}: {exc}")
+            continue
+        image = (path.parent / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
+        view_paths: dict[str, Path | None] = {}
+        for view in views:
+            if view == "full":
+                view_paths[view] = image
+            elif view == "crop":
+                view_paths[view] = _crop_path(image, crop_suffix)
+            else:
+                problems.append(f"{where}: list files give views 'full' and 'crop' only, not {view!r}; "
+                                f"use a CSV manifest with a {view!r} column")
+                return samples
+        patient = _patient_of(image, regex)
+        if regex is not None and patient is None:
+            problems.append(f"{where}: data.patient_regex {regex.pattern!r} does not match {image.name!r}")
+            continue
+        samples.append(Sample(view_paths, patient or image.stem, {task.name: idx}, where))
+    return samples
+
+
+def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], problems: list[str],
+                  label_columns: Mapping[str, str] | None = None) -> list[Sample]:
+    """A CSV manifest: view columns, ``patient``, optional ``split``/``center``, one column per task.
+
+    A task's column is named after the task unless ``label_columns`` maps it to another column.
+    """
+    label_col = {t: (label_columns or {}).get(t, t) for t in tasks}
+    lines = _read_lines(path)
+    reader = csv.DictReader(lines)
+    header = reader.fieldnames or []
+    columns = {v: VIEW_COLUMN.get(v, v) for v in views}
+    missing_cols = [c for c in columns.values() if c not in header]
+    if missing_cols:
+        problems.append(f"{path}:1: missing view column(s) {missing_cols}; header has {header}")
+        return []
+    if "patient" not in header:
+        problems.append(f"{path}:1: no 'patient' column: patient-level splits need one")
+        return []
+    task_cols = [t for t in tasks if label_col[t] in header]
+    if not task_cols:
+        problems.append(f"{path}:1: no column for any of the recipe's tasks {list(label_col.values())}; "
+                        f"map one with data.label_columns")
+        return []
+    known = set(columns.values()) | {"patient", "split", "center", *label_col.values()}
+    samples = []
+    for lineno, row in enumerate(reader, start=2):
+        where = f"{path}:{lineno}"
+        if None in row:
+            problems.append(f"{where}: more fields than the header has")
+            continue
+        labels, bad = {}, False
+        for t in tasks:
+            value = (row.get(label_col[t]) or "").strip()
+            if not value:
+                labels[t] = MISSING
+                continue
+            idx = tasks[t].try_index(value)
+            if idx is None:
+                try:
+                    tasks[t].index_of(value)
+                except UsageError as exc:
+                    problems.append(f"{where}: column {label_col[t]!r}: {exc}")
+                bad = True
+            labels[t] = MISSING if idx is None else idx
+        if bad:
+            continue
+        patient = (row.get("patient") or "").strip()
+        if not patient:
+            problems.append(f"{where}: empty patient id")
+            continue
+        view_paths: dict[str, Path | None] = {}
+        for view, col in columns.items():
+            rel = (row.get(col) or "").strip()
+            view_paths[view] = ((path.parent / rel).resolve() if not Path(rel).is_absolute() else Path(rel)) if rel else None
+        if all(p is None for p in view_paths.values()):
+            problems.append(f"{where}: no image path in any view column {list(columns.values())}")
+            continue
+        samples.append(Sample(view_paths, patient, labels, where, center=(row.get("center") or None),
+                              split=(row.get("split") or None),
+                              covariates={k: v for k, v in row.items() if k not in known and v is not None}))
+    return samples
+
+
+def merge_by_image(samples: list[Sample], task_names: Sequence[str], problems: list[str]) -> list[Sample]:
+    """Merge rows naming the same image (the seed's main and auxiliary lists) into one sample."""
+    merged: dict[str, Sample] = {}
+    for s in samples:
+        key = s.key
+        if key not in merged:
+            merged[key] = Sample(dict(s.views), s.patient, {t: MISSING for t in task_names}, s.origin,
+                                 s.center, s.split, dict(s.covariates))
+        target = merged[key]
+        for task, idx in s.labels.items():
+            if idx == MISSING:
+                continue
+            old = target.labels.get(task, MISSING)
+            if old != MISSING and old != idx:
+                problems.append(f"{s.origin}: image {key} already has another {task} label at {target.origin}")
+            target.labels[task] = idx
+    return list(merged.values())
+
+
+def load_source(spec: Any, tasks: Mapping[str, Task], data_cfg: Mapping[str, Any],
+                patient_regex: str | None = None) -> list[Sample]:
+    """Read one ``data.train`` / ``data.test`` / ``data.external`` value into samples (all problems at once)."""
+    items = spec if isinstance(spec, list) else [spec]
+    problems: list[str] = []
+    samples: list[Sample] = []
+    views = data_cfg["views"]
+    regex = patient_regex if patient_regex is not None else data_cfg.get("patient_regex")
+    for item in items:
+        task_name = None
+        if isinstance(item, dict):
+            task_name, item = item.get("task"), item.get("path")
+        if not isinstance(item, str) or not item:
+            problems.append(f"data source {item!r}: expected a path, or {{path = ..., task = ...}}")
+            continue
+        path = Path(item)
+        if path.is_dir():
+            problems.append(f"{path}: class-folder trees are not supported yet; use a list file or a CSV manifest")
+        elif path.suffix.lower() == ".csv":
+            samples += read_manifest(path, tasks, views, problems, data_cfg.get("label_columns"))
+        elif path.is_file():
+            name = task_name or infer_list_task(path, tasks)
+            if name not in tasks:
+                problems.append(f"{path}: task {name!r} is not one of the recipe's tasks {list(tasks)}")
+                continue
+            samples += read_list_file(path, tasks[name], views, data_cfg["crop_suffix"], regex, problems)
+        else:
+            problems.append(f"{path}: file not found")
+    merged = merge_by_image(samples, list(tasks), problems)
+    if problems:
+        raise DataError(problems, "problem(s) in the data")
+    if not merged:
+        raise DataError([f"{items}: no usable rows"], "problem(s) in the data")
+    return merged

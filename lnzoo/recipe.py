@@ -1,0 +1,583 @@
+"""Recipes: strict TOML schema, ``extends``, ``--set`` overrides, the ``--quick`` profile, resolution.
+
+Every problem is collected and reported at once (unknown keys with their dotted path and a
+"did you mean", wrong types, unknown plugin names, plugin arguments that the factory does not
+accept). Nothing is built before the whole recipe is valid.
+"""
+from __future__ import annotations
+
+import copy
+import inspect
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lnzoo.errors import RecipeError, UsageError, did_you_mean
+
+
+@dataclass(frozen=True)
+class Field:
+    """One recipe key: accepted types, default, allowed values, one-line doc."""
+
+    types: tuple[type, ...]
+    default: Any = None
+    choices: tuple[Any, ...] | None = None
+    doc: str = ""
+    required: bool = False
+    min: float | None = None
+    max: float | None = None
+
+
+def F(types, default=None, doc="", choices=None, required=False, min=None, max=None) -> Field:  # noqa: A002
+    return Field(types if isinstance(types, tuple) else (types,), default, choices, doc, required, min, max)
+
+
+NUM = (int, float)
+OPT_STR = (str, type(None))
+SOURCE = (str, list, type(None))
+PLUGIN_TABLE = "plugin"   # a table {name = ..., **factory kwargs}, checked against the factory
+TASK_TABLE = "per-task"   # a table keyed by task name
+
+# The schema. Sections are dicts; leaves are Fields; markers name dynamic tables.
+SCHEMA: dict[str, Any] = {
+    "extends": F(OPT_STR, None, "another recipe (path relative to this one) whose keys this one overrides"),
+    "name": F(OPT_STR, None, "run name (default: the recipe file's stem)"),
+    "description": F(str, "", "one line shown in the run summary"),
+    "seed": F(int, 0, "seed of everything: splits, init, augmentation, sampling"),
+    "tasks": {
+        "main": F(str, None, "the task that picks the best epoch and is summarised first", required=True),
+        "task_weights": (TASK_TABLE, F(NUM, 1.0, min=0.0)),
+        "options": (TASK_TABLE, {
+            "label_smoothing": F(NUM, None, "override the task's label smoothing", min=0.0, max=0.99),
+            "class_weighting": F(OPT_STR, None, "override the task's class weighting", choices=("balanced", "none", None)),
+        }),
+    },
+    "data": {
+        "train": F(SOURCE, None, "list file(s), CSV manifest or class folders; empty: the built-in phantom"),
+        "test": F(SOURCE, None, "internal test set, evaluated separately"),
+        "external": F(SOURCE, None, "external test set (another centre), evaluated separately"),
+        "views": F(list, ["full"], "the views of a sample, e.g. ['full', 'crop'] or ['2d', 'cdfi', 'elasto']"),
+        "label_columns": (TASK_TABLE, F(str, None, "manifest column holding the task's label")),
+        "crop_suffix": F(str, "-crop", "list files: the ROI crop sits in a mirror folder with this suffix"),
+        "patient_regex": F(OPT_STR, None, "list files: regex whose group 1, applied to the file name, is the patient id"),
+        "image_size": F(int, 224, "square input size in pixels", min=16),
+        "resize": F(str, "squash", "how images reach image_size", choices=("squash", "letterbox")),
+        "normalize": F(str, "imagenet", "input normalisation", choices=("imagenet", "half")),
+        "batch_size": F(int, 32, min=1),
+        "num_workers": F(int, 0, "DataLoader worker processes (0: load in the main process)", min=0),
+        "cache": F(str, "memory", "keep decoded, resized images", choices=("memory", "none")),
+        "sampling": F(str, "class_weights", "class balance for the main task",
+                      choices=("class_weights", "oversample", "none")),
+        "phantom": {
+            "patients": F(int, 160, "phantom patients", min=8),
+            "seed": F(int, 0, "phantom seed"),
+            "difficulty": F(NUM, 0.5, "0 easy ... 1 heavily overlapping classes", min=0.0, max=1.0),
+            "source": F(str, "manifest", "which phantom files feed the run",
+                        choices=("manifest", "stage1_lists")),
+        },
+        "augment": {
+            "rotation": F(NUM, 15.0, "max rotation in degrees", min=0.0, max=180.0),
+            "hflip": F(NUM, 0.5, "horizontal flip probability", min=0.0, max=1.0),
+            "vflip": F(NUM, 0.0, "vertical flip probability", min=0.0, max=1.0),
+            "color_jitter": F(NUM, 0.2, "brightness/contrast jitter strength", min=0.0, max=1.0),
+            "blur": F(NUM, 0.1, "Gaussian blur probability", min=0.0, max=1.0),
+            "scale": F(list, [0.85, 1.0], "random resized crop area range [min, max]"),
+        },
+    },
+    "model": {
+        "shared_backbone": F(bool, True, "one backbone for all views (true) or one per view (false)"),
+        "backbone": (PLUGIN_TABLE, "backbone"),
+        "fusion": (PLUGIN_TABLE, "fusion"),
+        "head": (PLUGIN_TABLE, "head"),
+        "heads": (TASK_TABLE, (PLUGIN_TABLE, "head")),
+    },
+    "train": {
+        "epochs": F(int, 30, min=1),
+        "optimizer": F(str, "sgd", choices=("sgd", "adam", "adamw")),
+        "lr": F(NUM, 0.01, "base learning rate (peak after warmup)", min=0.0),
+        "min_lr": F(NUM, 0.0, "floor of the cosine schedule; must not exceed lr", min=0.0),
+        "momentum": F(NUM, 0.9, "SGD momentum", min=0.0, max=1.0),
+        "weight_decay": F(NUM, 1e-4, min=0.0),
+        "scheduler": F(str, "cosine", "stepped once per optimizer step", choices=("cosine", "constant")),
+        "warmup_epochs": F(NUM, 1.0, "linear warmup length in epochs", min=0.0),
+        "early_stopping_patience": F(int, 0, "epochs without improvement before stopping (0: off)", min=0),
+        "monitor": F(str, "auc", "validation metric of the main task that picks the best epoch",
+                     choices=("auc", "balanced_accuracy", "accuracy", "f1_macro", "mcc", "loss")),
+        "val_fraction": F(NUM, 0.15, "patients of each training part held out to pick the epoch", min=0.05, max=0.5),
+        "grad_clip": F(NUM, 0.0, "max gradient norm (0: off)", min=0.0),
+        "amp": F((bool, str), "auto", "mixed precision: auto = on CUDA only"),
+        "channels_last": F((bool, str), "auto", "channels_last memory format: auto = on CUDA only"),
+        "device": F(str, "auto", "auto, cpu, cuda or cuda:N"),
+        "threads": F(int, 0, "torch CPU threads (0: torch's default)", min=0),
+    },
+    "cv": {
+        "folds": F(int, 5, "patient-grouped stratified folds", min=2),
+        "run_folds": F((list, str), "all", "'all' or a list of fold indices to train"),
+    },
+    "quick": (TASK_TABLE, None),  # free-form dotted overrides; validated after they are applied
+}
+
+# The documented --quick profile: small backbone, small images, few epochs, one fold.
+QUICK_DEFAULTS: dict[str, Any] = {
+    "model.backbone": {"name": "timm", "model_name": "resnet18"},
+    "data.image_size": 96,
+    "data.batch_size": 32,
+    "data.phantom.patients": 160,
+    "train.epochs": 8,
+    "train.optimizer": "adamw",
+    "train.lr": 2e-3,
+    "train.weight_decay": 0.05,
+    "train.warmup_epochs": 1.0,
+    "train.early_stopping_patience": 0,
+    "cv.run_folds": [0],
+}
+
+# factory parameters lnzoo supplies itself; a recipe may not set them
+SUPPLIED = {"backbone": set(), "head": {"in_features", "num_classes"}, "fusion": {"num_views", "in_features"}}
+
+
+@dataclass
+class Recipe:
+    """A validated, fully resolved recipe."""
+
+    data: dict[str, Any]
+    source: Path | None = None
+    overrides: list[str] = field(default_factory=list)
+    quick: bool = False
+
+    def __getitem__(self, key: str) -> Any:
+        return get_path(self.data, key)
+
+    @property
+    def name(self) -> str:
+        return self.data["name"]
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.data["tasks"]["task_weights"])
+
+    def head_table(self, task: str) -> dict[str, Any]:
+        return self.data["model"]["heads"].get(task) or self.data["model"]["head"]
+
+    def to_toml(self) -> str:
+        import tomli_w
+        return tomli_w.dumps(_drop_none(self.data))
+
+
+def _drop_none(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_drop_none(v) for v in value if v is not None]
+    return value
+
+
+def get_path(data: Mapping[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def set_path(data: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    node = data
+    for part in parts[:-1]:
+        nxt = node.get(part)
+        if not isinstance(nxt, dict):
+            nxt = node[part] = {}
+        node = nxt
+    node[parts[-1]] = value
+
+
+def parse_value(text: str) -> Any:
+    """Parse a --set value as TOML; a bare word that is not TOML is taken as a string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UsageError(f"recipe not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read recipe: {exc}") from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML: {exc}") from None
+
+
+def _is_plugin_marker(spec: Any) -> bool:
+    return isinstance(spec, tuple) and len(spec) == 2 and spec[0] == PLUGIN_TABLE
+
+
+def merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge ``top`` over ``base``; a plugin table naming another plugin replaces the old one whole."""
+    out = copy.deepcopy(base)
+    for key, value in top.items():
+        old = out.get(key)
+        if isinstance(value, dict) and isinstance(old, dict):
+            if "name" in value and "name" in old and value["name"] != old["name"]:
+                out[key] = copy.deepcopy(value)  # other plugin, other arguments
+            else:
+                out[key] = merge(old, value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a recipe and everything it extends, merged (child over parent); paths made absolute."""
+    path = Path(path).resolve()
+    if path in _chain:
+        raise UsageError("recipe extends itself: " + " -> ".join(str(p) for p in (*_chain, path)))
+    raw = _read_toml(path)
+    _absolutise_data_paths(raw, path.parent)
+    parent = raw.pop("extends", None)
+    if parent is None:
+        return raw
+    if not isinstance(parent, str):
+        raise RecipeError([f"extends: expected a path string, got {type(parent).__name__}"], str(path))
+    base = load_raw((path.parent / parent), (*_chain, path))
+    return merge(base, raw)
+
+
+def _absolutise_data_paths(raw: dict[str, Any], folder: Path) -> None:
+    """Data paths in a recipe are relative to the recipe file, whatever the working directory."""
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return
+    for key in ("train", "test", "external"):
+        value = data.get(key)
+        if isinstance(value, str) and value:
+            data[key] = str((folder / value).resolve()) if not Path(value).is_absolute() else value
+        elif isinstance(value, list):
+            data[key] = [str((folder / v).resolve()) if isinstance(v, str) and not Path(v).is_absolute() else v
+                         for v in value]
+
+
+def _type_name(types: tuple[type, ...]) -> str:
+    names = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list",
+             dict: "table", type(None): "nothing"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def _check_value(path: str, value: Any, spec: Field, problems: list[str]) -> Any:
+    if value is None:
+        if spec.required:
+            problems.append(f"{path}: required")
+        return value
+    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+    if not ok and float in spec.types and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        problems.append(f"{path}: expected {_type_name(spec.types)}, got {type(value).__name__} {value!r}")
+        return value
+    if spec.choices is not None and value not in spec.choices:
+        problems.append(f"{path}: {value!r} is not one of {[c for c in spec.choices if c is not None]}"
+                        f"{did_you_mean(str(value), [str(c) for c in spec.choices if c is not None])}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if spec.min is not None and value < spec.min:
+            problems.append(f"{path}: must be >= {spec.min}, got {value}")
+        if spec.max is not None and value > spec.max:
+            problems.append(f"{path}: must be <= {spec.max}, got {value}")
+    return value
+
+
+def _fill_section(path: str, raw: Any, schema: dict[str, Any], problems: list[str], host) -> dict[str, Any]:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        problems.append(f"{path or 'recipe'}: expected a table, got {type(raw).__name__}")
+        raw = {}
+    out: dict[str, Any] = {}
+    for key in raw:
+        if key not in schema:
+            where = f"{path}.{key}" if path else key
+            problems.append(f"{where}: unknown key{did_you_mean(key, schema)}")
+    for key, spec in schema.items():
+        where = f"{path}.{key}" if path else key
+        value = raw.get(key)
+        if isinstance(spec, Field):
+            out[key] = _check_value(where, value, spec, problems) if key in raw else copy.deepcopy(spec.default)
+            if key not in raw and spec.required:
+                problems.append(f"{where}: required")
+        elif isinstance(spec, dict):
+            out[key] = _fill_section(where, value, spec, problems, host)
+        elif _is_plugin_marker(spec):
+            out[key] = _check_plugin_table(where, value, spec[1], problems, host)
+        else:  # per-task table
+            out[key] = _fill_task_table(where, value, spec[1], problems, host)
+    return out
+
+
+def _fill_task_table(path: str, raw: Any, inner: Any, problems: list[str], host) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        problems.append(f"{path}: expected a table, got {type(raw).__name__}")
+        return {}
+    if inner is None:
+        return dict(raw)
+    out = {}
+    for key, value in raw.items():
+        where = f"{path}.{key}"
+        if isinstance(inner, Field):
+            out[key] = _check_value(where, value, inner, problems)
+        elif isinstance(inner, dict):
+            out[key] = _fill_section(where, value, inner, problems, host)
+        else:
+            out[key] = _check_plugin_table(where, value, inner[1], problems, host)
+    return out
+
+
+def _check_plugin_table(path: str, raw: Any, kind: str, problems: list[str], host) -> dict[str, Any] | None:
+    """A {name = ..., **kwargs} table: the name must be registered, kwargs must fit the factory."""
+    if raw is None:
+        return None
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        problems.append(f"{path}: expected a table with a 'name', got {type(raw).__name__}")
+        return None
+    name = raw.get("name")
+    if not isinstance(name, str):
+        problems.append(f"{path}.name: required, the name of a registered {kind}")
+        return dict(raw)
+    registry = host.registry(kind)
+    if name not in registry:
+        problems.append(f"{path}.name: unknown {kind} {name!r}{did_you_mean(name, registry.names())}")
+        return dict(raw)
+    entry = registry.get(name)
+    try:
+        sig = inspect.signature(entry.factory, eval_str=True)
+    except Exception:
+        sig = inspect.signature(entry.factory)
+    params = {k: p for k, p in sig.parameters.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)}
+    takes_any = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
+    kwargs = {k: v for k, v in raw.items() if k != "name"}
+    for key, value in kwargs.items():
+        if key in SUPPLIED[kind]:
+            problems.append(f"{path}.{key}: set by lnzoo, not by the recipe")
+        elif key not in params and not takes_any:
+            allowed = [k for k in params if k not in SUPPLIED[kind]]
+            problems.append(f"{path}.{key}: {kind} {name!r} takes no argument {key!r}"
+                            f"{did_you_mean(key, allowed)}")
+        elif key in params:
+            _check_annotation(f"{path}.{key}", value, params[key].annotation, problems)
+    for key, p in params.items():
+        if p.default is p.empty and key not in SUPPLIED[kind] and key not in kwargs:
+            problems.append(f"{path}.{key}: required by {kind} {name!r}")
+    return dict(raw)
+
+
+def _check_annotation(path: str, value: Any, annotation: Any, problems: list[str]) -> None:
+    """Check simple annotations (int, float, bool, str and unions of them); others are trusted."""
+    import types
+    import typing
+
+    if annotation is inspect.Parameter.empty:
+        return
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
+        typing.get_origin(annotation) is typing.Union else (annotation,)
+    simple = {int, float, bool, str, type(None), list, dict}
+    if not all(a in simple for a in args):
+        return
+    if isinstance(value, bool):
+        ok = bool in args
+    elif isinstance(value, int):
+        ok = int in args or float in args
+    else:
+        ok = isinstance(value, tuple(a for a in args if a is not bool))
+    if not ok:
+        problems.append(f"{path}: expected {_type_name(tuple(args))}, got {type(value).__name__} {value!r}")
+
+
+def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
+    tasks = out["tasks"]
+    weights = tasks["task_weights"]
+    if not weights:
+        problems.append("tasks.task_weights: name at least one task, e.g. {malignancy = 1.0}")
+    task_names = host.registry("task").names()
+    for name in list(weights) + list(tasks["options"]) + list(out["model"]["heads"]) + list(out["data"]["label_columns"]):
+        if name not in task_names:
+            problems.append(f"tasks: unknown task {name!r}{did_you_mean(name, task_names)}")
+    for name in list(tasks["options"]) + list(out["model"]["heads"]) + list(out["data"]["label_columns"]):
+        if name in task_names and name not in weights:
+            problems.append(f"task {name!r} is configured but not in tasks.task_weights")
+    main = tasks["main"]
+    if isinstance(main, str) and weights and main not in weights:
+        problems.append(f"tasks.main: {main!r} is not in tasks.task_weights ({', '.join(weights)})")
+    model = out["model"]
+    if model["backbone"] is None:
+        problems.append("model.backbone: required, e.g. {name = \"timm\", model_name = \"resnet50\"}")
+    if model["fusion"] is None:
+        model["fusion"] = {"name": "single"}
+    if model["head"] is None:
+        model["head"] = {"name": "linear"}
+    train = out["train"]
+    if isinstance(train["min_lr"], (int, float)) and isinstance(train["lr"], (int, float)) and train["min_lr"] > train["lr"]:
+        problems.append(f"train.min_lr ({train['min_lr']}) is above train.lr ({train['lr']}): "
+                        f"the schedule would rise instead of anneal")
+    for key in ("amp", "channels_last"):
+        if isinstance(train[key], str) and train[key] != "auto":
+            problems.append(f"train.{key}: expected true, false or \"auto\", got {train[key]!r}")
+    views = out["data"]["views"]
+    if isinstance(views, list):
+        if not views or not all(isinstance(v, str) for v in views):
+            problems.append("data.views: a non-empty list of view names")
+        elif len(set(views)) != len(views):
+            problems.append(f"data.views: repeated view in {views}")
+        fusion = model["fusion"]
+        if isinstance(fusion, dict) and fusion.get("name") == "single" and len(views) > 1:
+            problems.append(f"model.fusion: 'single' takes one view but data.views has {len(views)}; "
+                            f"use concat, mean or attention")
+    scale = out["data"]["augment"]["scale"]
+    if isinstance(scale, list) and not (len(scale) == 2 and all(isinstance(s, (int, float)) for s in scale)
+                                        and 0 < scale[0] <= scale[1] <= 1):
+        problems.append(f"data.augment.scale: expected [min, max] with 0 < min <= max <= 1, got {scale}")
+    run_folds = out["cv"]["run_folds"]
+    folds = out["cv"]["folds"]
+    if isinstance(run_folds, str) and run_folds != "all":
+        problems.append(f"cv.run_folds: expected \"all\" or a list of fold indices, got {run_folds!r}")
+    elif isinstance(run_folds, list) and isinstance(folds, int):
+        bad = [f for f in run_folds if not isinstance(f, int) or not 0 <= f < folds]
+        if bad:
+            problems.append(f"cv.run_folds: {bad} not in 0..{folds - 1}")
+
+
+def resolve(raw: Mapping[str, Any], host=None, source: str | Path | None = None,
+            sets: list[str] | None = None, quick: bool = False) -> Recipe:
+    """Validate ``raw`` (after --quick and --set), fill defaults; raise RecipeError listing every problem."""
+    if host is None:
+        from lnzoo.plugins import get_host
+        host = get_host()
+    raw = copy.deepcopy(dict(raw))
+    problems: list[str] = []
+    if quick:
+        profile = dict(QUICK_DEFAULTS)
+        recipe_quick = raw.get("quick") or {}
+        if isinstance(recipe_quick, dict):
+            profile.update(_flatten_quick(recipe_quick))
+        for key, value in profile.items():
+            _apply(raw, key, value)
+    for item in sets or []:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            problems.append(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
+            continue
+        if not _known_path(key, raw, host):
+            problems.append(f"--set {key}: no such recipe key{_suggest_path(key)}")
+            continue
+        _apply(raw, key, parse_value(text.strip()))
+    out = _fill_section("", raw, SCHEMA, problems, host)
+    if not problems:
+        _semantic_checks(out, problems, host)
+    else:
+        try:
+            _semantic_checks(out, problems, host)
+        except Exception:  # earlier type errors can make later checks meaningless
+            pass
+    if out.get("name") is None:
+        out["name"] = Path(source).stem if source else "recipe"
+    if problems:
+        raise RecipeError(problems, str(source) if source else None)
+    return Recipe(out, Path(source) if source else None, list(sets or []), quick)
+
+
+def _flatten_quick(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in table.items():
+        dotted = f"{prefix}{key}"
+        plugin_key = dotted in ("model.backbone", "model.fusion", "model.head")
+        if isinstance(value, dict) and not plugin_key:
+            flat.update(_flatten_quick(value, dotted + "."))
+        else:
+            flat[dotted] = value
+    return flat
+
+
+def _apply(raw: dict[str, Any], key: str, value: Any) -> None:
+    if isinstance(value, dict) and "name" in value:  # a plugin table replaces the old one whole
+        set_path(raw, key, copy.deepcopy(value))
+    else:
+        set_path(raw, key, value)
+
+
+def _schema_at(dotted: str) -> Any:
+    node: Any = SCHEMA
+    for part in dotted.split("."):
+        if isinstance(node, dict):
+            if part not in node:
+                return None
+            node = node[part]
+        elif isinstance(node, tuple) and node[0] == TASK_TABLE:
+            node = node[1]
+        elif _is_plugin_marker(node):
+            return node  # plugin arguments are checked against the factory later
+        else:
+            return None
+    return node
+
+
+def _known_path(key: str, raw: dict[str, Any], host) -> bool:
+    spec = _schema_at(key)
+    if spec is None:
+        return False
+    parts = key.split(".")
+    for i in range(1, len(parts)):  # an argument of a plugin table must be one its factory takes
+        parent = _schema_at(".".join(parts[:i]))
+        if _is_plugin_marker(parent):
+            table = raw
+            for p in parts[:i]:
+                table = table.get(p, {}) if isinstance(table, dict) else {}
+            name = table.get("name") if isinstance(table, dict) else None
+            if parts[i] == "name" or name is None or name not in host.registry(parent[1]):
+                return True
+            params = host.get(parent[1], name).parameters()
+            return parts[i] in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
+    return True
+
+
+def _all_paths(node: Any = SCHEMA, prefix: str = "") -> list[str]:
+    paths = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            paths += [f"{prefix}{key}"] + _all_paths(value, f"{prefix}{key}.")
+    return paths
+
+
+def _suggest_path(key: str) -> str:
+    return did_you_mean(key, _all_paths())
+
+
+def load_recipe(path: str | Path, sets: list[str] | None = None, quick: bool = False, host=None) -> Recipe:
+    """Read, extend, override and validate a recipe file."""
+    raw = load_raw(path)
+    return resolve(raw, host=host, source=path, sets=sets, quick=quick)
+
+
+def describe_schema() -> list[tuple[str, str, str, str]]:
+    """(dotted key, type, default, doc) for every fixed key: the README's recipe reference."""
+    rows = []
+
+    def walk(node: dict[str, Any], prefix: str) -> None:
+        for key, spec in node.items():
+            dotted = f"{prefix}{key}"
+            if isinstance(spec, Field):
+                rows.append((dotted, _type_name(spec.types), repr(spec.default), spec.doc))
+            elif isinstance(spec, dict):
+                walk(spec, dotted + ".")
+            elif _is_plugin_marker(spec):
+                rows.append((dotted, f"{spec[1]} table", "", f"{{name = <registered {spec[1]}>, <its arguments>}}"))
+            else:
+                rows.append((dotted + ".<task>", "table", "", "per-task entries"))
+    walk(SCHEMA, "")
+    return rows

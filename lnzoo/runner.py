@@ -1,0 +1,248 @@
+"""``lnzoo run``: recipe -> data -> patient-level folds -> fit -> evaluate -> run directory.
+
+A run directory holds: ``recipe.toml`` (fully resolved), ``folds.csv`` (fold of every patient),
+``fold{k}/best.safetensors`` + ``best.json`` and ``last.*`` (checkpoints with sidecars),
+``fold{k}/history.csv``, ``predictions.csv`` (one row per image and part), ``metrics.json``.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lnzoo.data.samples import MISSING, Sample, load_source
+from lnzoo.errors import DataError, UsageError
+from lnzoo.tasks import Task
+
+PHANTOM_PATIENT_REGEX = r"^(P\d+)_"
+
+
+@dataclass
+class RunData:
+    """The samples of a run: the cross-validation pool and the separate test sets."""
+
+    pool: list[Sample]
+    test: list[Sample]
+    external: list[Sample]
+    description: str
+
+
+def recipe_tasks(recipe, host) -> dict[str, Task]:
+    tasks = {}
+    for name in recipe.tasks:
+        task = host.get("task", name).build()
+        options = {k: v for k, v in recipe.data["tasks"]["options"].get(name, {}).items() if v is not None}
+        tasks[name] = task.with_options(**options) if options else task
+    return tasks
+
+
+def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, int], None] | None = None) -> RunData:
+    """Read the recipe's data sources, or generate/reuse the built-in phantom when it names none."""
+    data_cfg = recipe.data["data"]
+    regex = None
+    train = data_cfg["train"]
+    description = "your data"
+    if not train:
+        from lnzoo.data.phantom import ensure_phantom
+
+        ph = data_cfg["phantom"]
+        manifest = ensure_phantom(patients=ph["patients"], seed=ph["seed"], difficulty=ph["difficulty"],
+                                  progress=on_phantom)
+        if ph["source"] == "stage1_lists":
+            lists = manifest.parent / "lists"
+            train = [{"path": str(lists / "stage1_main.txt"), "task": "malignancy"},
+                     {"path": str(lists / "stage1_aux.txt"), "task": "enlargement"}]
+            train = [t for t in train if t["task"] in tasks]
+            regex = PHANTOM_PATIENT_REGEX
+            if not train:
+                raise UsageError("data.phantom.source = \"stage1_lists\" labels malignancy and enlargement; "
+                                 f"this recipe's tasks are {list(tasks)}: use source = \"manifest\"")
+        else:
+            train = str(manifest)
+        description = f"synthetic phantom ({ph['patients']} patients, seed {ph['seed']}; not clinical data)"
+    pool = load_source(train, tasks, data_cfg, regex)
+    test = load_source(data_cfg["test"], tasks, data_cfg) if data_cfg["test"] else []
+    external = load_source(data_cfg["external"], tasks, data_cfg) if data_cfg["external"] else []
+    main = recipe.data["tasks"]["main"]
+    if not any(s.labels.get(main, MISSING) != MISSING for s in pool):
+        raise DataError([f"no training row has a label for the main task {main!r}"])
+    return RunData(pool, test, external, description)
+
+
+def _class_names(task: Task, idx: int) -> str:
+    return "" if idx == MISSING else task.classes[idx]
+
+
+def task_metrics(samples: Sequence[Sample], proba: Mapping[str, np.ndarray], tasks: Mapping[str, Task]) -> dict[str, dict]:
+    """Metrics per task over the samples that carry that task's label."""
+    from lnzoo.metrics import classification_metrics
+
+    out = {}
+    for name, task in tasks.items():
+        y = np.array([s.labels.get(name, MISSING) for s in samples])
+        keep = y != MISSING
+        if keep.sum() == 0:
+            continue
+        out[name] = classification_metrics(y[keep], proba[name][keep], list(task.classes), task.positive_index)
+    return out
+
+
+def summarise_folds(per_fold: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict[str, dict[str, dict[str, float]]]:
+    """Mean and sd over folds of every scalar metric."""
+    summary: dict[str, dict[str, dict[str, float]]] = {}
+    for task in per_fold[0] if per_fold else {}:
+        keys = [k for k, v in per_fold[0][task].items() if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        summary[task] = {}
+        for k in keys:
+            vals = np.array([f[task].get(k, np.nan) for f in per_fold if task in f], dtype=float)
+            summary[task][k] = {"mean": float(np.nanmean(vals)) if np.isfinite(vals).any() else float("nan"),
+                                "sd": float(np.nanstd(vals, ddof=1)) if np.isfinite(vals).sum() > 1 else 0.0}
+    return summary
+
+
+def write_predictions(path: Path, rows: list[tuple[str, int | None, Sample, dict[str, np.ndarray]]],
+                      tasks: Mapping[str, Task], views: Sequence[str]) -> None:
+    """One row per image and part: where it came from, its true labels, every class probability."""
+    header = ["part", "fold", *[f"path_{v}" if v != "full" else "path" for v in views], "patient", "source"]
+    for name, task in tasks.items():
+        header.append(f"{name}_true")
+        header += [f"p_{name}_{c}" for c in task.classes]
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(header)
+        for part, fold, s, proba in rows:
+            row: list[Any] = [part, "" if fold is None else fold,
+                              *[str(s.views.get(v) or "") for v in views], s.patient, s.origin]
+            for name, task in tasks.items():
+                row.append(_class_names(task, s.labels.get(name, MISSING)))
+                row += [f"{p:.6f}" for p in proba[name]]
+            w.writerow(row)
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return None if not np.isfinite(obj) else round(float(obj), 6)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def run_recipe(recipe, host, out_dir: Path, console=None) -> dict[str, Any]:
+    """Train and evaluate every fold the recipe asks for; write the run directory; return metrics."""
+    import torch
+
+    from lnzoo.checkpoint import environment, save_checkpoint
+    from lnzoo.data.dataset import ImageCache
+    from lnzoo.data.images import Preprocessing
+    from lnzoo.data.splits import check_leakage, inner_validation, patient_folds
+    from lnzoo.train import Trainer
+    from lnzoo.ui import RunProgress
+
+    t_start = time.perf_counter()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if any(out_dir.glob("fold*/best.safetensors")):
+        raise UsageError(f"{out_dir} already holds a run; pick another --out or remove it")
+    (out_dir / "recipe.toml").write_text(recipe.to_toml(), encoding="utf-8")
+    cfg = recipe.data
+    if cfg["train"]["threads"]:
+        torch.set_num_threads(cfg["train"]["threads"])
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    tasks = recipe_tasks(recipe, host)
+    main = cfg["tasks"]["main"]
+    ui = RunProgress(console)
+    with ui:
+        data = load_run_data(recipe, tasks, on_phantom=ui.phantom)
+        check_leakage({"cross-validation": data.pool, "test": data.test, "external": data.external})
+        pre = Preprocessing(cfg["data"]["image_size"], cfg["data"]["resize"], cfg["data"]["normalize"])
+        cache = ImageCache(pre)
+        if cfg["data"]["cache"] == "memory":
+            cache.preload([*data.pool, *data.test, *data.external], progress=ui.decode)
+        assignment = patient_folds(data.pool, cfg["cv"]["folds"], main, cfg["seed"])
+        with (out_dir / "folds.csv").open("w", newline="") as fh:
+            w = csv.writer(fh)
+            w.writerow(["patient", "fold"])
+            for p, k in sorted(assignment.items()):
+                w.writerow([p, k])
+        folds = list(range(cfg["cv"]["folds"])) if cfg["cv"]["run_folds"] == "all" else list(cfg["cv"]["run_folds"])
+        trainer = Trainer(recipe, host, tasks, cache, progress=ui.train)
+        env = environment(host)
+        pred_rows: list[tuple[str, int | None, Sample, dict[str, np.ndarray]]] = []
+        per_fold, fold_info, oof_samples, oof_proba = [], [], [], {t: [] for t in tasks}
+        test_proba = {part: {t: [] for t in tasks} for part in ("test", "external")}
+        for k in folds:
+            held = [s for s in data.pool if assignment[s.patient] == k]
+            rest = [s for s in data.pool if assignment[s.patient] != k]
+            tr_idx, va_idx = inner_validation(rest, cfg["train"]["val_fraction"], main, cfg["seed"] + k)
+            train_s, val_s = [rest[i] for i in tr_idx], [rest[i] for i in va_idx]
+            check_leakage({"train": train_s, "validation": val_s, "held-out fold": held})
+            ui.start_fold(k, len(folds), len(train_s), len(val_s), len(held))
+            result = trainer.fit(train_s, val_s, seed=cfg["seed"] + k, fold=k)
+            model = result.model
+            meta = {"recipe": cfg, "recipe_source": str(recipe.source) if recipe.source else None,
+                    "tasks": {n: t.as_dict() for n, t in tasks.items()},
+                    "class_maps": {n: {str(i): c for i, c in enumerate(t.classes)} for n, t in tasks.items()},
+                    "preprocessing": pre.as_dict(), "views": cfg["data"]["views"], "seed": cfg["seed"] + k,
+                    "fold": k, "best_epoch": result.best_epoch,
+                    "monitor": {cfg["train"]["monitor"]: result.best_score}, **env}
+            fold_dir = out_dir / f"fold{k}"
+            save_checkpoint(model, fold_dir / "best", meta)
+            save_checkpoint(trainer.last_state, fold_dir / "last", {**meta, "epoch": len(result.history), "kind": "last"})
+            _write_history(fold_dir / "history.csv", result.history)
+            pred = trainer.predict(model, held)
+            metrics = task_metrics(held, pred.proba, tasks)
+            per_fold.append(metrics)
+            fold_info.append({"fold": k, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                              "n_train": len(train_s), "n_validation": len(val_s), "n_held_out": len(held),
+                              "metrics": metrics})
+            oof_samples += held
+            for t in tasks:
+                oof_proba[t].append(pred.proba[t])
+            for i, s in enumerate(held):
+                pred_rows.append(("cv", k, s, {t: pred.proba[t][i] for t in tasks}))
+            for part, samples in (("test", data.test), ("external", data.external)):
+                if samples:
+                    p = trainer.predict(model, samples)
+                    for t in tasks:
+                        test_proba[part][t].append(p.proba[t])
+            ui.end_fold(k, metrics.get(main, {}))
+        pooled = {t: np.concatenate(v) for t, v in oof_proba.items()}
+        metrics_out: dict[str, Any] = {
+            "recipe": recipe.name, "main_task": main, "data": data.description,
+            "folds_run": folds,
+            "cross_validation": {"pooled": task_metrics(oof_samples, pooled, tasks),
+                                 "mean_sd": summarise_folds(per_fold), "folds": fold_info},
+        }
+        for part, samples in (("test", data.test), ("external", data.external)):
+            if samples:
+                ens = {t: np.mean(np.stack(v), axis=0) for t, v in test_proba[part].items()}
+                metrics_out[part] = task_metrics(samples, ens, tasks)
+                metrics_out[f"{part}_note"] = f"mean probability of the {len(folds)} fold model(s)"
+                for i, s in enumerate(samples):
+                    pred_rows.append((part, None, s, {t: ens[t][i] for t in tasks}))
+        write_predictions(out_dir / "predictions.csv", pred_rows, tasks, cfg["data"]["views"])
+        metrics_out = _jsonable(metrics_out)
+        (out_dir / "metrics.json").write_text(json.dumps(metrics_out, indent=2, ensure_ascii=False), encoding="utf-8")
+        (out_dir / "run.json").write_text(json.dumps({
+            "wall_seconds": round(time.perf_counter() - t_start, 1), "device": str(trainer.device),
+            "quick": recipe.quick, "overrides": recipe.overrides, **env}, indent=2), encoding="utf-8")
+    return metrics_out
+
+
+def _write_history(path: Path, history: list[dict[str, float]]) -> None:
+    if not history:
+        return
+    with path.open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(history[0]))
+        w.writeheader()
+        for row in history:
+            w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()})

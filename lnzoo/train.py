@@ -1,0 +1,260 @@
+"""The fit loop: seeded, patient-level cross-validation with an inner validation part per fold.
+
+The held-out fold is never used to choose anything: the best epoch (and early stopping) comes
+from a patient-grouped validation part of the training folds.
+"""
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from lnzoo.data.dataset import ImageCache, NodeDataset, build_augment
+from lnzoo.data.samples import MISSING, Sample
+from lnzoo.loss import MultiTaskLoss, balanced_class_weights
+from lnzoo.tasks import Task
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def warmup_cosine(step: int, warmup_steps: int, total_steps: int, base_lr: float, min_lr: float) -> float:
+    """Learning rate at optimizer step ``step`` (0-based): linear warmup to base_lr, cosine down to min_lr."""
+    if warmup_steps > 0 and step < warmup_steps:
+        return base_lr * (step + 1) / warmup_steps
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * progress))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], steps_per_epoch: int):
+    """A LambdaLR to be stepped once per optimizer step (not per epoch, not twice)."""
+    total = cfg["epochs"] * steps_per_epoch
+    warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch))
+    base, floor = cfg["lr"], cfg["min_lr"]
+    if cfg["scheduler"] == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
+    if base == 0:
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: warmup_cosine(s, warmup, total, base, floor) / base)
+
+
+def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on biases and norms
+    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg["optimizer"] == "sgd":
+        return torch.optim.SGD(groups, lr=cfg["lr"], momentum=cfg["momentum"], nesterov=cfg["momentum"] > 0)
+    if cfg["optimizer"] == "adam":
+        return torch.optim.Adam(groups, lr=cfg["lr"])
+    return torch.optim.AdamW(groups, lr=cfg["lr"])
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        from lnzoo.errors import UsageError
+        raise UsageError(f"train.device = {name!r} but CUDA is not available here; use \"auto\" or \"cpu\"")
+    return torch.device(name)
+
+
+@dataclass
+class Predictions:
+    """Per-sample class probabilities per task for one set of samples."""
+
+    samples: list[Sample]
+    proba: dict[str, np.ndarray]
+    loss: float = float("nan")
+
+    def labels(self, task: str) -> np.ndarray:
+        return np.array([s.labels.get(task, MISSING) for s in self.samples], dtype=np.int64)
+
+
+@dataclass
+class FoldResult:
+    fold: int
+    best_epoch: int
+    best_score: float
+    history: list[dict[str, float]] = field(default_factory=list)
+    model: nn.Module | None = None
+
+
+class Trainer:
+    """Fits one model on one training part, choosing the epoch on a validation part."""
+
+    def __init__(self, recipe, host, tasks: Mapping[str, Task], cache: ImageCache,
+                 progress: Callable[..., None] | None = None):
+        self.recipe, self.host, self.tasks, self.cache = recipe, host, dict(tasks), cache
+        self.cfg = recipe.data["train"]
+        self.data_cfg = recipe.data["data"]
+        self.main = recipe.data["tasks"]["main"]
+        self.device = pick_device(self.cfg["device"])
+        cuda = self.device.type == "cuda"
+        self.amp = cuda if self.cfg["amp"] == "auto" else bool(self.cfg["amp"]) and cuda
+        self.channels_last = cuda if self.cfg["channels_last"] == "auto" else bool(self.cfg["channels_last"])
+        self.progress = progress
+
+    # -- data -------------------------------------------------------------------------------------
+    def _dataset(self, samples: Sequence[Sample], train: bool) -> NodeDataset:
+        augment = build_augment(self.data_cfg["augment"], self.data_cfg["image_size"]) if train else None
+        return NodeDataset(samples, self.data_cfg["views"], list(self.tasks), self.cache, augment)
+
+    def _loader(self, ds: NodeDataset, train: bool, seed: int) -> DataLoader:
+        gen = torch.Generator().manual_seed(seed)
+        sampler = None
+        if train and self.data_cfg["sampling"] == "oversample":
+            y = ds.labels(self.main)
+            counts = np.bincount(y[y != MISSING], minlength=self.tasks[self.main].num_classes).astype(float)
+            inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+            w = np.where(y == MISSING, inv[inv > 0].mean(), inv[np.clip(y, 0, None)])
+            sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(ds), replacement=True,
+                                            generator=gen)
+        workers = self.data_cfg["num_workers"]
+        return DataLoader(ds, batch_size=self.data_cfg["batch_size"], shuffle=train and sampler is None,
+                          sampler=sampler, generator=gen, num_workers=workers, drop_last=False,
+                          pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                          worker_init_fn=_seed_worker if workers else None)
+
+    def class_weights(self, ds: NodeDataset) -> dict[str, np.ndarray | None]:
+        weights: dict[str, np.ndarray | None] = {}
+        sampling = self.data_cfg["sampling"]
+        for name, task in self.tasks.items():
+            balanced = task.class_weighting == "balanced" and sampling != "none"
+            if name == self.main and sampling == "oversample":
+                balanced = False  # oversampling already balances the main task; never both
+            weights[name] = balanced_class_weights(ds.labels(name), task.num_classes) if balanced else None
+        return weights
+
+    # -- fit ----------------------------------------------------------------------------------------
+    def fit(self, train: Sequence[Sample], val: Sequence[Sample], seed: int, fold: int = 0,
+            on_epoch: Callable[[nn.Module, dict], None] | None = None) -> FoldResult:
+        from lnzoo.model import build_model
+
+        seed_everything(seed)
+        model = build_model(self.recipe, self.host, self.tasks).to(self.device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        train_ds, val_ds = self._dataset(train, True), self._dataset(val, False)
+        loader = self._loader(train_ds, True, seed)
+        loss_fn = MultiTaskLoss(self.tasks, self.recipe.data["tasks"]["task_weights"],
+                                self.class_weights(train_ds)).to(self.device)
+        optimizer = make_optimizer(model, self.cfg)
+        scheduler = make_scheduler(optimizer, self.cfg, len(loader))
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        heads = dict(model.heads.items())
+        result = FoldResult(fold, -1, -math.inf)
+        best_state = None
+        stale = 0
+        epochs = self.cfg["epochs"]
+        for epoch in range(epochs):
+            model.train()
+            total, seen = 0.0, 0
+            for step, (x, present, y, _) in enumerate(loader):
+                x, present, y = self._to_device(x, present, y)
+                with torch.autocast(self.device.type, enabled=self.amp):
+                    outputs = model(x, present)
+                targets = {t: y[:, i] for i, t in enumerate(self.tasks)}
+                loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, targets, heads)
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if self.cfg["grad_clip"] > 0:
+                    scaler.unscale_(optimizer)
+                    nn.utils.clip_grad_norm_(model.parameters(), self.cfg["grad_clip"])
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()  # once per optimizer step
+                total += float(loss.detach()) * len(y)
+                seen += len(y)
+                if self.progress:
+                    self.progress("step", fold=fold, epoch=epoch, epochs=epochs, step=step + 1, steps=len(loader),
+                                  loss=total / seen)
+            val_pred = self.predict(model, val_ds, loss_fn)
+            score = self.monitor_score(val_pred)
+            row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_pred.loss,
+                   f"val_{self.cfg['monitor']}": score, "lr": optimizer.param_groups[0]["lr"]}
+            result.history.append(row)
+            improved = score > result.best_score + 1e-9 or best_state is None
+            if improved:
+                result.best_score, result.best_epoch, stale = score, epoch + 1, 0
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            else:
+                stale += 1
+            if on_epoch:
+                on_epoch(model, row)
+            if self.progress:
+                self.progress("epoch", fold=fold, epoch=epoch, epochs=epochs, row=row, best=result.best_score)
+            patience = self.cfg["early_stopping_patience"]
+            if patience and stale >= patience:
+                break
+        self.last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        model.load_state_dict(best_state)
+        result.model = model
+        return result
+
+    def _to_device(self, x, present, y):
+        nb = self.device.type == "cuda"
+        x = x.to(self.device, non_blocking=nb)
+        if self.channels_last:
+            b, v = x.shape[:2]
+            x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(b, v, *x.shape[2:])
+        return x, present.to(self.device, non_blocking=nb), y.to(self.device, non_blocking=nb)
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, ds: NodeDataset | Sequence[Sample], loss_fn: MultiTaskLoss | None = None) -> Predictions:
+        if not isinstance(ds, NodeDataset):
+            ds = self._dataset(ds, False)
+        model.eval()
+        loader = DataLoader(ds, batch_size=max(64, self.data_cfg["batch_size"]), shuffle=False,
+                            num_workers=0)
+        probs: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
+        total, seen = 0.0, 0
+        heads = dict(model.heads.items())
+        for x, present, y, _ in loader:
+            x, present, y = self._to_device(x, present, y)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                outputs = model(x, present)
+            outputs = {k: v.float() for k, v in outputs.items()}
+            if loss_fn is not None:
+                loss, _ = loss_fn(outputs, {t: y[:, i] for i, t in enumerate(self.tasks)}, heads)
+                total += float(loss) * len(y)
+                seen += len(y)
+            for t, p in model.probabilities(outputs).items():
+                p = p.double().cpu().numpy()
+                probs[t].append(p / p.sum(1, keepdims=True))  # exact row sums for metric libraries
+        return Predictions(list(ds.samples), {t: np.concatenate(v) if v else np.zeros((0, self.tasks[t].num_classes))
+                                              for t, v in probs.items()}, total / seen if seen else float("nan"))
+
+    def monitor_score(self, pred: Predictions) -> float:
+        """Higher is better; AUC falls back to minus the loss when the validation part has one class."""
+        metric = self.cfg["monitor"]
+        if metric == "loss":
+            return -pred.loss
+        from lnzoo.metrics import classification_metrics
+
+        task = self.tasks[self.main]
+        y = pred.labels(self.main)
+        keep = y != MISSING
+        if keep.sum() == 0 or len(np.unique(y[keep])) < 2:
+            return -pred.loss
+        m = classification_metrics(y[keep], pred.proba[self.main][keep], list(task.classes), task.positive_index)
+        value = m.get(metric)
+        return -pred.loss if value is None or not np.isfinite(value) else float(value)
+
+
+def _seed_worker(worker_id: int) -> None:
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
