@@ -127,3 +127,15 @@ def test_list_commands_show_the_builtins():
     assert {"timm", "tv_resnet50", "tv_swin_t"} <= backbones
     version = run_cli("--version")
     assert version.returncode == 0 and lnzoo.__version__ in version.stdout
+
+
+def test_the_shipped_ordinal_plugin_is_listed_under_its_distribution(fake_dist):
+    from tests.conftest import REPO
+    site = fake_dist("lnzoo-ordinal", "0.1.0", {"ordinal": "lnzoo_ordinal.plugin"})
+    out = run_cli("list-heads", "--json", pythonpath=[site, REPO / "plugins" / "lnzoo-ordinal" / "src"])
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert rows["coral"]["distribution"] == "lnzoo-ordinal"
+    tasks = {r["name"]: r for r in json.loads(run_cli(
+        "list-tasks", "--json", pythonpath=[site, REPO / "plugins" / "lnzoo-ordinal" / "src"]).stdout)}
+    assert tasks["elastography_score"]["classes"] == ["1", "2", "3", "4"]

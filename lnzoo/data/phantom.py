@@ -359,7 +359,6 @@ class _Template:
     alpha: np.ndarray  # attenuation coefficient relative to tissue
     stiff: np.ndarray  # stiffness 0..1
     vel: np.ndarray    # signed flow: >0 towards the probe (red), <0 away (blue)
-    hilum_sign: float
 
 
 def _make_template(rng: np.random.Generator, node: _Node, ppm: float) -> _Template:
@@ -379,6 +378,7 @@ def _make_template(rng: np.random.Generator, node: _Node, ppm: float) -> _Templa
         radius += amp * np.cos(k * phi + rng.uniform(0, 2 * np.pi))
     if node.hilum:
         radius -= 0.10 * np.exp(-((phi - hilum_sign * np.pi / 2) / 0.35) ** 2)
+    radius = np.clip(radius, 0.75, 1.2)  # the node stays within 1.2x its nominal ellipse
     local = (a * b) / np.sqrt((b * np.cos(phi)) ** 2 + (a * np.sin(phi)) ** 2)
     sdist = (radius - rho) * local  # ~ signed distance to the margin in px (inside > 0)
     mask = np.clip(0.5 + sdist, 0.0, 1.0)
@@ -391,10 +391,10 @@ def _make_template(rng: np.random.Generator, node: _Node, ppm: float) -> _Templa
     # darker background
     if node.ret > 0.02:
         w = rng.standard_normal((size, size), dtype=np.float32)
-        s1 = max(0.6, 0.22 * mm * node.ret_sc)
+        s1 = max(0.6, 0.4 * mm * node.ret_sc)
         bp = ndimage.gaussian_filter(w, s1) - ndimage.gaussian_filter(w, 2.2 * s1)
-        lines = np.exp(-(bp / (0.22 * float(bp.std()) + 1e-6)) ** 2)
-        db += node.ret * (12.0 * lines - 5.0)
+        lines = np.exp(-(bp / (0.28 * float(bp.std()) + 1e-6)) ** 2)
+        db += node.ret * (14.0 * lines - 5.0)
     # capsule: a thin echogenic rim just inside the margin
     rim = np.exp(-((sdist - 1.2) / (0.12 * mm + 0.6)) ** 2)
     db += node.cap * 9.0 * rim
@@ -441,7 +441,7 @@ def _make_template(rng: np.random.Generator, node: _Node, ppm: float) -> _Templa
     vel = _make_vessels(rng, node, a, b, half, hilum_sign, ppm)
     f32 = np.float32
     return _Template(half, echo.astype(f32), spec.astype(f32), mask.astype(f32),
-                     alpha.astype(f32), stiff.astype(f32), vel.astype(f32), hilum_sign)
+                     alpha.astype(f32), stiff.astype(f32), vel.astype(f32))
 
 
 def _make_vessels(rng, node: _Node, a, b, half, hilum_sign, ppm) -> np.ndarray:
@@ -525,7 +525,7 @@ def _background(rng: np.random.Generator, S: int, ppm: float, x_mm: np.ndarray):
     alpha = np.where(in_fat, 0.9, np.where(in_musc, 1.1, 1.0)).astype(np.float32)
     stiff = 0.42 + 0.1 * _noise(rng, shape, max(1.0, 2.0 * ppm))
     stiff = np.where(in_fat, stiff - 0.1, np.where(in_musc, stiff + 0.06, stiff))
-    return db.astype(np.float32), np.broadcast_to(alpha, shape).copy(), stiff.astype(np.float32), fat
+    return db.astype(np.float32), np.broadcast_to(alpha, shape).copy(), stiff.astype(np.float32)
 
 
 def _render(rng: np.random.Generator, tpl: _Template, node: _Node, S: int, base_angle: float):
@@ -538,8 +538,8 @@ def _render(rng: np.random.Generator, tpl: _Template, node: _Node, S: int, base_
     # -- placement --------------------------------------------------------------------
     theta = base_angle + rng.normal(0, math.radians(6))
     scale = 1.0 + rng.normal(0, 0.04)
-    a = node.long_mm / 2 * ppm * scale * 1.12
-    b = node.short_mm / 2 * ppm * scale * 1.12
+    a = node.long_mm / 2 * ppm * scale * 1.2  # 1.2: the most the margin may bulge out
+    b = node.short_mm / 2 * ppm * scale * 1.2
     c, s = math.cos(theta), math.sin(theta)
     hx = math.sqrt((a * c) ** 2 + (b * s) ** 2)
     hy = math.sqrt((a * s) ** 2 + (b * c) ** 2)
@@ -549,28 +549,29 @@ def _render(rng: np.random.Generator, tpl: _Template, node: _Node, S: int, base_
     cx = rng.uniform(lo_x, hi_x) if hi_x > lo_x else (fx0 + fx1) / 2
     cy = rng.uniform(lo_y, hi_y) if hi_y > lo_y else (lo_y + hi_y) / 2
 
-    db, alpha, stiff, fat_line = _background(rng, S, ppm, x_mm)
+    db, alpha, stiff = _background(rng, S, ppm, x_mm)
     # occasional vessel (jugular/carotid-like), kept away from the node
     vessel = None
     if rng.random() < 0.3:
         vr = rng.uniform(2.5, 4.5) * ppm
         vx = rng.uniform(fx0 + vr, fx1 - vr)
         vy = rng.uniform(12 * ppm + vr, S - vr - 2)
+        flat = rng.uniform(1.1, 1.6)  # veins are compressed by the probe
         if math.hypot(vx - cx, vy - cy) > max(hx, hy) + vr + 2 * ppm:
-            vessel = (vx, vy, vr)
+            vessel = (vx, vy, vr, flat)
     yy, xx = np.mgrid[0:S, 0:S].astype(np.float32)
     echo = np.power(10.0, db / 20.0)
     if vessel is not None:
-        vx, vy, vr = vessel
-        dv = np.sqrt((xx - vx) ** 2 + ((yy - vy) * 1.1) ** 2) - vr
+        vx, vy, vr, flat = vessel
+        dv = np.sqrt((xx - vx) ** 2 + ((yy - vy) * flat) ** 2) - vr
         wall = np.exp(-(dv / (0.25 * ppm + 0.5)) ** 2)
         lumen = np.clip(0.5 - dv, 0, 1)
-        echo = echo * (1 - lumen) + 0.01 * lumen + 1.2 * wall * (1 - lumen)
+        echo = echo * (1 - lumen) + 0.012 * lumen + 2.0 * wall * (1 - lumen)
         alpha = alpha * (1 - lumen) + 0.15 * lumen
         stiff = stiff * (1 - lumen) + 0.3 * lumen
 
     # -- node: inverse-map frame pixels into the template -----------------------------
-    rx, ry = int(math.ceil(hx * 1.1)) + 3, int(math.ceil(hy * 1.1)) + 3  # a, b include 12 % slack
+    rx, ry = int(math.ceil(hx)) + 3, int(math.ceil(hy)) + 3
     y0, y1 = max(0, int(cy) - ry), min(S, int(cy) + ry + 1)
     x0, x1 = max(0, int(cx) - rx), min(S, int(cx) + rx + 1)
     dx = xx[y0:y1, x0:x1] - cx
@@ -594,6 +595,10 @@ def _render(rng: np.random.Generator, tpl: _Template, node: _Node, S: int, base_
     spec[sl] = sample(tpl.spec)
     vel[sl] = sample(tpl.vel) * np.clip(mm_ * 1.5, 0, 1)
     mask = m > 0.5
+    mask[:, :fx0] = False  # outside the imaged field (only when a huge node cannot fit)
+    mask[:, fx1:] = False
+    if not mask.any():  # a node smaller than a pixel: keep at least its centre pixel
+        mask[int(np.clip(cy, 0, S - 1)), int(np.clip(cx, 0, S - 1))] = True
 
     # -- B-mode physics ---------------------------------------------------------------
     echo = ndimage.gaussian_filter(echo, max(0.4, 0.1 * ppm))
@@ -602,7 +607,7 @@ def _render(rng: np.random.Generator, tpl: _Template, node: _Node, S: int, base_
     depth = (np.arange(S, dtype=np.float32) + 0.5) / ppm
     knots = np.linspace(0, FIELD_DEPTH_MM, 8)
     tgc_db = rng.normal(0, 1.2, knots.size)
-    comp = mu * rng.uniform(0.75, 0.95)
+    comp = mu * rng.uniform(0.6, 0.85)  # TGC under-compensates: darker with depth
     tgc = np.exp(comp * depth) * np.power(10.0, np.interp(depth, knots, tgc_db) / 20.0)
     gain = 10 ** (rng.normal(0, 2.0) / 20.0)
     lat, ax = max(0.5, 0.3 * ppm), max(0.4, 0.12 * ppm)
@@ -648,8 +653,8 @@ def _render(rng: np.random.Generator, tpl: _Template, node: _Node, S: int, base_
     pulse = rng.uniform(0.75, 1.15)
     v = vel * pulse
     if vessel is not None:
-        vx, vy, vr = vessel
-        lumen = np.clip(0.5 - (np.sqrt((xx - vx) ** 2 + ((yy - vy) * 1.1) ** 2) - vr + 0.8), 0, 1)
+        vx, vy, vr, flat = vessel
+        lumen = np.clip(0.5 - (np.sqrt((xx - vx) ** 2 + ((yy - vy) * flat) ** 2) - vr + 0.8), 0, 1)
         sign = 1.0 if rng.random() < 0.5 else -1.0
         v = np.where(lumen > 0.5, sign * (0.6 + 0.3 * np.clip(1 - (np.hypot(xx - vx, yy - vy) / vr), 0, 1)), v)
     # flash artefacts: a few small blobs anywhere in the box
@@ -903,6 +908,9 @@ def ensure_phantom(cache_root=None, **kwargs) -> pathlib.Path:
         generate_phantom(tmp, patients=key["patients"], seed=key["seed"],
                          difficulty=key["difficulty"], frame_size=key["frame_size"],
                          progress=progress)
+        os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
+        if final.exists() and not manifest.is_file():
+            shutil.rmtree(final)  # a damaged entry (e.g. its manifest deleted by hand)
         try:
             os.rename(tmp, final)
         except OSError:
