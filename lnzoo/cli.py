@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from lnzoo import __version__
-from lnzoo.errors import LnzooError
+from lnzoo.errors import LnzooError, UsageError
 
 app = typer.Typer(name="lnzoo", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Plugin-based multi-task model zoo for lymph node ultrasound.")
@@ -137,11 +137,16 @@ def _load(recipe: Path, sets: list[str] | None, quick: bool):
 def validate(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")], set_: SetOpt = None,
              quick: QuickOpt = False) -> None:
     """Check a recipe and its data without training; every problem is listed, exit 2 if any."""
-    from lnzoo.runner import load_run_data, recipe_tasks
+    from lnzoo.runner import load_run_data, plan_folds, recipe_tasks
 
     r = _load(recipe, set_, quick)
     console.print(f"[green]recipe ok[/]: {recipe} ({r.name}; tasks {', '.join(r.tasks)})")
-    data = load_run_data(r, recipe_tasks(r, _host()))
+    tasks = recipe_tasks(r, _host())
+    data = load_run_data(r, tasks)
+    plan_folds(data.pool, r, tasks)
+    if data.skipped:
+        err.print(f"[yellow]{len(data.skipped)} bad row(s)/image(s) will be left out[/] (data.skip_bad_rows):\n"
+                  + "\n".join(f"  - {p}" for p in data.skipped[:50]))
     n_pat = len({s.patient for s in data.pool})
     console.print(f"[green]data ok[/]: {len(data.pool)} images of {n_pat} patients for cross-validation"
                   + (f", {len(data.test)} test" if data.test else "")
@@ -164,7 +169,9 @@ def run(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
     console.print(f"[bold]lnzoo run[/] {recipe}{' --quick' if quick else ''} -> {out}")
     metrics = run_recipe(r, _host(), out, console=err)
     _summary_table(metrics)
-    console.print(f"run directory: {out}")
+    from lnzoo.report import write_report
+    report_path = write_report(out, n_boot=500)
+    console.print(f"run directory: {out}\nreport: {report_path}")
 
 
 @app.command()
@@ -201,6 +208,66 @@ def synth(out: Annotated[Path, typer.Option("--out", help="Folder to write the p
         except ValueError as exc:
             raise LnzooError(str(exc)) from None
     console.print(f"phantom written: {manifest} (+ lists/ with the seed-style list files)")
+
+
+@app.command()
+@guarded
+def explain(checkpoint_or_run: Annotated[Path, typer.Argument(help="A .safetensors checkpoint or a run directory "
+                                                                  "(its fold 0 model).")],
+            images: Annotated[list[Path], typer.Argument(help="Images; for a full+crop model the crop is found "
+                                                               "through the -crop mirror folder.")],
+            out: Annotated[Path, typer.Option("--out", help="Folder for the overlay PNGs and explain.csv.")],
+            task: Annotated[Optional[list[str]], typer.Option("--task", help="Explain only this head (repeatable).")] = None,
+            method: Annotated[str, typer.Option("--method", help="gradcam or gradcam++")] = "gradcam",
+            class_: Annotated[Optional[str], typer.Option("--class", help="Class to explain (default: predicted).")] = None,
+            ) -> None:
+    """Grad-CAM / Grad-CAM++ overlays per head, per class and per view."""
+    from lnzoo.explain import METHODS, explain as run_explain
+
+    if method not in METHODS:
+        raise UsageError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
+    pngs = run_explain(checkpoint_or_run, images, out, tasks=task or None, method=method, class_index=class_,
+                       host=_host())
+    console.print(f"{len(pngs)} overlay(s) written to {out} (index: {out / 'explain.csv'})")
+
+
+@app.command("report")
+@guarded
+def report(run_dir: Annotated[Path, typer.Argument(help="A run directory written by lnzoo run.")],
+           out: Annotated[Optional[Path], typer.Option("--out", help="HTML file (default RUN_DIR/report.html).")] = None,
+           n_boot: Annotated[int, typer.Option("--n-boot", help="Patient bootstrap resamples for the CIs.")] = 1000,
+           aggregate: Annotated[Optional[str], typer.Option(help="'patient': also score mean probability per patient.")] = None,
+           ) -> None:
+    """Write a self-contained HTML report (plots embedded) and evaluation.json for a run."""
+    from lnzoo.report import write_report
+
+    if aggregate not in (None, "patient"):
+        raise UsageError(f"--aggregate {aggregate!r}: the only level is 'patient'")
+    path = write_report(run_dir, out, n_boot=n_boot, aggregate=aggregate)
+    console.print(f"report: {path}\nnumbers: {path.parent / 'evaluation.json'}")
+
+
+@app.command("compare")
+@guarded
+def compare_cmd(a: Annotated[Path, typer.Argument(help="Run directory or prediction CSV (e.g. the model).")],
+                b: Annotated[Path, typer.Argument(help="Run directory or prediction CSV (e.g. a reader's calls).")],
+                task: Annotated[Optional[str], typer.Option("--task", help="Task to compare (default: the main one).")] = None,
+                part: Annotated[Optional[str], typer.Option("--part", help="cv, test or external.")] = None,
+                rule: Annotated[str, typer.Option("--threshold-rule", help="0.5, youden or sensitivity.")] = "0.5",
+                threshold_a: Annotated[Optional[float], typer.Option("--threshold-a")] = None,
+                threshold_b: Annotated[Optional[float], typer.Option("--threshold-b")] = None,
+                positive: Annotated[Optional[str], typer.Option("--positive", help="Positive class of a binary task.")] = None,
+                intersect: Annotated[bool, typer.Option("--intersect", help="Compare on the common cases only.")] = False,
+                n_boot: Annotated[int, typer.Option("--n-boot")] = 1000, as_json: JsonOpt = False) -> None:
+    """Compare two models (or a model and a reader): paired DeLong for AUC, McNemar at the operating points."""
+    from lnzoo.compare import as_json as to_json, compare, format_table
+
+    result = compare(a, b, task, rule, n_boot, threshold_a=threshold_a, threshold_b=threshold_b,
+                     intersect=intersect, part=part, positive=positive)
+    if as_json:
+        print(to_json(result))
+    else:
+        console.print(format_table(result))
 
 
 def _summary_table(metrics: dict) -> None:

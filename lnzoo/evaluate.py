@@ -43,7 +43,8 @@ def evaluate_run(run_dir: Path, host) -> tuple[dict[str, Any], dict[str, Any]]:
         held = [s for s in data.pool if assignment.get(s.patient) == k]
         if not held:
             raise UsageError(f"{ckpt}: no sample of fold {k} found in the recipe's data; has the data moved?")
-        pre = Preprocessing(**{f: meta["preprocessing"][f] for f in ("image_size", "resize", "normalize")})
+        pre = Preprocessing(**{f: meta["preprocessing"][f] for f in ("image_size", "resize", "normalize", "roi_margin")
+                               if f in meta["preprocessing"]})
         trainer = Trainer(recipe, host, tasks, ImageCache(pre))
         pred = trainer.predict(model, held)
         per_fold.append(task_metrics(held, pred.proba, tasks))

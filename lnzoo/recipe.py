@@ -58,8 +58,13 @@ SCHEMA: dict[str, Any] = {
         "train": F(SOURCE, None, "list file(s), CSV manifest or class folders; empty: the built-in phantom"),
         "test": F(SOURCE, None, "internal test set, evaluated separately"),
         "external": F(SOURCE, None, "external test set (another centre), evaluated separately"),
-        "views": F(list, ["full"], "the views of a sample, e.g. ['full', 'crop'] or ['2d', 'cdfi', 'elasto']"),
+        "views": F(list, ["full"], "the views of a sample, e.g. ['full', 'crop'], ['full', 'roi'] or "
+                                   "['2d', 'cdfi', 'elasto']"),
         "label_columns": (TASK_TABLE, F(str, None, "manifest column holding the task's label")),
+        "bbox_column": F(str, "bbox", "manifest column 'x0 y0 x1 y1' (pixels) that the 'roi' view crops to"),
+        "mask_column": F(str, "mask", "manifest column with a mask file whose extent the 'roi' view crops to"),
+        "roi_margin": F(NUM, 0.1, "margin added to each side of the box for the 'roi' view (fraction of size)",
+                        min=0.0, max=2.0),
         "crop_suffix": F(str, "-crop", "list files: the ROI crop sits in a mirror folder with this suffix"),
         "patient_regex": F(OPT_STR, None, "list files: regex whose group 1, applied to the file name, is the patient id"),
         "image_size": F(int, 224, "square input size in pixels", min=16),
@@ -67,7 +72,9 @@ SCHEMA: dict[str, Any] = {
         "normalize": F(str, "imagenet", "input normalisation", choices=("imagenet", "half")),
         "batch_size": F(int, 32, min=1),
         "num_workers": F(int, 0, "DataLoader worker processes (0: load in the main process)", min=0),
-        "cache": F(str, "memory", "keep decoded, resized images", choices=("memory", "none")),
+        "skip_bad_rows": F(bool, False, "leave out bad rows and unreadable images (reported) instead of failing"),
+        "cache": F(str, "memory", "decoded, resized images: memory (this run), disk (also across runs, under "
+                                  "$LNZOO_CACHE/images) or none", choices=("memory", "disk", "none")),
         "sampling": F(str, "class_weights", "class balance for the main task",
                       choices=("class_weights", "oversample", "none")),
         "phantom": {
@@ -84,6 +91,11 @@ SCHEMA: dict[str, Any] = {
             "color_jitter": F(NUM, 0.2, "brightness/contrast jitter strength", min=0.0, max=1.0),
             "blur": F(NUM, 0.1, "Gaussian blur probability", min=0.0, max=1.0),
             "scale": F(list, [0.85, 1.0], "random resized crop area range [min, max]"),
+            "speckle": F(NUM, 0.0, "probability of multiplicative speckle (ultrasound)", min=0.0, max=1.0),
+            "gain": F(NUM, 0.0, "probability of a gain + TGC depth-curve change (ultrasound)", min=0.0, max=1.0),
+            "depth_attenuation": F(NUM, 0.0, "probability of extra attenuation with depth (ultrasound)",
+                                   min=0.0, max=1.0),
+            "shadow": F(NUM, 0.0, "probability of an acoustic shadow band (ultrasound)", min=0.0, max=1.0),
         },
     },
     "model": {
@@ -107,6 +119,8 @@ SCHEMA: dict[str, Any] = {
                      choices=("auc", "balanced_accuracy", "accuracy", "f1_macro", "mcc", "loss")),
         "val_fraction": F(NUM, 0.15, "patients of each training part held out to pick the epoch", min=0.05, max=0.5),
         "grad_clip": F(NUM, 0.0, "max gradient norm (0: off)", min=0.0),
+        "ema": F(NUM, 0.0, "decay of an exponential moving average of the weights (and BatchNorm buffers) "
+                           "that is evaluated and saved instead of the raw weights (0: off)", min=0.0, max=0.99999),
         "amp": F((bool, str), "auto", "mixed precision: auto = on CUDA only"),
         "channels_last": F((bool, str), "auto", "channels_last memory format: auto = on CUDA only"),
         "device": F(str, "auto", "auto, cpu, cuda or cuda:N"),
@@ -122,10 +136,10 @@ SCHEMA: dict[str, Any] = {
 # The documented --quick profile: small backbone, small images, few epochs, one fold.
 QUICK_DEFAULTS: dict[str, Any] = {
     "model.backbone": {"name": "timm", "model_name": "resnet18"},
-    "data.image_size": 96,
+    "data.image_size": 128,
     "data.batch_size": 32,
     "data.phantom.patients": 160,
-    "train.epochs": 8,
+    "train.epochs": 12,
     "train.optimizer": "adamw",
     "train.lr": 2e-3,
     "train.weight_decay": 0.05,
@@ -217,16 +231,21 @@ def _is_plugin_marker(spec: Any) -> bool:
     return isinstance(spec, tuple) and len(spec) == 2 and spec[0] == PLUGIN_TABLE
 
 
-def merge(base: dict[str, Any], top: Mapping[str, Any]) -> dict[str, Any]:
+# tables a child recipe replaces whole: a stage's task set is its own, never the union with its base's
+REPLACED_TABLES = {"tasks.task_weights"}
+
+
+def merge(base: dict[str, Any], top: Mapping[str, Any], _prefix: str = "") -> dict[str, Any]:
     """Deep-merge ``top`` over ``base``; a plugin table naming another plugin replaces the old one whole."""
     out = copy.deepcopy(base)
     for key, value in top.items():
         old = out.get(key)
-        if isinstance(value, dict) and isinstance(old, dict):
+        dotted = f"{_prefix}{key}"
+        if isinstance(value, dict) and isinstance(old, dict) and dotted not in REPLACED_TABLES:
             if "name" in value and "name" in old and value["name"] != old["name"]:
                 out[key] = copy.deepcopy(value)  # other plugin, other arguments
             else:
-                out[key] = merge(old, value)
+                out[key] = merge(old, value, dotted + ".")
         else:
             out[key] = copy.deepcopy(value)
     return out

@@ -10,7 +10,7 @@ import csv
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,12 +25,13 @@ PHANTOM_PATIENT_REGEX = r"^(P\d+)_"
 
 @dataclass
 class RunData:
-    """The samples of a run: the cross-validation pool and the separate test sets."""
+    """The samples of a run: the cross-validation pool, the separate test sets, what was skipped."""
 
     pool: list[Sample]
     test: list[Sample]
     external: list[Sample]
     description: str
+    skipped: list[str] = field(default_factory=list)
 
 
 def recipe_tasks(recipe, host) -> dict[str, Task]:
@@ -42,37 +43,74 @@ def recipe_tasks(recipe, host) -> dict[str, Task]:
     return tasks
 
 
-def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, int], None] | None = None) -> RunData:
-    """Read the recipe's data sources, or generate/reuse the built-in phantom when it names none."""
-    data_cfg = recipe.data["data"]
-    regex = None
-    train = data_cfg["train"]
-    description = "your data"
-    if not train:
-        from lnzoo.data.phantom import ensure_phantom
+def _phantom_sources(recipe, tasks, on_phantom) -> tuple[Any, str | None, str]:
+    from lnzoo.data.phantom import ensure_phantom
 
-        ph = data_cfg["phantom"]
-        manifest = ensure_phantom(patients=ph["patients"], seed=ph["seed"], difficulty=ph["difficulty"],
-                                  progress=on_phantom)
-        if ph["source"] == "stage1_lists":
-            lists = manifest.parent / "lists"
-            train = [{"path": str(lists / "stage1_main.txt"), "task": "malignancy"},
-                     {"path": str(lists / "stage1_aux.txt"), "task": "enlargement"}]
-            train = [t for t in train if t["task"] in tasks]
-            regex = PHANTOM_PATIENT_REGEX
-            if not train:
-                raise UsageError("data.phantom.source = \"stage1_lists\" labels malignancy and enlargement; "
-                                 f"this recipe's tasks are {list(tasks)}: use source = \"manifest\"")
-        else:
-            train = str(manifest)
-        description = f"synthetic phantom ({ph['patients']} patients, seed {ph['seed']}; not clinical data)"
-    pool = load_source(train, tasks, data_cfg, regex)
-    test = load_source(data_cfg["test"], tasks, data_cfg) if data_cfg["test"] else []
-    external = load_source(data_cfg["external"], tasks, data_cfg) if data_cfg["external"] else []
+    ph = recipe.data["data"]["phantom"]
+    manifest = ensure_phantom(patients=ph["patients"], seed=ph["seed"], difficulty=ph["difficulty"], progress=on_phantom)
+    description = f"synthetic phantom ({ph['patients']} patients, seed {ph['seed']}; not clinical data)"
+    if ph["source"] != "stage1_lists":
+        return str(manifest), None, description
+    lists = manifest.parent / "lists"
+    train = [{"path": str(lists / "stage1_main.txt"), "task": "malignancy"},
+             {"path": str(lists / "stage1_aux.txt"), "task": "enlargement"}]
+    train = [t for t in train if t["task"] in tasks]
+    if not train:
+        raise UsageError("data.phantom.source = \"stage1_lists\" labels malignancy and enlargement; "
+                         f"this recipe's tasks are {list(tasks)}: use source = \"manifest\"")
+    return train, PHANTOM_PATIENT_REGEX, description
+
+
+def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, int], None] | None = None,
+                  check_files_too: bool = True) -> RunData:
+    """Read and check the recipe's data (or the built-in phantom when it names none).
+
+    Every problem is collected: bad rows, missing/empty/corrupt images, duplicate rows, identical
+    image content under two patients. With ``data.skip_bad_rows`` bad rows and images are left
+    out and listed in ``RunData.skipped``; leakage is never skipped.
+    """
+    from lnzoo.data.checks import check_files, identical_content_across_patients
+
+    data_cfg = {**recipe.data["data"], "main_task": recipe.data["tasks"]["main"]}
+    train, regex, description = data_cfg["train"], None, "your data"
+    if not train:
+        train, regex, description = _phantom_sources(recipe, tasks, on_phantom)
+    problems: list[str] = []
+    parts = {"cross-validation": load_source(train, tasks, data_cfg, regex, problems)}
+    for part in ("test", "external"):
+        parts[part] = load_source(data_cfg[part], tasks, data_cfg, None, problems) if data_cfg[part] else []
+    digests: dict[str, str] = {}
+    if check_files_too:
+        for part, samples in parts.items():
+            bad = check_files(samples, problems, digests)
+            parts[part] = [s for i, s in enumerate(samples) if i not in bad]
+    leaks = identical_content_across_patients(parts, digests)
+    if problems and not data_cfg["skip_bad_rows"]:
+        raise DataError(problems + leaks, "problem(s) in the data (data.skip_bad_rows = true leaves bad rows out)")
+    if leaks:
+        raise DataError(leaks, "leak(s): the same image under different patients or parts")
     main = recipe.data["tasks"]["main"]
-    if not any(s.labels.get(main, MISSING) != MISSING for s in pool):
+    if not any(s.labels.get(main, MISSING) != MISSING for s in parts["cross-validation"]):
         raise DataError([f"no training row has a label for the main task {main!r}"])
-    return RunData(pool, test, external, description)
+    return RunData(parts["cross-validation"], parts["test"], parts["external"], description, problems)
+
+
+def image_cache_dir() -> Path:
+    import os
+    return Path(os.environ.get("LNZOO_CACHE") or Path.home() / ".cache" / "lnzoo") / "images"
+
+
+def plan_folds(pool: Sequence[Sample], recipe, tasks: Mapping[str, Task]) -> dict[str, int]:
+    """Patient -> fold, refusing folds that miss a class of the main task."""
+    from lnzoo.data.checks import fold_class_coverage
+    from lnzoo.data.splits import patient_folds
+
+    main = recipe.data["tasks"]["main"]
+    assignment = patient_folds(pool, recipe.data["cv"]["folds"], main, recipe.data["seed"])
+    problems = fold_class_coverage(pool, assignment, main, tasks[main].classes)
+    if problems:
+        raise DataError(problems, "problem(s) with the folds")
+    return assignment
 
 
 def _class_names(task: Task, idx: int) -> str:
@@ -109,7 +147,7 @@ def summarise_folds(per_fold: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict
 def write_predictions(path: Path, rows: list[tuple[str, int | None, Sample, dict[str, np.ndarray]]],
                       tasks: Mapping[str, Task], views: Sequence[str]) -> None:
     """One row per image and part: where it came from, its true labels, every class probability."""
-    header = ["part", "fold", *[f"path_{v}" if v != "full" else "path" for v in views], "patient", "source"]
+    header = ["part", "fold", *[f"path_{v}" if v != "full" else "path" for v in views], "patient", "center", "source"]
     for name, task in tasks.items():
         header.append(f"{name}_true")
         header += [f"p_{name}_{c}" for c in task.classes]
@@ -118,7 +156,7 @@ def write_predictions(path: Path, rows: list[tuple[str, int | None, Sample, dict
         w.writerow(header)
         for part, fold, s, proba in rows:
             row: list[Any] = [part, "" if fold is None else fold,
-                              *[str(s.views.get(v) or "") for v in views], s.patient, s.origin]
+                              *[str(s.views.get(v) or "") for v in views], s.patient, s.center or "", s.origin]
             for name, task in tasks.items():
                 row.append(_class_names(task, s.labels.get(name, MISSING)))
                 row += [f"{p:.6f}" for p in proba[name]]
@@ -144,7 +182,7 @@ def run_recipe(recipe, host, out_dir: Path, console=None) -> dict[str, Any]:
     from lnzoo.checkpoint import environment, save_checkpoint
     from lnzoo.data.dataset import ImageCache
     from lnzoo.data.images import Preprocessing
-    from lnzoo.data.splits import check_leakage, inner_validation, patient_folds
+    from lnzoo.data.splits import check_leakage, inner_validation
     from lnzoo.train import Trainer
     from lnzoo.ui import RunProgress
 
@@ -162,12 +200,17 @@ def run_recipe(recipe, host, out_dir: Path, console=None) -> dict[str, Any]:
     ui = RunProgress(console)
     with ui:
         data = load_run_data(recipe, tasks, on_phantom=ui.phantom)
+        if data.skipped:
+            ui.console.print(f"[yellow]skipped {len(data.skipped)} bad row(s)/image(s)[/] (data.skip_bad_rows); "
+                             f"first: {data.skipped[0]}")
         check_leakage({"cross-validation": data.pool, "test": data.test, "external": data.external})
-        pre = Preprocessing(cfg["data"]["image_size"], cfg["data"]["resize"], cfg["data"]["normalize"])
-        cache = ImageCache(pre)
-        if cfg["data"]["cache"] == "memory":
+        pre = Preprocessing(cfg["data"]["image_size"], cfg["data"]["resize"], cfg["data"]["normalize"],
+                            cfg["data"]["roi_margin"])
+        cache = ImageCache(pre, disk_dir=image_cache_dir() if cfg["data"]["cache"] == "disk" else None,
+                           keep=cfg["data"]["cache"] != "none")
+        if cfg["data"]["cache"] != "none":
             cache.preload([*data.pool, *data.test, *data.external], progress=ui.decode)
-        assignment = patient_folds(data.pool, cfg["cv"]["folds"], main, cfg["seed"])
+        assignment = plan_folds(data.pool, recipe, tasks)
         with (out_dir / "folds.csv").open("w", newline="") as fh:
             w = csv.writer(fh)
             w.writerow(["patient", "fold"])

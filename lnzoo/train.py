@@ -156,6 +156,11 @@ class Trainer:
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
         heads = dict(model.heads.items())
         result = FoldResult(fold, -1, -math.inf)
+        ema = None
+        if self.cfg["ema"] > 0:  # averages BatchNorm buffers too (use_buffers), which the seed's EMA forgot
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg["ema"]), use_buffers=True)
+        eval_model = ema.module if ema is not None else model
         best_state = None
         stale = 0
         epochs = self.cfg["epochs"]
@@ -176,20 +181,22 @@ class Trainer:
                 scaler.step(optimizer)
                 scaler.update()
                 scheduler.step()  # once per optimizer step
+                if ema is not None:
+                    ema.update_parameters(model)
                 total += float(loss.detach()) * len(y)
                 seen += len(y)
                 if self.progress:
                     self.progress("step", fold=fold, epoch=epoch, epochs=epochs, step=step + 1, steps=len(loader),
                                   loss=total / seen)
-            val_pred = self.predict(model, val_ds, loss_fn)
-            score = self.monitor_score(val_pred)
+            val_pred = self.predict(eval_model, val_ds, loss_fn)
+            score, shown = self.monitor_score(val_pred)
             row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_pred.loss,
-                   f"val_{self.cfg['monitor']}": score, "lr": optimizer.param_groups[0]["lr"]}
+                   f"val_{self.cfg['monitor']}": shown, "lr": optimizer.param_groups[0]["lr"]}
             result.history.append(row)
             improved = score > result.best_score + 1e-9 or best_state is None
             if improved:
                 result.best_score, result.best_epoch, stale = score, epoch + 1, 0
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
             else:
                 stale += 1
             if on_epoch:
@@ -199,7 +206,7 @@ class Trainer:
             patience = self.cfg["early_stopping_patience"]
             if patience and stale >= patience:
                 break
-        self.last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.last_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
         model.load_state_dict(best_state)
         result.model = model
         return result
@@ -237,21 +244,23 @@ class Trainer:
         return Predictions(list(ds.samples), {t: np.concatenate(v) if v else np.zeros((0, self.tasks[t].num_classes))
                                               for t, v in probs.items()}, total / seen if seen else float("nan"))
 
-    def monitor_score(self, pred: Predictions) -> float:
-        """Higher is better; AUC falls back to minus the loss when the validation part has one class."""
+    def monitor_score(self, pred: Predictions) -> tuple[float, float]:
+        """(score to maximise, value to report); an undefined metric falls back to minus the loss."""
         metric = self.cfg["monitor"]
         if metric == "loss":
-            return -pred.loss
+            return -pred.loss, pred.loss
         from lnzoo.metrics import classification_metrics
 
         task = self.tasks[self.main]
         y = pred.labels(self.main)
         keep = y != MISSING
         if keep.sum() == 0 or len(np.unique(y[keep])) < 2:
-            return -pred.loss
+            return -pred.loss, float("nan")
         m = classification_metrics(y[keep], pred.proba[self.main][keep], list(task.classes), task.positive_index)
         value = m.get(metric)
-        return -pred.loss if value is None or not np.isfinite(value) else float(value)
+        if value is None or not np.isfinite(value):
+            return -pred.loss, float("nan")
+        return float(value), float(value)
 
 
 def _seed_worker(worker_id: int) -> None:

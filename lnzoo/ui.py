@@ -53,7 +53,7 @@ class RunProgress:
             metric = next(k for k in row if k.startswith("val_") and k != "val_loss")
             best = kw["best"]
             self.progress.update(self._tasks[key], info=f"epoch {row['epoch']}/{kw['epochs']} loss {row['train_loss']:.3f} "
-                                 f"{metric} {row[metric]:.3f} (best {best:.3f})" if math.isfinite(best) else "")
+                                 f"{metric} {row[metric]:.3f}" + (f" (best {best:.3f})" if math.isfinite(best) else ""))
 
     def end_fold(self, k: int, main_metrics: dict[str, Any]) -> None:
         bar = self._tasks.get(f"fold{k}")

@@ -80,3 +80,70 @@ def test_folds_are_patient_grouped_and_leakage_is_refused(tmp_path):
     assert folds == patient_folds(samples, 5, "malignancy", seed=0)  # seeded
     with pytest.raises(DataError, match="patient 'P3' is in both"):
         check_leakage({"train": samples[:12], "test": samples[9:15]})
+
+
+def test_class_folder_tree_with_alias_folder_names(tmp_path):
+    for cls, n in (("良性", 2), ("malignant", 3)):
+        for i in range(n):
+            _img(tmp_path / "tree" / cls / f"P{cls[:1]}{i}_1.png")
+    (tmp_path / "tree" / "notes").mkdir()
+    with pytest.raises(DataError, match="notes: folder name is not a class"):
+        load_source(str(tmp_path / "tree"), TASKS, {**CFG, "patient_regex": None, "main_task": "malignancy"})
+    (tmp_path / "tree" / "notes").rmdir()
+    samples = load_source(str(tmp_path / "tree"), TASKS, {**CFG, "patient_regex": None, "main_task": "malignancy"})
+    assert sorted(s.labels["malignancy"] for s in samples) == [0, 0, 1, 1, 1]
+    assert all(s.labels["enlargement"] == MISSING for s in samples)
+
+
+def test_medmnist_npz_splits(tmp_path):
+    rng = np.random.default_rng(0)
+    arrays = {f"{sp}_images": rng.integers(0, 255, (n, 28, 28), dtype=np.uint8) for sp, n in
+              (("train", 6), ("val", 2), ("test", 3))}
+    arrays.update({f"{sp}_labels": rng.integers(0, 2, (len(arrays[f"{sp}_images"]), 1)) for sp in ("train", "val", "test")})
+    np.savez(tmp_path / "b.npz", **arrays)
+    cfg = {**CFG, "main_task": "malignancy"}
+    pool = load_source(str(tmp_path / "b.npz"), TASKS, cfg)
+    test = load_source(f"{tmp_path / 'b.npz'}#test", TASKS, cfg)
+    assert len(pool) == 8 and len(test) == 3
+    assert [s.labels["malignancy"] for s in test] == arrays["test_labels"][:, 0].tolist()
+    img = load_image(test[1].views["full"], Preprocessing(28))
+    assert np.array_equal(img[..., 0], arrays["test_images"][1])
+
+
+def test_roi_view_crops_to_the_box_or_the_mask_with_margin(tmp_path):
+    frame = np.zeros((100, 100), np.uint8)
+    frame[40:60, 20:40] = 255  # the "node"
+    Image.fromarray(frame).save(tmp_path / "a.png")
+    Image.fromarray(frame).save(tmp_path / "a_mask.png")
+    (tmp_path / "m.csv").write_text("path,patient,malignancy,bbox,mask\n"
+                                    "a.png,p1,benign,20 40 40 60,\n"
+                                    "a.png,p2,benign,,a_mask.png\n", encoding="utf-8")
+    cfg = {**CFG, "views": ["full", "roi"], "bbox_column": "bbox", "mask_column": "mask"}
+    box_s, mask_s = load_source(str(tmp_path / "m.csv"), {"malignancy": TASKS["malignancy"]}, cfg, problems=[])
+    pre = Preprocessing(30, roi_margin=0.0)
+    for s in (box_s, mask_s):
+        roi = load_image(s.views["roi"], pre, roi=s.rois["roi"], margin=0.0)
+        assert roi.min() == 255  # exactly the node, nothing around it
+    with_margin = load_image(box_s.views["roi"], pre, roi=box_s.rois["roi"], margin=0.5)
+    assert with_margin.min() == 0 and with_margin.max() == 255
+    bad = tmp_path / "bad.csv"
+    bad.write_text("path,patient,malignancy,bbox\na.png,p1,benign,40 40 20\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"bad.csv:2: bbox '40 40 20' is not 'x0 y0 x1 y1'"):
+        load_source(str(bad), {"malignancy": TASKS["malignancy"]}, cfg)
+
+
+def test_disk_cache_is_keyed_by_content_and_preprocessing(tmp_path):
+    from lnzoo.data.dataset import ImageCache
+
+    _img(tmp_path / "a.png", value=10)
+    pre = Preprocessing(8)
+    first = ImageCache(pre, disk_dir=tmp_path / "cache").get(tmp_path / "a.png")
+    entries = list((tmp_path / "cache").rglob("*.npy"))
+    assert len(entries) == 1
+    again = ImageCache(pre, disk_dir=tmp_path / "cache").get(tmp_path / "a.png")  # a new run: read from disk
+    assert np.array_equal(first, again) and len(list((tmp_path / "cache").rglob("*.npy"))) == 1
+    _img(tmp_path / "a.png", value=200)  # the file changed: a new entry, never the stale one
+    changed = ImageCache(pre, disk_dir=tmp_path / "cache").get(tmp_path / "a.png")
+    assert changed.mean() > 150 and len(list((tmp_path / "cache").rglob("*.npy"))) == 2
+    ImageCache(Preprocessing(16), disk_dir=tmp_path / "cache").get(tmp_path / "a.png")
+    assert len(list((tmp_path / "cache").rglob("*.npy"))) == 3

@@ -107,3 +107,8 @@ def test_resolved_recipe_round_trips_through_toml(tmp_path):
     r = load_recipe(STAGE1, quick=True)
     again = resolve(tomllib.loads(r.to_toml()))
     assert again.data == r.data
+
+
+def test_a_child_recipe_replaces_the_task_set_instead_of_adding_to_it(tmp_path):
+    child = _write(tmp_path, '[tasks]\ntask_weights = { malignancy = 1.0 }\n')
+    assert load_recipe(child).tasks == ["malignancy"]

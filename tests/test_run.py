@@ -77,3 +77,14 @@ def test_run_refuses_a_data_error_before_training(tmp_path):
                   f"data.train=['{lists.as_posix()}']", "--set", "data.patient_regex='^(P\\d+)_'",
                   "--out", str(tmp_path / "r"))
     assert out.returncode == 2 and "P1_1.png" in out.stderr and "not found" in out.stderr
+
+
+def test_ema_and_ultrasound_augmentation_run_and_are_recorded(tmp_path):
+    metrics = _run(tmp_path / "e", sets=["train.ema=0.9", "data.augment.speckle=0.5", "data.augment.gain=0.5",
+                                         "data.augment.depth_attenuation=0.3", "data.augment.shadow=0.2",
+                                         "data.views=['full', 'crop']", "model.fusion={name='attention'}"])
+    assert metrics["cross_validation"]["pooled"]["malignancy"]["n"] > 0
+    sidecar = json.loads((tmp_path / "e" / "fold0" / "best.json").read_text())
+    assert sidecar["recipe"]["train"]["ema"] == 0.9 and sidecar["views"] == ["full", "crop"]
+    header = (tmp_path / "e" / "predictions.csv").read_text().splitlines()[0].split(",")
+    assert "path_crop" in header

@@ -1,7 +1,10 @@
 """The torch Dataset: decoded images cached once, views augmented together, labels per task."""
 from __future__ import annotations
 
+import hashlib
+import os
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -14,7 +17,8 @@ from lnzoo.errors import DataError
 
 
 def build_augment(cfg: Mapping[str, Any], size: int) -> Callable:
-    """The seed's augmentation (rotation, flip, colour jitter, blur) as one torchvision v2 pipeline.
+    """The seed's augmentation (rotation, flip, colour jitter, blur) plus the ultrasound physics ones
+    (speckle, gain/TGC, depth attenuation, shadowing) as one torchvision v2 pipeline.
 
     Called on all views of a sample at once, so the full image and its crop (or 2D/CDFI/elasto)
     get the same geometric parameters; the seed flipped them independently.
@@ -35,31 +39,62 @@ def build_augment(cfg: Mapping[str, Any], size: int) -> Callable:
         ops.append(v2.ColorJitter(brightness=cfg["color_jitter"], contrast=cfg["color_jitter"]))
     if cfg["blur"] > 0:
         ops.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=cfg["blur"]))
+    from lnzoo.data.us_augment import AUGMENT_KEYS, ultrasound_augment
+    ops += ultrasound_augment({k: cfg.get(k, 0.0) for k in AUGMENT_KEYS})
     return v2.Compose(ops)
 
 
 class ImageCache:
-    """Decoded, resized uint8 images by path (one decode per file per run)."""
+    """Decoded, resized uint8 images: in memory for the run, and optionally on disk across runs.
 
-    def __init__(self, pre: Preprocessing):
-        self.pre = pre
+    The disk cache is keyed by the file's bytes, the preprocessing and the ROI, so an edited image
+    or a new image size never reads a stale entry.
+    """
+
+    def __init__(self, pre: Preprocessing, disk_dir: Path | None = None, keep: bool = True):
+        self.pre, self.keep = pre, keep
+        self.disk_dir = Path(disk_dir) if disk_dir else None
         self._images: dict[str, np.ndarray] = {}
 
-    def get(self, path, origin: str = "") -> np.ndarray:
-        key = str(path)
+    def _disk_key(self, path, roi) -> str:
+        h = hashlib.sha1(repr((sorted(self.pre.as_dict().items()), roi)).encode())
+        with open(path, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+
+    def get(self, path, origin: str = "", roi=None) -> np.ndarray:
+        key = f"{path}|{roi}" if roi is not None else str(path)
         img = self._images.get(key)
+        if img is not None:
+            return img
+        disk_file = None
+        if self.disk_dir is not None and Path(path).is_file():
+            digest = self._disk_key(path, roi)
+            disk_file = self.disk_dir / digest[:2] / f"{digest}.npy"
+            if disk_file.is_file():
+                try:
+                    img = np.load(disk_file, allow_pickle=False)
+                except (OSError, ValueError):
+                    img = None  # a damaged entry is rebuilt below
         if img is None:
-            img = load_image(path, self.pre, origin)
+            img = load_image(path, self.pre, origin, roi, self.pre.roi_margin)
+            if disk_file is not None:
+                disk_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = disk_file.with_suffix(f".{os.getpid()}.tmp.npy")
+                np.save(tmp, img, allow_pickle=False)
+                os.replace(tmp, disk_file)  # atomic: a concurrent reader never sees half a file
+        if self.keep:
             self._images[key] = img
         return img
 
     def preload(self, samples: Sequence[Sample], progress: Callable[[int, int], None] | None = None) -> None:
         """Decode every image up front, collecting every bad file before failing."""
         problems: list[str] = []
-        todo = [(p, s.origin) for s in samples for p in s.views.values() if p is not None]
-        for i, (path, origin) in enumerate(todo):
+        todo = [(p, s.origin, s.rois.get(v)) for s in samples for v, p in s.views.items() if p is not None]
+        for i, (path, origin, roi) in enumerate(todo):
             try:
-                self.get(path, origin)
+                self.get(path, origin, roi)
             except DataError as exc:
                 problems += exc.problems
             if progress:
@@ -97,7 +132,7 @@ class NodeDataset(Dataset):
                 images.append(tv_tensors.Image(torch.zeros(3, size, size, dtype=torch.uint8)))
                 present.append(False)
             else:
-                arr = self.cache.get(path, s.origin)
+                arr = self.cache.get(path, s.origin, s.rois.get(view))
                 images.append(tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1).contiguous()))
                 present.append(True)
         if self.augment is not None:

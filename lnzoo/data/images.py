@@ -1,6 +1,7 @@
 """Image decoding and the preprocessing stored with every checkpoint (resize mode, size, normalisation)."""
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,6 +21,7 @@ class Preprocessing:
     image_size: int
     resize: str = "squash"          # squash | letterbox
     normalize: str = "imagenet"
+    roi_margin: float = 0.1         # margin per side when a 'roi' view crops to its box or mask
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -43,21 +45,89 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_image(path: Path, pre: Preprocessing, origin: str = "") -> np.ndarray:
-    """Decode and resize one image to (H, W, 3) uint8; a bad file is a DataError naming the row."""
+_NPZ: dict[str, dict[str, np.ndarray]] = {}
+_NPZ_ITEM = re.compile(r"^(?P<file>.+\.npz)#(?P<split>\w+)\[(?P<index>\d+)\]$")
+
+
+def npz_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of an .npz file, read once per process (no pickles allowed)."""
+    key = str(path)
+    if key not in _NPZ:
+        with np.load(path, allow_pickle=False) as z:
+            _NPZ[key] = {k: z[k] for k in z.files}
+    return _NPZ[key]
+
+
+def read_pixels(path: Path) -> Image.Image:
+    """Open any supported image: a file PIL reads, a DICOM file (with pydicom), or ``file.npz#split[i]``."""
+    m = _NPZ_ITEM.match(str(path))
+    if m:
+        arr = npz_arrays(Path(m["file"]))[f"{m['split']}_images"][int(m["index"])]
+        return Image.fromarray(np.asarray(arr).astype(np.uint8) if arr.dtype != np.uint16 else arr)
+    if path.suffix.lower() == ".dcm":
+        return _read_dicom(path)
+    img = Image.open(path)
+    img.load()
+    return ImageOps.exif_transpose(img)
+
+
+def _read_dicom(path: Path) -> Image.Image:
+    try:
+        import pydicom
+    except ImportError:
+        raise DataError([f"{path}: reading DICOM needs pydicom: pip install 'lnzoo[dicom]'"]) from None
+    ds = pydicom.dcmread(str(path))
+    arr = ds.pixel_array
+    if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
+        arr = arr[0]  # a cine loop: its first frame
+    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
+        arr = arr.max() - arr
+    if arr.ndim == 2:
+        arr = arr.astype(np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = ((arr - lo) / max(hi - lo, 1e-9) * 255).astype(np.uint8)
+    return Image.fromarray(arr.astype(np.uint8))
+
+
+def roi_box(roi, size: tuple[int, int], margin: float, origin: str = "") -> tuple[int, int, int, int]:
+    """The pixel box a 'roi' view crops to: a given box or a mask's extent, plus a margin per side."""
+    if isinstance(roi, Path):
+        try:
+            with Image.open(roi) as m:
+                mask = np.asarray(m.convert("L")) > 0
+        except (OSError, UnidentifiedImageError) as exc:
+            raise DataError([f"{origin}: mask {roi}: unreadable ({exc})"]) from None
+        if mask.shape[::-1] != size:
+            mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
+        ys, xs = np.nonzero(mask)
+        if len(xs) == 0:
+            raise DataError([f"{origin}: mask {roi} is empty, so there is no ROI to crop"])
+        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    else:
+        x0, y0, x1, y1 = roi
+    w, h = x1 - x0, y1 - y0
+    x0, x1 = max(0, x0 - margin * w), min(size[0], x1 + margin * w)
+    y0, y1 = max(0, y0 - margin * h), min(size[1], y1 + margin * h)
+    if x1 <= x0 or y1 <= y0:
+        raise DataError([f"{origin}: box {roi} lies outside the {size[0]}x{size[1]} image"])
+    return int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1))
+
+
+def load_image(path: Path, pre: Preprocessing, origin: str = "", roi=None, margin: float = 0.1) -> np.ndarray:
+    """Decode (crop to ``roi`` if given) and resize to (H, W, 3) uint8; a bad file is a DataError naming the row."""
     where = f"{origin}: " if origin else ""
     try:
-        if path.stat().st_size == 0:
+        if not _NPZ_ITEM.match(str(path)) and path.stat().st_size == 0:
             raise DataError([f"{where}{path}: empty file"])
-        with Image.open(path) as img:
-            img.load()
-            rgb = to_rgb(ImageOps.exif_transpose(img))
+        rgb = to_rgb(read_pixels(path))
     except DataError:
         raise
     except FileNotFoundError:
         raise DataError([f"{where}{path}: file not found"]) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError([f"{where}{path}: unreadable or corrupt image ({exc})"]) from None
+    if roi is not None:
+        rgb = rgb.crop(roi_box(roi, rgb.size, margin, origin or str(path)))
     size = pre.image_size
     if pre.resize == "letterbox":
         rgb = ImageOps.pad(rgb, (size, size), method=Image.BILINEAR, color=(0, 0, 0))

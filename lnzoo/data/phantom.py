@@ -21,7 +21,7 @@ What it models (deliberately simple):
   subtly (size, echo level, heterogeneity, calcification and necrosis rates, margin).
   ``difficulty`` (0..1) shrinks every subgroup's prototype toward the pooled mean and widens
   the per-node spread, so 0 = clearly separable and 1 = heavily overlapping.
-* Image physics: a linear-probe B-mode frame covering ``FIELD_DEPTH_MM`` (45 mm) of depth,
+* Image physics: a linear-probe B-mode frame covering ``FIELD_DEPTH_MM`` (32 mm) of depth,
   layered tissue (skin, subcutaneous fat with septa, striated muscle, deep fibro-fatty
   tissue), sometimes a vessel, depth attenuation integrated along each beam (so fluid and
   hypoechoic nodes give posterior enhancement), a TGC curve, correlated Rayleigh speckle,
@@ -46,7 +46,14 @@ file's own folder, with forward slashes)::
            lymphoma_subtype,pathology3}.txt   "../images/2d/P0001_1.png,<Chinese label>"
 
 ``bbox`` in the manifest is ``x0 y0 x1 y1`` in full-frame pixels with x1/y1 *exclusive*
-(PIL's crop-box convention: the node occupies ``mask[y0:y1, x0:x1]``).
+(PIL's crop-box convention: the node occupies ``mask[y0:y1, x0:x1]``). The frame is square
+and spans ``FIELD_DEPTH_MM`` both ways, so px per mm = ``frame_size / FIELD_DEPTH_MM``.
+
+List files, like the seed system's: ``stage1_main`` covers a per-patient random ~80 % of
+patients and ``stage1_aux`` an independently drawn ~60 %, so an image may carry both Stage I
+labels, one, or none; the other lists hold every image their task applies to
+(``stage2_metastasis``: malignant, ``stage3_origin``: metastatic, ``lymphoma_subtype``:
+lymphoma, ``pathology3``: all).
 
 Output is byte-identical for identical arguments (same numpy/pillow/zlib), and patient
 ``i`` depends only on ``(seed, i, difficulty, frame_size)``, not on how many patients are
@@ -62,6 +69,8 @@ import os
 import pathlib
 import shutil
 import tempfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,10 +87,11 @@ __all__ = [
     "ensure_phantom",
 ]
 
-PHANTOM_VERSION = 1  # bump when output changes; part of cache keys
+PHANTOM_VERSION = 2  # bump when output changes; part of cache keys (v1: an unreleased draft)
 
-FIELD_DEPTH_MM = 45.0  # the frame's height in mm; px per mm = frame_size / FIELD_DEPTH_MM
-PROBE_WIDTH_MM = 38.0  # lateral extent of the (linear-probe) image field, centred
+FIELD_DEPTH_MM = 32.0  # the frame's height (and width) in mm; px per mm = frame_size / FIELD_DEPTH_MM
+PROBE_WIDTH_MM = 28.0  # lateral extent of the (linear-probe) image field, centred
+MAX_SHORT_MM, MAX_LONG_MM = 19.0, 24.0  # nodes are kept small enough to fit the field
 
 MANIFEST_COLUMNS = (
     "path", "crop", "cdfi", "cdfi_crop", "elasto", "elasto_crop", "mask", "bbox", "patient",
@@ -262,9 +272,9 @@ def _draw_node(rng: np.random.Generator, difficulty: float) -> _Node:
     def bern(key: str) -> bool:
         return bool(rng.random() < shrink(key))
 
-    short = float(np.clip(shrink("short") * math.exp(rng.normal(0, 0.28 * spread)), 3.0, 26.0))
+    short = float(np.clip(shrink("short") * math.exp(rng.normal(0, 0.28 * spread)), 3.0, MAX_SHORT_MM))
     ratio = float(np.clip(shrink("ratio") + rng.normal(0, 0.22 * spread), 1.02, 3.4))
-    long_ = min(short * ratio, 32.0)
+    long_ = min(short * ratio, MAX_LONG_MM)
     short, long_ = round(short, 1), round(long_, 1)
     if long_ < short:
         long_ = short
@@ -359,6 +369,7 @@ class _Template:
     alpha: np.ndarray  # attenuation coefficient relative to tissue
     stiff: np.ndarray  # stiffness 0..1
     vel: np.ndarray    # signed flow: >0 towards the probe (red), <0 away (blue)
+    outline: np.ndarray  # (2, n) template (u, v) offsets of the mask's pixels, for placement
 
 
 def _make_template(rng: np.random.Generator, node: _Node, ppm: float) -> _Template:
@@ -441,7 +452,8 @@ def _make_template(rng: np.random.Generator, node: _Node, ppm: float) -> _Templa
     vel = _make_vessels(rng, node, a, b, half, hilum_sign, ppm)
     f32 = np.float32
     return _Template(half, echo.astype(f32), spec.astype(f32), mask.astype(f32),
-                     alpha.astype(f32), stiff.astype(f32), vel.astype(f32))
+                     alpha.astype(f32), stiff.astype(f32), vel.astype(f32),
+                     np.stack([xx[mask > 0], yy[mask > 0]]).astype(f32))
 
 
 def _make_vessels(rng, node: _Node, a, b, half, hilum_sign, ppm) -> np.ndarray:
@@ -538,11 +550,10 @@ def _render(rng: np.random.Generator, tpl: _Template, node: _Node, S: int, base_
     # -- placement --------------------------------------------------------------------
     theta = base_angle + rng.normal(0, math.radians(6))
     scale = 1.0 + rng.normal(0, 0.04)
-    a = node.long_mm / 2 * ppm * scale * 1.2  # 1.2: the most the margin may bulge out
-    b = node.short_mm / 2 * ppm * scale * 1.2
     c, s = math.cos(theta), math.sin(theta)
-    hx = math.sqrt((a * c) ** 2 + (b * s) ** 2)
-    hy = math.sqrt((a * s) ** 2 + (b * c) ** 2)
+    ou, ov = tpl.outline  # frame offset of template point (u, v): (c u - s v, s u + c v) * scale
+    hx = float(np.abs(c * ou - s * ov).max()) * scale + 1.0
+    hy = float(np.abs(s * ou + c * ov).max()) * scale + 1.0
     top = 6.0 * ppm + hy
     lo_x, hi_x = fx0 + hx + 1, fx1 - hx - 1
     lo_y, hi_y = top, S - hy - 2
@@ -552,10 +563,10 @@ def _render(rng: np.random.Generator, tpl: _Template, node: _Node, S: int, base_
     db, alpha, stiff = _background(rng, S, ppm, x_mm)
     # occasional vessel (jugular/carotid-like), kept away from the node
     vessel = None
-    if rng.random() < 0.3:
-        vr = rng.uniform(2.5, 4.5) * ppm
+    if rng.random() < 0.25:
+        vr = rng.uniform(2.0, 3.5) * ppm
         vx = rng.uniform(fx0 + vr, fx1 - vr)
-        vy = rng.uniform(12 * ppm + vr, S - vr - 2)
+        vy = rng.uniform(10 * ppm + vr, S - vr - 2)
         flat = rng.uniform(1.1, 1.6)  # veins are compressed by the probe
         if math.hypot(vx - cx, vy - cy) > max(hx, hy) + vr + 2 * ppm:
             vessel = (vx, vy, vr, flat)
@@ -734,6 +745,33 @@ def _save(arr: np.ndarray, path: pathlib.Path) -> None:
     Image.fromarray(np.ascontiguousarray(arr), mode=mode).save(path, format="PNG", compress_level=1)
 
 
+class _PngWriter:
+    """Encodes and writes PNGs on worker threads (zlib releases the GIL), so the next image is
+    rendered while earlier ones are compressed. File contents do not depend on the timing.
+    Leaving the ``with`` block waits for every write (or cancels them after an exception)."""
+
+    def __init__(self, workers: int = 2, max_pending: int = 48):
+        self._ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lnzoo-phantom")
+        self._pending: deque = deque()
+        self._max = max_pending
+
+    def save(self, arr: np.ndarray, path: pathlib.Path) -> None:
+        self._pending.append(self._ex.submit(_save, arr, path))
+        while len(self._pending) > self._max:
+            self._pending.popleft().result()
+
+    def __enter__(self) -> "_PngWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if exc_type is None:
+                while self._pending:
+                    self._pending.popleft().result()
+        finally:
+            self._ex.shutdown(wait=True, cancel_futures=True)
+
+
 # ----------------------------------------------------------------------------------------
 # Public API
 # ----------------------------------------------------------------------------------------
@@ -775,57 +813,58 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
     rows: list[dict[str, str]] = []
     in_main: dict[str, bool] = {}
     in_aux: dict[str, bool] = {}
-    for idx in range(1, patients + 1):
-        pid = f"P{idx:04d}"
-        rng_clin = np.random.default_rng([seed, idx, 0])
-        rng_node = np.random.default_rng([seed, idx, 1])
-        rng_acq = np.random.default_rng([seed, idx, 2])
-        rng_list = np.random.default_rng([seed, idx, 3])
-        node = _draw_node(rng_clin, difficulty)
-        n_img = 1 + int(rng_clin.choice(3, p=[0.3, 0.4, 0.3]))
-        in_main[pid] = bool(rng_list.random() < STAGE1_MAIN_FRACTION)
-        in_aux[pid] = bool(rng_list.random() < STAGE1_AUX_FRACTION)
-        tpl = _make_template(rng_node, node, ppm)
-        base_angle = float(np.clip(rng_node.normal(0, math.radians(12)), -math.radians(30), math.radians(30)))
-        malignant = node.pathology != "benign"
-        labels = {
-            "patient": pid,
-            "malignancy": "malignant" if malignant else "benign",
-            "enlargement": "enlarged" if node.short_mm > 10 else "not_enlarged",
-            "metastasis": node.pathology if malignant else "",
-            "origin": node.origin,
-            "lymphoma_subtype": node.subtype,
-            "pathology3": node.pathology,
-            "age": str(node.age),
-            "sex": node.sex,
-            "long_axis_mm": f"{node.long_mm:.1f}",
-            "short_axis_mm": f"{node.short_mm:.1f}",
-            "axis_ratio": f"{node.long_mm / node.short_mm:.2f}",
-            "elasto_score": str(node.elasto),
-            "flow_pattern": node.flow,
-            "hilum": str(node.hilum),
-        }
-        for k in range(1, n_img + 1):
-            name = f"{pid}_{k}.png"
-            grey, cd, el, mask, bbox = _render(rng_acq, tpl, node, S, base_angle)
-            cx0, cy0, cx1, cy1 = _crop_box(bbox, S)
-            paths = {}
-            for mod, arr in zip(MODALITIES, (grey, cd, el)):
-                _save(arr, img_root / mod / name)
-                _save(arr[cy0:cy1, cx0:cx1], img_root / f"{mod}-crop" / name)
-                paths[mod] = f"images/{mod}/{name}"
-                paths[mod + "-crop"] = f"images/{mod}-crop/{name}"
-            _save(mask.astype(np.uint8) * 255, img_root / "mask" / name)
-            row = {
-                "path": paths["2d"], "crop": paths["2d-crop"],
-                "cdfi": paths["cdfi"], "cdfi_crop": paths["cdfi-crop"],
-                "elasto": paths["elasto"], "elasto_crop": paths["elasto-crop"],
-                "mask": f"images/mask/{name}", "bbox": " ".join(str(v) for v in bbox),
-                **labels,
+    with _PngWriter() as writer:
+        for idx in range(1, patients + 1):
+            pid = f"P{idx:04d}"
+            rng_clin = np.random.default_rng([seed, idx, 0])
+            rng_node = np.random.default_rng([seed, idx, 1])
+            rng_acq = np.random.default_rng([seed, idx, 2])
+            rng_list = np.random.default_rng([seed, idx, 3])
+            node = _draw_node(rng_clin, difficulty)
+            n_img = 1 + int(rng_clin.choice(3, p=[0.3, 0.4, 0.3]))
+            in_main[pid] = bool(rng_list.random() < STAGE1_MAIN_FRACTION)
+            in_aux[pid] = bool(rng_list.random() < STAGE1_AUX_FRACTION)
+            tpl = _make_template(rng_node, node, ppm)
+            base_angle = float(np.clip(rng_node.normal(0, math.radians(12)), -math.radians(30), math.radians(30)))
+            malignant = node.pathology != "benign"
+            labels = {
+                "patient": pid,
+                "malignancy": "malignant" if malignant else "benign",
+                "enlargement": "enlarged" if node.short_mm > 10 else "not_enlarged",
+                "metastasis": node.pathology if malignant else "",
+                "origin": node.origin,
+                "lymphoma_subtype": node.subtype,
+                "pathology3": node.pathology,
+                "age": str(node.age),
+                "sex": node.sex,
+                "long_axis_mm": f"{node.long_mm:.1f}",
+                "short_axis_mm": f"{node.short_mm:.1f}",
+                "axis_ratio": f"{node.long_mm / node.short_mm:.2f}",
+                "elasto_score": str(node.elasto),
+                "flow_pattern": node.flow,
+                "hilum": str(node.hilum),
             }
-            rows.append(row)
-        if progress is not None:
-            progress(idx, patients)
+            for k in range(1, n_img + 1):
+                name = f"{pid}_{k}.png"
+                grey, cd, el, mask, bbox = _render(rng_acq, tpl, node, S, base_angle)
+                cx0, cy0, cx1, cy1 = _crop_box(bbox, S)
+                paths = {}
+                for mod, arr in zip(MODALITIES, (grey, cd, el)):
+                    writer.save(arr, img_root / mod / name)
+                    writer.save(arr[cy0:cy1, cx0:cx1], img_root / f"{mod}-crop" / name)
+                    paths[mod] = f"images/{mod}/{name}"
+                    paths[mod + "-crop"] = f"images/{mod}-crop/{name}"
+                writer.save(mask.astype(np.uint8) * 255, img_root / "mask" / name)
+                row = {
+                    "path": paths["2d"], "crop": paths["2d-crop"],
+                    "cdfi": paths["cdfi"], "cdfi_crop": paths["cdfi-crop"],
+                    "elasto": paths["elasto"], "elasto_crop": paths["elasto-crop"],
+                    "mask": f"images/mask/{name}", "bbox": " ".join(str(v) for v in bbox),
+                    **labels,
+                }
+                rows.append(row)
+            if progress is not None:
+                progress(idx, patients)
 
     manifest = out / "manifest.csv"
     with open(manifest, "w", encoding="utf-8", newline="") as f:

@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from lnzoo.errors import DataError, UsageError
 from lnzoo.tasks import Task
 
 MISSING = -1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm"}
-# a manifest's view columns: the view "full" is the column "path"; any other view is its own column
-VIEW_COLUMN = {"full": "path"}
+# a manifest's view columns: "full" is the column "path", "roi" is the full image cropped on the fly
+# to its box or mask; any other view is its own column
+VIEW_COLUMN = {"full": "path", "roi": "path"}
 
 
 @dataclass
@@ -31,10 +34,13 @@ class Sample:
     center: str | None = None
     split: str | None = None
     covariates: dict[str, str] = field(default_factory=dict)
+    rois: dict[str, tuple[float, float, float, float] | Path] = field(default_factory=dict)  # view -> box or mask
 
     @property
     def key(self) -> str:
-        return str(next(p for p in self.views.values() if p is not None))
+        """Identity for merging rows: the image, plus its ROI (one frame may show two nodes)."""
+        image = str(next(p for p in self.views.values() if p is not None))
+        return f"{image}|{sorted(self.rois.items())}" if self.rois else image
 
 
 def _read_lines(path: Path) -> list[str]:
@@ -82,6 +88,7 @@ def read_list_file(path: Path, task: Task, views: Sequence[str], crop_suffix: st
     """``path,<label>`` lines (the seed's format); relative paths resolve against the list's folder."""
     regex = re.compile(patient_regex) if patient_regex else None
     samples = []
+    first_seen: dict[str, int] = {}
     for lineno, line in enumerate(_read_lines(path), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -90,6 +97,10 @@ def read_list_file(path: Path, task: Task, views: Sequence[str], crop_suffix: st
             problems.append(f"{where}: expected 'path,label', got {line.strip()!r}")
             continue
         rel, label = (s.strip() for s in line.rsplit(",", 1))
+        if rel in first_seen:
+            problems.append(f"{where}: duplicate row, {rel!r} is already on line {first_seen[rel]}")
+            continue
+        first_seen[rel] = lineno
         idx = task.try_index(label)
         if idx is None:
             try:
@@ -116,8 +127,28 @@ def read_list_file(path: Path, task: Task, views: Sequence[str], crop_suffix: st
     return samples
 
 
+def _parse_roi(row: Mapping[str, str], base: Path, cfg: Mapping[str, Any], where: str, problems: list[str]):
+    box_text = (row.get(cfg.get("bbox_column", "bbox")) or "").strip()
+    if box_text:
+        try:
+            box = tuple(float(v) for v in box_text.replace(",", " ").split())
+        except ValueError:
+            box = ()
+        if len(box) != 4 or not (box[0] < box[2] and box[1] < box[3]):
+            problems.append(f"{where}: bbox {box_text!r} is not 'x0 y0 x1 y1' with x0 < x1 and y0 < y1")
+            return None
+        return box
+    mask_text = (row.get(cfg.get("mask_column", "mask")) or "").strip()
+    if mask_text:
+        return (base / mask_text).resolve() if not Path(mask_text).is_absolute() else Path(mask_text)
+    problems.append(f"{where}: the 'roi' view needs a {cfg.get('bbox_column', 'bbox')!r} box or a "
+                    f"{cfg.get('mask_column', 'mask')!r} mask file")
+    return None
+
+
 def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], problems: list[str],
-                  label_columns: Mapping[str, str] | None = None) -> list[Sample]:
+                  label_columns: Mapping[str, str] | None = None, roi_cfg: Mapping[str, Any] | None = None
+                  ) -> list[Sample]:
     """A CSV manifest: view columns, ``patient``, optional ``split``/``center``, one column per task.
 
     A task's column is named after the task unless ``label_columns`` maps it to another column.
@@ -173,9 +204,16 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
         if all(p is None for p in view_paths.values()):
             problems.append(f"{where}: no image path in any view column {list(columns.values())}")
             continue
+        rois = {}
+        if "roi" in view_paths and view_paths["roi"] is not None:
+            roi = _parse_roi(row, path.parent, roi_cfg or {}, where, problems)
+            if roi is None:
+                continue
+            rois["roi"] = roi
         samples.append(Sample(view_paths, patient, labels, where, center=(row.get("center") or None),
                               split=(row.get("split") or None),
-                              covariates={k: v for k, v in row.items() if k not in known and v is not None}))
+                              covariates={k: v for k, v in row.items() if k not in known and v is not None},
+                              rois=rois))
     return samples
 
 
@@ -186,7 +224,7 @@ def merge_by_image(samples: list[Sample], task_names: Sequence[str], problems: l
         key = s.key
         if key not in merged:
             merged[key] = Sample(dict(s.views), s.patient, {t: MISSING for t in task_names}, s.origin,
-                                 s.center, s.split, dict(s.covariates))
+                                 s.center, s.split, dict(s.covariates), dict(s.rois))
         target = merged[key]
         for task, idx in s.labels.items():
             if idx == MISSING:
@@ -198,11 +236,74 @@ def merge_by_image(samples: list[Sample], task_names: Sequence[str], problems: l
     return list(merged.values())
 
 
+def read_class_folders(root: Path, task: Task, patient_regex: str | None, problems: list[str]) -> list[Sample]:
+    """One folder per class (folder names are class names or aliases), images anywhere below them."""
+    regex = re.compile(patient_regex) if patient_regex else None
+    samples = []
+    folders = sorted(p for p in root.iterdir() if p.is_dir())
+    if not folders:
+        problems.append(f"{root}: no class folders inside")
+    for folder in folders:
+        idx = task.try_index(folder.name)
+        if idx is None:
+            try:
+                task.index_of(folder.name)
+            except UsageError as exc:
+                problems.append(f"{folder}: folder name is not a class: {exc}")
+            continue
+        for image in sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES):
+            patient = _patient_of(image, regex)
+            if regex is not None and patient is None:
+                problems.append(f"{image}: data.patient_regex {regex.pattern!r} does not match {image.name!r}")
+                continue
+            samples.append(Sample({"full": image}, patient or image.stem, {task.name: idx}, str(image)))
+    return samples
+
+
+NPZ_SPLITS = ("train", "val", "test")
+
+
+def read_npz(spec: str, task: Task, problems: list[str]) -> list[Sample]:
+    """MedMNIST-style arrays: ``<split>_images`` and ``<split>_labels``; ``file.npz#test`` picks a split.
+
+    Without ``#split`` the train and val splits are read (for cross-validation). The arrays hold no
+    patient ids, so every image is its own patient.
+    """
+    from lnzoo.data.images import npz_arrays
+
+    path_text, _, split = spec.partition("#")
+    path = Path(path_text)
+    splits = [split] if split else ["train", "val"]
+    try:
+        arrays = npz_arrays(path)
+    except Exception as exc:  # noqa: BLE001 - any failure to read is reported, with the file
+        problems.append(f"{path}: cannot read as .npz ({exc})")
+        return []
+    samples = []
+    for sp in splits:
+        if sp not in NPZ_SPLITS or f"{sp}_images" not in arrays or f"{sp}_labels" not in arrays:
+            problems.append(f"{path}: no '{sp}_images'/'{sp}_labels' arrays (has {sorted(arrays)})")
+            continue
+        labels = np.asarray(arrays[f"{sp}_labels"]).reshape(len(arrays[f"{sp}_images"]), -1)[:, 0]
+        for i, y in enumerate(labels):
+            if not 0 <= int(y) < task.num_classes:
+                problems.append(f"{path}#{sp}[{i}]: label {int(y)} is not a class index of {task.name!r}")
+                continue
+            samples.append(Sample({"full": Path(f"{path}#{sp}[{i}]")}, f"{path.stem}-{sp}-{i}",
+                                  {task.name: int(y)}, f"{path}#{sp}[{i}]", split=sp))
+    return samples
+
+
 def load_source(spec: Any, tasks: Mapping[str, Task], data_cfg: Mapping[str, Any],
-                patient_regex: str | None = None) -> list[Sample]:
-    """Read one ``data.train`` / ``data.test`` / ``data.external`` value into samples (all problems at once)."""
+                patient_regex: str | None = None, problems: list[str] | None = None) -> list[Sample]:
+    """Read one ``data.train`` / ``data.test`` / ``data.external`` value into samples.
+
+    Every bad row is reported at once: raised as a DataError, or appended to ``problems`` when
+    the caller passes a list (and then skipped).
+    """
     items = spec if isinstance(spec, list) else [spec]
-    problems: list[str] = []
+    collect = problems is not None
+    problems = problems if problems is not None else []
     samples: list[Sample] = []
     views = data_cfg["views"]
     regex = patient_regex if patient_regex is not None else data_cfg.get("patient_regex")
@@ -214,10 +315,16 @@ def load_source(spec: Any, tasks: Mapping[str, Task], data_cfg: Mapping[str, Any
             problems.append(f"data source {item!r}: expected a path, or {{path = ..., task = ...}}")
             continue
         path = Path(item)
-        if path.is_dir():
-            problems.append(f"{path}: class-folder trees are not supported yet; use a list file or a CSV manifest")
+        if path.is_dir() or ".npz" in path.name:
+            name = task_name or data_cfg.get("main_task") or next(iter(tasks))
+            if name not in tasks:
+                problems.append(f"{path}: task {name!r} is not one of the recipe's tasks {list(tasks)}")
+            elif path.is_dir():
+                samples += read_class_folders(path, tasks[name], regex, problems)
+            else:
+                samples += read_npz(item, tasks[name], problems)
         elif path.suffix.lower() == ".csv":
-            samples += read_manifest(path, tasks, views, problems, data_cfg.get("label_columns"))
+            samples += read_manifest(path, tasks, views, problems, data_cfg.get("label_columns"), data_cfg)
         elif path.is_file():
             name = task_name or infer_list_task(path, tasks)
             if name not in tasks:
@@ -227,7 +334,7 @@ def load_source(spec: Any, tasks: Mapping[str, Task], data_cfg: Mapping[str, Any
         else:
             problems.append(f"{path}: file not found")
     merged = merge_by_image(samples, list(tasks), problems)
-    if problems:
+    if problems and not collect:
         raise DataError(problems, "problem(s) in the data")
     if not merged:
         raise DataError([f"{items}: no usable rows"], "problem(s) in the data")

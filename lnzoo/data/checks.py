@@ -1,0 +1,93 @@
+"""Data checks run before any training: files, images, identical content across patients, fold coverage."""
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+from lnzoo.data.images import read_pixels
+from lnzoo.data.samples import MISSING, Sample
+from lnzoo.errors import DataError
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha1()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def check_files(samples: Sequence[Sample], problems: list[str], digests: dict[str, str]) -> set[int]:
+    """Every view file exists, is non-empty and decodes; returns indices of bad samples, fills ``digests``."""
+    bad: set[int] = set()
+    for i, s in enumerate(samples):
+        for view, path in s.views.items():
+            if path is None:
+                continue
+            where = f"{s.origin}: {path}"
+            if "#" in path.name and ".npz" in str(path):
+                continue  # an array inside an .npz: checked when the file is read
+            try:
+                size = path.stat().st_size
+            except FileNotFoundError:
+                problems.append(f"{where}: file not found" + (f" (the {view!r} view)" if view != "full" else ""))
+                bad.add(i)
+                continue
+            if size == 0:
+                problems.append(f"{where}: empty file")
+                bad.add(i)
+                continue
+            try:
+                if path.suffix.lower() == ".dcm":
+                    read_pixels(path)
+                else:
+                    with Image.open(path) as img:
+                        img.verify()
+            except DataError as exc:
+                problems += exc.problems
+                bad.add(i)
+                continue
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+                problems.append(f"{where}: unreadable or corrupt image ({exc})")
+                bad.add(i)
+                continue
+            digests[str(path)] = file_digest(path)
+    return bad
+
+
+def identical_content_across_patients(parts: Mapping[str, Sequence[Sample]], digests: Mapping[str, str]) -> list[str]:
+    """The same image bytes under two patients (or two parts) would leak across a train/test boundary."""
+    owners: dict[str, set[tuple[str, str, str]]] = defaultdict(set)
+    for part, samples in parts.items():
+        for s in samples:
+            for path in s.views.values():
+                if path is not None and str(path) in digests:
+                    owners[digests[str(path)]].add((part, s.patient, str(path)))
+    problems = []
+    for entries in owners.values():
+        keys = {(part, patient) for part, patient, _ in entries}
+        if len(keys) > 1:
+            shown = "; ".join(f"{path} (patient {patient}, {part})" for part, patient, path in sorted(entries)[:4])
+            problems.append(f"identical image content under different patients or parts: {shown}")
+    return problems
+
+
+def fold_class_coverage(samples: Sequence[Sample], assignment: Mapping[str, int], task: str,
+                        classes: Sequence[str]) -> list[str]:
+    """A class missing from a held-out fold leaves that fold's AUC undefined; say which."""
+    present: dict[int, set[int]] = defaultdict(set)
+    for s in samples:
+        y = s.labels.get(task, MISSING)
+        if y != MISSING:
+            present[assignment[s.patient]].add(y)
+    problems = []
+    for fold in sorted(set(assignment.values())):
+        missing = [classes[c] for c in range(len(classes)) if c not in present[fold]]
+        if missing:
+            problems.append(f"fold {fold} has no {task} label of class(es) {missing}; "
+                            f"lower cv.folds or add data")
+    return problems

@@ -1,0 +1,318 @@
+"""``lnzoo explain``: Grad-CAM and Grad-CAM++ heat maps per view and per task head.
+
+The CAM layer of every view is the backbone's ``cam_module()``; its output is turned into
+(B, C, h, w) whatever the backbone's ``tokens_layout``. A shared backbone sees all views in one
+batched pass, so its activations are split back per view. Views marked absent get all-zero maps.
+"""
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Sequence
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from lnzoo.errors import LnzooError, UsageError
+
+METHODS = ("gradcam", "gradcam++")
+ALPHA = 0.4  # heat-map opacity over the image
+
+
+def to_nchw(act: torch.Tensor, layout: str, num_prefix_tokens: int = 0) -> torch.Tensor:
+    """A CAM-layer output in the backbone's ``tokens_layout`` -> (B, C, h, w)."""
+    if layout == "nchw":
+        return act
+    if layout == "nhwc":
+        return act.permute(0, 3, 1, 2)
+    if layout == "tokens":
+        patches = act[:, num_prefix_tokens:]
+        n = patches.shape[1]
+        side = math.isqrt(n)
+        if side * side != n:
+            raise LnzooError(f"cannot lay {n} patch tokens out on a square grid for a CAM "
+                             f"(num_prefix_tokens={num_prefix_tokens}); non-square inputs are not supported")
+        return patches.transpose(1, 2).reshape(act.shape[0], act.shape[2], side, side)
+    raise LnzooError(f"unknown tokens_layout {layout!r}; expected 'nchw', 'nhwc' or 'tokens'")
+
+
+def _cam_from(acts: torch.Tensor, grads: torch.Tensor, method: str) -> torch.Tensor:
+    """(B, C, h, w) activations and gradients of the target score -> (B, h, w) non-negative CAM."""
+    if method == "gradcam":
+        weights = grads.mean(dim=(2, 3))
+    else:
+        # Chattopadhay et al. 2018, closed form under Y = exp(S): the exp(S) factor is one positive
+        # constant per image, so it cancels in the per-image normalisation and is left out.
+        g2, g3 = grads.pow(2), grads.pow(3)
+        denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * g3
+        alpha = g2 / torch.where(denom != 0, denom, torch.ones_like(denom))
+        weights = (alpha * grads.clamp_min(0)).sum(dim=(2, 3))
+    return F.relu((weights[:, :, None, None] * acts).sum(1))
+
+
+def _normalise(cam: torch.Tensor) -> torch.Tensor:
+    """Per image min-max to [0, 1]; a flat map is all ones if positive (no spatial detail), else all zeros."""
+    flat = cam.flatten(1)
+    lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+    span = hi - lo
+    stretched = (cam - lo) / torch.where(span > 0, span, torch.ones_like(span))
+    return torch.where(span > 0, stretched, (hi > 0).to(cam.dtype).expand_as(cam))
+
+
+def _class_indices(class_index: Any, predicted: torch.Tensor, num_classes: int) -> torch.Tensor:
+    if class_index is None:
+        return predicted
+    idx = torch.as_tensor(class_index, dtype=torch.long, device=predicted.device).expand_as(predicted).clone()
+    if ((idx < 0) | (idx >= num_classes)).any():
+        raise UsageError(f"class index {class_index} out of range for a task with {num_classes} classes")
+    return idx
+
+
+def compute_cams(model, x: torch.Tensor, present: torch.Tensor | None, task: str, class_index: Any = None,
+                 method: str = "gradcam") -> dict[str, torch.Tensor]:
+    """CAMs of one task head for every view: {view: (B, H, W) in [0, 1], "proba": (B, K), "class_index": (B,)}.
+
+    The target is the class logit, or the log class probability for heads that define
+    ``probabilities`` (their outputs are not softmax logits). ``class_index`` None explains the
+    predicted class; an int or a (B,) sequence picks the class. Parameter ``.grad`` is untouched.
+    """
+    if method not in METHODS:
+        raise UsageError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    if task not in model.heads:
+        raise UsageError(f"the model has no head {task!r}; its heads are {list(model.heads)}")
+    b, v = x.shape[:2]
+    if present is None:
+        present = torch.ones(b, v, dtype=torch.bool, device=x.device)
+    present = present.to(device=x.device, dtype=torch.bool)
+    captured: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(model.backbones))}
+
+    def capture(i: int):
+        def hook(module, inputs, output):
+            if not isinstance(output, torch.Tensor):
+                raise LnzooError(f"CAM layer {type(module).__name__} returns {type(output).__name__}, not a tensor")
+            # a leaf cuts the graph at the CAM layer (cheaper, works for frozen backbones); the clone
+            # lets later in-place ops run without touching the leaf
+            leaf = output.detach().requires_grad_(True)
+            captured[i].append(leaf)
+            return leaf.clone()
+        return hook
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.enable_grad():
+            with ExitStack() as stack:
+                for i, backbone in enumerate(model.backbones):
+                    stack.callback(backbone.cam_module().register_forward_hook(capture(i)).remove)
+                outputs = model(x, present)
+            logits = outputs[task]
+            proba = model.probabilities({task: logits})[task]
+            idx = _class_indices(class_index, proba.argmax(1), proba.shape[1])
+            if hasattr(model.heads[task], "probabilities"):
+                score = proba.gather(1, idx[:, None]).squeeze(1).clamp_min(1e-12).log()
+            else:
+                score = logits.gather(1, idx[:, None]).squeeze(1)
+            for i, acts in captured.items():
+                if len(acts) != 1:
+                    raise LnzooError(f"the CAM layer of backbone {i} ran {len(acts)} times in one forward pass; "
+                                     f"expected once")
+            leaves = [captured[i][0] for i in range(len(model.backbones))]
+            # samples do not interact in eval mode: one backward of the summed scores gives each its own gradient
+            grads = torch.autograd.grad(score.sum(), leaves, allow_unused=True)
+    finally:
+        model.train(was_training)
+
+    result: dict[str, torch.Tensor] = {}
+    for view_i, view in enumerate(model.views):
+        bb_i = 0 if model.shared_backbone else view_i
+        backbone = model.backbones[bb_i]
+        act, grad = leaves[bb_i].detach(), grads[bb_i]
+        grad = torch.zeros_like(act) if grad is None else grad
+        if model.shared_backbone:
+            # the batched pass ran x.flatten(0, 1): row b * V + view_i belongs to this view
+            act = act.unflatten(0, (b, v))[:, view_i]
+            grad = grad.unflatten(0, (b, v))[:, view_i]
+        layout, prefix = getattr(backbone, "tokens_layout", "nchw"), getattr(backbone, "num_prefix_tokens", 0)
+        cam = _cam_from(to_nchw(act, layout, prefix).float(), to_nchw(grad, layout, prefix).float(), method)
+        cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
+        cam = _normalise(cam) * present[:, view_i, None, None]
+        result[view] = cam.detach()
+    result["proba"] = proba.detach().float()
+    result["class_index"] = idx.detach()
+    return result
+
+
+def resolve_checkpoint(checkpoint_or_run: str | Path) -> Path:
+    """A checkpoint path as given, or for a run directory the best.safetensors of its lowest-numbered fold."""
+    path = Path(checkpoint_or_run)
+    if not path.is_dir():
+        return path
+    folds = [p for p in path.glob("fold*/best.safetensors") if p.parent.name[4:].isdigit()]
+    if not folds:
+        raise UsageError(f"{path}: a run directory needs fold*/best.safetensors; none found")
+    return min(folds, key=lambda p: int(p.parent.name[4:]))
+
+
+def _derive_views(item: Any, views: Sequence[str], crop_suffix: str) -> dict[str, Path | None]:
+    """One sample as given by the user -> {view: path or None (absent)} in the model's view order."""
+    if isinstance(item, (str, Path)):
+        path = Path(item)
+        if len(views) == 1:
+            return {views[0]: path}
+        if list(views) == ["full", "crop"]:
+            from lnzoo.data.samples import _crop_path
+            return {"full": path, "crop": _crop_path(path, crop_suffix)}
+        raise UsageError(f"{path}: this model takes the views {list(views)}; give one path per view in that "
+                         f"order (None for a view not acquired). Only a ['full', 'crop'] model derives "
+                         f"its crop from the '{crop_suffix}' mirror folder.")
+    paths = list(item)
+    if len(paths) != len(views):
+        raise UsageError(f"{[str(p) for p in paths]}: {len(paths)} path(s) for a model with the views "
+                         f"{list(views)}; give one path per view in that order (None for a view not acquired)")
+    if all(p is None for p in paths):
+        raise UsageError(f"a sample needs at least one image for the views {list(views)}")
+    return {view: None if p is None else Path(p) for view, p in zip(views, paths)}
+
+
+def _jet(values: np.ndarray) -> np.ndarray:
+    """[0, 1] -> (…, 3) uint8 with the blue-cyan-yellow-red look of the classic jet map."""
+    v = np.clip(values, 0.0, 1.0)[..., None]
+    centres = np.array([0.75, 0.5, 0.25])  # where red, green and blue peak
+    rgb = np.clip(1.5 - np.abs(4.0 * (v - centres)), 0.0, 1.0)
+    return (rgb * 255).astype(np.uint8)
+
+
+def _safe(name: str) -> str:
+    return re.sub(r'[\\/:*?"<>|\s]+', "_", name).strip("._") or "class"
+
+
+def _text_width(draw, text: str, font) -> int:
+    try:
+        return int(draw.textlength(text, font=font))
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return int(draw.textlength(text.encode("ascii", "replace").decode(), font=font))
+
+
+def _draw_text(draw, xy, text: str, font) -> None:
+    try:
+        draw.text(xy, text, fill=(255, 255, 255), font=font)
+    except (UnicodeEncodeError, UnicodeDecodeError):  # the bitmap fallback font is latin-1 only
+        draw.text(xy, text.encode("ascii", "replace").decode(), fill=(255, 255, 255), font=font)
+
+
+def overlay_png(image: np.ndarray, cam: np.ndarray, lines: Sequence[str], path: Path, min_size: int = 256) -> Path:
+    """Image (H, W, 3) uint8 with the CAM blended on top and a caption strip below, saved as PNG."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    blended = (1 - ALPHA) * image.astype(np.float32) + ALPHA * _jet(cam).astype(np.float32)
+    picture = Image.fromarray(blended.round().clip(0, 255).astype(np.uint8), "RGB")
+    side = max(min_size, picture.width)
+    if picture.width < side:  # tiny model inputs are unreadable at their own size
+        picture = picture.resize((side, round(picture.height * side / picture.width)), Image.BILINEAR)
+    font = ImageFont.load_default()
+    line_h = 14
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    text_w = max((_text_width(probe, line, font) for line in lines), default=0)
+    canvas = Image.new("RGB", (max(picture.width, text_w + 8), picture.height + line_h * len(lines) + 6), (0, 0, 0))
+    canvas.paste(picture, (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    for k, line in enumerate(lines):
+        _draw_text(draw, (4, picture.height + 3 + k * line_h), line, font)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(path)
+    return path
+
+
+def _resolve_class(class_index: int | str | None, task: str, classes: Sequence[str]) -> int | None:
+    if class_index is None:
+        return None
+    if isinstance(class_index, str) and not class_index.lstrip("-").isdigit():
+        if class_index not in classes:
+            raise UsageError(f"class {class_index!r} is not one of task {task!r}'s classes {list(classes)}")
+        return list(classes).index(class_index)
+    idx = int(class_index)
+    if not 0 <= idx < len(classes):
+        raise UsageError(f"class index {idx} out of range for task {task!r} with classes {list(classes)}")
+    return idx
+
+
+def explain(checkpoint_or_run: str | Path, images: Sequence[Any], out_dir: str | Path,
+            tasks: Sequence[str] | None = None, method: str = "gradcam", class_index: int | str | None = None,
+            host=None) -> list[Path]:
+    """Write one CAM overlay PNG per sample x task x view, plus ``explain.csv``; return the PNG paths.
+
+    ``images``: one path per sample for a single-view model (or a ['full', 'crop'] model, whose crop is
+    found in the mirror folder); otherwise one list of paths per sample in the sidecar's view order.
+    A run directory explains with its lowest-numbered fold's best checkpoint (fold0 for a full run).
+    PNGs are named ``<image stem>__<task>__<class>__<view>.png``, class being the explained one.
+    """
+    from lnzoo.checkpoint import load_model
+    from lnzoo.data.images import Preprocessing, load_image
+
+    if method not in METHODS:
+        raise UsageError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    model, meta = load_model(resolve_checkpoint(checkpoint_or_run), host)
+    views = list(meta["views"])
+    all_tasks = list(meta["tasks"])
+    chosen = list(tasks) if tasks else all_tasks
+    unknown = [t for t in chosen if t not in all_tasks]
+    if unknown:
+        raise UsageError(f"task(s) {unknown} not in this checkpoint; its tasks are {all_tasks}")
+    classes = {t: list(meta["tasks"][t]["classes"]) for t in chosen}
+    targets = {t: _resolve_class(class_index, t, classes[t]) for t in chosen}
+    crop_suffix = meta.get("recipe", {}).get("data", {}).get("crop_suffix", "-crop")
+    samples = [_derive_views(item, views, crop_suffix) for item in images]
+    prep = meta["preprocessing"]
+    pre = Preprocessing(prep["image_size"], prep.get("resize", "squash"), prep.get("normalize", "imagenet"))
+    mean_std = pre.mean_std
+    mean = torch.tensor(prep.get("mean", mean_std[0]), dtype=torch.float32).view(3, 1, 1)
+    std = torch.tensor(prep.get("std", mean_std[1]), dtype=torch.float32).view(3, 1, 1)
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    rows: list[list[Any]] = []
+    stems: dict[str, int] = {}
+    for sample in samples:
+        size = pre.image_size
+        pixels = {view: None if p is None else load_image(p, pre) for view, p in sample.items()}
+        x = torch.stack([torch.zeros(3, size, size) if arr is None else
+                         (torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0 - mean) / std
+                         for arr in pixels.values()])[None]
+        present = torch.tensor([[arr is not None for arr in pixels.values()]])
+        first = next(p for p in sample.values() if p is not None)
+        stem = first.stem
+        stems[stem] = stems.get(stem, 0) + 1
+        if stems[stem] > 1:  # two inputs with one file name must not overwrite each other's PNGs
+            stem = f"{stem}-{stems[stem]}"
+        for task in chosen:
+            cams = compute_cams(model, x, present, task, targets[task], method)
+            proba = cams["proba"][0]
+            idx = int(cams["class_index"][0])
+            pred = int(proba.argmax())
+            cls = classes[task][idx]
+            for view, arr in pixels.items():
+                if arr is None:
+                    continue
+                lines = [f"{task}: {classes[task][pred]} p={float(proba[pred]):.3f}",
+                         f"{method} for {cls} (p={float(proba[idx]):.3f}) | view {view}"]
+                # a blank or uniform overlay must not read as a rendering failure
+                if not bool(cams[view].any()):
+                    lines.append("no positive evidence for this class at the CAM layer")
+                elif bool((cams[view] == 1).all()):
+                    lines.append("uniform map: CAM layer has no spatial detail")
+                png = out_dir / f"{stem}__{_safe(task)}__{_safe(cls)}__{_safe(view)}.png"
+                overlay_png(arr, cams[view][0].cpu().numpy(), lines, png)
+                written.append(png)
+                rows.append([str(sample[view]), task, view, cls, f"{float(proba[idx]):.6f}",
+                             classes[task][pred], method, png.name])
+    with (out_dir / "explain.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh)
+        w.writerow(["image", "task", "view", "class", "probability", "predicted", "method", "png"])
+        w.writerows(rows)
+    return written

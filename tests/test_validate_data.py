@@ -1,0 +1,77 @@
+"""`lnzoo validate` checks the data: every bad row at once (file:line, reason), exit 2; skipping on request."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+from PIL import Image
+
+from tests.conftest import REPO, run_cli
+
+STAGE1 = REPO / "recipes" / "stage1_aux.toml"
+
+
+def _dataset(root, n_patients=10):
+    rng = np.random.default_rng(0)
+    lines = []
+    for p in range(n_patients):
+        for k in range(2):
+            path = root / "img" / f"P{p:02d}_{k}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 255, (24, 24), dtype=np.uint8)).save(path)
+            lines.append(f"img/{path.name},{'良性' if p % 2 else '恶性'}")
+    return lines
+
+
+def _recipe(tmp_path, lines, extra=""):
+    (tmp_path / "main.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'extends = "{STAGE1.as_posix()}"\n[tasks]\ntask_weights = {{malignancy = 1.0}}\n'
+                      f'[data]\ntrain = "main.txt"\npatient_regex = "^(P\\\\d+)_"\n{extra}\n'
+                      f'[cv]\nfolds = 2\n', encoding="utf-8")
+    return recipe
+
+
+def test_every_kind_of_bad_row_is_listed_and_nothing_is_trained(tmp_path):
+    lines = _dataset(tmp_path)
+    (tmp_path / "img" / "P00_1.png").write_bytes(b"")                        # empty file
+    (tmp_path / "img" / "P01_0.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # corrupt
+    shutil.copy(tmp_path / "img" / "P02_0.png", tmp_path / "img" / "P03_1.png")  # same bytes, other patient
+    lines += ["img/P99_0.png,良性",            # missing file      (line 21)
+              "img/P04_0.png,良性",            # duplicate row     (line 22)
+              "img/P05_9.png,maligant"]        # label typo        (line 23)
+    out = run_cli("validate", str(_recipe(tmp_path, lines)))
+    assert out.returncode == 2, out.stdout + out.stderr
+    err = out.stderr
+    main = tmp_path / "main.txt"
+    assert f"{main}:22: duplicate row" in err and "already on line 9" in err
+    assert f"{main}:23: label 'maligant'" in err and "did you mean 'malignant'" in err
+    assert "P99_0.png: file not found" in err and f"{main}:21" in err
+    assert "P00_1.png: empty file" in err and "P01_0.png: unreadable or corrupt image" in err
+    assert "identical image content" in err and not (tmp_path / "runs").exists()
+
+
+def test_identical_image_under_two_patients_is_refused_as_leakage(tmp_path):
+    lines = _dataset(tmp_path)
+    shutil.copy(tmp_path / "img" / "P02_0.png", tmp_path / "img" / "P03_1.png")
+    out = run_cli("validate", str(_recipe(tmp_path, lines)))
+    assert out.returncode == 2
+    assert "identical image content" in out.stderr and "P02" in out.stderr and "P03" in out.stderr
+
+
+def test_skip_bad_rows_reports_how_many_and_goes_on(tmp_path):
+    lines = _dataset(tmp_path)
+    (tmp_path / "img" / "P00_1.png").write_bytes(b"")
+    lines.append("img/P99_0.png,良性")
+    out = run_cli("validate", str(_recipe(tmp_path, lines, "skip_bad_rows = true")))
+    assert out.returncode == 0, out.stderr
+    assert "2 bad row(s)/image(s) will be left out" in out.stderr
+    assert "19 images of 10 patients" in out.stdout
+
+
+def test_a_class_missing_from_a_fold_is_reported(tmp_path):
+    lines = _dataset(tmp_path, n_patients=4)
+    lines = [ln.replace("恶性", "良性") if ln.startswith("img/P00") or ln.startswith("img/P02") else ln for ln in lines]
+    lines = [ln if not ln.startswith("img/P02") else ln.replace("良性", "恶性") for ln in lines]
+    out = run_cli("validate", str(_recipe(tmp_path, lines)))
+    assert out.returncode == 2 and "has no malignancy label of class(es) ['malignant']" in out.stderr
