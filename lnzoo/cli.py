@@ -169,7 +169,9 @@ def run(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
     console.print(f"[bold]lnzoo run[/] {recipe}{' --quick' if quick else ''} -> {out}")
     metrics = run_recipe(r, _host(), out, console=err)
     _summary_table(metrics)
+    from lnzoo.explain import explain_examples
     from lnzoo.report import write_report
+    explain_examples(out, host=_host())
     report_path = write_report(out, n_boot=500)
     console.print(f"run directory: {out}\nreport: {report_path}")
 

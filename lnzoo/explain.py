@@ -316,3 +316,54 @@ def explain(checkpoint_or_run: str | Path, images: Sequence[Any], out_dir: str |
         w.writerow(["image", "task", "view", "class", "probability", "predicted", "method", "png"])
         w.writerows(rows)
     return written
+
+
+def explain_examples(run_dir: str | Path, n_correct: int = 2, n_wrong: int = 2, host=None) -> list[Path]:
+    """Grad-CAM of the main task on the most confident correct and wrong held-out cases of fold 0.
+
+    Written to ``RUN_DIR/explain`` (file names start with ``correct_`` / ``wrong_``), where the
+    report picks them up. Returns the PNG paths (none when fold 0 has no labelled case).
+    """
+    import csv
+    import json
+
+    run_dir = Path(run_dir)
+    sidecar = json.loads((run_dir / "fold0" / "best.json").read_text(encoding="utf-8"))
+    main = sidecar["recipe"]["tasks"]["main"]
+    classes = list(sidecar["tasks"][main]["classes"])
+    views = list(sidecar["views"])
+    with (run_dir / "predictions.csv").open(newline="", encoding="utf-8") as fh:
+        rows = [r for r in csv.DictReader(fh) if r["part"] == "cv" and r["fold"] == "0" and r[f"{main}_true"]]
+    scored = []
+    for r in rows:
+        p = [float(r[f"p_{main}_{c}"]) for c in classes]
+        pred = max(range(len(p)), key=p.__getitem__)
+        scored.append((r, pred == classes.index(r[f"{main}_true"]), p[pred]))
+    picks = sorted((s for s in scored if s[1]), key=lambda s: -s[2])[:n_correct] + \
+        sorted((s for s in scored if not s[1]), key=lambda s: -s[2])[:n_wrong]
+    out_dir = run_dir / "explain"
+    items, verdict = [], {}
+    for row, correct, _ in picks:
+        item = [Path(row["path" if v == "full" else f"path_{v}"]) if row.get("path" if v == "full" else f"path_{v}")
+                else None for v in views]
+        items.append(item if len(views) > 1 else item[0])
+        verdict[next(p for p in item if p is not None).stem] = "correct" if correct else "wrong"
+    if not items:
+        return []
+    pngs = []
+    for png in explain(run_dir, items, out_dir, tasks=[main], host=host):
+        label = verdict.get(png.name.split("__")[0], "case")
+        target = png.with_name(f"{label}_{png.name}")
+        png.replace(target)
+        pngs.append(target)
+    index = out_dir / "explain.csv"
+    if index.is_file():  # keep the index pointing at the renamed files
+        with index.open(newline="", encoding="utf-8") as fh:
+            rows = list(csv.DictReader(fh))
+        for r in rows:
+            r["png"] = f"{verdict.get(Path(r['png']).name.split('__')[0], 'case')}_{Path(r['png']).name}"
+        with index.open("w", newline="", encoding="utf-8") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["png"])
+            w.writeheader()
+            w.writerows(rows)
+    return pngs

@@ -100,6 +100,39 @@ def image_cache_dir() -> Path:
     return Path(os.environ.get("LNZOO_CACHE") or Path.home() / ".cache" / "lnzoo") / "images"
 
 
+def fit_temperatures(val_pred, tasks: Mapping[str, Task]) -> dict[str, float | None]:
+    """Temperature scaling per task, fitted on the validation part (log-probabilities as logits)."""
+    from lnzoo.metrics import fit_temperature
+
+    out: dict[str, float | None] = {}
+    for name in tasks:
+        y = val_pred.labels(name)
+        keep = y != MISSING
+        if keep.sum() < 2 or len(np.unique(y[keep])) < 2:
+            out[name] = None  # too little validation data to fit
+            continue
+        out[name] = round(fit_temperature(np.log(np.clip(val_pred.proba[name][keep], 1e-12, 1.0)), y[keep]), 6)
+    return out
+
+
+def add_calibration(metrics: dict, samples: Sequence[Sample], proba: Mapping[str, np.ndarray],
+                    temperatures: Mapping[str, float | None]) -> None:
+    """Held-out ECE and Brier after the validation-fitted temperature, beside the raw ones."""
+    from lnzoo.metrics import apply_temperature, classification_metrics
+
+    for name, m in metrics.items():
+        T = temperatures.get(name)
+        if T is None:
+            continue
+        y = np.array([s.labels.get(name, MISSING) for s in samples])
+        keep = y != MISSING
+        scaled = apply_temperature(np.log(np.clip(proba[name][keep], 1e-12, 1.0)), T)
+        cm = classification_metrics(y[keep], scaled, [str(i) for i in range(scaled.shape[1])])
+        m["temperature"] = T
+        m["ece_temperature_scaled"] = cm["ece"]
+        m["brier_temperature_scaled"] = cm["brier"]
+
+
 def plan_folds(pool: Sequence[Sample], recipe, tasks: Mapping[str, Task]) -> dict[str, int]:
     """Patient -> fold, refusing folds that miss a class of the main task."""
     from lnzoo.data.checks import fold_class_coverage
@@ -231,18 +264,21 @@ def run_recipe(recipe, host, out_dir: Path, console=None) -> dict[str, Any]:
             ui.start_fold(k, len(folds), len(train_s), len(val_s), len(held))
             result = trainer.fit(train_s, val_s, seed=cfg["seed"] + k, fold=k)
             model = result.model
+            temperatures = fit_temperatures(trainer.predict(model, val_s), tasks)
             meta = {"recipe": cfg, "recipe_source": str(recipe.source) if recipe.source else None,
                     "tasks": {n: t.as_dict() for n, t in tasks.items()},
                     "class_maps": {n: {str(i): c for i, c in enumerate(t.classes)} for n, t in tasks.items()},
                     "preprocessing": pre.as_dict(), "views": cfg["data"]["views"], "seed": cfg["seed"] + k,
                     "fold": k, "best_epoch": result.best_epoch,
-                    "monitor": {cfg["train"]["monitor"]: result.best_score}, **env}
+                    "monitor": {cfg["train"]["monitor"]: result.best_score},
+                    "temperature": temperatures, **env}
             fold_dir = out_dir / f"fold{k}"
             save_checkpoint(model, fold_dir / "best", meta)
             save_checkpoint(trainer.last_state, fold_dir / "last", {**meta, "epoch": len(result.history), "kind": "last"})
             _write_history(fold_dir / "history.csv", result.history)
             pred = trainer.predict(model, held)
             metrics = task_metrics(held, pred.proba, tasks)
+            add_calibration(metrics, held, pred.proba, temperatures)
             per_fold.append(metrics)
             fold_info.append({"fold": k, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
                               "n_train": len(train_s), "n_validation": len(val_s), "n_held_out": len(held),
