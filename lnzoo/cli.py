@@ -272,6 +272,34 @@ def compare_cmd(a: Annotated[Path, typer.Argument(help="Run directory or predict
         console.print(format_table(result))
 
 
+@app.command()
+@guarded
+def predict(images: Annotated[list[Path], typer.Argument(help="Images to classify (for a full+crop model, the "
+                                                              "crop is found in the -crop mirror folder).")],
+            model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Run directory (its fold "
+                             "models are averaged) or .safetensors checkpoint; repeat to ensemble several.")] = None,
+            cascade: Annotated[Optional[list[Path]], typer.Option("--cascade", help="Stage I, II and III models, "
+                               "in order (give --cascade three times).")] = None,
+            out: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("predictions.csv")) -> None:
+    """Predict with one model, an ensemble (averaged probabilities) or the three-stage cascade."""
+    from lnzoo.predict import predict_rows, run_cascade, write_rows
+
+    if bool(model) == bool(cascade):
+        raise UsageError("give either --model (one or more) or --cascade S1 --cascade S2 --cascade S3")
+    missing = [str(p) for p in images if not p.is_file()]
+    if missing:
+        raise UsageError(f"image(s) not found: {', '.join(missing[:10])}")
+    rows = run_cascade(cascade, images, _host()) if cascade else predict_rows(model, images, _host())
+    write_rows(rows, out)
+    table = Table(title=f"{len(rows)} image(s) -> {out}", title_justify="left")
+    table.add_column("image")
+    table.add_column("path" if cascade else "prediction")
+    for r in rows[:30]:
+        table.add_row(Path(r["image"]).name, r["path"] if cascade else
+                      ", ".join(f"{k[:-5]}: {v}" for k, v in r.items() if k.endswith("_pred")))
+    console.print(table)
+
+
 def _summary_table(metrics: dict) -> None:
     pooled = metrics.get("cross_validation", {}).get("pooled", {})
     mean_sd = metrics.get("cross_validation", {}).get("mean_sd", {})

@@ -83,6 +83,8 @@ SCHEMA: dict[str, Any] = {
             "difficulty": F(NUM, 0.5, "0 easy ... 1 heavily overlapping classes", min=0.0, max=1.0),
             "source": F(str, "manifest", "which phantom files feed the run",
                         choices=("manifest", "stage1_lists")),
+            "external": F(bool, False, "also generate a second phantom (another seed, half the patients) as "
+                                       "the external test set, like a second centre"),
         },
         "augment": {
             "rotation": F(NUM, 15.0, "max rotation in degrees", min=0.0, max=180.0),
@@ -119,6 +121,9 @@ SCHEMA: dict[str, Any] = {
                      choices=("auc", "balanced_accuracy", "accuracy", "f1_macro", "mcc", "loss")),
         "val_fraction": F(NUM, 0.15, "patients of each training part held out to pick the epoch", min=0.05, max=0.5),
         "grad_clip": F(NUM, 0.0, "max gradient norm (0: off)", min=0.0),
+        "view_dropout": F(NUM, 0.0, "training only: probability of dropping each view of a sample (at least "
+                                    "one kept), so a fused model still predicts when a modality is missing",
+                          min=0.0, max=0.9),
         "ema": F(NUM, 0.0, "decay of an exponential moving average of the weights (and BatchNorm buffers) "
                            "that is evaluated and saved instead of the raw weights (0: off)", min=0.0, max=0.99999),
         "amp": F((bool, str), "auto", "mixed precision: auto = on CUDA only"),

@@ -75,6 +75,12 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
     train, regex, description = data_cfg["train"], None, "your data"
     if not train:
         train, regex, description = _phantom_sources(recipe, tasks, on_phantom)
+        if data_cfg["phantom"]["external"] and not data_cfg["external"]:
+            from lnzoo.data.phantom import ensure_phantom
+            ph = data_cfg["phantom"]
+            data_cfg["external"] = str(ensure_phantom(patients=max(8, ph["patients"] // 2), seed=ph["seed"] + 7919,
+                                                      difficulty=ph["difficulty"]))
+            description += "; external set: a second phantom (seed + 7919), like another centre"
     problems: list[str] = []
     parts = {"cross-validation": load_source(train, tasks, data_cfg, regex, problems)}
     for part in ("test", "external"):
@@ -89,6 +95,12 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
         raise DataError(problems + leaks, "problem(s) in the data (data.skip_bad_rows = true leaves bad rows out)")
     if leaks:
         raise DataError(leaks, "leak(s): the same image under different patients or parts")
+    if data_cfg["phantom"]["external"] and not recipe.data["data"]["external"]:
+        for smp in parts["external"]:  # the second phantom's patients are other people than the first's
+            smp.patient = f"centre2-{smp.patient}"
+            smp.center = "phantom-centre-2"
+    for part, samples in parts.items():  # rows that label none of this recipe's tasks teach nothing
+        parts[part] = [s for s in samples if any(v != MISSING for v in s.labels.values())]
     main = recipe.data["tasks"]["main"]
     if not any(s.labels.get(main, MISSING) != MISSING for s in parts["cross-validation"]):
         raise DataError([f"no training row has a label for the main task {main!r}"])
@@ -180,7 +192,8 @@ def summarise_folds(per_fold: Sequence[Mapping[str, Mapping[str, Any]]]) -> dict
 def write_predictions(path: Path, rows: list[tuple[str, int | None, Sample, dict[str, np.ndarray]]],
                       tasks: Mapping[str, Task], views: Sequence[str]) -> None:
     """One row per image and part: where it came from, its true labels, every class probability."""
-    header = ["part", "fold", *[f"path_{v}" if v != "full" else "path" for v in views], "patient", "center", "source"]
+    header = ["part", "fold", *[f"path_{v}" if v != "full" else "path" for v in views], "views_used", "patient",
+              "center", "source"]
     for name, task in tasks.items():
         header.append(f"{name}_true")
         header += [f"p_{name}_{c}" for c in task.classes]
@@ -189,7 +202,9 @@ def write_predictions(path: Path, rows: list[tuple[str, int | None, Sample, dict
         w.writerow(header)
         for part, fold, s, proba in rows:
             row: list[Any] = [part, "" if fold is None else fold,
-                              *[str(s.views.get(v) or "") for v in views], s.patient, s.center or "", s.origin]
+                              *[str(s.views.get(v) or "") for v in views],
+                              "+".join(v for v in views if s.views.get(v) is not None), s.patient, s.center or "",
+                              s.origin]
             for name, task in tasks.items():
                 row.append(_class_names(task, s.labels.get(name, MISSING)))
                 row += [f"{p:.6f}" for p in proba[name]]

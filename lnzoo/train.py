@@ -110,7 +110,8 @@ class Trainer:
     # -- data -------------------------------------------------------------------------------------
     def _dataset(self, samples: Sequence[Sample], train: bool) -> NodeDataset:
         augment = build_augment(self.data_cfg["augment"], self.data_cfg["image_size"]) if train else None
-        return NodeDataset(samples, self.data_cfg["views"], list(self.tasks), self.cache, augment)
+        return NodeDataset(samples, self.data_cfg["views"], list(self.tasks), self.cache, augment,
+                           view_dropout=self.cfg["view_dropout"] if train else 0.0)
 
     def _loader(self, ds: NodeDataset, train: bool, seed: int) -> DataLoader:
         gen = torch.Generator().manual_seed(seed)
@@ -123,8 +124,11 @@ class Trainer:
             sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(ds), replacement=True,
                                             generator=gen)
         workers = self.data_cfg["num_workers"]
+        # a trailing batch of one sample breaks BatchNorm in training; dropping a partial batch is harmless
+        # when the data is shuffled anew every epoch
+        drop_last = train and len(ds) > self.data_cfg["batch_size"]
         return DataLoader(ds, batch_size=self.data_cfg["batch_size"], shuffle=train and sampler is None,
-                          sampler=sampler, generator=gen, num_workers=workers, drop_last=False,
+                          sampler=sampler, generator=gen, num_workers=workers, drop_last=drop_last,
                           pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
                           worker_init_fn=_seed_worker if workers else None)
 

@@ -107,9 +107,9 @@ class NodeDataset(Dataset):
     """Sample i -> (views (V,3,H,W) float, present (V,) bool, labels (T,) long, i)."""
 
     def __init__(self, samples: Sequence[Sample], views: Sequence[str], tasks: Sequence[str], cache: ImageCache,
-                 augment: Callable | None = None):
+                 augment: Callable | None = None, view_dropout: float = 0.0):
         self.samples, self.views, self.tasks = list(samples), list(views), list(tasks)
-        self.cache, self.augment = cache, augment
+        self.cache, self.augment, self.view_dropout = cache, augment, view_dropout
         mean, std = cache.pre.mean_std
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
@@ -137,7 +137,14 @@ class NodeDataset(Dataset):
                 present.append(True)
         if self.augment is not None:
             images = self.augment(images)
+        present_t = torch.tensor(present)
+        if self.view_dropout > 0 and int(present_t.sum()) > 1:
+            # modality dropout: the fused model learns to predict from whichever views it gets
+            keep = (torch.rand(len(present)) >= self.view_dropout) & present_t
+            if not keep.any():
+                keep[torch.nonzero(present_t)[torch.randint(int(present_t.sum()), (1,))]] = True
+            present_t = keep
         x = torch.stack([(img.float() / 255.0 - self.mean) / self.std for img in images])
-        x[~torch.tensor(present)] = 0.0
+        x[~present_t] = 0.0
         y = torch.tensor([s.labels.get(t, MISSING) for t in self.tasks], dtype=torch.long)
-        return x, torch.tensor(present), y, i
+        return x, present_t, y, i

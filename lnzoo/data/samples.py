@@ -22,7 +22,7 @@ MISSING = -1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm"}
 # a manifest's view columns: "full" is the column "path", "roi" is the full image cropped on the fly
 # to its box or mask; any other view is its own column
-VIEW_COLUMN = {"full": "path", "roi": "path"}
+VIEW_COLUMN = {"full": "path", "2d": "path", "roi": "path"}
 
 
 @dataclass

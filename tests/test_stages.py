@@ -1,0 +1,106 @@
+"""Every stage recipe trains on the phantom; the fused multimodal model; ensembles; the stage cascade."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lnzoo.plugins import load_plugins
+from lnzoo.predict import Ensemble, predict_rows, run_cascade
+from lnzoo.recipe import load_recipe
+from lnzoo.runner import run_recipe
+from tests.conftest import REPO
+
+HOST = load_plugins()
+TINY = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=32", "train.epochs=1",
+        "cv.folds=2", "data.batch_size=16", "train.threads=2", "model.shared_backbone=true"]
+RECIPES = sorted(p for p in (REPO / "recipes").glob("*.toml") if p.name != "base.toml")
+
+
+@pytest.fixture(scope="module")
+def cache_env(tmp_path_factory):
+    old = os.environ.get("LNZOO_CACHE")
+    os.environ["LNZOO_CACHE"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if old is None:
+        os.environ.pop("LNZOO_CACHE", None)
+    else:
+        os.environ["LNZOO_CACHE"] = old
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_shipped_recipe_validates_plain_and_quick(path):
+    load_recipe(path, host=HOST)
+    quick = load_recipe(path, host=HOST, quick=True)
+    assert quick["cv.run_folds"] == [0]
+
+
+def _run(tmp: Path, recipe: str, sets=()):
+    r = load_recipe(REPO / "recipes" / recipe, host=HOST, sets=[*TINY, *sets])
+    run_recipe(r, HOST, tmp)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def stage_runs(cache_env, tmp_path_factory):
+    root = tmp_path_factory.mktemp("stages")
+    phantom = ["data.phantom.patients=60"]
+    return {
+        "s1": _run(root / "s1", "stage1_aux.toml", [*phantom, "cv.run_folds=[0, 1]"]),
+        "s2": _run(root / "s2", "stage2_metastasis_lymphoma.toml", [*phantom, "cv.run_folds=[0]"]),
+        "s3": _run(root / "s3", "stage3_origin_fusion.toml", ["data.phantom.patients=90", "cv.run_folds=[0]"]),
+    }
+
+
+def test_stage2_has_an_external_centre_and_stage3_fuses_two_views(stage_runs):
+    m2 = json.loads((stage_runs["s2"] / "metrics.json").read_text())
+    assert "metastasis" in m2["external"] and m2["main_task"] == "metastasis"
+    rows = list(csv.DictReader((stage_runs["s2"] / "predictions.csv").open()))
+    assert {r["part"] for r in rows} == {"cv", "external"}
+    assert all(r["metastasis_true"] for r in rows)  # benign nodes (no stage-II label) are not trained on
+    side = json.loads((stage_runs["s3"] / "fold0" / "best.json").read_text())
+    assert side["views"] == ["full", "crop"] and side["recipe"]["model"]["fusion"]["name"] == "concat"
+
+
+def test_a_run_predicts_as_the_average_of_its_fold_models(stage_runs):
+    image = next((stage_runs["s1"]).glob("predictions.csv"))
+    first = next(csv.DictReader(image.open()))["path"]
+    ens = Ensemble([stage_runs["s1"]], HOST)
+    assert len(ens.members) == 2
+    both, _ = ens.predict([Path(first)])
+    singles = [Ensemble([stage_runs["s1"] / f"fold{k}" / "best.safetensors"], HOST).predict([Path(first)])[0]
+               for k in (0, 1)]
+    assert np.allclose(both["malignancy"], (singles[0]["malignancy"] + singles[1]["malignancy"]) / 2)
+    rows = predict_rows([stage_runs["s1"]], [Path(first)], HOST)
+    assert rows[0]["members"] == 2 and rows[0]["malignancy_pred"] in ("benign", "malignant")
+
+
+def test_cascade_routes_malignant_nodes_to_stage2_and_metastatic_to_stage3(stage_runs):
+    images = [Path(r["path"]) for r in csv.DictReader((stage_runs["s1"] / "predictions.csv").open())][:12]
+    rows = run_cascade([stage_runs["s1"], stage_runs["s2"], stage_runs["s3"]], images, HOST)
+    assert len(rows) == len(images)
+    for r in rows:
+        assert r["path"].startswith(f"malignancy:{r['stage1']}")
+        if r["stage1"] == "benign":
+            assert "stage2" not in r
+        else:
+            assert "p_metastasis_metastatic" in r
+            assert ("stage3" in r) == (r["stage2"] == "metastatic")
+    with pytest.raises(Exception, match="main task is 'metastasis'"):
+        run_cascade([stage_runs["s2"], stage_runs["s2"], stage_runs["s3"]], images, HOST)
+
+
+def test_fused_multimodal_model_with_modality_dropout_predicts_with_a_missing_modality(cache_env, tmp_path):
+    run = _run(tmp_path / "mm", "multimodal_3class.toml", ["data.phantom.patients=40", "cv.run_folds=[0]"])
+    rows = list(csv.DictReader((run / "predictions.csv").open()))
+    assert rows[0]["views_used"] == "2d+cdfi+elasto"
+    first = rows[0]
+    # at inference the elastography image is missing: the model still predicts and says what it used
+    out = predict_rows([run], [[Path(first["path_2d"]), Path(first["path_cdfi"]), None]], HOST)
+    assert out[0]["views_used"] == "2d+cdfi"
+    probs = [out[0][f"p_pathology3_{c}"] for c in ("benign", "lymphoma", "metastatic")]
+    assert abs(sum(probs) - 1) < 1e-4
