@@ -49,6 +49,7 @@ SCHEMA: dict[str, Any] = {
     "tasks": {
         "main": F(str, None, "the task that picks the best epoch and is summarised first", required=True),
         "task_weights": (TASK_TABLE, F(NUM, 1.0, min=0.0)),
+        "define": (TASK_TABLE, None),  # recipe-local tasks: {name = {classes = [...], aliases = {...}, ...}}
         "options": (TASK_TABLE, {
             "label_smoothing": F(NUM, None, "override the task's label smoothing", min=0.0, max=0.99),
             "class_weighting": F(OPT_STR, None, "override the task's class weighting", choices=("balanced", "none", None)),
@@ -66,12 +67,16 @@ SCHEMA: dict[str, Any] = {
         "roi_margin": F(NUM, 0.1, "margin added to each side of the box for the 'roi' view (fraction of size)",
                         min=0.0, max=2.0),
         "crop_suffix": F(str, "-crop", "list files: the ROI crop sits in a mirror folder with this suffix"),
+        "patient_column": F(str, "patient", "manifest column holding the patient id"),
+        "missing_labels": F(list, [], "label values that mean 'no label', e.g. ['unlabeled', 'NA']"),
         "patient_regex": F(OPT_STR, None, "list files: regex whose group 1, applied to the file name, is the patient id"),
         "image_size": F(int, 224, "square input size in pixels", min=16),
         "resize": F(str, "squash", "how images reach image_size", choices=("squash", "letterbox")),
         "normalize": F(str, "imagenet", "input normalisation", choices=("imagenet", "half")),
         "batch_size": F(int, 32, min=1),
         "num_workers": F(int, 0, "DataLoader worker processes (0: load in the main process)", min=0),
+        "identical_images": F(str, "error", "identical image bytes under two patients of the training data: "
+                                            "error, or group them into one split group", choices=("error", "group")),
         "skip_bad_rows": F(bool, False, "leave out bad rows and unreadable images (reported) instead of failing"),
         "cache": F(str, "memory", "decoded, resized images: memory (this run), disk (also across runs, under "
                                   "$LNZOO_CACHE/images) or none", choices=("memory", "disk", "none")),
@@ -428,7 +433,15 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
     weights = tasks["task_weights"]
     if not weights:
         problems.append("tasks.task_weights: name at least one task, e.g. {malignancy = 1.0}")
-    task_names = host.registry("task").names()
+    defined = {}
+    for name, table in tasks["define"].items():
+        try:
+            from lnzoo.tasks import Task
+            defined[name] = Task.from_dict({"name": name, **(table if isinstance(table, dict) else {})},
+                                           source=f"tasks.define.{name}")
+        except UsageError as exc:
+            problems.append(str(exc))
+    task_names = host.registry("task").names() + list(defined)
     for name in list(weights) + list(tasks["options"]) + list(out["model"]["heads"]) + list(out["data"]["label_columns"]):
         if name not in task_names:
             problems.append(f"tasks: unknown task {name!r}{did_you_mean(name, task_names)}")

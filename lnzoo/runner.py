@@ -36,8 +36,11 @@ class RunData:
 
 def recipe_tasks(recipe, host) -> dict[str, Task]:
     tasks = {}
+    from lnzoo.tasks import Task
+
+    defined = recipe.data["tasks"]["define"]
     for name in recipe.tasks:
-        task = host.get("task", name).build()
+        task = Task.from_dict({"name": name, **defined[name]}) if name in defined else host.get("task", name).build()
         options = {k: v for k, v in recipe.data["tasks"]["options"].get(name, {}).items() if v is not None}
         tasks[name] = task.with_options(**options) if options else task
     return tasks
@@ -90,6 +93,10 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
         for part, samples in parts.items():
             bad = check_files(samples, problems, digests)
             parts[part] = [s for i, s in enumerate(samples) if i not in bad]
+    grouped: list[str] = []
+    if data_cfg["identical_images"] == "group":
+        from lnzoo.data.checks import group_identical_patients
+        grouped = group_identical_patients(parts["cross-validation"], digests)
     leaks = identical_content_across_patients(parts, digests)
     if problems and not data_cfg["skip_bad_rows"]:
         raise DataError(problems + leaks, "problem(s) in the data (data.skip_bad_rows = true leaves bad rows out)")
@@ -104,6 +111,8 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
     main = recipe.data["tasks"]["main"]
     if not any(s.labels.get(main, MISSING) != MISSING for s in parts["cross-validation"]):
         raise DataError([f"no training row has a label for the main task {main!r}"])
+    if grouped:
+        description += f"; {len(grouped)} group(s) of patients with identical images kept together"
     return RunData(parts["cross-validation"], parts["test"], parts["external"], description, problems)
 
 

@@ -75,3 +75,30 @@ def test_a_class_missing_from_a_fold_is_reported(tmp_path):
     lines = [ln if not ln.startswith("img/P02") else ln.replace("良性", "恶性") for ln in lines]
     out = run_cli("validate", str(_recipe(tmp_path, lines)))
     assert out.returncode == 2 and "has no malignancy label of class(es) ['malignant']" in out.stderr
+
+
+def test_identical_images_can_be_grouped_into_one_split_group_instead(tmp_path):
+    lines = _dataset(tmp_path)
+    shutil.copy(tmp_path / "img" / "P02_0.png", tmp_path / "img" / "P03_1.png")
+    out = run_cli("validate", str(_recipe(tmp_path, lines, 'identical_images = "group"')))
+    assert out.returncode == 0, out.stderr
+    assert "9 patients" in out.stdout and "identical images kept together" in out.stdout
+
+
+def test_a_recipe_defines_its_own_task_and_reads_a_manifest_with_other_column_names(tmp_path):
+    rng = np.random.default_rng(1)
+    rows = ["file,case,grade"]
+    for c in range(8):
+        for k in range(2):
+            name = f"c{c}_{k}.png"
+            Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(tmp_path / name)
+            rows.append(f"{name},{c},{'low' if c % 2 else 'high'}" if k == 0 else f"{name},{c},unlabeled")
+    (tmp_path / "m.csv").write_text("\n".join(rows).replace("file,", "path,") + "\n")
+    recipe = tmp_path / "r.toml"
+    recipe.write_text(f'extends = "{STAGE1.as_posix()}"\n[tasks]\nmain = "grade"\ntask_weights = {{grade = 1.0}}\n'
+                      'define.grade = { classes = ["low", "high"], positive = "high" }\n'
+                      '[data]\ntrain = "m.csv"\npatient_column = "case"\nmissing_labels = ["unlabeled"]\n'
+                      '[cv]\nfolds = 2\n')
+    out = run_cli("validate", str(recipe))
+    assert out.returncode == 0, out.stderr
+    assert "8 images of 8 patients" in out.stdout  # unlabelled rows teach nothing and are left out

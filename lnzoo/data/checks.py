@@ -91,3 +91,38 @@ def fold_class_coverage(samples: Sequence[Sample], assignment: Mapping[str, int]
             problems.append(f"fold {fold} has no {task} label of class(es) {missing}; "
                             f"lower cv.folds or add data")
     return problems
+
+
+def group_identical_patients(samples: Sequence[Sample], digests: Mapping[str, str]) -> list[str]:
+    """Merge patients that share identical image bytes into one split group (renaming them in place).
+
+    Returns one line per merged group. Keeping them together keeps the copies on one side of every
+    train/test boundary, which is the point of a patient-level split.
+    """
+    parent: dict[str, str] = {}
+
+    def find(p: str) -> str:
+        while parent.setdefault(p, p) != p:
+            parent[p] = parent[parent[p]]
+            p = parent[p]
+        return p
+
+    first_owner: dict[str, str] = {}
+    for s in samples:
+        for path in s.views.values():
+            digest = digests.get(str(path)) if path is not None else None
+            if digest is None:
+                continue
+            owner = first_owner.setdefault(digest, s.patient)
+            a, b = find(owner), find(s.patient)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    groups: dict[str, set[str]] = defaultdict(set)
+    for s in samples:
+        groups[find(s.patient)].add(s.patient)
+    names = {root: "+".join(sorted(members)) for root, members in groups.items() if len(members) > 1}
+    for s in samples:
+        root = find(s.patient)
+        if root in names:
+            s.patient = names[root]
+    return [f"patients {name.replace('+', ', ')} share identical images: split as one group" for name in names.values()]

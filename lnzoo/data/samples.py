@@ -147,7 +147,7 @@ def _parse_roi(row: Mapping[str, str], base: Path, cfg: Mapping[str, Any], where
 
 
 def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], problems: list[str],
-                  label_columns: Mapping[str, str] | None = None, roi_cfg: Mapping[str, Any] | None = None
+                  label_columns: Mapping[str, str] | None = None, cfg: Mapping[str, Any] | None = None
                   ) -> list[Sample]:
     """A CSV manifest: view columns, ``patient``, optional ``split``/``center``, one column per task.
 
@@ -162,15 +162,17 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
     if missing_cols:
         problems.append(f"{path}:1: missing view column(s) {missing_cols}; header has {header}")
         return []
-    if "patient" not in header:
-        problems.append(f"{path}:1: no 'patient' column: patient-level splits need one")
+    patient_col = (cfg or {}).get("patient_column", "patient")
+    missing_values = {str(v).strip().casefold() for v in (cfg or {}).get("missing_labels", [])}
+    if patient_col not in header:
+        problems.append(f"{path}:1: no {patient_col!r} column (data.patient_column): patient-level splits need one")
         return []
     task_cols = [t for t in tasks if label_col[t] in header]
     if not task_cols:
         problems.append(f"{path}:1: no column for any of the recipe's tasks {list(label_col.values())}; "
                         f"map one with data.label_columns")
         return []
-    known = set(columns.values()) | {"patient", "split", "center", *label_col.values()}
+    known = set(columns.values()) | {patient_col, "split", "center", *label_col.values()}
     samples = []
     for lineno, row in enumerate(reader, start=2):
         where = f"{path}:{lineno}"
@@ -180,7 +182,7 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
         labels, bad = {}, False
         for t in tasks:
             value = (row.get(label_col[t]) or "").strip()
-            if not value:
+            if not value or value.casefold() in missing_values:
                 labels[t] = MISSING
                 continue
             idx = tasks[t].try_index(value)
@@ -193,7 +195,7 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
             labels[t] = MISSING if idx is None else idx
         if bad:
             continue
-        patient = (row.get("patient") or "").strip()
+        patient = (row.get(patient_col) or "").strip()
         if not patient:
             problems.append(f"{where}: empty patient id")
             continue
@@ -206,7 +208,7 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
             continue
         rois = {}
         if "roi" in view_paths and view_paths["roi"] is not None:
-            roi = _parse_roi(row, path.parent, roi_cfg or {}, where, problems)
+            roi = _parse_roi(row, path.parent, cfg or {}, where, problems)
             if roi is None:
                 continue
             rois["roi"] = roi
