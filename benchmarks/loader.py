@@ -63,14 +63,14 @@ def main() -> None:
 
     # 1. loader alone (cache warm: this is epoch >= 2)
     n_img, t0 = 0, time.perf_counter()
-    for x, *_ in batches(args.steps):
+    for x, *_ in batches(args.steps):  # (views, present, labels, index, covariates)
         n_img += len(x)
     loader_ips = n_img / (time.perf_counter() - t0)
 
     # 2. model alone on a fixed batch
     model = build_model(recipe, host, tasks)
     opt = make_optimizer(model, recipe["train"])
-    x, present, y, _ = next(iter(loader))
+    x, present, y, _, _ = next(iter(loader))
     model.train()
 
     def step(x, present):
@@ -92,7 +92,7 @@ def main() -> None:
     t_end = time.perf_counter()
     for _ in range(args.steps):
         t0 = time.perf_counter()
-        x, present, _, _ = next(it)
+        x, present, _, _, _ = next(it)
         t1 = time.perf_counter()
         step(x, present)
         t2 = time.perf_counter()

@@ -70,7 +70,12 @@ def load_model(path: str | Path, host=None):
     recipe.data["model"]["backbone"] = {**recipe.data["model"]["backbone"], "pretrained": False}
     tasks = {name: Task.from_dict(d, source=f"{weights} sidecar") for name, d in meta["tasks"].items()}
     from lnzoo.model import build_model
-    model = build_model(recipe, host, tasks)
+    covariates = None
+    if meta.get("covariates"):
+        from lnzoo.data.covariates import CovariateEncoder
+        covariates = CovariateEncoder.from_dict(meta["covariates"])
+    model = build_model(recipe, host, tasks, covariates)
+    model.covariate_encoder = covariates
     state = load_file(str(weights))
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:

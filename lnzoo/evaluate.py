@@ -46,6 +46,7 @@ def evaluate_run(run_dir: Path, host) -> tuple[dict[str, Any], dict[str, Any]]:
         pre = Preprocessing(**{f: meta["preprocessing"][f] for f in ("image_size", "resize", "normalize", "roi_margin")
                                if f in meta["preprocessing"]})
         trainer = Trainer(recipe, host, tasks, ImageCache(pre))
+        trainer.covariates = getattr(model, "covariate_encoder", None)
         pred = trainer.predict(model, held)
         per_fold.append(task_metrics(held, pred.proba, tasks))
         samples_all += held

@@ -17,26 +17,35 @@ def _kwargs(table: Mapping[str, Any]) -> dict[str, Any]:
 class LnzooModel(nn.Module):
     """One backbone pass per view serves every head; heads see the fused features."""
 
-    def __init__(self, backbones: nn.ModuleList, fusion: nn.Module, heads: nn.ModuleDict, views: Sequence[str]):
+    def __init__(self, backbones: nn.ModuleList, fusion: nn.Module, heads: nn.ModuleDict, views: Sequence[str],
+                 tabular: nn.Module | None = None):
         super().__init__()
         self.backbones, self.fusion, self.heads = backbones, fusion, heads
         self.views = list(views)
+        self.tabular = tabular  # embeds clinical covariates; its output joins the fused image features
 
     @property
     def shared_backbone(self) -> bool:
         return len(self.backbones) == 1
 
-    def features(self, x: torch.Tensor, present: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, V, 3, H, W) -> fused features (B, F)."""
+    def features(self, x: torch.Tensor, present: torch.Tensor | None = None,
+                 tab: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (B, V, 3, H, W) (+ covariates (B, C)) -> fused features (B, F)."""
         b, v = x.shape[:2]
         if self.shared_backbone:
             per_view = self.backbones[0](x.flatten(0, 1)).view(b, v, -1).unbind(1)  # one batched pass
         else:
             per_view = tuple(self.backbones[i](x[:, i]) for i in range(v))
-        return self.fusion(list(per_view), present)
+        fused = self.fusion(list(per_view), present)
+        if self.tabular is None:
+            return fused
+        if tab is None or tab.numel() == 0:  # no covariates given: every one is "missing"
+            tab = self.tabular.missing_row.expand(b, -1)
+        return torch.cat([fused, self.tabular(tab.to(fused.dtype))], dim=1)
 
-    def forward(self, x: torch.Tensor, present: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        fused = self.features(x, present)
+    def forward(self, x: torch.Tensor, present: torch.Tensor | None = None,
+                tab: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        fused = self.features(x, present, tab)
         return {task: head(fused) for task, head in self.heads.items()}
 
     def probabilities(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -48,8 +57,24 @@ class LnzooModel(nn.Module):
         return probs
 
 
-def build_model(recipe, host, tasks: Mapping[str, Any]) -> LnzooModel:
-    """Build the model a resolved recipe describes (random init unless the backbone loads weights)."""
+class CovariateEmbedding(nn.Module):
+    """Encoded clinical covariates (B, C) -> (B, hidden); ``missing_row`` encodes "all missing"."""
+
+    def __init__(self, width: int, hidden: int, missing_row: torch.Tensor):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden))
+        self.register_buffer("missing_row", missing_row.view(1, -1).float())
+        self.out_features = hidden
+
+    def forward(self, tab: torch.Tensor) -> torch.Tensor:
+        return self.net(tab)
+
+
+def build_model(recipe, host, tasks: Mapping[str, Any], covariates=None) -> LnzooModel:
+    """Build the model a resolved recipe describes (random init unless the backbone loads weights).
+
+    ``covariates`` is the fitted CovariateEncoder when the recipe names ``data.covariates``.
+    """
     model_cfg = recipe.data["model"]
     views = recipe.data["data"]["views"]
     bb_table = model_cfg["backbone"]
@@ -62,8 +87,56 @@ def build_model(recipe, host, tasks: Mapping[str, Any]) -> LnzooModel:
         fusion = host.get("fusion", fusion_table["name"]).build(len(views), width, **_kwargs(fusion_table))
     except ValueError as exc:
         raise UsageError(f"model.fusion: {exc}") from None
+    tabular = None
+    width = fusion.out_features
+    if covariates is not None and covariates.width:
+        from lnzoo.data.samples import Sample
+        missing = torch.from_numpy(covariates.transform(Sample({}, "", {}, "")))
+        tabular = CovariateEmbedding(covariates.width, model_cfg["covariate_hidden"], missing)
+        width += tabular.out_features
     heads = nn.ModuleDict()
     for name, task in tasks.items():
         table = recipe.head_table(name)
-        heads[name] = host.get("head", table["name"]).build(fusion.out_features, task.num_classes, **_kwargs(table))
-    return LnzooModel(backbones, fusion, heads, views)
+        heads[name] = host.get("head", table["name"]).build(width, task.num_classes, **_kwargs(table))
+    return LnzooModel(backbones, fusion, heads, views, tabular)
+
+
+def init_from_checkpoint(model: LnzooModel, source: str) -> dict[str, Any]:
+    """Start ``model``'s backbones (and fusion, when it fits) from another run's checkpoint; heads stay new.
+
+    A shared pretraining backbone fills every branch of a model with separate branches. Returns what
+    was loaded and what was not, for the run's log and the checkpoint sidecar.
+    """
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    path = Path(source)
+    if path.is_dir():
+        path = path / "fold0" / "best.safetensors"
+    if not path.is_file():
+        raise UsageError(f"model.init_from: {path} not found (give a .safetensors checkpoint or a run directory)")
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise UsageError(f"model.init_from: {path} is not a readable safetensors file ({exc})") from None
+    own = model.state_dict()
+    wanted: dict[str, torch.Tensor] = {}
+    for key, tensor in state.items():
+        if not key.startswith(("backbones.", "fusion.")):
+            continue  # heads are task-specific: always replaced
+        targets = [key]
+        if key.startswith("backbones.0.") and len(model.backbones) > 1:
+            targets = [f"backbones.{i}.{key[len('backbones.0.'):]}" for i in range(len(model.backbones))]
+        for t in targets:
+            if t in own and own[t].shape == tensor.shape:
+                wanted[t] = tensor
+    if not any(k.startswith("backbones.") for k in wanted):
+        raise UsageError(f"model.init_from: no backbone tensor of {path} fits this model's backbone; "
+                         f"was it trained with another architecture?")
+    model.load_state_dict(wanted, strict=False)
+    backbone_keys = [k for k in own if k.startswith("backbones.")]
+    return {"source": str(path), "loaded": len(wanted),
+            "backbone_loaded": sum(k.startswith("backbones.") for k in wanted), "backbone_total": len(backbone_keys),
+            "not_loaded": sorted(k for k in own if k not in wanted and not k.startswith("heads."))[:20],
+            "heads": "new (replaced)"}

@@ -79,12 +79,12 @@ class Ensemble:
             prep = m.meta["preprocessing"]
             pre = Preprocessing(prep["image_size"], prep.get("resize", "squash"), prep.get("normalize", "imagenet"),
                                 prep.get("roi_margin", 0.1))
-            ds = NodeDataset(samples, views, [], ImageCache(pre))
+            ds = NodeDataset(samples, views, [], ImageCache(pre), covariates=getattr(m.model, "covariate_encoder", None))
             loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=False)
             outs: dict[str, list[np.ndarray]] = {}
             with torch.no_grad():
-                for x, present, _, _ in loader:
-                    for task, p in m.model.probabilities(m.model(x, present)).items():
+                for x, present, _, _, tab in loader:
+                    for task, p in m.model.probabilities(m.model(x, present, tab)).items():
                         outs.setdefault(task, []).append(p.double().numpy())
             for task, chunks in outs.items():
                 p = np.concatenate(chunks)

@@ -77,6 +77,8 @@ SCHEMA: dict[str, Any] = {
         "num_workers": F(int, 0, "DataLoader worker processes (0: load in the main process)", min=0),
         "identical_images": F(str, "error", "identical image bytes under two patients of the training data: "
                                             "error, or group them into one split group", choices=("error", "group")),
+        "covariates": F(list, [], "manifest columns joined to the image features as clinical covariates, e.g. "
+                                  "['age', 'sex', 'axis_ratio', 'elasto_score', 'flow_pattern', 'hilum']"),
         "skip_bad_rows": F(bool, False, "leave out bad rows and unreadable images (reported) instead of failing"),
         "cache": F(str, "memory", "decoded, resized images: memory (this run), disk (also across runs, under "
                                   "$LNZOO_CACHE/images) or none", choices=("memory", "disk", "none")),
@@ -106,13 +108,21 @@ SCHEMA: dict[str, Any] = {
         },
     },
     "model": {
+        "init_from": F(OPT_STR, None, "a checkpoint (.safetensors) or run directory (its fold 0) whose backbone "
+                                      "weights start this model; heads are always new"),
         "shared_backbone": F(bool, True, "one backbone for all views (true) or one per view (false)"),
+        "covariate_hidden": F(int, 32, "width of the MLP that embeds data.covariates before they join the "
+                                       "image features (LLNM-Net's idea)", min=1),
         "backbone": (PLUGIN_TABLE, "backbone"),
         "fusion": (PLUGIN_TABLE, "fusion"),
         "head": (PLUGIN_TABLE, "head"),
         "heads": (TASK_TABLE, (PLUGIN_TABLE, "head")),
     },
     "train": {
+        "method": F(str, "finetune", "finetune: train the network; linear_probe: frozen backbone, features "
+                                     "extracted once, scaler + logistic regression per fold (C chosen by grouped "
+                                     "CV on the training part), stored as a linear head",
+                    choices=("finetune", "linear_probe")),
         "epochs": F(int, 30, min=1),
         "optimizer": F(str, "sgd", choices=("sgd", "adam", "adamw")),
         "lr": F(NUM, 0.01, "base learning rate (peak after warmup)", min=0.0),
@@ -279,16 +289,25 @@ def load_raw(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
 
 def _absolutise_data_paths(raw: dict[str, Any], folder: Path) -> None:
     """Data paths in a recipe are relative to the recipe file, whatever the working directory."""
-    data = raw.get("data")
-    if not isinstance(data, dict):
-        return
+    data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    model = raw.get("model")
+    if isinstance(model, dict) and isinstance(model.get("init_from"), str) and not Path(model["init_from"]).is_absolute():
+        model["init_from"] = str((folder / model["init_from"]).resolve())
     for key in ("train", "test", "external"):
         value = data.get(key)
         if isinstance(value, str) and value:
             data[key] = str((folder / value).resolve()) if not Path(value).is_absolute() else value
         elif isinstance(value, list):
-            data[key] = [str((folder / v).resolve()) if isinstance(v, str) and not Path(v).is_absolute() else v
-                         for v in value]
+            data[key] = [_absolute(v, folder) for v in value]
+
+
+def _absolute(item: Any, folder: Path) -> Any:
+    """A source path (or the path of a {path, task} table) made absolute against the recipe's folder."""
+    if isinstance(item, str) and item and not Path(item).is_absolute():
+        return str((folder / item).resolve())
+    if isinstance(item, dict) and isinstance(item.get("path"), str):
+        return {**item, "path": _absolute(item["path"], folder)}
+    return item
 
 
 def _type_name(types: tuple[type, ...]) -> str:
@@ -459,6 +478,12 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
     if model["head"] is None:
         model["head"] = {"name": "linear"}
     train = out["train"]
+    if train["method"] == "linear_probe":
+        for name in weights:
+            head = out["model"]["heads"].get(name) or model["head"]
+            if isinstance(head, dict) and head.get("name") != "linear":
+                problems.append(f"train.method = \"linear_probe\" fits a logistic regression, stored as a "
+                                f"'linear' head; task {name!r} asks for head {head.get('name')!r}")
     if isinstance(train["min_lr"], (int, float)) and isinstance(train["lr"], (int, float)) and train["min_lr"] > train["lr"]:
         problems.append(f"train.min_lr ({train['min_lr']}) is above train.lr ({train['lr']}): "
                         f"the schedule would rise instead of anneal")

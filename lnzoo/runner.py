@@ -295,7 +295,8 @@ def run_recipe(recipe, host, out_dir: Path, console=None) -> dict[str, Any]:
                     "preprocessing": pre.as_dict(), "views": cfg["data"]["views"], "seed": cfg["seed"] + k,
                     "fold": k, "best_epoch": result.best_epoch,
                     "monitor": {cfg["train"]["monitor"]: result.best_score},
-                    "temperature": temperatures, **env}
+                    "temperature": temperatures, "init_from": trainer.init_report,
+                    "covariates": trainer.covariates.as_dict() if trainer.covariates else None, **env}
             fold_dir = out_dir / f"fold{k}"
             save_checkpoint(model, fold_dir / "best", meta)
             save_checkpoint(trainer.last_state, fold_dir / "last", {**meta, "epoch": len(result.history), "kind": "last"})

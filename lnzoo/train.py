@@ -106,12 +106,13 @@ class Trainer:
         self.amp = cuda if self.cfg["amp"] == "auto" else bool(self.cfg["amp"]) and cuda
         self.channels_last = cuda if self.cfg["channels_last"] == "auto" else bool(self.cfg["channels_last"])
         self.progress = progress
+        self.covariates = None  # fitted on each fold's training part when the recipe names covariates
 
     # -- data -------------------------------------------------------------------------------------
     def _dataset(self, samples: Sequence[Sample], train: bool) -> NodeDataset:
         augment = build_augment(self.data_cfg["augment"], self.data_cfg["image_size"]) if train else None
         return NodeDataset(samples, self.data_cfg["views"], list(self.tasks), self.cache, augment,
-                           view_dropout=self.cfg["view_dropout"] if train else 0.0)
+                           view_dropout=self.cfg["view_dropout"] if train else 0.0, covariates=self.covariates)
 
     def _loader(self, ds: NodeDataset, train: bool, seed: int) -> DataLoader:
         gen = torch.Generator().manual_seed(seed)
@@ -147,8 +148,22 @@ class Trainer:
             on_epoch: Callable[[nn.Module, dict], None] | None = None) -> FoldResult:
         from lnzoo.model import build_model
 
+        if self.cfg["method"] == "linear_probe":
+            return self.fit_linear_probe([*train, *val], fold)
+
         seed_everything(seed)
-        model = build_model(self.recipe, self.host, self.tasks).to(self.device)
+        names = self.data_cfg["covariates"]
+        if names:
+            from lnzoo.data.covariates import CovariateEncoder
+            self.covariates = CovariateEncoder.fit(train, names)  # training part only: no leakage
+        model = build_model(self.recipe, self.host, self.tasks, self.covariates)
+        self.init_report = None
+        if self.recipe.data["model"]["init_from"]:
+            from lnzoo.model import init_from_checkpoint
+            self.init_report = init_from_checkpoint(model, self.recipe.data["model"]["init_from"])
+            if self.progress:
+                self.progress("init", report=self.init_report)
+        model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         train_ds, val_ds = self._dataset(train, True), self._dataset(val, False)
@@ -171,10 +186,10 @@ class Trainer:
         for epoch in range(epochs):
             model.train()
             total, seen = 0.0, 0
-            for step, (x, present, y, _) in enumerate(loader):
+            for step, (x, present, y, _, tab) in enumerate(loader):
                 x, present, y = self._to_device(x, present, y)
                 with torch.autocast(self.device.type, enabled=self.amp):
-                    outputs = model(x, present)
+                    outputs = model(x, present, tab.to(self.device))
                 targets = {t: y[:, i] for i, t in enumerate(self.tasks)}
                 loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, targets, heads)
                 optimizer.zero_grad(set_to_none=True)
@@ -215,6 +230,77 @@ class Trainer:
         result.model = model
         return result
 
+    # -- frozen-feature baseline -------------------------------------------------------------------
+    def fit_linear_probe(self, samples: Sequence[Sample], fold: int) -> FoldResult:
+        """Frozen backbone + standardise + logistic regression, C chosen by grouped CV on ``samples`` only.
+
+        Features are extracted once per run (the backbone is frozen and built from the recipe seed)
+        and the fitted scaler is folded into the linear head, so the result is an ordinary model.
+        """
+        import copy
+
+        from sklearn.linear_model import LogisticRegressionCV
+        from sklearn.model_selection import StratifiedGroupKFold
+        from sklearn.preprocessing import StandardScaler
+
+        from lnzoo.model import build_model
+
+        if getattr(self, "_probe", None) is None:
+            seed_everything(self.recipe.data["seed"])
+            probe = build_model(self.recipe, self.host, self.tasks)
+            if self.recipe.data["model"]["init_from"]:
+                from lnzoo.model import init_from_checkpoint
+                self._probe_init = init_from_checkpoint(probe, self.recipe.data["model"]["init_from"])
+            self._probe = probe.to(self.device).eval()
+            self._probe_features: dict[str, np.ndarray] = {}
+        todo = [s for s in samples if s.key not in self._probe_features]
+        if todo:
+            ds = self._dataset(todo, False)
+            loader = DataLoader(ds, batch_size=max(64, self.data_cfg["batch_size"]), shuffle=False)
+            with torch.no_grad():
+                for x, present, y, idx, tab in loader:
+                    x, present, y = self._to_device(x, present, y)
+                    f = self._probe.features(x, present, tab.to(self.device)).float().cpu().numpy()
+                    for i, row in zip(idx.tolist(), f):
+                        self._probe_features[todo[i].key] = row
+        X = np.stack([self._probe_features[s.key] for s in samples]).astype(np.float64)
+        groups = np.array([s.patient for s in samples])
+        model = copy.deepcopy(self._probe)
+        history = []
+        for name, task in self.tasks.items():
+            y = np.array([s.labels.get(name, MISSING) for s in samples])
+            keep = y != MISSING
+            classes_present = np.unique(y[keep])
+            if len(classes_present) < 2:
+                continue
+            counts = np.bincount(y[keep])
+            n_splits = int(max(2, min(5, counts[counts > 0].min(), len(set(groups[keep])))))
+            scaler = StandardScaler().fit(X[keep])
+            Xs = scaler.transform(X[keep])
+            splits = list(StratifiedGroupKFold(n_splits, shuffle=True, random_state=self.recipe.data["seed"])
+                          .split(Xs, y[keep], groups[keep]))
+            weighting = "balanced" if task.class_weighting == "balanced" and self.data_cfg["sampling"] != "none" else None
+            lr = LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=splits, scoring="neg_log_loss", max_iter=3000,
+                                      class_weight=weighting)
+            lr.fit(Xs, y[keep])
+            coef = lr.coef_ / scaler.scale_
+            bias = lr.intercept_ - (lr.coef_ * scaler.mean_ / scaler.scale_).sum(1)
+            weight = np.zeros((task.num_classes, X.shape[1]))
+            b = np.zeros(task.num_classes)
+            if coef.shape[0] == 1:  # binary: logit of the second class present against the first
+                weight[classes_present[1]], b[classes_present[1]] = coef[0], bias[0]
+            else:
+                weight[classes_present], b[classes_present] = coef, bias
+                b[np.setdiff1d(np.arange(task.num_classes), classes_present)] = -1e4  # never seen: never predicted
+            fc = model.heads[name].fc
+            with torch.no_grad():
+                fc.weight.copy_(torch.as_tensor(weight, dtype=fc.weight.dtype))
+                fc.bias.copy_(torch.as_tensor(b, dtype=fc.bias.dtype))
+            history.append({"task": name, "C": float(lr.C_[0]), "n": int(keep.sum()), "inner_folds": n_splits})
+        self.last_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.init_report = getattr(self, "_probe_init", None)
+        return FoldResult(fold, 0, float("nan"), history, model)
+
     def _to_device(self, x, present, y):
         nb = self.device.type == "cuda"
         x = x.to(self.device, non_blocking=nb)
@@ -233,10 +319,10 @@ class Trainer:
         probs: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         total, seen = 0.0, 0
         heads = dict(model.heads.items())
-        for x, present, y, _ in loader:
+        for x, present, y, _, tab in loader:
             x, present, y = self._to_device(x, present, y)
             with torch.autocast(self.device.type, enabled=self.amp):
-                outputs = model(x, present)
+                outputs = model(x, present, tab.to(self.device))
             outputs = {k: v.float() for k, v in outputs.items()}
             if loss_fn is not None:
                 loss, _ = loss_fn(outputs, {t: y[:, i] for i, t in enumerate(self.tasks)}, heads)

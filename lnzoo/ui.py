@@ -42,6 +42,12 @@ class RunProgress:
                            f"held-out {n_held}")
 
     def train(self, event: str, **kw: Any) -> None:
+        if event == "init":
+            r = kw["report"]
+            self.console.print(f"init_from {r['source']}: {r['backbone_loaded']}/{r['backbone_total']} backbone "
+                               f"tensors loaded; heads new" + (f"; not loaded: {', '.join(r['not_loaded'][:5])}"
+                                                               if r["not_loaded"] else ""))
+            return
         key = f"fold{kw['fold']}"
         if event == "step":
             total = kw["epochs"] * kw["steps"]

@@ -104,3 +104,52 @@ def test_fused_multimodal_model_with_modality_dropout_predicts_with_a_missing_mo
     assert out[0]["views_used"] == "2d+cdfi"
     probs = [out[0][f"p_pathology3_{c}"] for c in ("benign", "lymphoma", "metastatic")]
     assert abs(sum(probs) - 1) < 1e-4
+
+
+def test_init_from_loads_a_pretrained_backbone_and_replaces_the_heads(cache_env, tmp_path):
+    from safetensors.torch import load_file
+
+    pre = _run(tmp_path / "pre", "pretrain_ultrasound.toml", ["data.phantom.patients=40"])
+    run = _run(tmp_path / "ft", "multimodal_3class.toml",
+               ["data.phantom.patients=40", "cv.run_folds=[0]", "model.shared_backbone=false", "train.lr=0.0",
+                "train.ema=0.0", f"model.init_from='{pre.as_posix()}'"])
+    side = json.loads((run / "fold0" / "best.json").read_text())
+    report = side["init_from"]
+    assert report["backbone_loaded"] == report["backbone_total"] > 0 and report["heads"] == "new (replaced)"
+    source = load_file(str(pre / "fold0" / "best.safetensors"))
+    tuned = load_file(str(run / "fold0" / "best.safetensors"))
+    key = next(k for k in source if k.startswith("backbones.0.") and "conv" in k and k.endswith("weight"))
+    for branch in range(3):  # the shared pretraining backbone fills every branch (lr 0 keeps it as loaded)
+        assert np.array_equal(tuned[key.replace("backbones.0.", f"backbones.{branch}.")].numpy(), source[key].numpy())
+    with pytest.raises(Exception, match="init_from"):
+        _run(tmp_path / "bad", "stage1_aux.toml", ["data.phantom.patients=40", "cv.run_folds=[0]",
+                                                    f"model.init_from='{(tmp_path / 'nope').as_posix()}'"])
+
+
+def test_clinical_covariates_join_the_image_features_and_are_encoded_from_training_rows(cache_env, tmp_path):
+    run = _run(tmp_path / "cov", "stage2_metastasis_lymphoma.toml",
+               ["data.phantom.patients=50", "cv.run_folds=[0]", "data.phantom.external=false",
+                "data.covariates=['age', 'sex', 'axis_ratio', 'elasto_score', 'flow_pattern', 'hilum']"])
+    side = json.loads((run / "fold0" / "best.json").read_text())
+    spec = {c["name"]: c for c in side["covariates"]["covariates"]}
+    assert spec["age"]["kind"] == "numeric" and spec["sex"]["kind"] == "categorical"
+    assert set(spec["flow_pattern"]["levels"]) <= {"none", "hilar", "peripheral", "mixed"}
+    from lnzoo.checkpoint import load_model
+    model, _ = load_model(run / "fold0" / "best.safetensors", HOST)
+    assert model.tabular is not None
+    # images alone (no covariates at inference) still predict: covariates count as missing
+    first = next(csv.DictReader((run / "predictions.csv").open()))["path"]
+    assert predict_rows([run], [Path(first)], HOST)[0]["metastasis_pred"] in ("metastatic", "lymphoma")
+
+
+def test_linear_probe_fits_a_logistic_regression_per_fold_and_serves_it_as_a_linear_head(cache_env, tmp_path):
+    run = _run(tmp_path / "lp", "linear_probe.toml", ["data.phantom.patients=60", "cv.run_folds=[0, 1]"])
+    hist = list(csv.DictReader((run / "fold0" / "history.csv").open()))
+    assert hist[0]["task"] == "malignancy" and float(hist[0]["C"]) > 0
+    rows = [r for r in csv.DictReader((run / "predictions.csv").open()) if r["fold"] == "0"]
+    # the served model reproduces the stored held-out probabilities
+    served = predict_rows([run / "fold0" / "best.safetensors"], [Path(r["path"]) for r in rows[:5]], HOST)
+    for r, s in zip(rows[:5], served):
+        assert abs(float(r["p_malignancy_malignant"]) - s["p_malignancy_malignant"]) < 1e-4
+    with pytest.raises(Exception, match="linear_probe"):
+        load_recipe(REPO / "recipes" / "linear_probe.toml", host=HOST, sets=["model.head={name='mlp'}"])

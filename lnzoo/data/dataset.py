@@ -104,12 +104,13 @@ class ImageCache:
 
 
 class NodeDataset(Dataset):
-    """Sample i -> (views (V,3,H,W) float, present (V,) bool, labels (T,) long, i)."""
+    """Sample i -> (views (V,3,H,W) float, present (V,) bool, labels (T,) long, i, covariates (C,) float)."""
 
     def __init__(self, samples: Sequence[Sample], views: Sequence[str], tasks: Sequence[str], cache: ImageCache,
-                 augment: Callable | None = None, view_dropout: float = 0.0):
+                 augment: Callable | None = None, view_dropout: float = 0.0, covariates=None):
         self.samples, self.views, self.tasks = list(samples), list(views), list(tasks)
         self.cache, self.augment, self.view_dropout = cache, augment, view_dropout
+        self.covariates = covariates  # a CovariateEncoder, or None
         mean, std = cache.pre.mean_std
         self.mean = torch.tensor(mean).view(3, 1, 1)
         self.std = torch.tensor(std).view(3, 1, 1)
@@ -147,4 +148,5 @@ class NodeDataset(Dataset):
         x = torch.stack([(img.float() / 255.0 - self.mean) / self.std for img in images])
         x[~present_t] = 0.0
         y = torch.tensor([s.labels.get(t, MISSING) for t in self.tasks], dtype=torch.long)
-        return x, present_t, y, i
+        tab = torch.from_numpy(self.covariates.transform(s)) if self.covariates is not None else torch.zeros(0)
+        return x, present_t, y, i, tab

@@ -326,7 +326,12 @@ def load_source(spec: Any, tasks: Mapping[str, Task], data_cfg: Mapping[str, Any
             else:
                 samples += read_npz(item, tasks[name], problems)
         elif path.suffix.lower() == ".csv":
-            samples += read_manifest(path, tasks, views, problems, data_cfg.get("label_columns"), data_cfg)
+            if task_name is not None and task_name not in tasks:
+                problems.append(f"{path}: task {task_name!r} is not one of the recipe's tasks {list(tasks)}")
+                continue
+            # {path, task}: this manifest labels that task only (one dataset of a multi-dataset recipe)
+            only = {task_name: tasks[task_name]} if task_name else tasks
+            samples += read_manifest(path, only, views, problems, data_cfg.get("label_columns"), data_cfg)
         elif path.is_file():
             name = task_name or infer_list_task(path, tasks)
             if name not in tasks:
