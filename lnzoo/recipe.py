@@ -139,6 +139,13 @@ SCHEMA: dict[str, Any] = {
         "view_dropout": F(NUM, 0.0, "training only: probability of dropping each view of a sample (at least "
                                     "one kept), so a fused model still predicts when a modality is missing",
                           min=0.0, max=0.9),
+        "mean_teacher": {
+            "weight": F(NUM, 0.0, "weight of the mean-teacher consistency loss on images without a main-task "
+                                  "label (0: off; the seed's stage-I code used 0.1)", min=0.0),
+            "ema": F(NUM, 0.995, "teacher = EMA of the student, BatchNorm buffers included", min=0.0, max=0.99999),
+            "threshold": F(NUM, 0.95, "teacher confidence needed before a pseudo-label counts", min=0.0, max=1.0),
+            "rampup_epochs": F(NUM, 5.0, "sigmoid ramp-up of the weight over this many epochs", min=0.0),
+        },
         "ema": F(NUM, 0.0, "decay of an exponential moving average of the weights (and BatchNorm buffers) "
                            "that is evaluated and saved instead of the raw weights (0: off)", min=0.0, max=0.99999),
         "amp": F((bool, str), "auto", "mixed precision: auto = on CUDA only"),

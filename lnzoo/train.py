@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
@@ -180,6 +181,12 @@ class Trainer:
             from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
             ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(self.cfg["ema"]), use_buffers=True)
         eval_model = ema.module if ema is not None else model
+        mt = self.cfg["mean_teacher"]
+        teacher = None
+        if mt["weight"] > 0:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+            teacher = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(mt["ema"]), use_buffers=True)
+        main_col = list(self.tasks).index(self.main)
         best_state = None
         stale = 0
         epochs = self.cfg["epochs"]
@@ -192,7 +199,11 @@ class Trainer:
                     outputs = model(x, present, tab.to(self.device))
                 targets = {t: y[:, i] for i, t in enumerate(self.tasks)}
                 loss, parts = loss_fn({k: v.float() for k, v in outputs.items()}, targets, heads)
-                optimizer.zero_grad(set_to_none=True)
+                if teacher is not None:
+                    progress = (epoch + step / max(len(loader), 1)) / max(mt["rampup_epochs"], 1e-9)
+                    ramp = math.exp(-5.0 * (1.0 - min(1.0, progress)) ** 2) if mt["rampup_epochs"] > 0 else 1.0
+                    loss = loss + mt["weight"] * ramp * self._consistency(
+                        teacher, model, x, present, tab, outputs[self.main], y[:, main_col], mt["threshold"])
                 scaler.scale(loss).backward()
                 if self.cfg["grad_clip"] > 0:
                     scaler.unscale_(optimizer)
@@ -202,6 +213,8 @@ class Trainer:
                 scheduler.step()  # once per optimizer step
                 if ema is not None:
                     ema.update_parameters(model)
+                if teacher is not None:
+                    teacher.update_parameters(model)
                 total += float(loss.detach()) * len(y)
                 seen += len(y)
                 if self.progress:
@@ -229,6 +242,26 @@ class Trainer:
         model.load_state_dict(best_state)
         result.model = model
         return result
+
+    def _consistency(self, teacher, model, x, present, tab, student_out, main_y, threshold: float) -> torch.Tensor:
+        """Mean-teacher loss on images without a main-task label: the EMA teacher, shown a flipped
+        view of the image, gives a pseudo-label when confident enough; the student learns it."""
+        unlabelled = main_y == MISSING
+        if not bool(unlabelled.any()):
+            return student_out.sum() * 0.0
+        teacher.eval()
+        with torch.no_grad():
+            t_out = teacher.module(x[unlabelled].flip(-1), present[unlabelled], tab.to(x.device)[unlabelled]
+                                   if tab.numel() else None)[self.main]
+            t_prob = teacher.module.probabilities({self.main: t_out.float()})[self.main]
+        conf, pseudo = t_prob.max(1)
+        confident = conf >= threshold
+        if not bool(confident.any()):
+            return student_out.sum() * 0.0
+        head = model.heads[self.main]
+        out = student_out[unlabelled][confident].float()
+        custom = getattr(head, "task_loss", None)
+        return custom(out, pseudo[confident]) if custom else F.cross_entropy(out, pseudo[confident])
 
     # -- frozen-feature baseline -------------------------------------------------------------------
     def fit_linear_probe(self, samples: Sequence[Sample], fold: int) -> FoldResult:

@@ -153,3 +153,11 @@ def test_linear_probe_fits_a_logistic_regression_per_fold_and_serves_it_as_a_lin
         assert abs(float(r["p_malignancy_malignant"]) - s["p_malignancy_malignant"]) < 1e-4
     with pytest.raises(Exception, match="linear_probe"):
         load_recipe(REPO / "recipes" / "linear_probe.toml", host=HOST, sets=["model.head={name='mlp'}"])
+
+
+def test_mean_teacher_variant_trains(cache_env, tmp_path):
+    run = _run(tmp_path / "mt", "stage1_aux_mean_teacher.toml",
+               ["data.phantom.patients=40", "cv.run_folds=[0]", "train.epochs=2", "train.mean_teacher.threshold=0.5"])
+    side = json.loads((run / "fold0" / "best.json").read_text())
+    assert side["recipe"]["train"]["mean_teacher"]["weight"] == 0.1
+    assert (run / "fold0" / "history.csv").read_text().count("\n") == 3

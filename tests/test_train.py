@@ -48,3 +48,27 @@ def test_ema_tracks_batchnorm_statistics():
     # the averaged model's running mean moved with the raw model's instead of staying at its initial 0
     assert torch.all(ema.module[1].running_mean.abs() > 0.1)
     assert torch.allclose(ema.module[1].running_mean, model[1].running_mean, rtol=0.5)
+
+
+def test_mean_teacher_consistency_uses_confident_pseudo_labels_on_unlabelled_images_only():
+    from torch.optim.swa_utils import AveragedModel
+
+    from lnzoo.model import build_model
+
+    tr = _trainer(["model.backbone={name='timm', model_name='test_resnet'}", "train.mean_teacher.weight=0.1"])
+    torch.manual_seed(0)
+    model = build_model(tr.recipe, HOST, tr.tasks)
+    teacher = AveragedModel(model, use_buffers=True)
+    with torch.no_grad():  # a teacher certain that everything is malignant
+        teacher.module.heads["malignancy"].fc.bias.copy_(torch.tensor([-20.0, 20.0]))
+    x, present, tab = torch.randn(4, 1, 3, 32, 32), torch.ones(4, 1, dtype=torch.bool), torch.zeros(0)
+    student = torch.zeros(4, 2, requires_grad=True)
+    y_main = torch.tensor([0, -1, 1, -1])
+    loss = tr._consistency(teacher, model, x, present, tab, student, y_main, threshold=0.95)
+    assert torch.isclose(loss, torch.log(torch.tensor(2.0)))  # CE of a uniform student vs label 1
+    loss.backward()
+    assert torch.all(student.grad[[0, 2]] == 0) and torch.all(student.grad[[1, 3]] != 0)
+    strict = tr._consistency(teacher, model, x, present, tab, student, y_main, threshold=1.01)
+    assert float(strict) == 0.0  # nothing confident enough: no pseudo-labels
+    labelled = tr._consistency(teacher, model, x, present, tab, student, torch.tensor([0, 1, 1, 0]), 0.95)
+    assert float(labelled) == 0.0
