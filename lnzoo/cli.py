@@ -171,7 +171,10 @@ def run(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
     _summary_table(metrics)
     from lnzoo.explain import explain_examples
     from lnzoo.report import write_report
-    explain_examples(out, host=_host())
+    try:
+        explain_examples(out, host=_host())
+    except Exception as exc:  # noqa: BLE001 - the run itself is done; its report must still be written
+        err.print(f"[yellow]warning:[/] Grad-CAM examples for the report failed ({type(exc).__name__}: {exc})")
     report_path = write_report(out, n_boot=500)
     console.print(f"run directory: {out}\nreport: {report_path}")
 

@@ -58,3 +58,15 @@ def _fresh_plugin_host():
     set_host(None)
     yield
     set_host(None)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def lnzoo_cache(tmp_path_factory):
+    """Phantoms and image caches of the whole test session live in one temporary folder, never in ~/.cache."""
+    old = os.environ.get("LNZOO_CACHE")
+    os.environ["LNZOO_CACHE"] = str(tmp_path_factory.mktemp("lnzoo-cache"))
+    yield Path(os.environ["LNZOO_CACHE"])
+    if old is None:
+        os.environ.pop("LNZOO_CACHE", None)
+    else:
+        os.environ["LNZOO_CACHE"] = old

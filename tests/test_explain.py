@@ -267,21 +267,14 @@ def runs(tmp_path_factory):
     from lnzoo.recipe import load_recipe
     from lnzoo.runner import run_recipe
 
-    old = os.environ.get("LNZOO_CACHE")
-    os.environ["LNZOO_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
-        host = load_plugins()
-        out = {}
-        for name, sets in (("single", []), ("two", ["data.views=['full','crop']", "model.fusion={name='concat'}"])):
-            recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", sets=[*TINY, *sets], host=host)
-            out[name] = tmp_path_factory.mktemp(name)
-            run_recipe(recipe, host, out[name])
-        yield out
-    finally:
-        if old is None:
-            os.environ.pop("LNZOO_CACHE", None)
-        else:
-            os.environ["LNZOO_CACHE"] = old
+    # the phantom cache is the session's (tests/conftest.py)
+    host = load_plugins()
+    out = {}
+    for name, sets in (("single", []), ("two", ["data.views=['full','crop']", "model.fusion={name='concat'}"])):
+        recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", sets=[*TINY, *sets], host=host)
+        out[name] = tmp_path_factory.mktemp(name)
+        run_recipe(recipe, host, out[name])
+    yield out
 
 
 def _images(run: Path, n: int = 2) -> list[Path]:

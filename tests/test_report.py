@@ -115,21 +115,14 @@ def real_run(tmp_path_factory):
     from lnzoo.recipe import load_recipe
     from lnzoo.runner import run_recipe
 
-    old = os.environ.get("LNZOO_CACHE")
-    os.environ["LNZOO_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    try:
-        host = load_plugins()
-        sets = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=48", "train.epochs=1",
-                "data.phantom.patients=24", "cv.folds=3", "cv.run_folds=[0, 1]", "data.batch_size=16",
-                "train.threads=1"]
-        recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", sets=sets, host=host)
-        out = tmp_path_factory.mktemp("real") / "run"
-        run_recipe(recipe, host, out)
-    finally:
-        if old is None:
-            os.environ.pop("LNZOO_CACHE", None)
-        else:
-            os.environ["LNZOO_CACHE"] = old
+    # the phantom cache is the session's (tests/conftest.py)
+    host = load_plugins()
+    sets = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=48", "train.epochs=1",
+            "data.phantom.patients=24", "cv.folds=3", "cv.run_folds=[0, 1]", "data.batch_size=16",
+            "train.threads=1"]
+    recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", sets=sets, host=host)
+    out = tmp_path_factory.mktemp("real") / "run"
+    run_recipe(recipe, host, out)
     return out
 
 

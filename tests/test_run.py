@@ -17,17 +17,6 @@ TINY = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_si
         "data.phantom.patients=24", "cv.folds=3", "cv.run_folds=[0]", "data.batch_size=16", "train.threads=2"]
 
 
-@pytest.fixture(scope="session", autouse=True)
-def phantom_cache(tmp_path_factory):
-    old = os.environ.get("LNZOO_CACHE")
-    os.environ["LNZOO_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield Path(os.environ["LNZOO_CACHE"])
-    if old is None:
-        os.environ.pop("LNZOO_CACHE", None)
-    else:
-        os.environ["LNZOO_CACHE"] = old
-
-
 def _run(out: Path, sets=(), host=None):
     host = host or load_plugins()
     recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", sets=[*TINY, *sets], host=host)

@@ -21,15 +21,10 @@ TINY = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_si
 RECIPES = sorted(p for p in (REPO / "recipes").glob("*.toml") if p.name != "base.toml")
 
 
-@pytest.fixture(scope="module")
-def cache_env(tmp_path_factory):
-    old = os.environ.get("LNZOO_CACHE")
-    os.environ["LNZOO_CACHE"] = str(tmp_path_factory.mktemp("cache"))
-    yield
-    if old is None:
-        os.environ.pop("LNZOO_CACHE", None)
-    else:
-        os.environ["LNZOO_CACHE"] = old
+@pytest.fixture
+def cache_env(lnzoo_cache):
+    """Runs use the session's phantom cache (see conftest)."""
+    return lnzoo_cache
 
 
 @pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
@@ -46,7 +41,7 @@ def _run(tmp: Path, recipe: str, sets=()):
 
 
 @pytest.fixture(scope="module")
-def stage_runs(cache_env, tmp_path_factory):
+def stage_runs(lnzoo_cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("stages")
     phantom = ["data.phantom.patients=60"]
     return {

@@ -97,29 +97,25 @@ def timm_backbone(model_name: str = "resnet50", pretrained: bool | str = False, 
     return Backbone(body, body.num_features, cam, layout, prefix, source=f"timm:{model_name}")
 
 
-def tv_resnet50(pretrained: bool | str = False) -> Backbone:
+def _torchvision(arch: str, weights: str, head_attr: str, width: int, cam: str, layout: str,
+                 pretrained: bool | str) -> Backbone:
+    """A torchvision classifier with its classification layer removed."""
     import torchvision
 
     hub = pretrained is True or pretrained == "hub"
     try:
-        body = torchvision.models.resnet50(weights="IMAGENET1K_V2" if hub else None)
+        body = getattr(torchvision.models, arch)(weights=weights if hub else None)
     except Exception as exc:
-        raise _hub_error("torchvision resnet50", exc) from None
+        raise _hub_error(f"torchvision {arch}", exc) from None
     if isinstance(pretrained, str) and pretrained not in ("hub", ""):
-        load_local_weights(body, pretrained, "torchvision resnet50")
-    body.fc = nn.Identity()
-    return Backbone(body, 2048, "layer4", "nchw", source="torchvision:resnet50")
+        load_local_weights(body, pretrained, f"torchvision {arch}")
+    setattr(body, head_attr, nn.Identity())
+    return Backbone(body, width, cam, layout, source=f"torchvision:{arch}")
+
+
+def tv_resnet50(pretrained: bool | str = False) -> Backbone:
+    return _torchvision("resnet50", "IMAGENET1K_V2", "fc", 2048, "layer4", "nchw", pretrained)
 
 
 def tv_swin_t(pretrained: bool | str = False) -> Backbone:
-    import torchvision
-
-    hub = pretrained is True or pretrained == "hub"
-    try:
-        body = torchvision.models.swin_t(weights="IMAGENET1K_V1" if hub else None)
-    except Exception as exc:
-        raise _hub_error("torchvision swin_t", exc) from None
-    if isinstance(pretrained, str) and pretrained not in ("hub", ""):
-        load_local_weights(body, pretrained, "torchvision swin_t")
-    body.head = nn.Identity()
-    return Backbone(body, 768, "features.7", "nhwc", source="torchvision:swin_t")
+    return _torchvision("swin_t", "IMAGENET1K_V1", "head", 768, "features.7", "nhwc", pretrained)
