@@ -5,7 +5,6 @@ import base64
 import csv
 import json
 import math
-import os
 import re
 from pathlib import Path
 

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import json
 import os
-import types
 from pathlib import Path
 
-import pytest
 
 from lnzoo.plugins import load_plugins
 from lnzoo.recipe import load_recipe

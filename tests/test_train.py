@@ -4,7 +4,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lnzoo.data.samples import Sample
 from lnzoo.train import Trainer
 from lnzoo.plugins import load_plugins
 from lnzoo.recipe import load_recipe
