@@ -366,3 +366,11 @@ def test_derive_views_rules():
         _derive_views("x.png", ["2d", "cdfi"], "-crop")
     with pytest.raises(UsageError, match="at least one image"):
         _derive_views([None, None], ["2d", "cdfi"], "-crop")
+
+
+def test_a_roi_view_model_refuses_bare_images_instead_of_feeding_them_uncropped():
+    from lnzoo.errors import UsageError
+    from lnzoo.explain import _derive_views
+
+    with pytest.raises(UsageError, match="'roi' view"):
+        _derive_views(Path("a.png"), ["full", "roi"], "-crop")
