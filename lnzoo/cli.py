@@ -277,8 +277,11 @@ def compare_cmd(a: Annotated[Path, typer.Argument(help="Run directory or predict
 
 @app.command()
 @guarded
-def predict(images: Annotated[list[Path], typer.Argument(help="Images to classify (for a full+crop model, the "
-                                                              "crop is found in the -crop mirror folder).")],
+def predict(images: Annotated[Optional[list[Path]], typer.Argument(help="Images to classify (for a full+crop model, "
+                                                              "the crop is found in the -crop mirror folder).")] = None,
+            manifest: Annotated[Optional[Path], typer.Option("--manifest", help="CSV of rows to classify instead of "
+                                "image paths: the model's view columns ('path' for full/roi), and for a 'roi' model "
+                                "the box or mask column it was trained with; covariate columns are used too.")] = None,
             model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Run directory (its fold "
                              "models are averaged) or .safetensors checkpoint; repeat to ensemble several.")] = None,
             cascade: Annotated[Optional[list[Path]], typer.Option("--cascade", help="Stage I, II and III models, "
@@ -289,10 +292,19 @@ def predict(images: Annotated[list[Path], typer.Argument(help="Images to classif
 
     if bool(model) == bool(cascade):
         raise UsageError("give either --model (one or more) or --cascade S1 --cascade S2 --cascade S3")
-    missing = [str(p) for p in images if not p.is_file()]
-    if missing:
-        raise UsageError(f"image(s) not found: {', '.join(missing[:10])}")
-    rows = run_cascade(cascade, images, _host()) if cascade else predict_rows(model, images, _host())
+    if bool(images) == bool(manifest):
+        raise UsageError("give either image paths or --manifest rows.csv")
+    if manifest:
+        if cascade:
+            raise UsageError("--manifest works with --model; the cascade takes image paths")
+        from lnzoo.predict import manifest_samples
+        items = manifest_samples(model, manifest, _host())
+    else:
+        missing = [str(p) for p in images if not p.is_file()]
+        if missing:
+            raise UsageError(f"image(s) not found: {', '.join(missing[:10])}")
+        items = images
+    rows = run_cascade(cascade, items, _host()) if cascade else predict_rows(model, items, _host())
     write_rows(rows, out)
     table = Table(title=f"{len(rows)} image(s) -> {out}", title_justify="left")
     table.add_column("image")

@@ -161,9 +161,10 @@ def resolve_checkpoint(checkpoint_or_run: str | Path) -> Path:
 def _derive_views(item: Any, views: Sequence[str], crop_suffix: str) -> dict[str, Path | None]:
     """One sample as given by the user -> {view: path or None (absent)} in the model's view order."""
     if "roi" in views:  # the crop box or mask is not part of a bare image path: refuse rather than guess
-        raise UsageError(f"this model has a 'roi' view (cropped to a box or mask at training time); predicting "
-                         f"or explaining from bare image paths would feed it uncropped images. Give the crop "
-                         f"as an image of its own (a 'crop' view) for serving; 'roi' serving is not supported yet")
+        raise UsageError("this model has a 'roi' view (cropped to a box or mask at training time); predicting "
+                         "or explaining from bare image paths would feed it uncropped images. Give the crop "
+                         "as an image of its own (a 'crop' view), or predict from a CSV manifest that names "
+                         "each image's box or mask: lnzoo predict --model RUN --manifest rows.csv")
     if isinstance(item, (str, Path)):
         path = Path(item)
         if len(views) == 1:

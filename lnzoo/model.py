@@ -57,6 +57,21 @@ class LnzooModel(nn.Module):
         return probs
 
 
+def predict_probabilities(model: LnzooModel, x: torch.Tensor, present: torch.Tensor | None = None,
+                          tab: torch.Tensor | None = None, tta: str = "none"
+                          ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """(raw outputs, class probabilities) per task; ``tta="hflip"`` averages the probabilities of the
+    image and its mirror image (probabilities, not logits, so ordinal heads average correctly)."""
+    outputs = {k: v.float() for k, v in model(x, present, tab).items()}
+    probs = model.probabilities(outputs)
+    if tta == "hflip":
+        mirrored = model.probabilities({k: v.float() for k, v in model(x.flip(-1), present, tab).items()})
+        probs = {t: 0.5 * (probs[t] + mirrored[t]) for t in probs}
+    elif tta != "none":
+        raise UsageError(f"unknown test-time augmentation {tta!r}; use 'none' or 'hflip'")
+    return outputs, probs
+
+
 class CovariateEmbedding(nn.Module):
     """Encoded clinical covariates (B, C) -> (B, hidden); ``missing_row`` encodes "all missing"."""
 

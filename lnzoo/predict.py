@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lnzoo.data.samples import Sample
 from lnzoo.errors import UsageError
 
 
@@ -63,8 +64,8 @@ class Ensemble:
         """Probabilities per task (members averaged) for each item (a path, or one path per view)."""
         from lnzoo.data.dataset import ImageCache, NodeDataset
         from lnzoo.data.images import Preprocessing
-        from lnzoo.data.samples import Sample
         from lnzoo.explain import _derive_views
+        from lnzoo.model import predict_probabilities
 
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
@@ -72,19 +73,30 @@ class Ensemble:
         for m in self.members:
             views = list(m.meta["views"])
             suffix = m.meta["recipe"]["data"].get("crop_suffix", "-crop")
-            per_view = [_derive_views(item, views, suffix) for item in items]
+            if items and isinstance(items[0], Sample):  # manifest rows: views, ROI boxes/masks, covariates
+                per_view = [{v: item.views.get(v) for v in views} for item in items]
+                samples = [Sample(dict(pv), item.patient, {}, item.origin, covariates=dict(item.covariates),
+                                  rois={v: r for v, r in item.rois.items() if v in views})
+                           for pv, item in zip(per_view, items)]
+                if any(all(p is None for p in pv.values()) for pv in per_view):
+                    bad = next(i.origin for i, pv in zip(items, per_view) if all(p is None for p in pv.values()))
+                    raise UsageError(f"{bad}: no image for any of the views {views} of {m.source}")
+            else:
+                per_view = [_derive_views(item, views, suffix) for item in items]
+                samples = [Sample(dict(v), "", {}, str(next(p for p in v.values() if p is not None)))
+                           for v in per_view]
             if not resolved:
                 resolved = per_view
-            samples = [Sample(dict(v), "", {}, str(next(p for p in v.values() if p is not None))) for v in per_view]
             prep = m.meta["preprocessing"]
             pre = Preprocessing(prep["image_size"], prep.get("resize", "squash"), prep.get("normalize", "imagenet"),
                                 prep.get("roi_margin", 0.1))
             ds = NodeDataset(samples, views, [], ImageCache(pre), covariates=getattr(m.model, "covariate_encoder", None))
             loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=False)
             outs: dict[str, list[np.ndarray]] = {}
+            tta = m.meta["recipe"].get("train", {}).get("tta", "none")  # served as it was evaluated
             with torch.no_grad():
                 for x, present, _, _, tab in loader:
-                    for task, p in m.model.probabilities(m.model(x, present, tab)).items():
+                    for task, p in predict_probabilities(m.model, x, present, tab, tta)[1].items():
                         outs.setdefault(task, []).append(p.double().numpy())
             for task, chunks in outs.items():
                 p = np.concatenate(chunks)
@@ -145,13 +157,28 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> Path:
     return out
 
 
-def predict_rows(models: Sequence[str | Path], images: Sequence[Path], host=None) -> list[dict[str, Any]]:
-    """One row per image: which views were used and the ensemble's probability of every class of every task."""
+def manifest_samples(models: Sequence[str | Path], manifest: Path, host=None) -> list[Any]:
+    """Read a CSV of rows to predict on with the views (and ROI columns) of the first model given."""
+    from lnzoo.data.samples import read_serving_manifest
+
+    ens = Ensemble(models, host)
+    views = sorted({v for m in ens.members for v in m.meta["views"]})
+    return read_serving_manifest(manifest, views, ens.members[0].meta["recipe"]["data"])
+
+
+def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None) -> list[dict[str, Any]]:
+    """One row per image (a path, or a manifest row): which views were used and the ensemble's
+    probability of every class of every task."""
     ens = Ensemble(models, host)
     proba, resolved = ens.predict(list(images))
     rows = []
     for i, image in enumerate(images):
-        row: dict[str, Any] = {"image": str(image),
+        if isinstance(image, Sample):
+            row0: dict[str, Any] = {"image": str(next(p for p in image.views.values() if p is not None)),
+                                    "row": image.origin}
+        else:
+            row0 = {"image": str(image)}
+        row: dict[str, Any] = {**row0,
                                "views_used": "+".join(v for v, p in resolved[i].items() if p is not None),
                                "members": len(ens.members)}
         for task, p in proba.items():

@@ -134,6 +134,9 @@ SCHEMA: dict[str, Any] = {
         "early_stopping_patience": F(int, 0, "epochs without improvement before stopping (0: off)", min=0),
         "monitor": F(str, "auc", "validation metric of the main task that picks the best epoch",
                      choices=("auc", "balanced_accuracy", "accuracy", "f1_macro", "mcc", "loss")),
+        "keep": F(str, "best", "which weights a fold keeps: best (the epoch with the best validation monitor) or "
+                               "last (the final ones; with a cosine decay and an EMA this avoids picking an epoch "
+                               "on the noise of a small validation part)", choices=("best", "last")),
         "val_fraction": F(NUM, 0.15, "patients of each training part held out to pick the epoch", min=0.05, max=0.5),
         "grad_clip": F(NUM, 0.0, "max gradient norm (0: off)", min=0.0),
         "view_dropout": F(NUM, 0.0, "training only: probability of dropping each view of a sample (at least "
@@ -152,10 +155,16 @@ SCHEMA: dict[str, Any] = {
         "channels_last": F((bool, str), "auto", "channels_last memory format: auto = on CUDA only"),
         "device": F(str, "auto", "auto, cpu, cuda or cuda:N"),
         "threads": F(int, 0, "torch CPU threads (0: torch's default)", min=0),
+        "tta": F(str, "none", "test-time augmentation for validation, held-out, test and served predictions: "
+                              "none, or hflip (probabilities averaged over the image and its mirror)",
+                 choices=("none", "hflip")),
     },
     "cv": {
         "folds": F(int, 5, "patient-grouped stratified folds", min=2),
         "run_folds": F((list, str), "all", "'all' or a list of fold indices to train"),
+        "folds_file": F(OPT_STR, None, "CSV with columns patient,fold (e.g. a previous run's folds.csv or a "
+                                       "paper's published split) fixing each patient's fold instead of drawing "
+                                       "them; path relative to the recipe"),
     },
     "quick": (TASK_TABLE, None),  # free-form dotted overrides; validated after they are applied
 }
@@ -301,6 +310,9 @@ def _absolutise_data_paths(raw: dict[str, Any], folder: Path) -> None:
     model = raw.get("model")
     if isinstance(model, dict) and isinstance(model.get("init_from"), str) and not Path(model["init_from"]).is_absolute():
         model["init_from"] = str((folder / model["init_from"]).resolve())
+    cv = raw.get("cv")
+    if isinstance(cv, dict) and isinstance(cv.get("folds_file"), str) and not Path(cv["folds_file"]).is_absolute():
+        cv["folds_file"] = str((folder / cv["folds_file"]).resolve())
     for key in ("train", "test", "external"):
         value = data.get(key)
         if isinstance(value, str) and value:

@@ -160,10 +160,59 @@ def plan_folds(pool: Sequence[Sample], recipe, tasks: Mapping[str, Task]) -> dic
     from lnzoo.data.splits import patient_folds
 
     main = recipe.data["tasks"]["main"]
-    assignment = patient_folds(pool, recipe.data["cv"]["folds"], main, recipe.data["seed"])
+    if recipe.data["cv"]["folds_file"]:
+        assignment = read_folds_file(Path(recipe.data["cv"]["folds_file"]), pool, recipe.data["cv"]["folds"], main)
+    else:
+        assignment = patient_folds(pool, recipe.data["cv"]["folds"], main, recipe.data["seed"])
     problems = fold_class_coverage(pool, assignment, main, tasks[main].classes)
     if problems:
         raise DataError(problems, "problem(s) with the folds")
+    return assignment
+
+
+def read_folds_file(path: Path, pool: Sequence[Sample], folds: int, main: str) -> dict[str, int]:
+    """Patient -> fold from a CSV with columns patient,fold (a previous run's folds.csv, a published split).
+
+    Patients merged into one split group (``data.identical_images = "group"``, named "a+b") take
+    their members' fold, which must agree. A patient without a main-task label that the file does
+    not list is training-only (in the training part of every fold); a labelled one is an error.
+    """
+    if not path.is_file():
+        raise UsageError(f"cv.folds_file: {path} not found")
+    given: dict[str, int] = {}
+    problems: list[str] = []
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"patient", "fold"} <= set(reader.fieldnames):
+            raise DataError([f"{path}:1: needs the columns 'patient' and 'fold', found {reader.fieldnames}"])
+        for line, row in enumerate(reader, start=2):
+            p, f = (row["patient"] or "").strip(), (row["fold"] or "").strip()
+            try:
+                k = int(f)
+            except ValueError:
+                problems.append(f"{path}:{line}: fold {f!r} is not an integer")
+                continue
+            if not 0 <= k < folds:
+                problems.append(f"{path}:{line}: fold {k} is outside 0..{folds - 1} (cv.folds = {folds})")
+            elif p in given and given[p] != k:
+                problems.append(f"{path}:{line}: patient {p!r} is listed in folds {given[p]} and {k}")
+            given[p] = k
+    assignment: dict[str, int] = {}
+    labelled = {s.patient for s in pool if s.labels.get(main, MISSING) != MISSING}
+    for patient in sorted({s.patient for s in pool}):
+        members = [patient] if patient in given else [m for m in patient.split("+") if m in given]
+        ks = {given[m] for m in members}
+        if len(ks) > 1:
+            problems.append(f"{path}: patients {', '.join(members)} share identical images (one split group) "
+                            f"but are listed in folds {sorted(ks)}")
+        elif ks:
+            assignment[patient] = ks.pop()
+        elif patient in labelled:
+            problems.append(f"{path}: patient {patient!r} has {main!r} labels but no fold in the file")
+        else:
+            assignment[patient] = -1  # unlabelled for the main task: training-only, never held out
+    if problems:
+        raise DataError(problems, "problem(s) with cv.folds_file")
     return assignment
 
 

@@ -13,6 +13,7 @@ __all__ = [
     "delong_roc_variance",
     "delong_test",
     "delong_ci",
+    "auc_difference_test",
     "bootstrap_ci",
     "paired_bootstrap_auc_diff",
     "mcnemar_test",
@@ -123,6 +124,69 @@ def delong_test(y_true, score_a, score_b) -> dict:
         "var_b": float(s[1, 1]),
         "cov": float(s[0, 1]),
     }
+
+
+def auc_difference_test(y_true, proba_a, proba_b, groups: Sequence | None = None) -> dict:
+    """Paired test of AUC(a) == AUC(b) on the same cases: binary AUC, or the macro one-vs-rest AUC.
+
+    Built on DeLong's placement values: each case's influence on each one-vs-rest AUC, averaged over
+    the classes, gives the variance of the macro difference (with two classes this is exactly
+    :func:`delong_test`). With ``groups`` (patient ids) the influences are summed per patient
+    before squaring (Obuchowski's clustered form), so several images of one patient, e.g. the
+    frames of one video, do not count as independent evidence. Classes absent from ``y_true`` (or
+    present in every case) are left out of the macro average, as in the AUC itself.
+    """
+    y = np.asarray(y_true).astype(int)
+    pa, pb = np.asarray(proba_a, dtype=float), np.asarray(proba_b, dtype=float)
+    if pa.ndim == 1:
+        pa, pb = np.stack([1 - pa, pa], 1), np.stack([1 - pb, pb], 1)
+    if pa.shape != pb.shape or pa.shape[0] != y.shape[0]:
+        raise ValueError(f"proba_a {pa.shape}, proba_b {pb.shape} and y_true {y.shape} do not line up")
+    n_cases, k = pa.shape
+    classes = [1] if k == 2 else [c for c in range(k) if 0 < int((y == c).sum()) < n_cases]
+    if not classes:
+        raise ValueError("the AUC needs cases of at least two classes")
+    clustered = groups is not None
+    infl = np.zeros((2, n_cases))
+    aucs = np.zeros(2)
+    for c in classes:
+        pos = y == c
+        auc, v10, v01, m, n = _delong_components(pos, np.vstack([pa[:, c], pb[:, c]]))
+        aucs += auc / len(classes)
+        if clustered:  # raw influence of each case on the AUC
+            infl[:, pos] += (v10 - auc[:, None]) / m / len(classes)
+            infl[:, ~pos] += (v01 - auc[:, None]) / n / len(classes)
+        else:  # scaled so that the sum of squares is DeLong's unbiased (ddof=1) variance
+            with np.errstate(divide="ignore", invalid="ignore"):
+                infl[:, pos] += (v10 - auc[:, None]) / math.sqrt(m * (m - 1)) / len(classes) if m > 1 else NAN
+                infl[:, ~pos] += (v01 - auc[:, None]) / math.sqrt(n * (n - 1)) / len(classes) if n > 1 else NAN
+    d = infl[0] - infl[1]
+    if clustered:
+        g = np.asarray(groups)
+        if g.shape[0] != n_cases:
+            raise ValueError(f"groups has {g.shape[0]} entries for {n_cases} cases")
+        _, inv = np.unique(g, return_inverse=True)
+        n_groups = int(inv.max()) + 1
+        per_group = np.bincount(inv, weights=d, minlength=n_groups)
+        var = float(n_groups / (n_groups - 1) * (per_group ** 2).sum()) if n_groups > 1 else NAN
+        var_a = float(n_groups / (n_groups - 1) * (np.bincount(inv, weights=infl[0]) ** 2).sum()) if n_groups > 1 else NAN
+        var_b = float(n_groups / (n_groups - 1) * (np.bincount(inv, weights=infl[1]) ** 2).sum()) if n_groups > 1 else NAN
+    else:
+        n_groups = n_cases
+        var, var_a, var_b = float((d ** 2).sum()), float((infl[0] ** 2).sum()), float((infl[1] ** 2).sum())
+    diff = float(aucs[0] - aucs[1])
+    if diff == 0.0:
+        z = 0.0
+    elif var > 0.0:
+        z = diff / math.sqrt(var)
+    elif var <= 0.0:
+        z = math.copysign(math.inf, diff)
+    else:
+        z = NAN
+    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "z": float(z),
+            "p_value": float(2.0 * norm.sf(abs(z))) if not math.isnan(z) else NAN,
+            "se_a": math.sqrt(var_a) if var_a >= 0 else NAN, "se_b": math.sqrt(var_b) if var_b >= 0 else NAN,
+            "classes": len(classes), "clustered": clustered, "n_clusters": n_groups}
 
 
 def delong_ci(y_true, score, alpha: float = 0.05) -> tuple[float, float, float]:

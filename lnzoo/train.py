@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from lnzoo.data.dataset import ImageCache, NodeDataset, build_augment
 from lnzoo.data.samples import MISSING, Sample
 from lnzoo.loss import MultiTaskLoss, balanced_class_weights
+from lnzoo.model import predict_probabilities
 from lnzoo.tasks import Task
 
 
@@ -239,6 +240,10 @@ class Trainer:
             if patience and stale >= patience:
                 break
         self.last_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
+        if self.cfg["keep"] == "last":
+            best_state = self.last_state
+            result.best_epoch = len(result.history)
+            result.best_score = self.monitor_score(val_pred)[0]
         model.load_state_dict(best_state)
         result.model = model
         return result
@@ -355,13 +360,12 @@ class Trainer:
         for x, present, y, _, tab in loader:
             x, present, y = self._to_device(x, present, y)
             with torch.autocast(self.device.type, enabled=self.amp):
-                outputs = model(x, present, tab.to(self.device))
-            outputs = {k: v.float() for k, v in outputs.items()}
+                outputs, batch_probs = predict_probabilities(model, x, present, tab.to(self.device), self.cfg["tta"])
             if loss_fn is not None:
                 loss, _ = loss_fn(outputs, {t: y[:, i] for i, t in enumerate(self.tasks)}, heads)
                 total += float(loss) * len(y)
                 seen += len(y)
-            for t, p in model.probabilities(outputs).items():
+            for t, p in batch_probs.items():
                 p = p.double().cpu().numpy()
                 probs[t].append(p / p.sum(1, keepdims=True))  # exact row sums for metric libraries
         return Predictions(list(ds.samples), {t: np.concatenate(v) if v else np.zeros((0, self.tasks[t].num_classes))

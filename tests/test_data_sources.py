@@ -147,3 +147,21 @@ def test_disk_cache_is_keyed_by_content_and_preprocessing(tmp_path):
     assert changed.mean() > 150 and len(list((tmp_path / "cache").rglob("*.npy"))) == 2
     ImageCache(Preprocessing(16), disk_dir=tmp_path / "cache").get(tmp_path / "a.png")
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 3
+
+
+def test_data_checks_report_an_empty_or_missing_roi_mask_before_training(tmp_path):
+    from lnzoo.data.checks import check_files
+
+    frame = np.zeros((50, 50), np.uint8)
+    frame[10:20, 10:20] = 255
+    Image.fromarray(frame).save(tmp_path / "a.png")
+    Image.fromarray(frame).save(tmp_path / "ok_mask.png")
+    Image.fromarray(np.zeros_like(frame)).save(tmp_path / "empty_mask.png")
+    (tmp_path / "m.csv").write_text("path,patient,malignancy,mask\na.png,p1,benign,ok_mask.png\n"
+                                    "a.png,p2,benign,empty_mask.png\na.png,p3,benign,gone.png\n", encoding="utf-8")
+    cfg = {**CFG, "views": ["roi"], "mask_column": "mask"}
+    samples = load_source(str(tmp_path / "m.csv"), {"malignancy": TASKS["malignancy"]}, cfg, problems=[])
+    problems: list[str] = []
+    assert check_files(samples, problems, {}) == {1, 2}
+    assert any("m.csv:3" in p and "empty_mask.png is empty" in p for p in problems)
+    assert any("m.csv:4" in p and "gone.png not found" in p for p in problems)

@@ -234,3 +234,38 @@ def test_mcnemar_chi_square_with_continuity_correction():
     assert r["p_value"] == pytest.approx(2 * norm.sf(math.sqrt(5.6)), abs=1e-12)
     # symmetric in which model is called A
     assert mcnemar_test(*_mcnemar_case(25, 10))["p_value"] == pytest.approx(r["p_value"])
+
+
+def test_auc_difference_test_is_delong_for_two_classes_and_macro_for_more():
+    from sklearn.metrics import roc_auc_score
+
+    from lnzoo.stats import auc_difference_test, delong_test
+
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 150)
+    a, b = y + rng.normal(0, 1, 150), y + rng.normal(0, 1.4, 150)
+    ours, ref = auc_difference_test(y, a, b), delong_test(y, a, b)
+    assert ours["p_value"] == pytest.approx(ref["p_value"], rel=1e-9)
+    assert ours["auc_a"] == pytest.approx(ref["auc_a"])
+    y4 = rng.integers(0, 4, 200)
+    pa = rng.dirichlet(np.ones(4), 200)
+    pa[np.arange(200), y4] += 0.4
+    pa /= pa.sum(1, keepdims=True)
+    pb = rng.dirichlet(np.ones(4), 200)
+    res = auc_difference_test(y4, pa, pb)
+    assert res["auc_a"] == pytest.approx(roc_auc_score(y4, pa, multi_class="ovr", average="macro"))
+    assert res["classes"] == 4 and res["p_value"] < 1e-6
+
+
+def test_clustered_auc_test_does_not_count_copies_of_a_patient_as_new_evidence():
+    from lnzoo.stats import auc_difference_test
+
+    rng = np.random.default_rng(4)
+    y = rng.integers(0, 2, 120)
+    a, b = y + rng.normal(0, 1, 120), y + rng.normal(0, 1.3, 120)
+    once = auc_difference_test(y, a, b, groups=np.arange(120))
+    thrice = [np.repeat(v, 3) for v in (y, a, b)]
+    plain3 = auc_difference_test(*thrice)
+    clustered3 = auc_difference_test(*thrice, groups=np.repeat(np.arange(120), 3))
+    assert clustered3["p_value"] == pytest.approx(once["p_value"], rel=1e-6)
+    assert plain3["p_value"] < once["p_value"]  # the unclustered test is fooled by the copies

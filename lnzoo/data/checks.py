@@ -8,7 +8,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from lnzoo.data.images import read_pixels
+from lnzoo.data.images import read_pixels, roi_box
 from lnzoo.data.samples import MISSING, Sample
 from lnzoo.errors import DataError
 
@@ -56,6 +56,23 @@ def check_files(samples: Sequence[Sample], problems: list[str], digests: dict[st
                 bad.add(i)
                 continue
             digests[str(path)] = file_digest(path)
+        for view, roi in s.rois.items():  # a 'roi' view's mask must exist and mark something
+            path = s.views.get(view)
+            if i in bad or path is None:
+                continue
+            if isinstance(roi, Path) and not roi.is_file():
+                problems.append(f"{s.origin}: mask {roi} not found (the {view!r} view)")
+                bad.add(i)
+                continue
+            try:
+                with Image.open(path) as img:
+                    size = img.size
+                roi_box(roi, size, 0.0, s.origin)
+            except DataError as exc:
+                problems += exc.problems
+                bad.add(i)
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+                pass  # the image itself was reported above
     return bad
 
 
@@ -85,7 +102,7 @@ def fold_class_coverage(samples: Sequence[Sample], assignment: Mapping[str, int]
         if y != MISSING:
             present[assignment[s.patient]].add(y)
     problems = []
-    for fold in sorted(set(assignment.values())):
+    for fold in sorted(k for k in set(assignment.values()) if k >= 0):  # -1: training-only patients
         missing = [classes[c] for c in range(len(classes)) if c not in present[fold]]
         if missing:
             problems.append(f"fold {fold} has no {task} label of class(es) {missing}; "

@@ -219,6 +219,53 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
     return samples
 
 
+def read_serving_manifest(path: Path, views: Sequence[str], cfg: Mapping[str, Any]) -> list[Sample]:
+    """Rows to predict on (no labels, no patient needed): the model's view columns, the box or mask
+    of a 'roi' view, and any covariate columns. Every bad row is reported at once (DataError)."""
+    path = Path(path)
+    reader = csv.DictReader(_read_lines(path))
+    header = reader.fieldnames or []
+    columns = {v: VIEW_COLUMN.get(v, v) for v in views}
+    problems: list[str] = []
+    missing_cols = sorted({c for c in columns.values() if c not in header})
+    if missing_cols:
+        raise DataError([f"{path}:1: missing view column(s) {missing_cols} that the model's views {list(views)} "
+                         f"need; header has {header}"], "problem(s) with the manifest")
+    samples = []
+    for lineno, row in enumerate(reader, start=2):
+        where = f"{path}:{lineno}"
+        if None in row:
+            problems.append(f"{where}: more fields than the header has")
+            continue
+        view_paths: dict[str, Path | None] = {}
+        for view, col in columns.items():
+            rel = (row.get(col) or "").strip()
+            view_paths[view] = ((path.parent / rel).resolve() if not Path(rel).is_absolute() else Path(rel)) if rel else None
+        if all(p is None for p in view_paths.values()):
+            problems.append(f"{where}: no image path in any view column {sorted(set(columns.values()))}")
+            continue
+        missing_files = [str(p) for p in view_paths.values() if p is not None and not p.is_file()]
+        if missing_files:
+            problems.append(f"{where}: image not found: {', '.join(missing_files)}")
+            continue
+        rois = {}
+        if "roi" in view_paths and view_paths["roi"] is not None:
+            roi = _parse_roi(row, path.parent, cfg, where, problems)
+            if roi is None:
+                continue
+            if isinstance(roi, Path) and not roi.is_file():
+                problems.append(f"{where}: mask not found: {roi}")
+                continue
+            rois["roi"] = roi
+        samples.append(Sample(view_paths, (row.get("patient") or "").strip(), {}, where,
+                              covariates={k: v for k, v in row.items() if v is not None}, rois=rois))
+    if problems:
+        raise DataError(problems, "problem(s) with the manifest")
+    if not samples:
+        raise DataError([f"{path}: no rows"], "problem(s) with the manifest")
+    return samples
+
+
 def merge_by_image(samples: list[Sample], task_names: Sequence[str], problems: list[str]) -> list[Sample]:
     """Merge rows naming the same image (the seed's main and auxiliary lists) into one sample."""
     merged: dict[str, Sample] = {}
