@@ -95,6 +95,20 @@ def delong_roc_variance(y_true, score) -> tuple[float, float]:
     return float(auc[0]), float(cov[0, 0])
 
 
+def _z_test(diff: float, var: float) -> tuple[float, float]:
+    """(z, two-sided p) of a difference with a variance; equal values give z = 0, zero variance ±inf,
+    a NaN variance (a class with a single case) NaN."""
+    if diff == 0.0:
+        z = 0.0
+    elif var > 0.0:
+        z = diff / math.sqrt(var)
+    elif var <= 0.0:
+        z = math.copysign(math.inf, diff)
+    else:
+        z = NAN
+    return float(z), (float(2.0 * norm.sf(abs(z))) if not math.isnan(z) else NAN)
+
+
 def delong_test(y_true, score_a, score_b) -> dict:
     """Paired DeLong test (DeLong, DeLong & Clarke-Pearson 1988) of AUC(a) == AUC(b) on the same cases.
 
@@ -104,16 +118,7 @@ def delong_test(y_true, score_a, score_b) -> dict:
     """
     auc, s = _delong_cov(y_true, [score_a, score_b])
     diff = float(auc[0] - auc[1])
-    var = float(s[0, 0] + s[1, 1] - 2.0 * s[0, 1])
-    if diff == 0.0:
-        z = 0.0
-    elif var > 0.0:
-        z = diff / math.sqrt(var)
-    elif var <= 0.0:
-        z = math.copysign(math.inf, diff)
-    else:  # NaN variance (a class with a single case)
-        z = NAN
-    p = float(2.0 * norm.sf(abs(z))) if not math.isnan(z) else NAN
+    z, p = _z_test(diff, float(s[0, 0] + s[1, 1] - 2.0 * s[0, 1]))
     return {
         "auc_a": float(auc[0]),
         "auc_b": float(auc[1]),
@@ -167,24 +172,20 @@ def auc_difference_test(y_true, proba_a, proba_b, groups: Sequence | None = None
             raise ValueError(f"groups has {g.shape[0]} entries for {n_cases} cases")
         _, inv = np.unique(g, return_inverse=True)
         n_groups = int(inv.max()) + 1
-        per_group = np.bincount(inv, weights=d, minlength=n_groups)
-        var = float(n_groups / (n_groups - 1) * (per_group ** 2).sum()) if n_groups > 1 else NAN
-        var_a = float(n_groups / (n_groups - 1) * (np.bincount(inv, weights=infl[0]) ** 2).sum()) if n_groups > 1 else NAN
-        var_b = float(n_groups / (n_groups - 1) * (np.bincount(inv, weights=infl[1]) ** 2).sum()) if n_groups > 1 else NAN
+
+        def variance(v: np.ndarray) -> float:  # influences summed per patient, then squared
+            if n_groups < 2:
+                return NAN
+            return float(n_groups / (n_groups - 1) * (np.bincount(inv, weights=v, minlength=n_groups) ** 2).sum())
     else:
         n_groups = n_cases
-        var, var_a, var_b = float((d ** 2).sum()), float((infl[0] ** 2).sum()), float((infl[1] ** 2).sum())
+
+        def variance(v: np.ndarray) -> float:
+            return float((v ** 2).sum())
+    var, var_a, var_b = variance(d), variance(infl[0]), variance(infl[1])
     diff = float(aucs[0] - aucs[1])
-    if diff == 0.0:
-        z = 0.0
-    elif var > 0.0:
-        z = diff / math.sqrt(var)
-    elif var <= 0.0:
-        z = math.copysign(math.inf, diff)
-    else:
-        z = NAN
-    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "z": float(z),
-            "p_value": float(2.0 * norm.sf(abs(z))) if not math.isnan(z) else NAN,
+    z, p = _z_test(diff, var)
+    return {"auc_a": float(aucs[0]), "auc_b": float(aucs[1]), "diff": diff, "z": z, "p_value": p,
             "se_a": math.sqrt(var_a) if var_a >= 0 else NAN, "se_b": math.sqrt(var_b) if var_b >= 0 else NAN,
             "classes": len(classes), "clustered": clustered, "n_clusters": n_groups}
 

@@ -127,6 +127,25 @@ def read_list_file(path: Path, task: Task, views: Sequence[str], crop_suffix: st
     return samples
 
 
+def _row_views(row: Mapping[str, str], columns: Mapping[str, str], base: Path, cfg: Mapping[str, Any],
+               where: str, problems: list[str]):
+    """A manifest row's {view: path or None} and its ROI ({} or {'roi': box/mask}); None if the row is bad."""
+    view_paths: dict[str, Path | None] = {}
+    for view, col in columns.items():
+        rel = (row.get(col) or "").strip()
+        view_paths[view] = ((base / rel).resolve() if not Path(rel).is_absolute() else Path(rel)) if rel else None
+    if all(p is None for p in view_paths.values()):
+        problems.append(f"{where}: no image path in any view column {sorted(set(columns.values()))}")
+        return None
+    rois = {}
+    if "roi" in view_paths and view_paths["roi"] is not None:
+        roi = _parse_roi(row, base, cfg, where, problems)
+        if roi is None:
+            return None
+        rois["roi"] = roi
+    return view_paths, rois
+
+
 def _parse_roi(row: Mapping[str, str], base: Path, cfg: Mapping[str, Any], where: str, problems: list[str]):
     box_text = (row.get(cfg.get("bbox_column", "bbox")) or "").strip()
     if box_text:
@@ -199,19 +218,10 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
         if not patient:
             problems.append(f"{where}: empty patient id")
             continue
-        view_paths: dict[str, Path | None] = {}
-        for view, col in columns.items():
-            rel = (row.get(col) or "").strip()
-            view_paths[view] = ((path.parent / rel).resolve() if not Path(rel).is_absolute() else Path(rel)) if rel else None
-        if all(p is None for p in view_paths.values()):
-            problems.append(f"{where}: no image path in any view column {list(columns.values())}")
+        parsed = _row_views(row, columns, path.parent, cfg or {}, where, problems)
+        if parsed is None:
             continue
-        rois = {}
-        if "roi" in view_paths and view_paths["roi"] is not None:
-            roi = _parse_roi(row, path.parent, cfg or {}, where, problems)
-            if roi is None:
-                continue
-            rois["roi"] = roi
+        view_paths, rois = parsed
         samples.append(Sample(view_paths, patient, labels, where, center=(row.get("center") or None),
                               split=(row.get("split") or None),
                               covariates={k: v for k, v in row.items() if k not in known and v is not None},
@@ -237,26 +247,16 @@ def read_serving_manifest(path: Path, views: Sequence[str], cfg: Mapping[str, An
         if None in row:
             problems.append(f"{where}: more fields than the header has")
             continue
-        view_paths: dict[str, Path | None] = {}
-        for view, col in columns.items():
-            rel = (row.get(col) or "").strip()
-            view_paths[view] = ((path.parent / rel).resolve() if not Path(rel).is_absolute() else Path(rel)) if rel else None
-        if all(p is None for p in view_paths.values()):
-            problems.append(f"{where}: no image path in any view column {sorted(set(columns.values()))}")
+        parsed = _row_views(row, columns, path.parent, cfg, where, problems)
+        if parsed is None:
             continue
-        missing_files = [str(p) for p in view_paths.values() if p is not None and not p.is_file()]
-        if missing_files:
-            problems.append(f"{where}: image not found: {', '.join(missing_files)}")
+        view_paths, rois = parsed
+        # served rows are not run through the training checks: say here what is missing
+        missing = [f"image not found: {p}" for p in view_paths.values() if p is not None and not p.is_file()]
+        missing += [f"mask not found: {m}" for m in rois.values() if isinstance(m, Path) and not m.is_file()]
+        if missing:
+            problems.append(f"{where}: {'; '.join(missing)}")
             continue
-        rois = {}
-        if "roi" in view_paths and view_paths["roi"] is not None:
-            roi = _parse_roi(row, path.parent, cfg, where, problems)
-            if roi is None:
-                continue
-            if isinstance(roi, Path) and not roi.is_file():
-                problems.append(f"{where}: mask not found: {roi}")
-                continue
-            rois["roi"] = roi
         samples.append(Sample(view_paths, (row.get("patient") or "").strip(), {}, where,
                               covariates={k: v for k, v in row.items() if v is not None}, rois=rois))
     if problems:
