@@ -4,6 +4,7 @@ recipes, on the same images, labels and patient folds, one data set after anothe
     python benchmarks/accuracy.py [--sets ddti,pocus] [--out benchmarks/results]
                                   [--set KEY=VALUE ...]        # lnzoo side only, e.g. data.image_size=128
                                   [--baseline-size 96 --baseline-epochs 24] [--reuse-baseline]
+                                  [--recipe ddti=A.toml --recipe ddti=B.toml]   # candidates + nested choice
 
 For each set it
 1. reads the data through lnzoo (the recipe's manifest, label columns, unlabelled rows left out,
@@ -20,8 +21,13 @@ For each set it
    then the pooled out-of-fold AUC of each with a paired DeLong test (plain, and clustered by
    patient), and writes the Markdown table to ``<out>/accuracy.md`` (and each set's rows to ``<out>/<set>/``).
 
-Nothing here picks settings: the lnzoo recipes choose their epoch on the training part of each
-fold only, and the held-out folds are only scored. It prints figures; it asserts nothing.
+Given several recipes for one set, it runs each on the same folds and adds the row of the nested
+choice between them (``lnzoo select``): per fold, the candidate with the best inner-validation AUC,
+measured on that fold's training patients, is kept; its compute is the sum of the candidates'.
+
+Nothing here picks settings on the held-out folds: the lnzoo recipes choose their epoch (and a
+nested choice its candidate) on the training part of each fold only, and the held-out folds are
+only scored. It prints figures; it asserts nothing.
 """
 from __future__ import annotations
 
@@ -129,34 +135,62 @@ def run_baseline(paths: list[str], y: np.ndarray, patients: list[str], folds: di
 
 
 # -- lnzoo ---------------------------------------------------------------------------------------
-def run_lnzoo(recipe, host, out_dir: Path, paths: list[str], y: np.ndarray, n_classes: int, classes: list[str],
-              log) -> tuple[np.ndarray, list[dict], float, dict[str, int]]:
+def run_lnzoo(recipe, host, out_dir: Path, reuse: bool, folds: dict[str, int], log) -> float:
+    """Run a recipe on the benchmark's folds (or reuse a finished run on the same folds); its wall time."""
     from rich.console import Console
 
     from lnzoo.runner import run_recipe
 
+    if reuse and (out_dir / "metrics.json").is_file() and (out_dir / "run.json").is_file():
+        if read_folds(out_dir) == folds:
+            log(f"  reused the finished run {out_dir}")
+            return float(json.loads((out_dir / "run.json").read_text())["wall_seconds"])
+        log(f"  {out_dir} ran on other folds; running again")
+    if out_dir.exists():
+        import shutil
+        shutil.rmtree(out_dir)
     t0 = time.perf_counter()
-    metrics = run_recipe(recipe, host, out_dir, console=Console(stderr=True))
-    wall = time.perf_counter() - t0
-    main = recipe.data["tasks"]["main"]
-    view = recipe.data["data"]["views"][0]
+    run_recipe(recipe, host, out_dir, console=Console(stderr=True))
+    return time.perf_counter() - t0
+
+
+def pretraining_seconds(recipe) -> float:
+    """Wall time of the run a recipe starts from (model.init_from), counted in its compute."""
+    src = recipe.data["model"].get("init_from")
+    if not src:
+        return 0.0
+    run = Path(src)
+    run = run if run.is_dir() else run.parent.parent
+    info = run / "run.json"
+    return float(json.loads(info.read_text())["wall_seconds"]) if info.is_file() else float("nan")
+
+
+def read_folds(run_dir: Path) -> dict[str, int]:
+    with (run_dir / "folds.csv").open(newline="") as fh:
+        return {r["patient"]: int(r["fold"]) for r in csv.DictReader(fh)}
+
+
+def read_oof(run_dir: Path, main: str, view: str, paths: list[str], classes: list[str]) -> np.ndarray:
+    """The out-of-fold probabilities of a run (or of a nested choice), in the benchmark's image order."""
     column = "path" if view == "full" else f"path_{view}"
     index = {p: i for i, p in enumerate(paths)}
-    oof = np.full((len(paths), n_classes), np.nan)
-    with (out_dir / "predictions.csv").open(newline="") as fh:
+    oof = np.full((len(paths), len(classes)), np.nan)
+    with (run_dir / "predictions.csv").open(newline="") as fh:
         for row in csv.DictReader(fh):
             if row["part"] == "cv" and row[column] in index:
                 oof[index[row[column]]] = [float(row[f"p_{main}_{c}"]) for c in classes]
     if np.isnan(oof).any():
-        raise SystemExit(f"{out_dir}/predictions.csv lacks out-of-fold rows for {int(np.isnan(oof).any(1).sum())} images")
+        raise SystemExit(f"{run_dir}/predictions.csv lacks out-of-fold rows for {int(np.isnan(oof).any(1).sum())} images")
+    return oof
+
+
+def inner_rows(run_dir: Path) -> list[dict]:
+    """Per fold: the inner-validation score that picked its epoch (a nested choice: its winner's)."""
     rows = []
-    with (out_dir / "folds.csv").open(newline="") as fh:
-        fold_of = {r["patient"]: int(r["fold"]) for r in csv.DictReader(fh)}
-    for info in metrics["cross_validation"]["folds"]:
-        k = info["fold"]
-        meta = json.loads((out_dir / f"fold{k}" / "best.json").read_text())
+    for k in sorted(int(d.name[4:]) for d in run_dir.glob("fold*") if (d / "best.json").is_file()):
+        meta = json.loads((run_dir / f"fold{k}" / "best.json").read_text())
         rows.append({"fold": k, "val_auc": next(iter(meta["monitor"].values()))})
-    return oof, rows, wall, fold_of
+    return rows
 
 
 def mean_sd(values) -> str:
@@ -168,13 +202,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sets", default="ddti,pocus", help="comma-separated: " + ",".join(SETS))
     ap.add_argument("--recipe", action="append", default=[], metavar="SET=PATH",
-                    help="use another recipe for a set, e.g. ddti=recipes/examples/ddti_tirads.toml")
+                    help="use another recipe for a set, e.g. ddti=recipes/examples/ddti_tirads.toml; give a set "
+                         "several to run each and also report the nested choice between them (lnzoo select: "
+                         "per fold, the best inner-validation AUC wins)")
     ap.add_argument("--set", dest="sets_", action="append", default=[], metavar="KEY=VALUE",
                     help="override a recipe key on the lnzoo side (as lnzoo run --set)")
     ap.add_argument("--baseline-size", type=int, default=None, help="default: the recipe's data.image_size")
     ap.add_argument("--baseline-epochs", type=int, default=None, help="default: the recipe's train.epochs")
     ap.add_argument("--reuse-baseline", action="store_true",
                     help="reuse <out>/<set>/baseline.csv from an earlier run with the same folds and settings")
+    ap.add_argument("--reuse-lnzoo", action="store_true",
+                    help="reuse a finished lnzoo run folder of the same name when it ran on the same folds")
     ap.add_argument("--skip-baseline", action="store_true", help="lnzoo side only (no comparison)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
     ap.add_argument("--tag", default="", help="suffix for the lnzoo run folder and table, e.g. best")
@@ -189,10 +227,12 @@ def main() -> None:
     def log(msg: str) -> None:
         print(msg, flush=True)
 
-    recipes = dict(SETS)
+    recipes = {k: [v] for k, v in SETS.items()}
+    given: dict[str, list[Path]] = {}
     for item in args.recipe:
         name, _, path = item.partition("=")
-        recipes[name] = Path(path).resolve()
+        given.setdefault(name, []).append(Path(path).resolve())
+    recipes.update(given)
     host = get_host()
     out_root = Path(args.out)
     table = ["| set | method | size / epochs | AUC (mean ± sd over folds) | balanced accuracy | pooled OOF AUC | "
@@ -200,10 +240,10 @@ def main() -> None:
     for set_name in [s.strip() for s in args.sets.split(",") if s.strip()]:
         if set_name not in recipes:
             sys.exit(f"unknown set {set_name!r}; known: {sorted(recipes)}")
-        path = recipes[set_name]
+        paths_of_set = recipes[set_name]
         out = out_root / set_name
         out.mkdir(parents=True, exist_ok=True)
-        probe = load_recipe(path, host=host, sets=args.sets_)
+        probe = load_recipe(paths_of_set[0], host=host, sets=args.sets_)
         try:
             tasks = recipe_tasks(probe, host)
             data = load_run_data(probe, tasks)
@@ -253,44 +293,68 @@ def main() -> None:
                 base_csv.with_suffix(".json").write_text(json.dumps({"folds": base_rows, "wall_seconds": base_wall,
                                                                      "size": size, "epochs": epochs}, indent=2))
 
-        recipe = load_recipe(path, host=host, sets=[*args.sets_, f'cv.folds_file="{folds_csv}"', 'cv.run_folds="all"'])
-        run_dir = out / f"lnzoo{('_' + args.tag) if args.tag else ''}"
-        if run_dir.exists():
-            import shutil
-            shutil.rmtree(run_dir)
-        log(f"  lnzoo: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} "
-            f"{' '.join(args.sets_)} -> {run_dir}")
-        ln_oof, ln_rows, ln_wall, ln_folds = run_lnzoo(recipe, host, run_dir, paths, y, len(classes), classes, log)
-        assert all(ln_folds.get(p) == folds[p] for p in folds), "lnzoo used other folds than the baseline"
         fold_of = np.array([folds[p] for p in patients])
-        for r in ln_rows:
-            te = fold_of == r["fold"]
-            r.update(auc=fold_auc(y[te], ln_oof[te]), bacc=fold_bacc(y[te], ln_oof[te]))
-        # per-fold table
-        log(f"\n{set_name}: per fold (held-out AUC / balanced accuracy; inner-validation AUC that picked the epoch)")
-        for k in sorted(set(folds.values())):
-            b = next((r for r in base_rows if r["fold"] == k), None)
-            ln = next(r for r in ln_rows if r["fold"] == k)
-            bs = f"baseline {b['auc']:.3f} / {b['bacc']:.3f} (val {b['val_auc']:.3f})" if b else ""
-            log(f"  fold {k}: lnzoo {ln['auc']:.3f} / {ln['bacc']:.3f} (val {ln['val_auc']:.3f})   {bs}")
-        ln_size, ln_epochs = recipe.data["data"]["image_size"], recipe.data["train"]["epochs"]
-        pooled_ln = fold_auc(y, ln_oof)
-        stats_txt = ""
+        pooled_b = fold_auc(y, base_oof) if base_oof is not None else float("nan")
         if base_oof is not None:
-            pooled_b = fold_auc(y, base_oof)
-            plain = auc_difference_test(y, ln_oof, base_oof)
-            clustered = auc_difference_test(y, ln_oof, base_oof, groups=patients)
-            stats_txt = f"{plain['p_value']:.3g} / {clustered['p_value']:.3g}"
             table.append(f"| {set_name} | baseline-timm protocol | {size} px / {epochs} | "
                          f"{mean_sd(r['auc'] for r in base_rows)} | {mean_sd(r['bacc'] for r in base_rows)} | "
                          f"{pooled_b:.3f} | | {base_wall / 60:.1f} min |")
-            log(f"  pooled OOF AUC: lnzoo {pooled_ln:.3f} vs baseline {pooled_b:.3f}; DeLong z {plain['z']:.2f} "
-                f"p {plain['p_value']:.3g}; clustered by patient z {clustered['z']:.2f} p {clustered['p_value']:.3g}")
-            log(f"  wall time: lnzoo {ln_wall / 60:.1f} min vs baseline {base_wall / 60:.1f} min "
-                f"({ln_wall / base_wall - 1:+.0%})")
-        name = recipe.name + (f" ({' '.join(args.sets_)})" if args.sets_ else "")
-        table.append(f"| {set_name} | lnzoo `{name}` | {ln_size} px / {ln_epochs} | {mean_sd(r['auc'] for r in ln_rows)} | "
-                     f"{mean_sd(r['bacc'] for r in ln_rows)} | {pooled_ln:.3f} | {stats_txt} | {ln_wall / 60:.1f} min |")
+
+        def report(label: str, run_dir: Path, wall: float, size_epochs: str, chosen: list[str] | None = None) -> None:
+            oof = read_oof(run_dir, main, view, paths, classes)
+            rows = inner_rows(run_dir)
+            for r in rows:
+                te = fold_of == r["fold"]
+                r.update(auc=fold_auc(y[te], oof[te]), bacc=fold_bacc(y[te], oof[te]))
+            log(f"\n{set_name}, {label}: per fold (held-out AUC / balanced accuracy; the inner-validation AUC "
+                "that picked the epoch" + (" and the candidate" if chosen else "") + ")")
+            for i, k in enumerate(sorted(set(folds.values()))):
+                b = next((r for r in base_rows if r["fold"] == k), None)
+                ln = next(r for r in rows if r["fold"] == k)
+                bs = f"baseline {b['auc']:.3f} / {b['bacc']:.3f} (val {b['val_auc']:.3f})" if b else ""
+                who = f" [{chosen[i]}]" if chosen else ""
+                log(f"  fold {k}: lnzoo {ln['auc']:.3f} / {ln['bacc']:.3f} (val {ln['val_auc']:.3f}){who}   {bs}")
+            pooled_ln = fold_auc(y, oof)
+            stats_txt = ""
+            if base_oof is not None:
+                plain = auc_difference_test(y, oof, base_oof)
+                clustered = auc_difference_test(y, oof, base_oof, groups=patients)
+                stats_txt = f"{plain['p_value']:.3g} / {clustered['p_value']:.3g}"
+                log(f"  pooled OOF AUC: lnzoo {pooled_ln:.3f} vs baseline {pooled_b:.3f}; DeLong z {plain['z']:.2f} "
+                    f"p {plain['p_value']:.3g}; clustered by patient z {clustered['z']:.2f} p {clustered['p_value']:.3g}")
+                log(f"  wall time: lnzoo {wall / 60:.1f} min vs baseline {base_wall / 60:.1f} min "
+                    f"({wall / base_wall - 1:+.0%})")
+            table.append(f"| {set_name} | {label} | {size_epochs} | {mean_sd(r['auc'] for r in rows)} | "
+                         f"{mean_sd(r['bacc'] for r in rows)} | {pooled_ln:.3f} | {stats_txt} | {wall / 60:.1f} min |")
+
+        tag = ("_" + args.tag) if args.tag else ""
+        candidates = []
+        for path in paths_of_set:
+            recipe = load_recipe(path, host=host,
+                                 sets=[*args.sets_, f'cv.folds_file="{folds_csv}"', 'cv.run_folds="all"'])
+            run_dir = out / (f"lnzoo{tag}" if len(paths_of_set) == 1 else f"lnzoo{tag}_{path.stem}")
+            log(f"  lnzoo: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} "
+                f"{' '.join(args.sets_)} -> {run_dir}")
+            wall = run_lnzoo(recipe, host, run_dir, args.reuse_lnzoo, folds, log)
+            assert read_folds(run_dir) == folds, "lnzoo used other folds than the baseline"
+            pre = pretraining_seconds(recipe)
+            name = recipe.name + (f" ({' '.join(args.sets_)})" if args.sets_ else "")
+            label = f"lnzoo `{name}`" + (f" (+ {pre / 60:.1f} min pretraining, counted)" if pre else "")
+            size_epochs = f"{recipe.data['data']['image_size']} px / {recipe.data['train']['epochs']}"
+            report(label, run_dir, wall + (pre if np.isfinite(pre) else 0.0), size_epochs)
+            candidates.append((run_dir, wall + (pre if np.isfinite(pre) else 0.0), recipe.name))
+        if len(candidates) > 1:
+            import shutil
+
+            from lnzoo.select import select_runs
+            nested_dir = out / f"lnzoo{tag}_nested"
+            if nested_dir.exists():
+                shutil.rmtree(nested_dir)
+            result = select_runs([c[0] for c in candidates], nested_dir)
+            chosen = [f["chosen"] for f in result["folds"]]
+            names = {c[0].name: c[2] for c in candidates}
+            report(f"lnzoo nested choice of {', '.join(f'`{c[2]}`' for c in candidates)}", nested_dir,
+                   sum(c[1] for c in candidates), "as each candidate", [names[c] for c in chosen])
         (out / f"accuracy{('_' + args.tag) if args.tag else ''}.md").write_text(
             "\n".join([*table[:2], *[r for r in table[2:] if r.startswith(f"| {set_name} |")]]) + "\n")
         (out_root / f"accuracy{('_' + args.tag) if args.tag else ''}.md").write_text("\n".join(table) + "\n")

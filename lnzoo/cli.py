@@ -194,6 +194,26 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="A run directory writt
     console.print("[green]reproduced[/]: recomputed metrics match metrics.json")
 
 
+@app.command("select")
+@guarded
+def select_cmd(runs: Annotated[list[Path], typer.Argument(help="Two or more run directories trained on the same "
+                                                              "folds (e.g. with cv.folds_file).")],
+               out: Annotated[Optional[Path], typer.Option("--out", help="Write the chosen folds as a run "
+                                                                          "directory here.")] = None,
+               as_json: JsonOpt = False) -> None:
+    """Nested choice between runs: per fold, the run with the best inner-validation score (training
+    patients only) wins; its held-out predictions give an honest estimate of choosing that way."""
+    from lnzoo.select import format_selection, select_runs
+
+    result = select_runs(runs, out)
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    console.print(format_selection(result))
+    if out is not None:
+        console.print(f"chosen folds written to {out} (lnzoo evaluate / compare / predict --model work on it)")
+
+
 @app.command()
 @guarded
 def synth(out: Annotated[Path, typer.Option("--out", help="Folder to write the phantom into.")],

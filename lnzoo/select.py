@@ -1,0 +1,237 @@
+"""``lnzoo select``: a nested choice between cross-validation runs that share their folds.
+
+Every candidate run (another recipe, backbone or setting) was trained fold by fold on the same
+patient folds. For each fold the candidate with the best *inner-validation* score wins: the score
+that picked its epoch, measured on a part of that fold's training patients (``fold{k}/best.json``,
+``monitor``). The held-out fold is never looked at to choose, so the chosen models' held-out
+predictions are an honest estimate of "pick the best of these settings on my training data",
+unlike picking the run with the best cross-validated AUC, which reads the test folds.
+
+The output is a run directory: ``selection.json`` (who won each fold and on what scores),
+``predictions.csv`` (the winners' out-of-fold rows), ``metrics.json``, ``folds.csv`` and each
+winner's ``fold{k}/`` checkpoint, so ``lnzoo evaluate``, ``lnzoo compare`` and
+``lnzoo predict --model`` work on it like on any run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lnzoo.errors import UsageError
+
+__all__ = ["select_runs", "format_selection"]
+
+FOLD_FILES = ("best.safetensors", "best.json", "history.csv")
+
+
+def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        return list(reader.fieldnames or []), list(reader)
+
+
+class _Candidate:
+    """One finished cross-validation run directory."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.name = self.path.name
+        for f in ("metrics.json", "folds.csv", "predictions.csv"):
+            if not (self.path / f).is_file():
+                raise UsageError(f"{self.path}: not a finished lnzoo run directory ({f} is missing)")
+        self.metrics = json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
+        _, rows = _read_csv(self.path / "folds.csv")
+        self.folds = {r["patient"]: int(r["fold"]) for r in rows}
+        self.header, self.rows = _read_csv(self.path / "predictions.csv")
+        self.main = self.metrics.get("main_task")
+        self.meta: dict[int, dict[str, Any]] = {}
+        for k in self.metrics.get("folds_run") or []:
+            meta_file = self.path / f"fold{k}" / "best.json"
+            if not meta_file.is_file():
+                raise UsageError(f"{self.path}: fold {k} has no {meta_file.name} (was the run interrupted?)")
+            self.meta[k] = json.loads(meta_file.read_text(encoding="utf-8"))
+        if not self.meta:
+            raise UsageError(f"{self.path}: no cross-validation folds were run (linear probe or test-only run?)")
+
+    def inner_score(self, k: int) -> tuple[str, float]:
+        """(metric name, value): the inner-validation score that picked fold k's epoch; higher is better."""
+        monitor = self.meta[k].get("monitor") or {}
+        if len(monitor) != 1:
+            raise UsageError(f"{self.path}/fold{k}/best.json: no inner-validation score ('monitor') recorded")
+        name, value = next(iter(monitor.items()))
+        value = float("nan") if value is None else float(value)
+        return name, value
+
+    @property
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        return next(iter(self.meta.values()))["tasks"]
+
+
+def _check_same(cands: list[_Candidate]) -> tuple[list[int], str]:
+    first = cands[0]
+    for c in cands[1:]:
+        if c.main != first.main:
+            raise UsageError(f"{c.path}: main task {c.main!r}, but {first.path} has {first.main!r}; "
+                             "a choice needs runs of the same task")
+        if set(c.folds) != set(first.folds) or any(c.folds[p] != first.folds[p] for p in first.folds):
+            differ = sorted(p for p in set(c.folds) | set(first.folds) if c.folds.get(p) != first.folds.get(p))
+            raise UsageError(f"{c.path}/folds.csv and {first.path}/folds.csv assign patients to different folds "
+                             f"(first: {differ[:3]}); give every candidate the same folds with "
+                             f"--set cv.folds_file=\"{first.path / 'folds.csv'}\"")
+        if set(c.meta) != set(first.meta):
+            raise UsageError(f"{c.path} ran folds {sorted(c.meta)}, {first.path} ran {sorted(first.meta)}")
+        if c.header != first.header:
+            raise UsageError(f"{c.path}/predictions.csv has other columns than {first.path}/predictions.csv "
+                             "(other views or tasks); a choice needs the same tasks and views")
+        a = {n: t["classes"] for n, t in c.tasks.items()}
+        b = {n: t["classes"] for n, t in first.tasks.items()}
+        if a != b:
+            raise UsageError(f"{c.path}: tasks/classes {a} differ from {first.path}'s {b}")
+    metrics = {c.inner_score(k)[0] for c in cands for k in c.meta}
+    if len(metrics) != 1:
+        raise UsageError(f"the candidates picked their epochs on different metrics {sorted(metrics)}; "
+                         "set the same train.monitor in every recipe")
+    return sorted(first.meta), metrics.pop()
+
+
+def _fold_metrics(rows: list[dict[str, str]], tasks: dict[str, dict[str, Any]]) -> dict[str, dict]:
+    from lnzoo.metrics import classification_metrics
+
+    out = {}
+    for name, t in tasks.items():
+        classes = list(t["classes"])
+        index = {c: i for i, c in enumerate(classes)}
+        lab = [r for r in rows if r.get(f"{name}_true", "") in index]
+        if not lab:
+            continue
+        y = np.array([index[r[f"{name}_true"]] for r in lab])
+        p = np.array([[float(r[f"p_{name}_{c}"]) for c in classes] for r in lab])
+        positive = t.get("positive")
+        out[name] = classification_metrics(y, p, classes, classes.index(positive) if positive in classes else None)
+    return out
+
+
+def _place(src: Path, dst: Path) -> None:
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dst)  # no second copy of the weights where the file system allows
+    except OSError:
+        shutil.copy2(src, dst)
+
+
+def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]:
+    """Choose, per fold, the candidate run with the best inner-validation score; optionally write
+    the chosen folds as a run directory ``out``. Returns the selection summary."""
+    from lnzoo.runner import _jsonable, summarise_folds
+
+    if len(runs) < 2:
+        raise UsageError("a choice needs at least two candidate runs")
+    paths = [Path(r).resolve() for r in runs]
+    if len(set(paths)) != len(paths):
+        raise UsageError("the same run is given twice")
+    cands = [_Candidate(p) for p in paths]
+    names = [c.name for c in cands]
+    if len(set(names)) != len(names):
+        names = [str(c.path) for c in cands]
+    folds, metric = _check_same(cands)
+    main = cands[0].main
+    tasks = cands[0].tasks
+    per_fold_rows: dict[int, list[dict[str, str]]] = {}
+    fold_info, per_fold_metrics, table = [], [], []
+    for k in folds:
+        inner = {n: c.inner_score(k)[1] for n, c in zip(names, cands)}
+        finite = {n: v for n, v in inner.items() if math.isfinite(v)}
+        if not finite:
+            raise UsageError(f"fold {k}: no candidate has a finite inner-validation {metric}")
+        best = max(finite.values())
+        winner = next(n for n in names if inner[n] == best)  # ties: the first listed
+        held = {}
+        for n, c in zip(names, cands):
+            rows = [r for r in c.rows if r["part"] == "cv" and r["fold"] == str(k)]
+            m = _fold_metrics(rows, tasks).get(main, {})
+            held[n] = {"auc": m.get("auc"), "balanced_accuracy": m.get("balanced_accuracy")}
+            if n == winner:
+                per_fold_rows[k] = rows
+        metrics = _fold_metrics(per_fold_rows[k], tasks)
+        per_fold_metrics.append(metrics)
+        chosen = cands[names.index(winner)]
+        fold_info.append({"fold": k, "chosen": winner, "chosen_path": str(chosen.path),
+                          "best_epoch": chosen.meta[k].get("best_epoch"), "metrics": metrics})
+        table.append({"fold": k, "chosen": winner, "inner": inner, "held_out": held})
+    all_rows = [r for k in folds for r in per_fold_rows[k]]
+    pooled = _fold_metrics(all_rows, tasks)
+    result = _jsonable({
+        "candidates": [str(c.path) for c in cands], "names": names, "main_task": main, "metric": metric,
+        "folds": table,
+        "chosen_count": {n: sum(t["chosen"] == n for t in table) for n in names},
+        "cross_validation": {"pooled": pooled, "mean_sd": summarise_folds(per_fold_metrics), "folds": fold_info},
+        "note": (f"per fold, the candidate with the highest inner-validation {metric} (on training patients only) "
+                 "was chosen; held-out figures of the other candidates are shown but were not used to choose"),
+    })
+    if out is not None:
+        _write(Path(out), cands, names, folds, table, all_rows, result)
+    return result
+
+
+def _write(out: Path, cands, names, folds, table, rows, result) -> None:
+    if out.exists() and any(out.iterdir()):
+        raise UsageError(f"{out} is not empty; pick another --out")
+    if any(out.resolve() == c.path for c in cands):
+        raise UsageError("--out must not be one of the candidates")
+    out.mkdir(parents=True, exist_ok=True)
+    first = cands[0]
+    shutil.copy2(first.path / "folds.csv", out / "folds.csv")
+    for t in table:
+        k, c = t["fold"], cands[names.index(t["chosen"])]
+        for f in FOLD_FILES:
+            if (c.path / f"fold{k}" / f).is_file():
+                _place(c.path / f"fold{k}" / f, out / f"fold{k}" / f)
+    with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=first.header)
+        w.writeheader()
+        w.writerows(rows)
+    metrics = {"recipe": "nested choice of " + ", ".join(names), "main_task": result["main_task"],
+               "data": first.metrics.get("data"), "folds_run": folds,
+               "cross_validation": result["cross_validation"]}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
+    (out / "selection.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+
+
+def format_selection(result: dict[str, Any]):
+    """A rich table: per fold the inner scores that chose, and every candidate's held-out AUC."""
+    from rich.table import Table
+
+    names = result["names"]
+    metric = result["metric"]
+    tab = Table(title=f"Nested choice on inner-validation {metric} (main task {result['main_task']})")
+    tab.add_column("fold", justify="right")
+    tab.add_column("chosen")
+    for n in names:
+        tab.add_column(f"{n}\ninner {metric}", justify="right")
+    for n in names:
+        tab.add_column(f"{n}\nheld-out AUC*", justify="right")
+
+    def f(x):
+        return "n/a" if x is None else f"{x:.3f}"
+
+    for row in result["folds"]:
+        tab.add_row(str(row["fold"]), row["chosen"], *[f(row["inner"][n]) for n in names],
+                    *[f(row["held_out"][n]["auc"]) for n in names])
+    ms = result["cross_validation"]["mean_sd"].get(result["main_task"], {})
+    pooled = result["cross_validation"]["pooled"].get(result["main_task"], {})
+    lines = []
+    for key in ("auc", "balanced_accuracy"):
+        if key in ms:
+            lines.append(f"nested {key}: {ms[key]['mean']:.3f} ± {ms[key]['sd']:.3f} over folds, "
+                         f"pooled {pooled.get(key, float('nan')):.3f}")
+    caption = "* held-out figures are shown for reading only; they did not take part in the choice.\n" + "\n".join(lines)
+    tab.caption = caption
+    return tab

@@ -1,0 +1,122 @@
+"""``lnzoo select``: the nested choice between runs uses inner-validation scores only, never the
+held-out folds, and writes a run directory the other commands accept."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from lnzoo.errors import UsageError
+from lnzoo.evaluate import evaluate_run
+from lnzoo.plugins import load_plugins
+from lnzoo.predict import Ensemble
+from lnzoo.select import select_runs
+from tests.conftest import run_cli
+from tests.test_run import _run
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("select") / "a"
+    _run(out, sets=["cv.run_folds=[0, 1]"])
+    return out
+
+
+def _rows(run: Path) -> tuple[list[str], list[dict[str, str]]]:
+    with (run / "predictions.csv").open(newline="") as fh:
+        r = csv.DictReader(fh)
+        return list(r.fieldnames), list(r)
+
+
+def _set_inner(run: Path, fold: int, value: float) -> None:
+    f = run / f"fold{fold}" / "best.json"
+    meta = json.loads(f.read_text())
+    meta["monitor"] = {"auc": value}
+    f.write_text(json.dumps(meta))
+
+
+def _perfect_on_fold(run: Path, fold: int) -> None:
+    """Make the held-out predictions of one fold perfect: a choice that peeked would take them."""
+    header, rows = _rows(run)
+    for r in rows:
+        if r["part"] == "cv" and r["fold"] == str(fold) and r["malignancy_true"]:
+            m = r["malignancy_true"] == "malignant"
+            r["p_malignancy_malignant"], r["p_malignancy_benign"] = ("0.99", "0.01") if m else ("0.01", "0.99")
+    with (run / "predictions.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=header)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def test_each_fold_goes_to_the_best_inner_score_never_to_the_best_held_out_fold(base_run, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(base_run, b)
+    a = tmp_path / "a"
+    shutil.copytree(base_run, a)
+    _set_inner(a, 0, 0.9)
+    _set_inner(b, 0, 0.6)   # fold 0: a wins on the inner score although b is perfect on the held-out fold
+    _perfect_on_fold(b, 0)
+    _set_inner(a, 1, 0.5)
+    _set_inner(b, 1, 0.7)   # fold 1: b wins
+    result = select_runs([a, b], tmp_path / "chosen")
+    assert [f["chosen"] for f in result["folds"]] == ["a", "b"]
+    assert result["chosen_count"] == {"a": 1, "b": 1}
+    assert result["folds"][0]["held_out"]["b"]["auc"] == 1.0  # shown, but it did not choose
+
+    _, rows_a = _rows(a)
+    _, rows_b = _rows(b)
+    _, chosen = _rows(tmp_path / "chosen")
+    expect = [r for r in rows_a if r["part"] == "cv" and r["fold"] == "0"] + \
+             [r for r in rows_b if r["part"] == "cv" and r["fold"] == "1"]
+    assert chosen == expect
+    y = np.array([r["malignancy_true"] == "malignant" for r in chosen if r["malignancy_true"]])
+    p = np.array([float(r["p_malignancy_malignant"]) for r in chosen if r["malignancy_true"]])
+    stored = json.loads((tmp_path / "chosen" / "metrics.json").read_text())
+    assert stored["cross_validation"]["pooled"]["malignancy"]["auc"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    assert json.loads((tmp_path / "chosen" / "selection.json").read_text())["metric"] == "auc"
+
+
+def test_the_chosen_folds_are_a_run_that_evaluate_and_predict_accept(base_run, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(base_run, b)
+    _set_inner(b, 1, 2.0)
+    out = tmp_path / "chosen"
+    result = run_cli("select", str(base_run), str(b), "--out", str(out))
+    assert result.returncode == 0, result.stderr
+    assert "chosen" in result.stdout and "inner auc" in result.stdout
+    for k in (0, 1):
+        assert (out / f"fold{k}" / "best.safetensors").is_file()
+    stored, fresh = evaluate_run(out, load_plugins())  # the checkpoints reproduce the stored predictions
+    assert fresh["cross_validation"]["pooled"]["malignancy"]["auc"] == pytest.approx(
+        stored["cross_validation"]["pooled"]["malignancy"]["auc"], abs=1e-4)
+    _, rows = _rows(out)
+    probs, _ = Ensemble([out], load_plugins()).predict([Path(rows[0]["path"])])
+    assert probs["malignancy"].shape == (1, 2)
+
+
+def test_runs_on_other_folds_or_unfinished_runs_are_refused_with_a_reason(base_run, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(base_run, b)
+    with (b / "folds.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    rows[0]["fold"] = str((int(rows[0]["fold"]) + 1) % 3)
+    with (b / "folds.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["patient", "fold"])
+        w.writeheader()
+        w.writerows(rows)
+    with pytest.raises(UsageError, match="different folds.*cv.folds_file"):
+        select_runs([base_run, b])
+    with pytest.raises(UsageError, match="at least two"):
+        select_runs([base_run])
+    c = tmp_path / "c"
+    shutil.copytree(base_run, c)
+    (c / "metrics.json").unlink()
+    with pytest.raises(UsageError, match="metrics.json is missing"):
+        select_runs([base_run, c])
+    result = run_cli("select", str(base_run), str(c))
+    assert result.returncode == 2 and "metrics.json is missing" in result.stderr
