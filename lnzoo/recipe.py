@@ -152,7 +152,8 @@ SCHEMA: dict[str, Any] = {
         "ema": F(NUM, 0.0, "decay of an exponential moving average of the weights (and BatchNorm buffers) "
                            "that is evaluated and saved instead of the raw weights (0: off)", min=0.0, max=0.99999),
         "amp": F((bool, str), "auto", "mixed precision: auto = on CUDA only"),
-        "channels_last": F((bool, str), "auto", "channels_last memory format: auto = on CUDA only"),
+        "channels_last": F((bool, str), "auto", "channels_last memory format: auto = on CUDA and CPU "
+                                                     "(ResNet-18 trains ~15% faster on CPU with it)"),
         "device": F(str, "auto", "auto, cpu, cuda or cuda:N"),
         "threads": F(int, 0, "torch CPU threads (0: torch's default)", min=0),
         "tta": F(str, "none", "test-time augmentation for validation, held-out, test and served predictions: "

@@ -7,6 +7,11 @@ that picked its epoch, measured on a part of that fold's training patients (``fo
 predictions are an honest estimate of "pick the best of these settings on my training data",
 unlike picking the run with the best cross-validated AUC, which reads the test folds.
 
+Each candidate's inner score is its best epoch's, so a candidate that ran more epochs had more
+draws at a high score; compare candidates of equal epochs, or with ``train.keep = "last"``, when
+that matters. The inner parts are small (a 15% patient split), so the choice is noisy too: that is
+the price of not reading the test folds, and the estimate says what it costs.
+
 The output is a run directory: ``selection.json`` (who won each fold and on what scores),
 ``predictions.csv`` (the winners' out-of-fold rows), ``metrics.json``, ``folds.csv`` and each
 winner's ``fold{k}/`` checkpoint, so ``lnzoo evaluate``, ``lnzoo compare`` and

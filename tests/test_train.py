@@ -71,3 +71,25 @@ def test_mean_teacher_consistency_uses_confident_pseudo_labels_on_unlabelled_ima
     assert float(strict) == 0.0  # nothing confident enough: no pseudo-labels
     labelled = tr._consistency(teacher, model, x, present, tab, student, torch.tensor([0, 1, 1, 0]), 0.95)
     assert float(labelled) == 0.0
+
+
+def test_channels_last_is_on_for_cpu_by_default_and_changes_no_prediction():
+    from lnzoo.data.dataset import ImageCache
+    from lnzoo.data.images import Preprocessing
+    from lnzoo.model import build_model
+    from lnzoo.runner import load_run_data
+
+    sets = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=48", "train.device='cpu'",
+            "data.phantom.patients=24"]
+    auto, off = _trainer(sets), _trainer([*sets, "train.channels_last=false"])
+    assert auto.channels_last and not off.channels_last
+    samples = load_run_data(auto.recipe, auto.tasks).pool[:6]
+    cache = ImageCache(Preprocessing(48))
+    torch.manual_seed(0)
+    model = build_model(auto.recipe, HOST, auto.tasks).eval()
+    for t in (auto, off):
+        t.cache = cache
+    nchw = off.predict(model, samples).proba
+    nhwc = auto.predict(model.to(memory_format=torch.channels_last), samples).proba
+    for task in nchw:
+        np.testing.assert_allclose(nhwc[task], nchw[task], atol=1e-5)
