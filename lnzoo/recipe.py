@@ -64,6 +64,10 @@ SCHEMA: dict[str, Any] = {
         "label_columns": (TASK_TABLE, F(str, None, "manifest column holding the task's label")),
         "bbox_column": F(str, "bbox", "manifest column 'x0 y0 x1 y1' (pixels) that the 'roi' view crops to"),
         "mask_column": F(str, "mask", "manifest column with a mask file whose extent the 'roi' view crops to"),
+        "empty_roi": F(str, "error", "a 'roi' view whose mask marks nothing: error (listed by validate), "
+                                     "whole_image (that image's 'roi' view is the uncropped image) or missing "
+                                     "(the view is absent for it; the model's other views predict)",
+                       choices=("error", "whole_image", "missing")),
         "roi_margin": F(NUM, 0.1, "margin added to each side of the box for the 'roi' view (fraction of size)",
                         min=0.0, max=2.0),
         "crop_suffix": F(str, "-crop", "list files: the ROI crop sits in a mirror folder with this suffix"),

@@ -113,6 +113,14 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
         raise DataError([f"no training row has a label for the main task {main!r}"])
     if grouped:
         description += f"; {len(grouped)} group(s) of patients with identical images kept together"
+    policy = data_cfg["empty_roi"]
+    if policy != "error" and "roi" in data_cfg["views"]:
+        every = [s for part in parts.values() for s in part]
+        n = sum(1 for s in every if "roi" in s.views and (s.views["roi"] is None if policy == "missing"
+                                                          else "roi" not in s.rois))
+        if n:
+            description += (f"; {n} image(s) with an empty mask: their 'roi' view "
+                            f"{'is the whole image' if policy == 'whole_image' else 'is missing'} (data.empty_roi)")
     return RunData(parts["cross-validation"], parts["test"], parts["external"], description, problems)
 
 

@@ -179,7 +179,9 @@ def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]
         "chosen_count": {n: sum(t["chosen"] == n for t in table) for n in names},
         "cross_validation": {"pooled": pooled, "mean_sd": summarise_folds(per_fold_metrics), "folds": fold_info},
         "note": (f"per fold, the candidate with the highest inner-validation {metric} (on training patients only) "
-                 "was chosen; held-out figures of the other candidates are shown but were not used to choose"),
+                 "was chosen; held-out figures of the other candidates are shown but were not used to choose. "
+                 "Only cross-validation rows are carried over: predict a test set with lnzoo predict --model "
+                 "on the written directory (the chosen fold models, averaged)"),
     })
     if out is not None:
         _write(Path(out), cands, names, folds, table, all_rows, result)

@@ -165,3 +165,42 @@ def test_data_checks_report_an_empty_or_missing_roi_mask_before_training(tmp_pat
     assert check_files(samples, problems, {}) == {1, 2}
     assert any("m.csv:3" in p and "empty_mask.png is empty" in p for p in problems)
     assert any("m.csv:4" in p and "gone.png not found" in p for p in problems)
+
+
+def test_empty_masks_follow_the_recipe_policy_whole_image_or_missing_view(tmp_path):
+    from lnzoo.data.checks import check_files
+    from lnzoo.data.samples import read_serving_manifest
+
+    frame = np.zeros((50, 50), np.uint8)
+    frame[10:20, 10:20] = 255
+    Image.fromarray(frame).save(tmp_path / "a.png")
+    Image.fromarray(frame).save(tmp_path / "ok_mask.png")
+    Image.fromarray(np.zeros_like(frame)).save(tmp_path / "empty_mask.png")
+    (tmp_path / "m.csv").write_text("path,patient,malignancy,mask\na.png,p1,benign,ok_mask.png\n"
+                                    "a.png,p2,benign,empty_mask.png\n", encoding="utf-8")
+    task = {"malignancy": TASKS["malignancy"]}
+    pre = Preprocessing(20)
+
+    whole = {**CFG, "views": ["roi"], "mask_column": "mask", "empty_roi": "whole_image"}
+    ok, empty = load_source(str(tmp_path / "m.csv"), task, whole, problems=[])
+    assert check_files([ok, empty], [], {}) == set()
+    assert "roi" in ok.rois and "roi" not in empty.rois
+    uncropped = load_image(empty.views["roi"], pre, roi=empty.rois.get("roi"))
+    cropped = load_image(ok.views["roi"], pre, roi=ok.rois["roi"])
+    assert uncropped.mean() < cropped.mean()  # the whole frame is mostly black, the crop mostly the square
+
+    missing = {**CFG, "views": ["full", "roi"], "mask_column": "mask", "empty_roi": "missing"}
+    ok, empty = load_source(str(tmp_path / "m.csv"), task, missing, problems=[])
+    assert empty.views["roi"] is None and empty.views["full"] is not None and ok.views["roi"] is not None
+
+    problems: list[str] = []
+    only_roi = {**missing, "views": ["roi"]}
+    assert len(load_source(str(tmp_path / "m.csv"), task, only_roi, problems=problems)) == 1
+    assert any("m.csv:3" in p and "only view" in p and "whole_image" in p for p in problems)
+
+    # serving reads the same policy from the model's recipe
+    (tmp_path / "serve.csv").write_text("path,mask\na.png,empty_mask.png\n", encoding="utf-8")
+    served = read_serving_manifest(tmp_path / "serve.csv", ["roi"], whole)
+    assert served[0].views["roi"] is not None and not served[0].rois
+    with pytest.raises(DataError, match="empty_roi"):
+        load_image(empty.views["full"], pre, "m.csv:3", roi=tmp_path / "empty_mask.png")

@@ -101,7 +101,8 @@ def roi_box(roi, size: tuple[int, int], margin: float, origin: str = "") -> tupl
             mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
         ys, xs = np.nonzero(mask)
         if len(xs) == 0:
-            raise DataError([f"{origin}: mask {roi} is empty, so there is no ROI to crop"])
+            raise DataError([f"{origin}: mask {roi} is empty, so there is no ROI to crop "
+                             "(data.empty_roi = \"whole_image\" or \"missing\" decides for such rows)"])
         x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
     else:
         x0, y0, x1, y1 = roi

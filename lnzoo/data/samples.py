@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from lnzoo.errors import DataError, UsageError
 from lnzoo.tasks import Task
@@ -142,8 +143,27 @@ def _row_views(row: Mapping[str, str], columns: Mapping[str, str], base: Path, c
         roi = _parse_roi(row, base, cfg, where, problems)
         if roi is None:
             return None
-        rois["roi"] = roi
+        policy = cfg.get("empty_roi", "error")
+        if policy != "error" and isinstance(roi, Path) and _mask_is_empty(roi):
+            if policy == "missing":  # the view is absent, like a missing CDFI image; other views predict
+                view_paths["roi"] = None
+                if all(p is None for p in view_paths.values()):
+                    problems.append(f"{where}: mask {roi} is empty and 'roi' is this row's only view; "
+                                    "data.empty_roi = \"whole_image\" uses the uncropped image instead")
+                    return None
+            # whole_image: no box, so the 'roi' view is the uncropped image
+        else:
+            rois["roi"] = roi
     return view_paths, rois
+
+
+def _mask_is_empty(mask: Path) -> bool:
+    """True for a readable mask that marks nothing; unreadable or missing masks are the checks' to report."""
+    try:
+        with Image.open(mask) as m:
+            return not (np.asarray(m.convert("L")) > 0).any()
+    except (OSError, ValueError, UnidentifiedImageError):
+        return False
 
 
 def _parse_roi(row: Mapping[str, str], base: Path, cfg: Mapping[str, Any], where: str, problems: list[str]):
