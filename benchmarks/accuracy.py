@@ -36,6 +36,7 @@ import csv
 import json
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -142,10 +143,12 @@ def run_lnzoo(recipe, host, out_dir: Path, reuse: bool, folds: dict[str, int], l
     from lnzoo.runner import run_recipe
 
     if reuse and (out_dir / "metrics.json").is_file() and (out_dir / "run.json").is_file():
-        if read_folds(out_dir) == folds:
+        same_recipe = same_settings(tomllib.loads((out_dir / "recipe.toml").read_text(encoding="utf-8")),
+                                    tomllib.loads(recipe.to_toml()))
+        if same_folds(read_folds(out_dir), folds) and same_recipe:
             log(f"  reused the finished run {out_dir}")
             return float(json.loads((out_dir / "run.json").read_text())["wall_seconds"])
-        log(f"  {out_dir} ran on other folds; running again")
+        log(f"  {out_dir} ran {'on other folds' if same_recipe else 'another recipe'}; running again")
     if out_dir.exists():
         import shutil
         shutil.rmtree(out_dir)
@@ -165,20 +168,44 @@ def pretraining_seconds(recipe) -> float:
     return float(json.loads(info.read_text())["wall_seconds"]) if info.is_file() else float("nan")
 
 
+def same_settings(stored: dict, now: dict) -> bool:
+    """The stored run's resolved recipe equals this one; keys the stored run predates (added to the
+    schema since, so at their defaults there) are not held against it."""
+    for key, value in stored.items():
+        if key not in now:
+            return False
+        if isinstance(value, dict) and isinstance(now[key], dict):
+            if not same_settings(value, now[key]):
+                return False
+        elif value != now[key]:
+            return False
+    return True
+
+
+def same_folds(run: dict[str, int], folds: dict[str, int]) -> bool:
+    """The run put every benchmark patient in the benchmark's fold (it may list more, e.g. unlabelled ones)."""
+    return all(run.get(p) == k for p, k in folds.items())
+
+
 def read_folds(run_dir: Path) -> dict[str, int]:
     with (run_dir / "folds.csv").open(newline="") as fh:
         return {r["patient"]: int(r["fold"]) for r in csv.DictReader(fh)}
 
 
-def read_oof(run_dir: Path, main: str, view: str, paths: list[str], classes: list[str]) -> np.ndarray:
-    """The out-of-fold probabilities of a run (or of a nested choice), in the benchmark's image order."""
-    column = "path" if view == "full" else f"path_{view}"
+def read_oof(run_dir: Path, main: str, paths: list[str], classes: list[str]) -> np.ndarray:
+    """The out-of-fold probabilities of a run (or of a nested choice), in the benchmark's image order.
+
+    A row is matched on its image file under whichever view column holds it (``path`` for a full
+    view, ``path_roi`` for a roi view: both name the same file of the set's labels.csv)."""
     index = {p: i for i, p in enumerate(paths)}
     oof = np.full((len(paths), len(classes)), np.nan)
     with (run_dir / "predictions.csv").open(newline="") as fh:
-        for row in csv.DictReader(fh):
-            if row["part"] == "cv" and row[column] in index:
-                oof[index[row[column]]] = [float(row[f"p_{main}_{c}"]) for c in classes]
+        reader = csv.DictReader(fh)
+        columns = [c for c in reader.fieldnames or [] if c == "path" or c.startswith("path_")]
+        for row in reader:
+            hit = next((row[c] for c in columns if row[c] in index), None)
+            if row["part"] == "cv" and hit is not None:
+                oof[index[hit]] = [float(row[f"p_{main}_{c}"]) for c in classes]
     if np.isnan(oof).any():
         raise SystemExit(f"{run_dir}/predictions.csv lacks out-of-fold rows for {int(np.isnan(oof).any(1).sum())} images")
     return oof
@@ -301,7 +328,7 @@ def main() -> None:
                          f"{pooled_b:.3f} | | {base_wall / 60:.1f} min |")
 
         def report(label: str, run_dir: Path, wall: float, size_epochs: str, chosen: list[str] | None = None) -> None:
-            oof = read_oof(run_dir, main, view, paths, classes)
+            oof = read_oof(run_dir, main, paths, classes)
             rows = inner_rows(run_dir)
             for r in rows:
                 te = fold_of == r["fold"]
@@ -332,14 +359,17 @@ def main() -> None:
         for path in paths_of_set:
             recipe = load_recipe(path, host=host,
                                  sets=[*args.sets_, f'cv.folds_file="{folds_csv}"', 'cv.run_folds="all"'])
-            run_dir = out / (f"lnzoo{tag}" if len(paths_of_set) == 1 else f"lnzoo{tag}_{path.stem}")
+            stems = [q.stem for q in paths_of_set]
+            suffix = path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{paths_of_set.index(path)}"
+            run_dir = out / (f"lnzoo{tag}" if len(paths_of_set) == 1 else f"lnzoo{tag}_{suffix}")
             log(f"  lnzoo: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} "
                 f"{' '.join(args.sets_)} -> {run_dir}")
             wall = run_lnzoo(recipe, host, run_dir, args.reuse_lnzoo, folds, log)
-            assert read_folds(run_dir) == folds, "lnzoo used other folds than the baseline"
+            assert same_folds(read_folds(run_dir), folds), "lnzoo used other folds than the baseline"
             pre = pretraining_seconds(recipe)
             name = recipe.name + (f" ({' '.join(args.sets_)})" if args.sets_ else "")
-            label = f"lnzoo `{name}`" + (f" (+ {pre / 60:.1f} min pretraining, counted)" if pre else "")
+            label = f"lnzoo `{name}`" + (f" (+ {pre / 60:.1f} min pretraining, counted)" if pre and np.isfinite(pre)
+                                         else " (pretraining time unknown: no run.json)" if pre else "")
             size_epochs = f"{recipe.data['data']['image_size']} px / {recipe.data['train']['epochs']}"
             report(label, run_dir, wall + (pre if np.isfinite(pre) else 0.0), size_epochs)
             candidates.append((run_dir, wall + (pre if np.isfinite(pre) else 0.0), recipe.name))

@@ -62,14 +62,22 @@ def predict_probabilities(model: LnzooModel, x: torch.Tensor, present: torch.Ten
                           ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(raw outputs, class probabilities) per task; ``tta="hflip"`` averages the probabilities of the
     image and its mirror image (probabilities, not logits, so ordinal heads average correctly)."""
-    outputs = {k: v.float() for k, v in model(x, present, tab).items()}
-    probs = model.probabilities(outputs)
-    if tta == "hflip":
-        mirrored = model.probabilities({k: v.float() for k, v in model(x.flip(-1), present, tab).items()})
-        probs = {t: 0.5 * (probs[t] + mirrored[t]) for t in probs}
-    elif tta != "none":
+    if tta == "none":
+        outputs = {k: v.float() for k, v in model(x, present, tab).items()}
+        return outputs, model.probabilities(outputs)
+    if tta != "hflip":
         raise UsageError(f"unknown test-time augmentation {tta!r}; use 'none' or 'hflip'")
-    return outputs, probs
+    # the image and its mirror in one forward pass (an eval-mode model treats samples independently)
+    n = x.shape[0]
+    xx = torch.cat([x, x.flip(-1)])
+    if x.dim() == 5 and x.flatten(0, 1).is_contiguous(memory_format=torch.channels_last):  # keep NHWC
+        xx = xx.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(xx.shape)
+    both = {k: v.float() for k, v in model(xx, None if present is None else present.repeat(2, 1),
+                                           None if tab is None else tab.repeat(2, 1)).items()}
+    outputs = {k: v[:n] for k, v in both.items()}
+    probs = model.probabilities(outputs)
+    mirrored = model.probabilities({k: v[n:] for k, v in both.items()})
+    return outputs, {t: 0.5 * (probs[t] + mirrored[t]) for t in probs}
 
 
 class CovariateEmbedding(nn.Module):

@@ -351,7 +351,11 @@ def run_recipe(recipe, host, out_dir: Path, console=None) -> dict[str, Any]:
                     "class_maps": {n: {str(i): c for i, c in enumerate(t.classes)} for n, t in tasks.items()},
                     "preprocessing": pre.as_dict(), "views": cfg["data"]["views"], "seed": cfg["seed"] + k,
                     "fold": k, "best_epoch": result.best_epoch,
-                    "monitor": {cfg["train"]["monitor"]: result.best_score},
+                    # the metric that picked the epoch, on the inner-validation part (NaN: undefined there,
+                    # e.g. one class only, and the loss picked instead); lnzoo select chooses on it
+                    "monitor": {cfg["train"]["monitor"]: result.best_value},
+                    "monitor_val_loss": next((h.get("val_loss") for h in result.history
+                                              if h.get("epoch") == result.best_epoch), None),
                     "temperature": temperatures, "init_from": trainer.init_report,
                     "covariates": trainer.covariates.as_dict() if trainer.covariates else None, **env}
             fold_dir = out_dir / f"fold{k}"

@@ -67,13 +67,24 @@ class _Candidate:
             raise UsageError(f"{self.path}: no cross-validation folds were run (linear probe or test-only run?)")
 
     def inner_score(self, k: int) -> tuple[str, float]:
-        """(metric name, value): the inner-validation score that picked fold k's epoch; higher is better."""
+        """(metric name, value): the inner-validation metric that picked fold k's epoch (NaN: undefined)."""
         monitor = self.meta[k].get("monitor") or {}
         if len(monitor) != 1:
             raise UsageError(f"{self.path}/fold{k}/best.json: no inner-validation score ('monitor') recorded")
         name, value = next(iter(monitor.items()))
         value = float("nan") if value is None else float(value)
         return name, value
+
+    def inner_loss(self, k: int) -> float:
+        """The inner-validation loss at the chosen epoch (breaks ties between equal scores)."""
+        value = self.meta[k].get("monitor_val_loss")
+        return float("inf") if value is None or not math.isfinite(float(value)) else float(value)
+
+    def cv_rows(self, k: int) -> list[dict[str, str]]:
+        return [r for r in self.rows if r["part"] == "cv" and r["fold"] == str(k)]
+
+    def task_columns(self) -> list[str]:
+        return [c for c in self.header if c.endswith("_true") or c.startswith("p_")]
 
     @property
     def tasks(self) -> dict[str, dict[str, Any]]:
@@ -93,13 +104,27 @@ def _check_same(cands: list[_Candidate]) -> tuple[list[int], str]:
                              f"--set cv.folds_file=\"{first.path / 'folds.csv'}\"")
         if set(c.meta) != set(first.meta):
             raise UsageError(f"{c.path} ran folds {sorted(c.meta)}, {first.path} ran {sorted(first.meta)}")
-        if c.header != first.header:
-            raise UsageError(f"{c.path}/predictions.csv has other columns than {first.path}/predictions.csv "
-                             "(other views or tasks); a choice needs the same tasks and views")
         a = {n: t["classes"] for n, t in c.tasks.items()}
         b = {n: t["classes"] for n, t in first.tasks.items()}
         if a != b:
             raise UsageError(f"{c.path}: tasks/classes {a} differ from {first.path}'s {b}")
+        if c.task_columns() != first.task_columns():
+            extra = sorted(set(c.task_columns()) ^ set(first.task_columns()))
+            raise UsageError(f"{c.path}/predictions.csv and {first.path}/predictions.csv differ in their task "
+                             f"columns {extra}; a choice needs the same tasks")
+        for key, get in (("seed", lambda m: m["recipe"].get("seed")),
+                         ("train.val_fraction", lambda m: m["recipe"].get("train", {}).get("val_fraction"))):
+            mine, theirs = get(c.meta[min(c.meta)]), get(first.meta[min(first.meta)])
+            if mine != theirs:
+                raise UsageError(f"{c.path} has {key} = {mine}, {first.path} {theirs}: their inner-validation "
+                                 "parts hold other patients, so their scores cannot choose between them")
+        for k in first.meta:
+            held_a = {(r["patient"], r["source"]) for r in c.cv_rows(k)}
+            held_b = {(r["patient"], r["source"]) for r in first.cv_rows(k)}
+            if held_a != held_b:
+                diff = sorted(held_a ^ held_b)[:3]
+                raise UsageError(f"fold {k}: {c.path} and {first.path} scored other held-out images (first: {diff}); "
+                                 "were rows skipped (data.skip_bad_rows, data.empty_roi) in one of them?")
     metrics = {c.inner_score(k)[0] for c in cands for k in c.meta}
     if len(metrics) != 1:
         raise UsageError(f"the candidates picked their epochs on different metrics {sorted(metrics)}; "
@@ -151,16 +176,20 @@ def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]
     tasks = cands[0].tasks
     per_fold_rows: dict[int, list[dict[str, str]]] = {}
     fold_info, per_fold_metrics, table = [], [], []
+    sign = -1.0 if metric == "loss" else 1.0  # the loss is minimised, every other metric maximised
     for k in folds:
         inner = {n: c.inner_score(k)[1] for n, c in zip(names, cands)}
         finite = {n: v for n, v in inner.items() if math.isfinite(v)}
         if not finite:
-            raise UsageError(f"fold {k}: no candidate has a finite inner-validation {metric}")
-        best = max(finite.values())
-        winner = next(n for n in names if inner[n] == best)  # ties: the first listed
+            raise UsageError(f"fold {k}: no candidate has an inner-validation {metric} (undefined on every "
+                             "inner part, e.g. a single class there, or linear-probe runs)")
+        best = max(sign * v for v in finite.values())
+        tied = [n for n in names if n in finite and sign * finite[n] == best]
+        # equal scores (common on a small inner part): the lower inner-validation loss, then the first listed
+        winner = min(tied, key=lambda n: (cands[names.index(n)].inner_loss(k), names.index(n)))
         held = {}
         for n, c in zip(names, cands):
-            rows = [r for r in c.rows if r["part"] == "cv" and r["fold"] == str(k)]
+            rows = c.cv_rows(k)
             m = _fold_metrics(rows, tasks).get(main, {})
             held[n] = {"auc": m.get("auc"), "balanced_accuracy": m.get("balanced_accuracy")}
             if n == winner:
@@ -170,7 +199,8 @@ def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]
         chosen = cands[names.index(winner)]
         fold_info.append({"fold": k, "chosen": winner, "chosen_path": str(chosen.path),
                           "best_epoch": chosen.meta[k].get("best_epoch"), "metrics": metrics})
-        table.append({"fold": k, "chosen": winner, "inner": inner, "held_out": held})
+        table.append({"fold": k, "chosen": winner, "inner": inner, "tied": tied if len(tied) > 1 else [],
+                      "held_out": held})
     all_rows = [r for k in folds for r in per_fold_rows[k]]
     pooled = _fold_metrics(all_rows, tasks)
     result = _jsonable({
@@ -178,7 +208,8 @@ def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]
         "folds": table,
         "chosen_count": {n: sum(t["chosen"] == n for t in table) for n in names},
         "cross_validation": {"pooled": pooled, "mean_sd": summarise_folds(per_fold_metrics), "folds": fold_info},
-        "note": (f"per fold, the candidate with the highest inner-validation {metric} (on training patients only) "
+        "note": (f"per fold, the candidate with the {'lowest' if metric == 'loss' else 'highest'} inner-validation "
+                 f"{metric} (on training patients only; ties: the lower inner-validation loss) "
                  "was chosen; held-out figures of the other candidates are shown but were not used to choose. "
                  "Only cross-validation rows are carried over: predict a test set with lnzoo predict --model "
                  "on the written directory (the chosen fold models, averaged)"),
@@ -201,8 +232,11 @@ def _write(out: Path, cands, names, folds, table, rows, result) -> None:
         for f in FOLD_FILES:
             if (c.path / f"fold{k}" / f).is_file():
                 _place(c.path / f"fold{k}" / f, out / f"fold{k}" / f)
+    header = list(first.header)
+    for c in cands[1:]:  # candidates on other views (full vs roi) add their path columns
+        header += [h for h in c.header if h not in header]
     with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=first.header)
+        w = csv.DictWriter(fh, fieldnames=header, restval="")
         w.writeheader()
         w.writerows(rows)
     metrics = {"recipe": "nested choice of " + ", ".join(names), "main_task": result["main_task"],
@@ -230,15 +264,16 @@ def format_selection(result: dict[str, Any]):
         return "n/a" if x is None else f"{x:.3f}"
 
     for row in result["folds"]:
-        tab.add_row(str(row["fold"]), row["chosen"], *[f(row["inner"][n]) for n in names],
+        chosen = row["chosen"] + (" (tie: lower loss)" if row.get("tied") else "")
+        tab.add_row(str(row["fold"]), chosen, *[f(row["inner"][n]) for n in names],
                     *[f(row["held_out"][n]["auc"]) for n in names])
     ms = result["cross_validation"]["mean_sd"].get(result["main_task"], {})
     pooled = result["cross_validation"]["pooled"].get(result["main_task"], {})
     lines = []
     for key in ("auc", "balanced_accuracy"):
         if key in ms:
-            lines.append(f"nested {key}: {ms[key]['mean']:.3f} ± {ms[key]['sd']:.3f} over folds, "
-                         f"pooled {pooled.get(key, float('nan')):.3f}")
+            lines.append(f"nested {key}: {f(ms[key]['mean'])} ± {f(ms[key]['sd'])} over folds, "
+                         f"pooled {f(pooled.get(key))}")
     caption = "* held-out figures are shown for reading only; they did not take part in the choice.\n" + "\n".join(lines)
     tab.caption = caption
     return tab

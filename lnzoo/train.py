@@ -89,9 +89,10 @@ class Predictions:
 class FoldResult:
     fold: int
     best_epoch: int
-    best_score: float
+    best_score: float                   # what was maximised: the metric, or minus the loss
     history: list[dict[str, float]] = field(default_factory=list)
     model: nn.Module | None = None
+    best_value: float = math.nan        # the monitored metric itself at that epoch; NaN where it was undefined
 
 
 class Trainer:
@@ -231,7 +232,7 @@ class Trainer:
             result.history.append(row)
             improved = score > result.best_score + 1e-9 or best_state is None
             if improved:
-                result.best_score, result.best_epoch, stale = score, epoch + 1, 0
+                result.best_score, result.best_value, result.best_epoch, stale = score, shown, epoch + 1, 0
                 best_state = {k: v.detach().clone() for k, v in eval_model.state_dict().items()}
             else:
                 stale += 1
@@ -246,7 +247,7 @@ class Trainer:
         if self.cfg["keep"] == "last":
             best_state = self.last_state
             result.best_epoch = len(result.history)
-            result.best_score = self.monitor_score(val_pred)[0]
+            result.best_score, result.best_value = self.monitor_score(val_pred)
         model.load_state_dict(best_state)
         result.model = model
         return result

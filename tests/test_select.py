@@ -27,6 +27,14 @@ def base_run(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def other_run(base_run, tmp_path_factory) -> Path:
+    """Another setting (a higher learning rate) trained on the base run's folds: other weights."""
+    out = tmp_path_factory.mktemp("select") / "b"
+    _run(out, sets=["cv.run_folds=[0, 1]", "train.lr=0.05", f"cv.folds_file='{(base_run / 'folds.csv').as_posix()}'"])
+    return out
+
+
 def _rows(run: Path) -> tuple[list[str], list[dict[str, str]]]:
     with (run / "predictions.csv").open(newline="") as fh:
         r = csv.DictReader(fh)
@@ -81,16 +89,22 @@ def test_each_fold_goes_to_the_best_inner_score_never_to_the_best_held_out_fold(
     assert json.loads((tmp_path / "chosen" / "selection.json").read_text())["metric"] == "auc"
 
 
-def test_the_chosen_folds_are_a_run_that_evaluate_and_predict_accept(base_run, tmp_path):
-    b = tmp_path / "b"
-    shutil.copytree(base_run, b)
-    _set_inner(b, 1, 2.0)
+def test_the_chosen_folds_are_a_run_that_evaluate_and_predict_accept(base_run, other_run, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(base_run, a)
+    shutil.copytree(other_run, b)
+    _set_inner(a, 0, 0.9)
+    _set_inner(b, 0, 0.1)
+    _set_inner(a, 1, 0.1)
+    _set_inner(b, 1, 0.9)
     out = tmp_path / "chosen"
-    result = run_cli("select", str(base_run), str(b), "--out", str(out))
+    result = run_cli("select", str(a), str(b), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "chosen" in result.stdout and "inner auc" in result.stdout
-    for k in (0, 1):
-        assert (out / f"fold{k}" / "best.safetensors").is_file()
+    for k, src in ((0, a), (1, b)):  # each fold's weights are its winner's
+        assert (out / f"fold{k}" / "best.safetensors").read_bytes() == \
+            (src / f"fold{k}" / "best.safetensors").read_bytes()
+    assert (a / "fold1" / "best.safetensors").read_bytes() != (b / "fold1" / "best.safetensors").read_bytes()
     stored, fresh = evaluate_run(out, load_plugins())  # the checkpoints reproduce the stored predictions
     assert fresh["cross_validation"]["pooled"]["malignancy"]["auc"] == pytest.approx(
         stored["cross_validation"]["pooled"]["malignancy"]["auc"], abs=1e-4)
@@ -120,3 +134,43 @@ def test_runs_on_other_folds_or_unfinished_runs_are_refused_with_a_reason(base_r
         select_runs([base_run, c])
     result = run_cli("select", str(base_run), str(c))
     assert result.returncode == 2 and "metrics.json is missing" in result.stderr
+
+
+def test_equal_scores_go_to_the_lower_inner_loss_and_a_loss_monitor_is_minimised(base_run, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(base_run, a)
+    shutil.copytree(base_run, b)
+    for run, loss in ((a, 0.7), (b, 0.4)):
+        for k in (0, 1):
+            meta = json.loads((run / f"fold{k}" / "best.json").read_text())
+            meta["monitor"], meta["monitor_val_loss"] = {"auc": 1.0}, loss
+            (run / f"fold{k}" / "best.json").write_text(json.dumps(meta))
+    result = select_runs([a, b])
+    assert [f["chosen"] for f in result["folds"]] == ["b", "b"] and result["folds"][0]["tied"] == ["a", "b"]
+    for run, loss in ((a, 0.3), (b, 0.5)):
+        for k in (0, 1):
+            meta = json.loads((run / f"fold{k}" / "best.json").read_text())
+            meta["monitor"] = {"loss": loss}
+            (run / f"fold{k}" / "best.json").write_text(json.dumps(meta))
+    assert [f["chosen"] for f in select_runs([a, b])["folds"]] == ["a", "a"]
+
+
+def test_candidates_whose_inner_parts_or_held_out_images_differ_are_refused(base_run, tmp_path):
+    b = tmp_path / "b"
+    shutil.copytree(base_run, b)
+    for k in (0, 1):
+        meta = json.loads((b / f"fold{k}" / "best.json").read_text())
+        meta["recipe"]["seed"] = 7
+        (b / f"fold{k}" / "best.json").write_text(json.dumps(meta))
+    with pytest.raises(UsageError, match="seed = 7.*other patients"):
+        select_runs([base_run, b])
+    c = tmp_path / "c"
+    shutil.copytree(base_run, c)
+    header, rows = _rows(c)
+    dropped = next(i for i, r in enumerate(rows) if r["part"] == "cv" and r["fold"] == "1")
+    with (c / "predictions.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=header)
+        w.writeheader()
+        w.writerows(rows[:dropped] + rows[dropped + 1:])
+    with pytest.raises(UsageError, match="fold 1: .*other held-out images"):
+        select_runs([base_run, c])
