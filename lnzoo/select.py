@@ -144,6 +144,7 @@ def _fold_metrics(rows: list[dict[str, str]], tasks: dict[str, dict[str, Any]]) 
             continue
         y = np.array([index[r[f"{name}_true"]] for r in lab])
         p = np.array([[float(r[f"p_{name}_{c}"]) for c in classes] for r in lab])
+        p = p / p.sum(1, keepdims=True)  # the CSV's 6 decimals leave row sums a hair off 1
         positive = t.get("positive")
         out[name] = classification_metrics(y, p, classes, classes.index(positive) if positive in classes else None)
     return out
