@@ -73,6 +73,8 @@ class _Candidate:
             raise UsageError(f"{self.path}/fold{k}/best.json: no inner-validation score ('monitor') recorded")
         name, value = next(iter(monitor.items()))
         value = float("nan") if value is None else float(value)
+        if name == "loss" and value < 0:  # runs before lnzoo stored the metric itself kept minus the loss
+            value = -value
         return name, value
 
     def inner_loss(self, k: int) -> float:
