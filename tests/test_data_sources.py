@@ -149,14 +149,19 @@ def test_disk_cache_is_keyed_by_content_and_preprocessing(tmp_path):
     assert len(list((tmp_path / "cache").rglob("*.npy"))) == 3
 
 
+def _image_with_masks(folder) -> None:
+    """a.png (a white square on black), its mask ok_mask.png, and an empty_mask.png marking nothing."""
+    frame = np.zeros((50, 50), np.uint8)
+    frame[10:20, 10:20] = 255
+    Image.fromarray(frame).save(folder / "a.png")
+    Image.fromarray(frame).save(folder / "ok_mask.png")
+    Image.fromarray(np.zeros_like(frame)).save(folder / "empty_mask.png")
+
+
 def test_data_checks_report_an_empty_or_missing_roi_mask_before_training(tmp_path):
     from lnzoo.data.checks import check_files
 
-    frame = np.zeros((50, 50), np.uint8)
-    frame[10:20, 10:20] = 255
-    Image.fromarray(frame).save(tmp_path / "a.png")
-    Image.fromarray(frame).save(tmp_path / "ok_mask.png")
-    Image.fromarray(np.zeros_like(frame)).save(tmp_path / "empty_mask.png")
+    _image_with_masks(tmp_path)
     (tmp_path / "m.csv").write_text("path,patient,malignancy,mask\na.png,p1,benign,ok_mask.png\n"
                                     "a.png,p2,benign,empty_mask.png\na.png,p3,benign,gone.png\n", encoding="utf-8")
     cfg = {**CFG, "views": ["roi"], "mask_column": "mask"}
@@ -171,11 +176,7 @@ def test_empty_masks_follow_the_recipe_policy_whole_image_or_missing_view(tmp_pa
     from lnzoo.data.checks import check_files
     from lnzoo.data.samples import read_serving_manifest
 
-    frame = np.zeros((50, 50), np.uint8)
-    frame[10:20, 10:20] = 255
-    Image.fromarray(frame).save(tmp_path / "a.png")
-    Image.fromarray(frame).save(tmp_path / "ok_mask.png")
-    Image.fromarray(np.zeros_like(frame)).save(tmp_path / "empty_mask.png")
+    _image_with_masks(tmp_path)
     (tmp_path / "m.csv").write_text("path,patient,malignancy,mask\na.png,p1,benign,ok_mask.png\n"
                                     "a.png,p2,benign,empty_mask.png\n", encoding="utf-8")
     task = {"malignancy": TASKS["malignancy"]}
