@@ -5,6 +5,7 @@ recipes, on the same images, labels and patient folds, one data set after anothe
                                   [--set KEY=VALUE ...]        # lnzoo side only, e.g. data.image_size=128
                                   [--baseline-size 96 --baseline-epochs 24] [--reuse-baseline]
                                   [--recipe ddti=A.toml --recipe ddti=B.toml]   # candidates + nested choice
+                                  [--seeds 0,1,2]              # every row per seed, + mean ± sd over seeds
 
 For each set it
 1. reads the data through lnzoo (the recipe's manifest, label columns, unlabelled rows left out,
@@ -24,6 +25,10 @@ For each set it
 Given several recipes for one set, it runs each on the same folds and adds the row of the nested
 choice between them (``lnzoo select``): per fold, the candidate with the best inner-validation AUC,
 measured on that fold's training patients, is kept; its compute is the sum of the candidates'.
+
+With ``--seeds``, every row is run once per seed (the baseline's per-fold seeds and lnzoo's
+``seed``, which also draws its inner-validation part; the outer folds stay the same), and each method
+gets a row of its mean ± sd over seeds, with its AUC difference to the baseline seed by seed.
 
 Nothing here picks settings on the held-out folds: the lnzoo recipes choose their epoch (and a
 nested choice its candidate) on the training part of each fold only, and the held-out folds are
@@ -76,7 +81,7 @@ def draw_folds(patients: list[str], y: np.ndarray, k: int = 5, seed: int = 0) ->
 
 # -- the baseline's protocol, re-implemented to keep its out-of-fold probabilities -----------------
 def run_baseline(paths: list[str], y: np.ndarray, patients: list[str], folds: dict[str, int], size: int,
-                 epochs: int, n_classes: int, log) -> tuple[np.ndarray, list[dict]]:
+                 epochs: int, n_classes: int, log, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
     import timm
     import torch
     import torch.nn.functional as F
@@ -99,10 +104,11 @@ def run_baseline(paths: list[str], y: np.ndarray, patients: list[str], folds: di
 
     for k in sorted(set(fold_of.tolist())):
         t0 = time.perf_counter()
-        torch.manual_seed(k)
-        np.random.seed(k)
+        fold_seed = k + 1000 * seed  # seed 0: the baseline script's own per-fold seeds
+        torch.manual_seed(fold_seed)
+        np.random.seed(fold_seed)
         tr, te = np.nonzero(fold_of != k)[0], np.nonzero(fold_of == k)[0]
-        pts = np.random.RandomState(k).permutation(np.unique(g[tr]))
+        pts = np.random.RandomState(fold_seed).permutation(np.unique(g[tr]))
         vap = set(pts[: len(pts) // 8])
         isva = np.array([p in vap for p in g[tr]])
         va, tr2 = tr[isva], tr[~isva]
@@ -220,6 +226,34 @@ def inner_rows(run_dir: Path) -> list[dict]:
     return rows
 
 
+def mean_of(values) -> float:
+    v = np.array([x for x in values if np.isfinite(x)], dtype=float)
+    return float(v.mean()) if len(v) else float("nan")
+
+
+def seed_summary(set_name: str, results: dict[str, list[dict]], n_seeds: int, log) -> list[str]:
+    """Rows of the mean ± sd over seeds of each method's fold-mean AUC, balanced accuracy, pooled AUC
+    and wall time, with each lnzoo method's AUC difference to the baseline seed by seed."""
+    rows = []
+    base = results.get("baseline-timm protocol")
+    log(f"\n{set_name}: over {n_seeds} seeds (mean ± sd of the per-seed figures)")
+    for label, per_seed in results.items():
+        if len(per_seed) != n_seeds:
+            continue
+        diff = ""
+        if base is not None and label != "baseline-timm protocol":
+            d = [r["auc"] - b["auc"] for r, b in zip(per_seed, base)]
+            diff = f"; AUC − baseline per seed {', '.join(f'{x:+.3f}' for x in d)} (mean {np.mean(d):+.3f})"
+        ps = [r["p"] for r in per_seed if r["p"] is not None]
+        p_txt = ("DeLong p per seed " + ", ".join(f"{x:.2g}" for x in ps)) if ps else ""
+        log(f"  {label}: AUC {mean_sd(r['auc'] for r in per_seed)}, balanced accuracy "
+            f"{mean_sd(r['bacc'] for r in per_seed)}{diff}")
+        rows.append(f"| {set_name} | {label}, mean of {n_seeds} seeds | | {mean_sd(r['auc'] for r in per_seed)} | "
+                    f"{mean_sd(r['bacc'] for r in per_seed)} | {mean_sd(r['pooled'] for r in per_seed)} | {p_txt} | "
+                    f"{np.mean([r['wall'] for r in per_seed]) / 60:.1f} min each |")
+    return rows
+
+
 def mean_sd(values) -> str:
     v = np.array([x for x in values if np.isfinite(x)], dtype=float)
     return f"{v.mean():.3f} ± {v.std(ddof=1) if len(v) > 1 else 0.0:.3f}" if len(v) else "n/a"
@@ -242,8 +276,16 @@ def main() -> None:
                     help="reuse a finished lnzoo run folder of the same name when it ran on the same folds")
     ap.add_argument("--skip-baseline", action="store_true", help="lnzoo side only (no comparison)")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results"))
+    ap.add_argument("--seeds", default=None, metavar="0,1,2",
+                    help="repeat every row with these seeds (the baseline's and lnzoo's `seed`; same folds) and add "
+                         "their mean ± sd over seeds: single runs on a few hundred images differ by several "
+                         "hundredths of AUC from seed to seed")
     ap.add_argument("--tag", default="", help="suffix for the lnzoo run folder and table, e.g. best")
     args = ap.parse_args()
+    try:
+        seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else [0]
+    except ValueError:
+        sys.exit(f"--seeds {args.seeds!r}: expected comma-separated integers, e.g. 0,1,2")
 
     from lnzoo.data.samples import MISSING
     from lnzoo.plugins import get_host
@@ -296,95 +338,111 @@ def main() -> None:
         log(f"== {set_name}: {len(pool)} images of {len(set(patients))} patients, classes {classes}; "
             f"folds in {folds_csv}")
 
-        base_oof, base_rows, base_wall = None, [], float("nan")
-        base_csv = out / f"baseline_{size}px_{epochs}ep.csv"
-        if not args.skip_baseline:
-            if args.reuse_baseline and base_csv.is_file():
-                with base_csv.open(newline="") as fh:
-                    rows = list(csv.DictReader(fh))
-                by_path = {r["path"]: r for r in rows}
-                base_oof = np.array([[float(by_path[p][f"p_{c}"]) for c in classes] for p in paths])
-                summary = json.loads(base_csv.with_suffix(".json").read_text())
-                base_rows, base_wall = summary["folds"], summary["wall_seconds"]
-                log(f"  baseline reused from {base_csv}")
-            else:
-                log(f"  baseline protocol: ResNet-18 from scratch, {size} px, {epochs} epochs")
-                t0 = time.perf_counter()
-                base_oof, base_rows = run_baseline(paths, y, patients, folds, size, epochs, len(classes), log)
-                base_wall = time.perf_counter() - t0
-                with base_csv.open("w", newline="") as fh:
-                    w = csv.writer(fh)
-                    w.writerow(["path", "patient", "fold", "y", *[f"p_{c}" for c in classes]])
-                    for i, p in enumerate(paths):
-                        w.writerow([p, patients[i], folds[patients[i]], classes[y[i]], *[f"{v:.6f}" for v in base_oof[i]]])
-                base_csv.with_suffix(".json").write_text(json.dumps({"folds": base_rows, "wall_seconds": base_wall,
-                                                                     "size": size, "epochs": epochs}, indent=2))
+        seed_results: dict[str, list[dict]] = {}  # method -> one result per seed
+        for seed in seeds:
+            sfx = f"_s{seed}" if seed else ""
+            seed_sets = [*args.sets_, f"seed={seed}"] if args.seeds else list(args.sets_)
+            seed_label = f", seed {seed}" if len(seeds) > 1 else ""
+            base_oof, base_rows, base_wall = None, [], float("nan")
+            base_csv = out / f"baseline_{size}px_{epochs}ep{sfx}.csv"
+            if not args.skip_baseline:
+                if args.reuse_baseline and base_csv.is_file() and \
+                        json.loads(base_csv.with_suffix(".json").read_text()).get("seed", 0) == seed:
+                    with base_csv.open(newline="") as fh:
+                        rows = list(csv.DictReader(fh))
+                    by_path = {r["path"]: r for r in rows}
+                    base_oof = np.array([[float(by_path[p][f"p_{c}"]) for c in classes] for p in paths])
+                    summary = json.loads(base_csv.with_suffix(".json").read_text())
+                    base_rows, base_wall = summary["folds"], summary["wall_seconds"]
+                    log(f"  baseline reused from {base_csv}")
+                else:
+                    log(f"  baseline protocol: ResNet-18 from scratch, {size} px, {epochs} epochs")
+                    t0 = time.perf_counter()
+                    base_oof, base_rows = run_baseline(paths, y, patients, folds, size, epochs, len(classes), log,
+                                                       seed)
+                    base_wall = time.perf_counter() - t0
+                    with base_csv.open("w", newline="") as fh:
+                        w = csv.writer(fh)
+                        w.writerow(["path", "patient", "fold", "y", *[f"p_{c}" for c in classes]])
+                        for i, p in enumerate(paths):
+                            w.writerow([p, patients[i], folds[patients[i]], classes[y[i]], *[f"{v:.6f}" for v in base_oof[i]]])
+                    base_csv.with_suffix(".json").write_text(json.dumps({"folds": base_rows, "wall_seconds": base_wall,
+                                                                         "size": size, "epochs": epochs,
+                                                                         "seed": seed}, indent=2))
 
-        fold_of = np.array([folds[p] for p in patients])
-        pooled_b = fold_auc(y, base_oof) if base_oof is not None else float("nan")
-        if base_oof is not None:
-            table.append(f"| {set_name} | baseline-timm protocol | {size} px / {epochs} | "
-                         f"{mean_sd(r['auc'] for r in base_rows)} | {mean_sd(r['bacc'] for r in base_rows)} | "
-                         f"{pooled_b:.3f} | | {base_wall / 60:.1f} min |")
-
-        def report(label: str, run_dir: Path, wall: float, size_epochs: str, chosen: list[str] | None = None) -> None:
-            oof = read_oof(run_dir, main, paths, classes)
-            rows = inner_rows(run_dir)
-            for r in rows:
-                te = fold_of == r["fold"]
-                r.update(auc=fold_auc(y[te], oof[te]), bacc=fold_bacc(y[te], oof[te]))
-            log(f"\n{set_name}, {label}: per fold (held-out AUC / balanced accuracy; the inner-validation AUC "
-                "that picked the epoch" + (" and the candidate" if chosen else "") + ")")
-            for i, k in enumerate(sorted(set(folds.values()))):
-                b = next((r for r in base_rows if r["fold"] == k), None)
-                ln = next(r for r in rows if r["fold"] == k)
-                bs = f"baseline {b['auc']:.3f} / {b['bacc']:.3f} (val {b['val_auc']:.3f})" if b else ""
-                who = f" [{chosen[i]}]" if chosen else ""
-                log(f"  fold {k}: lnzoo {ln['auc']:.3f} / {ln['bacc']:.3f} (val {ln['val_auc']:.3f}){who}   {bs}")
-            pooled_ln = fold_auc(y, oof)
-            stats_txt = ""
+            fold_of = np.array([folds[p] for p in patients])
+            pooled_b = fold_auc(y, base_oof) if base_oof is not None else float("nan")
             if base_oof is not None:
-                plain = auc_difference_test(y, oof, base_oof)
-                clustered = auc_difference_test(y, oof, base_oof, groups=patients)
-                stats_txt = f"{plain['p_value']:.3g} / {clustered['p_value']:.3g}"
-                log(f"  pooled OOF AUC: lnzoo {pooled_ln:.3f} vs baseline {pooled_b:.3f}; DeLong z {plain['z']:.2f} "
-                    f"p {plain['p_value']:.3g}; clustered by patient z {clustered['z']:.2f} p {clustered['p_value']:.3g}")
-                log(f"  wall time: lnzoo {wall / 60:.1f} min vs baseline {base_wall / 60:.1f} min "
-                    f"({wall / base_wall - 1:+.0%})")
-            table.append(f"| {set_name} | {label} | {size_epochs} | {mean_sd(r['auc'] for r in rows)} | "
-                         f"{mean_sd(r['bacc'] for r in rows)} | {pooled_ln:.3f} | {stats_txt} | {wall / 60:.1f} min |")
+                seed_results.setdefault("baseline-timm protocol", []).append(
+                    {"auc": mean_of(r["auc"] for r in base_rows), "bacc": mean_of(r["bacc"] for r in base_rows),
+                     "pooled": pooled_b, "wall": base_wall, "p": None})
+                table.append(f"| {set_name} | baseline-timm protocol{seed_label} | {size} px / {epochs} | "
+                             f"{mean_sd(r['auc'] for r in base_rows)} | {mean_sd(r['bacc'] for r in base_rows)} | "
+                             f"{pooled_b:.3f} | | {base_wall / 60:.1f} min |")
 
-        tag = ("_" + args.tag) if args.tag else ""
-        candidates = []
-        for path in paths_of_set:
-            recipe = load_recipe(path, host=host,
-                                 sets=[*args.sets_, f'cv.folds_file="{folds_csv}"', 'cv.run_folds="all"'])
-            stems = [q.stem for q in paths_of_set]
-            suffix = path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{paths_of_set.index(path)}"
-            run_dir = out / (f"lnzoo{tag}" if len(paths_of_set) == 1 else f"lnzoo{tag}_{suffix}")
-            log(f"  lnzoo: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} "
-                f"{' '.join(args.sets_)} -> {run_dir}")
-            wall = run_lnzoo(recipe, host, run_dir, args.reuse_lnzoo, folds, log)
-            assert same_folds(read_folds(run_dir), folds), "lnzoo used other folds than the baseline"
-            pre = pretraining_seconds(recipe)
-            name = recipe.name + (f" ({' '.join(args.sets_)})" if args.sets_ else "")
-            label = f"lnzoo `{name}`" + (f" (+ {pre / 60:.1f} min pretraining, counted)" if pre and np.isfinite(pre)
-                                         else " (pretraining time unknown: no run.json)" if pre else "")
-            size_epochs = f"{recipe.data['data']['image_size']} px / {recipe.data['train']['epochs']}"
-            report(label, run_dir, wall + (pre if np.isfinite(pre) else 0.0), size_epochs)
-            candidates.append((run_dir, wall + (pre if np.isfinite(pre) else 0.0), recipe.name))
-        if len(candidates) > 1:
-            import shutil
+            def report(label: str, run_dir: Path, wall: float, size_epochs: str, chosen: list[str] | None = None) -> None:
+                oof = read_oof(run_dir, main, paths, classes)
+                rows = inner_rows(run_dir)
+                for r in rows:
+                    te = fold_of == r["fold"]
+                    r.update(auc=fold_auc(y[te], oof[te]), bacc=fold_bacc(y[te], oof[te]))
+                log(f"\n{set_name}, {label}: per fold (held-out AUC / balanced accuracy; the inner-validation AUC "
+                    "that picked the epoch" + (" and the candidate" if chosen else "") + ")")
+                for i, k in enumerate(sorted(set(folds.values()))):
+                    b = next((r for r in base_rows if r["fold"] == k), None)
+                    ln = next(r for r in rows if r["fold"] == k)
+                    bs = f"baseline {b['auc']:.3f} / {b['bacc']:.3f} (val {b['val_auc']:.3f})" if b else ""
+                    who = f" [{chosen[i]}]" if chosen else ""
+                    log(f"  fold {k}: lnzoo {ln['auc']:.3f} / {ln['bacc']:.3f} (val {ln['val_auc']:.3f}){who}   {bs}")
+                pooled_ln = fold_auc(y, oof)
+                stats_txt, plain = "", None
+                if base_oof is not None:
+                    plain = auc_difference_test(y, oof, base_oof)
+                    clustered = auc_difference_test(y, oof, base_oof, groups=patients)
+                    stats_txt = f"{plain['p_value']:.3g} / {clustered['p_value']:.3g}"
+                    log(f"  pooled OOF AUC: lnzoo {pooled_ln:.3f} vs baseline {pooled_b:.3f}; DeLong z {plain['z']:.2f} "
+                        f"p {plain['p_value']:.3g}; clustered by patient z {clustered['z']:.2f} p {clustered['p_value']:.3g}")
+                    log(f"  wall time: lnzoo {wall / 60:.1f} min vs baseline {base_wall / 60:.1f} min "
+                        f"({wall / base_wall - 1:+.0%})")
+                seed_results.setdefault(label, []).append(
+                    {"auc": mean_of(r["auc"] for r in rows), "bacc": mean_of(r["bacc"] for r in rows),
+                     "pooled": pooled_ln, "wall": wall, "p": plain["p_value"] if plain else None})
+                table.append(f"| {set_name} | {label}{seed_label} | {size_epochs} | {mean_sd(r['auc'] for r in rows)} | "
+                             f"{mean_sd(r['bacc'] for r in rows)} | {pooled_ln:.3f} | {stats_txt} | {wall / 60:.1f} min |")
 
-            from lnzoo.select import select_runs
-            nested_dir = out / f"lnzoo{tag}_nested"
-            if nested_dir.exists():
-                shutil.rmtree(nested_dir)
-            result = select_runs([c[0] for c in candidates], nested_dir)
-            chosen = [f["chosen"] for f in result["folds"]]
-            names = {c[0].name: c[2] for c in candidates}
-            report(f"lnzoo nested choice of {', '.join(f'`{c[2]}`' for c in candidates)}", nested_dir,
-                   sum(c[1] for c in candidates), "as each candidate", [names[c] for c in chosen])
+            tag = ("_" + args.tag) if args.tag else ""
+            candidates = []
+            for path in paths_of_set:
+                recipe = load_recipe(path, host=host,
+                                     sets=[*seed_sets, f'cv.folds_file="{folds_csv}"', 'cv.run_folds="all"'])
+                stems = [q.stem for q in paths_of_set]
+                suffix = path.stem if stems.count(path.stem) == 1 else f"{path.stem}_{paths_of_set.index(path)}"
+                run_dir = out / (f"lnzoo{tag}{sfx}" if len(paths_of_set) == 1 else f"lnzoo{tag}_{suffix}{sfx}")
+                log(f"  lnzoo: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} "
+                    f"{' '.join(seed_sets)} -> {run_dir}")
+                wall = run_lnzoo(recipe, host, run_dir, args.reuse_lnzoo, folds, log)
+                assert same_folds(read_folds(run_dir), folds), "lnzoo used other folds than the baseline"
+                pre = pretraining_seconds(recipe)
+                name = recipe.name + (f" ({' '.join(args.sets_)})" if args.sets_ else "")
+                label = f"lnzoo `{name}`" + (f" (+ {pre / 60:.1f} min pretraining, counted)" if pre and np.isfinite(pre)
+                                             else " (pretraining time unknown: no run.json)" if pre else "")
+                size_epochs = f"{recipe.data['data']['image_size']} px / {recipe.data['train']['epochs']}"
+                report(label, run_dir, wall + (pre if np.isfinite(pre) else 0.0), size_epochs)
+                candidates.append((run_dir, wall + (pre if np.isfinite(pre) else 0.0), recipe.name))
+            if len(candidates) > 1:
+                import shutil
+
+                from lnzoo.select import select_runs
+                nested_dir = out / f"lnzoo{tag}_nested{sfx}"
+                if nested_dir.exists():
+                    shutil.rmtree(nested_dir)
+                result = select_runs([c[0] for c in candidates], nested_dir)
+                chosen = [f["chosen"] for f in result["folds"]]
+                names = {c[0].name: c[2] for c in candidates}
+                report(f"lnzoo nested choice of {', '.join(f'`{c[2]}`' for c in candidates)}", nested_dir,
+                       sum(c[1] for c in candidates), "as each candidate", [names[c] for c in chosen])
+        if len(seeds) > 1:
+            table.extend(seed_summary(set_name, seed_results, len(seeds), log))
         (out / f"accuracy{('_' + args.tag) if args.tag else ''}.md").write_text(
             "\n".join([*table[:2], *[r for r in table[2:] if r.startswith(f"| {set_name} |")]]) + "\n")
         (out_root / f"accuracy{('_' + args.tag) if args.tag else ''}.md").write_text("\n".join(table) + "\n")

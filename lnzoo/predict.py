@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lnzoo.data.samples import Sample
+from lnzoo.data.samples import Sample, apply_empty_roi
 from lnzoo.errors import UsageError
 
 
@@ -74,10 +74,19 @@ class Ensemble:
             views = list(m.meta["views"])
             suffix = m.meta["recipe"]["data"].get("crop_suffix", "-crop")
             if items and isinstance(items[0], Sample):  # manifest rows: views, ROI boxes/masks, covariates
-                per_view = [{v: item.views.get(v) for v in views} for item in items]
-                samples = [Sample(dict(pv), item.patient, {}, item.origin, covariates=dict(item.covariates),
-                                  rois={v: r for v, r in item.rois.items() if v in views})
-                           for pv, item in zip(per_view, items)]
+                policy = m.meta["recipe"]["data"].get("empty_roi", "error")
+                per_view, samples = [], []
+                for item in items:  # each member applies its own data.empty_roi to an empty mask
+                    pv, rois = {v: item.views.get(v) for v in views}, {}
+                    if "roi" in item.rois and pv.get("roi") is not None:
+                        problems: list[str] = []
+                        got = apply_empty_roi(pv, item.rois["roi"], policy, item.origin, problems)
+                        if got is None:
+                            raise UsageError(f"{problems[0]} (data.empty_roi of {m.source})")
+                        pv, rois = got
+                    per_view.append(pv)
+                    samples.append(Sample(dict(pv), item.patient, {}, item.origin,
+                                          covariates=dict(item.covariates), rois=rois))
                 if any(all(p is None for p in pv.values()) for pv in per_view):
                     bad = next(i.origin for i, pv in zip(items, per_view) if all(p is None for p in pv.values()))
                     raise UsageError(f"{bad}: no image for any of the views {views} of {m.source}")
@@ -158,12 +167,22 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> Path:
 
 
 def manifest_samples(models: Sequence[str | Path], manifest: Path, host=None) -> list[Any]:
-    """Read a CSV of rows to predict on with the views (and ROI columns) of the first model given."""
+    """Read a CSV of rows to predict on with the views of all the models given and the ROI columns
+    of those with a 'roi' view. Empty masks are kept as read: each member applies its own
+    ``data.empty_roi`` when it predicts."""
     from lnzoo.data.samples import read_serving_manifest
 
     ens = Ensemble(models, host)
     views = sorted({v for m in ens.members for v in m.meta["views"]})
-    return read_serving_manifest(manifest, views, ens.members[0].meta["recipe"]["data"])
+    with_roi = [m for m in ens.members if "roi" in m.meta["views"]] or ens.members[:1]
+    cfg = dict(with_roi[0].meta["recipe"]["data"])
+    for m in with_roi[1:]:
+        other = m.meta["recipe"]["data"]
+        for key in ("mask_column", "bbox_column"):
+            if other.get(key) != cfg.get(key):
+                raise UsageError(f"{m.source} reads its ROI from data.{key} = {other.get(key)!r}, "
+                                 f"{with_roi[0].source} from {cfg.get(key)!r}; one manifest cannot serve both")
+    return read_serving_manifest(manifest, views, {**cfg, "empty_roi": "error"})
 
 
 def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None) -> list[dict[str, Any]]:

@@ -134,6 +134,45 @@ def test_a_roi_model_is_served_from_a_manifest_that_names_each_box(tmp_path):
     assert f"{serve}:2: bbox '1 2' is not" in bad.stderr and f"{serve}:3: image not found" in bad.stderr
 
 
+
+def test_each_served_member_applies_its_own_empty_roi_policy(tmp_path):
+    import json
+    import shutil
+
+    from PIL import Image
+
+    from lnzoo.predict import manifest_samples
+
+    host = load_plugins()
+    run = tmp_path / "run"
+    run_recipe(_recipe(["data.views=['roi']", "data.phantom.source='manifest'", "cv.folds=2",
+                        "train.epochs=1"], host), host, run)
+    # the same weights as two members: one trained with data.empty_roi = "error", one with "whole_image"
+    members = {}
+    for policy in ("error", "whole_image"):
+        for ext in (".safetensors", ".json"):
+            shutil.copy(run / "fold0" / f"best{ext}", tmp_path / f"{policy}{ext}")
+        meta = json.loads((tmp_path / f"{policy}.json").read_text())
+        meta["recipe"]["data"]["empty_roi"] = policy
+        (tmp_path / f"{policy}.json").write_text(json.dumps(meta))
+        members[policy] = tmp_path / f"{policy}.safetensors"
+    with (run / "predictions.csv").open() as fh:
+        image = next(r for r in csv.DictReader(fh) if r["part"] == "cv")["path_roi"]
+    size = Image.open(image).size
+    Image.new("L", size).save(tmp_path / "empty.png")
+    serve = tmp_path / "serve.csv"
+    serve.write_text(f"path,mask\n{image},empty.png\n")
+    whole = Ensemble([members["whole_image"]], host)
+    p_whole = whole.predict(manifest_samples([members["whole_image"]], serve, host))[0]["malignancy"]
+    p_image = whole.predict([Sample({"roi": Path(image)}, "", {}, "bare")])[0]["malignancy"]
+    np.testing.assert_allclose(p_whole, p_image, atol=1e-6)  # the empty mask served the uncropped image
+    # whichever member comes first, the one trained with "error" refuses the empty mask
+    for order in (["whole_image", "error"], ["error", "whole_image"]):
+        models = [members[o] for o in order]
+        with pytest.raises(DataError, match="empty.png is empty"):
+            Ensemble(models, host).predict(manifest_samples(models, serve, host))
+
+
 EXAMPLES = sorted((REPO / "recipes" / "examples").glob("*.toml"))
 
 

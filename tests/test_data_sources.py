@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from lnzoo.data.images import Preprocessing, load_image
+from lnzoo.data.images import Preprocessing, load_image, roi_box
 from lnzoo.data.samples import MISSING, load_source
 from lnzoo.data.splits import check_leakage, patient_folds
 from lnzoo.errors import DataError
@@ -205,3 +205,18 @@ def test_empty_masks_follow_the_recipe_policy_whole_image_or_missing_view(tmp_pa
     assert served[0].views["roi"] is not None and not served[0].rois
     with pytest.raises(DataError, match="empty_roi"):
         load_image(empty.views["full"], pre, "m.csv:3", roi=tmp_path / "empty_mask.png")
+
+
+def test_a_mask_larger_than_its_image_crops_to_its_scaled_extent_even_when_tiny(tmp_path):
+    from lnzoo.data.samples import _mask_is_empty
+
+    big = np.zeros((400, 400), np.uint8)
+    big[200:203, 300:303] = 255  # 3x3 marked pixels: nearest-neighbour resizing to 40x40 would lose them
+    Image.fromarray(big).save(tmp_path / "big_mask.png")
+    assert not _mask_is_empty(tmp_path / "big_mask.png")
+    x0, y0, x1, y1 = roi_box(tmp_path / "big_mask.png", (40, 40), margin=0.0)
+    assert (x0, y0) == (30, 20) and x1 - x0 >= 1 and y1 - y0 >= 1
+    half = np.zeros((40, 80), np.uint8)  # a mask at twice the image's width marking its right half
+    half[:, 40:] = 255
+    Image.fromarray(half).save(tmp_path / "half_mask.png")
+    assert roi_box(tmp_path / "half_mask.png", (40, 40), margin=0.0) == (20, 0, 40, 40)

@@ -97,13 +97,14 @@ def roi_box(roi, size: tuple[int, int], margin: float, origin: str = "") -> tupl
                 mask = np.asarray(m.convert("L")) > 0
         except (OSError, UnidentifiedImageError) as exc:
             raise DataError([f"{origin}: mask {roi}: unreadable ({exc})"]) from None
-        if mask.shape[::-1] != size:
-            mask = np.asarray(Image.fromarray(mask.astype(np.uint8) * 255).resize(size, Image.NEAREST)) > 0
         ys, xs = np.nonzero(mask)
         if len(xs) == 0:
             raise DataError([f"{origin}: mask {roi} is empty, so there is no ROI to crop "
                              "(data.empty_roi = \"whole_image\" or \"missing\" decides for such rows)"])
-        x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+        # the mask's extent, scaled to the image when their sizes differ (a few marked pixels of a
+        # large mask are never lost to resampling)
+        sx, sy = size[0] / mask.shape[1], size[1] / mask.shape[0]
+        x0, y0, x1, y1 = xs.min() * sx, ys.min() * sy, (xs.max() + 1) * sx, (ys.max() + 1) * sy
     else:
         x0, y0, x1, y1 = roi
     w, h = x1 - x0, y1 - y0
@@ -111,7 +112,9 @@ def roi_box(roi, size: tuple[int, int], margin: float, origin: str = "") -> tupl
     y0, y1 = max(0, y0 - margin * h), min(size[1], y1 + margin * h)
     if x1 <= x0 or y1 <= y0:
         raise DataError([f"{origin}: box {roi} lies outside the {size[0]}x{size[1]} image"])
-    return int(round(x0)), int(round(y0)), int(round(x1)), int(round(y1))
+    bx0, by0 = min(int(round(x0)), size[0] - 1), min(int(round(y0)), size[1] - 1)
+    # at least one pixel: a box thinner than a pixel (a mask larger than its image) still crops
+    return bx0, by0, max(int(round(x1)), bx0 + 1), max(int(round(y1)), by0 + 1)
 
 
 def load_image(path: Path, pre: Preprocessing, origin: str = "", roi=None, margin: float = 0.1) -> np.ndarray:

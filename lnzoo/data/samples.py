@@ -138,23 +138,28 @@ def _row_views(row: Mapping[str, str], columns: Mapping[str, str], base: Path, c
     if all(p is None for p in view_paths.values()):
         problems.append(f"{where}: no image path in any view column {sorted(set(columns.values()))}")
         return None
-    rois = {}
     if "roi" in view_paths and view_paths["roi"] is not None:
         roi = _parse_roi(row, base, cfg, where, problems)
         if roi is None:
             return None
-        policy = cfg.get("empty_roi", "error")
-        if policy != "error" and isinstance(roi, Path) and _mask_is_empty(roi):
-            if policy == "missing":  # the view is absent, like a missing CDFI image; other views predict
-                view_paths["roi"] = None
-                if all(p is None for p in view_paths.values()):
-                    problems.append(f"{where}: mask {roi} is empty and 'roi' is this row's only view; "
-                                    "data.empty_roi = \"whole_image\" uses the uncropped image instead")
-                    return None
-            # whole_image: no box, so the 'roi' view is the uncropped image
-        else:
-            rois["roi"] = roi
-    return view_paths, rois
+        return apply_empty_roi(view_paths, roi, cfg.get("empty_roi", "error"), where, problems)
+    return view_paths, {}
+
+
+def apply_empty_roi(view_paths: Mapping[str, Path | None], roi, policy: str, where: str, problems: list[str]):
+    """A 'roi' view's (view paths, rois) under ``data.empty_roi`` when its mask marks nothing: kept
+    as it is for "error" (loading says so), the uncropped image for "whole_image", an absent view
+    for "missing". None (with a problem) if that leaves the row no view."""
+    view_paths = dict(view_paths)
+    if policy == "error" or not isinstance(roi, Path) or not _mask_is_empty(roi):
+        return view_paths, {"roi": roi}
+    if policy == "missing":  # the view is absent, like a missing CDFI image; other views predict
+        view_paths["roi"] = None
+        if all(p is None for p in view_paths.values()):
+            problems.append(f"{where}: mask {roi} is empty and 'roi' is this row's only view; "
+                            "data.empty_roi = \"whole_image\" uses the uncropped image instead")
+            return None
+    return view_paths, {}  # whole_image: no box, so the 'roi' view is the uncropped image
 
 
 def _mask_is_empty(mask: Path) -> bool:
