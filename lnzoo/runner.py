@@ -342,7 +342,7 @@ def run_recipe(recipe, host, out_dir: Path, console=None) -> dict[str, Any]:
             tr_idx, va_idx = inner_validation(rest, cfg["train"]["val_fraction"], main, cfg["seed"] + k)
             train_s, val_s = [rest[i] for i in tr_idx], [rest[i] for i in va_idx]
             check_leakage({"train": train_s, "validation": val_s, "held-out fold": held})
-            ui.start_fold(k, len(folds), len(train_s), len(val_s), len(held))
+            ui.start_fold(k, len(folds), len(train_s), len(val_s), len(held), cfg["train"]["keep"])
             result = trainer.fit(train_s, val_s, seed=cfg["seed"] + k, fold=k)
             model = result.model
             temperatures = fit_temperatures(trainer.predict(model, val_s), tasks)

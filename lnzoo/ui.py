@@ -37,8 +37,9 @@ class RunProgress:
         if done == total or done % 25 == 0:
             self.progress.update(self._bar("decode", "decode images", total), completed=done)
 
-    def start_fold(self, k: int, n_folds: int, n_train: int, n_val: int, n_held: int) -> None:
-        self.console.print(f"[bold]fold {k}[/]: train {n_train} images, validation {n_val} (picks the epoch), "
+    def start_fold(self, k: int, n_folds: int, n_train: int, n_val: int, n_held: int, keep: str = "best") -> None:
+        role = "picks the epoch" if keep == "best" else "curves only: the last epoch is kept"
+        self.console.print(f"[bold]fold {k}[/]: train {n_train} images, validation {n_val} ({role}), "
                            f"held-out {n_held}")
 
     def train(self, event: str, **kw: Any) -> None:
