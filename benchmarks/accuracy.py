@@ -30,9 +30,9 @@ With ``--seeds``, every row is run once per seed (the baseline's per-fold seeds 
 ``seed``, which also draws its inner-validation part; the outer folds stay the same), and each method
 gets a row of its mean ± sd over seeds, with its AUC difference to the baseline seed by seed.
 
-Nothing here picks settings on the held-out folds: the lnzoo recipes choose their epoch (and a
-nested choice its candidate) on the training part of each fold only, and the held-out folds are
-only scored. It prints figures; it asserts nothing.
+Nothing here picks settings on the held-out folds: the lnzoo recipes keep their last epoch or
+choose it (and a nested choice its candidate) on the training part of each fold only, and the
+held-out folds are only scored. It prints figures; it asserts nothing.
 """
 from __future__ import annotations
 
@@ -218,7 +218,7 @@ def read_oof(run_dir: Path, main: str, paths: list[str], classes: list[str]) -> 
 
 
 def inner_rows(run_dir: Path) -> list[dict]:
-    """Per fold: the inner-validation score that picked its epoch (a nested choice: its winner's)."""
+    """Per fold: the inner-validation score of its kept epoch (a nested choice: its winner's)."""
     rows = []
     for k in sorted(int(d.name[4:]) for d in run_dir.glob("fold*") if (d / "best.json").is_file()):
         meta = json.loads((run_dir / f"fold{k}" / "best.json").read_text())
@@ -387,7 +387,7 @@ def main() -> None:
                     te = fold_of == r["fold"]
                     r.update(auc=fold_auc(y[te], oof[te]), bacc=fold_bacc(y[te], oof[te]))
                 log(f"\n{set_name}, {label}: per fold (held-out AUC / balanced accuracy; the inner-validation AUC "
-                    "that picked the epoch" + (" and the candidate" if chosen else "") + ")")
+                    "of the kept epoch" + (" and the candidate" if chosen else "") + ")")
                 for i, k in enumerate(sorted(set(folds.values()))):
                     b = next((r for r in base_rows if r["fold"] == k), None)
                     ln = next(r for r in rows if r["fold"] == k)

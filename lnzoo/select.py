@@ -2,14 +2,14 @@
 
 Every candidate run (another recipe, backbone or setting) was trained fold by fold on the same
 patient folds. For each fold the candidate with the best *inner-validation* score wins: the score
-that picked its epoch, measured on a part of that fold's training patients (``fold{k}/best.json``,
-``monitor``). The held-out fold is never looked at to choose, so the chosen models' held-out
+of the epoch it kept (its best with ``train.keep = "best"``, its last with ``"last"``), measured on a
+part of that fold's training patients (``fold{k}/best.json``, ``monitor``). The held-out fold is never looked at to choose, so the chosen models' held-out
 predictions are an honest estimate of "pick the best of these settings on my training data",
 unlike picking the run with the best cross-validated AUC, which reads the test folds.
 
-Each candidate's inner score is its best epoch's, so a candidate that ran more epochs had more
-draws at a high score; compare candidates of equal epochs, or with ``train.keep = "last"``, when
-that matters. The inner parts are small (a 15% patient split), so the choice is noisy too: that is
+With ``keep = "best"`` a candidate's inner score is its best epoch's, so a candidate that ran more
+epochs had more draws at a high score; compare candidates of equal epochs, or with
+``train.keep = "last"``, when that matters. The inner parts are small (a 15% patient split), so the choice is noisy too: that is
 the price of not reading the test folds, and the estimate says what it costs.
 
 The output is a run directory: ``selection.json`` (who won each fold and on what scores),
@@ -67,7 +67,7 @@ class _Candidate:
             raise UsageError(f"{self.path}: no cross-validation folds were run (linear probe or test-only run?)")
 
     def inner_score(self, k: int) -> tuple[str, float]:
-        """(metric name, value): the inner-validation metric that picked fold k's epoch (NaN: undefined)."""
+        """(metric name, value): the inner-validation metric of fold k's kept epoch (NaN: undefined)."""
         monitor = self.meta[k].get("monitor") or {}
         if len(monitor) != 1:
             raise UsageError(f"{self.path}/fold{k}/best.json: no inner-validation score ('monitor') recorded")
