@@ -146,7 +146,8 @@ def run_lnzoo(recipe, host, out_dir: Path, reuse: bool, folds: dict[str, int], l
     """Run a recipe on the benchmark's folds (or reuse a finished run on the same folds); its wall time."""
     from rich.console import Console
 
-    from lnzoo.runner import run_recipe
+    from lnzoo.pipeline import fit_folds
+    from lnzoo.ui import RunView
 
     if reuse and (out_dir / "metrics.json").is_file() and (out_dir / "run.json").is_file():
         same_recipe = same_settings(tomllib.loads((out_dir / "recipe.toml").read_text(encoding="utf-8")),
@@ -159,7 +160,8 @@ def run_lnzoo(recipe, host, out_dir: Path, reuse: bool, folds: dict[str, int], l
         import shutil
         shutil.rmtree(out_dir)
     t0 = time.perf_counter()
-    run_recipe(recipe, host, out_dir, console=Console(stderr=True))
+    with RunView(Console(stderr=True)) as view:
+        fit_folds(recipe, host, out_dir, view)
     return time.perf_counter() - t0
 
 
@@ -290,8 +292,8 @@ def main() -> None:
     from lnzoo.data.samples import MISSING
     from lnzoo.plugins import get_host
     from lnzoo.recipe import load_recipe
-    from lnzoo.runner import load_run_data, recipe_tasks
-    from lnzoo.stats import auc_difference_test
+    from lnzoo.data.run_data import load_run_data, recipe_tasks
+    from lnzoo.evaluation.stats import auc_difference_test
 
     def log(msg: str) -> None:
         print(msg, flush=True)

@@ -19,7 +19,7 @@ from lnzoo.data.images import Preprocessing
 from lnzoo.model import build_model
 from lnzoo.plugins import get_host
 from lnzoo.recipe import load_recipe
-from lnzoo.runner import load_run_data, recipe_tasks
+from lnzoo.data.run_data import load_run_data, recipe_tasks
 from lnzoo.train import Trainer, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def main() -> None:
     trainer = Trainer(recipe, host, tasks, cache)
     ds = NodeDataset(data.pool, recipe["data.views"], list(tasks), cache,
                      build_augment(recipe["data.augment"], args.image_size))
-    loader = trainer._loader(ds, True, seed=0)
+    loader = trainer.loader(ds, seed=0)
 
     def batches(n):
         it = iter(loader)

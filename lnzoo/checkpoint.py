@@ -53,33 +53,3 @@ def read_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]]:
         return weights, json.loads(sidecar.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise UsageError(f"{sidecar}: not valid JSON: {exc}") from None
-
-
-def load_model(path: str | Path, host=None):
-    """Rebuild a model from its sidecar and load its weights; returns (model, sidecar)."""
-    from safetensors.torch import load_file
-
-    from lnzoo.recipe import resolve
-    from lnzoo.tasks import Task
-
-    if host is None:
-        from lnzoo.plugins import get_host
-        host = get_host()
-    weights, meta = read_sidecar(path)
-    recipe = resolve(meta["recipe"], host=host, source=meta.get("recipe_source"))
-    recipe.data["model"]["backbone"] = {**recipe.data["model"]["backbone"], "pretrained": False}
-    tasks = {name: Task.from_dict(d, source=f"{weights} sidecar") for name, d in meta["tasks"].items()}
-    from lnzoo.model import build_model
-    covariates = None
-    if meta.get("covariates"):
-        from lnzoo.data.covariates import CovariateEncoder
-        covariates = CovariateEncoder.from_dict(meta["covariates"])
-    model = build_model(recipe, host, tasks, covariates)
-    model.covariate_encoder = covariates
-    state = load_file(str(weights))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if missing or unexpected:
-        raise UsageError(f"{weights}: does not fit the model its sidecar describes "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
-    model.eval()
-    return model, meta

@@ -8,18 +8,28 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
 from lnzoo import __version__
 from lnzoo.errors import LnzooError, UsageError
+from lnzoo.ui import wide_console
+
+class _Command(typer.core.TyperCommand):
+    """A command whose --help row shows no type placeholder (typer would print ``<bool>``)."""
+
+    def get_help_option(self, ctx):
+        option = super().get_help_option(ctx)
+        if option is not None:
+            option.metavar = ""
+        return option
+
 
 app = typer.Typer(name="lnzoo", no_args_is_help=True, add_completion=False, rich_markup_mode="rich",
                   help="Plugin-based multi-task model zoo for lymph node ultrasound.")
-console = Console()
-err = Console(stderr=True)
+console = wide_console()
+err = wide_console(stderr=True)
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for machines instead of a table.")]
+JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print JSON for machines instead of a table.")]
 
 
 def guarded(fn: Callable) -> Callable:
@@ -41,7 +51,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def _root(version: Annotated[Optional[bool], typer.Option("--version", callback=_version, is_eager=True,
+def _root(version: Annotated[Optional[bool], typer.Option("--version", metavar="", callback=_version, is_eager=True,
                                                           help="Show the version and exit.")] = None) -> None:
     """Plugin-based multi-task model zoo for lymph node ultrasound."""
 
@@ -54,8 +64,10 @@ def _host():
 def _list(kind: str, as_json: bool) -> None:
     entries = list(_host().registry(kind))
     if kind == "task":
-        rows = [{"name": e.name, "description": e.description, "classes": list(e.build().classes),
-                 "distribution": e.provenance.distribution, "version": e.provenance.version} for e in entries]
+        tasks = [(e, e.build()) for e in entries]
+        rows = [{"name": e.name, "description": e.description, "classes": list(t.classes),
+                 "aliases": {c: list(a) for c, a in t.aliases.items()}, "passes_on": t.passes_on,
+                 "distribution": e.provenance.distribution, "version": e.provenance.version} for e, t in tasks]
     else:
         rows = [{"name": e.name, "description": e.description, "distribution": e.provenance.distribution,
                  "version": e.provenance.version,
@@ -67,46 +79,63 @@ def _list(kind: str, as_json: bool) -> None:
     table.add_column("name", style="bold cyan")
     if kind == "task":
         table.add_column("classes")
+        table.add_column("aliases", overflow="fold")
     table.add_column("description")
     table.add_column("source")
     for r in rows:
-        cells = [r["name"]] + ([", ".join(r["classes"])] if kind == "task" else [])
+        cells = [r["name"]] + ([", ".join(r["classes"]), "\n".join(
+            f"{c}: {', '.join(a)}" for c, a in r["aliases"].items())] if kind == "task" else [])
         table.add_row(*cells, r["description"], f"{r['distribution']} {r['version']}")
     console.print(table)
 
 
-@app.command("list-heads")
+@app.command(cls=_Command, name="list-heads")
 @guarded
 def list_heads(as_json: JsonOpt = False) -> None:
-    """List the registered task heads."""
+    """List the registered task heads.
+
+    Example: lnzoo list-heads --json
+    """
     _list("head", as_json)
 
 
-@app.command("list-backbones")
+@app.command(cls=_Command, name="list-backbones")
 @guarded
 def list_backbones(as_json: JsonOpt = False) -> None:
-    """List the registered backbones (``timm`` takes any timm model name)."""
+    """List the registered backbones (``timm`` takes any timm model name).
+
+    Example: lnzoo list-backbones
+    """
     _list("backbone", as_json)
 
 
-@app.command("list-fusions")
+@app.command(cls=_Command, name="list-fusions")
 @guarded
 def list_fusions(as_json: JsonOpt = False) -> None:
-    """List the registered view-fusion strategies."""
+    """List the registered view-fusion strategies.
+
+    Example: lnzoo list-fusions
+    """
     _list("fusion", as_json)
 
 
-@app.command("list-tasks")
+@app.command(cls=_Command, name="list-tasks")
 @guarded
 def list_tasks(as_json: JsonOpt = False) -> None:
-    """List the registered tasks with their classes."""
+    """List the registered tasks with their classes and the label aliases (e.g. 良性, 肿大) each accepts.
+
+    Example: lnzoo list-tasks --json
+    """
     _list("task", as_json)
 
 
-@app.command("plugins")
+@app.command(cls=_Command, name="plugins")
 @guarded
 def plugins(as_json: JsonOpt = False) -> None:
-    """List every plugin: distribution, version, what it registered, its load error if any."""
+    """List every plugin: distribution, version, what it registered, its load error if any.
+
+    Example: lnzoo plugins --json
+    """
     host = _host()
     if as_json:
         print(json.dumps([p.as_dict() for p in host.plugins], ensure_ascii=False, indent=2))
@@ -121,9 +150,9 @@ def plugins(as_json: JsonOpt = False) -> None:
     console.print(table)
 
 
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", help="Override a recipe key: --set train.epochs=3 "
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe key: --set train.epochs=3 "
                                                     "(value parsed as TOML). Repeatable.")]
-QuickOpt = Annotated[bool, typer.Option("--quick", help="The quick profile: small backbone and images, few "
+QuickOpt = Annotated[bool, typer.Option("--quick", metavar="", help="The quick profile: small backbone and images, few "
                                                         "epochs, one fold (see README).")]
 
 
@@ -132,12 +161,15 @@ def _load(recipe: Path, sets: list[str] | None, quick: bool):
     return load_recipe(recipe, sets=sets, quick=quick, host=_host())
 
 
-@app.command()
+@app.command(cls=_Command)
 @guarded
-def validate(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")], set_: SetOpt = None,
+def validate(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TOML file.")], set_: SetOpt = None,
              quick: QuickOpt = False) -> None:
-    """Check a recipe and its data without training; every problem is listed, exit 2 if any."""
-    from lnzoo.runner import load_run_data, plan_folds, recipe_tasks
+    """Check a recipe and its data without training; every problem is listed, exit 2 if any.
+
+    Example: lnzoo validate recipes/stage1_aux.toml --set data.train=my_nodes.csv
+    """
+    from lnzoo.data.run_data import load_run_data, plan_folds, recipe_tasks
 
     r = _load(recipe, set_, quick)
     console.print(f"[green]recipe ok[/]: {recipe} ({r.name}; tasks {', '.join(r.tasks)})")
@@ -153,36 +185,35 @@ def validate(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")], 
                   + (f", {len(data.external)} external" if data.external else "") + f" ({data.description})")
 
 
-@app.command()
+@app.command(cls=_Command)
 @guarded
-def run(recipe: Annotated[Path, typer.Argument(help="Recipe TOML file.")],
+def run(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TOML file.")],
         quick: QuickOpt = False, set_: SetOpt = None,
-        out: Annotated[Optional[Path], typer.Option("--out", help="Run directory (default runs/<name>-<time>).")] = None
+        out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Run directory (default runs/<name>-<time>).")] = None
         ) -> None:
-    """Train and evaluate a recipe: patient-level CV, checkpoints, metrics.json, predictions.csv."""
-    import time as _time
+    """Train and evaluate a recipe: patient-level CV, checkpoints, metrics, Grad-CAM examples, HTML report.
 
-    from lnzoo.runner import run_recipe
+    Example: lnzoo run recipes/stage1_aux.toml --quick --set train.epochs=3
+    """
+    from lnzoo.pipeline import default_out, run as run_pipeline
+    from lnzoo.ui import RunView
 
     r = _load(recipe, set_, quick)
-    out = out or Path("runs") / f"{r.name}{'-quick' if quick else ''}-{_time.strftime('%Y%m%d-%H%M%S')}"
-    console.print(f"[bold]lnzoo run[/] {recipe}{' --quick' if quick else ''} -> {out}")
-    metrics = run_recipe(r, _host(), out, console=err)
-    _summary_table(metrics)
-    from lnzoo.explain import explain_examples
-    from lnzoo.report import write_report
-    try:
-        explain_examples(out, host=_host())
-    except Exception as exc:  # noqa: BLE001 - the run itself is done; its report must still be written
-        err.print(f"[yellow]warning:[/] Grad-CAM examples for the report failed ({type(exc).__name__}: {exc})")
-    report_path = write_report(out, n_boot=500)
-    console.print(f"run directory: {out}\nreport: {report_path}")
+    out = out or default_out(r)
+    console.print(f"[bold]lnzoo run[/] {recipe}{' --quick' if quick else ''} -> {out}", highlight=False)
+    with RunView(err) as view:
+        result = run_pipeline(r, out, on_event=view, host=_host())
+    _summary_table(result.metrics)
+    console.print(f"run directory: {out}\nreport: {result.report}", highlight=False)
 
 
-@app.command()
+@app.command(cls=_Command)
 @guarded
-def evaluate(run_dir: Annotated[Path, typer.Argument(help="A run directory written by lnzoo run.")]) -> None:
-    """Reload each fold's best checkpoint, recompute the held-out metrics and compare with metrics.json."""
+def evaluate(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory written by lnzoo run.")]) -> None:
+    """Reload each fold's best checkpoint, recompute the held-out metrics and compare with metrics.json.
+
+    Example: lnzoo evaluate runs/stage1_aux-20261201-101500
+    """
     from lnzoo.evaluate import evaluate_run
 
     stored, fresh = evaluate_run(run_dir, _host())
@@ -194,15 +225,18 @@ def evaluate(run_dir: Annotated[Path, typer.Argument(help="A run directory writt
     console.print("[green]reproduced[/]: recomputed metrics match metrics.json")
 
 
-@app.command("select")
+@app.command(cls=_Command, name="select")
 @guarded
-def select_cmd(runs: Annotated[list[Path], typer.Argument(help="Two or more run directories trained on the same "
+def select_cmd(runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", help="Two or more run directories trained on the same "
                                                               "folds (e.g. with cv.folds_file).")],
-               out: Annotated[Optional[Path], typer.Option("--out", help="Write the chosen folds as a run "
+               out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Write the chosen folds as a run "
                                                                           "directory here.")] = None,
                as_json: JsonOpt = False) -> None:
     """Nested choice between runs: per fold, the run with the best inner-validation score (training
-    patients only) wins; its held-out predictions give an honest estimate of choosing that way."""
+    patients only) wins; its held-out predictions give an honest estimate of choosing that way.
+
+    Example: lnzoo select runs/A runs/B --out runs/chosen
+    """
     from lnzoo.select import format_selection, select_runs
 
     result = select_runs(runs, out)
@@ -214,13 +248,16 @@ def select_cmd(runs: Annotated[list[Path], typer.Argument(help="Two or more run 
         console.print(f"chosen folds written to {out} (lnzoo evaluate / compare / predict --model work on it)")
 
 
-@app.command()
+@app.command(cls=_Command)
 @guarded
-def synth(out: Annotated[Path, typer.Option("--out", help="Folder to write the phantom into.")],
-          patients: Annotated[int, typer.Option(help="Number of patients.")] = 160,
-          seed: Annotated[int, typer.Option(help="Seed; the same seed writes the same files.")] = 0,
-          difficulty: Annotated[float, typer.Option(help="0 easy ... 1 heavily overlapping classes.")] = 0.5) -> None:
-    """Write the synthetic lymph node phantom (development/demo data, NOT clinical data)."""
+def synth(out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder to write the phantom into.")],
+          patients: Annotated[int, typer.Option(metavar="N", help="Number of patients.")] = 160,
+          seed: Annotated[int, typer.Option(metavar="N", help="Seed; the same seed writes the same files.")] = 0,
+          difficulty: Annotated[float, typer.Option(metavar="0..1", help="0 easy ... 1 heavily overlapping classes.")] = 0.5) -> None:
+    """Write the synthetic lymph node phantom (development/demo data, NOT clinical data).
+
+    Example: lnzoo synth --out phantom --patients 80 --seed 1
+    """
     from rich.progress import Progress
 
     from lnzoo.data.phantom import generate_phantom
@@ -235,18 +272,21 @@ def synth(out: Annotated[Path, typer.Option("--out", help="Folder to write the p
     console.print(f"phantom written: {manifest} (+ lists/ with the seed-style list files)")
 
 
-@app.command()
+@app.command(cls=_Command)
 @guarded
-def explain(checkpoint_or_run: Annotated[Path, typer.Argument(help="A .safetensors checkpoint or a run directory "
+def explain(checkpoint_or_run: Annotated[Path, typer.Argument(metavar="CHECKPOINT|RUN_DIR", help="A .safetensors checkpoint or a run directory "
                                                                   "(its fold 0 model).")],
-            images: Annotated[list[Path], typer.Argument(help="Images; for a full+crop model the crop is found "
+            images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="Images; for a full+crop model the crop is found "
                                                                "through the -crop mirror folder.")],
-            out: Annotated[Path, typer.Option("--out", help="Folder for the overlay PNGs and explain.csv.")],
-            task: Annotated[Optional[list[str]], typer.Option("--task", help="Explain only this head (repeatable).")] = None,
-            method: Annotated[str, typer.Option("--method", help="gradcam or gradcam++")] = "gradcam",
-            class_: Annotated[Optional[str], typer.Option("--class", help="Class to explain (default: predicted).")] = None,
+            out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the overlay PNGs and explain.csv.")],
+            task: Annotated[Optional[list[str]], typer.Option("--task", metavar="TASK", help="Explain only this head (repeatable).")] = None,
+            method: Annotated[str, typer.Option("--method", metavar="gradcam|gradcam++", help="gradcam or gradcam++")] = "gradcam",
+            class_: Annotated[Optional[str], typer.Option("--class", metavar="CLASS", help="Class to explain (default: predicted).")] = None,
             ) -> None:
-    """Grad-CAM / Grad-CAM++ overlays per head, per class and per view."""
+    """Grad-CAM / Grad-CAM++ overlays per head, per class and per view.
+
+    Example: lnzoo explain runs/RUN node1.png node2.png --out cams --method gradcam++
+    """
     from lnzoo.explain import METHODS, explain as run_explain
 
     if method not in METHODS:
@@ -256,14 +296,17 @@ def explain(checkpoint_or_run: Annotated[Path, typer.Argument(help="A .safetenso
     console.print(f"{len(pngs)} overlay(s) written to {out} (index: {out / 'explain.csv'})")
 
 
-@app.command("report")
+@app.command(cls=_Command, name="report")
 @guarded
-def report(run_dir: Annotated[Path, typer.Argument(help="A run directory written by lnzoo run.")],
-           out: Annotated[Optional[Path], typer.Option("--out", help="HTML file (default RUN_DIR/report.html).")] = None,
-           n_boot: Annotated[int, typer.Option("--n-boot", help="Patient bootstrap resamples for the CIs.")] = 1000,
-           aggregate: Annotated[Optional[str], typer.Option(help="'patient': also score mean probability per patient.")] = None,
+def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory written by lnzoo run.")],
+           out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE.html", help="HTML file (default RUN_DIR/report.html).")] = None,
+           n_boot: Annotated[int, typer.Option("--n-boot", metavar="N", help="Patient bootstrap resamples for the CIs.")] = 1000,
+           aggregate: Annotated[Optional[str], typer.Option(metavar="patient", help="'patient': also score mean probability per patient.")] = None,
            ) -> None:
-    """Write a self-contained HTML report (plots embedded) and evaluation.json for a run."""
+    """Write a self-contained HTML report (plots embedded) and evaluation.json for a run.
+
+    Example: lnzoo report runs/RUN --aggregate patient
+    """
     from lnzoo.report import write_report
 
     if aggregate not in (None, "patient"):
@@ -272,20 +315,23 @@ def report(run_dir: Annotated[Path, typer.Argument(help="A run directory written
     console.print(f"report: {path}\nnumbers: {path.parent / 'evaluation.json'}")
 
 
-@app.command("compare")
+@app.command(cls=_Command, name="compare")
 @guarded
-def compare_cmd(a: Annotated[Path, typer.Argument(help="Run directory or prediction CSV (e.g. the model).")],
-                b: Annotated[Path, typer.Argument(help="Run directory or prediction CSV (e.g. a reader's calls).")],
-                task: Annotated[Optional[str], typer.Option("--task", help="Task to compare (default: the main one).")] = None,
-                part: Annotated[Optional[str], typer.Option("--part", help="cv, test or external.")] = None,
-                rule: Annotated[str, typer.Option("--threshold-rule", help="0.5, youden or sensitivity.")] = "0.5",
-                threshold_a: Annotated[Optional[float], typer.Option("--threshold-a")] = None,
-                threshold_b: Annotated[Optional[float], typer.Option("--threshold-b")] = None,
-                positive: Annotated[Optional[str], typer.Option("--positive", help="Positive class of a binary task.")] = None,
-                intersect: Annotated[bool, typer.Option("--intersect", help="Compare on the common cases only.")] = False,
-                n_boot: Annotated[int, typer.Option("--n-boot")] = 1000, as_json: JsonOpt = False) -> None:
-    """Compare two models (or a model and a reader): paired DeLong for AUC, McNemar at the operating points."""
-    from lnzoo.compare import as_json as to_json, compare, format_table
+def compare_cmd(a: Annotated[Path, typer.Argument(metavar="A", help="Run directory or prediction CSV (e.g. the model).")],
+                b: Annotated[Path, typer.Argument(metavar="B", help="Run directory or prediction CSV (e.g. a reader's calls).")],
+                task: Annotated[Optional[str], typer.Option("--task", metavar="TASK", help="Task to compare (default: the main one).")] = None,
+                part: Annotated[Optional[str], typer.Option("--part", metavar="cv|test|external", help="cv, test or external.")] = None,
+                rule: Annotated[str, typer.Option("--threshold-rule", metavar="0.5|youden|sensitivity", help="0.5, youden or sensitivity.")] = "0.5",
+                threshold_a: Annotated[Optional[float], typer.Option("--threshold-a", metavar="T")] = None,
+                threshold_b: Annotated[Optional[float], typer.Option("--threshold-b", metavar="T")] = None,
+                positive: Annotated[Optional[str], typer.Option("--positive", metavar="CLASS", help="Positive class of a binary task.")] = None,
+                intersect: Annotated[bool, typer.Option("--intersect", metavar="", help="Compare on the common cases only.")] = False,
+                n_boot: Annotated[int, typer.Option("--n-boot", metavar="N")] = 1000, as_json: JsonOpt = False) -> None:
+    """Compare two models (or a model and a reader): paired DeLong for AUC, McNemar at the operating points.
+
+    Example: lnzoo compare runs/A runs/B --threshold-rule youden
+    """
+    from lnzoo.evaluation.compare import as_json as to_json, compare, format_table
 
     result = compare(a, b, task, rule, n_boot, threshold_a=threshold_a, threshold_b=threshold_b,
                      intersect=intersect, part=part, positive=positive)
@@ -295,19 +341,26 @@ def compare_cmd(a: Annotated[Path, typer.Argument(help="Run directory or predict
         console.print(format_table(result))
 
 
-@app.command()
+@app.command(cls=_Command)
 @guarded
-def predict(images: Annotated[Optional[list[Path]], typer.Argument(help="Images to classify (for a full+crop model, "
+def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAGE", help="Images to classify (for a full+crop model, "
                                                               "the crop is found in the -crop mirror folder).")] = None,
-            manifest: Annotated[Optional[Path], typer.Option("--manifest", help="CSV of rows to classify instead of "
+            manifest: Annotated[Optional[Path], typer.Option("--manifest", metavar="ROWS.csv", help="CSV of rows to classify instead of "
                                 "image paths: the model's view columns ('path' for full/roi), and for a 'roi' model "
                                 "the box or mask column it was trained with; covariate columns are used too.")] = None,
-            model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", help="Run directory (its fold "
+            model: Annotated[Optional[list[Path]], typer.Option("--model", "-m", metavar="RUN_DIR|CKPT", help="Run directory (its fold "
                              "models are averaged) or .safetensors checkpoint; repeat to ensemble several.")] = None,
-            cascade: Annotated[Optional[list[Path]], typer.Option("--cascade", help="Stage I, II and III models, "
-                               "in order (give --cascade three times).")] = None,
-            out: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("predictions.csv")) -> None:
-    """Predict with one model, an ensemble (averaged probabilities) or the three-stage cascade."""
+            cascade: Annotated[Optional[list[Path]], typer.Option("--cascade", metavar="RUN_DIR", help="Stage models in order (give "
+                               "--cascade per stage, e.g. stage I, II, III); each stage's images called its "
+                               "task's passes_on class go on to the next.")] = None,
+            passes_on: Annotated[Optional[list[str]], typer.Option("--passes-on", metavar="CLASS", help="With --cascade: the class "
+                                 "of each stage but the last that goes on (default: its task definition's "
+                                 "passes_on).")] = None,
+            out: Annotated[Path, typer.Option("--out", metavar="FILE.csv", help="CSV to write.")] = Path("predictions.csv")) -> None:
+    """Predict with one model, an ensemble (averaged probabilities) or the three-stage cascade.
+
+    Example: lnzoo predict --model runs/RUN node1.png node2.png --out calls.csv
+    """
     from lnzoo.predict import predict_rows, run_cascade, write_rows
 
     if bool(model) == bool(cascade):
@@ -324,7 +377,7 @@ def predict(images: Annotated[Optional[list[Path]], typer.Argument(help="Images 
         if missing:
             raise UsageError(f"image(s) not found: {', '.join(missing[:10])}")
         items = images
-    rows = run_cascade(cascade, items, _host()) if cascade else predict_rows(model, items, _host())
+    rows = run_cascade(cascade, items, _host(), passes_on) if cascade else predict_rows(model, items, _host())
     write_rows(rows, out)
     table = Table(title=f"{len(rows)} image(s) -> {out}", title_justify="left")
     table.add_column("image")

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lnzoo.contracts import has_own_probabilities
 from lnzoo.errors import LnzooError, UsageError
 
 METHODS = ("gradcam", "gradcam++")
@@ -113,7 +114,7 @@ def compute_cams(model, x: torch.Tensor, present: torch.Tensor | None, task: str
             logits = outputs[task]
             proba = model.probabilities({task: logits})[task]
             idx = _class_indices(class_index, proba.argmax(1), proba.shape[1])
-            if hasattr(model.heads[task], "probabilities"):
+            if has_own_probabilities(model.heads[task]):
                 score = proba.gather(1, idx[:, None]).squeeze(1).clamp_min(1e-12).log()
             else:
                 score = logits.gather(1, idx[:, None]).squeeze(1)
@@ -149,13 +150,10 @@ def compute_cams(model, x: torch.Tensor, present: torch.Tensor | None, task: str
 
 def resolve_checkpoint(checkpoint_or_run: str | Path) -> Path:
     """A checkpoint path as given, or for a run directory the best.safetensors of its lowest-numbered fold."""
+    from lnzoo.rundir import RunDir
+
     path = Path(checkpoint_or_run)
-    if not path.is_dir():
-        return path
-    folds = [p for p in path.glob("fold*/best.safetensors") if p.parent.name[4:].isdigit()]
-    if not folds:
-        raise UsageError(f"{path}: a run directory needs fold*/best.safetensors; none found")
-    return min(folds, key=lambda p: int(p.parent.name[4:]))
+    return RunDir(path).first_checkpoint() if path.is_dir() else path
 
 
 def _derive_views(item: Any, views: Sequence[str], crop_suffix: str) -> dict[str, Path | None]:
@@ -248,32 +246,33 @@ def _resolve_class(class_index: int | str | None, task: str, classes: Sequence[s
 
 def explain(checkpoint_or_run: str | Path, images: Sequence[Any], out_dir: str | Path,
             tasks: Sequence[str] | None = None, method: str = "gradcam", class_index: int | str | None = None,
-            host=None) -> list[Path]:
+            host=None, truth: Sequence[str | None] | None = None) -> list[Path]:
     """Write one CAM overlay PNG per sample x task x view, plus ``explain.csv``; return the PNG paths.
 
     ``images``: one path per sample for a single-view model (or a ['full', 'crop'] model, whose crop is
     found in the mirror folder); otherwise one list of paths per sample in the sidecar's view order.
     A run directory explains with its lowest-numbered fold's best checkpoint (fold0 for a full run).
     PNGs are named ``<image stem>__<task>__<class>__<view>.png``, class being the explained one.
+    ``truth`` (one true label of the first task per sample, when known) goes into ``explain.csv``.
     """
-    from lnzoo.checkpoint import load_model
-    from lnzoo.data.images import Preprocessing, load_image
+    from lnzoo.data.images import load_image
+    from lnzoo.inference import load
 
     if method not in METHODS:
         raise UsageError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
-    model, meta = load_model(resolve_checkpoint(checkpoint_or_run), host)
-    views = list(meta["views"])
-    all_tasks = list(meta["tasks"])
+    predictor = load(resolve_checkpoint(checkpoint_or_run), host)
+    model, meta, pre = predictor.model, predictor.meta, predictor.preprocessing
+    views = predictor.views
+    all_tasks = list(predictor.tasks)
     chosen = list(tasks) if tasks else all_tasks
     unknown = [t for t in chosen if t not in all_tasks]
     if unknown:
         raise UsageError(f"task(s) {unknown} not in this checkpoint; its tasks are {all_tasks}")
-    classes = {t: list(meta["tasks"][t]["classes"]) for t in chosen}
+    classes = {t: list(predictor.tasks[t].classes) for t in chosen}
     targets = {t: _resolve_class(class_index, t, classes[t]) for t in chosen}
     crop_suffix = meta.get("recipe", {}).get("data", {}).get("crop_suffix", "-crop")
     samples = [_derive_views(item, views, crop_suffix) for item in images]
     prep = meta["preprocessing"]
-    pre = Preprocessing(prep["image_size"], prep.get("resize", "squash"), prep.get("normalize", "imagenet"))
     mean_std = pre.mean_std
     mean = torch.tensor(prep.get("mean", mean_std[0]), dtype=torch.float32).view(3, 1, 1)
     std = torch.tensor(prep.get("std", mean_std[1]), dtype=torch.float32).view(3, 1, 1)
@@ -283,7 +282,7 @@ def explain(checkpoint_or_run: str | Path, images: Sequence[Any], out_dir: str |
     written: list[Path] = []
     rows: list[list[Any]] = []
     stems: dict[str, int] = {}
-    for sample in samples:
+    for n, sample in enumerate(samples):
         size = pre.image_size
         pixels = {view: None if p is None else load_image(p, pre) for view, p in sample.items()}
         x = torch.stack([torch.zeros(3, size, size) if arr is None else
@@ -314,31 +313,35 @@ def explain(checkpoint_or_run: str | Path, images: Sequence[Any], out_dir: str |
                 png = out_dir / f"{stem}__{_safe(task)}__{_safe(cls)}__{_safe(view)}.png"
                 overlay_png(arr, cams[view][0].cpu().numpy(), lines, png)
                 written.append(png)
-                rows.append([str(sample[view]), task, view, cls, f"{float(proba[idx]):.6f}",
-                             classes[task][pred], method, png.name])
+                true = truth[n] if truth and task == chosen[0] else None
+                rows.append([str(sample[view]), task, view, cls, f"{float(proba[idx]):.6f}", classes[task][pred],
+                             f"{float(proba[pred]):.6f}", true or "", method, png.name])
     with (out_dir / "explain.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
-        w.writerow(["image", "task", "view", "class", "probability", "predicted", "method", "png"])
+        w.writerow(["image", "task", "view", "class", "probability", "predicted", "p_predicted", "true", "method",
+                    "png"])
         w.writerows(rows)
     return written
 
 
 def explain_examples(run_dir: str | Path, n_correct: int = 2, n_wrong: int = 2, host=None) -> list[Path]:
-    """Grad-CAM of the main task on the most confident correct and wrong held-out cases of fold 0.
+    """Grad-CAM of the main task on the most confident correct and wrong held-out cases of the first fold run.
 
-    Written to ``RUN_DIR/explain`` (file names start with ``correct_`` / ``wrong_``), where the
-    report picks them up. Returns the PNG paths (none when fold 0 has no labelled case).
+    Written to ``RUN_DIR/explain`` (file names start with ``correct_`` / ``wrong_``; ``explain.csv``
+    gives each case's true and predicted label), where the report picks them up. Returns the PNG
+    paths (none when that fold has no labelled case).
     """
-    import csv
-    import json
+    from lnzoo.rundir import RunDir
 
-    run_dir = Path(run_dir)
-    sidecar = json.loads((run_dir / "fold0" / "best.json").read_text(encoding="utf-8"))
+    rd = RunDir(run_dir)
+    k = rd.folds()[0] if rd.folds() else None
+    if k is None:
+        raise UsageError(f"{rd}: no fold*/best.safetensors to explain")
+    sidecar = rd.sidecar(k)
     main = sidecar["recipe"]["tasks"]["main"]
     classes = list(sidecar["tasks"][main]["classes"])
     views = list(sidecar["views"])
-    with (run_dir / "predictions.csv").open(newline="", encoding="utf-8") as fh:
-        rows = [r for r in csv.DictReader(fh) if r["part"] == "cv" and r["fold"] == "0" and r[f"{main}_true"]]
+    rows = [r for r in rd.read_predictions()[1] if r["part"] == "cv" and r["fold"] == str(k) and r[f"{main}_true"]]
     scored = []
     for r in rows:
         p = [float(r[f"p_{main}_{c}"]) for c in classes]
@@ -346,29 +349,28 @@ def explain_examples(run_dir: str | Path, n_correct: int = 2, n_wrong: int = 2, 
         scored.append((r, pred == classes.index(r[f"{main}_true"]), p[pred]))
     picks = sorted((s for s in scored if s[1]), key=lambda s: -s[2])[:n_correct] + \
         sorted((s for s in scored if not s[1]), key=lambda s: -s[2])[:n_wrong]
-    out_dir = run_dir / "explain"
-    items, verdict = [], {}
+    out_dir = rd / rd.EXPLAIN
+    items, verdict, truth = [], {}, []
     for row, correct, _ in picks:
         item = [Path(row["path" if v == "full" else f"path_{v}"]) if row.get("path" if v == "full" else f"path_{v}")
                 else None for v in views]
         items.append(item if len(views) > 1 else item[0])
+        truth.append(row[f"{main}_true"])
         verdict[next(p for p in item if p is not None).stem] = "correct" if correct else "wrong"
     if not items:
         return []
     pngs = []
-    for png in explain(run_dir, items, out_dir, tasks=[main], host=host):
-        label = verdict.get(png.name.split("__")[0], "case")
-        target = png.with_name(f"{label}_{png.name}")
+    for png in explain(rd.fold_dir(k) / "best.safetensors", items, out_dir, tasks=[main], host=host, truth=truth):
+        target = png.with_name(f"{verdict.get(png.name.split('__')[0], 'case')}_{png.name}")
         png.replace(target)
         pngs.append(target)
     index = out_dir / "explain.csv"
-    if index.is_file():  # keep the index pointing at the renamed files
-        with index.open(newline="", encoding="utf-8") as fh:
-            rows = list(csv.DictReader(fh))
-        for r in rows:
-            r["png"] = f"{verdict.get(Path(r['png']).name.split('__')[0], 'case')}_{Path(r['png']).name}"
-        with index.open("w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(rows[0]) if rows else ["png"])
-            w.writeheader()
-            w.writerows(rows)
+    with index.open(newline="", encoding="utf-8") as fh:  # keep the index pointing at the renamed files
+        indexed = list(csv.DictReader(fh))
+    for r in indexed:
+        r["png"] = f"{verdict.get(Path(r['png']).name.split('__')[0], 'case')}_{Path(r['png']).name}"
+    with index.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(indexed[0]) if indexed else ["png"])
+        w.writeheader()
+        w.writerows(indexed)
     return pngs

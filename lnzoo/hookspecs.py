@@ -3,11 +3,13 @@
 A plugin is a module named by an entry point in the group ``lnzoo``. It implements any of the
 hooks below with ``@lnzoo.hookimpl``. Each hook receives a ``register`` callable:
 
-    register(name, factory, description=None, *, override=False)
+    register(name, factory, description=None, *, override=False, default=False)
 
-The host records the name, description, factory and the distribution + version that registered
-it. Factory contracts (what ``factory`` must accept and return) are documented in
-``lnzoo.contracts`` and checked by ``lnzoo.testing``.
+``factory`` is a callable or a ``"package.module:attr"`` string imported on first build (keep
+torch out of start-up). The host records the name, description, factory and the distribution +
+version that registered it. ``default=True``: the entry a recipe that names none of its kind gets
+(one per kind; replacing another's needs ``override=True``). What a factory must accept and
+return is the Protocols of ``lnzoo.contracts``, checked by ``lnzoo.testing``.
 """
 from __future__ import annotations
 
@@ -27,17 +29,17 @@ hookimpl = pluggy.HookimplMarker(PROJECT)
 
 @hookspec
 def lnzoo_register_backbones(register: "Register") -> None:
-    """Register image backbones: ``factory(pretrained=False, **kw) -> Backbone``; fires once at start-up."""
+    """Register image backbones: ``factory(pretrained=False, **kw) -> contracts.Backbone``; fires once at start-up."""
 
 
 @hookspec
 def lnzoo_register_heads(register: "Register") -> None:
-    """Register task heads: ``factory(in_features, num_classes, **kw) -> nn.Module``; fires once at start-up."""
+    """Register task heads: ``factory(in_features, num_classes, **kw) -> contracts.Head``; fires once at start-up."""
 
 
 @hookspec
 def lnzoo_register_fusions(register: "Register") -> None:
-    """Register view fusions: ``factory(num_views, in_features, **kw) -> Fusion``; fires once at start-up."""
+    """Register view fusions: ``factory(num_views, in_features, **kw) -> contracts.Fusion``; fires once at start-up."""
 
 
 # --- tasks ------------------------------------------------------------------------------------

@@ -5,9 +5,9 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from lnzoo.contracts import head_loss
 from lnzoo.errors import UsageError
 from lnzoo.tasks import Task
 
@@ -59,13 +59,8 @@ class MultiTaskLoss(nn.Module):
         labelled = target != MISSING
         if not bool(labelled.any()):
             return output.sum() * 0.0
-        out, tgt = output[labelled], target[labelled]
-        weight = self.class_weight(task)
-        smoothing = self.tasks[task].label_smoothing
-        custom = getattr(head, "task_loss", None) if head is not None else None
-        if custom is not None:
-            return custom(out, tgt, weight=weight, label_smoothing=smoothing)
-        return F.cross_entropy(out.float(), tgt, weight=weight, label_smoothing=smoothing)
+        return head_loss(head, output[labelled], target[labelled], weight=self.class_weight(task),
+                         label_smoothing=self.tasks[task].label_smoothing)
 
     def forward(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
                 heads: Mapping[str, nn.Module] | None = None) -> tuple[torch.Tensor, dict[str, float]]:

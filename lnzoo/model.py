@@ -50,11 +50,8 @@ class LnzooModel(nn.Module):
 
     def probabilities(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Class probabilities per task (a head may define its own, e.g. an ordinal head)."""
-        probs = {}
-        for task, out in outputs.items():
-            head = self.heads[task]
-            probs[task] = head.probabilities(out) if hasattr(head, "probabilities") else out.float().softmax(1)
-        return probs
+        from lnzoo.contracts import head_probabilities
+        return {task: head_probabilities(self.heads[task], out) for task, out in outputs.items()}
 
 
 def predict_probabilities(model: LnzooModel, x: torch.Tensor, present: torch.Tensor | None = None,
@@ -135,8 +132,9 @@ def init_from_checkpoint(model: LnzooModel, source: str) -> dict[str, Any]:
     from safetensors.torch import load_file
 
     path = Path(source)
-    if path.is_dir():
-        path = path / "fold0" / "best.safetensors"
+    if path.is_dir():  # a run directory: the first fold it ran, whichever cv.run_folds were
+        from lnzoo.rundir import RunDir
+        path = RunDir(path).first_checkpoint()
     if not path.is_file():
         raise UsageError(f"model.init_from: {path} not found (give a .safetensors checkpoint or a run directory)")
     try:

@@ -7,74 +7,47 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from lnzoo.data.samples import Sample, apply_empty_roi
 from lnzoo.errors import UsageError
-
-
-def checkpoints_of(path: str | Path) -> list[Path]:
-    """A .safetensors file is itself; a run directory gives every fold's best checkpoint."""
-    path = Path(path)
-    if path.is_dir():
-        found = sorted(path.glob("fold*/best.safetensors"), key=lambda p: int(p.parent.name[4:]))
-        if not found:
-            raise UsageError(f"{path}: no fold*/best.safetensors inside; is it a run directory?")
-        return found
-    if path.suffix != ".safetensors" or not path.is_file():
-        raise UsageError(f"{path}: expected a run directory or a .safetensors checkpoint")
-    return [path]
-
-
-@dataclass
-class Member:
-    model: Any
-    meta: dict[str, Any]
-    source: Path
 
 
 class Ensemble:
     """Averages the probabilities of several checkpoints per task."""
 
     def __init__(self, sources: Sequence[str | Path], host=None):
-        from lnzoo.checkpoint import load_model
+        from lnzoo.inference import checkpoints_of, load
 
-        if host is None:
-            from lnzoo.plugins import get_host
-            host = get_host()
-        self.members = [Member(*load_model(c, host), c) for s in sources for c in checkpoints_of(s)]
+        self.members = [load(c, host) for s in sources for c in checkpoints_of(s)]
         if not self.members:
             raise UsageError("an ensemble needs at least one checkpoint")
         self.tasks: dict[str, list[str]] = {}
         for m in self.members:
-            for name, task in m.meta["tasks"].items():
-                classes = list(task["classes"])
+            for name, task in m.tasks.items():
+                classes = list(task.classes)
                 if self.tasks.setdefault(name, classes) != classes:
                     raise UsageError(f"{m.source}: task {name!r} has classes {classes}, another member "
                                      f"{self.tasks[name]}; they cannot be averaged")
-        self.main = self.members[0].meta["recipe"]["tasks"]["main"]
-        self.views = list(self.members[0].meta["views"])
+        self.main = self.members[0].main
+        self.main_task = self.members[0].tasks[self.main]
+        self.views = list(self.members[0].views)
 
     def predict(self, items: Sequence[Any]) -> tuple[dict[str, np.ndarray], list[dict[str, Path | None]]]:
         """Probabilities per task (members averaged) for each item (a path, or one path per view)."""
-        from lnzoo.data.dataset import ImageCache, NodeDataset
-        from lnzoo.data.images import Preprocessing
         from lnzoo.explain import _derive_views
-        from lnzoo.model import predict_probabilities
 
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
         resolved: list[dict[str, Path | None]] = []
         for m in self.members:
-            views = list(m.meta["views"])
-            suffix = m.meta["recipe"]["data"].get("crop_suffix", "-crop")
+            views = m.views
+            suffix = m.recipe["data"].get("crop_suffix", "-crop")
             if items and isinstance(items[0], Sample):  # manifest rows: views, ROI boxes/masks, covariates
-                policy = m.meta["recipe"]["data"].get("empty_roi", "error")
+                policy = m.recipe["data"].get("empty_roi", "error")
                 per_view, samples = [], []
                 for item in items:  # each member applies its own data.empty_roi to an empty mask
                     pv, rois = {v: item.views.get(v) for v in views}, {}
@@ -96,20 +69,8 @@ class Ensemble:
                            for v in per_view]
             if not resolved:
                 resolved = per_view
-            prep = m.meta["preprocessing"]
-            pre = Preprocessing(prep["image_size"], prep.get("resize", "squash"), prep.get("normalize", "imagenet"),
-                                prep.get("roi_margin", 0.1))
-            ds = NodeDataset(samples, views, [], ImageCache(pre), covariates=getattr(m.model, "covariate_encoder", None))
-            loader = torch.utils.data.DataLoader(ds, batch_size=32, shuffle=False)
-            outs: dict[str, list[np.ndarray]] = {}
-            tta = m.meta["recipe"].get("train", {}).get("tta", "none")  # served as it was evaluated
-            with torch.no_grad():
-                for x, present, _, _, tab in loader:
-                    for task, p in predict_probabilities(m.model, x, present, tab, tta)[1].items():
-                        outs.setdefault(task, []).append(p.double().numpy())
-            for task, chunks in outs.items():
-                p = np.concatenate(chunks)
-                sums[task] = sums.get(task, 0) + p / p.sum(1, keepdims=True)
+            for task, p in m.predict(samples, batch_size=32).proba.items():  # served as it was evaluated
+                sums[task] = sums.get(task, 0) + p
                 counts[task] = counts.get(task, 0) + 1
         return {t: sums[t] / counts[t] for t in sums}, resolved
 
@@ -118,38 +79,44 @@ def decide(task_classes: Sequence[str], proba: np.ndarray) -> list[str]:
     return [task_classes[i] for i in proba.argmax(1)]
 
 
-def run_cascade(stages: Sequence[str | Path], images: Sequence[Path], host=None) -> list[dict[str, Any]]:
-    """Stage I on every image, stage II on the nodes called malignant, stage III on those called metastatic.
+def run_cascade(stages: Sequence[str | Path], images: Sequence[Path], host=None,
+                passes_on: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
+    """Every image through stage I; the images a stage calls its passing class go on to the next stage.
 
-    Returns one row per image: the path taken through the stages and every probability computed.
+    Which class passes on is the stage main task's ``passes_on`` (its task definition: malignant for
+    stage I, metastatic for stage II) unless ``passes_on`` names one per stage. Returns one row per
+    image: the path taken through the stages and every probability computed.
     """
-    if len(stages) != 3:
-        raise UsageError("--cascade takes three models: stage I, stage II, stage III")
+    if len(stages) < 2:
+        raise UsageError("--cascade takes two or more models, in stage order")
     ens = [Ensemble([s], host) for s in stages]
-    expected = ("malignancy", "metastasis", "origin")
-    for e, want, src in zip(ens, expected, stages):
-        if e.main != want:
-            raise UsageError(f"{src}: its main task is {e.main!r}; the cascade needs {want!r} at this stage")
+    given = list(passes_on or [None] * (len(stages) - 1))
+    if len(given) != len(stages) - 1:
+        raise UsageError(f"{len(stages)} stages need {len(stages) - 1} passing class(es), got {len(given)}")
+    passing = []
+    for e, src, cls in zip(ens, stages, given):
+        cls = cls or e.main_task.passes_on
+        if cls is None:
+            raise UsageError(f"{src}: its main task {e.main!r} names no class that passes on to the next stage "
+                             f"(passes_on in its task definition); give one with --passes-on")
+        if cls not in e.tasks[e.main]:
+            raise UsageError(f"{src}: {cls!r} is not a class of its main task {e.main!r} ({e.tasks[e.main]})")
+        passing.append(cls)
     rows: list[dict[str, Any]] = [{"image": str(p), "path": ""} for p in images]
-
-    def apply(stage: int, e: Ensemble, idx: list[int]) -> list[str]:
-        if not idx:
-            return []
-        proba, _ = e.predict([images[i] for i in idx])
+    todo = list(range(len(images)))
+    for stage, e in enumerate(ens, start=1):
+        if not todo:
+            break
+        proba, _ = e.predict([images[i] for i in todo])
         classes = e.tasks[e.main]
         calls = decide(classes, proba[e.main])
-        for k, i in enumerate(idx):
+        for k, i in enumerate(todo):
             for c, v in zip(classes, proba[e.main][k]):
                 rows[i][f"p_{e.main}_{c}"] = round(float(v), 6)
             rows[i][f"stage{stage}"] = calls[k]
             rows[i]["path"] = (rows[i]["path"] + " > " if rows[i]["path"] else "") + f"{e.main}:{calls[k]}"
-        return calls
-
-    calls1 = apply(1, ens[0], list(range(len(images))))
-    malignant = [i for i, c in zip(range(len(images)), calls1) if c == "malignant"]
-    calls2 = apply(2, ens[1], malignant)
-    metastatic = [i for i, c in zip(malignant, calls2) if c == "metastatic"]
-    apply(3, ens[2], metastatic)
+        if stage <= len(passing):
+            todo = [i for i, c in zip(todo, calls) if c == passing[stage - 1]]
     return rows
 
 
@@ -173,11 +140,11 @@ def manifest_samples(models: Sequence[str | Path], manifest: Path, host=None) ->
     from lnzoo.data.samples import read_serving_manifest
 
     ens = Ensemble(models, host)
-    views = sorted({v for m in ens.members for v in m.meta["views"]})
-    with_roi = [m for m in ens.members if "roi" in m.meta["views"]] or ens.members[:1]
-    cfg = dict(with_roi[0].meta["recipe"]["data"])
+    views = sorted({v for m in ens.members for v in m.views})
+    with_roi = [m for m in ens.members if "roi" in m.views] or ens.members[:1]
+    cfg = dict(with_roi[0].recipe["data"])
     for m in with_roi[1:]:
-        other = m.meta["recipe"]["data"]
+        other = m.recipe["data"]
         for key in ("mask_column", "bbox_column"):
             if other.get(key) != cfg.get(key):
                 raise UsageError(f"{m.source} reads its ROI from data.{key} = {other.get(key)!r}, "

@@ -498,17 +498,19 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
     model = out["model"]
     if model["backbone"] is None:
         problems.append("model.backbone: required, e.g. {name = \"timm\", model_name = \"resnet50\"}")
-    if model["fusion"] is None:
-        model["fusion"] = {"name": "single"}
-    if model["head"] is None:
-        model["head"] = {"name": "linear"}
+    for kind in ("fusion", "head"):  # a plugin declares the default of its kind (register(..., default=True))
+        if model[kind] is None and host.registry(kind).default is None:
+            problems.append(f"model.{kind}: required, no {kind} is registered as the default")
+        elif model[kind] is None:
+            model[kind] = {"name": host.registry(kind).default}
     train = out["train"]
     if train["method"] == "linear_probe":
         for name in weights:
             head = out["model"]["heads"].get(name) or model["head"]
-            if isinstance(head, dict) and head.get("name") != "linear":
-                problems.append(f"train.method = \"linear_probe\" fits a logistic regression, stored as a "
-                                f"'linear' head; task {name!r} asks for head {head.get('name')!r}")
+            if isinstance(head, dict) and head.get("name") != host.registry("head").default:
+                problems.append(f"train.method = \"linear_probe\" fits a logistic regression, stored as the "
+                                f"default head {host.registry('head').default!r}; task {name!r} asks for head "
+                                f"{head.get('name')!r}")
     if isinstance(train["min_lr"], (int, float)) and isinstance(train["lr"], (int, float)) and train["min_lr"] > train["lr"]:
         problems.append(f"train.min_lr ({train['min_lr']}) is above train.lr ({train['lr']}): "
                         f"the schedule would rise instead of anneal")
@@ -521,10 +523,21 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
             problems.append("data.views: a non-empty list of view names")
         elif len(set(views)) != len(views):
             problems.append(f"data.views: repeated view in {views}")
-        fusion = model["fusion"]
-        if isinstance(fusion, dict) and fusion.get("name") == "single" and len(views) > 1:
-            problems.append(f"model.fusion: 'single' takes one view but data.views has {len(views)}; "
-                            f"use concat, mean or attention")
+        from lnzoo.contracts import fusion_max_views
+        from lnzoo.errors import LnzooError
+
+        def cap(name: str) -> int:  # a fusion's view limit, else len(views); 0: it cannot load
+            try:
+                return fusion_max_views(host.get("fusion", name).factory) or len(views)
+            except LnzooError:
+                return 0
+        fusion, fusions = model["fusion"], host.registry("fusion")
+        n = cap(fusion["name"]) if isinstance(fusion, dict) and fusion.get("name") in fusions else 0
+        if 0 < n < len(views):
+            wider = [e.name for e in fusions if cap(e.name) >= len(views)]
+            use = " or ".join(filter(None, [", ".join(wider[:-1]), *wider[-1:]]))
+            problems.append(f"model.fusion: {fusion['name']!r} takes {'one view' if n == 1 else f'{n} views'} but "
+                            f"data.views has {len(views)}; use {use}")
     scale = out["data"]["augment"]["scale"]
     if isinstance(scale, list) and not (len(scale) == 2 and all(isinstance(s, (int, float)) for s in scale)
                                         and 0 < scale[0] <= scale[1] <= 1):

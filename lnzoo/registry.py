@@ -1,9 +1,10 @@
 """Name -> factory registries with provenance (which distribution registered what)."""
 from __future__ import annotations
 
+import importlib
 import inspect
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from lnzoo.errors import PluginError, UnknownNameError
@@ -23,21 +24,49 @@ class Provenance:
         return f"{self.distribution} {self.version}"
 
 
+def _split_target(target: str) -> tuple[str, str] | None:
+    module, sep, attr = target.partition(":")
+    names = [*module.split("."), *attr.split(".")]
+    return (module, attr) if sep and all(n.isidentifier() for n in names) else None
+
+
 @dataclass(frozen=True)
 class Entry:
+    """One registration; ``target`` is the factory or a ``"module:attr"`` string imported on first use."""
+
     kind: str
     name: str
-    factory: Callable[..., Any]
+    target: Callable[..., Any] | str
     description: str
     provenance: Provenance
     overrides: Provenance | None = None
+    default: bool = False
+
+    @property
+    def factory(self) -> Callable[..., Any]:
+        if not isinstance(self.target, str):
+            return self.target
+        module, _, attr = self.target.partition(":")
+        try:
+            obj: Any = importlib.import_module(module)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            if not callable(obj):
+                raise TypeError(f"a {type(obj).__name__}, not a callable factory")
+        except Exception as exc:  # ImportError, AttributeError, or the module failing to import
+            raise PluginError(f"{self.kind} {self.name!r} registered by {self.provenance}: cannot load its "
+                              f"factory {self.target!r} ({type(exc).__name__}: {exc})") from None
+        return obj
 
     def build(self, *args: Any, **kwargs: Any) -> Any:
         return self.factory(*args, **kwargs)
 
     def parameters(self) -> dict[str, inspect.Parameter]:
-        """The factory's keyword parameters, for checking recipe arguments before building."""
-        return dict(inspect.signature(self.factory).parameters)
+        """The factory's parameters (a class: its ``__init__`` less ``self``), for checking recipe arguments."""
+        try:
+            return dict(inspect.signature(self.factory, eval_str=True).parameters)
+        except Exception:  # an annotation that does not evaluate here: keep it as a string
+            return dict(inspect.signature(self.factory).parameters)
 
 
 def _first_line(text: str | None) -> str:
@@ -50,6 +79,7 @@ class Registry:
 
     kind: str
     _entries: dict[str, Entry] = field(default_factory=dict)
+    default: str | None = None  # the name a recipe gets when it names none of this kind
 
     def __contains__(self, name: str) -> bool:
         return name in self._entries
@@ -71,6 +101,11 @@ class Registry:
 
     def check_add(self, entry: Entry, override: bool) -> Entry:
         """Return the entry to store, or raise if the name is taken and override was not asked."""
+        if entry.default and self.default not in (None, entry.name) and not override:
+            raise PluginError(
+                f"{entry.provenance} declares {self.kind} {entry.name!r} the default, but "
+                f"{self._entries[self.default].provenance} already made {self.default!r} the default; "
+                f"pass override=True to replace it")
         old = self._entries.get(entry.name)
         if old is None:
             return entry
@@ -78,35 +113,45 @@ class Registry:
             raise PluginError(
                 f"{self.kind} {entry.name!r} is registered twice: by {old.provenance} and by "
                 f"{entry.provenance}; the second must pass override=True to replace it")
-        return Entry(entry.kind, entry.name, entry.factory, entry.description, entry.provenance,
-                     overrides=old.provenance)
+        return replace(entry, overrides=old.provenance)
 
     def put(self, entry: Entry) -> None:
         self._entries[entry.name] = entry
+        if entry.default:
+            self.default = entry.name
 
 
 class Register:
-    """The callable a hook receives: ``register(name, factory, description=None, *, override=False)``.
+    """The callable a hook receives: ``register(name, factory, description=None, *, override=False, default=False)``.
 
-    Registrations are staged and committed only when every hook of the plugin succeeded, so a
-    plugin that fails half-way leaves nothing behind.
+    See :mod:`lnzoo.hookspecs`. Registrations are staged and committed only when every hook of the
+    plugin succeeded, so a plugin that fails half-way leaves nothing behind.
     """
 
     def __init__(self, registry: Registry, provenance: Provenance, staged: list[tuple[Registry, Entry]]):
         self._registry, self._provenance, self._staged = registry, provenance, staged
 
-    def __call__(self, name: str, factory: Callable[..., Any], description: str | None = None, *,
-                 override: bool = False) -> None:
+    def __call__(self, name: str, factory: Callable[..., Any] | str, description: str | None = None, *,
+                 override: bool = False, default: bool = False) -> None:
+        kind = self._registry.kind
         if not isinstance(name, str) or not name.strip():
-            raise PluginError(f"{self._registry.kind} name must be a non-empty string, got {name!r}")
-        if self._registry.kind == "task" and not callable(factory):
+            raise PluginError(f"{kind} name must be a non-empty string, got {name!r}")
+        if isinstance(factory, str):
+            if _split_target(factory) is None:
+                raise PluginError(f"{kind} {name!r} from {self._provenance}: factory string {factory!r} "
+                                  f"must read \"package.module:attr\"")
+        elif kind == "task" and not callable(factory):
             task = factory  # a task is data: registering the Task itself is allowed
             description = description or getattr(task, "description", None)
             factory = lambda: task  # noqa: E731
-        if not callable(factory):
-            raise PluginError(f"{self._registry.kind} {name!r}: factory must be callable, got {type(factory).__name__}")
-        if any(r is self._registry and e.name == name for r, e in self._staged):
-            raise PluginError(f"{self._registry.kind} {name!r} is registered twice by {self._provenance}")
-        desc = description or _first_line(getattr(factory, "description", None)) or _first_line(factory.__doc__)
-        entry = Entry(self._registry.kind, name, factory, desc, self._provenance)
+        elif not callable(factory):
+            raise PluginError(f"{kind} {name!r}: factory must be callable, got {type(factory).__name__}")
+        mine = [e for r, e in self._staged if r is self._registry]
+        if any(e.name == name for e in mine):
+            raise PluginError(f"{kind} {name!r} is registered twice by {self._provenance}")
+        if default and any(e.default for e in mine):
+            raise PluginError(f"{self._provenance} declares two default {kind}s")
+        desc = description or ("" if isinstance(factory, str) else
+                               _first_line(getattr(factory, "description", None)) or _first_line(factory.__doc__))
+        entry = Entry(kind, name, factory, desc, self._provenance, default=default)
         self._staged.append((self._registry, self._registry.check_add(entry, override)))

@@ -19,8 +19,6 @@ winner's ``fold{k}/`` checkpoint, so ``lnzoo evaluate``, ``lnzoo compare`` and
 """
 from __future__ import annotations
 
-import csv
-import json
 import math
 import os
 import shutil
@@ -28,41 +26,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from lnzoo.errors import UsageError
+from lnzoo.evaluation.evaluate import run_metrics
+from lnzoo.rundir import RunDir
 
 __all__ = ["select_runs", "format_selection"]
 
 FOLD_FILES = ("best.safetensors", "best.json", "history.csv")
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    with path.open(newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        return list(reader.fieldnames or []), list(reader)
-
-
 class _Candidate:
     """One finished cross-validation run directory."""
 
     def __init__(self, path: Path):
-        self.path = Path(path)
+        self.rd = RunDir(Path(path))
+        self.path = self.rd.path
         self.name = self.path.name
-        for f in ("metrics.json", "folds.csv", "predictions.csv"):
-            if not (self.path / f).is_file():
-                raise UsageError(f"{self.path}: not a finished lnzoo run directory ({f} is missing)")
-        self.metrics = json.loads((self.path / "metrics.json").read_text(encoding="utf-8"))
-        _, rows = _read_csv(self.path / "folds.csv")
-        self.folds = {r["patient"]: int(r["fold"]) for r in rows}
-        self.header, self.rows = _read_csv(self.path / "predictions.csv")
+        self.rd.require(RunDir.METRICS, RunDir.FOLDS, RunDir.PREDICTIONS)
+        self.metrics = self.rd.metrics()
+        self.folds = self.rd.read_folds()
+        self.header, self.rows = self.rd.read_predictions()
         self.main = self.metrics.get("main_task")
-        self.meta: dict[int, dict[str, Any]] = {}
-        for k in self.metrics.get("folds_run") or []:
-            meta_file = self.path / f"fold{k}" / "best.json"
-            if not meta_file.is_file():
-                raise UsageError(f"{self.path}: fold {k} has no {meta_file.name} (was the run interrupted?)")
-            self.meta[k] = json.loads(meta_file.read_text(encoding="utf-8"))
+        self.meta: dict[int, dict[str, Any]] = {k: self.rd.sidecar(k) for k in self.metrics.get("folds_run") or []}
         if not self.meta:
             raise UsageError(f"{self.path}: no cross-validation folds were run (linear probe or test-only run?)")
 
@@ -135,21 +121,7 @@ def _check_same(cands: list[_Candidate]) -> tuple[list[int], str]:
 
 
 def _fold_metrics(rows: list[dict[str, str]], tasks: dict[str, dict[str, Any]]) -> dict[str, dict]:
-    from lnzoo.metrics import classification_metrics
-
-    out = {}
-    for name, t in tasks.items():
-        classes = list(t["classes"])
-        index = {c: i for i, c in enumerate(classes)}
-        lab = [r for r in rows if r.get(f"{name}_true", "") in index]
-        if not lab:
-            continue
-        y = np.array([index[r[f"{name}_true"]] for r in lab])
-        p = np.array([[float(r[f"p_{name}_{c}"]) for c in classes] for r in lab])
-        p = p / p.sum(1, keepdims=True)  # the CSV's 6 decimals leave row sums a hair off 1
-        positive = t.get("positive")
-        out[name] = classification_metrics(y, p, classes, classes.index(positive) if positive in classes else None)
-    return out
+    return run_metrics(rows, tasks)["cross_validation"]["pooled"]
 
 
 def _place(src: Path, dst: Path) -> None:
@@ -163,7 +135,8 @@ def _place(src: Path, dst: Path) -> None:
 def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]:
     """Choose, per fold, the candidate run with the best inner-validation score; optionally write
     the chosen folds as a run directory ``out``. Returns the selection summary."""
-    from lnzoo.runner import _jsonable, summarise_folds
+    from lnzoo.evaluation import jsonable
+    from lnzoo.evaluation.evaluate import mean_sd
 
     if len(runs) < 2:
         raise UsageError("a choice needs at least two candidate runs")
@@ -206,11 +179,11 @@ def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]
                       "held_out": held})
     all_rows = [r for k in folds for r in per_fold_rows[k]]
     pooled = _fold_metrics(all_rows, tasks)
-    result = _jsonable({
+    result = jsonable({
         "candidates": [str(c.path) for c in cands], "names": names, "main_task": main, "metric": metric,
         "folds": table,
         "chosen_count": {n: sum(t["chosen"] == n for t in table) for n in names},
-        "cross_validation": {"pooled": pooled, "mean_sd": summarise_folds(per_fold_metrics), "folds": fold_info},
+        "cross_validation": {"pooled": pooled, "mean_sd": {t: mean_sd([m[t] for m in per_fold_metrics if t in m]) for t in pooled}, "folds": fold_info},
         "note": (f"per fold, the candidate with the {'lowest' if metric == 'loss' else 'highest'} inner-validation "
                  f"{metric} (on training patients only; ties: the lower inner-validation loss) "
                  "was chosen; held-out figures of the other candidates are shown but were not used to choose. "
@@ -229,24 +202,22 @@ def _write(out: Path, cands, names, folds, table, rows, result) -> None:
         raise UsageError("--out must not be one of the candidates")
     out.mkdir(parents=True, exist_ok=True)
     first = cands[0]
-    shutil.copy2(first.path / "folds.csv", out / "folds.csv")
+    rd = RunDir(out)
+    shutil.copy2(first.rd / RunDir.FOLDS, rd / RunDir.FOLDS)
     for t in table:
         k, c = t["fold"], cands[names.index(t["chosen"])]
         for f in FOLD_FILES:
-            if (c.path / f"fold{k}" / f).is_file():
-                _place(c.path / f"fold{k}" / f, out / f"fold{k}" / f)
+            if (c.rd.fold_dir(k) / f).is_file():
+                _place(c.rd.fold_dir(k) / f, rd.fold_dir(k) / f)
     header = list(first.header)
     for c in cands[1:]:  # candidates on other views (full vs roi) add their path columns
         header += [h for h in c.header if h not in header]
-    with (out / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=header, restval="")
-        w.writeheader()
-        w.writerows(rows)
+    rd.write_predictions(header, rows)
     metrics = {"recipe": "nested choice of " + ", ".join(names), "main_task": result["main_task"],
                "data": first.metrics.get("data"), "folds_run": folds,
                "cross_validation": result["cross_validation"]}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=2, ensure_ascii=False), encoding="utf-8")
-    (out / "selection.json").write_text(json.dumps(result, indent=2, ensure_ascii=False), encoding="utf-8")
+    rd.write_json(RunDir.METRICS, metrics)
+    rd.write_json(RunDir.SELECTION, result)
 
 
 def format_selection(result: dict[str, Any]):

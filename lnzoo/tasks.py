@@ -16,7 +16,7 @@ from lnzoo.errors import UsageError, did_you_mean
 LOSSES = ("cross_entropy",)
 WEIGHTINGS = ("balanced", "none")
 _KEYS = {"name", "description", "classes", "aliases", "positive", "loss", "class_weighting",
-         "label_smoothing", "ordinal"}
+         "label_smoothing", "ordinal", "passes_on"}
 
 
 def _norm(label: str) -> str:
@@ -36,6 +36,7 @@ class Task:
     class_weighting: str = "balanced"
     label_smoothing: float = 0.0
     ordinal: bool = False
+    passes_on: str | None = None  # the class whose cases go on to the next stage of a cascade
 
     def __post_init__(self) -> None:
         problems = []
@@ -49,8 +50,9 @@ class Task:
             problems.append(f"class_weighting {self.class_weighting!r} is not one of {WEIGHTINGS}")
         if not 0.0 <= self.label_smoothing < 1.0:
             problems.append(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
-        if self.positive is not None and self.positive not in self.classes:
-            problems.append(f"positive class {self.positive!r} is not one of {list(self.classes)}")
+        for key in ("positive", "passes_on"):
+            if getattr(self, key) is not None and getattr(self, key) not in self.classes:
+                problems.append(f"{key} class {getattr(self, key)!r} is not one of {list(self.classes)}")
         for cls in self.aliases:
             if cls not in self.classes:
                 problems.append(f"aliases name unknown class {cls!r}")
@@ -91,7 +93,7 @@ class Task:
         return {"name": self.name, "description": self.description, "classes": list(self.classes),
                 "aliases": {k: list(v) for k, v in self.aliases.items()}, "positive": self.positive,
                 "loss": self.loss, "class_weighting": self.class_weighting,
-                "label_smoothing": self.label_smoothing, "ordinal": self.ordinal}
+                "label_smoothing": self.label_smoothing, "ordinal": self.ordinal, "passes_on": self.passes_on}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "<dict>") -> "Task":
@@ -110,7 +112,7 @@ class Task:
                        positive=data.get("positive"), loss=str(data.get("loss", "cross_entropy")),
                        class_weighting=str(data.get("class_weighting", "balanced")),
                        label_smoothing=float(data.get("label_smoothing", 0.0)),
-                       ordinal=bool(data.get("ordinal", False)))
+                       ordinal=bool(data.get("ordinal", False)), passes_on=data.get("passes_on"))
         except UsageError as exc:
             raise UsageError(f"{source}: {exc}") from None
 

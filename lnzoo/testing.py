@@ -10,14 +10,16 @@ or parametrise pytest over a whole registry::
     @pytest.mark.parametrize("name", registered_names("head"))
     def test_head(name): check_head(name)
 
-Each check builds the component, runs a forward pass on a small batch, checks shapes and finite
-values, backpropagates to every trainable parameter, and round-trips the state dict through
-safetensors bytes (save, load into a fresh instance, identical outputs in eval mode).
+Each check builds the component, checks it is an ``nn.Module`` satisfying its Protocol in
+:mod:`lnzoo.contracts`, runs a forward pass on a small batch, checks shapes and finite values,
+backpropagates to every trainable parameter, and round-trips the state dict through safetensors
+bytes (save, load into a fresh instance, identical outputs in eval mode).
 """
 from __future__ import annotations
 
 from typing import Any
 
+from lnzoo import contracts
 from lnzoo.plugins import PluginHost, get_host
 
 __all__ = ["registered_names", "check_backbone", "check_head", "check_fusion", "check_component"]
@@ -32,6 +34,15 @@ def _kwargs(entry: Any, kwargs: dict) -> dict:
     return {**getattr(entry.factory, "lnzoo_check_kwargs", {}), **kwargs}
 
 
+def _conforms(obj: Any, proto: type, name: str) -> None:
+    import torch
+
+    kind = proto.__name__.lower()
+    assert isinstance(obj, torch.nn.Module), f"{kind} {name!r} must be a torch.nn.Module, got {type(obj).__name__}"
+    assert isinstance(obj, proto), (f"{kind} {name!r} ({type(obj).__name__}) does not satisfy lnzoo.contracts."
+                                    f"{proto.__name__}: missing {contracts.missing_members(obj, proto)}")
+
+
 def _roundtrip(build, forward) -> None:
     import torch
     from safetensors.torch import load, save
@@ -41,9 +52,7 @@ def _roundtrip(build, forward) -> None:
     torch.manual_seed(1)
     b = build()
     state = {k: v.detach().contiguous() for k, v in a.state_dict().items()}
-    restored = load(save(state))
-    missing, unexpected = b.load_state_dict(restored, strict=True), None
-    del missing, unexpected
+    b.load_state_dict(load(save(state)), strict=True)
     a.eval(), b.eval()
     with torch.no_grad():
         out_a, out_b = forward(a), forward(b)
@@ -68,12 +77,13 @@ def check_backbone(name: str, host: PluginHost | None = None, image_size: int = 
     entry = (host or get_host()).get("backbone", name)
     kw = _kwargs(entry, kwargs)
     model = entry.build(**kw)
-    assert isinstance(getattr(model, "num_features", None), int) and model.num_features > 0, \
-        "backbone must expose an int num_features"
-    cam = getattr(model, "cam_layer", None)
-    assert isinstance(cam, str), "backbone must expose cam_layer (dotted name of the Grad-CAM layer)"
-    model.get_submodule(cam)  # raises if the layer does not exist
-    assert getattr(model, "tokens_layout", "nchw") in ("nchw", "nhwc", "tokens")
+    _conforms(model, contracts.Backbone, name)
+    assert isinstance(model.num_features, int) and model.num_features > 0, "backbone num_features must be an int > 0"
+    assert isinstance(model.cam_layer, str), "backbone cam_layer must be the dotted name of the Grad-CAM layer"
+    assert model.cam_module() is model.get_submodule(model.cam_layer), "cam_module() must return cam_layer's module"
+    assert model.tokens_layout in contracts.LAYOUTS, f"tokens_layout must be one of {contracts.LAYOUTS}"
+    assert isinstance(model.num_prefix_tokens, int) and model.num_prefix_tokens >= 0, \
+        "num_prefix_tokens must be an int >= 0"
     x = torch.randn(2, 3, image_size, image_size)
     model.train()
     out = model(x)
@@ -90,18 +100,16 @@ def check_head(name: str, host: PluginHost | None = None, in_features: int = 32,
     entry = (host or get_host()).get("head", name)
     kw = _kwargs(entry, kwargs)
     head = entry.build(in_features, num_classes, **kw)
+    _conforms(head, contracts.Head, name)
     x = torch.randn(4, in_features)
     out = head(x)
     assert out.ndim == 2 and out.shape[0] == 4, f"head output must be (B, C), got {tuple(out.shape)}"
-    probs = head.probabilities(out) if hasattr(head, "probabilities") else out.softmax(1)
+    probs = contracts.head_probabilities(head, out)
     assert probs.shape == (4, num_classes), f"probabilities must be (4, {num_classes}), got {tuple(probs.shape)}"
     assert torch.allclose(probs.sum(1), torch.ones(4), atol=1e-4) and (probs >= 0).all(), \
         "probabilities must be non-negative and sum to 1"
     target = torch.tensor([0, 1, num_classes - 1, 0])
-    if hasattr(head, "task_loss"):
-        loss = head.task_loss(out, target, weight=torch.ones(num_classes), label_smoothing=0.0)
-    else:
-        loss = torch.nn.functional.cross_entropy(out, target)
+    loss = contracts.head_loss(head, out, target, weight=torch.ones(num_classes), label_smoothing=0.0)
     assert loss.ndim == 0 and torch.isfinite(loss), "loss must be a finite scalar"
     loss.backward()
     assert all(p.grad is not None for p in head.parameters() if p.requires_grad), "a parameter got no gradient"
@@ -115,10 +123,10 @@ def check_fusion(name: str, host: PluginHost | None = None, num_views: int = 2, 
 
     entry = (host or get_host()).get("fusion", name)
     kw = _kwargs(entry, kwargs)
-    if name == "single" or getattr(entry.factory, "lnzoo_single_view", False):
-        num_views = 1
+    num_views = min(num_views, contracts.fusion_max_views(entry.factory) or num_views)
     fusion = entry.build(num_views, in_features, **kw)
-    assert isinstance(getattr(fusion, "out_features", None), int), "fusion must expose an int out_features"
+    _conforms(fusion, contracts.Fusion, name)
+    assert isinstance(fusion.out_features, int), "fusion out_features must be an int"
     feats = [torch.randn(3, in_features, requires_grad=True) for _ in range(num_views)]
     present = torch.ones(3, num_views, dtype=torch.bool)
     out = fusion(feats, present)

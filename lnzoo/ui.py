@@ -1,4 +1,5 @@
-"""Rich progress display for long work: phantom generation, image decoding, training steps."""
+"""Renders a run's :mod:`lnzoo.events` for people: rich progress bars on a terminal, one plain line per
+epoch (and per finished phase) when the output is a log file or a pipe."""
 from __future__ import annotations
 
 import math
@@ -7,18 +8,37 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
+from lnzoo import events
 
-class RunProgress:
-    """One live display for a run; callbacks are cheap no-ops when nothing changes."""
+
+def wide_console(stderr: bool = False) -> Console:
+    """A console; off a terminal, wide enough that tables are printed whole instead of cut to 80 columns."""
+    console = Console(stderr=stderr)
+    return console if console.is_terminal else Console(stderr=stderr, width=max(console.width, 240))
+
+
+def _epoch_text(e: events.EpochEnded) -> str:
+    row = e.row
+    metric = next((k for k in row if k.startswith("val_") and k != "val_loss"), "val_loss")
+    value = row.get(metric)
+    shown = "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+    best = f" (best {e.best:.3f})" if math.isfinite(e.best) else ""
+    return (f"epoch {row['epoch']}/{e.epochs} loss {row['train_loss']:.3f} val_loss {row['val_loss']:.3f} "
+            f"{metric} {shown}{best}")
+
+
+class RunView:
+    """``on_event`` for :func:`lnzoo.run`; use as a context manager around the run."""
 
     def __init__(self, console: Console | None = None):
-        self.console = console or Console(stderr=True)
+        self.console = console or wide_console(stderr=True)
+        self.live = self.console.is_terminal
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                 console=self.console, transient=False)
-        self._tasks: dict[str, Any] = {}
+                                 console=self.console, transient=False, disable=not self.live)
+        self._bars: dict[str, Any] = {}
 
-    def __enter__(self) -> "RunProgress":
+    def __enter__(self) -> "RunView":
         self.progress.__enter__()
         return self
 
@@ -26,46 +46,53 @@ class RunProgress:
         self.progress.__exit__(*exc)
 
     def _bar(self, key: str, description: str, total: int) -> Any:
-        if key not in self._tasks:
-            self._tasks[key] = self.progress.add_task(description, total=total, info="")
-        return self._tasks[key]
+        if key not in self._bars:
+            self._bars[key] = self.progress.add_task(description, total=total, info="")
+        return self._bars[key]
 
-    def phantom(self, done: int, total: int) -> None:
-        self.progress.update(self._bar("phantom", "phantom", total), completed=done)
+    def __call__(self, event: Any) -> None:
+        handler = getattr(self, f"_on_{type(event).__name__}", None)
+        if handler is not None:
+            handler(event)
 
-    def decode(self, done: int, total: int) -> None:
-        if done == total or done % 25 == 0:
-            self.progress.update(self._bar("decode", "decode images", total), completed=done)
+    def _on_Progress(self, e: events.Progress) -> None:
+        label = {"phantom": "phantom", "decode": "decode images"}.get(e.what, e.what)
+        if self.live:
+            if e.done == e.total or e.done % 25 == 0:
+                self.progress.update(self._bar(e.what, label, e.total), completed=e.done)
+        elif e.done == e.total:
+            self.console.print(f"{label}: {e.total} done", highlight=False)
 
-    def start_fold(self, k: int, n_folds: int, n_train: int, n_val: int, n_held: int, keep: str = "best") -> None:
-        role = "picks the epoch" if keep == "best" else "curves only: the last epoch is kept"
-        self.console.print(f"[bold]fold {k}[/]: train {n_train} images, validation {n_val} ({role}), "
-                           f"held-out {n_held}")
+    def _on_Note(self, e: events.Note) -> None:
+        self.console.print(f"[yellow]warning:[/] {e.text}" if e.level == "warning" else e.text, highlight=False)
 
-    def train(self, event: str, **kw: Any) -> None:
-        if event == "init":
-            r = kw["report"]
-            self.console.print(f"init_from {r['source']}: {r['backbone_loaded']}/{r['backbone_total']} backbone "
-                               f"tensors loaded; heads new" + (f"; not loaded: {', '.join(r['not_loaded'][:5])}"
-                                                               if r["not_loaded"] else ""))
-            return
-        key = f"fold{kw['fold']}"
-        if event == "step":
-            total = kw["epochs"] * kw["steps"]
-            bar = self._bar(key, f"fold {kw['fold']}", total)
-            done = kw["epoch"] * kw["steps"] + kw["step"]
-            self.progress.update(bar, completed=done, info=f"epoch {kw['epoch'] + 1}/{kw['epochs']} loss {kw['loss']:.3f}")
-        else:
-            row = kw["row"]
-            metric = next(k for k in row if k.startswith("val_") and k != "val_loss")
-            best = kw["best"]
-            self.progress.update(self._tasks[key], info=f"epoch {row['epoch']}/{kw['epochs']} loss {row['train_loss']:.3f} "
-                                 f"{metric} {row[metric]:.3f}" + (f" (best {best:.3f})" if math.isfinite(best) else ""))
+    def _on_FoldStarted(self, e: events.FoldStarted) -> None:
+        role = "picks the epoch" if e.keep == "best" else "curves only: the last epoch is kept"
+        self.console.print(f"[bold]fold {e.fold}[/]: train {e.n_train} images, validation {e.n_validation} ({role}), "
+                           f"held-out {e.n_held_out}", highlight=False)
 
-    def end_fold(self, k: int, main_metrics: dict[str, Any]) -> None:
-        bar = self._tasks.get(f"fold{k}")
+    def _on_InitLoaded(self, e: events.InitLoaded) -> None:
+        r = e.report
+        self.console.print(f"init_from {r['source']}: {r['backbone_loaded']}/{r['backbone_total']} backbone "
+                           f"tensors loaded; heads new" + (f"; not loaded: {', '.join(r['not_loaded'][:5])}"
+                                                           if r["not_loaded"] else ""), highlight=False)
+
+    def _on_StepEnded(self, e: events.StepEnded) -> None:
+        if self.live:
+            bar = self._bar(f"fold{e.fold}", f"fold {e.fold}", e.epochs * e.steps)
+            self.progress.update(bar, completed=e.epoch * e.steps + e.step,
+                                 info=f"epoch {e.epoch + 1}/{e.epochs} loss {e.loss:.3f}")
+
+    def _on_EpochEnded(self, e: events.EpochEnded) -> None:
+        if self.live and f"fold{e.fold}" in self._bars:
+            self.progress.update(self._bars[f"fold{e.fold}"], info=_epoch_text(e))
+        elif not self.live:
+            self.console.print(f"fold {e.fold} {_epoch_text(e)}", highlight=False)
+
+    def _on_FoldEnded(self, e: events.FoldEnded) -> None:
+        bar = self._bars.get(f"fold{e.fold}")
         if bar is not None:  # early stopping ends a bar before its total
             self.progress.update(bar, total=self.progress.tasks[bar].completed)
-        if main_metrics:
-            self.console.print(f"fold {k} held-out: AUC {main_metrics.get('auc', float('nan')):.3f}  "
-                               f"ACC {main_metrics.get('accuracy', float('nan')):.3f}")
+        if e.metrics:
+            self.console.print(f"fold {e.fold} held-out: AUC {e.metrics.get('auc', float('nan')):.3f}  "
+                               f"ACC {e.metrics.get('accuracy', float('nan')):.3f}", highlight=False)

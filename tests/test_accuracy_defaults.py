@@ -14,7 +14,8 @@ from lnzoo.errors import DataError
 from lnzoo.plugins import load_plugins
 from lnzoo.predict import Ensemble
 from lnzoo.recipe import load_recipe
-from lnzoo.runner import read_folds_file, run_recipe
+from lnzoo.data.run_data import read_folds_file
+from lnzoo.pipeline import fit_folds
 from tests.conftest import REPO
 from tests.test_run import TINY
 
@@ -25,7 +26,7 @@ def _recipe(sets, host):
 
 def test_hflip_tta_averages_image_and_mirror_and_is_served_as_it_was_evaluated(tmp_path):
     from lnzoo.model import build_model, predict_probabilities
-    from lnzoo.runner import recipe_tasks
+    from lnzoo.data.run_data import recipe_tasks
 
     host = load_plugins()
     recipe = _recipe(["train.tta='hflip'"], host)
@@ -40,7 +41,7 @@ def test_hflip_tta_averages_image_and_mirror_and_is_served_as_it_was_evaluated(t
         torch.testing.assert_close(tta[task], 0.5 * (plain[task] + mirror[task]))
         assert not torch.allclose(tta[task], plain[task])
 
-    run_recipe(recipe, host, tmp_path / "run")
+    fit_folds(recipe, host, tmp_path / "run")
     with (tmp_path / "run" / "predictions.csv").open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["part"] == "cv"][:5]
     served, _ = Ensemble([tmp_path / "run"], host).predict([Path(r["path"]) for r in rows])
@@ -50,13 +51,13 @@ def test_hflip_tta_averages_image_and_mirror_and_is_served_as_it_was_evaluated(t
 
 def test_a_folds_file_fixes_the_split(tmp_path):
     host = load_plugins()
-    run_recipe(_recipe([], host), host, tmp_path / "a")
+    fit_folds(_recipe([], host), host, tmp_path / "a")
     with (tmp_path / "a" / "folds.csv").open() as fh:
         drawn = {r["patient"]: int(r["fold"]) for r in csv.DictReader(fh)}
     moved = {p: (k + 1) % 3 for p, k in drawn.items()}  # another valid split of the same patients
     folds_file = tmp_path / "my_folds.csv"
     folds_file.write_text("patient,fold\n" + "".join(f"{p},{k}\n" for p, k in moved.items()))
-    run_recipe(_recipe([f"cv.folds_file='{folds_file.as_posix()}'"], host), host, tmp_path / "b")
+    fit_folds(_recipe([f"cv.folds_file='{folds_file.as_posix()}'"], host), host, tmp_path / "b")
     with (tmp_path / "b" / "folds.csv").open() as fh:
         assert {r["patient"]: int(r["fold"]) for r in csv.DictReader(fh)} == moved
 
@@ -93,7 +94,7 @@ def test_keep_last_keeps_the_final_weights_instead_of_picking_an_epoch(tmp_path)
     from safetensors.torch import load_file
 
     host = load_plugins()
-    run_recipe(_recipe(["train.keep='last'", "train.epochs=3", "train.ema=0.5"], host), host, tmp_path / "r")
+    fit_folds(_recipe(["train.keep='last'", "train.epochs=3", "train.ema=0.5"], host), host, tmp_path / "r")
     meta = json.loads((tmp_path / "r" / "fold0" / "best.json").read_text())
     assert meta["best_epoch"] == 3
     best, last = (load_file(str(tmp_path / "r" / "fold0" / f"{n}.safetensors")) for n in ("best", "last"))
@@ -107,7 +108,7 @@ def test_a_roi_model_is_served_from_a_manifest_that_names_each_box(tmp_path):
 
     host = load_plugins()
     run = tmp_path / "run"
-    run_recipe(_recipe(["data.views=['roi']", "data.phantom.source='manifest'", "cv.folds=2",
+    fit_folds(_recipe(["data.views=['roi']", "data.phantom.source='manifest'", "cv.folds=2",
                         "train.epochs=1"], host), host, run)
     with (run / "predictions.csv").open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["part"] == "cv"][:4]
@@ -145,7 +146,7 @@ def test_each_served_member_applies_its_own_empty_roi_policy(tmp_path):
 
     host = load_plugins()
     run = tmp_path / "run"
-    run_recipe(_recipe(["data.views=['roi']", "data.phantom.source='manifest'", "cv.folds=2",
+    fit_folds(_recipe(["data.views=['roi']", "data.phantom.source='manifest'", "cv.folds=2",
                         "train.epochs=1"], host), host, run)
     # the same weights as two members: one trained with data.empty_roi = "error", one with "whole_image"
     members = {}
@@ -186,7 +187,7 @@ def test_example_recipes_for_real_data_validate(path):
                     reason="the public DDTI and POCUS sets are not beside this checkout (../shared/data)")
 @pytest.mark.parametrize("name,images,patients", [("ddti_tirads", 457, 291), ("pocus_lung", 677, 162)])
 def test_example_recipes_read_the_real_sets(name, images, patients):
-    from lnzoo.runner import load_run_data, recipe_tasks
+    from lnzoo.data.run_data import load_run_data, recipe_tasks
 
     host = load_plugins()
     recipe = load_recipe(REPO / "recipes" / "examples" / f"{name}.toml", host=host)

@@ -62,3 +62,13 @@ def test_width_and_grad_cam_layer_are_exposed(name, kwargs, width, layout):
     if width:
         assert bb.num_features == width
     bb.get_submodule(bb.cam_layer)
+
+
+def test_builtin_backbones_register_the_nn_factories_lazily():
+    from lnzoo.nn import backbones
+    entry = HOST.get("backbone", "timm")
+    assert entry.target == "lnzoo.nn.backbones:timm_backbone" and entry.factory is backbones.timm_backbone
+    assert entry.factory.lnzoo_check_kwargs == {"model_name": "test_resnet"}  # the kit's tiny model
+    params = entry.parameters()
+    assert params["model_name"].default == "resnet50" and params["pretrained"].default is False
+    assert list(HOST.get("backbone", "tv_resnet50").parameters()) == ["pretrained"]

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from lnzoo.compare import as_json, compare, format_table
+from lnzoo.evaluation.compare import as_json, compare, format_table
 from lnzoo.errors import UsageError
-from lnzoo.metrics import classification_metrics
-from lnzoo.stats import delong_ci, delong_test, mcnemar_test, paired_bootstrap_auc_diff
+from lnzoo.evaluation.metrics import classification_metrics
+from lnzoo.evaluation.stats import auc_difference_test, delong_ci, delong_test, mcnemar_test, paired_bootstrap_auc_diff
 
 N_BOOT = 100
 CLASSES = ["benign", "malignant"]
@@ -65,9 +65,11 @@ def test_binary_result_equals_direct_calls(tmp_path, cases):
     assert r["a"]["auc"] == pytest.approx(delong_ci(y, sa)[0], abs=1e-12)
     assert r["a"]["auc_ci"] == pytest.approx(list(delong_ci(y, sa)[1:]), abs=1e-12)
     assert r["b"]["auc"] == pytest.approx(delong_ci(y, sb)[0], abs=1e-12)
-    d = delong_test(y, sa, sb)
+    d = auc_difference_test(y, sa, sb, groups=cases["patients"])  # both sides know the patients: clustered
     assert r["delong"]["z"] == pytest.approx(d["z"], abs=1e-9)
     assert r["delong"]["p_value"] == pytest.approx(d["p_value"], abs=1e-12)
+    assert r["delong"]["clustered"] and "clustered by patient" in r["delong"]["test"]
+    assert d["p_value"] != pytest.approx(delong_test(y, sa, sb)["p_value"])  # the plain test would differ
     boot = paired_bootstrap_auc_diff(y, sa, sb, groups=cases["patients"], n_boot=N_BOOT, seed=0)
     assert r["auc_diff_bootstrap"]["lo"] == boot["lo"] and r["auc_diff_bootstrap"]["hi"] == boot["hi"]
     pa, pb = (sa >= 0.5).astype(int), (sb >= 0.5).astype(int)
@@ -145,7 +147,8 @@ def test_reader_with_hard_calls(tmp_path, cases):
     assert r["b"]["auc"] == pytest.approx((sens + spec) / 2)
     assert r["b"]["sensitivity"]["value"] == pytest.approx(sens)
     assert r["mcnemar"] == mcnemar_test(y, (cases["sa"] >= 0.5).astype(int), calls)
-    assert r["delong"]["p_value"] == pytest.approx(delong_test(y, cases["sa"], calls)["p_value"])
+    assert r["delong"]["p_value"] == pytest.approx(
+        auc_difference_test(y, cases["sa"], calls, groups=cases["patients"])["p_value"])
     assert any("hard 0/1 calls" in n for n in r["notes"])
 
 

@@ -264,7 +264,7 @@ def runs(tmp_path_factory):
     """One single-view and one two-view (full + crop) run directory on a small phantom."""
     from lnzoo.plugins import load_plugins
     from lnzoo.recipe import load_recipe
-    from lnzoo.runner import run_recipe
+    from lnzoo.pipeline import fit_folds
 
     # the phantom cache is the session's (tests/conftest.py)
     host = load_plugins()
@@ -272,7 +272,7 @@ def runs(tmp_path_factory):
     for name, sets in (("single", []), ("two", ["data.views=['full','crop']", "model.fusion={name='concat'}"])):
         recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", sets=[*TINY, *sets], host=host)
         out[name] = tmp_path_factory.mktemp(name)
-        run_recipe(recipe, host, out[name])
+        fit_folds(recipe, host, out[name])
     yield out
 
 
@@ -282,15 +282,15 @@ def _images(run: Path, n: int = 2) -> list[Path]:
 
 
 def _capture_models(monkeypatch) -> list:
-    import lnzoo.checkpoint
+    import lnzoo.inference
 
-    loaded, real = [], lnzoo.checkpoint.load_model
+    loaded, real = [], lnzoo.inference.load
 
     def spy(*args, **kwargs):
-        model, meta = real(*args, **kwargs)
-        loaded.append(model)
-        return model, meta
-    monkeypatch.setattr(lnzoo.checkpoint, "load_model", spy)
+        predictor = real(*args, **kwargs)
+        loaded.append(predictor.model)
+        return predictor
+    monkeypatch.setattr(lnzoo.inference, "load", spy)
     return loaded
 
 

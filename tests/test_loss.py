@@ -58,3 +58,37 @@ def test_balanced_weights_ignore_missing_and_absent_classes():
 def test_task_weights_naming_an_unknown_task_is_an_error():
     with pytest.raises(Exception, match="not in the model"):
         MultiTaskLoss(TASKS, {"malignancy": 1.0, "enlargment": 0.5})
+
+
+class _OwnHead(torch.nn.Module):
+    """Outputs that are not logits: a head that maps them to probabilities and scores them itself."""
+
+    def probabilities(self, outputs):
+        return outputs / outputs.sum(1, keepdim=True)
+
+    def task_loss(self, outputs, target, weight=None, label_smoothing=0.0):
+        return outputs.sum() * 0 + 7.0 + label_smoothing
+
+
+def test_head_probabilities_and_loss_resolve_the_optional_methods_in_one_place():
+    from lnzoo.contracts import has_own_probabilities, head_loss, head_probabilities
+    torch.manual_seed(0)
+    out, tgt, w = torch.randn(5, 3).half(), torch.tensor([0, 1, 2, 2, 0]), torch.tensor([1.0, 2.0, 0.5])
+    plain = torch.nn.Linear(4, 3)
+    assert not has_own_probabilities(plain) and not has_own_probabilities(None)
+    probs = head_probabilities(plain, out)
+    assert probs.dtype == torch.float32 and torch.allclose(probs, out.float().softmax(1))
+    ref = F.cross_entropy(out.float(), tgt, weight=w, label_smoothing=0.2)
+    assert torch.allclose(head_loss(plain, out, tgt, weight=w, label_smoothing=0.2), ref)
+    assert torch.allclose(head_loss(None, out, tgt), F.cross_entropy(out.float(), tgt))  # no head: plain CE
+    own, pos = _OwnHead(), torch.rand(5, 3) + 0.1
+    assert has_own_probabilities(own) and torch.allclose(head_probabilities(own, pos), pos / pos.sum(1, keepdim=True))
+    assert float(head_loss(own, pos, tgt, weight=w, label_smoothing=0.5)) == 7.5
+
+
+def test_multitask_loss_uses_a_heads_own_task_loss_with_the_tasks_smoothing():
+    task = {"malignancy": TASKS["malignancy"].with_options(label_smoothing=0.25)}
+    out = {"malignancy": torch.rand(4, 2)}
+    tgt = {"malignancy": torch.tensor([0, MISSING, 1, 1])}
+    total, _ = MultiTaskLoss(task, {"malignancy": 2.0})(out, tgt, heads={"malignancy": _OwnHead()})
+    assert float(total) == 2.0 * 7.25

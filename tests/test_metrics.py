@@ -19,7 +19,7 @@ from sklearn.metrics import (
     roc_auc_score,
 )
 
-from lnzoo.metrics import (
+from lnzoo.evaluation.metrics import (
     aggregate_by_group,
     apply_temperature,
     classification_metrics,

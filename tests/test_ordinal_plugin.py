@@ -16,7 +16,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lnzoo.plugins
 from lnzoo.plugins import load_plugins
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -300,31 +299,47 @@ def test_learns_synthetic_ordinal_problem(coral):
 
 def test_lnzoo_multitask_loss_dispatches_to_task_loss(coral, host):
     """lnzoo masks missing labels (-1), passes class weights, and calls the head's task_loss."""
-    loss_mod = pytest.importorskip("lnzoo.loss")
-    if not all(hasattr(loss_mod, n) for n in ("MultiTaskLoss", "MISSING")):
-        pytest.skip("lnzoo.loss has no MultiTaskLoss / MISSING")
+    from lnzoo.loss import MISSING, MultiTaskLoss
     task = host.get("task", "elastography_score").build()
     head = coral(8, task.num_classes)
     weight = [0.5, 1.0, 2.0, 4.0]
-    mtl = loss_mod.MultiTaskLoss({task.name: task}, {task.name: 1.0}, {task.name: weight})
+    mtl = MultiTaskLoss({task.name: task}, {task.name: 1.0}, {task.name: weight})
     out = head(torch.randn(6, 8))
-    target = torch.tensor([0, loss_mod.MISSING, 3, 2, loss_mod.MISSING, 1])
+    target = torch.tensor([0, MISSING, 3, 2, MISSING, 1])
     total, _ = mtl({task.name: out}, {task.name: target}, heads={task.name: head})
-    keep = target != loss_mod.MISSING
+    keep = target != MISSING
     expected = head.task_loss(out[keep], target[keep], weight=torch.tensor(weight))
     torch.testing.assert_close(total, expected)
 
 
-# --- lnzoo's conformance kit, once it exists ------------------------------------------------------
+def test_lnzoo_resolves_the_heads_probabilities_and_loss(coral):
+    from lnzoo.contracts import Head, has_own_probabilities, head_loss, head_probabilities
+    head = coral(8, 4)
+    out = head(torch.randn(5, 8))
+    target = torch.tensor([0, 1, 2, 3, 1])
+    assert isinstance(head, Head) and has_own_probabilities(head)
+    torch.testing.assert_close(head_probabilities(head, out), _hand_probs(out.detach()), atol=1e-6, rtol=0)
+    torch.testing.assert_close(head_loss(head, out, target, label_smoothing=0.1), head.task_loss(out, target))
 
-def test_conformance_kit(host, monkeypatch):
-    import inspect
 
-    testing = pytest.importorskip("lnzoo.testing")
-    check_head = getattr(testing, "check_head", None)
-    if check_head is None:
-        pytest.skip("lnzoo.testing has no check_head yet")
-    monkeypatch.setattr(lnzoo.plugins, "_HOST", host)  # in case the kit builds from the process host
-    extra = {"host": host} if "host" in inspect.signature(check_head).parameters else {}
-    check_head("coral", **extra)
-    check_head("coral", hidden=8, dropout=0.1, **extra)
+# --- lnzoo's conformance kit ----------------------------------------------------------------------
+
+def test_conformance_kit(host):
+    from lnzoo.testing import check_head
+    check_head("coral", host=host)
+    check_head("coral", host=host, hidden=8, dropout=0.1)
+    check_head("coral", host=host, num_classes=2)
+
+
+def test_conformance_kit_catches_a_broken_coral(host, monkeypatch):
+    from lnzoo.testing import check_head
+    from lnzoo_ordinal.heads import CoralHead
+    monkeypatch.setattr(CoralHead, "probabilities", lambda self, outputs: torch.sigmoid(outputs.float()))
+    with pytest.raises(AssertionError, match="probabilities must be"):
+        check_head("coral", host=host)
+
+
+def test_coral_is_registered_lazily(host):
+    entry = host.get("head", "coral")
+    assert entry.target == "lnzoo_ordinal.heads:CoralHead"
+    assert list(entry.parameters()) == ["in_features", "num_classes", "hidden", "dropout"]

@@ -139,3 +139,149 @@ def test_the_shipped_ordinal_plugin_is_listed_under_its_distribution(fake_dist):
     tasks = {r["name"]: r for r in json.loads(run_cli(
         "list-tasks", "--json", pythonpath=[site, REPO / "plugins" / "lnzoo-ordinal" / "src"]).stdout)}
     assert tasks["elastography_score"]["classes"] == ["1", "2", "3", "4"]
+
+
+# --- start-up stays torch-free ------------------------------------------------------------------
+
+NO_TORCH = """
+import sys
+sys.argv = ["lnzoo", *sys.argv[1:]]
+from lnzoo.cli import main
+try:
+    main()
+except SystemExit as exc:
+    assert exc.code in (0, None), f"exit code {exc.code}"
+loaded = sorted(m for m in sys.modules if m == "torch" or m.startswith("torch."))
+assert not loaded, f"torch was imported: {loaded[:5]}"
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["plugins"], ["plugins", "--json"], ["list-heads"], ["list-tasks"]])
+def test_help_plugins_and_listings_import_no_torch(args, fake_dist):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+    site = fake_dist("lnzoo-ordinal", "0.1.0", {"ordinal": "lnzoo_ordinal.plugin"})  # a lazy third party too
+    path = os.pathsep.join(map(str, [site, REPO / "plugins" / "lnzoo-ordinal" / "src", REPO]))
+    done = subprocess.run([sys.executable, "-c", NO_TORCH, *args], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": path, "COLUMNS": "200"}, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+
+
+def test_contracts_module_imports_no_torch():
+    import subprocess
+    import sys
+    code = "import sys, lnzoo.contracts, lnzoo.registry; assert 'torch' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+# --- lazy "module:attr" factories -----------------------------------------------------------------
+
+def _lazy_host(target, kind="head", **options):
+    def hook(register):
+        register("lazy", target, "a lazily imported component", **options)
+    return load_plugins(extra=[("acme-lazy", _module("acme", **{f"lnzoo_register_{kind}s": hook}))])
+
+
+def test_lazy_factory_is_imported_on_first_build_only(tmp_path, monkeypatch):
+    import sys
+    (tmp_path / "acme_lazy_heads.py").write_text(
+        "import torch\n\ndef make(in_features, num_classes, bias: bool = True):\n"
+        "    return torch.nn.Linear(in_features, num_classes, bias=bias)\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    host = _lazy_host("acme_lazy_heads:make")
+    entry = host.get("head", "lazy")
+    assert not host.failures and entry.description == "a lazily imported component"
+    assert "acme_lazy_heads" not in sys.modules  # registering and listing import nothing
+    assert entry.build(4, 3).out_features == 3
+    assert "acme_lazy_heads" in sys.modules
+    assert list(entry.parameters()) == ["in_features", "num_classes", "bias"]
+    sys.modules.pop("acme_lazy_heads")
+
+
+def test_lazy_class_factory_parameters_leave_out_self():
+    entry = _lazy_host("lnzoo.nn.heads:MLPHead").get("head", "lazy")
+    params = entry.parameters()
+    assert list(params) == ["in_features", "num_classes", "hidden", "dropout"] and params["hidden"].default == 256
+    assert params["dropout"].annotation is float  # string annotations are evaluated for the recipe check
+    assert load_plugins().get("head", "linear").target == "lnzoo.nn.heads:LinearHead"
+
+
+@pytest.mark.parametrize(("target", "needle"), [
+    ("acme_no_such_module:make", "ModuleNotFoundError"),
+    ("lnzoo.nn.heads:NoSuchHead", "AttributeError"),
+    ("lnzoo.errors:__doc__", "not a callable factory"),
+])
+def test_bad_lazy_factory_is_a_clear_plugin_error_on_first_use(target, needle):
+    entry = _lazy_host(target).get("head", "lazy")
+    for use in (lambda: entry.build(4, 2), entry.parameters):
+        with pytest.raises(PluginError) as info:
+            use()
+        text = str(info.value)
+        assert "acme-lazy" in text and target in text and needle in text and "'lazy'" in text
+
+
+@pytest.mark.parametrize("target", ["lnzoo.nn.heads.LinearHead", "lnzoo.nn.heads:", "lnzoo nn:x", ":LinearHead"])
+def test_malformed_factory_string_fails_the_plugin_at_registration(target):
+    host = _lazy_host(target)
+    (bad,) = host.failures
+    assert bad.distribution == "acme-lazy" and target in bad.error and "module:attr" in bad.error
+    assert "lazy" not in host.registry("head")
+
+
+# --- defaults: the core names no built-in -------------------------------------------------------
+
+RECIPE = {"model": {"backbone": {"name": "timm", "model_name": "test_resnet"}},
+          "tasks": {"main": "malignancy", "task_weights": {"malignancy": 1.0}}}
+
+
+def test_builtins_declare_the_defaults_and_the_recipe_uses_them():
+    from lnzoo.recipe import resolve
+    host = load_plugins()
+    assert (host.registry("fusion").default, host.registry("head").default) == ("single", "linear")
+    assert host.registry("backbone").default is None  # a recipe must name its backbone
+    r = resolve(RECIPE, host=host)
+    assert r["model.fusion"] == {"name": "single"} and r["model.head"] == {"name": "linear"}
+
+
+def test_a_second_default_is_an_error_naming_both_unless_override():
+    host = _lazy_host("lnzoo.nn.heads:MLPHead", default=True)
+    (bad,) = host.failures
+    assert "acme-lazy" in bad.error and "lnzoo" in bad.error and "'linear'" in bad.error and "override" in bad.error
+    assert host.registry("head").default == "linear"
+    host = _lazy_host("lnzoo.nn.heads:MLPHead", default=True, override=True)
+    assert not host.failures and host.registry("head").default == "lazy"
+    from lnzoo.recipe import resolve
+    assert resolve(RECIPE, host=host)["model.head"] == {"name": "lazy"}
+
+
+def test_one_plugin_cannot_declare_two_defaults_of_a_kind():
+    def heads(register):
+        register("a", "lnzoo.nn.heads:LinearHead", override=True, default=True)
+        register("b", "lnzoo.nn.heads:MLPHead", override=True, default=True)
+    host = load_plugins(extra=[("twice", _module("twice", lnzoo_register_heads=heads))])
+    assert "two default heads" in host.failures[0].error and "a" not in host.registry("head")
+
+
+def test_no_default_fusion_registered_is_a_recipe_problem():
+    from lnzoo.errors import RecipeError
+    from lnzoo.recipe import resolve
+    host = load_plugins()
+    host.registry("fusion").default = None
+    with pytest.raises(RecipeError, match="model.fusion: required, no fusion is registered as the default"):
+        resolve(RECIPE, host=host)
+
+
+def test_a_fusion_declares_its_view_limit_and_the_recipe_checks_it_generically(tmp_path, monkeypatch):
+    from lnzoo.errors import RecipeError
+    from lnzoo.recipe import resolve
+    (tmp_path / "acme_pair.py").write_text(
+        "from lnzoo.nn.fusions import ConcatFusion\n\nclass Pair(ConcatFusion):\n    max_views = 2\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    host = _lazy_host("acme_pair:Pair", kind="fusion")
+    recipe = {**RECIPE, "model": {**RECIPE["model"], "fusion": {"name": "lazy"}}}
+    assert resolve({**recipe, "data": {"views": ["full", "crop"]}}, host=host)["model.fusion"]["name"] == "lazy"
+    with pytest.raises(RecipeError, match=r"'lazy' takes 2 views but data.views has 3; use concat, mean or attention"):
+        resolve({**recipe, "data": {"views": ["a", "b", "c"]}}, host=host)

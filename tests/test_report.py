@@ -12,9 +12,11 @@ import numpy as np
 import pytest
 
 from lnzoo.errors import UsageError
-from lnzoo.metrics import aggregate_by_group, classification_metrics, threshold_for_sensitivity, youden_threshold
-from lnzoo.report import _gradcam_section, choose_threshold, evaluate_predictions, write_report
-from lnzoo.stats import bootstrap_ci
+from lnzoo.evaluation.metrics import aggregate_by_group, classification_metrics, threshold_for_sensitivity, youden_threshold
+from lnzoo.evaluation.evaluate import choose_threshold, evaluate_predictions
+from lnzoo.report import write_report
+from lnzoo.report.html import gradcam_section
+from lnzoo.evaluation.stats import bootstrap_ci
 from tests.conftest import REPO
 
 N_BOOT = 100
@@ -98,8 +100,8 @@ def _same(a, b):
             _same(x, y)
     elif isinstance(b, float) and math.isnan(b):
         assert a is None or (isinstance(a, float) and math.isnan(a))
-    else:
-        assert a == pytest.approx(b, rel=1e-12, abs=1e-12)
+    else:  # evaluation.json keeps 6 significant digits
+        assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +114,7 @@ def real_run(tmp_path_factory):
     """One tiny real run (two folds of three), built like tests/test_run.py does."""
     from lnzoo.plugins import load_plugins
     from lnzoo.recipe import load_recipe
-    from lnzoo.runner import run_recipe
+    from lnzoo.pipeline import fit_folds
 
     # the phantom cache is the session's (tests/conftest.py)
     host = load_plugins()
@@ -121,7 +123,7 @@ def real_run(tmp_path_factory):
             "train.threads=1"]
     recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", sets=sets, host=host)
     out = tmp_path_factory.mktemp("real") / "run"
-    run_recipe(recipe, host, out)
+    fit_folds(recipe, host, out)
     return out
 
 
@@ -151,10 +153,34 @@ def test_report_of_a_real_run_is_self_contained_and_matches_the_metrics(real_run
         _same(ev["tasks"][task]["levels"]["image"]["parts"]["cv"]["metrics"],
               classification_metrics(y, p, meta["classes"], pos))
     assert ev["run"]["recipe"] == "stage1_aux" and ev["run"]["device"]
-    # the run's own pooled metrics agree too (metrics.json rounds to 6 digits)
-    stored = json.loads((real_run / "metrics.json").read_text())["cross_validation"]["pooled"]["malignancy"]
-    assert ev["tasks"]["malignancy"]["levels"]["image"]["parts"]["cv"]["metrics"]["accuracy"] == \
-        pytest.approx(stored["accuracy"], abs=1e-6)
+
+
+def test_metrics_json_and_evaluation_json_agree_on_every_shared_figure(real_run):
+    write_report(real_run, n_boot=N_BOOT)
+    ev = json.loads((real_run / "evaluation.json").read_text(encoding="utf-8"))
+    stored = json.loads((real_run / "metrics.json").read_text())["cross_validation"]
+    compared = 0
+    for task in ("malignancy", "enlargement"):
+        level = ev["tasks"][task]["levels"]["image"]
+        pairs = [(stored["pooled"][task], level["parts"]["cv"]["metrics"])]
+        pairs += [(f["metrics"][task], level["folds"][str(f["fold"])]["metrics"]) for f in stored["folds"]]
+        for mine, theirs in pairs:
+            shared = set(mine) & set(theirs)
+            assert len(shared) > 20
+            for key in shared:  # the same code and the same rounding: equal, not merely close
+                assert mine[key] == theirs[key], (task, key)
+                compared += 1
+        for key, ms in stored["mean_sd"][task].items():
+            assert ms == level["cv_mean_sd"][key], (task, key)
+    assert compared > 100
+    assert ev["tasks"]["malignancy"]["levels"]["image"]["cv_mean_sd"]["auc"]["n_folds"] == 2
+
+
+def test_one_fold_has_no_sd(tmp_path):
+    from lnzoo.evaluation.evaluate import mean_sd
+
+    assert mean_sd([{"auc": 0.7}])["auc"] == {"mean": 0.7, "sd": pytest.approx(float("nan"), nan_ok=True),
+                                              "n_folds": 1}
 
 
 @pytest.mark.filterwarnings("ignore:The y_prob values do not sum to one")
@@ -284,16 +310,16 @@ def test_report_handles_one_fold_few_rows_and_one_class_parts(tmp_path):
 
 
 def test_gradcam_hook_embeds_the_explain_pngs(tmp_path):
-    assert _gradcam_section(tmp_path) == ""
+    assert gradcam_section(tmp_path / "explain") == ""
     (tmp_path / "explain").mkdir()
-    assert _gradcam_section(tmp_path) == ""
+    assert gradcam_section(tmp_path / "explain") == ""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     fig = plt.figure(figsize=(1, 1))
     fig.savefig(tmp_path / "explain" / "case_P001.png")
     plt.close(fig)
-    section = _gradcam_section(tmp_path)
+    section = gradcam_section(tmp_path / "explain")
     assert section.count('<img src="data:image/png;base64,') == 1 and "case_P001.png" in section
 
 

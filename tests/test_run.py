@@ -8,7 +8,7 @@ from pathlib import Path
 
 from lnzoo.plugins import load_plugins
 from lnzoo.recipe import load_recipe
-from lnzoo.runner import run_recipe
+from lnzoo.pipeline import fit_folds
 from tests.conftest import REPO, run_cli
 
 TINY = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=48", "train.epochs=2",
@@ -18,7 +18,7 @@ TINY = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_si
 def _run(out: Path, sets=(), host=None):
     host = host or load_plugins()
     recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", sets=[*TINY, *sets], host=host)
-    return run_recipe(recipe, host, out)
+    return fit_folds(recipe, host, out)
 
 
 def test_run_writes_the_run_directory_and_is_deterministic(tmp_path):

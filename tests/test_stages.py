@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 
 from lnzoo.plugins import load_plugins
+from lnzoo.errors import UsageError
 from lnzoo.predict import Ensemble, predict_rows, run_cascade
 from lnzoo.recipe import load_recipe
-from lnzoo.runner import run_recipe
+from lnzoo.pipeline import fit_folds
 from tests.conftest import REPO
 
 HOST = load_plugins()
@@ -35,7 +36,7 @@ def test_every_shipped_recipe_validates_plain_and_quick(path):
 
 def _run(tmp: Path, recipe: str, sets=()):
     r = load_recipe(REPO / "recipes" / recipe, host=HOST, sets=[*TINY, *sets])
-    run_recipe(r, HOST, tmp)
+    fit_folds(r, HOST, tmp)
     return tmp
 
 
@@ -84,8 +85,13 @@ def test_cascade_routes_malignant_nodes_to_stage2_and_metastatic_to_stage3(stage
         else:
             assert "p_metastasis_metastatic" in r
             assert ("stage3" in r) == (r["stage2"] == "metastatic")
-    with pytest.raises(Exception, match="main task is 'metastasis'"):
-        run_cascade([stage_runs["s2"], stage_runs["s2"], stage_runs["s3"]], images, HOST)
+    # which class passes on comes from each stage's task definition, or is given per stage
+    benign_first = run_cascade([stage_runs["s1"], stage_runs["s2"]], images, HOST, passes_on=["benign"])
+    assert all(("stage2" in r) == (r["stage1"] == "benign") for r in benign_first)
+    with pytest.raises(UsageError, match="names no class that passes on"):
+        run_cascade([stage_runs["s3"], stage_runs["s2"]], images, HOST)
+    with pytest.raises(UsageError, match="'lymph' is not a class"):
+        run_cascade([stage_runs["s1"], stage_runs["s2"]], images, HOST, passes_on=["lymph"])
 
 
 def test_fused_multimodal_model_with_modality_dropout_predicts_with_a_missing_modality(cache_env, tmp_path):
@@ -128,8 +134,8 @@ def test_clinical_covariates_join_the_image_features_and_are_encoded_from_traini
     spec = {c["name"]: c for c in side["covariates"]["covariates"]}
     assert spec["age"]["kind"] == "numeric" and spec["sex"]["kind"] == "categorical"
     assert set(spec["flow_pattern"]["levels"]) <= {"none", "hilar", "peripheral", "mixed"}
-    from lnzoo.checkpoint import load_model
-    model, _ = load_model(run / "fold0" / "best.safetensors", HOST)
+    from lnzoo.inference import load
+    model = load(run / "fold0" / "best.safetensors", HOST).model
     assert model.tabular is not None
     # images alone (no covariates at inference) still predict: covariates count as missing
     first = next(csv.DictReader((run / "predictions.csv").open()))["path"]

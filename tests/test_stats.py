@@ -7,12 +7,12 @@ import pytest
 from scipy.stats import binomtest, norm
 from sklearn.metrics import accuracy_score, roc_auc_score
 
-from lnzoo.stats import (
+from lnzoo.evaluation.stats import (
     bootstrap_ci,
     delong_ci,
     delong_roc_variance,
     delong_test,
-    fast_auc,
+    binary_auc,
     mcnemar_test,
     paired_bootstrap_auc_diff,
 )
@@ -48,7 +48,7 @@ def test_delong_auc_equals_sklearn():
     auc, var = delong_roc_variance(y, a)
     assert auc == pytest.approx(roc_auc_score(y, a), abs=1e-12)
     assert var > 0
-    assert fast_auc(y, a) == pytest.approx(roc_auc_score(y, a), abs=1e-12)
+    assert binary_auc(y, a) == pytest.approx(roc_auc_score(y, a), abs=1e-12)
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -101,12 +101,12 @@ def test_delong_ci_is_plain_normal_interval():
 
 
 def test_fast_auc_undefined_for_one_class():
-    assert math.isnan(fast_auc([1, 1, 1], [0.1, 0.2, 0.3]))
-    assert fast_auc([0, 1, 0, 1], np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.5, 0.5]])) == 0.875
+    assert math.isnan(binary_auc([1, 1, 1], [0.1, 0.2, 0.3]))
+    assert binary_auc([0, 1, 0, 1], np.array([[0.9, 0.1], [0.2, 0.8], [0.5, 0.5], [0.5, 0.5]])) == 0.875
 
 
 def _auc_metric(y, p):
-    return fast_auc(y, p)
+    return binary_auc(y, p)
 
 
 def test_bootstrap_deterministic_and_contains_estimate():
@@ -173,7 +173,7 @@ def test_bootstrap_skips_undefined_resamples():
     def raising(yy, pp):
         if yy.all() or not yy.any():
             raise ValueError("one class")
-        return fast_auc(yy, pp)
+        return binary_auc(yy, pp)
 
     assert bootstrap_ci(raising, y, p, n_boot=400, seed=1) == r
 
@@ -239,7 +239,7 @@ def test_mcnemar_chi_square_with_continuity_correction():
 def test_auc_difference_test_is_delong_for_two_classes_and_macro_for_more():
     from sklearn.metrics import roc_auc_score
 
-    from lnzoo.stats import auc_difference_test, delong_test
+    from lnzoo.evaluation.stats import auc_difference_test, delong_test
 
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 150)
@@ -258,7 +258,7 @@ def test_auc_difference_test_is_delong_for_two_classes_and_macro_for_more():
 
 
 def test_clustered_auc_test_does_not_count_copies_of_a_patient_as_new_evidence():
-    from lnzoo.stats import auc_difference_test
+    from lnzoo.evaluation.stats import auc_difference_test
 
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, 120)

@@ -36,10 +36,10 @@ def test_oversampling_replaces_class_weights_for_the_main_task_never_both():
 
 
 def test_ema_tracks_batchnorm_statistics():
-    from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+    from lnzoo.train.averaging import ema_of
 
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2))
-    ema = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(0.5), use_buffers=True)
+    ema = ema_of(model, 0.5)
     model.train()
     for _ in range(5):
         model(torch.randn(8, 1, 4, 4) * 3 + 10)
@@ -49,35 +49,55 @@ def test_ema_tracks_batchnorm_statistics():
     assert torch.allclose(ema.module[1].running_mean, model[1].running_mean, rtol=0.5)
 
 
-def test_mean_teacher_consistency_uses_confident_pseudo_labels_on_unlabelled_images_only():
-    from torch.optim.swa_utils import AveragedModel
+def test_fit_returns_its_results_and_never_accumulates_gradients_across_steps():
+    from lnzoo.data.dataset import ImageCache
+    from lnzoo.data.images import Preprocessing
+    from lnzoo.data.run_data import load_run_data
 
+    tr = _trainer(["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=32",
+                   "data.phantom.patients=24", "train.epochs=2", "data.batch_size=4", "train.ema=0.5"])
+    tr.cache = ImageCache(Preprocessing(32))
+    pool = load_run_data(tr.recipe, tr.tasks).pool
+    seen = []
+    tr.emit = seen.append
+    result = tr.fit(pool[:12], pool[12:18], seed=0, fold=3)
+    assert result.fold == 3 and len(result.history) == 2 and result.best_epoch in (1, 2)
+    assert set(result.last_state) == set(result.model.state_dict())
+    assert result.predictor.predict(pool[18:20]).proba["malignancy"].shape == (2, 2)
+    assert [type(e).__name__ for e in seen].count("EpochEnded") == 2
+    # zero_grad after every optimizer step: a gradient left behind would leak into the next step's update
+    assert all(p.grad is None for p in result.model.parameters())
+
+
+def test_mean_teacher_consistency_uses_confident_pseudo_labels_on_unlabelled_images_only():
     from lnzoo.model import build_model
+    from lnzoo.train.averaging import MeanTeacher
 
     tr = _trainer(["model.backbone={name='timm', model_name='test_resnet'}", "train.mean_teacher.weight=0.1"])
     torch.manual_seed(0)
     model = build_model(tr.recipe, HOST, tr.tasks)
-    teacher = AveragedModel(model, use_buffers=True)
+    cfg = dict(tr.cfg["mean_teacher"])
+    mt = MeanTeacher(model, {**cfg, "threshold": 0.95}, tr.main)
     with torch.no_grad():  # a teacher certain that everything is malignant
-        teacher.module.heads["malignancy"].fc.bias.copy_(torch.tensor([-20.0, 20.0]))
+        mt.teacher.module.heads["malignancy"].fc.bias.copy_(torch.tensor([-20.0, 20.0]))
     x, present, tab = torch.randn(4, 1, 3, 32, 32), torch.ones(4, 1, dtype=torch.bool), torch.zeros(0)
     student = torch.zeros(4, 2, requires_grad=True)
     y_main = torch.tensor([0, -1, 1, -1])
-    loss = tr._consistency(teacher, model, x, present, tab, student, y_main, threshold=0.95)
+    loss = mt.loss(model, x, present, tab, student, y_main)
     assert torch.isclose(loss, torch.log(torch.tensor(2.0)))  # CE of a uniform student vs label 1
     loss.backward()
     assert torch.all(student.grad[[0, 2]] == 0) and torch.all(student.grad[[1, 3]] != 0)
-    strict = tr._consistency(teacher, model, x, present, tab, student, y_main, threshold=1.01)
-    assert float(strict) == 0.0  # nothing confident enough: no pseudo-labels
-    labelled = tr._consistency(teacher, model, x, present, tab, student, torch.tensor([0, 1, 1, 0]), 0.95)
-    assert float(labelled) == 0.0
+    strict = MeanTeacher(model, {**cfg, "threshold": 1.01}, tr.main)
+    strict.teacher.module.load_state_dict(mt.teacher.module.state_dict())
+    assert float(strict.loss(model, x, present, tab, student, y_main)) == 0.0  # nothing confident: no pseudo-labels
+    assert float(mt.loss(model, x, present, tab, student, torch.tensor([0, 1, 1, 0]))) == 0.0
 
 
 def test_channels_last_is_on_for_cpu_by_default_and_changes_no_prediction():
     from lnzoo.data.dataset import ImageCache
     from lnzoo.data.images import Preprocessing
     from lnzoo.model import build_model
-    from lnzoo.runner import load_run_data
+    from lnzoo.data.run_data import load_run_data
 
     sets = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=48", "train.device='cpu'",
             "data.phantom.patients=24"]
@@ -89,7 +109,7 @@ def test_channels_last_is_on_for_cpu_by_default_and_changes_no_prediction():
     model = build_model(auto.recipe, HOST, auto.tasks).eval()
     for t in (auto, off):
         t.cache = cache
-    nchw = off.predict(model, samples).proba
-    nhwc = auto.predict(model.to(memory_format=torch.channels_last), samples).proba
+    nchw = off.predictor(model).predict(samples).proba
+    nhwc = auto.predictor(model.to(memory_format=torch.channels_last)).predict(samples).proba
     for task in nchw:
         np.testing.assert_allclose(nhwc[task], nchw[task], atol=1e-5)

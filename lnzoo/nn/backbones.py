@@ -1,8 +1,4 @@
-"""Backbones: an image batch (B, 3, H, W) in, pooled features (B, num_features) out.
-
-Every backbone carries ``num_features``, ``cam_layer`` (dotted name of the module whose output
-Grad-CAM uses) and ``tokens_layout`` ("nchw", "nhwc" or "tokens") so explainers can reshape it.
-"""
+"""Backbones: an image batch (B, 3, H, W) in, pooled features (B, num_features) out (``lnzoo.contracts.Backbone``)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -95,6 +91,9 @@ def timm_backbone(model_name: str = "resnet50", pretrained: bool | str = False, 
     elif "swin" in model_name:
         layout = "nhwc"
     return Backbone(body, body.num_features, cam, layout, prefix, source=f"timm:{model_name}")
+
+
+timm_backbone.lnzoo_check_kwargs = {"model_name": "test_resnet"}  # tiny model for the conformance kit
 
 
 def _torchvision(arch: str, weights: str, head_attr: str, width: int, cam: str, layout: str,

@@ -1,4 +1,4 @@
-"""Fusions: per-view features [(B, F)] * N and a presence mask (B, N) in, (B, out_features) out.
+"""Fusions (``lnzoo.contracts.Fusion``): per-view features [(B, F)] * N + a presence mask (B, N) -> (B, out).
 
 A view missing for a sample (a modality not acquired) has ``present == False``; fusions ignore
 it instead of treating zeros as an image.
@@ -16,6 +16,8 @@ def _present(feats: list[torch.Tensor], present: torch.Tensor | None) -> torch.T
 
 
 class SingleView(nn.Module):
+    max_views = 1  # read by the recipe check and the conformance kit (lnzoo.contracts.fusion_max_views)
+
     def __init__(self, num_views: int, in_features: int):
         super().__init__()
         if num_views != 1:

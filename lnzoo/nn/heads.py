@@ -1,8 +1,4 @@
-"""Task heads: pooled features (B, in_features) in, class logits (B, num_classes) out.
-
-A head may define ``probabilities(logits)`` and ``task_loss(logits, target, weight, label_smoothing)``
-when its outputs are not softmax logits (an ordinal head, say); lnzoo then uses those.
-"""
+"""Task heads: pooled features (B, in_features) in, class logits (B, num_classes) out (``lnzoo.contracts.Head``)."""
 from __future__ import annotations
 
 import torch

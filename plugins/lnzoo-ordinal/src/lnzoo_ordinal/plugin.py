@@ -1,19 +1,12 @@
 """The lnzoo plugin module named by the ``lnzoo`` entry point ``ordinal``.
 
 It must import without torch (lnzoo loads every plugin at start-up, ``lnzoo --help`` included),
-so the head's factory imports its torch module only when it is called.
+so the head is registered as a ``"module:attr"`` string that lnzoo imports on first build.
 """
 from __future__ import annotations
 
 import lnzoo
 from lnzoo.tasks import Task
-
-
-def coral(in_features: int, num_classes: int, hidden: int = 0, dropout: float = 0.0):
-    """CORAL ordinal head: one shared score, K-1 ordered thresholds, rank-consistent probabilities."""
-    from lnzoo_ordinal.heads import CoralHead
-    return CoralHead(in_features, num_classes, hidden=hidden, dropout=dropout)
-
 
 ELASTOGRAPHY_SCORE = Task(
     name="elastography_score",
@@ -34,7 +27,8 @@ ELASTOGRAPHY_SCORE = Task(
 
 @lnzoo.hookimpl
 def lnzoo_register_heads(register):
-    register("coral", coral)
+    register("coral", "lnzoo_ordinal.heads:CoralHead",
+             "CORAL ordinal head: one shared score, K-1 ordered thresholds, rank-consistent probabilities.")
 
 
 @lnzoo.hookimpl

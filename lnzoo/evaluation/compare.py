@@ -19,9 +19,19 @@ from typing import Any
 import numpy as np
 
 from lnzoo.errors import UsageError
-from lnzoo.metrics import classification_metrics
-from lnzoo.report import PART_ORDER, _jsonable, choose_threshold, infer_tasks_meta, load_tasks_meta
-from lnzoo.stats import bootstrap_ci, delong_ci, delong_test, mcnemar_test, paired_bootstrap_auc_diff
+from lnzoo.evaluation import jsonable
+from lnzoo.evaluation.cases import infer_tasks_meta
+from lnzoo.evaluation.evaluate import PART_ORDER, choose_threshold
+from lnzoo.evaluation.metrics import bootstrap_metric_fns, classification_metrics
+from lnzoo.evaluation.stats import (
+    auc_difference_test,
+    bootstrap_ci,
+    delong_ci,
+    macro_auc,
+    mcnemar_test,
+    paired_bootstrap_auc_diff,
+)
+from lnzoo.rundir import RunDir
 
 __all__ = ["compare", "format_table", "as_json"]
 
@@ -96,7 +106,7 @@ def _open(src: Any) -> _Source:
         run_dir, name = p, p.name
     elif p.is_file():
         file, name = p, p.name
-        run_dir = p.parent if p.name == "predictions.csv" and any(p.parent.glob("fold*/best.json")) else None
+        run_dir = p.parent if p.name == RunDir.PREDICTIONS and RunDir(p.parent).folds() else None
         if run_dir is not None:
             name = f"{run_dir.name}/{p.name}"
     else:
@@ -105,28 +115,23 @@ def _open(src: Any) -> _Source:
     meta = infer_tasks_meta(header)
     main = None
     if run_dir is not None:
-        meta.update({t: m for t, m in load_tasks_meta(run_dir).items() if t in meta})
-        try:
-            main = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")).get("main_task")
-        except (OSError, ValueError):
-            main = None
+        rd = RunDir(run_dir)
+        meta.update({t: m for t, m in rd.tasks_meta().items() if t in meta})
+        main = rd.read_json(rd.METRICS).get("main_task")
     return _Source(name, file, header, rows, meta, main)
 
 
-def _shipped_task(name: str | None):
-    """The task shipped with lnzoo under that name (for the positive class and label aliases), or None."""
+def _registered_task(name: str | None):
+    """The task registered under that name (shipped or a plugin's: positive class, label aliases), or None."""
     if not name:
         return None
-    try:
-        from lnzoo.builtin.tasks import shipped_task_files
-        from lnzoo.tasks import Task
+    from lnzoo.plugins import get_host
 
-        for f in shipped_task_files():
-            if f.name == f"{name}.toml":
-                return Task.from_toml(f)
-    except Exception:  # a missing or broken task file only costs the aliases
+    registry = get_host().registry("task")
+    try:
+        return registry.get(name).build() if name in registry else None
+    except Exception:  # a broken task plugin only costs the aliases
         return None
-    return None
 
 
 def _pick_task(a: _Source, b: _Source, task: str | None) -> str | None:
@@ -300,7 +305,7 @@ def _label_indexer(classes: list[str], aliases: Mapping[str, Sequence[str]], tas
         for n in names:
             if cls in index:
                 index.setdefault(n, index[cls])
-    shipped = _shipped_task(task)
+    shipped = _registered_task(task)
     if shipped is not None and set(shipped.classes) == set(classes):
         for cls, names in shipped.aliases.items():
             for n in names:
@@ -326,7 +331,7 @@ def _resolve_classes(a: _Side, b: _Side, task: str | None, positive: str | None)
         raise UsageError(f"the two sides name different classes: {a.name} has {ca}, {b.name} has {cb}")
     classes = list(ca or cb or [])
     if not classes:
-        shipped = _shipped_task(task)
+        shipped = _registered_task(task)
         values = sorted(set(a.labels) | set(b.labels))
         if shipped is not None and len(shipped.classes) == 2:
             classes = list(shipped.classes)
@@ -351,7 +356,7 @@ def _resolve_classes(a: _Side, b: _Side, task: str | None, positive: str | None)
     if positive is None:
         positive = next((s.positive for s in (a, b) if s.positive), None)
     if positive is None:
-        shipped = _shipped_task(task)
+        shipped = _registered_task(task)
         positive = shipped.positive if shipped is not None and list(shipped.classes) == classes else None
     if positive is None:
         if not (a.classes or b.classes) and classes != ["0", "1"]:
@@ -429,38 +434,18 @@ def _binary_side(side: _Side, key: str, y: np.ndarray, pos: int, s: np.ndarray, 
     fp = int(np.sum((y_bin == 0) & (pred == 1)))
     tn = int(np.sum((y_bin == 0) & (pred == 0)))
 
-    def sens(yy, ss):
-        m = yy == 1
-        return float(np.mean(ss[m] >= t)) if m.any() else NAN
-
-    def spec(yy, ss):
-        m = yy == 0
-        return float(np.mean(ss[m] < t)) if m.any() else NAN
-
-    def acc(yy, ss):
-        return float(np.mean((ss >= t) == (yy == 1)))
-
+    p = np.empty((len(s), 2))
+    p[:, pos], p[:, 1 - pos] = s, 1.0 - s  # the shared metric functions read class-probability columns
+    fns = bootstrap_metric_fns(2, pos, t)
     d = _delong_ci(y_bin, s)
     out = {"name": side.name, "source": str(side.file), "part": side.part,
            "auc": d["auc"], "auc_ci": [d["lo"], d["hi"]],
            "threshold": t, "threshold_rule": how, "threshold_optimistic": optimistic,
            "hard_calls": bool(np.isin(s, (0.0, 1.0)).all()),
            "tp": tp, "fn": fn, "fp": fp, "tn": tn,
-           "accuracy": _ci(acc, y_bin, s, groups, n_boot, seed),
-           "sensitivity": _ci(sens, y_bin, s, groups, n_boot, seed),
-           "specificity": _ci(spec, y_bin, s, groups, n_boot, seed),
+           **{k: _ci(fns[k], y, p, groups, n_boot, seed) for k in ("accuracy", "sensitivity", "specificity")},
            "ppv": tp / (tp + fp) if tp + fp else NAN, "npv": tn / (tn + fn) if tn + fn else NAN}
     return out, pred
-
-
-def _macro_auc(y: np.ndarray, p: np.ndarray) -> float:
-    k = p.shape[1]
-    vals = []
-    for j in range(k):
-        yb = y == j
-        if yb.any() and not yb.all():
-            vals.append(_delong_ci(yb.astype(int), p[:, j])["auc"])
-    return float(np.mean(vals)) if vals else NAN
 
 
 def _multi_side(side: _Side, y: np.ndarray, classes: list[str], groups, n_boot, seed) -> dict:
@@ -469,17 +454,11 @@ def _multi_side(side: _Side, y: np.ndarray, classes: list[str], groups, n_boot, 
         warnings.simplefilter("ignore")
         m = classification_metrics(y, p, classes)
 
-    def acc(yy, pp):
-        return float(np.mean(pp.argmax(axis=1) == yy))
-
-    def bacc(yy, pp):
-        pred = pp.argmax(axis=1)
-        return float(np.mean([np.mean(pred[yy == c] == c) for c in np.unique(yy)]))
-
+    fns = bootstrap_metric_fns(len(classes), None)
     per = {c: _delong_ci((y == j).astype(int), p[:, j]) for j, c in enumerate(classes)}
     return {"name": side.name, "source": str(side.file), "part": side.part, "auc": m["auc"],
             "auc_per_class": per, "threshold_rule": "argmax",
-            "accuracy": _ci(acc, y, p, groups, n_boot, seed), "balanced_accuracy": _ci(bacc, y, p, groups, n_boot, seed),
+            **{k: _ci(fns[k], y, p, groups, n_boot, seed) for k in ("accuracy", "balanced_accuracy")},
             "f1_macro": m["f1_macro"], "confusion_matrix": m["confusion_matrix"]}
 
 
@@ -514,9 +493,12 @@ def compare(a, b, task: str | None = None, threshold_rule: str = "0.5", n_boot: 
     notes: list[str] = []
     if matching["key"] == "file name":
         notes.append("no full id matched, so cases were matched by file name")
+    test = (f"DeLong clustered by patient (Obuchowski; {len(set(groups))} patients)" if groups is not None
+            else "DeLong (cases independent: no patient ids)")
+    notes.append(f"AUC test: {test}")
     if groups is not None and len(set(groups)) < n:
-        notes.append(f"DeLong and McNemar treat the {n} cases as independent although they come from "
-                     f"{len(set(groups))} patients; the bootstrap resamples whole patients")
+        notes.append(f"McNemar treats the {n} cases as independent although they come from {len(set(groups))} "
+                     "patients; DeLong and the bootstrap count whole patients")
     if matching["n_only_a"] or matching["n_only_b"]:
         notes.append(f"compared on the {n} common cases only ({matching['n_only_a']} only in {side_a.name}, "
                      f"{matching['n_only_b']} only in {side_b.name})")
@@ -538,7 +520,7 @@ def compare(a, b, task: str | None = None, threshold_rule: str = "0.5", n_boot: 
         rb, pred_b = _binary_side(side_b, "b", y, pos, s_b, threshold_b, threshold_rule, sensitivity_target, groups,
                                   n_boot, seed)
         y_bin = (y == pos).astype(int)
-        result.update(a=ra, b=rb, delong=delong_test(y_bin, s_a, s_b),
+        result.update(a=ra, b=rb, delong={**auc_difference_test(y_bin, s_a, s_b, groups=groups), "test": test},
                       auc_diff_bootstrap={**paired_bootstrap_auc_diff(y_bin, s_a, s_b, groups=groups, n_boot=n_boot,
                                                                       seed=seed), "resampling_unit": unit},
                       mcnemar=mcnemar_test(y_bin, pred_a, pred_b))
@@ -562,17 +544,18 @@ def compare(a, b, task: str | None = None, threshold_rule: str = "0.5", n_boot: 
             if yb.all() or not yb.any():
                 per_class[c] = {"auc_a": NAN, "auc_b": NAN, "z": NAN, "p_value": NAN, "note": "one class only"}
                 continue
-            t = delong_test(yb, pa[:, j], pb[:, j])
+            t = auc_difference_test(yb, pa[:, j], pb[:, j], groups=groups)
             per_class[c] = {"auc_a": t["auc_a"], "ci_a": [ra["auc_per_class"][c]["lo"], ra["auc_per_class"][c]["hi"]],
                             "auc_b": t["auc_b"], "ci_b": [rb["auc_per_class"][c]["lo"], rb["auc_per_class"][c]["hi"]],
                             "diff": t["diff"], "z": t["z"], "p_value": t["p_value"]}
         k = len(classes)
 
         def macro_diff(yy, pp):
-            return _macro_auc(yy, pp[:, :k]) - _macro_auc(yy, pp[:, k:])
+            return macro_auc(yy, pp[:, :k]) - macro_auc(yy, pp[:, k:])
 
         boot = bootstrap_ci(macro_diff, y, np.hstack([pa, pb]), groups=groups, n_boot=n_boot, seed=seed)
         result.update(a=ra, b=rb, per_class=per_class,
+                      macro_delong={**auc_difference_test(y, pa, pb, groups=groups), "test": test},
                       macro_auc_diff_bootstrap={"diff": boot["value"], "lo": boot["lo"], "hi": boot["hi"],
                                                 "n_boot_valid": boot["n_boot_valid"], "resampling_unit": unit},
                       mcnemar=mcnemar_test(y, pa.argmax(axis=1), pb.argmax(axis=1)))
@@ -583,7 +566,7 @@ def compare(a, b, task: str | None = None, threshold_rule: str = "0.5", n_boot: 
 
 def as_json(result: Mapping[str, Any]) -> str:
     """The result of :func:`compare` as JSON (NaN as null)."""
-    return json.dumps(_jsonable(result), indent=2, ensure_ascii=False, allow_nan=False)
+    return json.dumps(jsonable(result), indent=2, ensure_ascii=False, allow_nan=False)
 
 
 def _num(x: Any) -> float:
@@ -637,7 +620,7 @@ def format_table(result: Mapping[str, Any]):
         d = result["delong"]
         table.add_row("AUC (95% DeLong CI)", _with_ci({"value": a["auc"], "lo": a["auc_ci"][0], "hi": a["auc_ci"][1]}),
                       _with_ci({"value": b["auc"], "lo": b["auc_ci"][0], "hi": b["auc_ci"][1]}),
-                      f"Δ {_f(d['diff'])}; DeLong z={_f(d['z'], 2)}, p={_p(d['p_value'])}")
+                      f"Δ {_f(d['diff'])}; z={_f(d['z'], 2)}, p={_p(d['p_value'])} ({d['test']})")
         bd = result["auc_diff_bootstrap"]
         table.add_row(f"AUC Δ ({bd['resampling_unit']} bootstrap)", "", "",
                       f"{_with_ci(bd, 'diff')}, p={_p(bd['p_value'])}")
@@ -650,8 +633,10 @@ def format_table(result: Mapping[str, Any]):
         table.add_row("PPV / NPV", f"{_f(a['ppv'])} / {_f(a['npv'])}", f"{_f(b['ppv'])} / {_f(b['npv'])}", "")
     else:
         bd = result["macro_auc_diff_bootstrap"]
+        md = result["macro_delong"]
         table.add_row("Macro AUC (one-vs-rest)", _f(a["auc"]), _f(b["auc"]),
-                      f"Δ {_with_ci(bd, 'diff')} ({bd['resampling_unit']} bootstrap)")
+                      f"Δ {_with_ci(bd, 'diff')} ({bd['resampling_unit']} bootstrap); z={_f(md['z'], 2)}, "
+                      f"p={_p(md['p_value'])} ({md['test']})")
         for c, r in result["per_class"].items():
             ca, cb = a["auc_per_class"][c], b["auc_per_class"][c]
             table.add_row(f"  AUC {c}", _with_ci(ca, "auc"), _with_ci(cb, "auc"),

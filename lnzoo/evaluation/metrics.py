@@ -18,9 +18,10 @@ from sklearn.metrics import (
     log_loss,
     matthews_corrcoef,
     precision_recall_fscore_support,
-    roc_auc_score,
     roc_curve,
 )
+
+from lnzoo.evaluation.stats import binary_auc, macro_auc, task_auc
 
 __all__ = [
     "classification_metrics",
@@ -31,6 +32,7 @@ __all__ = [
     "fit_temperature",
     "apply_temperature",
     "aggregate_by_group",
+    "bootstrap_metric_fns",
 ]
 
 NAN = float("nan")
@@ -71,12 +73,6 @@ def _safe_div(a: float, b: float) -> float:
     return float(a) / float(b) if b else NAN
 
 
-def _binary_auc(y_bin: np.ndarray, score: np.ndarray) -> float:
-    if y_bin.all() or not y_bin.any():
-        return NAN
-    return float(roc_auc_score(y_bin, score))
-
-
 def classification_metrics(y_true, proba, classes: list[str], positive_index: int | None = None,
                            threshold: float | None = None) -> dict:
     """All headline metrics of one evaluation as a flat, JSON-serialisable dict.
@@ -115,11 +111,7 @@ def classification_metrics(y_true, proba, classes: list[str], positive_index: in
     elif threshold is not None:
         raise ValueError("threshold applies to binary tasks only")
 
-    if binary and threshold is not None:
-        is_pos = p[:, pos] >= threshold
-        pred = np.where(is_pos, pos, 1 - pos)
-    else:
-        pred = p.argmax(axis=1)
+    pred = predicted_class(p, pos if binary else None, threshold)
     labels = list(range(k))
 
     with warnings.catch_warnings():
@@ -136,12 +128,8 @@ def classification_metrics(y_true, proba, classes: list[str], positive_index: in
             per["recall"][classes[lab]] = _f(rec[j])
             per["f1"][classes[lab]] = _f(f1[j])
 
-        auc_per_class = {c: _binary_auc(y == j, p[:, j]) for j, c in enumerate(classes)}
-        if binary:
-            auc = _binary_auc(y == pos, p[:, pos])
-        else:
-            defined = [v for v in auc_per_class.values() if not math.isnan(v)]
-            auc = float(np.mean(defined)) if defined else NAN
+        auc_per_class = {c: binary_auc(y == j, p[:, j]) for j, c in enumerate(classes)}
+        auc = binary_auc(y == pos, p[:, pos]) if binary else macro_auc(y, p)
 
         if binary:
             brier = _f(brier_score_loss(y == pos, p[:, pos]))
@@ -183,6 +171,37 @@ def classification_metrics(y_true, proba, classes: list[str], positive_index: in
             threshold=0.5 if threshold is None else float(threshold),
         )
     return out
+
+
+def predicted_class(p: np.ndarray, pos: int | None = None, threshold: float | None = None) -> np.ndarray:
+    """Argmax, or for a binary task with a threshold: the positive class iff its probability >= threshold."""
+    if pos is not None and threshold is not None:
+        return np.where(p[:, pos] >= threshold, pos, 1 - pos)
+    return p.argmax(axis=1)
+
+
+def bootstrap_metric_fns(k: int, pos: int | None, threshold: float | None = None) -> dict:
+    """``fn(y, p) -> float`` per metric, as defined in :func:`classification_metrics`, cheap enough to call
+    on every bootstrap resample: auc, accuracy, balanced_accuracy (+ sensitivity, specificity if binary)."""
+    def accuracy(y, p):
+        return float(np.mean(predicted_class(p, pos, threshold) == y))
+
+    def balanced_accuracy(y, p):
+        pred = predicted_class(p, pos, threshold)
+        return float(np.mean([np.mean(pred[y == c] == c) for c in np.unique(y)]))
+
+    fns = {"auc": lambda y, p: task_auc(y, p, pos), "accuracy": accuracy, "balanced_accuracy": balanced_accuracy}
+    if pos is not None:
+        def sensitivity(y, p):
+            m = y == pos
+            return float(np.mean(predicted_class(p[m], pos, threshold) == pos)) if m.any() else NAN
+
+        def specificity(y, p):
+            m = y != pos
+            return float(np.mean(predicted_class(p[m], pos, threshold) != pos)) if m.any() else NAN
+
+        fns.update(sensitivity=sensitivity, specificity=specificity)
+    return fns
 
 
 def _top_label_bins(y_true, proba, n_bins: int):

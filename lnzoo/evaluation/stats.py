@@ -9,7 +9,10 @@ import numpy as np
 from scipy.stats import binom, chi2, norm, rankdata
 
 __all__ = [
-    "fast_auc",
+    "binary_auc",
+    "macro_auc",
+    "task_auc",
+    "ClusterSampler",
     "delong_roc_variance",
     "delong_test",
     "delong_ci",
@@ -40,20 +43,40 @@ def _score_1d(score, n: int) -> np.ndarray:
     return s
 
 
-def fast_auc(y_true, score) -> float:
-    """Binary ROC AUC via the Mann-Whitney rank sum; NaN when one class is absent.
+def binary_auc(y_true, score) -> float:
+    """Binary ROC AUC (Mann-Whitney with midranks: ties count 1/2, as sklearn); NaN when one class is absent.
 
-    Equals sklearn's ``roc_auc_score`` (ties count 1/2) at a fraction of its per-call overhead,
-    which is what dominates a bootstrap; ``score`` may be (n,) or a binary (n, 2) probability matrix.
+    The one AUC of lnzoo: metrics, bootstrap resamples, ROC plots and comparisons all call it. Cheaper
+    than sklearn's ``roc_auc_score`` per call, which is what dominates a bootstrap; ``score`` may be
+    (n,) or a binary (n, 2) probability matrix.
     """
-    y = _binary_y(y_true)
+    y = y_true if isinstance(y_true, np.ndarray) and y_true.dtype == bool else _binary_y(y_true)
     s = _score_1d(score, y.shape[0])
     m = int(y.sum())
     n = y.shape[0] - m
     if m == 0 or n == 0:
         return NAN
-    r = rankdata(s)
-    return float((r[y].sum() - m * (m + 1) / 2.0) / (m * n))
+    order = np.argsort(s, kind="mergesort")
+    ss = s[order]
+    edges = np.concatenate(([0], np.flatnonzero(ss[1:] != ss[:-1]) + 1, [ss.size]))
+    ranks = np.empty(ss.size)
+    ranks[order] = np.repeat((edges[:-1] + edges[1:] + 1) / 2.0, np.diff(edges))
+    return float((ranks[y].sum() - m * (m + 1) / 2.0) / (m * n))
+
+
+def macro_auc(y_true, proba) -> float:
+    """Macro one-vs-rest AUC over the classes with at least one positive and one negative case; NaN if none."""
+    y = np.asarray(y_true)
+    p = np.asarray(proba, dtype=float)
+    vals = [binary_auc(y == j, p[:, j]) for j in range(p.shape[1])]
+    vals = [v for v in vals if not math.isnan(v)]
+    return float(np.mean(vals)) if vals else NAN
+
+
+def task_auc(y_true, proba, pos: int | None) -> float:
+    """The headline AUC of a task: the positive class's (binary, ``pos`` given) or the macro one-vs-rest."""
+    p = np.asarray(proba, dtype=float)
+    return binary_auc(np.asarray(y_true) == pos, p[:, pos]) if pos is not None else macro_auc(y_true, p)
 
 
 def _delong_components(y: np.ndarray, scores: np.ndarray):
@@ -70,11 +93,10 @@ def _delong_components(y: np.ndarray, scores: np.ndarray):
     tx = rankdata(pos, axis=1)
     ty = rankdata(neg, axis=1)
     tz = rankdata(np.concatenate([pos, neg], axis=1), axis=1)
-    auc = (tz[:, :m].sum(axis=1) - m * (m + 1) / 2.0) / (m * n)
     # a positive's rank among all minus its rank among positives = negatives below it (ties 1/2)
     v10 = (tz[:, :m] - tx) / n
     v01 = 1.0 - (tz[:, m:] - ty) / m
-    return auc, v10, v01, m, n
+    return v10.mean(axis=1), v10, v01, m, n  # the mean placement of the positives is the AUC
 
 
 def _delong_cov(y, score_rows) -> tuple[np.ndarray, np.ndarray]:
@@ -199,41 +221,47 @@ def delong_ci(y_true, score, alpha: float = 0.05) -> tuple[float, float, float]:
     return auc, max(0.0, auc - half), min(1.0, auc + half)
 
 
-def _group_layout(groups, n: int):
-    """Case indices sorted by group, with each group's start and size (groups in order of first appearance)."""
-    g = list(groups.tolist() if isinstance(groups, np.ndarray) else groups)
-    if len(g) != n:
-        raise ValueError(f"groups has {len(g)} entries for {n} cases")
-    index: dict = {}
-    codes = np.fromiter((index.setdefault(x, len(index)) for x in g), dtype=np.intp, count=n)
-    order = np.argsort(codes, kind="stable")
-    sizes = np.bincount(codes, minlength=len(index))
-    starts = np.cumsum(sizes) - sizes
-    return order, starts, sizes
+class ClusterSampler:
+    """Bootstrap resamples of case indices that draw whole groups (patients) with replacement.
+
+    Every case of a drawn group comes along (a group drawn twice brings its cases twice), so the
+    images of one patient are never counted as independent evidence. ``groups=None``: every case is
+    its own group (the plain bootstrap). Deterministic for a ``seed``.
+    """
+
+    def __init__(self, groups: Sequence | None, n: int, seed: int):
+        if groups is None:
+            codes = np.arange(n)
+        else:
+            g = list(groups.tolist() if isinstance(groups, np.ndarray) else groups)
+            if len(g) != n:
+                raise ValueError(f"groups has {len(g)} entries for {n} cases")
+            index: dict = {}
+            codes = np.fromiter((index.setdefault(x, len(index)) for x in g), dtype=np.intp, count=n)
+        self.order = np.argsort(codes, kind="stable")
+        self.sizes = np.bincount(codes)
+        self.starts = np.cumsum(self.sizes) - self.sizes
+        self.singletons = bool((self.sizes == 1).all())
+        self.rng = np.random.default_rng(seed)
+
+    def draw(self) -> np.ndarray:
+        units = self.sizes.shape[0]
+        g = self.rng.integers(0, units, size=units)
+        if self.singletons:
+            return self.order[g]
+        lens = self.sizes[g]
+        offsets = np.repeat(self.starts[g] - (np.cumsum(lens) - lens), lens)
+        return self.order[offsets + np.arange(lens.sum())]
 
 
 def _bootstrap_values(metric_fn: Callable, y: np.ndarray, p: np.ndarray, groups, n_boot: int,
                       seed: int) -> np.ndarray:
     """Metric on each resample whose value is defined; resamples raising ValueError or giving non-finite values are skipped."""
-    n = y.shape[0]
-    if groups is None:
-        order, starts, sizes = np.arange(n), np.arange(n), np.ones(n, dtype=np.intp)
-    else:
-        order, starts, sizes = _group_layout(groups, n)
-    units = sizes.shape[0]
-    singletons = bool((sizes == 1).all())
-    rng = np.random.default_rng(seed)
+    sampler = ClusterSampler(groups, y.shape[0], seed)
     vals = np.empty(n_boot)
     keep = np.zeros(n_boot, dtype=bool)
     for b in range(n_boot):
-        draw = rng.integers(0, units, size=units)
-        if singletons:
-            idx = order[draw]
-        else:
-            # all cases of every drawn group, a group drawn twice contributing its cases twice
-            lens = sizes[draw]
-            offsets = np.repeat(starts[draw] - (np.cumsum(lens) - lens), lens)
-            idx = order[offsets + np.arange(lens.sum())]
+        idx = sampler.draw()
         try:
             v = float(metric_fn(y[idx], p[idx]))
         except (ValueError, ZeroDivisionError, FloatingPointError):
@@ -270,7 +298,7 @@ def bootstrap_ci(metric_fn: Callable, y_true, proba, groups: Sequence | None = N
     of its cases (cluster bootstrap), so correlated images of one patient are not counted as
     independent evidence. Resamples where the metric is undefined (raises ValueError or returns
     NaN, e.g. AUC with one class) are skipped and counted out of ``n_boot_valid``. Deterministic
-    for a ``seed``. The metric call dominates the cost: prefer ``fast_auc`` to sklearn's AUC.
+    for a ``seed``. The metric call dominates the cost: prefer ``binary_auc`` to sklearn's AUC.
     """
     y, p = _checked_inputs(y_true, proba)
     with warnings.catch_warnings():
@@ -297,7 +325,7 @@ def paired_bootstrap_auc_diff(y_true, score_a, score_b, groups: Sequence | None 
     both = np.column_stack([a, b])
 
     def diff_fn(yy, ss):
-        return fast_auc(yy, ss[:, 0]) - fast_auc(yy, ss[:, 1])
+        return binary_auc(yy, ss[:, 0]) - binary_auc(yy, ss[:, 1])
 
     y, both = _checked_inputs(y, both)
     diff = _metric_or_nan(diff_fn, y, both)

@@ -1,0 +1,183 @@
+"""A recipe's data: its tasks, the checked samples of every part (or the phantom), and the patient folds."""
+from __future__ import annotations
+
+import csv
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+from lnzoo.data.samples import MISSING, Sample, load_source
+from lnzoo.errors import DataError, UsageError
+from lnzoo.tasks import Task
+
+PHANTOM_PATIENT_REGEX = r"^(P\d+)_"
+
+
+@dataclass
+class RunData:
+    """The samples of a run: the cross-validation pool, the separate test sets, what was skipped."""
+
+    pool: list[Sample]
+    test: list[Sample]
+    external: list[Sample]
+    description: str
+    skipped: list[str] = field(default_factory=list)
+
+
+def recipe_tasks(recipe, host) -> dict[str, Task]:
+    tasks = {}
+    from lnzoo.tasks import Task
+
+    defined = recipe.data["tasks"]["define"]
+    for name in recipe.tasks:
+        task = Task.from_dict({"name": name, **defined[name]}) if name in defined else host.get("task", name).build()
+        options = {k: v for k, v in recipe.data["tasks"]["options"].get(name, {}).items() if v is not None}
+        tasks[name] = task.with_options(**options) if options else task
+    return tasks
+
+
+def _phantom_sources(recipe, tasks, on_phantom) -> tuple[Any, str | None, str]:
+    from lnzoo.data.phantom import ensure_phantom
+
+    ph = recipe.data["data"]["phantom"]
+    manifest = ensure_phantom(patients=ph["patients"], seed=ph["seed"], difficulty=ph["difficulty"], progress=on_phantom)
+    description = f"synthetic phantom ({ph['patients']} patients, seed {ph['seed']}; not clinical data)"
+    if ph["source"] != "stage1_lists":
+        return str(manifest), None, description
+    lists = manifest.parent / "lists"
+    train = [{"path": str(lists / "stage1_main.txt"), "task": "malignancy"},
+             {"path": str(lists / "stage1_aux.txt"), "task": "enlargement"}]
+    train = [t for t in train if t["task"] in tasks]
+    if not train:
+        raise UsageError("data.phantom.source = \"stage1_lists\" labels malignancy and enlargement; "
+                         f"this recipe's tasks are {list(tasks)}: use source = \"manifest\"")
+    return train, PHANTOM_PATIENT_REGEX, description
+
+
+def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, int], None] | None = None,
+                  check_files_too: bool = True) -> RunData:
+    """Read and check the recipe's data (or the built-in phantom when it names none).
+
+    Every problem is collected: bad rows, missing/empty/corrupt images, duplicate rows, identical
+    image content under two patients. With ``data.skip_bad_rows`` bad rows and images are left
+    out and listed in ``RunData.skipped``; leakage is never skipped.
+    """
+    from lnzoo.data.checks import check_files, identical_content_across_patients
+
+    data_cfg = {**recipe.data["data"], "main_task": recipe.data["tasks"]["main"]}
+    train, regex, description = data_cfg["train"], None, "your data"
+    if not train:
+        train, regex, description = _phantom_sources(recipe, tasks, on_phantom)
+        if data_cfg["phantom"]["external"] and not data_cfg["external"]:
+            from lnzoo.data.phantom import ensure_phantom
+            ph = data_cfg["phantom"]
+            data_cfg["external"] = str(ensure_phantom(patients=max(8, ph["patients"] // 2), seed=ph["seed"] + 7919,
+                                                      difficulty=ph["difficulty"]))
+            description += "; external set: a second phantom (seed + 7919), like another centre"
+    problems: list[str] = []
+    parts = {"cross-validation": load_source(train, tasks, data_cfg, regex, problems)}
+    for part in ("test", "external"):
+        parts[part] = load_source(data_cfg[part], tasks, data_cfg, None, problems) if data_cfg[part] else []
+    digests: dict[str, str] = {}
+    if check_files_too:
+        for part, samples in parts.items():
+            bad = check_files(samples, problems, digests)
+            parts[part] = [s for i, s in enumerate(samples) if i not in bad]
+    grouped: list[str] = []
+    if data_cfg["identical_images"] == "group":
+        from lnzoo.data.checks import group_identical_patients
+        grouped = group_identical_patients(parts["cross-validation"], digests)
+    leaks = identical_content_across_patients(parts, digests)
+    if problems and not data_cfg["skip_bad_rows"]:
+        raise DataError(problems + leaks, "problem(s) in the data (data.skip_bad_rows = true leaves bad rows out)")
+    if leaks:
+        raise DataError(leaks, "leak(s): the same image under different patients or parts")
+    if data_cfg["phantom"]["external"] and not recipe.data["data"]["external"]:
+        for smp in parts["external"]:  # the second phantom's patients are other people than the first's
+            smp.patient = f"centre2-{smp.patient}"
+            smp.center = "phantom-centre-2"
+    for part, samples in parts.items():  # rows that label none of this recipe's tasks teach nothing
+        parts[part] = [s for s in samples if any(v != MISSING for v in s.labels.values())]
+    main = recipe.data["tasks"]["main"]
+    if not any(s.labels.get(main, MISSING) != MISSING for s in parts["cross-validation"]):
+        raise DataError([f"no training row has a label for the main task {main!r}"])
+    if grouped:
+        description += f"; {len(grouped)} group(s) of patients with identical images kept together"
+    policy = data_cfg["empty_roi"]
+    if policy != "error" and "roi" in data_cfg["views"]:
+        every = [s for part in parts.values() for s in part]
+        n = sum(1 for s in every if "roi" in s.views and (s.views["roi"] is None if policy == "missing"
+                                                          else "roi" not in s.rois))
+        if n:
+            description += (f"; {n} image(s) with an empty mask: their 'roi' view "
+                            f"{'is the whole image' if policy == 'whole_image' else 'is missing'} (data.empty_roi)")
+    return RunData(parts["cross-validation"], parts["test"], parts["external"], description, problems)
+
+
+def image_cache_dir() -> Path:
+    import os
+    return Path(os.environ.get("LNZOO_CACHE") or Path.home() / ".cache" / "lnzoo") / "images"
+
+
+def plan_folds(pool: Sequence[Sample], recipe, tasks: Mapping[str, Task]) -> dict[str, int]:
+    """Patient -> fold, refusing folds that miss a class of the main task."""
+    from lnzoo.data.checks import fold_class_coverage
+    from lnzoo.data.splits import patient_folds
+
+    main = recipe.data["tasks"]["main"]
+    if recipe.data["cv"]["folds_file"]:
+        assignment = read_folds_file(Path(recipe.data["cv"]["folds_file"]), pool, recipe.data["cv"]["folds"], main)
+    else:
+        assignment = patient_folds(pool, recipe.data["cv"]["folds"], main, recipe.data["seed"])
+    problems = fold_class_coverage(pool, assignment, main, tasks[main].classes)
+    if problems:
+        raise DataError(problems, "problem(s) with the folds")
+    return assignment
+
+
+def read_folds_file(path: Path, pool: Sequence[Sample], folds: int, main: str) -> dict[str, int]:
+    """Patient -> fold from a CSV with columns patient,fold (a previous run's folds.csv, a published split).
+
+    Patients merged into one split group (``data.identical_images = "group"``, named "a+b") take
+    their members' fold, which must agree. A patient without a main-task label that the file does
+    not list is training-only (in the training part of every fold); a labelled one is an error.
+    """
+    if not path.is_file():
+        raise UsageError(f"cv.folds_file: {path} not found")
+    given: dict[str, int] = {}
+    problems: list[str] = []
+    with path.open(newline="", encoding="utf-8-sig") as fh:
+        reader = csv.DictReader(fh)
+        if not reader.fieldnames or not {"patient", "fold"} <= set(reader.fieldnames):
+            raise DataError([f"{path}:1: needs the columns 'patient' and 'fold', found {reader.fieldnames}"])
+        for line, row in enumerate(reader, start=2):
+            p, f = (row["patient"] or "").strip(), (row["fold"] or "").strip()
+            try:
+                k = int(f)
+            except ValueError:
+                problems.append(f"{path}:{line}: fold {f!r} is not an integer")
+                continue
+            if not 0 <= k < folds:
+                problems.append(f"{path}:{line}: fold {k} is outside 0..{folds - 1} (cv.folds = {folds})")
+            elif p in given and given[p] != k:
+                problems.append(f"{path}:{line}: patient {p!r} is listed in folds {given[p]} and {k}")
+            given[p] = k
+    assignment: dict[str, int] = {}
+    labelled = {s.patient for s in pool if s.labels.get(main, MISSING) != MISSING}
+    for patient in sorted({s.patient for s in pool}):
+        members = [patient] if patient in given else [m for m in patient.split("+") if m in given]
+        ks = {given[m] for m in members}
+        if len(ks) > 1:
+            problems.append(f"{path}: patients {', '.join(members)} share identical images (one split group) "
+                            f"but are listed in folds {sorted(ks)}")
+        elif ks:
+            assignment[patient] = ks.pop()
+        elif patient in labelled:
+            problems.append(f"{path}: patient {patient!r} has {main!r} labels but no fold in the file")
+        else:
+            assignment[patient] = -1  # unlabelled for the main task: training-only, never held out
+    if problems:
+        raise DataError(problems, "problem(s) with cv.folds_file")
+    return assignment

@@ -1,0 +1,141 @@
+"""Prediction rows (a predictions.csv, dicts or a DataFrame) -> the labelled cases of each task."""
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lnzoo.errors import UsageError
+from lnzoo.evaluation.metrics import aggregate_by_group
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float) and math.isnan(v):
+        return ""
+    return str(v).strip()
+
+
+def read_prediction_rows(source: Any) -> list[dict[str, str]]:
+    """Rows of a predictions CSV (a path), or of given rows (dicts or a DataFrame), as dicts of stripped strings."""
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.is_file():
+            raise UsageError(f"{path}: no such predictions file")
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            return [{k: _cell(v) for k, v in row.items() if k is not None} for row in csv.DictReader(fh)]
+    if hasattr(source, "to_dict"):  # a pandas DataFrame, without importing pandas
+        source = source.to_dict("records")
+    return [{str(k): _cell(v) for k, v in row.items()} for row in source]
+
+
+def infer_tasks_meta(columns: Iterable[str]) -> dict[str, dict[str, Any]]:
+    """Tasks and class order from lnzoo's columns (``<task>_true``, ``p_<task>_<class>``); positive: the 2nd class."""
+    cols = list(columns)
+    tasks = [c[:-5] for c in cols if c.endswith("_true") and c != "_true"]
+    out = {}
+    for t in tasks:
+        # a longer task name sharing this prefix owns its own columns (task "a" vs task "a_b")
+        longer = [u for u in tasks if u != t and u.startswith(t + "_")]
+        classes = [c[len(f"p_{t}_"):] for c in cols if c.startswith(f"p_{t}_")
+                   and not any(c.startswith(f"p_{u}_") for u in longer)]
+        if len(classes) >= 2:
+            out[t] = {"classes": classes, "positive": None}
+    return out
+
+
+
+
+def task_spec(meta: Any) -> tuple[list[str], int | None]:
+    """(classes, positive index or None) from a sidecar task dict or a Task-like object."""
+    if isinstance(meta, Mapping):
+        classes, positive = list(meta["classes"]), meta.get("positive")
+    else:
+        classes, positive = list(meta.classes), getattr(meta, "positive", None)
+    if len(classes) != 2:
+        return classes, None
+    if positive is None:
+        return classes, 1
+    if positive not in classes:
+        raise UsageError(f"positive class {positive!r} is not one of {classes}")
+    return classes, classes.index(positive)
+
+
+@dataclass
+class Cases:
+    """The labelled cases of one task: class index, probabilities and where each row came from."""
+
+    y: np.ndarray
+    p: np.ndarray
+    patient: np.ndarray
+    part: np.ndarray
+    fold: np.ndarray  # -1 where the row belongs to no fold
+    center: np.ndarray | None
+
+    def take(self, mask: np.ndarray) -> "Cases":
+        return Cases(self.y[mask], self.p[mask], self.patient[mask], self.part[mask], self.fold[mask],
+                      None if self.center is None else self.center[mask])
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+def task_cases(rows: Sequence[Mapping[str, str]], task: str, classes: list[str]) -> Cases | None:
+    cols = [f"p_{task}_{c}" for c in classes]
+    label_col = f"{task}_true"
+    if not rows or label_col not in rows[0]:
+        return None
+    missing = [c for c in cols if c not in rows[0]]
+    if missing:
+        raise UsageError(f"predictions lack the probability column(s) {missing} of task {task!r}")
+    index = {c: i for i, c in enumerate(classes)}
+    ys, ps, pats, parts, folds, centers, problems = [], [], [], [], [], [], []
+    has_center = "center" in rows[0]
+    for i, row in enumerate(rows):
+        label = row.get(label_col, "")
+        if label == "":
+            continue
+        if label not in index:
+            problems.append(f"row {i + 2}: label {label!r} is not a class of {task!r} ({classes})")
+            continue
+        try:
+            ps.append([float(row[c]) for c in cols])
+        except ValueError:
+            problems.append(f"row {i + 2}: a probability of {task!r} is not a number")
+            continue
+        ys.append(index[label])
+        # without patient ids every image is its own resampling unit
+        pats.append(row.get("patient", "") or f"row{i + 2}")
+        parts.append(row.get("part", "") or "all")
+        fold = row.get("fold", "")
+        folds.append(int(float(fold)) if fold not in ("", None) else -1)
+        centers.append(row.get("center", "") or "unknown")
+    if problems:
+        shown = "; ".join(problems[:10]) + (f"; ... and {len(problems) - 10} more" if len(problems) > 10 else "")
+        raise UsageError(f"bad prediction rows for task {task!r}: {shown}")
+    if not ys:
+        return None
+    p = np.asarray(ps, dtype=float).reshape(len(ys), len(classes))
+    with np.errstate(invalid="ignore", divide="ignore"):  # the CSV's 6 decimals leave row sums a hair off 1
+        p = np.where(p.sum(1, keepdims=True) > 0, p / p.sum(1, keepdims=True), p)
+    return Cases(np.asarray(ys, dtype=int), p,
+                  np.asarray(pats, dtype=object), np.asarray(parts, dtype=object), np.asarray(folds, dtype=int),
+                  np.asarray(centers, dtype=object) if has_center else None)
+
+
+def aggregate_patients(c: Cases) -> Cases:
+    """Mean probability per patient within each part and fold (a patient lives in one fold)."""
+    keys = list(zip(c.part.tolist(), c.fold.tolist(), c.patient.tolist()))
+    ids, y, p = aggregate_by_group(keys, c.y, c.p)
+    first = {}
+    for i, k in enumerate(keys):
+        first.setdefault(k, i)
+    at = np.array([first[tuple(k)] for k in ids], dtype=int)
+    return Cases(y, p, c.patient[at], c.part[at], c.fold[at], None if c.center is None else c.center[at])
+
+

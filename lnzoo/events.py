@@ -1,0 +1,70 @@
+"""Typed progress events of a run. The pipeline emits them to ``on_event``; only the CLI renders them."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Long work other than training advanced: ``what`` is "phantom" or "decode"."""
+
+    what: str
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Note:
+    """Something the user should read (``level`` "info" or "warning")."""
+
+    text: str
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class FoldStarted:
+    fold: int
+    n_folds: int
+    n_train: int
+    n_validation: int
+    n_held_out: int
+    keep: str  # "best": the validation part picks the epoch; "last": it only draws curves
+
+
+@dataclass(frozen=True)
+class InitLoaded:
+    """``model.init_from`` loaded a backbone: what was loaded and what was not."""
+
+    report: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class StepEnded:
+    fold: int
+    epoch: int       # 0-based
+    epochs: int
+    step: int        # 1-based within the epoch
+    steps: int
+    loss: float      # running mean training loss of the epoch
+
+
+@dataclass(frozen=True)
+class EpochEnded:
+    fold: int
+    epochs: int
+    row: dict[str, Any]  # the history row: epoch (1-based), train_loss, val_loss, val_<monitor>, lr
+    best: float          # the best monitored score so far
+
+
+@dataclass(frozen=True)
+class FoldEnded:
+    fold: int
+    metrics: dict[str, Any] = field(default_factory=dict)  # held-out metrics of the main task
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    out: str
+    metrics: dict[str, Any]
+    report: str | None

@@ -1,0 +1,151 @@
+"""The one way to load a checkpoint and predict with it.
+
+:func:`load` turns a ``.safetensors`` checkpoint and its JSON sidecar into a :class:`Predictor`
+(model, tasks, preprocessing, views, covariate encoder, calibration); :meth:`Predictor.predict`
+is the one inference loop. The fit loop builds a Predictor around the model it is training, so
+validation, held-out predictions, ``evaluate``, ``predict``, ``explain``, ``select`` and the cascade
+all score images the same way.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from lnzoo.data.dataset import ImageCache, NodeDataset
+from lnzoo.data.images import Preprocessing
+from lnzoo.data.samples import MISSING, Sample
+from lnzoo.errors import UsageError
+from lnzoo.model import LnzooModel, predict_probabilities
+from lnzoo.tasks import Task
+
+
+@dataclass
+class Predictions:
+    """Per-sample class probabilities per task for one set of samples (rows sum to 1 exactly)."""
+
+    samples: list[Sample]
+    proba: dict[str, np.ndarray]
+    loss: float = float("nan")
+
+    def labels(self, task: str) -> np.ndarray:
+        return np.array([s.labels.get(task, MISSING) for s in self.samples], dtype=np.int64)
+
+
+@dataclass
+class Predictor:
+    """A model with everything needed to feed it images and read its outputs."""
+
+    model: LnzooModel
+    tasks: dict[str, Task]
+    preprocessing: Preprocessing
+    views: list[str]
+    covariates: Any = None                      # a fitted CovariateEncoder, or None
+    tta: str = "none"
+    temperature: dict[str, float | None] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)  # the sidecar (empty while training)
+    source: Path | None = None
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    amp: bool = False
+    channels_last: bool = False
+    cache: ImageCache | None = None
+
+    def __post_init__(self) -> None:
+        if self.cache is None:
+            self.cache = ImageCache(self.preprocessing)
+
+    @property
+    def recipe(self) -> dict[str, Any]:
+        """The resolved recipe the checkpoint was trained with (its sidecar copy)."""
+        return self.meta.get("recipe", {})
+
+    @property
+    def main(self) -> str:
+        return self.recipe["tasks"]["main"]
+
+    def dataset(self, samples: Sequence[Sample], augment=None, view_dropout: float = 0.0) -> NodeDataset:
+        return NodeDataset(samples, self.views, list(self.tasks), self.cache, augment, view_dropout=view_dropout,
+                           covariates=self.covariates)
+
+    def to_device(self, x: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        nb = self.device.type == "cuda"
+        x = x.to(self.device, non_blocking=nb)
+        if self.channels_last:
+            b, v = x.shape[:2]
+            x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(b, v, *x.shape[2:])
+        return (x, *(t.to(self.device, non_blocking=nb) for t in rest))
+
+    @torch.no_grad()
+    def predict(self, samples: Sequence[Sample] | NodeDataset, loss_fn=None, batch_size: int = 64) -> Predictions:
+        """Class probabilities of every task for ``samples`` (and the mean loss when ``loss_fn`` is given)."""
+        ds = samples if isinstance(samples, NodeDataset) else self.dataset(samples)
+        self.model.eval()
+        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+        probs: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
+        total, seen = 0.0, 0
+        for x, present, y, _, tab in loader:
+            x, present, y, tab = self.to_device(x, present, y, tab)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                outputs, batch_probs = predict_probabilities(self.model, x, present, tab, self.tta)
+            if loss_fn is not None:
+                loss, _ = loss_fn(outputs, {t: y[:, i] for i, t in enumerate(self.tasks)}, dict(self.model.heads))
+                total += float(loss) * len(y)
+                seen += len(y)
+            for t, p in batch_probs.items():
+                p = p.double().cpu().numpy()
+                probs[t].append(p / p.sum(1, keepdims=True))  # exact row sums for metric libraries
+        return Predictions(list(ds.samples), {t: np.concatenate(v) if v else np.zeros((0, self.tasks[t].num_classes))
+                                              for t, v in probs.items()}, total / seen if seen else float("nan"))
+
+
+def preprocessing_of(meta: Mapping[str, Any]) -> Preprocessing:
+    """The sidecar's preprocessing (older sidecars lack some fields: their defaults apply)."""
+    prep = meta["preprocessing"]
+    return Preprocessing(**{f: prep[f] for f in ("image_size", "resize", "normalize", "roi_margin") if f in prep})
+
+
+def load(path: str | Path, host=None) -> Predictor:
+    """Rebuild the model a checkpoint's sidecar describes, load its weights, and return its Predictor."""
+    from safetensors.torch import load_file
+
+    from lnzoo.checkpoint import read_sidecar
+    from lnzoo.model import build_model
+    from lnzoo.recipe import resolve
+
+    if host is None:
+        from lnzoo.plugins import get_host
+        host = get_host()
+    weights, meta = read_sidecar(path)
+    recipe = resolve(meta["recipe"], host=host, source=meta.get("recipe_source"))
+    recipe.data["model"]["backbone"] = {**recipe.data["model"]["backbone"], "pretrained": False}
+    tasks = {name: Task.from_dict(d, source=f"{weights} sidecar") for name, d in meta["tasks"].items()}
+    covariates = None
+    if meta.get("covariates"):
+        from lnzoo.data.covariates import CovariateEncoder
+        covariates = CovariateEncoder.from_dict(meta["covariates"])
+    model = build_model(recipe, host, tasks, covariates)
+    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
+    if missing or unexpected:
+        raise UsageError(f"{weights}: does not fit the model its sidecar describes "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.eval()
+    return Predictor(model, tasks, preprocessing_of(meta), list(meta["views"]), covariates,
+                     tta=meta["recipe"].get("train", {}).get("tta", "none"), temperature=meta.get("temperature") or {},
+                     meta=meta, source=weights)
+
+
+def checkpoints_of(path: str | Path) -> list[Path]:
+    """A .safetensors file is itself; a run directory gives every fold's best checkpoint."""
+    from lnzoo.rundir import RunDir
+
+    path = Path(path)
+    if path.is_dir():
+        return RunDir(path).checkpoints()
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise UsageError(f"{path}: expected a run directory or a .safetensors checkpoint")
+    return [path]

@@ -1,0 +1,224 @@
+"""``lnzoo.run``: everything ``lnzoo run`` does, as one library call that emits typed events.
+
+recipe -> data -> patient-level folds -> fit each fold -> calibration -> predictions -> metrics ->
+Grad-CAM examples -> report, all written through :class:`lnzoo.rundir.RunDir`. The CLI is one
+caller of :func:`run`; a script or notebook is another, and gets the same run directory.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lnzoo import events
+from lnzoo.data.samples import MISSING, Sample
+from lnzoo.errors import UsageError
+from lnzoo.rundir import RunDir
+from lnzoo.tasks import Task
+
+__all__ = ["run", "RunResult", "fit_folds", "default_out"]
+
+
+@dataclass
+class RunResult:
+    """What a run produced: its directory, its metrics (metrics.json), its report and Grad-CAM examples."""
+
+    out: Path
+    metrics: dict[str, Any]
+    report: Path | None = None
+    examples: list[Path] = field(default_factory=list)
+    wall_seconds: float = 0.0
+
+
+def default_out(recipe) -> Path:
+    """``runs/<name>[-quick]-<time>``."""
+    return Path("runs") / f"{recipe.name}{'-quick' if recipe.quick else ''}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def run(recipe, out: str | Path | None = None, on_event: Callable[[Any], None] | None = None, *,
+        quick: bool = False, sets: Sequence[str] | None = None, host=None, report: bool = True,
+        n_boot: int | None = None) -> RunResult:
+    """Train and evaluate a recipe (a path or a loaded :class:`lnzoo.recipe.Recipe`) into the run directory
+    ``out`` (default :func:`default_out`): every fold, calibration, predictions, metrics, the Grad-CAM
+    examples and the HTML report. ``on_event`` receives the :mod:`lnzoo.events` as the run goes."""
+    from lnzoo.recipe import Recipe, load_recipe
+
+    if host is None:
+        from lnzoo.plugins import get_host
+        host = get_host()
+    if not isinstance(recipe, Recipe):
+        recipe = load_recipe(Path(recipe), sets=list(sets or []), quick=quick, host=host)
+    emit = on_event or (lambda event: None)
+    out = Path(out) if out is not None else default_out(recipe)
+    t0 = time.perf_counter()
+    metrics = fit_folds(recipe, host, out, emit)
+    examples: list[Path] = []
+    try:
+        from lnzoo.explain import explain_examples
+        examples = explain_examples(out, host=host)
+    except Exception as exc:  # noqa: BLE001 - the run itself is done; its report must still be written
+        emit(events.Note(f"Grad-CAM examples for the report failed ({type(exc).__name__}: {exc})", "warning"))
+    report_path = None
+    if report:
+        from lnzoo.report import write_report
+        report_path = write_report(out, **({"n_boot": n_boot} if n_boot else {}))
+    result = RunResult(out, metrics, report_path, examples, round(time.perf_counter() - t0, 1))
+    emit(events.RunEnded(str(out), metrics, str(report_path) if report_path else None))
+    return result
+
+
+def fit_temperatures(val_pred, tasks: Mapping[str, Task]) -> dict[str, float | None]:
+    """Temperature scaling per task, fitted on the validation part (log-probabilities as logits)."""
+    from lnzoo.evaluation.metrics import fit_temperature
+
+    out: dict[str, float | None] = {}
+    for name in tasks:
+        y = val_pred.labels(name)
+        keep = y != MISSING
+        if keep.sum() < 2 or len(np.unique(y[keep])) < 2:
+            out[name] = None  # too little validation data to fit
+            continue
+        out[name] = round(fit_temperature(np.log(np.clip(val_pred.proba[name][keep], 1e-12, 1.0)), y[keep]), 6)
+    return out
+
+
+def add_calibration(metrics: dict, samples: Sequence[Sample], proba: Mapping[str, np.ndarray],
+                    temperatures: Mapping[str, float | None]) -> None:
+    """Held-out ECE and Brier after the validation-fitted temperature, beside the raw ones."""
+    from lnzoo.evaluation.metrics import apply_temperature, classification_metrics
+
+    for name, m in metrics.items():
+        T = temperatures.get(name)
+        if T is None:
+            continue
+        y = np.array([s.labels.get(name, MISSING) for s in samples])
+        keep = y != MISSING
+        scaled = apply_temperature(np.log(np.clip(proba[name][keep], 1e-12, 1.0)), T)
+        cm = classification_metrics(y[keep], scaled, [str(i) for i in range(scaled.shape[1])])
+        m["temperature"] = T
+        m["ece_temperature_scaled"] = cm["ece"]
+        m["brier_temperature_scaled"] = cm["brier"]
+
+
+def what_ran(recipe, folds: Sequence[int], epochs_run: Mapping[int, int]) -> dict[str, Any]:
+    """What was actually trained (a quick profile or --set changes it from the recipe's description)."""
+    cfg = recipe.data
+    bb = cfg["model"]["backbone"]
+    probe = cfg["train"]["method"] == "linear_probe"
+    return {"backbone": " ".join(str(bb[k]) for k in ("name", "model_name") if bb.get(k)),
+            "image_size": cfg["data"]["image_size"], "views": cfg["data"]["views"],
+            "epochs": "linear probe" if probe else cfg["train"]["epochs"],
+            "epochs_run": {str(k): v for k, v in epochs_run.items()}, "folds": cfg["cv"]["folds"],
+            "folds_run": list(folds), "quick": recipe.quick}
+
+
+def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Train and evaluate every fold the recipe asks for; write the run directory; return metrics.json."""
+    import torch
+
+    from lnzoo.checkpoint import environment
+    from lnzoo.data.dataset import ImageCache
+    from lnzoo.data.images import Preprocessing
+    from lnzoo.data.run_data import image_cache_dir, load_run_data, plan_folds, recipe_tasks
+    from lnzoo.data.splits import check_leakage, inner_validation
+    from lnzoo.evaluation.evaluate import run_metrics
+    from lnzoo.rundir import prediction_header, prediction_row
+    from lnzoo.train import Trainer
+
+    emit = emit or (lambda event: None)
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    rd = RunDir(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if rd.folds():
+        raise UsageError(f"{out_dir} already holds a run; pick another --out or remove it")
+    rd.write_recipe(recipe.to_toml())
+    cfg = recipe.data
+    if cfg["train"]["threads"]:
+        torch.set_num_threads(cfg["train"]["threads"])
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    tasks = recipe_tasks(recipe, host)
+    main = cfg["tasks"]["main"]
+    data = load_run_data(recipe, tasks, on_phantom=lambda d, t: emit(events.Progress("phantom", d, t)))
+    if data.skipped:
+        emit(events.Note(f"skipped {len(data.skipped)} bad row(s)/image(s) (data.skip_bad_rows); "
+                         f"first: {data.skipped[0]}", "warning"))
+    check_leakage({"cross-validation": data.pool, "test": data.test, "external": data.external})
+    pre = Preprocessing(cfg["data"]["image_size"], cfg["data"]["resize"], cfg["data"]["normalize"],
+                        cfg["data"]["roi_margin"])
+    cache = ImageCache(pre, disk_dir=image_cache_dir() if cfg["data"]["cache"] == "disk" else None,
+                       keep=cfg["data"]["cache"] != "none")
+    if cfg["data"]["cache"] != "none":
+        cache.preload([*data.pool, *data.test, *data.external],
+                      progress=lambda d, t: emit(events.Progress("decode", d, t)))
+    assignment = plan_folds(data.pool, recipe, tasks)
+    rd.write_folds(assignment)
+    folds = list(range(cfg["cv"]["folds"])) if cfg["cv"]["run_folds"] == "all" else list(cfg["cv"]["run_folds"])
+    trainer = Trainer(recipe, host, tasks, cache, on_event=emit)
+    env = environment(host)
+    views, tasks_meta = cfg["data"]["views"], {n: t.as_dict() for n, t in tasks.items()}
+    pred_rows: list[dict[str, str]] = []
+    fold_info = []
+    test_proba: dict[str, dict[str, list[np.ndarray]]] = {part: {t: [] for t in tasks} for part in ("test", "external")}
+    for k in folds:
+        held = [s for s in data.pool if assignment[s.patient] == k]
+        rest = [s for s in data.pool if assignment[s.patient] != k]
+        tr_idx, va_idx = inner_validation(rest, cfg["train"]["val_fraction"], main, cfg["seed"] + k)
+        train_s, val_s = [rest[i] for i in tr_idx], [rest[i] for i in va_idx]
+        check_leakage({"train": train_s, "validation": val_s, "held-out fold": held})
+        emit(events.FoldStarted(k, len(folds), len(train_s), len(val_s), len(held), cfg["train"]["keep"]))
+        result = trainer.fit(train_s, val_s, seed=cfg["seed"] + k, fold=k)
+        predictor = result.predictor
+        temperatures = fit_temperatures(predictor.predict(val_s), tasks)
+        covariates = predictor.covariates
+        meta = {"recipe": cfg, "recipe_source": str(recipe.source) if recipe.source else None,
+                "tasks": tasks_meta, "class_maps": {n: {str(i): c for i, c in enumerate(t.classes)}
+                                                    for n, t in tasks.items()},
+                "preprocessing": pre.as_dict(), "views": views, "seed": cfg["seed"] + k,
+                "fold": k, "best_epoch": result.best_epoch,
+                # the metric that picked the epoch, on the inner-validation part (NaN: undefined there,
+                # e.g. one class only, and the loss picked instead); lnzoo select chooses on it
+                "monitor": {cfg["train"]["monitor"]: result.best_value}, "monitor_val_loss": result.best_val_loss,
+                "temperature": temperatures, "init_from": result.init_report,
+                "covariates": covariates.as_dict() if covariates else None, **env}
+        rd.save_checkpoint(k, "best", predictor.model, meta)
+        rd.save_checkpoint(k, "last", result.last_state, {**meta, "epoch": len(result.history), "kind": "last"})
+        rd.write_history(k, result.history)
+        pred = predictor.predict(held)
+        rows = [prediction_row("cv", k, s, {t: pred.proba[t][i] for t in tasks}, tasks, views)
+                for i, s in enumerate(held)]
+        metrics = run_metrics(rows, tasks_meta)["cross_validation"]["pooled"]
+        add_calibration(metrics, held, pred.proba, temperatures)
+        pred_rows += rows
+        fold_info.append({"fold": k, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
+                          "n_train": len(train_s), "n_validation": len(val_s), "n_held_out": len(held),
+                          "metrics": metrics})
+        for part, samples in (("test", data.test), ("external", data.external)):
+            if samples:
+                p = predictor.predict(samples)
+                for t in tasks:
+                    test_proba[part][t].append(p.proba[t])
+        emit(events.FoldEnded(k, metrics.get(main, {})))
+    notes = {}
+    for part, samples in (("test", data.test), ("external", data.external)):
+        if samples:
+            ens = {t: np.mean(np.stack(v), axis=0) for t, v in test_proba[part].items()}
+            notes[f"{part}_note"] = f"mean probability of the {len(folds)} fold model(s)"
+            pred_rows += [prediction_row(part, None, s, {t: ens[t][i] for t in tasks}, tasks, views)
+                          for i, s in enumerate(samples)]
+    rd.write_predictions(prediction_header(tasks, views), pred_rows)
+    figures = run_metrics(pred_rows, tasks_meta)
+    cv = figures.pop("cross_validation")
+    rd.write_json(rd.METRICS, {
+        "recipe": recipe.name, "main_task": main, "data": data.description, "folds_run": folds,
+        "cross_validation": {"pooled": cv["pooled"], "mean_sd": cv["mean_sd"], "folds": fold_info},
+        **figures, **notes})
+    rd.write_json(rd.RUN, {"wall_seconds": round(time.perf_counter() - t_start, 1), "device": str(trainer.device),
+                           "quick": recipe.quick, "ran": what_ran(recipe, folds, {f["fold"]: f["epochs_run"]
+                                                                                   for f in fold_info}),
+                           "overrides": recipe.overrides, **env})
+    return rd.metrics()

@@ -1,0 +1,148 @@
+"""``lnzoo report``: a self-contained HTML report (plots embedded) and ``evaluation.json`` for a run."""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+from lnzoo.errors import UsageError
+from lnzoo.report.html import CSS, e, gradcam_section, img, level_section, slug, table
+from lnzoo.report.plots import part_label, plot_training
+from lnzoo.rundir import RunDir
+
+__all__ = ["write_report"]
+
+def _run_summary(rd: RunDir) -> dict[str, Any]:
+    metrics, run, recipe = rd.read_json(rd.METRICS), rd.read_json(rd.RUN), rd.read_recipe()
+    folds: dict[int, int] = {}
+    try:
+        for k in rd.read_folds().values():
+            folds[k] = folds.get(k, 0) + 1
+    except UsageError:
+        pass
+    best_epochs = {}
+    for k in rd.folds():
+        meta = rd.sidecar(k)
+        if "best_epoch" in meta:
+            best_epochs[k] = meta["best_epoch"]
+    return {
+        "run_dir": str(rd), "recipe": metrics.get("recipe") or recipe.get("name") or rd.path.name,
+        "description": recipe.get("description", ""), "data": metrics.get("data", ""),
+        "main_task": metrics.get("main_task"), "folds_total": len([k for k in folds if k >= 0]) or None,
+        "patients_per_fold": {str(k): v for k, v in sorted(folds.items()) if k >= 0},
+        "folds_run": metrics.get("folds_run"), "device": run.get("device"), "wall_seconds": run.get("wall_seconds"),
+        "quick": run.get("quick"), "ran": run.get("ran") or {}, "overrides": run.get("overrides") or [],
+        "versions": run.get("versions") or {}, "test_note": metrics.get("test_note") or metrics.get("external_note"),
+        "best_epochs": {str(k): v for k, v in sorted(best_epochs.items())},
+    }
+
+
+def what_ran(ran: dict[str, Any]) -> str:
+    """One line saying what was trained: backbone, image size, epochs, folds, and whether it was a quick run."""
+    if not ran:
+        return "n/a"
+    folds = ran.get("folds_run") or []
+    text = (f"{ran.get('backbone', '?')}, {ran.get('image_size', '?')} px, {ran.get('epochs', '?')} epoch(s), "
+            f"{len(folds)} of {ran.get('folds', '?')} fold(s) ({', '.join(map(str, folds))})")
+    return text + ("; QUICK run (smoke-test profile, not the recipe's own settings)" if ran.get("quick") else "")
+
+
+def _summary_section(s: dict, evaluation: dict) -> str:
+    def dur(x):
+        if x is None:
+            return "n/a"
+        x = float(x)
+        return f"{x:.1f} s" if x < 120 else f"{x / 60:.1f} min"
+
+    parts_n = {}
+    for entry in evaluation["tasks"].values():
+        lvl = entry["levels"].get("image", {})
+        for p, b in lvl.get("parts", {}).items():
+            parts_n[p] = max(parts_n.get(p, 0), b["n"])
+    folds = s["folds_total"]
+    folds_txt = "n/a" if folds is None else f"{folds}-fold patient-grouped CV"
+    if s.get("folds_run") is not None:
+        folds_txt += f"; folds run: {', '.join(map(str, s['folds_run']))}"
+    described = s["description"] or "n/a"
+    if s["quick"] and s["description"]:
+        described += " (the recipe as published; this quick run trained what the next row says)"
+    rows = [["Recipe", s["recipe"]], ["Description", described], ["What ran", what_ran(s["ran"])],
+            ["Data", s["data"] or "n/a"],
+            ["Main task", s["main_task"] or "n/a"], ["Folds", folds_txt],
+            ["Patients per fold", ", ".join(f"fold {k}: {v}" for k, v in s["patients_per_fold"].items()) or "n/a"],
+            ["Best epoch per fold", ", ".join(f"fold {k}: {v}" for k, v in s["best_epochs"].items()) or "n/a"],
+            ["Labelled images per part (max over tasks)",
+             ", ".join(f"{part_label(p)}: {n}" for p, n in parts_n.items()) or "n/a"],
+            ["Device", s["device"] or "n/a"], ["Wall time", dur(s["wall_seconds"])],
+            ["Quick profile", {True: "yes", False: "no"}.get(s["quick"], "n/a")],
+            ["Overrides", "; ".join(s["overrides"]) or "none"],
+            ["Versions", ", ".join(f"{k} {v}" for k, v in s["versions"].items()) or "n/a"],
+            ["Bootstrap", f"{evaluation['settings']['n_boot']} patient-cluster resamples, seed "
+                          f"{evaluation['settings']['seed']}"]]
+    out = "<h2 id='run-summary'>Run summary</h2>" + table(["", ""], rows)
+    if "phantom" in (s["data"] or "").lower():
+        out += "<p class='warn'>These results come from the synthetic phantom, not clinical data.</p>"
+    note = s.get("test_note")
+    out += ("<p class='note'><b>How to read this report.</b> Pooled CV: every held-out fold's predictions together; "
+            "each fold model predicts only patients it never trained on. 95% CIs: percentile bootstrap that resamples "
+            "whole patients (all of a patient's images together); AUC also with DeLong's CI. Sensitivity and "
+            "specificity in the metrics tables are at p ≥ 0.5 (argmax); chosen operating points are in their own "
+            "tables. "
+            + (f"Test/external predictions: {e(note)}. " if note else "") + "</p>")
+    return out
+
+
+def _training_section(rd: RunDir, summary: dict) -> str:
+    histories = rd.read_histories()
+    if not histories:
+        return ""
+    best = {int(k): int(v) for k, v in summary["best_epochs"].items() if v is not None}
+    return ("<h2 id='training-curves'>Training curves</h2>"
+            "<p class='note'>Loss on the training and inner-validation data, and the validation metric of the main "
+            "task, per epoch and fold. The star marks the epoch whose weights were kept.</p>"
+            + img(plot_training(histories, best), "training curves"))
+
+
+def _render(rd: RunDir, summary: dict, evaluation: dict) -> str:
+    tasks = list(evaluation["tasks"])
+    main = summary.get("main_task")
+    if main in tasks:
+        tasks.remove(main)
+        tasks.insert(0, main)
+    nav = "".join(f"<a href='#task-{slug(t)}'>{e(t)}</a>" for t in tasks)
+    body = [f"<h1>Evaluation report: {e(summary['recipe'])}</h1>",
+            f"<p class='note'>{e(summary['run_dir'])} · generated {e(time.strftime('%Y-%m-%d %H:%M:%S'))}</p>",
+            f"<nav>Tasks: {nav} <a href='#training-curves'>Training curves</a></nav>",
+            _summary_section(summary, evaluation)]
+    show_level = len(evaluation["settings"]["levels"]) > 1
+    for t in tasks:
+        entry = evaluation["tasks"][t]
+        kind = f"binary, positive class: {entry['positive']}" if entry["binary"] else f"{len(entry['classes'])} classes"
+        body.append(f"<h2 id='task-{slug(t)}'>Task: {e(t)}</h2>")
+        body.append(f"<p class='note'>Classes: {e(', '.join(entry['classes']))} ({e(kind)}).</p>")
+        for level_name, level in entry["levels"].items():
+            body.append(level_section(t, level_name, level, entry, show_level))
+    body.append(_training_section(rd, summary))
+    body.append(gradcam_section(rd / rd.EXPLAIN))
+    title = e(f"lnzoo report: {summary['recipe']}")
+    return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+            f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{title}</title>"
+            f"<style>{CSS}</style></head><body><main>{''.join(body)}</main></body></html>")
+
+
+def write_report(run_dir, out_html=None, n_boot: int = 1000, *, aggregate: str | None = None, seed: int = 0,
+                 sensitivity_target: float = 0.95) -> Path:
+    """Write a self-contained ``report.html`` (default: in the run dir) and ``evaluation.json`` beside it; return its path."""
+    from lnzoo.evaluation.evaluate import evaluate_predictions
+
+    rd = RunDir(run_dir)
+    _, rows = rd.read_predictions()
+    evaluation = evaluate_predictions(rows, rd.tasks_meta(), aggregate=aggregate, n_boot=n_boot, seed=seed,
+                                      sensitivity_target=sensitivity_target)
+    summary = _run_summary(rd)
+    out = Path(out_html) if out_html else rd / rd.REPORT
+    out.parent.mkdir(parents=True, exist_ok=True)
+    page = _render(rd, summary, evaluation)
+    RunDir(out.parent).write_json(RunDir.EVALUATION, {"run": summary, **evaluation})
+    out.write_text(page, encoding="utf-8")
+    return out

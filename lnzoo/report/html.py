@@ -1,0 +1,257 @@
+"""HTML pieces of the report: tables and sections built from an evaluation result."""
+from __future__ import annotations
+
+import base64
+import html
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lnzoo.report.plots import fmt, part_label, plot_confusion, plot_folds, plot_reliability, plot_roc
+
+MAX_GRADCAM = 60  # embedded images inflate the page; the rest stay in explain/
+# ----------------------------------------------------------------------------------------------
+# HTML
+
+CSS = """
+body{font-family:-apple-system,"Segoe UI",Roboto,Helvetica,Arial,sans-serif;margin:0;color:#222;background:#fafafa}
+main{max-width:1180px;margin:0 auto;padding:24px 32px 64px;background:#fff}
+h1{font-size:1.7em;margin-bottom:4px}h2{border-bottom:2px solid #1f77b4;padding-bottom:4px;margin-top:40px}
+h3{margin-top:28px;color:#1f4e79}h4{margin:22px 0 8px}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:0.9em}
+th,td{border:1px solid #ddd;padding:4px 9px;text-align:right;vertical-align:top}
+th{background:#f0f4f8}td:first-child,th:first-child{text-align:left}
+tr:nth-child(even) td{background:#fbfbfb}
+.note{color:#555;font-size:0.88em;max-width:900px}.warn{background:#fff4e5;border-left:4px solid #f0a020;padding:6px 10px}
+.na{color:#999}.opt{color:#a05a00}img{max-width:100%;margin:6px 0}
+figure{display:inline-block;margin:8px 12px 8px 0;vertical-align:top}figcaption{font-size:0.8em;color:#555}
+nav a{margin-right:12px}code{background:#f3f3f3;padding:0 3px}
+"""
+
+
+def fmt_ci(value: Any, ci: Mapping[str, Any] | None) -> str:
+    v = fmt(value)
+    if v == "n/a" or not ci:
+        return v
+    lo, hi = fmt(ci.get("lo")), fmt(ci.get("hi"))
+    return v if "n/a" in (lo, hi) else f"{v} ({lo}–{hi})"
+
+
+def e(s: Any) -> str:
+    return html.escape(str(s))
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    head = "".join(f"<th>{e(h)}</th>" for h in header)
+    body = []
+    for r in rows:
+        cells = []
+        for v in r:
+            text = e(v)
+            cells.append(f'<td class="na">{text}</td>' if text == "n/a" else f"<td>{text}</td>")
+        body.append("<tr>" + "".join(cells) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def slug(s: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
+
+
+def _metric_rows(binary: bool) -> list[tuple[str, str, str | None]]:
+    """(label, metric key, CI key) rows of the metrics table."""
+    rows = [("AUC (patient bootstrap CI)", "auc", "auc")]
+    if binary:
+        rows.append(("AUC (DeLong CI)", "auc", "delong"))
+    rows += [("Accuracy", "accuracy", "accuracy"), ("Balanced accuracy", "balanced_accuracy", "balanced_accuracy")]
+    if binary:
+        rows += [("Sensitivity (at p ≥ 0.5)", "sensitivity", "sensitivity"),
+                 ("Specificity (at p ≥ 0.5)", "specificity", "specificity"),
+                 ("PPV (at p ≥ 0.5)", "ppv", None), ("NPV (at p ≥ 0.5)", "npv", None), ("F1", "f1", None)]
+    else:
+        rows += [("Precision (macro)", "precision_macro", None), ("Recall (macro)", "recall_macro", None),
+                 ("F1 (macro)", "f1_macro", None)]
+    rows += [("MCC", "mcc", None), ("Cohen's kappa", "kappa", None), ("ECE (top-label, 15 bins)", "ece", None),
+             ("Brier score", "brier", None), ("Log loss", "log_loss", None)]
+    return rows
+
+
+def _metrics_table(level: dict, classes: list[str], binary: bool) -> str:
+    parts = list(level["parts"])
+    mean_sd = level.get("cv_mean_sd") or {}
+    n_folds = len(level.get("folds", {}))
+    header = ["Metric"]
+    for p in parts:
+        header.append(part_label(p))
+        if p == "cv" and n_folds:
+            header.append(f"CV mean ± sd ({n_folds} fold{'s' if n_folds != 1 else ''})")
+    rows = []
+
+    def add(label, cells_for):
+        row = [label]
+        for p in parts:
+            blk = level["parts"][p]
+            row.append(cells_for(blk, None))
+            if p == "cv" and n_folds:
+                row.append(cells_for(blk, mean_sd))
+        rows.append(row)
+
+    add("Images (n)", lambda b, ms: str(b["n"]) if ms is None else "")
+    add("Patients", lambda b, ms: str(b["n_patients"]) if ms is None else "")
+    add("Cases per class", lambda b, ms: ", ".join(f"{c} {n}" for c, n in b["class_counts"].items())
+        if ms is None else "")
+    for label, key, ci in _metric_rows(binary):
+        def cell(b, ms, key=key, ci=ci):
+            if ms is not None:
+                if ci == "delong" or key not in ms:
+                    return ""
+                m, s = ms[key]["mean"], ms[key]["sd"]
+                return fmt(m) if fmt(s) == "n/a" else f"{fmt(m)} ± {fmt(s)}"
+            if ci == "delong":
+                return fmt_ci(b["auc_delong"]["auc"], b["auc_delong"])
+            return fmt_ci(b["metrics"].get(key), b.get("ci", {}).get(ci) if ci else None)
+        add(label, cell)
+    out = table(header, rows)
+    if not binary:
+        pc_rows = []
+        for j, cls in enumerate(classes):
+            row = [cls]
+            for p in parts:
+                d = level["parts"][p]["auc_per_class_delong"][cls]
+                row.append(fmt_ci(d["auc"], d))
+            pc_rows.append(row)
+        out += "<p class='note'>One-vs-rest AUC per class (95% DeLong CI):</p>"
+        out += table(["Class"] + [part_label(p) for p in parts], pc_rows)
+    return out
+
+
+def _operating_section(level: dict) -> str:
+    ops = level.get("operating_points")
+    if not ops:
+        return ""
+    parts = ["<h4>Operating points</h4>"]
+    if ops.get("note"):
+        return parts[0] + f"<p class='note warn'>{e(ops['note'])}</p>"
+    parts.append("<p class='note'>Each threshold is <b>chosen on the pooled cross-validation predictions</b> "
+                 "(the held-out folds act as validation data) and then applied unchanged to the test and external "
+                 "sets. Rows marked <span class='opt'>optimistic</span> report the threshold on the very data that "
+                 "chose it. The cross-fitted CV row chooses each fold's threshold on the other folds only. "
+                 "CIs (patient bootstrap) treat the threshold as fixed."
+                 + (" Test and external probabilities of an lnzoo run average the fold models, whose scores may "
+                    "spread differently from one fold model's held-out scores." if set(level["parts"]) - {"cv"} else "")
+                 + "</p>")
+    header = ["Rule", "Threshold", "Evaluated on", "n", "Sensitivity", "Specificity", "PPV", "NPV", "Accuracy",
+              "TP / FN / FP / TN"]
+    rows = []
+    for entry in ops["rules"].values():
+        if "error" in entry:
+            rows.append([entry["label"], "n/a", f"not chosen: {entry['error']}", "", "", "", "", "", "", ""])
+            continue
+        for name, r in entry["parts"].items():
+            where = part_label(name) + (" (optimistic: chose the threshold)" if r.get("optimistic") else "")
+            rows.append([entry["label"], fmt(r["threshold"], 4), where, r["n"],
+                         fmt_ci(r["sensitivity"], r["ci"]["sensitivity"]),
+                         fmt_ci(r["specificity"], r["ci"]["specificity"]), fmt(r["ppv"]), fmt(r["npv"]),
+                         fmt(r["accuracy"]), f"{r['tp']} / {r['fn']} / {r['fp']} / {r['tn']}"])
+        cf = entry.get("cv_cross_fitted")
+        if cf:
+            ts = ", ".join(f"fold {k}: {fmt(v, 4)}" for k, v in cf["thresholds_per_fold"].items())
+            rows.append([entry["label"], ts, "CV, cross-fitted (honest)", cf["n"], fmt(cf["sensitivity"]),
+                         fmt(cf["specificity"]), fmt(cf["ppv"]), fmt(cf["npv"]), fmt(cf["accuracy"]),
+                         f"{cf['tp']} / {cf['fn']} / {cf['fp']} / {cf['tn']}"])
+    parts.append(table(header, rows))
+    return "".join(parts)
+
+
+def _folds_section(level: dict, binary: bool, title: str) -> str:
+    folds = level.get("folds") or {}
+    if not folds:
+        return ""
+    header = ["Fold", "Images", "Patients", "AUC (95% CI)", "Accuracy (95% CI)", "Balanced accuracy"]
+    if binary:
+        header += ["Sensitivity", "Specificity"]
+    rows = []
+    for k, b in folds.items():
+        m, ci = b["metrics"], b.get("ci", {})
+        row = [f"fold {k}", b["n"], b["n_patients"], fmt_ci(m["auc"], ci.get("auc")),
+               fmt_ci(m["accuracy"], ci.get("accuracy")), fmt(m["balanced_accuracy"])]
+        if binary:
+            row += [fmt(m.get("sensitivity")), fmt(m.get("specificity"))]
+        rows.append(row)
+    return ("<h4>Per-fold results</h4>" + table(header, rows)
+            + img(plot_folds(level, title), f"{title}: per-fold AUC and accuracy"))
+
+
+def _centers_section(level: dict) -> str:
+    centers = level.get("centers")
+    if not centers:
+        return ""
+    rows = []
+    for part, per in centers.items():
+        for ctr, b in per.items():
+            d = b.get("auc_delong")
+            auc = fmt_ci(d["auc"], d) if d else fmt(b["metrics"]["auc"])
+            rows.append([part_label(part), ctr, b["n"], b["n_patients"], auc, fmt(b["metrics"]["accuracy"]),
+                         fmt(b["metrics"]["balanced_accuracy"])])
+    return "<h4>Per-center results</h4>" + table(
+        ["Part", "Center", "Images", "Patients", "AUC (DeLong CI)", "Accuracy", "Balanced accuracy"], rows)
+
+
+def level_section(task: str, level_name: str, level: dict, entry: dict, show_level: bool) -> str:
+    classes, binary = entry["classes"], entry["binary"]
+    title = f"{task}" + (f", {level_name} level" if show_level else "")
+    out = [f"<h3>{e(level_name.capitalize())} level</h3>"] if show_level else []
+    if "error" in level:
+        return "".join(out) + f"<p class='warn'>{e(level['error'])}</p>"
+    if level_name == "patient":
+        out.append("<p class='note'>One case per patient: the mean probability over the patient's images.</p>")
+    out.append("<h4>Metrics (95% CI)</h4>")
+    out.append(_metrics_table(level, classes, binary))
+    out.append("<h4>ROC curves</h4>")
+    if not binary:
+        out.append("<p class='note'>One-vs-rest curve per class; shaded: 95% patient-bootstrap band of the TPR.</p>")
+    out.append(img(plot_roc(level, classes, binary, title), f"ROC curves of {title}"))
+    out.append(_operating_section(level))
+    out.append("<h4>Confusion matrices</h4>")
+    out.append(img(plot_confusion(level, classes, title), f"confusion matrices of {title}"))
+    out.append("<h4>Calibration</h4>")
+    cal_rows = [[part_label(p), fmt(b["metrics"]["ece"]), fmt(b["metrics"]["brier"]), fmt(b["metrics"]["log_loss"])]
+                for p, b in level["parts"].items()]
+    out.append(table(["Part", "ECE (top-label, 15 bins)", "Brier score", "Log loss"], cal_rows))
+    out.append(img(plot_reliability(level, f"Reliability: {title}"), f"reliability diagram of {title}"))
+    out.append(_folds_section(level, binary, title))
+    out.append(_centers_section(level))
+    return "".join(out)
+
+
+def gradcam_section(root: Path) -> str:
+    """Grad-CAM examples: every PNG under ``root`` (a run's ``explain/``), captioned from ``explain.csv`` with
+    the case's true label, the predicted label and its probability; "" when there are none."""
+    import csv
+
+    pngs = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() == ".png") if root.is_dir() else []
+    if not pngs:
+        return ""
+    index: dict[str, dict[str, str]] = {}
+    if (root / "explain.csv").is_file():
+        with (root / "explain.csv").open(newline="", encoding="utf-8") as fh:
+            index = {r.get("png", ""): r for r in csv.DictReader(fh)}
+    figs = []
+    for p in pngs[:MAX_GRADCAM]:
+        b64 = base64.b64encode(p.read_bytes()).decode("ascii")
+        r = index.get(p.name)
+        if r and r.get("predicted"):
+            true = f"true {r['true']}, " if r.get("true") else ""
+            caption = (f"{r['task']}: {true}predicted {r['predicted']} (p={fmt(r.get('p_predicted'))}); "
+                       f"map of '{r['class']}', view {r['view']}")
+        else:
+            caption = p.relative_to(root).as_posix()
+        figs.append(f"<figure>{img(b64, caption)}<figcaption>{e(caption)}</figcaption></figure>")
+    more = len(pngs) - MAX_GRADCAM
+    tail = f"<p class='note'>{more} more PNG(s) in {e(root)} are not embedded.</p>" if more > 0 else ""
+    return "<h2 id='grad-cam'>Grad-CAM examples</h2>" + "".join(figs) + tail
+
+
+def img(b64: str, alt: str) -> str:
+    return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}">'
+
