@@ -8,10 +8,12 @@ from pathlib import Path
 from typing import Annotated, Any, Callable, Optional
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from lnzoo import __version__
 from lnzoo.errors import LnzooError, UsageError
+from lnzoo.evaluation import N_BOOT
 from lnzoo.ui import wide_console
 
 class _Command(typer.core.TyperCommand):
@@ -39,7 +41,8 @@ def guarded(fn: Callable) -> Callable:
         try:
             return fn(*args, **kwargs)
         except LnzooError as exc:
-            err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False, soft_wrap=True)
+            # escaped: messages quote lists such as [full, crop], which rich would read as markup and drop
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
     return wrapper
 
@@ -178,7 +181,7 @@ def validate(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Reci
     plan_folds(data.pool, r, tasks)
     if data.skipped:
         err.print(f"[yellow]{len(data.skipped)} bad row(s)/image(s) will be left out[/] (data.skip_bad_rows):\n"
-                  + "\n".join(f"  - {p}" for p in data.skipped[:50]))
+                  + "\n".join(f"  - {escape(p)}" for p in data.skipped[:50]))
     n_pat = len({s.patient for s in data.pool})
     console.print(f"[green]data ok[/]: {len(data.pool)} images of {n_pat} patients for cross-validation"
                   + (f", {len(data.test)} test" if data.test else "")
@@ -190,7 +193,9 @@ def validate(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Reci
 def run(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TOML file.")],
         quick: QuickOpt = False, set_: SetOpt = None,
         out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Run directory (default runs/<name>-<time>).")] = None
-        ) -> None:
+        ,
+        n_boot: Annotated[int, typer.Option("--n-boot", metavar="N", help="Patient bootstrap resamples for the "
+                                            "report's CIs.")] = N_BOOT) -> None:
     """Train and evaluate a recipe: patient-level CV, checkpoints, metrics, Grad-CAM examples, HTML report.
 
     Example: lnzoo run recipes/stage1_aux.toml --quick --set train.epochs=3
@@ -200,9 +205,10 @@ def run(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TO
 
     r = _load(recipe, set_, quick)
     out = out or default_out(r)
-    console.print(f"[bold]lnzoo run[/] {recipe}{' --quick' if quick else ''} -> {out}", highlight=False)
+    console.print(f"[bold]lnzoo run[/] {escape(str(recipe))}{' --quick' if quick else ''} -> {escape(str(out))}",
+                  highlight=False)
     with RunView(err) as view:
-        result = run_pipeline(r, out, on_event=view, host=_host())
+        result = run_pipeline(r, out, on_event=view, host=_host(), n_boot=n_boot)
     _summary_table(result.metrics)
     console.print(f"run directory: {out}\nreport: {result.report}", highlight=False)
 
@@ -300,7 +306,7 @@ def explain(checkpoint_or_run: Annotated[Path, typer.Argument(metavar="CHECKPOIN
 @guarded
 def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory written by lnzoo run.")],
            out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE.html", help="HTML file (default RUN_DIR/report.html).")] = None,
-           n_boot: Annotated[int, typer.Option("--n-boot", metavar="N", help="Patient bootstrap resamples for the CIs.")] = 1000,
+           n_boot: Annotated[int, typer.Option("--n-boot", metavar="N", help="Patient bootstrap resamples for the CIs.")] = N_BOOT,
            aggregate: Annotated[Optional[str], typer.Option(metavar="patient", help="'patient': also score mean probability per patient.")] = None,
            ) -> None:
     """Write a self-contained HTML report (plots embedded) and evaluation.json for a run.
@@ -326,7 +332,7 @@ def compare_cmd(a: Annotated[Path, typer.Argument(metavar="A", help="Run directo
                 threshold_b: Annotated[Optional[float], typer.Option("--threshold-b", metavar="T")] = None,
                 positive: Annotated[Optional[str], typer.Option("--positive", metavar="CLASS", help="Positive class of a binary task.")] = None,
                 intersect: Annotated[bool, typer.Option("--intersect", metavar="", help="Compare on the common cases only.")] = False,
-                n_boot: Annotated[int, typer.Option("--n-boot", metavar="N")] = 1000, as_json: JsonOpt = False) -> None:
+                n_boot: Annotated[int, typer.Option("--n-boot", metavar="N")] = N_BOOT, as_json: JsonOpt = False) -> None:
     """Compare two models (or a model and a reader): paired DeLong for AUC, McNemar at the operating points.
 
     Example: lnzoo compare runs/A runs/B --threshold-rule youden
@@ -427,10 +433,12 @@ def main() -> None:
     """Console entry point: load plugins (warning about broken ones), then dispatch."""
     args = sys.argv[1:]
     if args[:1] != ["--version"]:
-        from lnzoo.plugins import get_host, warn_failures
+        from lnzoo.plugins import STRICT_ENV, get_host
         try:
-            warn_failures(get_host())
+            for p in get_host().failures:
+                err.print("[yellow]warning:[/] " + escape(f"plugin {p.name!r} from {p.distribution} {p.version} was "
+                          f"skipped: {p.error}. Set {STRICT_ENV}=1 to make this fatal."), highlight=False, soft_wrap=True)
         except LnzooError as exc:  # strict mode
-            err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             sys.exit(exc.exit_code)
     app()

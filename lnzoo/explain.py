@@ -138,7 +138,7 @@ def compute_cams(model, x: torch.Tensor, present: torch.Tensor | None, task: str
             # the batched pass ran x.flatten(0, 1): row b * V + view_i belongs to this view
             act = act.unflatten(0, (b, v))[:, view_i]
             grad = grad.unflatten(0, (b, v))[:, view_i]
-        layout, prefix = getattr(backbone, "tokens_layout", "nchw"), getattr(backbone, "num_prefix_tokens", 0)
+        layout, prefix = backbone.tokens_layout, backbone.num_prefix_tokens  # both required by contracts.Backbone
         cam = _cam_from(to_nchw(act, layout, prefix).float(), to_nchw(grad, layout, prefix).float(), method)
         cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         cam = _normalise(cam) * present[:, view_i, None, None]
@@ -334,10 +334,8 @@ def explain_examples(run_dir: str | Path, n_correct: int = 2, n_wrong: int = 2, 
     from lnzoo.rundir import RunDir
 
     rd = RunDir(run_dir)
-    k = rd.folds()[0] if rd.folds() else None
-    if k is None:
-        raise UsageError(f"{rd}: no fold*/best.safetensors to explain")
-    sidecar = rd.sidecar(k)
+    k = rd.first_fold()
+    ckpt, sidecar = rd.checkpoint(k), rd.sidecar(k)
     main = sidecar["recipe"]["tasks"]["main"]
     classes = list(sidecar["tasks"][main]["classes"])
     views = list(sidecar["views"])
@@ -360,7 +358,7 @@ def explain_examples(run_dir: str | Path, n_correct: int = 2, n_wrong: int = 2, 
     if not items:
         return []
     pngs = []
-    for png in explain(rd.fold_dir(k) / "best.safetensors", items, out_dir, tasks=[main], host=host, truth=truth):
+    for png in explain(ckpt, items, out_dir, tasks=[main], host=host, truth=truth):
         target = png.with_name(f"{verdict.get(png.name.split('__')[0], 'case')}_{png.name}")
         png.replace(target)
         pngs.append(target)

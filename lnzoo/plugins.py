@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
-import sys
 import traceback
 from dataclasses import dataclass, field
 from typing import Any
@@ -160,10 +159,3 @@ def set_host(host: PluginHost | None) -> None:
     """Replace the process-wide host (tests, or a caller that loaded plugins itself)."""
     global _HOST
     _HOST = host
-
-
-def warn_failures(host: PluginHost, stream: Any = None) -> None:
-    stream = stream or sys.stderr
-    for p in host.failures:
-        print(f"warning: plugin {p.name!r} from {p.distribution} {p.version} was skipped: {p.error}. "
-              f"Set {STRICT_ENV}=1 to make this fatal.", file=stream)

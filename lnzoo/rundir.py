@@ -64,9 +64,13 @@ class RunDir:
             raise UsageError(f"{self.path}: no fold*/best.safetensors inside; is it a run directory?")
         return [self.checkpoint(k, kind) for k in folds]
 
+    def first_fold(self) -> int:
+        """The lowest-numbered fold that was run (explain and init_from use its model)."""
+        self.checkpoints()  # raises when there is none
+        return self.folds()[0]
+
     def first_checkpoint(self) -> Path:
-        """The best checkpoint of the lowest-numbered fold that was run (explain, init_from)."""
-        return self.checkpoints()[0]
+        return self.checkpoint(self.first_fold())
 
     def sidecar(self, k: int, kind: str = "best") -> dict[str, Any]:
         path = self.checkpoint(k, kind).with_suffix(".json")
@@ -175,8 +179,6 @@ class RunDir:
             if not (self / name).is_file():
                 raise UsageError(f"{self.path} is not a finished run directory: {name} is missing")
 
-    def holds_run(self) -> bool:
-        return bool(self.folds()) or (self / self.METRICS).is_file()
 
 
 def _read_json(path: Path, strict: bool) -> dict[str, Any]:

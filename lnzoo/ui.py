@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from lnzoo import events
@@ -64,7 +65,8 @@ class RunView:
             self.console.print(f"{label}: {e.total} done", highlight=False)
 
     def _on_Note(self, e: events.Note) -> None:
-        self.console.print(f"[yellow]warning:[/] {e.text}" if e.level == "warning" else e.text, highlight=False)
+        text = escape(e.text)
+        self.console.print(f"[yellow]warning:[/] {text}" if e.level == "warning" else text, highlight=False)
 
     def _on_FoldStarted(self, e: events.FoldStarted) -> None:
         role = "picks the epoch" if e.keep == "best" else "curves only: the last epoch is kept"
@@ -73,9 +75,9 @@ class RunView:
 
     def _on_InitLoaded(self, e: events.InitLoaded) -> None:
         r = e.report
-        self.console.print(f"init_from {r['source']}: {r['backbone_loaded']}/{r['backbone_total']} backbone "
-                           f"tensors loaded; heads new" + (f"; not loaded: {', '.join(r['not_loaded'][:5])}"
-                                                           if r["not_loaded"] else ""), highlight=False)
+        self.console.print(escape(f"init_from {r['source']}: {r['backbone_loaded']}/{r['backbone_total']} backbone "
+                                  f"tensors loaded; heads new" + (f"; not loaded: {', '.join(r['not_loaded'][:5])}"
+                                                                  if r["not_loaded"] else "")), highlight=False)
 
     def _on_StepEnded(self, e: events.StepEnded) -> None:
         if self.live:

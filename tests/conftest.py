@@ -70,3 +70,26 @@ def lnzoo_cache(tmp_path_factory):
         os.environ.pop("LNZOO_CACHE", None)
     else:
         os.environ["LNZOO_CACHE"] = old
+
+
+# the tiny settings of the runs the tests train: a test-sized timm model on a 24-patient phantom
+TINY = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=48", "train.epochs=2",
+        "data.phantom.patients=24", "cv.folds=3", "data.batch_size=16", "train.threads=2"]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, lnzoo_cache) -> Path:
+    """The one shared finished run: ``lnzoo run recipes/stage1_aux.toml --quick`` made tiny, folds 1 and 2 of
+    3 only (no fold 0: every reader must find the folds a run holds), with its report and Grad-CAM examples.
+
+    Tests read it and copy it before changing anything. What the command printed, off a terminal, is in
+    ``stdout.txt`` and ``stderr.txt`` beside it.
+    """
+    out = tmp_path_factory.mktemp("tiny") / "run"
+    sets = [x for s in [*TINY, "cv.run_folds=[1, 2]"] for x in ("--set", s)]
+    done = run_cli("run", str(REPO / "recipes" / "stage1_aux.toml"), "--quick", *sets, "--n-boot", "100",
+                   "--out", str(out), env={"LNZOO_CACHE": str(lnzoo_cache), "COLUMNS": "80"})
+    (out.parent / "stdout.txt").write_text(done.stdout, encoding="utf-8")
+    (out.parent / "stderr.txt").write_text(done.stderr, encoding="utf-8")
+    assert done.returncode == 0, done.stderr
+    return out

@@ -260,16 +260,16 @@ TINY = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_si
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One single-view and one two-view (full + crop) run directory on a small phantom."""
+def runs(tmp_path_factory, tiny_run):
+    """The shared single-view run (folds 1 and 2) and a two-view (full + crop) run directory."""
     from lnzoo.plugins import load_plugins
     from lnzoo.recipe import load_recipe
     from lnzoo.pipeline import fit_folds
 
     # the phantom cache is the session's (tests/conftest.py)
     host = load_plugins()
-    out = {}
-    for name, sets in (("single", []), ("two", ["data.views=['full','crop']", "model.fusion={name='concat'}"])):
+    out = {"single": tiny_run}
+    for name, sets in (("two", ["data.views=['full','crop']", "model.fusion={name='concat'}"]),):
         recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", sets=[*TINY, *sets], host=host)
         out[name] = tmp_path_factory.mktemp(name)
         fit_folds(recipe, host, out[name])
@@ -325,9 +325,9 @@ def test_explain_a_single_view_run_writes_a_png_per_head(runs, tmp_path, monkeyp
     _check_outputs(pngs, out, images, ["full"])
     assert loaded and not hooks_left(loaded[0])
     assert all(p.grad is None for p in loaded[0].parameters())
-    assert resolve_checkpoint(runs["single"]) == runs["single"] / "fold0" / "best.safetensors"
+    assert resolve_checkpoint(runs["single"]) == runs["single"] / "fold1" / "best.safetensors"  # its first fold
 
-    one = explain(runs["single"] / "fold0" / "best.safetensors", images[:1], tmp_path / "pp",
+    one = explain(runs["single"] / "fold1" / "best.safetensors", images[:1], tmp_path / "pp",
                   tasks=["malignancy"], method="gradcam++", class_index="benign")
     assert [p.name for p in one] == [f"{images[0].stem}__malignancy__benign__full.png"]
     with pytest.raises(UsageError, match="not one of"):

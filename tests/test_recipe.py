@@ -112,3 +112,19 @@ def test_resolved_recipe_round_trips_through_toml(tmp_path):
 def test_a_child_recipe_replaces_the_task_set_instead_of_adding_to_it(tmp_path):
     child = _write(tmp_path, '[tasks]\ntask_weights = { malignancy = 1.0 }\n')
     assert load_recipe(child).tasks == ["malignancy"]
+
+
+def test_error_messages_keep_their_brackets(capsys):
+    import typer
+
+    from lnzoo.cli import guarded
+    from lnzoo.errors import UsageError
+
+    @guarded
+    def fail():
+        raise UsageError("data.views: [full, crop] and [roi] are not [bold]")
+
+    with pytest.raises(typer.Exit) as exc:
+        fail()
+    assert exc.value.exit_code == 2
+    assert "data.views: [full, crop] and [roi] are not [bold]" in capsys.readouterr().err

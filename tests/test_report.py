@@ -17,7 +17,6 @@ from lnzoo.evaluation.evaluate import choose_threshold, evaluate_predictions
 from lnzoo.report import write_report
 from lnzoo.report.html import gradcam_section
 from lnzoo.evaluation.stats import bootstrap_ci
-from tests.conftest import REPO
 
 N_BOOT = 100
 MAL = {"classes": ["benign", "malignant"], "positive": "malignant"}
@@ -109,27 +108,9 @@ def handmade(tmp_path_factory):
     return make_run(tmp_path_factory.mktemp("handmade") / "run")
 
 
-@pytest.fixture(scope="module")
-def real_run(tmp_path_factory):
-    """One tiny real run (two folds of three), built like tests/test_run.py does."""
-    from lnzoo.plugins import load_plugins
-    from lnzoo.recipe import load_recipe
-    from lnzoo.pipeline import fit_folds
-
-    # the phantom cache is the session's (tests/conftest.py)
-    host = load_plugins()
-    sets = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=48", "train.epochs=1",
-            "data.phantom.patients=24", "cv.folds=3", "cv.run_folds=[0, 1]", "data.batch_size=16",
-            "train.threads=1"]
-    recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", sets=sets, host=host)
-    out = tmp_path_factory.mktemp("real") / "run"
-    fit_folds(recipe, host, out)
-    return out
-
-
-def test_report_of_a_real_run_is_self_contained_and_matches_the_metrics(real_run):
-    html_path = write_report(real_run, n_boot=N_BOOT)
-    assert html_path == real_run / "report.html"
+def test_report_of_a_tiny_run_is_self_contained_and_matches_the_metrics(tiny_run):
+    html_path = write_report(tiny_run, n_boot=N_BOOT)
+    assert html_path == tiny_run / "report.html"
     page = html_path.read_text(encoding="utf-8")
     assert "http://" not in page and "https://" not in page
     assert not re.search(r"<script|<link|@import|url\(", page, re.I)
@@ -143,9 +124,9 @@ def test_report_of_a_real_run_is_self_contained_and_matches_the_metrics(real_run
         assert f">{heading}<" in page, heading
     assert "Task: malignancy" in page and "Task: enlargement" in page
 
-    ev = json.loads((real_run / "evaluation.json").read_text(encoding="utf-8"))
-    rows = _rows(real_run / "predictions.csv")
-    sidecar = json.loads((real_run / "fold0" / "best.json").read_text())
+    ev = json.loads((tiny_run / "evaluation.json").read_text(encoding="utf-8"))
+    rows = _rows(tiny_run / "predictions.csv")
+    sidecar = json.loads((tiny_run / "fold1" / "best.json").read_text())
     for task in ("malignancy", "enlargement"):
         meta = sidecar["tasks"][task]
         y, p, _ = _task_arrays(rows, task, meta, part="cv")
@@ -155,10 +136,9 @@ def test_report_of_a_real_run_is_self_contained_and_matches_the_metrics(real_run
     assert ev["run"]["recipe"] == "stage1_aux" and ev["run"]["device"]
 
 
-def test_metrics_json_and_evaluation_json_agree_on_every_shared_figure(real_run):
-    write_report(real_run, n_boot=N_BOOT)
-    ev = json.loads((real_run / "evaluation.json").read_text(encoding="utf-8"))
-    stored = json.loads((real_run / "metrics.json").read_text())["cross_validation"]
+def test_metrics_json_and_evaluation_json_agree_on_every_shared_figure(tiny_run):
+    ev = json.loads((tiny_run / "evaluation.json").read_text(encoding="utf-8"))
+    stored = json.loads((tiny_run / "metrics.json").read_text())["cross_validation"]
     compared = 0
     for task in ("malignancy", "enlargement"):
         level = ev["tasks"][task]["levels"]["image"]

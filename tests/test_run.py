@@ -1,18 +1,19 @@
 """End to end on a small phantom: run directory, determinism, evaluate, plugin head, no pickles."""
 from __future__ import annotations
 
+import csv
 import json
 import os
+import re
 from pathlib import Path
 
 
 from lnzoo.plugins import load_plugins
 from lnzoo.recipe import load_recipe
 from lnzoo.pipeline import fit_folds
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, TINY as TINY_BASE, run_cli
 
-TINY = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=48", "train.epochs=2",
-        "data.phantom.patients=24", "cv.folds=3", "cv.run_folds=[0]", "data.batch_size=16", "train.threads=2"]
+TINY = [*TINY_BASE, "cv.run_folds=[0]"]
 
 
 def _run(out: Path, sets=(), host=None):
@@ -40,10 +41,6 @@ def test_run_writes_the_run_directory_and_is_deterministic(tmp_path):
     assert {"path", "patient", "malignancy_true", "p_malignancy_benign", "p_malignancy_malignant"} <= set(header)
     _run(tmp_path / "b")
     assert (run / "metrics.json").read_text() == (tmp_path / "b" / "metrics.json").read_text()
-    # evaluate reloads the checkpoint and reproduces the stored numbers
-    out = run_cli("evaluate", str(run), env={"LNZOO_CACHE": os.environ["LNZOO_CACHE"]})
-    assert out.returncode == 0, out.stderr
-    assert "reproduced" in out.stdout
 
 
 def test_a_plugin_head_is_named_in_a_recipe_and_trains(tmp_path, monkeypatch):
@@ -75,3 +72,50 @@ def test_ema_and_ultrasound_augmentation_run_and_are_recorded(tmp_path):
     assert sidecar["recipe"]["train"]["ema"] == 0.9 and sidecar["views"] == ["full", "crop"]
     header = (tmp_path / "e" / "predictions.csv").read_text().splitlines()[0].split(",")
     assert "path_crop" in header
+
+
+def test_off_a_terminal_a_run_prints_one_line_per_epoch_whole_tables_and_says_what_ran(tiny_run):
+    stderr = (tiny_run.parent / "stderr.txt").read_text(encoding="utf-8")
+    stdout = (tiny_run.parent / "stdout.txt").read_text(encoding="utf-8")
+    for k in (1, 2):
+        assert f"fold {k}: train" in stderr
+        for epoch in (1, 2):
+            assert re.search(rf"^fold {k} epoch {epoch}/2 loss \d\.\d{{3}} val_loss", stderr, re.M), stderr
+    assert "━" not in stderr and "\r" not in stderr  # no progress bars in a log file
+    assert "…" not in stdout and "malignancy" in stdout and "enlargement" in stdout  # the table is whole
+    ran = json.loads((tiny_run / "run.json").read_text())["ran"]
+    assert ran == {"backbone": "timm test_resnet", "image_size": 48, "views": ["full"], "epochs": 2,
+                   "epochs_run": {"1": 2, "2": 2}, "folds": 3, "folds_run": [1, 2], "quick": True}
+    page = (tiny_run / "report.html").read_text(encoding="utf-8")
+    assert "timm test_resnet, 48 px, 2 epoch(s), 2 of 3 fold(s) (1, 2); QUICK run" in page
+    assert "this quick run trained what the next row says" in page
+    # Grad-CAM captions say what the case is and what the model called it, not a file name
+    captions = re.findall(r"<figcaption>([^<]*)</figcaption>", page)
+    assert captions and all(re.match(r"malignancy: true (benign|malignant), predicted (benign|malignant) \(p=0\.\d{3}\)",
+                                      c) for c in captions), captions
+
+
+def test_a_run_without_fold_0_works_with_every_command(tiny_run, tmp_path):
+    from lnzoo.data.run_data import recipe_tasks
+    from lnzoo.evaluate import evaluate_run
+    from lnzoo.evaluation.compare import compare
+    from lnzoo.explain import explain
+    from lnzoo.model import build_model, init_from_checkpoint
+    from lnzoo.predict import predict_rows
+    from lnzoo.report import write_report
+
+    host = load_plugins()
+    out = run_cli("evaluate", str(tiny_run), env={"LNZOO_CACHE": os.environ["LNZOO_CACHE"]})
+    assert out.returncode == 0 and "reproduced" in out.stdout, out.stderr
+    stored, fresh = evaluate_run(tiny_run, host)
+    assert fresh["folds_run"] == [1, 2] and fresh["cross_validation"]["pooled"]["malignancy"]["n"] > 0
+    image = Path(next(csv.DictReader((tiny_run / "predictions.csv").open()))["path"])
+    served = predict_rows([tiny_run], [image], host)[0]
+    assert served["members"] == 2 and served["malignancy_pred"] in ("benign", "malignant")
+    assert explain(tiny_run, [image], tmp_path / "cams", host=host)
+    assert compare(tiny_run, tiny_run, n_boot=20)["delong"]["p_value"] == 1.0
+    assert write_report(tiny_run, tmp_path / "r" / "report.html", n_boot=20).is_file()
+    # model.init_from takes the run directory: its first fold is fold 1
+    recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", sets=TINY, host=host)
+    report = init_from_checkpoint(build_model(recipe, host, recipe_tasks(recipe, host)), str(tiny_run))
+    assert report["source"].endswith("fold1/best.safetensors") and report["backbone_loaded"] > 0

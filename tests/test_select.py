@@ -21,17 +21,16 @@ from tests.test_run import _run
 
 
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("select") / "a"
-    _run(out, sets=["cv.run_folds=[0, 1]"])
-    return out
+def base_run(tiny_run) -> Path:
+    """The session's shared run: folds 1 and 2 of 3 (copied before any change)."""
+    return tiny_run
 
 
 @pytest.fixture(scope="module")
 def other_run(base_run, tmp_path_factory) -> Path:
     """Another setting (a higher learning rate) trained on the base run's folds: other weights."""
     out = tmp_path_factory.mktemp("select") / "b"
-    _run(out, sets=["cv.run_folds=[0, 1]", "train.lr=0.05", f"cv.folds_file='{(base_run / 'folds.csv').as_posix()}'"])
+    _run(out, sets=["cv.run_folds=[1, 2]", "train.lr=0.05", f"cv.folds_file='{(base_run / 'folds.csv').as_posix()}'"])
     return out
 
 
@@ -66,11 +65,11 @@ def test_each_fold_goes_to_the_best_inner_score_never_to_the_best_held_out_fold(
     shutil.copytree(base_run, b)
     a = tmp_path / "a"
     shutil.copytree(base_run, a)
-    _set_inner(a, 0, 0.9)
-    _set_inner(b, 0, 0.6)   # fold 0: a wins on the inner score although b is perfect on the held-out fold
-    _perfect_on_fold(b, 0)
-    _set_inner(a, 1, 0.5)
-    _set_inner(b, 1, 0.7)   # fold 1: b wins
+    _set_inner(a, 1, 0.9)
+    _set_inner(b, 1, 0.6)   # fold 1: a wins on the inner score although b is perfect on the held-out fold
+    _perfect_on_fold(b, 1)
+    _set_inner(a, 2, 0.5)
+    _set_inner(b, 2, 0.7)   # fold 2: b wins
     result = select_runs([a, b], tmp_path / "chosen")
     assert [f["chosen"] for f in result["folds"]] == ["a", "b"]
     assert result["chosen_count"] == {"a": 1, "b": 1}
@@ -79,8 +78,8 @@ def test_each_fold_goes_to_the_best_inner_score_never_to_the_best_held_out_fold(
     _, rows_a = _rows(a)
     _, rows_b = _rows(b)
     _, chosen = _rows(tmp_path / "chosen")
-    expect = [r for r in rows_a if r["part"] == "cv" and r["fold"] == "0"] + \
-             [r for r in rows_b if r["part"] == "cv" and r["fold"] == "1"]
+    expect = [r for r in rows_a if r["part"] == "cv" and r["fold"] == "1"] + \
+             [r for r in rows_b if r["part"] == "cv" and r["fold"] == "2"]
     assert chosen == expect
     y = np.array([r["malignancy_true"] == "malignant" for r in chosen if r["malignancy_true"]])
     p = np.array([float(r["p_malignancy_malignant"]) for r in chosen if r["malignancy_true"]])
@@ -93,18 +92,18 @@ def test_the_chosen_folds_are_a_run_that_evaluate_and_predict_accept(base_run, o
     a, b = tmp_path / "a", tmp_path / "b"
     shutil.copytree(base_run, a)
     shutil.copytree(other_run, b)
-    _set_inner(a, 0, 0.9)
-    _set_inner(b, 0, 0.1)
-    _set_inner(a, 1, 0.1)
-    _set_inner(b, 1, 0.9)
+    _set_inner(a, 1, 0.9)
+    _set_inner(b, 1, 0.1)
+    _set_inner(a, 2, 0.1)
+    _set_inner(b, 2, 0.9)
     out = tmp_path / "chosen"
     result = run_cli("select", str(a), str(b), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "chosen" in result.stdout and "inner auc" in result.stdout
-    for k, src in ((0, a), (1, b)):  # each fold's weights are its winner's
+    for k, src in ((1, a), (2, b)):  # each fold's weights are its winner's
         assert (out / f"fold{k}" / "best.safetensors").read_bytes() == \
             (src / f"fold{k}" / "best.safetensors").read_bytes()
-    assert (a / "fold1" / "best.safetensors").read_bytes() != (b / "fold1" / "best.safetensors").read_bytes()
+    assert (a / "fold2" / "best.safetensors").read_bytes() != (b / "fold2" / "best.safetensors").read_bytes()
     stored, fresh = evaluate_run(out, load_plugins())  # the checkpoints reproduce the stored predictions
     assert fresh["cross_validation"]["pooled"]["malignancy"]["auc"] == pytest.approx(
         stored["cross_validation"]["pooled"]["malignancy"]["auc"], abs=1e-4)
@@ -141,14 +140,14 @@ def test_equal_scores_go_to_the_lower_inner_loss_and_a_loss_monitor_is_minimised
     shutil.copytree(base_run, a)
     shutil.copytree(base_run, b)
     for run, loss in ((a, 0.7), (b, 0.4)):
-        for k in (0, 1):
+        for k in (1, 2):
             meta = json.loads((run / f"fold{k}" / "best.json").read_text())
             meta["monitor"], meta["monitor_val_loss"] = {"auc": 1.0}, loss
             (run / f"fold{k}" / "best.json").write_text(json.dumps(meta))
     result = select_runs([a, b])
     assert [f["chosen"] for f in result["folds"]] == ["b", "b"] and result["folds"][0]["tied"] == ["a", "b"]
     for run, loss in ((a, 0.3), (b, 0.5)):
-        for k in (0, 1):
+        for k in (1, 2):
             meta = json.loads((run / f"fold{k}" / "best.json").read_text())
             meta["monitor"] = {"loss": loss}
             (run / f"fold{k}" / "best.json").write_text(json.dumps(meta))
@@ -158,7 +157,7 @@ def test_equal_scores_go_to_the_lower_inner_loss_and_a_loss_monitor_is_minimised
 def test_candidates_whose_inner_parts_or_held_out_images_differ_are_refused(base_run, tmp_path):
     b = tmp_path / "b"
     shutil.copytree(base_run, b)
-    for k in (0, 1):
+    for k in (1, 2):
         meta = json.loads((b / f"fold{k}" / "best.json").read_text())
         meta["recipe"]["seed"] = 7
         (b / f"fold{k}" / "best.json").write_text(json.dumps(meta))

@@ -1,8 +1,6 @@
 """Ultrasound augmentation: effect, identity at p=0, dtype/range, shared parameters across views, speed."""
 from __future__ import annotations
 
-import time
-
 import pytest
 import torch
 from torchvision import tv_tensors
@@ -206,20 +204,3 @@ def test_factory():
         ultrasound_augment({"gain": 1.5})
     with pytest.raises(ValueError):
         ultrasound_augment({"gain": True})
-
-
-def test_timing_per_image_128px(capsys):
-    x = textured(128, 128)
-    n = 50
-    lines = []
-    for cls in ALL:
-        t = cls(p=1.0)
-        t(x)  # warm-up
-        start = time.perf_counter()
-        for _ in range(n):
-            t(x)
-        ms = (time.perf_counter() - start) / n * 1e3
-        lines.append(f"{cls.__name__}: {ms:.3f} ms")
-        assert ms < 20.0
-    with capsys.disabled():
-        print("\nper-image time at 128x128 uint8 RGB: " + ", ".join(lines))

@@ -10,11 +10,13 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-import numpy as np
+N_BOOT = 1000  # patient-bootstrap resamples of every CI, whoever asks (report, compare, lnzoo run)
 
 
 def jsonable(obj: Any) -> Any:
     """Plain JSON types: NaN and inf become null, floats keep 6 significant digits, numpy scalars unwrap."""
+    import numpy as np  # here, so that importing N_BOOT stays cheap for the command line
+
     if isinstance(obj, Mapping):
         return {str(k): jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple, np.ndarray)):

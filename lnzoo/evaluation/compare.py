@@ -1,399 +1,45 @@
 """Paired comparison of two runs or prediction CSVs on the same cases: DeLong, bootstrap, McNemar.
 
-A side is a run directory (its ``predictions.csv``), lnzoo's ``predictions.csv`` or a simple CSV
-(e.g. a human reader's): an ``id`` or ``path`` column, a ``label`` (or ``<task>_true``) column,
-and either ``p_<class>`` columns or one ``prob``/``probability``/``score`` column (binary; hard
-0/1 calls are accepted as scores), optionally ``patient``.
+What a side may be, and how cases and labels are matched, is :mod:`lnzoo.evaluation.sides`.
 """
 from __future__ import annotations
 
-import csv
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from pathlib import Path, PurePath
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from lnzoo.errors import UsageError
+from lnzoo.evaluation import N_BOOT
 from lnzoo.evaluation import jsonable
-from lnzoo.evaluation.cases import infer_tasks_meta
-from lnzoo.evaluation.evaluate import PART_ORDER, choose_threshold
+from lnzoo.evaluation.evaluate import auc_with_ci, choose_threshold
 from lnzoo.evaluation.metrics import bootstrap_metric_fns, classification_metrics
 from lnzoo.evaluation.stats import (
     auc_difference_test,
     bootstrap_ci,
-    delong_ci,
     macro_auc,
     mcnemar_test,
     paired_bootstrap_auc_diff,
 )
-from lnzoo.rundir import RunDir
+from lnzoo.evaluation.sides import (
+    Side,
+    align,
+    choose_part,
+    extract,
+    groups_of,
+    open_side,
+    pick_task,
+    resolve_classes,
+    true_labels,
+)
 
 __all__ = ["compare", "format_table", "as_json"]
 
 NAN = float("nan")
-SCORE_COLUMNS = ("prob", "probability", "score")
 RULES = ("0.5", "youden", "sensitivity")
-SHOW = 10  # ids named in an error message
-
-
-@dataclass
-class _Source:
-    """One opened side: its CSV rows and what its run directory says about the tasks."""
-
-    name: str
-    file: Path
-    header: list[str]
-    rows: list[dict[str, str]]
-    tasks_meta: dict[str, dict[str, Any]]
-    main_task: str | None
-
-    @property
-    def lnzoo_tasks(self) -> list[str]:
-        return [t for t in self.tasks_meta if f"{t}_true" in self.header]
-
-
-@dataclass
-class _Side:
-    """The labelled cases of one side for the compared task."""
-
-    name: str
-    file: Path
-    ids: list[str]
-    labels: list[str]
-    proba: np.ndarray | None  # (n, K) in ``classes`` order
-    score: np.ndarray | None  # (n,) positive-class score of a simple binary file
-    classes: list[str] | None
-    positive: str | None
-    aliases: dict[str, list[str]]
-    patients: list[str] | None
-    parts: list[str] | None
-    part: str | None = None
-
-    def take(self, idx: Sequence[int]) -> "_Side":
-        idx = list(idx)
-        pick = np.asarray(idx, dtype=int)
-        return _Side(self.name, self.file, [self.ids[i] for i in idx], [self.labels[i] for i in idx],
-                     None if self.proba is None else self.proba[pick], None if self.score is None else self.score[pick],
-                     self.classes, self.positive, self.aliases,
-                     None if self.patients is None else [self.patients[i] for i in idx],
-                     None if self.parts is None else [self.parts[i] for i in idx], self.part)
-
-
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UsageError(f"{path}: cannot read the CSV: {exc}") from None
-    if not header:
-        raise UsageError(f"{path}: empty file, no header row")
-    return header, rows
-
-
-def _open(src: Any) -> _Source:
-    p = Path(src)
-    if p.is_dir():
-        file = p / "predictions.csv"
-        if not file.is_file():
-            raise UsageError(f"{p}: not a finished run directory (predictions.csv is missing)")
-        run_dir, name = p, p.name
-    elif p.is_file():
-        file, name = p, p.name
-        run_dir = p.parent if p.name == RunDir.PREDICTIONS and RunDir(p.parent).folds() else None
-        if run_dir is not None:
-            name = f"{run_dir.name}/{p.name}"
-    else:
-        raise UsageError(f"{p}: no such run directory or prediction CSV")
-    header, rows = _read_csv(file)
-    meta = infer_tasks_meta(header)
-    main = None
-    if run_dir is not None:
-        rd = RunDir(run_dir)
-        meta.update({t: m for t, m in rd.tasks_meta().items() if t in meta})
-        main = rd.read_json(rd.METRICS).get("main_task")
-    return _Source(name, file, header, rows, meta, main)
-
-
-def _registered_task(name: str | None):
-    """The task registered under that name (shipped or a plugin's: positive class, label aliases), or None."""
-    if not name:
-        return None
-    from lnzoo.plugins import get_host
-
-    registry = get_host().registry("task")
-    try:
-        return registry.get(name).build() if name in registry else None
-    except Exception:  # a broken task plugin only costs the aliases
-        return None
-
-
-def _pick_task(a: _Source, b: _Source, task: str | None) -> str | None:
-    if task is not None:
-        for s in (a, b):
-            if f"{task}_true" not in s.header and "label" not in s.header:
-                known = s.lnzoo_tasks
-                hint = f" (its tasks: {', '.join(known)})" if known else ""
-                raise UsageError(f"{s.file}: no label column for task {task!r}: expected {task + '_true'!r} or "
-                                 f"'label'{hint}")
-        return task
-    lnzoo_sides = [s for s in (a, b) if "label" not in s.header and s.lnzoo_tasks]
-    if not lnzoo_sides:
-        return None
-    common = [t for t in lnzoo_sides[0].lnzoo_tasks if all(t in s.lnzoo_tasks for s in lnzoo_sides)]
-    if not common:
-        raise UsageError(f"{a.name} and {b.name} share no task: " + "; ".join(
-            f"{s.name} has {', '.join(s.lnzoo_tasks)}" for s in lnzoo_sides))
-    if len(common) == 1:
-        return common[0]
-    for s in lnzoo_sides:
-        if s.main_task in common:
-            return s.main_task
-    raise UsageError(f"several tasks to compare ({', '.join(common)}): pass task=... (--task)")
-
-
-def _extract(s: _Source, task: str | None) -> _Side:
-    h = s.header
-    id_col = "id" if "id" in h else "path" if "path" in h else next((c for c in h if c.startswith("path_")), None)
-    if id_col is None:
-        raise UsageError(f"{s.file}: no case id column: expected 'id' or 'path' (columns: {', '.join(h)})")
-    label_col = f"{task}_true" if task and f"{task}_true" in h else "label" if "label" in h else None
-    if label_col is None:
-        raise UsageError(f"{s.file}: no label column: expected 'label' or '<task>_true' (columns: {', '.join(h)})")
-    meta = s.tasks_meta.get(task or "", {}) if label_col != "label" else {}
-    classes: list[str] | None
-    if meta:
-        classes = list(meta["classes"])
-        prob_cols = [f"p_{task}_{c}" for c in classes]
-    else:
-        prob_cols = [c for c in h if c.startswith("p_") and len(c) > 2]
-        classes = [c[2:] for c in prob_cols] or None
-    score_col = next((c for c in SCORE_COLUMNS if c in h), None)
-    if classes is not None and len(classes) < 2:
-        raise UsageError(f"{s.file}: only one probability column ({prob_cols[0]}); give one p_<class> column per "
-                         f"class, or a single {'/'.join(SCORE_COLUMNS)} column for a binary task")
-    if classes is None and score_col is None:
-        raise UsageError(f"{s.file}: no probability column: expected p_<class> columns or one of "
-                         f"{', '.join(SCORE_COLUMNS)} (columns: {', '.join(h)})")
-    ids, labels, values, patients, parts, bad = [], [], [], [], [], []
-    cols = prob_cols if classes is not None else [score_col]
-    for i, row in enumerate(s.rows):
-        label = row.get(label_col, "")
-        if label == "":
-            continue  # no label for this task: not a case of it
-        try:
-            values.append([float(row[c]) for c in cols])
-        except (ValueError, KeyError):
-            bad.append(f"line {i + 2} ({row.get(id_col, '')})")
-            continue
-        ids.append(row.get(id_col, ""))
-        labels.append(label)
-        patients.append(row.get("patient", ""))
-        parts.append(row.get("part", ""))
-    if bad:
-        raise UsageError(f"{s.file}: a probability is empty or not a number on {len(bad)} row(s): "
-                         + ", ".join(bad[:SHOW]) + (" ..." if len(bad) > SHOW else ""))
-    if not ids:
-        raise UsageError(f"{s.file}: no labelled case in column {label_col!r}")
-    arr = np.asarray(values, dtype=float)
-    pat = patients if "patient" in h and all(patients) else None
-    return _Side(s.name, s.file, ids, labels, arr if classes is not None else None,
-                 arr[:, 0] if classes is None else None, classes, meta.get("positive") if meta else None,
-                 dict(meta.get("aliases") or {}) if meta else {}, pat, parts if "part" in h else None)
-
-
-def _basename(x: str) -> str:
-    return PurePath(x.replace("\\", "/")).name
-
-
-def _keys(ids: Sequence[str], by_name: bool) -> list[str]:
-    return [_basename(i) for i in ids] if by_name else list(ids)
-
-
-def _match_mode(ids_a: Sequence[str], ids_b: Sequence[str]) -> bool | None:
-    """False: match by exact id; True: by file name (only when exact ids share nothing); None: nothing matches."""
-    if set(ids_a) & set(ids_b):
-        return False
-    na, nb = _keys(ids_a, True), _keys(ids_b, True)
-    if len(set(na)) == len(na) and len(set(nb)) == len(nb) and set(na) & set(nb):
-        return True
-    return None
-
-
-def _choose_part(side: _Side, other: _Side, part: str | None) -> _Side:
-    if side.parts is None:
-        return side
-    present = [p for p in dict.fromkeys(side.parts)]
-    if part is None:
-        if len(present) == 1:
-            part = present[0]
-        elif other.parts is not None:
-            common = [p for p in present if p in set(other.parts)]
-            order = [p for p in PART_ORDER if p in common] + sorted(set(common) - set(PART_ORDER))
-            if not order:
-                raise UsageError(f"{side.name} and {other.name} share no part (parts {present} vs "
-                                 f"{sorted(set(other.parts))}): pass part=... (--part)")
-            part = order[0]
-        else:
-            # the part that holds the other side's cases, e.g. the test set a reader read
-            best, hits = None, -1
-            for p in present:
-                ids = [i for i, q in zip(side.ids, side.parts) if q == p]
-                mode = _match_mode(ids, other.ids)
-                n = 0 if mode is None else len(set(_keys(ids, mode)) & set(_keys(other.ids, mode)))
-                if n > hits:
-                    best, hits = p, n
-            part = best
-    idx = [i for i, q in enumerate(side.parts) if q == part]
-    if not idx:
-        raise UsageError(f"{side.file}: no labelled row of part {part!r} (parts: {', '.join(present)})")
-    out = side.take(idx)
-    out.part = part
-    return out
-
-
-def _check_unique(side: _Side, keys: list[str]) -> None:
-    seen, dup = set(), []
-    for k in keys:
-        if k in seen and k not in dup:
-            dup.append(k)
-        seen.add(k)
-    if dup:
-        raise UsageError(f"{side.file}: {len(dup)} case id(s) appear more than once: " + ", ".join(dup[:SHOW])
-                         + (" ..." if len(dup) > SHOW else ""))
-
-
-def _align(a: _Side, b: _Side, intersect: bool) -> tuple[_Side, _Side, dict]:
-    mode = _match_mode(a.ids, b.ids)
-    if mode is None:
-        raise UsageError(f"no common cases: {a.name} ({len(a.ids)} cases, e.g. {', '.join(a.ids[:3])}) and "
-                         f"{b.name} ({len(b.ids)} cases, e.g. {', '.join(b.ids[:3])}) share no id or file name")
-    ka, kb = _keys(a.ids, mode), _keys(b.ids, mode)
-    _check_unique(a, ka)
-    _check_unique(b, kb)
-    pos_b = {k: i for i, k in enumerate(kb)}
-    set_a = set(ka)
-    only_a = [k for k in ka if k not in pos_b]
-    only_b = [k for k in kb if k not in set_a]
-    if (only_a or only_b) and not intersect:
-        parts = []
-        for name, only in ((a.name, only_a), (b.name, only_b)):
-            if only:
-                more = " ..." if len(only) > SHOW else ""
-                parts.append(f"{len(only)} only in {name}: " + ", ".join(only[:SHOW]) + more)
-        common = len(ka) - len(only_a)
-        raise UsageError(f"{a.name} and {b.name} do not cover the same cases ({'; '.join(parts)}). "
-                         f"Pass intersect=True (--intersect) to compare on the {common} common case(s) only.")
-    ia = [i for i, k in enumerate(ka) if k in pos_b]
-    ib = [pos_b[ka[i]] for i in ia]
-    info = {"key": "file name" if mode else "id", "n_a": len(ka), "n_b": len(kb), "n_common": len(ia),
-            "only_a": only_a[:100], "only_b": only_b[:100], "n_only_a": len(only_a), "n_only_b": len(only_b),
-            "intersect": bool(intersect)}
-    return a.take(ia), b.take(ib), info
-
-
-def _label_indexer(classes: list[str], aliases: Mapping[str, Sequence[str]], task: str | None):
-    """label string -> class index: class name, then alias (sidecar or shipped task), then integer index."""
-    index = {c: i for i, c in enumerate(classes)}
-    for cls, names in aliases.items():
-        for n in names:
-            if cls in index:
-                index.setdefault(n, index[cls])
-    shipped = _registered_task(task)
-    if shipped is not None and set(shipped.classes) == set(classes):
-        for cls, names in shipped.aliases.items():
-            for n in names:
-                index.setdefault(n, index[cls])
-
-    def lookup(label: str) -> int | None:
-        if label in index:
-            return index[label]
-        folded = {k.casefold(): v for k, v in index.items()}
-        if label.casefold() in folded:
-            return folded[label.casefold()]
-        try:
-            v = float(label)
-        except ValueError:
-            return None
-        return int(v) if v.is_integer() and 0 <= v < len(classes) else None
-    return lookup
-
-
-def _resolve_classes(a: _Side, b: _Side, task: str | None, positive: str | None) -> tuple[list[str], int | None]:
-    ca, cb = a.classes, b.classes
-    if ca is not None and cb is not None and set(ca) != set(cb):
-        raise UsageError(f"the two sides name different classes: {a.name} has {ca}, {b.name} has {cb}")
-    classes = list(ca or cb or [])
-    if not classes:
-        shipped = _registered_task(task)
-        values = sorted(set(a.labels) | set(b.labels))
-        if shipped is not None and len(shipped.classes) == 2:
-            classes = list(shipped.classes)
-        elif set(values) <= {"0", "1"}:
-            classes = ["0", "1"]
-        elif len(values) == 2:
-            classes = values
-        else:
-            raise UsageError(f"both sides give a single score column, so the labels must name two classes; "
-                             f"found {values}")
-    for s in (a, b):
-        if s.proba is None and len(classes) != 2:
-            raise UsageError(f"{s.file}: a single score column only works for a binary task; this one has "
-                             f"{len(classes)} classes ({', '.join(classes)}): give p_<class> columns")
-        if s.proba is not None and s.classes != classes:
-            s.proba = s.proba[:, [s.classes.index(c) for c in classes]]
-            s.classes = classes
-    if len(classes) != 2:
-        if positive is not None:
-            raise UsageError(f"positive applies to binary tasks only; {task or 'this task'} has {len(classes)} classes")
-        return classes, None
-    if positive is None:
-        positive = next((s.positive for s in (a, b) if s.positive), None)
-    if positive is None:
-        shipped = _registered_task(task)
-        positive = shipped.positive if shipped is not None and list(shipped.classes) == classes else None
-    if positive is None:
-        if not (a.classes or b.classes) and classes != ["0", "1"]:
-            raise UsageError(f"cannot tell which of {classes} is the positive class: pass positive=... (--positive)")
-        positive = classes[1]
-    if positive not in classes:
-        raise UsageError(f"positive class {positive!r} is not one of {classes}")
-    return classes, classes.index(positive)
-
-
-def _labels(a: _Side, b: _Side, classes: list[str], pos: int | None, task: str | None) -> np.ndarray:
-    ys = []
-    for s in (a, b):
-        look = _label_indexer(classes, s.aliases, task)
-        if s.proba is None and pos is not None:
-            # beside a single positive-class score, 0/1 labels mean negative/positive, not class indices
-            y = [pos if lab == "1" else 1 - pos if lab == "0" else look(lab) for lab in s.labels]
-        else:
-            y = [look(lab) for lab in s.labels]
-        unknown = [f"{i} ({lab!r})" for i, lab, v in zip(s.ids, s.labels, y) if v is None]
-        if unknown:
-            raise UsageError(f"{s.file}: {len(unknown)} label(s) are not a class of {classes}: "
-                             + ", ".join(unknown[:SHOW]) + (" ..." if len(unknown) > SHOW else ""))
-        ys.append(np.asarray(y, dtype=int))
-    differ = np.flatnonzero(ys[0] != ys[1])
-    if differ.size:
-        shown = [f"{a.ids[i]} ({a.name}: {classes[ys[0][i]]}, {b.name}: {classes[ys[1][i]]})" for i in differ[:SHOW]]
-        raise UsageError(f"the two sides disagree on the true label of {differ.size} case(s): " + "; ".join(shown)
-                         + (" ..." if differ.size > SHOW else ""))
-    return ys[0]
-
-
-def _groups(a: _Side, b: _Side) -> tuple[list[str] | None, str]:
-    pats = a.patients or b.patients
-    if pats is None:
-        return None, "case"
-    return list(pats), "patient"
 
 
 def _ci(fn, y, p, groups, n_boot, seed) -> dict[str, float]:
@@ -401,15 +47,7 @@ def _ci(fn, y, p, groups, n_boot, seed) -> dict[str, float]:
     return {"value": r["value"], "lo": r["lo"], "hi": r["hi"]}
 
 
-def _delong_ci(y_bin, s) -> dict[str, float]:
-    try:
-        auc, lo, hi = delong_ci(y_bin, s)
-    except ValueError:
-        return {"auc": NAN, "lo": NAN, "hi": NAN}
-    return {"auc": auc, "lo": lo, "hi": hi}
-
-
-def _threshold(side: _Side, key: str, y_bin, s, explicit, rule: str, target: float) -> tuple[float, str, bool]:
+def _threshold(side: Side, key: str, y_bin, s, explicit, rule: str, target: float) -> tuple[float, str, bool]:
     """(threshold, how it was set, optimistic?) for one side."""
     if explicit is not None:
         return float(explicit), "given", False
@@ -424,7 +62,7 @@ def _threshold(side: _Side, key: str, y_bin, s, explicit, rule: str, target: flo
         raise UsageError(f"cannot choose a {rule} threshold for {side.name}: {exc}") from None
 
 
-def _binary_side(side: _Side, key: str, y: np.ndarray, pos: int, s: np.ndarray, threshold, rule, target,
+def _binary_side(side: Side, key: str, y: np.ndarray, pos: int, s: np.ndarray, threshold, rule, target,
                  groups, n_boot, seed) -> tuple[dict, np.ndarray]:
     y_bin = (y == pos).astype(int)
     t, how, optimistic = _threshold(side, key, y_bin, s, threshold, rule, target)
@@ -437,7 +75,7 @@ def _binary_side(side: _Side, key: str, y: np.ndarray, pos: int, s: np.ndarray, 
     p = np.empty((len(s), 2))
     p[:, pos], p[:, 1 - pos] = s, 1.0 - s  # the shared metric functions read class-probability columns
     fns = bootstrap_metric_fns(2, pos, t)
-    d = _delong_ci(y_bin, s)
+    d = auc_with_ci(y_bin, s)
     out = {"name": side.name, "source": str(side.file), "part": side.part,
            "auc": d["auc"], "auc_ci": [d["lo"], d["hi"]],
            "threshold": t, "threshold_rule": how, "threshold_optimistic": optimistic,
@@ -448,21 +86,21 @@ def _binary_side(side: _Side, key: str, y: np.ndarray, pos: int, s: np.ndarray, 
     return out, pred
 
 
-def _multi_side(side: _Side, y: np.ndarray, classes: list[str], groups, n_boot, seed) -> dict:
+def _multi_side(side: Side, y: np.ndarray, classes: list[str], groups, n_boot, seed) -> dict:
     p = side.proba
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = classification_metrics(y, p, classes)
 
     fns = bootstrap_metric_fns(len(classes), None)
-    per = {c: _delong_ci((y == j).astype(int), p[:, j]) for j, c in enumerate(classes)}
+    per = {c: auc_with_ci((y == j).astype(int), p[:, j]) for j, c in enumerate(classes)}
     return {"name": side.name, "source": str(side.file), "part": side.part, "auc": m["auc"],
             "auc_per_class": per, "threshold_rule": "argmax",
             **{k: _ci(fns[k], y, p, groups, n_boot, seed) for k in ("accuracy", "balanced_accuracy")},
             "f1_macro": m["f1_macro"], "confusion_matrix": m["confusion_matrix"]}
 
 
-def compare(a, b, task: str | None = None, threshold_rule: str = "0.5", n_boot: int = 1000, *,
+def compare(a, b, task: str | None = None, threshold_rule: str = "0.5", n_boot: int = N_BOOT, *,
             threshold_a: float | None = None, threshold_b: float | None = None, intersect: bool = False,
             part: str | None = None, positive: str | None = None, sensitivity_target: float = 0.95,
             seed: int = 0) -> dict:
@@ -479,17 +117,17 @@ def compare(a, b, task: str | None = None, threshold_rule: str = "0.5", n_boot: 
     """
     if threshold_rule not in RULES:
         raise UsageError(f"unknown threshold rule {threshold_rule!r}; use one of {list(RULES)}")
-    sa, sb = _open(a), _open(b)
-    task = _pick_task(sa, sb, task)
-    side_a, side_b = _extract(sa, task), _extract(sb, task)
-    chosen_a = _choose_part(side_a, side_b, part)
-    side_b = _choose_part(side_b, chosen_a, part)
+    sa, sb = open_side(a), open_side(b)
+    task = pick_task(sa, sb, task)
+    side_a, side_b = extract(sa, task), extract(sb, task)
+    chosen_a = choose_part(side_a, side_b, part)
+    side_b = choose_part(side_b, chosen_a, part)
     side_a = chosen_a
-    side_a, side_b, matching = _align(side_a, side_b, intersect)
-    classes, pos = _resolve_classes(side_a, side_b, task, positive)
-    y = _labels(side_a, side_b, classes, pos, task)
+    side_a, side_b, matching = align(side_a, side_b, intersect)
+    classes, pos = resolve_classes(side_a, side_b, task, positive)
+    y = true_labels(side_a, side_b, classes, pos, task)
     n = int(y.size)
-    groups, unit = _groups(side_a, side_b)
+    groups, unit = groups_of(side_a, side_b)
     notes: list[str] = []
     if matching["key"] == "file name":
         notes.append("no full id matched, so cases were matched by file name")

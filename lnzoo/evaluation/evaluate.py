@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from lnzoo.errors import UsageError
+from lnzoo.evaluation import N_BOOT
 from lnzoo.evaluation.cases import Cases, aggregate_patients, infer_tasks_meta, read_prediction_rows, task_cases, task_spec
 from lnzoo.evaluation.metrics import (
     bootstrap_metric_fns,
@@ -60,7 +61,8 @@ def _ci(fn, c: Cases, n_boot: int, seed: int) -> dict[str, Any]:
     return {"lo": r["lo"], "hi": r["hi"], "n_boot_valid": r["n_boot_valid"]}
 
 
-def _delong(y_bin: np.ndarray, score: np.ndarray) -> dict[str, float]:
+def auc_with_ci(y_bin: np.ndarray, score: np.ndarray) -> dict[str, float]:
+    """{auc, lo, hi}: the AUC with its 95% DeLong CI; all NaN when one class is absent."""
     try:
         auc, lo, hi = delong_ci(y_bin, score, alpha=ALPHA)
     except ValueError:  # one class only
@@ -83,9 +85,9 @@ def _block(c: Cases, classes: list[str], pos: int | None, n_boot: int, seed: int
         "metrics": _quiet_metrics(c.y, c.p, classes, pos),
     }
     if pos is not None:
-        out["auc_delong"] = _delong(c.y == pos, c.p[:, pos])
+        out["auc_delong"] = auc_with_ci(c.y == pos, c.p[:, pos])
     else:
-        out["auc_per_class_delong"] = {cls: _delong(c.y == j, c.p[:, j]) for j, cls in enumerate(classes)}
+        out["auc_per_class_delong"] = {cls: auc_with_ci(c.y == j, c.p[:, j]) for j, cls in enumerate(classes)}
     if with_ci:
         fns = bootstrap_metric_fns(len(classes), pos)
         out["ci"] = {name: _ci(fn, c, n_boot, seed) for name, fn in fns.items()}
@@ -294,7 +296,7 @@ def _evaluate_level(c: Cases, classes: list[str], pos: int | None, n_boot: int, 
 
 
 def evaluate_predictions(pred_csv_or_df_rows: Any, tasks_meta: Mapping[str, Any] | None,
-                         aggregate: str | None = None, n_boot: int = 1000, seed: int = 0, *,
+                         aggregate: str | None = None, n_boot: int = N_BOOT, seed: int = 0, *,
                          threshold_rules: Sequence[str] = THRESHOLD_RULES,
                          sensitivity_target: float = 0.95) -> dict:
     """Metrics of every part (pooled CV, each fold, test, external, other) and task, with 95% CIs.

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from lnzoo.errors import UsageError
+from lnzoo.evaluation import N_BOOT
 from lnzoo.report.html import CSS, e, gradcam_section, img, level_section, slug, table
 from lnzoo.report.plots import part_label, plot_training
 from lnzoo.rundir import RunDir
@@ -130,7 +131,7 @@ def _render(rd: RunDir, summary: dict, evaluation: dict) -> str:
             f"<style>{CSS}</style></head><body><main>{''.join(body)}</main></body></html>")
 
 
-def write_report(run_dir, out_html=None, n_boot: int = 1000, *, aggregate: str | None = None, seed: int = 0,
+def write_report(run_dir, out_html=None, n_boot: int = N_BOOT, *, aggregate: str | None = None, seed: int = 0,
                  sensitivity_target: float = 0.95) -> Path:
     """Write a self-contained ``report.html`` (default: in the run dir) and ``evaluation.json`` beside it; return its path."""
     from lnzoo.evaluation.evaluate import evaluate_predictions

@@ -9,6 +9,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lnzoo.data.samples import MISSING, Sample
+from lnzoo.errors import UsageError
 from lnzoo.train.schedule import seed_everything
 
 
@@ -76,7 +77,10 @@ class LinearProbe:
             else:
                 weight[classes_present], b[classes_present] = coef, bias
                 b[np.setdiff1d(np.arange(task.num_classes), classes_present)] = -1e4  # never seen: never predicted
-            fc = model.heads[name].fc
+            fc = getattr(model.heads[name], "fc", None)
+            if not isinstance(fc, torch.nn.Linear):
+                raise UsageError(f"train.method = \"linear_probe\" stores its logistic regression in a head's `fc` "
+                                 f"linear layer; the head of task {name!r} has none")
             with torch.no_grad():
                 fc.weight.copy_(torch.as_tensor(weight, dtype=fc.weight.dtype))
                 fc.bias.copy_(torch.as_tensor(b, dtype=fc.bias.dtype))

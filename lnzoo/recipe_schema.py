@@ -1,0 +1,182 @@
+"""The recipe schema: every key, its types, default, allowed values and one-line doc; the --quick profile."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Field:
+    """One recipe key: accepted types, default, allowed values, one-line doc."""
+
+    types: tuple[type, ...]
+    default: Any = None
+    choices: tuple[Any, ...] | None = None
+    doc: str = ""
+    required: bool = False
+    min: float | None = None
+    max: float | None = None
+
+
+def F(types, default=None, doc="", choices=None, required=False, min=None, max=None) -> Field:  # noqa: A002
+    return Field(types if isinstance(types, tuple) else (types,), default, choices, doc, required, min, max)
+
+
+NUM = (int, float)
+OPT_STR = (str, type(None))
+SOURCE = (str, list, type(None))
+PLUGIN_TABLE = "plugin"   # a table {name = ..., **factory kwargs}, checked against the factory
+TASK_TABLE = "per-task"   # a table keyed by task name
+
+# The schema. Sections are dicts; leaves are Fields; markers name dynamic tables.
+SCHEMA: dict[str, Any] = {
+    "extends": F(OPT_STR, None, "another recipe (path relative to this one) whose keys this one overrides"),
+    "name": F(OPT_STR, None, "run name (default: the recipe file's stem)"),
+    "description": F(str, "", "one line shown in the run summary"),
+    "seed": F(int, 0, "seed of everything: splits, init, augmentation, sampling"),
+    "tasks": {
+        "main": F(str, None, "the task that picks the best epoch and is summarised first", required=True),
+        "task_weights": (TASK_TABLE, F(NUM, 1.0, min=0.0)),
+        "define": (TASK_TABLE, None),  # recipe-local tasks: {name = {classes = [...], aliases = {...}, ...}}
+        "options": (TASK_TABLE, {
+            "label_smoothing": F(NUM, None, "override the task's label smoothing", min=0.0, max=0.99),
+            "class_weighting": F(OPT_STR, None, "override the task's class weighting", choices=("balanced", "none", None)),
+        }),
+    },
+    "data": {
+        "train": F(SOURCE, None, "list file(s), CSV manifest or class folders; empty: the built-in phantom"),
+        "test": F(SOURCE, None, "internal test set, evaluated separately"),
+        "external": F(SOURCE, None, "external test set (another centre), evaluated separately"),
+        "views": F(list, ["full"], "the views of a sample, e.g. ['full', 'crop'], ['full', 'roi'] or "
+                                   "['2d', 'cdfi', 'elasto']"),
+        "label_columns": (TASK_TABLE, F(str, None, "manifest column holding the task's label")),
+        "bbox_column": F(str, "bbox", "manifest column 'x0 y0 x1 y1' (pixels) that the 'roi' view crops to"),
+        "mask_column": F(str, "mask", "manifest column with a mask file whose extent the 'roi' view crops to"),
+        "empty_roi": F(str, "error", "a 'roi' view whose mask marks nothing: error (listed by validate), "
+                                     "whole_image (that image's 'roi' view is the uncropped image) or missing "
+                                     "(the view is absent for it; the model's other views predict)",
+                       choices=("error", "whole_image", "missing")),
+        "roi_margin": F(NUM, 0.1, "margin added to each side of the box for the 'roi' view (fraction of size)",
+                        min=0.0, max=2.0),
+        "crop_suffix": F(str, "-crop", "list files: the ROI crop sits in a mirror folder with this suffix"),
+        "patient_column": F(str, "patient", "manifest column holding the patient id"),
+        "missing_labels": F(list, [], "label values that mean 'no label', e.g. ['unlabeled', 'NA']"),
+        "patient_regex": F(OPT_STR, None, "list files: regex whose group 1, applied to the file name, is the patient id"),
+        "image_size": F(int, 224, "square input size in pixels", min=16),
+        "resize": F(str, "squash", "how images reach image_size", choices=("squash", "letterbox")),
+        "normalize": F(str, "imagenet", "input normalisation", choices=("imagenet", "half")),
+        "batch_size": F(int, 32, min=1),
+        "num_workers": F(int, 0, "DataLoader worker processes (0: load in the main process)", min=0),
+        "identical_images": F(str, "error", "identical image bytes under two patients of the training data: "
+                                            "error, or group them into one split group", choices=("error", "group")),
+        "covariates": F(list, [], "manifest columns joined to the image features as clinical covariates, e.g. "
+                                  "['age', 'sex', 'axis_ratio', 'elasto_score', 'flow_pattern', 'hilum']"),
+        "skip_bad_rows": F(bool, False, "leave out bad rows and unreadable images (reported) instead of failing"),
+        "cache": F(str, "memory", "decoded, resized images: memory (this run), disk (also across runs, under "
+                                  "$LNZOO_CACHE/images) or none", choices=("memory", "disk", "none")),
+        "sampling": F(str, "class_weights", "class balance for the main task",
+                      choices=("class_weights", "oversample", "none")),
+        "phantom": {
+            "patients": F(int, 160, "phantom patients", min=8),
+            "seed": F(int, 0, "phantom seed"),
+            "difficulty": F(NUM, 0.5, "0 easy ... 1 heavily overlapping classes", min=0.0, max=1.0),
+            "source": F(str, "manifest", "which phantom files feed the run",
+                        choices=("manifest", "stage1_lists")),
+            "external": F(bool, False, "also generate a second phantom (another seed, half the patients) as "
+                                       "the external test set, like a second centre"),
+        },
+        "augment": {
+            "rotation": F(NUM, 15.0, "max rotation in degrees", min=0.0, max=180.0),
+            "hflip": F(NUM, 0.5, "horizontal flip probability", min=0.0, max=1.0),
+            "vflip": F(NUM, 0.0, "vertical flip probability", min=0.0, max=1.0),
+            "color_jitter": F(NUM, 0.2, "brightness/contrast jitter strength", min=0.0, max=1.0),
+            "blur": F(NUM, 0.1, "Gaussian blur probability", min=0.0, max=1.0),
+            "scale": F(list, [0.85, 1.0], "random resized crop area range [min, max]"),
+            "speckle": F(NUM, 0.0, "probability of multiplicative speckle (ultrasound)", min=0.0, max=1.0),
+            "gain": F(NUM, 0.0, "probability of a gain + TGC depth-curve change (ultrasound)", min=0.0, max=1.0),
+            "depth_attenuation": F(NUM, 0.0, "probability of extra attenuation with depth (ultrasound)",
+                                   min=0.0, max=1.0),
+            "shadow": F(NUM, 0.0, "probability of an acoustic shadow band (ultrasound)", min=0.0, max=1.0),
+        },
+    },
+    "model": {
+        "init_from": F(OPT_STR, None, "a checkpoint (.safetensors) or run directory (its fold 0) whose backbone "
+                                      "weights start this model; heads are always new"),
+        "shared_backbone": F(bool, True, "one backbone for all views (true) or one per view (false)"),
+        "covariate_hidden": F(int, 32, "width of the MLP that embeds data.covariates before they join the "
+                                       "image features (LLNM-Net's idea)", min=1),
+        "backbone": (PLUGIN_TABLE, "backbone"),
+        "fusion": (PLUGIN_TABLE, "fusion"),
+        "head": (PLUGIN_TABLE, "head"),
+        "heads": (TASK_TABLE, (PLUGIN_TABLE, "head")),
+    },
+    "train": {
+        "method": F(str, "finetune", "finetune: train the network; linear_probe: frozen backbone, features "
+                                     "extracted once, scaler + logistic regression per fold (C chosen by grouped "
+                                     "CV on the training part), stored as a linear head",
+                    choices=("finetune", "linear_probe")),
+        "epochs": F(int, 30, min=1),
+        "optimizer": F(str, "sgd", choices=("sgd", "adam", "adamw")),
+        "lr": F(NUM, 0.01, "base learning rate (peak after warmup)", min=0.0),
+        "min_lr": F(NUM, 0.0, "floor of the cosine schedule; must not exceed lr", min=0.0),
+        "momentum": F(NUM, 0.9, "SGD momentum", min=0.0, max=1.0),
+        "weight_decay": F(NUM, 1e-4, min=0.0),
+        "scheduler": F(str, "cosine", "stepped once per optimizer step", choices=("cosine", "constant")),
+        "warmup_epochs": F(NUM, 1.0, "linear warmup length in epochs", min=0.0),
+        "early_stopping_patience": F(int, 0, "epochs without improvement before stopping (0: off)", min=0),
+        "monitor": F(str, "auc", "validation metric of the main task that picks the best epoch",
+                     choices=("auc", "balanced_accuracy", "accuracy", "f1_macro", "mcc", "loss")),
+        "keep": F(str, "best", "which weights a fold keeps: best (the epoch with the best validation monitor) or "
+                               "last (the final ones; with a cosine decay and an EMA this avoids picking an epoch "
+                               "on the noise of a small validation part)", choices=("best", "last")),
+        "val_fraction": F(NUM, 0.15, "patients of each training part held out to pick the epoch", min=0.05, max=0.5),
+        "grad_clip": F(NUM, 0.0, "max gradient norm (0: off)", min=0.0),
+        "view_dropout": F(NUM, 0.0, "training only: probability of dropping each view of a sample (at least "
+                                    "one kept), so a fused model still predicts when a modality is missing",
+                          min=0.0, max=0.9),
+        "mean_teacher": {
+            "weight": F(NUM, 0.0, "weight of the mean-teacher consistency loss on images without a main-task "
+                                  "label (0: off; the seed's stage-I code used 0.1)", min=0.0),
+            "ema": F(NUM, 0.995, "teacher = EMA of the student, BatchNorm buffers included", min=0.0, max=0.99999),
+            "threshold": F(NUM, 0.95, "teacher confidence needed before a pseudo-label counts", min=0.0, max=1.0),
+            "rampup_epochs": F(NUM, 5.0, "sigmoid ramp-up of the weight over this many epochs", min=0.0),
+        },
+        "ema": F(NUM, 0.0, "decay of an exponential moving average of the weights (and BatchNorm buffers) "
+                           "that is evaluated and saved instead of the raw weights (0: off)", min=0.0, max=0.99999),
+        "amp": F((bool, str), "auto", "mixed precision: auto = on CUDA only"),
+        "channels_last": F((bool, str), "auto", "channels_last memory format: auto = on CUDA and CPU "
+                                                     "(ResNet-18 trains ~15% faster on CPU with it)"),
+        "device": F(str, "auto", "auto, cpu, cuda or cuda:N"),
+        "threads": F(int, 0, "torch CPU threads (0: torch's default)", min=0),
+        "tta": F(str, "none", "test-time augmentation for validation, held-out, test and served predictions: "
+                              "none, or hflip (probabilities averaged over the image and its mirror)",
+                 choices=("none", "hflip")),
+    },
+    "cv": {
+        "folds": F(int, 5, "patient-grouped stratified folds", min=2),
+        "run_folds": F((list, str), "all", "'all' or a list of fold indices to train"),
+        "folds_file": F(OPT_STR, None, "CSV with columns patient,fold (e.g. a previous run's folds.csv or a "
+                                       "paper's published split) fixing each patient's fold instead of drawing "
+                                       "them; path relative to the recipe"),
+    },
+    "quick": (TASK_TABLE, None),  # free-form dotted overrides; validated after they are applied
+}
+
+# The documented --quick profile: small backbone, small images, few epochs, one fold.
+QUICK_DEFAULTS: dict[str, Any] = {
+    "model.backbone": {"name": "timm", "model_name": "resnet18"},
+    "data.image_size": 128,
+    "data.batch_size": 32,
+    "data.phantom.patients": 160,
+    "train.epochs": 12,
+    "train.optimizer": "adamw",
+    "train.lr": 1e-3,
+    "train.grad_clip": 1.0,
+    "train.weight_decay": 0.05,
+    "train.warmup_epochs": 1.0,
+    "train.early_stopping_patience": 0,
+    "cv.run_folds": [0],
+}
+
+# factory parameters lnzoo supplies itself; a recipe may not set them
+SUPPLIED = {"backbone": set(), "head": {"in_features", "num_classes"}, "fusion": {"num_views", "in_features"}}
