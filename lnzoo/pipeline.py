@@ -121,40 +121,24 @@ def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = 
     import torch
 
     from lnzoo.checkpoint import environment
-    from lnzoo.data.dataset import ImageCache
-    from lnzoo.data.images import Preprocessing
-    from lnzoo.data.run_data import image_cache_dir, load_run_data, plan_folds, recipe_tasks
-    from lnzoo.data.splits import check_leakage, inner_validation
+    from lnzoo.data.run_data import plan_folds, recipe_tasks
     from lnzoo.evaluation.evaluate import run_metrics
     from lnzoo.rundir import prediction_header, prediction_row
     from lnzoo.train import Trainer
 
     emit = emit or (lambda event: None)
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
     rd = RunDir(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    rd.path.mkdir(parents=True, exist_ok=True)
     if rd.folds():
-        raise UsageError(f"{out_dir} already holds a run; pick another --out or remove it")
+        raise UsageError(f"{rd} already holds a run; pick another --out or remove it")
     rd.write_recipe(recipe.to_toml())
     cfg = recipe.data
     if cfg["train"]["threads"]:
         torch.set_num_threads(cfg["train"]["threads"])
     torch.use_deterministic_algorithms(True, warn_only=True)
     tasks = recipe_tasks(recipe, host)
-    main = cfg["tasks"]["main"]
-    data = load_run_data(recipe, tasks, on_phantom=lambda d, t: emit(events.Progress("phantom", d, t)))
-    if data.skipped:
-        emit(events.Note(f"skipped {len(data.skipped)} bad row(s)/image(s) (data.skip_bad_rows); "
-                         f"first: {data.skipped[0]}", "warning"))
-    check_leakage({"cross-validation": data.pool, "test": data.test, "external": data.external})
-    pre = Preprocessing(cfg["data"]["image_size"], cfg["data"]["resize"], cfg["data"]["normalize"],
-                        cfg["data"]["roi_margin"])
-    cache = ImageCache(pre, disk_dir=image_cache_dir() if cfg["data"]["cache"] == "disk" else None,
-                       keep=cfg["data"]["cache"] != "none")
-    if cfg["data"]["cache"] != "none":
-        cache.preload([*data.pool, *data.test, *data.external],
-                      progress=lambda d, t: emit(events.Progress("decode", d, t)))
+    data, cache = _load_data(recipe, tasks, emit)
     assignment = plan_folds(data.pool, recipe, tasks)
     rd.write_folds(assignment)
     folds = list(range(cfg["cv"]["folds"])) if cfg["cv"]["run_folds"] == "all" else list(cfg["cv"]["run_folds"])
@@ -163,62 +147,90 @@ def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = 
     views, tasks_meta = cfg["data"]["views"], {n: t.as_dict() for n, t in tasks.items()}
     pred_rows: list[dict[str, str]] = []
     fold_info = []
-    test_proba: dict[str, dict[str, list[np.ndarray]]] = {part: {t: [] for t in tasks} for part in ("test", "external")}
+    others = {part: samples for part, samples in (("test", data.test), ("external", data.external)) if samples}
+    other_proba: dict[str, list[dict[str, np.ndarray]]] = {part: [] for part in others}
     for k in folds:
-        held = [s for s in data.pool if assignment[s.patient] == k]
-        rest = [s for s in data.pool if assignment[s.patient] != k]
-        tr_idx, va_idx = inner_validation(rest, cfg["train"]["val_fraction"], main, cfg["seed"] + k)
-        train_s, val_s = [rest[i] for i in tr_idx], [rest[i] for i in va_idx]
-        check_leakage({"train": train_s, "validation": val_s, "held-out fold": held})
-        emit(events.FoldStarted(k, len(folds), len(train_s), len(val_s), len(held), cfg["train"]["keep"]))
-        result = trainer.fit(train_s, val_s, seed=cfg["seed"] + k, fold=k)
-        predictor = result.predictor
-        temperatures = fit_temperatures(predictor.predict(val_s), tasks)
-        covariates = predictor.covariates
-        meta = {"recipe": cfg, "recipe_source": str(recipe.source) if recipe.source else None,
-                "tasks": tasks_meta, "class_maps": {n: {str(i): c for i, c in enumerate(t.classes)}
-                                                    for n, t in tasks.items()},
-                "preprocessing": pre.as_dict(), "views": views, "seed": cfg["seed"] + k,
-                "fold": k, "best_epoch": result.best_epoch,
-                # the metric that picked the epoch, on the inner-validation part (NaN: undefined there,
-                # e.g. one class only, and the loss picked instead); lnzoo select chooses on it
-                "monitor": {cfg["train"]["monitor"]: result.best_value}, "monitor_val_loss": result.best_val_loss,
-                "temperature": temperatures, "init_from": result.init_report,
-                "covariates": covariates.as_dict() if covariates else None, **env}
-        rd.save_checkpoint(k, "best", predictor.model, meta)
-        rd.save_checkpoint(k, "last", result.last_state, {**meta, "epoch": len(result.history), "kind": "last"})
-        rd.write_history(k, result.history)
-        pred = predictor.predict(held)
-        rows = [prediction_row("cv", k, s, {t: pred.proba[t][i] for t in tasks}, tasks, views)
-                for i, s in enumerate(held)]
-        metrics = run_metrics(rows, tasks_meta)["cross_validation"]["pooled"]
-        add_calibration(metrics, held, pred.proba, temperatures)
+        rows, info, proba = _fit_fold(k, len(folds), recipe, tasks, data.pool, assignment, trainer, rd, others,
+                                      {**env, "preprocessing": cache.pre.as_dict()}, emit)
         pred_rows += rows
-        fold_info.append({"fold": k, "best_epoch": result.best_epoch, "epochs_run": len(result.history),
-                          "n_train": len(train_s), "n_validation": len(val_s), "n_held_out": len(held),
-                          "metrics": metrics})
-        for part, samples in (("test", data.test), ("external", data.external)):
-            if samples:
-                p = predictor.predict(samples)
-                for t in tasks:
-                    test_proba[part][t].append(p.proba[t])
-        emit(events.FoldEnded(k, metrics.get(main, {})))
-    notes = {}
-    for part, samples in (("test", data.test), ("external", data.external)):
-        if samples:
-            ens = {t: np.mean(np.stack(v), axis=0) for t, v in test_proba[part].items()}
-            notes[f"{part}_note"] = f"mean probability of the {len(folds)} fold model(s)"
-            pred_rows += [prediction_row(part, None, s, {t: ens[t][i] for t in tasks}, tasks, views)
-                          for i, s in enumerate(samples)]
+        fold_info.append(info)
+        for part, p in proba.items():
+            other_proba[part].append(p)
+    for part, samples in others.items():  # test and external sets: the mean probability of the fold models
+        ens = {t: np.mean([p[t] for p in other_proba[part]], axis=0) for t in tasks}
+        pred_rows += [prediction_row(part, None, s, {t: ens[t][i] for t in tasks}, tasks, views)
+                      for i, s in enumerate(samples)]
     rd.write_predictions(prediction_header(tasks, views), pred_rows)
     figures = run_metrics(pred_rows, tasks_meta)
     cv = figures.pop("cross_validation")
     rd.write_json(rd.METRICS, {
-        "recipe": recipe.name, "main_task": main, "data": data.description, "folds_run": folds,
-        "cross_validation": {"pooled": cv["pooled"], "mean_sd": cv["mean_sd"], "folds": fold_info},
-        **figures, **notes})
+        "recipe": recipe.name, "main_task": cfg["tasks"]["main"], "data": data.description, "folds_run": folds,
+        "cross_validation": {"pooled": cv["pooled"], "mean_sd": cv["mean_sd"], "folds": fold_info}, **figures,
+        **{f"{part}_note": f"mean probability of the {len(folds)} fold model(s)" for part in others}})
     rd.write_json(rd.RUN, {"wall_seconds": round(time.perf_counter() - t_start, 1), "device": str(trainer.device),
                            "quick": recipe.quick, "ran": what_ran(recipe, folds, {f["fold"]: f["epochs_run"]
                                                                                    for f in fold_info}),
                            "overrides": recipe.overrides, **env})
     return rd.metrics()
+
+
+def _load_data(recipe, tasks, emit):
+    """The recipe's checked samples, and the image cache that decodes them once."""
+    from lnzoo.data.dataset import ImageCache
+    from lnzoo.data.images import Preprocessing
+    from lnzoo.data.run_data import image_cache_dir, load_run_data
+    from lnzoo.data.splits import check_leakage
+
+    d = recipe.data["data"]
+    data = load_run_data(recipe, tasks, on_phantom=lambda done, total: emit(events.Progress("phantom", done, total)))
+    if data.skipped:
+        emit(events.Note(f"skipped {len(data.skipped)} bad row(s)/image(s) (data.skip_bad_rows); "
+                         f"first: {data.skipped[0]}", "warning"))
+    check_leakage({"cross-validation": data.pool, "test": data.test, "external": data.external})
+    cache = ImageCache(Preprocessing(d["image_size"], d["resize"], d["normalize"], d["roi_margin"]),
+                       disk_dir=image_cache_dir() if d["cache"] == "disk" else None, keep=d["cache"] != "none")
+    if d["cache"] != "none":
+        cache.preload([*data.pool, *data.test, *data.external],
+                      progress=lambda done, total: emit(events.Progress("decode", done, total)))
+    return data, cache
+
+
+def _fit_fold(k, n_folds, recipe, tasks, pool, assignment, trainer, rd: RunDir, others, env, emit):
+    """Fit fold k, save its checkpoints and curves; return its prediction rows, its metrics.json entry and
+    its probabilities on the test and external sets."""
+    from lnzoo.data.splits import check_leakage, inner_validation
+    from lnzoo.evaluation.evaluate import run_metrics
+    from lnzoo.rundir import prediction_row
+
+    cfg = recipe.data
+    main = cfg["tasks"]["main"]
+    held = [s for s in pool if assignment[s.patient] == k]
+    rest = [s for s in pool if assignment[s.patient] != k]
+    tr_idx, va_idx = inner_validation(rest, cfg["train"]["val_fraction"], main, cfg["seed"] + k)
+    train_s, val_s = [rest[i] for i in tr_idx], [rest[i] for i in va_idx]
+    check_leakage({"train": train_s, "validation": val_s, "held-out fold": held})
+    emit(events.FoldStarted(k, n_folds, len(train_s), len(val_s), len(held), cfg["train"]["keep"]))
+    result = trainer.fit(train_s, val_s, seed=cfg["seed"] + k, fold=k)
+    predictor = result.predictor
+    temperatures = fit_temperatures(predictor.predict(val_s), tasks)
+    tasks_meta = {n: t.as_dict() for n, t in tasks.items()}
+    meta = {"recipe": cfg, "recipe_source": str(recipe.source) if recipe.source else None, "tasks": tasks_meta,
+            "class_maps": {n: {str(i): c for i, c in enumerate(t.classes)} for n, t in tasks.items()},
+            "views": cfg["data"]["views"], "seed": cfg["seed"] + k, "fold": k, "best_epoch": result.best_epoch,
+            # the metric that picked the epoch, on the inner-validation part (NaN: undefined there, e.g. one
+            # class only, and the loss picked instead); lnzoo select chooses on it
+            "monitor": {cfg["train"]["monitor"]: result.best_value}, "monitor_val_loss": result.best_val_loss,
+            "temperature": temperatures, "init_from": result.init_report,
+            "covariates": predictor.covariates.as_dict() if predictor.covariates else None, **env}
+    rd.save_checkpoint(k, "best", predictor.model, meta)
+    rd.save_checkpoint(k, "last", result.last_state, {**meta, "epoch": len(result.history), "kind": "last"})
+    rd.write_history(k, result.history)
+    pred = predictor.predict(held)
+    rows = [prediction_row("cv", k, s, {t: pred.proba[t][i] for t in tasks}, tasks, cfg["data"]["views"])
+            for i, s in enumerate(held)]
+    metrics = run_metrics(rows, tasks_meta)["cross_validation"]["pooled"]
+    add_calibration(metrics, held, pred.proba, temperatures)
+    emit(events.FoldEnded(k, metrics.get(main, {})))
+    info = {"fold": k, "best_epoch": result.best_epoch, "epochs_run": len(result.history), "n_train": len(train_s),
+            "n_validation": len(val_s), "n_held_out": len(held), "metrics": metrics}
+    return rows, info, {part: predictor.predict(samples).proba for part, samples in others.items()}

@@ -51,6 +51,17 @@ def run_cli(*args: str, pythonpath: list[Path] | None = None, env: dict[str, str
                           env=full_env, cwd=cwd or REPO, timeout=timeout)
 
 
+def invoke_cli(*args: str) -> subprocess.CompletedProcess:
+    """Run ``lnzoo ARGS`` in this process: the installed plugins as already loaded, no subprocess start-up
+    (torch is imported once per session instead of once per call). For fresh plugin discovery, run_cli."""
+    from typer.testing import CliRunner
+
+    from lnzoo.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
 @pytest.fixture(autouse=True)
 def _fresh_plugin_host():
     """Each test sees the plugin host as installed, never one a previous test replaced."""

@@ -102,9 +102,8 @@ def test_keep_last_keeps_the_final_weights_instead_of_picking_an_epoch(tmp_path)
 
 
 def test_a_roi_model_is_served_from_a_manifest_that_names_each_box(tmp_path):
-    import os
 
-    from tests.conftest import run_cli
+    from tests.conftest import invoke_cli
 
     host = load_plugins()
     run = tmp_path / "run"
@@ -117,8 +116,7 @@ def test_a_roi_model_is_served_from_a_manifest_that_names_each_box(tmp_path):
         boxes = {str((phantom.parent / r["path"]).resolve()): r["bbox"] for r in csv.DictReader(fh)}
     serve = tmp_path / "serve.csv"
     serve.write_text("path,bbox\n" + "".join(f"{r['path_roi']},{boxes[r['path_roi']]}\n" for r in rows))
-    env = {"LNZOO_CACHE": os.environ["LNZOO_CACHE"]}
-    out = run_cli("predict", "--model", str(run), "--manifest", str(serve), "--out", str(tmp_path / "p.csv"), env=env)
+    out = invoke_cli("predict", "--model", str(run), "--manifest", str(serve), "--out", str(tmp_path / "p.csv"))
     assert out.returncode == 0, out.stderr
     with (tmp_path / "p.csv").open() as fh:
         served = list(csv.DictReader(fh))
@@ -127,10 +125,10 @@ def test_a_roi_model_is_served_from_a_manifest_that_names_each_box(tmp_path):
         assert s["image"] == r["path_roi"]
         assert float(s["p_malignancy_malignant"]) == pytest.approx(float(r["p_malignancy_malignant"]), abs=1e-5)
     # bare paths carry no box: refused, pointing at --manifest
-    bare = run_cli("predict", "--model", str(run), rows[0]["path_roi"], env=env)
+    bare = invoke_cli("predict", "--model", str(run), rows[0]["path_roi"])
     assert bare.returncode == 2 and "--manifest" in bare.stderr
     serve.write_text(f"path,bbox\n{rows[0]['path_roi']},1 2\n{tmp_path / 'gone.png'},1 2 3 4\n")
-    bad = run_cli("predict", "--model", str(run), "--manifest", str(serve), env=env)
+    bad = invoke_cli("predict", "--model", str(run), "--manifest", str(serve))
     assert bad.returncode == 2
     assert f"{serve}:2: bbox '1 2' is not" in bad.stderr and f"{serve}:3: image not found" in bad.stderr
 

@@ -7,7 +7,7 @@ import pytest
 
 from lnzoo.errors import RecipeError, UsageError
 from lnzoo.recipe import load_recipe, parse_value
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, invoke_cli
 
 STAGE1 = REPO / "recipes" / "stage1_aux.toml"
 
@@ -43,7 +43,7 @@ def test_all_problems_reported_at_once_with_paths_and_suggestions(tmp_path):
 
 def test_validate_cli_exits_2_and_names_all_three(tmp_path):
     bad = _write(tmp_path, '[train]\nepohcs = 3\nlr = "fast"\n[model]\nhead = { name = "mpl" }\n')
-    out = run_cli("validate", str(bad))
+    out = invoke_cli("validate", str(bad))
     assert out.returncode == 2
     for needle in ("train.epohcs", "train.lr", "'mpl'"):
         assert needle in out.stderr

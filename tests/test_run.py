@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
 from pathlib import Path
 
@@ -11,7 +10,7 @@ from pathlib import Path
 from lnzoo.plugins import load_plugins
 from lnzoo.recipe import load_recipe
 from lnzoo.pipeline import fit_folds
-from tests.conftest import REPO, TINY as TINY_BASE, run_cli
+from tests.conftest import REPO, TINY as TINY_BASE, invoke_cli
 
 TINY = [*TINY_BASE, "cv.run_folds=[0]"]
 
@@ -57,7 +56,7 @@ def test_a_plugin_head_is_named_in_a_recipe_and_trains(tmp_path, monkeypatch):
 def test_run_refuses_a_data_error_before_training(tmp_path):
     lists = tmp_path / "main.txt"
     lists.write_text("missing/P1_1.png,良性\n", encoding="utf-8")
-    out = run_cli("run", str(REPO / "recipes" / "stage1_aux.toml"), "--quick", "--set",
+    out = invoke_cli("run", str(REPO / "recipes" / "stage1_aux.toml"), "--quick", "--set",
                   f"data.train=['{lists.as_posix()}']", "--set", "data.patient_regex='^(P\\d+)_'",
                   "--out", str(tmp_path / "r"))
     assert out.returncode == 2 and "P1_1.png" in out.stderr and "not found" in out.stderr
@@ -105,7 +104,7 @@ def test_a_run_without_fold_0_works_with_every_command(tiny_run, tmp_path):
     from lnzoo.report import write_report
 
     host = load_plugins()
-    out = run_cli("evaluate", str(tiny_run), env={"LNZOO_CACHE": os.environ["LNZOO_CACHE"]})
+    out = invoke_cli("evaluate", str(tiny_run))
     assert out.returncode == 0 and "reproduced" in out.stdout, out.stderr
     stored, fresh = evaluate_run(tiny_run, host)
     assert fresh["folds_run"] == [1, 2] and fresh["cross_validation"]["pooled"]["malignancy"]["n"] > 0

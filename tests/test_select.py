@@ -16,7 +16,7 @@ from lnzoo.evaluate import evaluate_run
 from lnzoo.plugins import load_plugins
 from lnzoo.predict import Ensemble
 from lnzoo.select import select_runs
-from tests.conftest import run_cli
+from tests.conftest import invoke_cli
 from tests.test_run import _run
 
 
@@ -97,7 +97,7 @@ def test_the_chosen_folds_are_a_run_that_evaluate_and_predict_accept(base_run, o
     _set_inner(a, 2, 0.1)
     _set_inner(b, 2, 0.9)
     out = tmp_path / "chosen"
-    result = run_cli("select", str(a), str(b), "--out", str(out))
+    result = invoke_cli("select", str(a), str(b), "--out", str(out))
     assert result.returncode == 0, result.stderr
     assert "chosen" in result.stdout and "inner auc" in result.stdout
     for k, src in ((1, a), (2, b)):  # each fold's weights are its winner's
@@ -131,7 +131,7 @@ def test_runs_on_other_folds_or_unfinished_runs_are_refused_with_a_reason(base_r
     (c / "metrics.json").unlink()
     with pytest.raises(UsageError, match="metrics.json is missing"):
         select_runs([base_run, c])
-    result = run_cli("select", str(base_run), str(c))
+    result = invoke_cli("select", str(base_run), str(c))
     assert result.returncode == 2 and "metrics.json is missing" in result.stderr
 
 

@@ -56,13 +56,13 @@ def test_passes_on_names_the_class_that_goes_to_the_next_cascade_stage():
 
 
 def test_list_tasks_shows_aliases_and_passes_on():
-    from tests.conftest import run_cli
-    out = run_cli("list-tasks", "--json")
+    from tests.conftest import invoke_cli
+    out = invoke_cli("list-tasks", "--json")
     assert out.returncode == 0, out.stderr
     rows = {r["name"]: r for r in json.loads(out.stdout)}
     assert rows["malignancy"]["aliases"] == {"benign": ["良性"], "malignant": ["恶性"]}
     enlargement = rows["enlargement"]["aliases"]
     assert "肿大" in enlargement["enlarged"] and "非肿大" in enlargement["not_enlarged"]
     assert rows["malignancy"]["passes_on"] == "malignant" and rows["enlargement"]["passes_on"] is None
-    table = run_cli("list-tasks")
+    table = invoke_cli("list-tasks")
     assert table.returncode == 0 and "aliases" in table.stdout and "良性" in table.stdout and "非肿大" in table.stdout

@@ -6,7 +6,7 @@ import shutil
 import numpy as np
 from PIL import Image
 
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, invoke_cli
 
 STAGE1 = REPO / "recipes" / "stage1_aux.toml"
 
@@ -40,7 +40,7 @@ def test_every_kind_of_bad_row_is_listed_and_nothing_is_trained(tmp_path):
     lines += ["img/P99_0.png,良性",            # missing file      (line 21)
               "img/P04_0.png,良性",            # duplicate row     (line 22)
               "img/P05_9.png,maligant"]        # label typo        (line 23)
-    out = run_cli("validate", str(_recipe(tmp_path, lines)))
+    out = invoke_cli("validate", str(_recipe(tmp_path, lines)))
     assert out.returncode == 2, out.stdout + out.stderr
     err = out.stderr
     main = tmp_path / "main.txt"
@@ -54,7 +54,7 @@ def test_every_kind_of_bad_row_is_listed_and_nothing_is_trained(tmp_path):
 def test_identical_image_under_two_patients_is_refused_as_leakage(tmp_path):
     lines = _dataset(tmp_path)
     shutil.copy(tmp_path / "img" / "P02_0.png", tmp_path / "img" / "P03_1.png")
-    out = run_cli("validate", str(_recipe(tmp_path, lines)))
+    out = invoke_cli("validate", str(_recipe(tmp_path, lines)))
     assert out.returncode == 2
     assert "identical image content" in out.stderr and "P02" in out.stderr and "P03" in out.stderr
 
@@ -63,7 +63,7 @@ def test_skip_bad_rows_reports_how_many_and_goes_on(tmp_path):
     lines = _dataset(tmp_path)
     (tmp_path / "img" / "P00_1.png").write_bytes(b"")
     lines.append("img/P99_0.png,良性")
-    out = run_cli("validate", str(_recipe(tmp_path, lines, "skip_bad_rows = true")))
+    out = invoke_cli("validate", str(_recipe(tmp_path, lines, "skip_bad_rows = true")))
     assert out.returncode == 0, out.stderr
     assert "2 bad row(s)/image(s) will be left out" in out.stderr
     assert "19 images of 10 patients" in out.stdout
@@ -73,14 +73,14 @@ def test_a_class_missing_from_a_fold_is_reported(tmp_path):
     lines = _dataset(tmp_path, n_patients=4)
     lines = [ln.replace("恶性", "良性") if ln.startswith("img/P00") or ln.startswith("img/P02") else ln for ln in lines]
     lines = [ln if not ln.startswith("img/P02") else ln.replace("良性", "恶性") for ln in lines]
-    out = run_cli("validate", str(_recipe(tmp_path, lines)))
+    out = invoke_cli("validate", str(_recipe(tmp_path, lines)))
     assert out.returncode == 2 and "has no malignancy label of class(es) ['malignant']" in out.stderr
 
 
 def test_identical_images_can_be_grouped_into_one_split_group_instead(tmp_path):
     lines = _dataset(tmp_path)
     shutil.copy(tmp_path / "img" / "P02_0.png", tmp_path / "img" / "P03_1.png")
-    out = run_cli("validate", str(_recipe(tmp_path, lines, 'identical_images = "group"')))
+    out = invoke_cli("validate", str(_recipe(tmp_path, lines, 'identical_images = "group"')))
     assert out.returncode == 0, out.stderr
     assert "9 patients" in out.stdout and "identical images kept together" in out.stdout
 
@@ -99,6 +99,6 @@ def test_a_recipe_defines_its_own_task_and_reads_a_manifest_with_other_column_na
                       'define.grade = { classes = ["low", "high"], positive = "high" }\n'
                       '[data]\ntrain = "m.csv"\npatient_column = "case"\nmissing_labels = ["unlabeled"]\n'
                       '[cv]\nfolds = 2\n')
-    out = run_cli("validate", str(recipe))
+    out = invoke_cli("validate", str(recipe))
     assert out.returncode == 0, out.stderr
     assert "8 images of 8 patients" in out.stdout  # unlabelled rows teach nothing and are left out
