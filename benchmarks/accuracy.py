@@ -160,7 +160,7 @@ def run_lnzoo(recipe, host, out_dir: Path, reuse: bool, folds: dict[str, int], l
         import shutil
         shutil.rmtree(out_dir)
     t0 = time.perf_counter()
-    with RunView(Console(stderr=True)) as view:
+    with RunView() as view:
         fit_folds(recipe, host, out_dir, view)
     return time.perf_counter() - t0
 

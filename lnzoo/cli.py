@@ -65,16 +65,16 @@ def _host():
 
 
 def _list(kind: str, as_json: bool) -> None:
-    entries = list(_host().registry(kind))
+    registry = _host().registry(kind)
     if kind == "task":
-        tasks = [(e, e.build()) for e in entries]
+        tasks = [(e, e.build()) for e in registry]
         rows = [{"name": e.name, "description": e.description, "classes": list(t.classes),
                  "aliases": {c: list(a) for c, a in t.aliases.items()}, "passes_on": t.passes_on,
                  "distribution": e.provenance.distribution, "version": e.provenance.version} for e, t in tasks]
     else:
         rows = [{"name": e.name, "description": e.description, "distribution": e.provenance.distribution,
-                 "version": e.provenance.version,
-                 "overrides": str(e.overrides) if e.overrides else None} for e in entries]
+                 "version": e.provenance.version, "default": e.name == registry.default,
+                 "overrides": str(e.overrides) if e.overrides else None} for e in registry]
     if as_json:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return
@@ -86,50 +86,28 @@ def _list(kind: str, as_json: bool) -> None:
     table.add_column("description")
     table.add_column("source")
     for r in rows:
-        cells = [r["name"]] + ([", ".join(r["classes"]), "\n".join(
+        cells = [r["name"] + (" (default)" if r.get("default") else "")] + ([", ".join(r["classes"]), "\n".join(
             f"{c}: {', '.join(a)}" for c, a in r["aliases"].items())] if kind == "task" else [])
         table.add_row(*cells, r["description"], f"{r['distribution']} {r['version']}")
     console.print(table)
 
 
-@app.command(cls=_Command, name="list-heads")
-@guarded
-def list_heads(as_json: JsonOpt = False) -> None:
-    """List the registered task heads.
-
-    Example: lnzoo list-heads --json
-    """
-    _list("head", as_json)
+LISTS = {"backbone": "the registered backbones ('timm' takes any timm model name)",
+         "head": "the registered task heads; the default is marked",
+         "fusion": "the registered view-fusion strategies; the default is marked",
+         "task": "the registered tasks with their classes and the label aliases (e.g. 良性, 肿大) each accepts"}
 
 
-@app.command(cls=_Command, name="list-backbones")
-@guarded
-def list_backbones(as_json: JsonOpt = False) -> None:
-    """List the registered backbones (``timm`` takes any timm model name).
-
-    Example: lnzoo list-backbones
-    """
-    _list("backbone", as_json)
+def _lister(kind: str, what: str) -> Callable:
+    def command(as_json: JsonOpt = False) -> None:
+        _list(kind, as_json)
+    command.__name__ = f"list_{kind}s"
+    command.__doc__ = f"List {what}.\n\n    Example: lnzoo list-{kind}s --json\n    "
+    return command
 
 
-@app.command(cls=_Command, name="list-fusions")
-@guarded
-def list_fusions(as_json: JsonOpt = False) -> None:
-    """List the registered view-fusion strategies.
-
-    Example: lnzoo list-fusions
-    """
-    _list("fusion", as_json)
-
-
-@app.command(cls=_Command, name="list-tasks")
-@guarded
-def list_tasks(as_json: JsonOpt = False) -> None:
-    """List the registered tasks with their classes and the label aliases (e.g. 良性, 肿大) each accepts.
-
-    Example: lnzoo list-tasks --json
-    """
-    _list("task", as_json)
+for _kind, _what in LISTS.items():
+    app.command(cls=_Command, name=f"list-{_kind}s")(guarded(_lister(_kind, _what)))
 
 
 @app.command(cls=_Command, name="plugins")

@@ -190,6 +190,15 @@ def _parse_roi(row: Mapping[str, str], base: Path, cfg: Mapping[str, Any], where
     return None
 
 
+def _data_rows(reader, path: Path, problems: list[str]):
+    """(file:line, row) of each data row of a CSV; a row with more fields than the header is reported instead."""
+    for lineno, row in enumerate(reader, start=2):
+        if None in row:
+            problems.append(f"{path}:{lineno}: more fields than the header has")
+        else:
+            yield f"{path}:{lineno}", row
+
+
 def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], problems: list[str],
                   label_columns: Mapping[str, str] | None = None, cfg: Mapping[str, Any] | None = None
                   ) -> list[Sample]:
@@ -218,11 +227,7 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
         return []
     known = set(columns.values()) | {patient_col, "split", "center", *label_col.values()}
     samples = []
-    for lineno, row in enumerate(reader, start=2):
-        where = f"{path}:{lineno}"
-        if None in row:
-            problems.append(f"{where}: more fields than the header has")
-            continue
+    for where, row in _data_rows(reader, path, problems):
         labels, bad = {}, False
         for t in tasks:
             value = (row.get(label_col[t]) or "").strip()
@@ -267,11 +272,7 @@ def read_serving_manifest(path: Path, views: Sequence[str], cfg: Mapping[str, An
         raise DataError([f"{path}:1: missing view column(s) {missing_cols} that the model's views {list(views)} "
                          f"need; header has {header}"], "problem(s) with the manifest")
     samples = []
-    for lineno, row in enumerate(reader, start=2):
-        where = f"{path}:{lineno}"
-        if None in row:
-            problems.append(f"{where}: more fields than the header has")
-            continue
+    for where, row in _data_rows(reader, path, problems):
         parsed = _row_views(row, columns, path.parent, cfg, where, problems)
         if parsed is None:
             continue

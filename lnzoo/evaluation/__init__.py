@@ -28,3 +28,36 @@ def jsonable(obj: Any) -> Any:
     if isinstance(obj, (float, np.floating)):
         return float(f"{float(obj):.6g}") if math.isfinite(obj) else None
     return obj
+
+
+def num(x: Any) -> float:
+    """A stored figure as a float: None (null in JSON, an undefined metric) is NaN."""
+    return float("nan") if x is None else float(x)
+
+
+def fmt(x: Any, digits: int = 3) -> str:
+    """A figure for people: fixed decimals, integers as they are, "n/a" where it is undefined."""
+    if x is None or isinstance(x, bool):
+        return "n/a" if x is None else str(x)
+    if isinstance(x, int) or type(x).__name__.startswith("int"):
+        return str(int(x))
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    return f"{v:.{digits}f}" if math.isfinite(v) else "n/a"
+
+
+def fmt_ci(value: Any, ci: Mapping[str, Any] | None) -> str:
+    """"0.812 (0.741–0.873)"; the value alone when the interval is undefined."""
+    v = fmt(value)
+    if v == "n/a" or not ci:
+        return v
+    lo, hi = fmt(ci.get("lo")), fmt(ci.get("hi"))
+    return v if "n/a" in (lo, hi) else f"{v} ({lo}–{hi})"
+
+
+def fmt_p(x: Any) -> str:
+    """A p-value: three decimals, "<0.001" below that, "n/a" where undefined."""
+    v = fmt(x)
+    return v if v == "n/a" else "<0.001" if float(x) < 0.001 else v

@@ -5,7 +5,6 @@ What a side may be, and how cases and labels are matched, is :mod:`lnzoo.evaluat
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Mapping
 from typing import Any
@@ -14,7 +13,7 @@ import numpy as np
 
 from lnzoo.errors import UsageError
 from lnzoo.evaluation import N_BOOT
-from lnzoo.evaluation import jsonable
+from lnzoo.evaluation import fmt, fmt_ci, fmt_p, jsonable, num
 from lnzoo.evaluation.evaluate import auc_with_ci, choose_threshold
 from lnzoo.evaluation.metrics import bootstrap_metric_fns, classification_metrics
 from lnzoo.evaluation.stats import (
@@ -207,36 +206,13 @@ def as_json(result: Mapping[str, Any]) -> str:
     return json.dumps(jsonable(result), indent=2, ensure_ascii=False, allow_nan=False)
 
 
-def _num(x: Any) -> float:
-    return NAN if x is None else float(x)
-
-
-def _f(x: Any, digits: int = 3) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "n/a"
-    return f"{v:.{digits}f}" if math.isfinite(v) else "n/a"
-
-
-def _p(x: Any) -> str:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return "n/a"
-    if not math.isfinite(v):
-        return "n/a"
-    return "<0.001" if v < 0.001 else f"{v:.3f}"
-
-
-def _with_ci(d: Mapping[str, Any], key: str = "value") -> str:
-    v, lo, hi = _f(d.get(key)), _f(d.get("lo")), _f(d.get("hi"))
-    return v if "n/a" in (v, lo, hi) else f"{v} ({lo}–{hi})"
-
-
 def _mcnemar_cell(m: Mapping[str, Any]) -> str:
     kind = "exact" if m["exact"] else "χ²"
-    return f"A right/B wrong {m['b']}, A wrong/B right {m['c']}; {kind} p={_p(m['p_value'])}"
+    return f"A right/B wrong {m['b']}, A wrong/B right {m['c']}; {kind} p={fmt_p(m['p_value'])}"
+
+
+def _test_cell(t: Mapping[str, Any]) -> str:
+    return f"z={fmt(t['z'], 2)}, p={fmt_p(t['p_value'])}" + (f" ({t['test']})" if t.get("test") else "")
 
 
 def format_table(result: Mapping[str, Any]):
@@ -255,31 +231,27 @@ def format_table(result: Mapping[str, Any]):
     table.add_column(f"B: {b['name']}", justify="right")
     table.add_column("A − B / test", justify="left")
     if result["binary"]:
-        d = result["delong"]
-        table.add_row("AUC (95% DeLong CI)", _with_ci({"value": a["auc"], "lo": a["auc_ci"][0], "hi": a["auc_ci"][1]}),
-                      _with_ci({"value": b["auc"], "lo": b["auc_ci"][0], "hi": b["auc_ci"][1]}),
-                      f"Δ {_f(d['diff'])}; z={_f(d['z'], 2)}, p={_p(d['p_value'])} ({d['test']})")
-        bd = result["auc_diff_bootstrap"]
+        d, bd = result["delong"], result["auc_diff_bootstrap"]
+        table.add_row("AUC (95% DeLong CI)", *[fmt_ci(r["auc"], {"lo": r["auc_ci"][0], "hi": r["auc_ci"][1]})
+                                               for r in (a, b)], f"Δ {fmt(d['diff'])}; {_test_cell(d)}")
         table.add_row(f"AUC Δ ({bd['resampling_unit']} bootstrap)", "", "",
-                      f"{_with_ci(bd, 'diff')}, p={_p(bd['p_value'])}")
-        thr = [f"{_f(r['threshold'])} ({r['threshold_rule']}{', optimistic' if r['threshold_optimistic'] else ''})"
+                      f"{fmt_ci(bd['diff'], bd)}, p={fmt_p(bd['p_value'])}")
+        thr = [f"{fmt(r['threshold'])} ({r['threshold_rule']}{', optimistic' if r['threshold_optimistic'] else ''})"
                for r in (a, b)]
         table.add_row("Threshold (positive if ≥)", *thr, "")
         for key, label in (("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity")):
-            diff = _f(_num(a[key]["value"]) - _num(b[key]["value"]))
-            table.add_row(f"{label} (95% CI)", _with_ci(a[key]), _with_ci(b[key]), "" if diff == "n/a" else f"Δ {diff}")
-        table.add_row("PPV / NPV", f"{_f(a['ppv'])} / {_f(a['npv'])}", f"{_f(b['ppv'])} / {_f(b['npv'])}", "")
+            diff = fmt(num(a[key]["value"]) - num(b[key]["value"]))
+            table.add_row(f"{label} (95% CI)", fmt_ci(a[key]["value"], a[key]), fmt_ci(b[key]["value"], b[key]),
+                          "" if diff == "n/a" else f"Δ {diff}")
+        table.add_row("PPV / NPV", *[f"{fmt(r['ppv'])} / {fmt(r['npv'])}" for r in (a, b)], "")
     else:
-        bd = result["macro_auc_diff_bootstrap"]
-        md = result["macro_delong"]
-        table.add_row("Macro AUC (one-vs-rest)", _f(a["auc"]), _f(b["auc"]),
-                      f"Δ {_with_ci(bd, 'diff')} ({bd['resampling_unit']} bootstrap); z={_f(md['z'], 2)}, "
-                      f"p={_p(md['p_value'])} ({md['test']})")
+        bd, md = result["macro_auc_diff_bootstrap"], result["macro_delong"]
+        table.add_row("Macro AUC (one-vs-rest)", fmt(a["auc"]), fmt(b["auc"]),
+                      f"Δ {fmt_ci(bd['diff'], bd)} ({bd['resampling_unit']} bootstrap); {_test_cell(md)}")
         for c, r in result["per_class"].items():
             ca, cb = a["auc_per_class"][c], b["auc_per_class"][c]
-            table.add_row(f"  AUC {c}", _with_ci(ca, "auc"), _with_ci(cb, "auc"),
-                          f"DeLong z={_f(r['z'], 2)}, p={_p(r['p_value'])}")
+            table.add_row(f"  AUC {c}", fmt_ci(ca["auc"], ca), fmt_ci(cb["auc"], cb), f"DeLong {_test_cell(r)}")
         for key, label in (("accuracy", "Accuracy (argmax)"), ("balanced_accuracy", "Balanced accuracy")):
-            table.add_row(f"{label} (95% CI)", _with_ci(a[key]), _with_ci(b[key]), "")
+            table.add_row(f"{label} (95% CI)", fmt_ci(a[key]["value"], a[key]), fmt_ci(b[key]["value"], b[key]), "")
     table.add_row("McNemar (paired correctness)", "", "", _mcnemar_cell(result["mcnemar"]))
     return table

@@ -43,7 +43,9 @@ def what_ran(ran: dict[str, Any]) -> str:
     if not ran:
         return "n/a"
     folds = ran.get("folds_run") or []
-    text = (f"{ran.get('backbone', '?')}, {ran.get('image_size', '?')} px, {ran.get('epochs', '?')} epoch(s), "
+    epochs = ran.get("epochs", "?")
+    text = (f"{ran.get('backbone', '?')}, {ran.get('image_size', '?')} px, "
+            f"{epochs if isinstance(epochs, str) else f'{epochs} epoch(s)'}, "
             f"{len(folds)} of {ran.get('folds', '?')} fold(s) ({', '.join(map(str, folds))})")
     return text + ("; QUICK run (smoke-test profile, not the recipe's own settings)" if ran.get("quick") else "")
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 import base64
 import html
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from lnzoo.report.plots import fmt, part_label, plot_confusion, plot_folds, plot_reliability, plot_roc
+from lnzoo.evaluation import fmt, fmt_ci
+from lnzoo.report.plots import part_label, plot_confusion, plot_folds, plot_reliability, plot_roc
 
 MAX_GRADCAM = 60  # embedded images inflate the page; the rest stay in explain/
 # ----------------------------------------------------------------------------------------------
@@ -28,14 +29,6 @@ tr:nth-child(even) td{background:#fbfbfb}
 figure{display:inline-block;margin:8px 12px 8px 0;vertical-align:top}figcaption{font-size:0.8em;color:#555}
 nav a{margin-right:12px}code{background:#f3f3f3;padding:0 3px}
 """
-
-
-def fmt_ci(value: Any, ci: Mapping[str, Any] | None) -> str:
-    v = fmt(value)
-    if v == "n/a" or not ci:
-        return v
-    lo, hi = fmt(ci.get("lo")), fmt(ci.get("hi"))
-    return v if "n/a" in (lo, hi) else f"{v} ({lo}–{hi})"
 
 
 def e(s: Any) -> str:

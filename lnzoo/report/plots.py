@@ -4,9 +4,10 @@ from __future__ import annotations
 import base64
 import io
 import math
-from typing import Any
 
 import numpy as np
+
+from lnzoo.evaluation import fmt, num
 
 NAN = float("nan")
 PART_LABELS = {"cv": "Pooled CV", "test": "Test", "external": "External"}
@@ -41,23 +42,6 @@ def part_label(name: str) -> str:
     return PART_LABELS.get(name, name)
 
 
-def _num(x: Any) -> float:
-    return NAN if x is None else float(x)
-
-
-def fmt(x: Any, digits: int = 3) -> str:
-    if x is None:
-        return "n/a"
-    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
-        return str(int(x))
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    return f"{v:.{digits}f}" if math.isfinite(v) else "n/a"
-
-
-
 def plot_roc(level: dict, classes: list[str], binary: bool, title: str) -> str:
     plt = plt_module()
     names = list(level["roc"])
@@ -86,7 +70,7 @@ def plot_roc(level: dict, classes: list[str], binary: bool, title: str) -> str:
             drawn += 1
         if binary and ops.get("parts", {}).get(name):
             op = ops["parts"][name]
-            fpr, tpr = 1 - _num(op["specificity"]), _num(op["sensitivity"])
+            fpr, tpr = 1 - num(op["specificity"]), num(op["sensitivity"])
             if math.isfinite(fpr) and math.isfinite(tpr):
                 tag = "Youden threshold (chosen here: optimistic)" if name == "cv" else "Youden threshold from CV"
                 ax.plot([fpr], [tpr], "o", ms=7, mfc="white", mec="k", label=f"{tag}, t={op['threshold']:.3f}")
@@ -134,8 +118,8 @@ def plot_reliability(level: dict, title: str) -> str:
                                layout="constrained")
     ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="0.5", label="perfect calibration")
     for i, (name, rel) in enumerate(level["reliability"].items()):
-        conf = np.array([_num(v) for v in rel["confidence"]])
-        acc = np.array([_num(v) for v in rel["accuracy"]])
+        conf = np.array([num(v) for v in rel["confidence"]])
+        acc = np.array([num(v) for v in rel["accuracy"]])
         ok = np.isfinite(conf) & np.isfinite(acc)
         color = part_color(name, i)
         ax.plot(conf[ok], acc[ok], "o-", color=color, ms=4, label=f"{part_label(name)} (ECE {fmt(rel['ece'])})")
@@ -160,9 +144,9 @@ def plot_folds(level: dict, title: str) -> str:
     width = 0.38
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(keys) + 2.5), 4.0), layout="constrained")
     for off, metric, color in ((-width / 2, "auc", "C0"), (width / 2, "accuracy", "C1")):
-        vals = np.array([_num(folds[k]["metrics"].get(metric)) for k in keys])
-        lo = np.array([_num(folds[k]["ci"][metric]["lo"]) for k in keys])
-        hi = np.array([_num(folds[k]["ci"][metric]["hi"]) for k in keys])
+        vals = np.array([num(folds[k]["metrics"].get(metric)) for k in keys])
+        lo = np.array([num(folds[k]["ci"][metric]["lo"]) for k in keys])
+        hi = np.array([num(folds[k]["ci"][metric]["hi"]) for k in keys])
         err = np.vstack([np.where(np.isfinite(lo), vals - lo, 0), np.where(np.isfinite(hi), hi - vals, 0)])
         err = np.where(np.isfinite(err), np.clip(err, 0, None), 0)
         heights = np.nan_to_num(vals)
@@ -171,7 +155,7 @@ def plot_folds(level: dict, title: str) -> str:
         for b, v in zip(bars, vals):
             ax.text(b.get_x() + b.get_width() / 2, 0.02, fmt(v), ha="center", va="bottom", fontsize=7,
                     color="white", rotation=90)
-        pooled = _num(level["parts"]["cv"]["metrics"].get(metric))
+        pooled = num(level["parts"]["cv"]["metrics"].get(metric))
         if math.isfinite(pooled):
             ax.axhline(pooled, color=color, ls=":", lw=1.2)
     ax.set_xticks(x, [f"fold {k}" for k in keys])
