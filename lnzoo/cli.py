@@ -338,8 +338,8 @@ def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAG
                                "--cascade per stage, e.g. stage I, II, III); each stage's images called its "
                                "task's passes_on class go on to the next.")] = None,
             passes_on: Annotated[Optional[list[str]], typer.Option("--passes-on", metavar="CLASS", help="With --cascade: the class "
-                                 "of each stage but the last that goes on (default: its task definition's "
-                                 "passes_on).")] = None,
+                                 "of each stage but the last that goes on, in stage order; '-' or nothing: the "
+                                 "stage task definition's passes_on.")] = None,
             out: Annotated[Path, typer.Option("--out", metavar="FILE.csv", help="CSV to write.")] = Path("predictions.csv")) -> None:
     """Predict with one model, an ensemble (averaged probabilities) or the three-stage cascade.
 

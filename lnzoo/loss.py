@@ -8,10 +8,9 @@ import torch
 from torch import nn
 
 from lnzoo.contracts import head_loss
+from lnzoo.data.samples import MISSING  # the target of a sample that has no label for a task
 from lnzoo.errors import UsageError
 from lnzoo.tasks import Task
-
-MISSING = -1  # target value of a sample that has no label for a task
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:

@@ -95,7 +95,7 @@ def run_cascade(stages: Sequence[str | Path], images: Sequence[Path], host=None,
         raise UsageError(f"{len(stages)} stages need {len(stages) - 1} passing class(es), got {len(given)}")
     passing = []
     for e, src, cls in zip(ens, stages, given):
-        cls = cls or e.main_task.passes_on
+        cls = e.main_task.passes_on if cls in (None, "", "-") else cls  # "-": the task definition's
         if cls is None:
             raise UsageError(f"{src}: its main task {e.main!r} names no class that passes on to the next stage "
                              f"(passes_on in its task definition); give one with --passes-on")

@@ -88,6 +88,10 @@ def test_cascade_routes_malignant_nodes_to_stage2_and_metastatic_to_stage3(stage
     # which class passes on comes from each stage's task definition, or is given per stage
     benign_first = run_cascade([stage_runs["s1"], stage_runs["s2"]], images, HOST, passes_on=["benign"])
     assert all(("stage2" in r) == (r["stage1"] == "benign") for r in benign_first)
+    mixed = run_cascade([stage_runs["s1"], stage_runs["s2"], stage_runs["s3"]], images, HOST,
+                        passes_on=["-", "lymphoma"])  # "-": stage I's own passes_on (malignant)
+    assert all(("stage2" in r) == (r["stage1"] == "malignant") and ("stage3" in r) == (r.get("stage2") == "lymphoma")
+               for r in mixed)
     with pytest.raises(UsageError, match="names no class that passes on"):
         run_cascade([stage_runs["s3"], stage_runs["s2"]], images, HOST)
     with pytest.raises(UsageError, match="'lymph' is not a class"):

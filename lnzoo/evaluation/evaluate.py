@@ -166,25 +166,21 @@ def _roc_data(c: Cases, classes: list[str], pos: int | None, n_boot: int, seed: 
 # ----------------------------------------------------------------------------------------------
 # operating points
 
+def _calls(m: Mapping[str, Any], pos: int) -> dict[str, Any]:
+    """The confusion counts and the rates of one operating point, from classification_metrics."""
+    cm, neg = m["confusion_matrix"], 1 - pos
+    return {"tp": cm[pos][pos], "fn": cm[pos][neg], "fp": cm[neg][pos], "tn": cm[neg][neg],
+            **{k: m[k] for k in ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy")}}
+
+
 def _at_threshold(c: Cases, classes: list[str], pos: int, t: float, n_boot: int, seed: int) -> dict:
-    m = _quiet_metrics(c.y, c.p, classes, pos, threshold=t)
-    cm = m["confusion_matrix"]
-    neg = 1 - pos
     fns = bootstrap_metric_fns(2, pos, t)
     return {"threshold": t, "n": len(c), "n_patients": int(len(set(c.patient.tolist()))),
-            "tp": cm[pos][pos], "fn": cm[pos][neg], "fp": cm[neg][pos], "tn": cm[neg][neg],
-            **{k: m[k] for k in ("sensitivity", "specificity", "ppv", "npv", "accuracy", "balanced_accuracy")},
+            **_calls(_quiet_metrics(c.y, c.p, classes, pos, threshold=t), pos),
             "ci": {k: _ci(fns[k], c, n_boot, seed) for k in ("sensitivity", "specificity")}}
 
 
-def _counts_summary(tp: int, fn: int, fp: int, tn: int) -> dict[str, Any]:
-    def div(a, b):
-        return a / b if b else NAN
-    return {"tp": tp, "fn": fn, "fp": fp, "tn": tn, "sensitivity": div(tp, tp + fn), "specificity": div(tn, tn + fp),
-            "ppv": div(tp, tp + fp), "npv": div(tn, tn + fn), "accuracy": div(tp + tn, tp + fn + fp + tn)}
-
-
-def _cross_fitted(cv: Cases, pos: int, rule: str, target: float) -> dict | None:
+def _cross_fitted(cv: Cases, classes: list[str], pos: int, rule: str, target: float) -> dict | None:
     """Honest CV operating point: each fold's threshold is chosen on the other folds' held-out predictions."""
     folds = sorted(set(cv.fold.tolist()) - {-1})
     if len(folds) < 2:
@@ -202,12 +198,9 @@ def _cross_fitted(cv: Cases, pos: int, rule: str, target: float) -> dict | None:
     done = pred >= 0
     if not done.any():
         return None
-    y, pr = cv.y[done], pred[done]
-    tp = int(np.sum((y == pos) & (pr == pos)))
-    fn = int(np.sum((y == pos) & (pr != pos)))
-    fp = int(np.sum((y != pos) & (pr == pos)))
-    tn = int(np.sum((y != pos) & (pr != pos)))
-    return {"thresholds_per_fold": thresholds, "n": int(done.sum()), **_counts_summary(tp, fn, fp, tn)}
+    calls = np.eye(2)[pred[done]]  # each fold's own calls, scored as 0/1 probabilities by the one metric code
+    return {"thresholds_per_fold": thresholds, "n": int(done.sum()),
+            **_calls(_quiet_metrics(cv.y[done], calls, classes, pos), pos)}
 
 
 def _operating_points(parts: Mapping[str, Cases], classes: list[str], pos: int, n_boot: int, seed: int,
@@ -231,7 +224,7 @@ def _operating_points(parts: Mapping[str, Cases], classes: list[str], pos: int, 
             # on the data that chose it the operating point flatters the model
             res["optimistic"] = name == "cv"
             entry["parts"][name] = res
-        fitted = _cross_fitted(cv, pos, rule, target)
+        fitted = _cross_fitted(cv, classes, pos, rule, target)
         if fitted is not None:
             entry["cv_cross_fitted"] = fitted
         out["rules"][key] = entry
