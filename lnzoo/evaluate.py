@@ -23,7 +23,7 @@ def evaluate_run(run_dir: Path, host) -> tuple[dict[str, Any], dict[str, Any]]:
     rows: list[dict[str, str]] = []
     tasks_meta: dict[str, Any] = {}
     for ckpt in rd.checkpoints():
-        predictor = load(ckpt, host)
+        predictor = load(ckpt, host, as_trained=True)  # the device and precision the run predicted with
         recipe = resolve(predictor.recipe, host=host, source=predictor.meta.get("recipe_source"))
         data = load_run_data(recipe, predictor.tasks)
         k = predictor.meta["fold"]

@@ -138,7 +138,8 @@ def compute_cams(model, x: torch.Tensor, present: torch.Tensor | None, task: str
             # the batched pass ran x.flatten(0, 1): row b * V + view_i belongs to this view
             act = act.unflatten(0, (b, v))[:, view_i]
             grad = grad.unflatten(0, (b, v))[:, view_i]
-        layout, prefix = backbone.tokens_layout, backbone.num_prefix_tokens  # both required by contracts.Backbone
+        # contracts.Backbone requires both; plugins written before it may lack them
+        layout, prefix = getattr(backbone, "tokens_layout", "nchw"), getattr(backbone, "num_prefix_tokens", 0)
         cam = _cam_from(to_nchw(act, layout, prefix).float(), to_nchw(grad, layout, prefix).float(), method)
         cam = F.interpolate(cam[:, None], size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
         cam = _normalise(cam) * present[:, view_i, None, None]

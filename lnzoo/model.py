@@ -134,7 +134,10 @@ def init_from_checkpoint(model: LnzooModel, source: str) -> dict[str, Any]:
     path = Path(source)
     if path.is_dir():  # a run directory: the first fold it ran, whichever cv.run_folds were
         from lnzoo.rundir import RunDir
-        path = RunDir(path).first_checkpoint()
+        try:
+            path = RunDir(path).first_checkpoint()
+        except UsageError as exc:
+            raise UsageError(f"model.init_from: {exc}") from None
     if not path.is_file():
         raise UsageError(f"model.init_from: {path} not found (give a .safetensors checkpoint or a run directory)")
     try:

@@ -65,7 +65,7 @@ def run(recipe, out: str | Path | None = None, on_event: Callable[[Any], None] |
     report_path = None
     if report:
         from lnzoo.report import write_report
-        report_path = write_report(out, **({"n_boot": n_boot} if n_boot else {}))
+        report_path = write_report(out, **({"n_boot": n_boot} if n_boot is not None else {}))
     result = RunResult(out, metrics, report_path, examples, round(time.perf_counter() - t0, 1))
     emit(events.RunEnded(str(out), metrics, str(report_path) if report_path else None))
     return result

@@ -79,6 +79,21 @@ def decide(task_classes: Sequence[str], proba: np.ndarray) -> list[str]:
     return [task_classes[i] for i in proba.argmax(1)]
 
 
+def _passes_on(task, host) -> str | None:
+    """The checkpoint's task definition's passing class; a sidecar written before lnzoo stored it takes the
+    registered task of that name, when its classes are the same."""
+    if task.passes_on is not None:
+        return task.passes_on
+    from lnzoo.plugins import get_host
+
+    registry = (host or get_host()).registry("task")
+    if task.name in registry:
+        registered = registry.get(task.name).build()
+        if registered.classes == task.classes:
+            return registered.passes_on
+    return None
+
+
 def run_cascade(stages: Sequence[str | Path], images: Sequence[Path], host=None,
                 passes_on: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
     """Every image through stage I; the images a stage calls its passing class go on to the next stage.
@@ -95,7 +110,7 @@ def run_cascade(stages: Sequence[str | Path], images: Sequence[Path], host=None,
         raise UsageError(f"{len(stages)} stages need {len(stages) - 1} passing class(es), got {len(given)}")
     passing = []
     for e, src, cls in zip(ens, stages, given):
-        cls = e.main_task.passes_on if cls in (None, "", "-") else cls  # "-": the task definition's
+        cls = _passes_on(e.main_task, host) if cls in (None, "", "-") else cls  # "-": the task definition's
         if cls is None:
             raise UsageError(f"{src}: its main task {e.main!r} names no class that passes on to the next stage "
                              f"(passes_on in its task definition); give one with --passes-on")

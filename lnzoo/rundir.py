@@ -34,6 +34,7 @@ class RunDir:
 
     RECIPE, FOLDS, PREDICTIONS, METRICS, RUN = "recipe.toml", "folds.csv", "predictions.csv", "metrics.json", "run.json"
     EVALUATION, REPORT, EXPLAIN, SELECTION = "evaluation.json", "report.html", "explain", "selection.json"
+    KEPT_FOLD_FILES = ("best.safetensors", "best.json", "history.csv")  # what a fold's kept model needs
 
     def __init__(self, path: str | Path):
         self.path = Path(path)

@@ -33,7 +33,6 @@ from lnzoo.rundir import RunDir
 
 __all__ = ["select_runs", "format_selection"]
 
-FOLD_FILES = ("best.safetensors", "best.json", "history.csv")
 
 
 class _Candidate:
@@ -206,7 +205,7 @@ def _write(out: Path, cands, names, folds, table, rows, result) -> None:
     shutil.copy2(first.rd / RunDir.FOLDS, rd / RunDir.FOLDS)
     for t in table:
         k, c = t["fold"], cands[names.index(t["chosen"])]
-        for f in FOLD_FILES:
+        for f in RunDir.KEPT_FOLD_FILES:
             if (c.rd.fold_dir(k) / f).is_file():
                 _place(c.rd.fold_dir(k) / f, rd.fold_dir(k) / f)
     header = list(first.header)

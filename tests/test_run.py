@@ -6,7 +6,9 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 
+from lnzoo.errors import UsageError
 from lnzoo.plugins import load_plugins
 from lnzoo.recipe import load_recipe
 from lnzoo.pipeline import fit_folds
@@ -116,5 +118,8 @@ def test_a_run_without_fold_0_works_with_every_command(tiny_run, tmp_path):
     assert write_report(tiny_run, tmp_path / "r" / "report.html", n_boot=20).is_file()
     # model.init_from takes the run directory: its first fold is fold 1
     recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", sets=TINY, host=host)
-    report = init_from_checkpoint(build_model(recipe, host, recipe_tasks(recipe, host)), str(tiny_run))
+    model = build_model(recipe, host, recipe_tasks(recipe, host))
+    report = init_from_checkpoint(model, str(tiny_run))
     assert report["source"].endswith("fold1/best.safetensors") and report["backbone_loaded"] > 0
+    with pytest.raises(UsageError, match="model.init_from: .*no fold"):
+        init_from_checkpoint(model, str(tmp_path))

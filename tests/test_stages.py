@@ -74,7 +74,7 @@ def test_a_run_predicts_as_the_average_of_its_fold_models(stage_runs):
     assert rows[0]["members"] == 2 and rows[0]["malignancy_pred"] in ("benign", "malignant")
 
 
-def test_cascade_routes_malignant_nodes_to_stage2_and_metastatic_to_stage3(stage_runs):
+def test_cascade_routes_malignant_nodes_to_stage2_and_metastatic_to_stage3(stage_runs, tmp_path):
     images = [Path(r["path"]) for r in csv.DictReader((stage_runs["s1"] / "predictions.csv").open())][:12]
     rows = run_cascade([stage_runs["s1"], stage_runs["s2"], stage_runs["s3"]], images, HOST)
     assert len(rows) == len(images)
@@ -92,6 +92,18 @@ def test_cascade_routes_malignant_nodes_to_stage2_and_metastatic_to_stage3(stage
                         passes_on=["-", "lymphoma"])  # "-": stage I's own passes_on (malignant)
     assert all(("stage2" in r) == (r["stage1"] == "malignant") and ("stage3" in r) == (r.get("stage2") == "lymphoma")
                for r in mixed)
+    # a stage I checkpoint written before sidecars stored passes_on takes it from the registered task
+    import json
+    import shutil
+    old = tmp_path / "old_s1"
+    shutil.copytree(stage_runs["s1"], old)
+    for sidecar in old.glob("fold*/best.json"):
+        meta = json.loads(sidecar.read_text())
+        for task in meta["tasks"].values():
+            task.pop("passes_on", None)
+        sidecar.write_text(json.dumps(meta))
+    two = run_cascade([stage_runs["s1"], stage_runs["s2"]], images, HOST)
+    assert run_cascade([old, stage_runs["s2"]], images, HOST) == two
     with pytest.raises(UsageError, match="names no class that passes on"):
         run_cascade([stage_runs["s3"], stage_runs["s2"]], images, HOST)
     with pytest.raises(UsageError, match="'lymph' is not a class"):

@@ -23,7 +23,10 @@ def _run_summary(rd: RunDir) -> dict[str, Any]:
         pass
     best_epochs = {}
     for k in rd.folds():
-        meta = rd.sidecar(k)
+        try:
+            meta = rd.sidecar(k)
+        except UsageError:  # an unreadable sidecar costs this row of the summary, not the report
+            continue
         if "best_epoch" in meta:
             best_epochs[k] = meta["best_epoch"]
     return {

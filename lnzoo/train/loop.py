@@ -18,11 +18,11 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from lnzoo import events
 from lnzoo.data.dataset import ImageCache, NodeDataset, build_augment
 from lnzoo.data.samples import MISSING, Sample
-from lnzoo.inference import Predictions, Predictor
+from lnzoo.inference import Predictions, Predictor, device_settings
 from lnzoo.loss import MultiTaskLoss, balanced_class_weights
 from lnzoo.tasks import Task
 from lnzoo.train.averaging import MeanTeacher, ema_of
-from lnzoo.train.schedule import make_optimizer, make_scheduler, pick_device, seed_everything, seed_worker
+from lnzoo.train.schedule import make_optimizer, make_scheduler, seed_everything, seed_worker
 
 
 @dataclass
@@ -56,13 +56,8 @@ class Trainer:
         self.cfg = recipe.data["train"]
         self.data_cfg = recipe.data["data"]
         self.main = recipe.data["tasks"]["main"]
-        self.device = pick_device(self.cfg["device"])
-        cuda = self.device.type == "cuda"
-        self.amp = cuda if self.cfg["amp"] == "auto" else bool(self.cfg["amp"]) and cuda
-        # NHWC: oneDNN's CPU convolutions and cuDNN's tensor cores are both faster on it (measured on CPU:
-        # ResNet-18 forward+backward at 96 px 5.1 s instead of 6.1 s per POCUS epoch); MPS stays NCHW
-        auto = self.device.type in ("cuda", "cpu")
-        self.channels_last = auto if self.cfg["channels_last"] == "auto" else bool(self.cfg["channels_last"])
+        settings = device_settings(self.cfg)
+        self.device, self.amp, self.channels_last = settings["device"], settings["amp"], settings["channels_last"]
         self.emit = on_event or (lambda event: None)
         self._probe = None  # the linear probe's frozen backbone and feature cache, shared by the folds
 

@@ -51,15 +51,6 @@ def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opti
     return torch.optim.AdamW(groups, lr=cfg["lr"])
 
 
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        from lnzoo.errors import UsageError
-        raise UsageError(f"train.device = {name!r} but CUDA is not available here; use \"auto\" or \"cpu\"")
-    return torch.device(name)
-
-
 def seed_worker(worker_id: int) -> None:
     """DataLoader worker init: numpy and random follow torch's per-worker seed."""
     seed = torch.initial_seed() % 2**32
