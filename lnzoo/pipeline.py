@@ -150,8 +150,8 @@ def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = 
     others = {part: samples for part, samples in (("test", data.test), ("external", data.external)) if samples}
     other_proba: dict[str, list[dict[str, np.ndarray]]] = {part: [] for part in others}
     for k in folds:
-        rows, info, proba = _fit_fold(k, len(folds), recipe, tasks, data.pool, assignment, trainer, rd, others,
-                                      {**env, "preprocessing": cache.pre.as_dict()}, emit)
+        rows, info, proba = _fit_fold(k, len(folds), recipe, tasks, tasks_meta, data.pool, assignment, trainer, rd,
+                                      others, {**env, "preprocessing": cache.pre.as_dict()}, emit)
         pred_rows += rows
         fold_info.append(info)
         for part, p in proba.items():
@@ -195,7 +195,7 @@ def _load_data(recipe, tasks, emit):
     return data, cache
 
 
-def _fit_fold(k, n_folds, recipe, tasks, pool, assignment, trainer, rd: RunDir, others, env, emit):
+def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, rd: RunDir, others, env, emit):
     """Fit fold k, save its checkpoints and curves; return its prediction rows, its metrics.json entry and
     its probabilities on the test and external sets."""
     from lnzoo.data.splits import check_leakage, inner_validation
@@ -213,7 +213,6 @@ def _fit_fold(k, n_folds, recipe, tasks, pool, assignment, trainer, rd: RunDir, 
     result = trainer.fit(train_s, val_s, seed=cfg["seed"] + k, fold=k)
     predictor = result.predictor
     temperatures = fit_temperatures(predictor.predict(val_s), tasks)
-    tasks_meta = {n: t.as_dict() for n, t in tasks.items()}
     meta = {"recipe": cfg, "recipe_source": str(recipe.source) if recipe.source else None, "tasks": tasks_meta,
             "class_maps": {n: {str(i): c for i, c in enumerate(t.classes)} for n, t in tasks.items()},
             "views": cfg["data"]["views"], "seed": cfg["seed"] + k, "fold": k, "best_epoch": result.best_epoch,

@@ -1,23 +1,19 @@
 """How the phantom's frames are drawn: tissue layers, the node, speckle, attenuation, Doppler and elastography.
 
 Part of :mod:`lnzoo.data.phantom` (synthetic data, NOT clinical data); the node parameters it draws
-come from there. The field geometry lives here because every drawing function depends on it.
+come from :mod:`lnzoo.data.phantom_nodes`. The field geometry lives here because every drawing function depends on it.
 """
 from __future__ import annotations
 
 import math
-import pathlib
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
-from PIL import Image
 from scipy import ndimage
 
 if TYPE_CHECKING:  # pragma: no cover
-    from lnzoo.data.phantom import _Node
+    from lnzoo.data.phantom_nodes import _Node
 
 FIELD_DEPTH_MM = 32.0  # the frame's height (and width) in mm; px per mm = frame_size / FIELD_DEPTH_MM
 PROBE_WIDTH_MM = 28.0  # lateral extent of the (linear-probe) image field, centred
@@ -467,40 +463,3 @@ def _crop_box(bbox, S: int) -> tuple[int, int, int, int]:
     mx = int(round(CROP_MARGIN * (x1 - x0)))
     my = int(round(CROP_MARGIN * (y1 - y0)))
     return max(0, x0 - mx), max(0, y0 - my), min(S, x1 + mx), min(S, y1 + my)
-
-
-def _save(arr: np.ndarray, path: pathlib.Path) -> None:
-    mode = "L" if arr.ndim == 2 else "RGB"
-    Image.fromarray(np.ascontiguousarray(arr), mode=mode).save(path, format="PNG", compress_level=1)
-
-
-class _PngWriter:
-    """Encodes and writes PNGs on worker threads (zlib releases the GIL), so the next image is
-    rendered while earlier ones are compressed. File contents do not depend on the timing.
-    Leaving the ``with`` block waits for every write (or cancels them after an exception)."""
-
-    def __init__(self, workers: int = 2, max_pending: int = 48):
-        self._ex = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="lnzoo-phantom")
-        self._pending: deque = deque()
-        self._max = max_pending
-
-    def save(self, arr: np.ndarray, path: pathlib.Path) -> None:
-        self._pending.append(self._ex.submit(_save, arr, path))
-        while len(self._pending) > self._max:
-            self._pending.popleft().result()
-
-    def __enter__(self) -> "_PngWriter":
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        try:
-            if exc_type is None:
-                while self._pending:
-                    self._pending.popleft().result()
-        finally:
-            self._ex.shutdown(wait=True, cancel_futures=True)
-
-
-# ----------------------------------------------------------------------------------------
-# Public API
-# ----------------------------------------------------------------------------------------
