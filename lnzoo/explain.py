@@ -195,18 +195,13 @@ def _safe(name: str) -> str:
     return re.sub(r'[\\/:*?"<>|\s]+', "_", name).strip("._") or "class"
 
 
-def _text_width(draw, text: str, font) -> int:
+def _drawable(draw, text: str, font) -> str:
+    """The text, or its ASCII form where the font cannot draw it (the fallback font is latin-1)."""
     try:
-        return int(draw.textlength(text, font=font))
+        draw.textlength(text, font=font)
     except (UnicodeEncodeError, UnicodeDecodeError):
-        return int(draw.textlength(text.encode("ascii", "replace").decode(), font=font))
-
-
-def _draw_text(draw, xy, text: str, font) -> None:
-    try:
-        draw.text(xy, text, fill=(255, 255, 255), font=font)
-    except (UnicodeEncodeError, UnicodeDecodeError):  # the bitmap fallback font is latin-1 only
-        draw.text(xy, text.encode("ascii", "replace").decode(), fill=(255, 255, 255), font=font)
+        return text.encode("ascii", "replace").decode()
+    return text
 
 
 def overlay_png(image: np.ndarray, cam: np.ndarray, lines: Sequence[str], path: Path, min_size: int = 256) -> Path:
@@ -221,12 +216,13 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, lines: Sequence[str], path: 
     font = ImageFont.load_default()
     line_h = 14
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    text_w = max((_text_width(probe, line, font) for line in lines), default=0)
+    lines = [_drawable(probe, line, font) for line in lines]
+    text_w = max((int(probe.textlength(line, font=font)) for line in lines), default=0)
     canvas = Image.new("RGB", (max(picture.width, text_w + 8), picture.height + line_h * len(lines) + 6), (0, 0, 0))
     canvas.paste(picture, (0, 0))
     draw = ImageDraw.Draw(canvas)
     for k, line in enumerate(lines):
-        _draw_text(draw, (4, picture.height + 3 + k * line_h), line, font)
+        draw.text((4, picture.height + 3 + k * line_h), line, fill=(255, 255, 255), font=font)
     path.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(path)
     return path
@@ -247,14 +243,16 @@ def _resolve_class(class_index: int | str | None, task: str, classes: Sequence[s
 
 def explain(checkpoint_or_run: str | Path, images: Sequence[Any], out_dir: str | Path,
             tasks: Sequence[str] | None = None, method: str = "gradcam", class_index: int | str | None = None,
-            host=None, truth: Sequence[str | None] | None = None) -> list[Path]:
+            host=None, truth: Sequence[str | None] | None = None,
+            prefixes: Sequence[str] | None = None) -> list[Path]:
     """Write one CAM overlay PNG per sample x task x view, plus ``explain.csv``; return the PNG paths.
 
     ``images``: one path per sample for a single-view model (or a ['full', 'crop'] model, whose crop is
     found in the mirror folder); otherwise one list of paths per sample in the sidecar's view order.
     A run directory explains with its lowest-numbered fold's best checkpoint (fold0 for a full run).
     PNGs are named ``<image stem>__<task>__<class>__<view>.png``, class being the explained one.
-    ``truth`` (one true label of the first task per sample, when known) goes into ``explain.csv``.
+    ``truth`` (one true label of the first task per sample, when known) goes into ``explain.csv``;
+    ``prefixes`` (one per sample) start its PNG names: ``<prefix>_<image stem>__...``.
     """
     from lnzoo.data.images import load_image
     from lnzoo.inference import load
@@ -291,7 +289,7 @@ def explain(checkpoint_or_run: str | Path, images: Sequence[Any], out_dir: str |
                          for arr in pixels.values()])[None]
         present = torch.tensor([[arr is not None for arr in pixels.values()]])
         first = next(p for p in sample.values() if p is not None)
-        stem = first.stem
+        stem = f"{prefixes[n]}_{first.stem}" if prefixes else first.stem
         stems[stem] = stems.get(stem, 0) + 1
         if stems[stem] > 1:  # two inputs with one file name must not overwrite each other's PNGs
             stem = f"{stem}-{stems[stem]}"
@@ -348,28 +346,14 @@ def explain_examples(run_dir: str | Path, n_correct: int = 2, n_wrong: int = 2, 
         scored.append((r, pred == classes.index(r[f"{main}_true"]), p[pred]))
     picks = sorted((s for s in scored if s[1]), key=lambda s: -s[2])[:n_correct] + \
         sorted((s for s in scored if not s[1]), key=lambda s: -s[2])[:n_wrong]
-    out_dir = rd / rd.EXPLAIN
-    items, verdict, truth = [], {}, []
+    items, truth, verdicts = [], [], []
+    cols = ["path" if v == "full" else f"path_{v}" for v in views]
     for row, correct, _ in picks:
-        item = [Path(row["path" if v == "full" else f"path_{v}"]) if row.get("path" if v == "full" else f"path_{v}")
-                else None for v in views]
+        item = [Path(row[c]) if row.get(c) else None for c in cols]
         items.append(item if len(views) > 1 else item[0])
         truth.append(row[f"{main}_true"])
-        verdict[next(p for p in item if p is not None).stem] = "correct" if correct else "wrong"
+        verdicts.append("correct" if correct else "wrong")
     if not items:
         return []
-    pngs = []
-    for png in explain(ckpt, items, out_dir, tasks=[main], host=host, truth=truth):
-        target = png.with_name(f"{verdict.get(png.name.split('__')[0], 'case')}_{png.name}")
-        png.replace(target)
-        pngs.append(target)
-    index = out_dir / "explain.csv"
-    with index.open(newline="", encoding="utf-8") as fh:  # keep the index pointing at the renamed files
-        indexed = list(csv.DictReader(fh))
-    for r in indexed:
-        r["png"] = f"{verdict.get(Path(r['png']).name.split('__')[0], 'case')}_{Path(r['png']).name}"
-    with index.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(indexed[0]) if indexed else ["png"])
-        w.writeheader()
-        w.writerows(indexed)
-    return pngs
+    return explain(ckpt, items, rd / rd.EXPLAIN, tasks=[main], host=host, truth=truth,
+                   prefixes=verdicts)

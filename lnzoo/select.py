@@ -1,21 +1,22 @@
 """``lnzoo select``: a nested choice between cross-validation runs that share their folds.
 
 Every candidate run (another recipe, backbone or setting) was trained fold by fold on the same
-patient folds. For each fold the candidate with the best *inner-validation* score wins: the score
-of the epoch it kept (its best with ``train.keep = "best"``, its last with ``"last"``), measured on a
-part of that fold's training patients (``fold{k}/best.json``, ``monitor``). The held-out fold is never looked at to choose, so the chosen models' held-out
-predictions are an honest estimate of "pick the best of these settings on my training data",
-unlike picking the run with the best cross-validated AUC, which reads the test folds.
+patient folds. For each fold the candidate with the best *inner-validation* score wins: the score of
+the epoch it kept (its best with ``train.keep = "best"``, its last with ``"last"``; ``monitor`` in
+``fold{k}/best.json``), measured on a part of that fold's training patients. The held-out fold is
+never looked at to choose, so the chosen models' held-out predictions honestly estimate "pick the
+best of these settings on my training data", unlike picking the run with the best cross-validated
+AUC, which reads the test folds.
 
-With ``keep = "best"`` a candidate's inner score is its best epoch's, so a candidate that ran more
-epochs had more draws at a high score; compare candidates of equal epochs, or with
-``train.keep = "last"``, when that matters. The inner parts are small (a 15% patient split), so the choice is noisy too: that is
-the price of not reading the test folds, and the estimate says what it costs.
+With ``keep = "best"`` a candidate that ran more epochs had more draws at a high inner score:
+compare candidates of equal epochs, or keep "last", when that matters. The inner parts are small
+(a 15% patient split), so the choice is noisy too: the price of not reading the test folds, and
+the estimate says what it costs.
 
 The output is a run directory: ``selection.json`` (who won each fold and on what scores),
 ``predictions.csv`` (the winners' out-of-fold rows), ``metrics.json``, ``folds.csv`` and each
-winner's ``fold{k}/`` checkpoint, so ``lnzoo evaluate``, ``lnzoo compare`` and
-``lnzoo predict --model`` work on it like on any run.
+winner's ``fold{k}/`` checkpoint, so ``lnzoo evaluate``, ``compare`` and ``predict --model`` work on
+it like on any run.
 """
 from __future__ import annotations
 
@@ -26,13 +27,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-
 from lnzoo.errors import UsageError
-from lnzoo.evaluation.evaluate import run_metrics
+from lnzoo.evaluation import fmt, jsonable
+from lnzoo.evaluation.evaluate import mean_sd, run_metrics
 from lnzoo.rundir import RunDir
 
 __all__ = ["select_runs", "format_selection"]
-
 
 
 class _Candidate:
@@ -84,7 +84,7 @@ def _check_same(cands: list[_Candidate]) -> tuple[list[int], str]:
         if c.main != first.main:
             raise UsageError(f"{c.path}: main task {c.main!r}, but {first.path} has {first.main!r}; "
                              "a choice needs runs of the same task")
-        if set(c.folds) != set(first.folds) or any(c.folds[p] != first.folds[p] for p in first.folds):
+        if c.folds != first.folds:
             differ = sorted(p for p in set(c.folds) | set(first.folds) if c.folds.get(p) != first.folds.get(p))
             raise UsageError(f"{c.path}/folds.csv and {first.path}/folds.csv assign patients to different folds "
                              f"(first: {differ[:3]}); give every candidate the same folds with "
@@ -134,9 +134,6 @@ def _place(src: Path, dst: Path) -> None:
 def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]:
     """Choose, per fold, the candidate run with the best inner-validation score; optionally write
     the chosen folds as a run directory ``out``. Returns the selection summary."""
-    from lnzoo.evaluation import jsonable
-    from lnzoo.evaluation.evaluate import mean_sd
-
     if len(runs) < 2:
         raise UsageError("a choice needs at least two candidate runs")
     paths = [Path(r).resolve() for r in runs]
@@ -162,16 +159,13 @@ def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]
         tied = [n for n in names if n in finite and sign * finite[n] == best]
         # equal scores (common on a small inner part): the lower inner-validation loss, then the first listed
         winner = min(tied, key=lambda n: (cands[names.index(n)].inner_loss(k), names.index(n)))
-        held = {}
-        for n, c in zip(names, cands):
-            rows = c.cv_rows(k)
-            m = _fold_metrics(rows, tasks).get(main, {})
-            held[n] = {"auc": m.get("auc"), "balanced_accuracy": m.get("balanced_accuracy")}
-            if n == winner:
-                per_fold_rows[k] = rows
-        metrics = _fold_metrics(per_fold_rows[k], tasks)
-        per_fold_metrics.append(metrics)
         chosen = cands[names.index(winner)]
+        per_fold_rows[k] = chosen.cv_rows(k)
+        held_out = {n: _fold_metrics(c.cv_rows(k), tasks) for n, c in zip(names, cands)}
+        held = {n: {key: m.get(main, {}).get(key) for key in ("auc", "balanced_accuracy")}
+                for n, m in held_out.items()}
+        metrics = held_out[winner]
+        per_fold_metrics.append(metrics)
         fold_info.append({"fold": k, "chosen": winner, "chosen_path": str(chosen.path),
                           "best_epoch": chosen.meta[k].get("best_epoch"), "metrics": metrics})
         table.append({"fold": k, "chosen": winner, "inner": inner, "tied": tied if len(tied) > 1 else [],
@@ -182,7 +176,10 @@ def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]
         "candidates": [str(c.path) for c in cands], "names": names, "main_task": main, "metric": metric,
         "folds": table,
         "chosen_count": {n: sum(t["chosen"] == n for t in table) for n in names},
-        "cross_validation": {"pooled": pooled, "mean_sd": {t: mean_sd([m[t] for m in per_fold_metrics if t in m]) for t in pooled}, "folds": fold_info},
+        "cross_validation": {"pooled": pooled,
+                             "mean_sd": {t: mean_sd([m[t] for m in per_fold_metrics if t in m])
+                                         for t in pooled},
+                             "folds": fold_info},
         "note": (f"per fold, the candidate with the {'lowest' if metric == 'loss' else 'highest'} inner-validation "
                  f"{metric} (on training patients only; ties: the lower inner-validation loss) "
                  "was chosen; held-out figures of the other candidates are shown but were not used to choose. "
@@ -233,20 +230,17 @@ def format_selection(result: dict[str, Any]):
     for n in names:
         tab.add_column(f"{n}\nheld-out AUC*", justify="right")
 
-    def f(x):
-        return "n/a" if x is None else f"{x:.3f}"
-
     for row in result["folds"]:
         chosen = row["chosen"] + (" (tie: lower loss)" if row.get("tied") else "")
-        tab.add_row(str(row["fold"]), chosen, *[f(row["inner"][n]) for n in names],
-                    *[f(row["held_out"][n]["auc"]) for n in names])
+        tab.add_row(str(row["fold"]), chosen, *[fmt(row["inner"][n]) for n in names],
+                    *[fmt(row["held_out"][n]["auc"]) for n in names])
     ms = result["cross_validation"]["mean_sd"].get(result["main_task"], {})
     pooled = result["cross_validation"]["pooled"].get(result["main_task"], {})
     lines = []
     for key in ("auc", "balanced_accuracy"):
         if key in ms:
-            lines.append(f"nested {key}: {f(ms[key]['mean'])} ± {f(ms[key]['sd'])} over folds, "
-                         f"pooled {f(pooled.get(key))}")
-    caption = "* held-out figures are shown for reading only; they did not take part in the choice.\n" + "\n".join(lines)
-    tab.caption = caption
+            lines.append(f"nested {key}: {fmt(ms[key]['mean'])} ± {fmt(ms[key]['sd'])} over "
+                         f"folds, pooled {fmt(pooled.get(key))}")
+    note = "* held-out figures are shown for reading only; they did not take part in the choice."
+    tab.caption = "\n".join([note, *lines])
     return tab

@@ -8,10 +8,10 @@ from scipy.stats import binomtest, norm
 from sklearn.metrics import accuracy_score, roc_auc_score
 
 from lnzoo.evaluation.stats import (
+    auc_difference_test,
     bootstrap_ci,
     delong_ci,
     delong_roc_variance,
-    delong_test,
     binary_auc,
     mcnemar_test,
     paired_bootstrap_auc_diff,
@@ -58,13 +58,12 @@ def test_delong_matches_direct_structural_components(seed):
     aucs, s = _naive_delong(y, [a, b])
     _, var_a = delong_roc_variance(y, a)
     assert var_a == pytest.approx(s[0, 0], abs=1e-10)
-    r = delong_test(y, a, b)
-    z = (aucs[0] - aucs[1]) / math.sqrt(s[0, 0] + s[1, 1] - 2 * s[0, 1])
+    r = auc_difference_test(y, a, b)  # with two classes and no patients: the paired DeLong test
+    z = (aucs[0] - aucs[1]) / math.sqrt(s[0, 0] + s[1, 1] - 2 * s[0, 1])  # the covariance enters z
     assert r["auc_a"] == pytest.approx(aucs[0], abs=1e-12)
     assert r["auc_b"] == pytest.approx(aucs[1], abs=1e-12)
-    assert r["var_a"] == pytest.approx(s[0, 0], abs=1e-10)
-    assert r["var_b"] == pytest.approx(s[1, 1], abs=1e-10)
-    assert r["cov"] == pytest.approx(s[0, 1], abs=1e-10)
+    assert r["se_a"] ** 2 == pytest.approx(s[0, 0], abs=1e-10)
+    assert r["se_b"] ** 2 == pytest.approx(s[1, 1], abs=1e-10)
     assert r["z"] == pytest.approx(z, abs=1e-10)
     assert r["p_value"] == pytest.approx(2 * norm.sf(abs(z)), abs=1e-10)
     assert r["diff"] == pytest.approx(aucs[0] - aucs[1], abs=1e-12)
@@ -74,13 +73,13 @@ def test_delong_identical_and_very_different_scores():
     rng = np.random.default_rng(4)
     y = rng.integers(0, 2, 200)
     good = y + rng.normal(scale=0.3, size=200)
-    same = delong_test(y, good, good.copy())
+    same = auc_difference_test(y, good, good.copy())
     assert same["diff"] == 0.0 and same["z"] == 0.0 and same["p_value"] == 1.0
     noise = rng.normal(size=200)
-    diff = delong_test(y, good, noise)
+    diff = auc_difference_test(y, good, noise)
     assert diff["auc_a"] > 0.95 and diff["p_value"] < 1e-8
     # the test is two-sided: swapping the scores flips z, not p
-    swapped = delong_test(y, noise, good)
+    swapped = auc_difference_test(y, noise, good)
     assert swapped["z"] == pytest.approx(-diff["z"]) and swapped["p_value"] == pytest.approx(diff["p_value"])
 
 
@@ -239,14 +238,13 @@ def test_mcnemar_chi_square_with_continuity_correction():
 def test_auc_difference_test_is_delong_for_two_classes_and_macro_for_more():
     from sklearn.metrics import roc_auc_score
 
-    from lnzoo.evaluation.stats import auc_difference_test, delong_test
-
     rng = np.random.default_rng(3)
     y = rng.integers(0, 2, 150)
     a, b = y + rng.normal(0, 1, 150), y + rng.normal(0, 1.4, 150)
-    ours, ref = auc_difference_test(y, a, b), delong_test(y, a, b)
-    assert ours["p_value"] == pytest.approx(ref["p_value"], rel=1e-9)
-    assert ours["auc_a"] == pytest.approx(ref["auc_a"])
+    ours, (aucs, s) = auc_difference_test(y, a, b), _naive_delong(y, [a, b])
+    z = (aucs[0] - aucs[1]) / math.sqrt(s[0, 0] + s[1, 1] - 2 * s[0, 1])
+    assert ours["p_value"] == pytest.approx(2 * norm.sf(abs(z)), rel=1e-9)
+    assert ours["auc_a"] == pytest.approx(aucs[0])
     y4 = rng.integers(0, 4, 200)
     pa = rng.dirichlet(np.ones(4), 200)
     pa[np.arange(200), y4] += 0.4

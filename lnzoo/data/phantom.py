@@ -104,6 +104,9 @@ MANIFEST_COLUMNS = (
     "flow_pattern", "hilum",
 )
 MODALITIES = ("2d", "cdfi", "elasto")
+# modality -> its manifest columns (full frame, crop)
+_COLUMNS = {"2d": ("path", "crop"), "cdfi": ("cdfi", "cdfi_crop"),
+            "elasto": ("elasto", "elasto_crop")}
 
 # list file -> (manifest column, {English label: Chinese label}); rows only where labelled
 LIST_FILES = {
@@ -156,19 +159,21 @@ class _PngWriter:
 # ----------------------------------------------------------------------------------------
 
 
+def _check_int(name: str, value, low: int, what: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
 def _validate(patients, seed, difficulty, frame_size) -> None:
-    if isinstance(patients, bool) or not isinstance(patients, (int, np.integer)) or patients < 1:
-        raise ValueError(f"patients must be an integer >= 1, got {patients!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    _check_int("patients", patients, 1, "an integer >= 1")
+    _check_int("seed", seed, 0, "a non-negative integer")
     try:
         d = float(difficulty)
     except (TypeError, ValueError):
         raise ValueError(f"difficulty must be a number in [0, 1], got {difficulty!r}") from None
     if not (0.0 <= d <= 1.0):
         raise ValueError(f"difficulty must be in [0, 1], got {difficulty!r}")
-    if isinstance(frame_size, bool) or not isinstance(frame_size, (int, np.integer)) or frame_size < 64:
-        raise ValueError(f"frame_size must be an integer >= 64 (pixels), got {frame_size!r}")
+    _check_int("frame_size", frame_size, 64, "an integer >= 64 (pixels)")
     if frame_size > 4096:
         raise ValueError(f"frame_size must be at most 4096 pixels, got {frame_size!r}")
 
@@ -184,16 +189,14 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
     patients, seed, S, difficulty = int(patients), int(seed), int(frame_size), float(difficulty)
     out = pathlib.Path(out_dir)
     img_root = out / "images"
-    for mod in MODALITIES:
-        (img_root / mod).mkdir(parents=True, exist_ok=True)
-        (img_root / f"{mod}-crop").mkdir(parents=True, exist_ok=True)
-    (img_root / "mask").mkdir(parents=True, exist_ok=True)
+    for folder in [*MODALITIES, *(f"{mod}-crop" for mod in MODALITIES), "mask"]:
+        (img_root / folder).mkdir(parents=True, exist_ok=True)
     (out / "lists").mkdir(parents=True, exist_ok=True)
     ppm = S / FIELD_DEPTH_MM
 
     rows: list[dict[str, str]] = []
-    in_main: dict[str, bool] = {}
-    in_aux: dict[str, bool] = {}
+    # patient -> in that list; the other lists hold every image their task applies to
+    in_list: dict[str, dict[str, bool]] = {"stage1_main": {}, "stage1_aux": {}}
     with _PngWriter() as writer:
         for idx in range(1, patients + 1):
             pid = f"P{idx:04d}"
@@ -203,8 +206,8 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
             rng_list = np.random.default_rng([seed, idx, 3])
             node = _draw_node(rng_clin, difficulty)
             n_img = 1 + int(rng_clin.choice(3, p=[0.3, 0.4, 0.3]))
-            in_main[pid] = bool(rng_list.random() < STAGE1_MAIN_FRACTION)
-            in_aux[pid] = bool(rng_list.random() < STAGE1_AUX_FRACTION)
+            in_list["stage1_main"][pid] = bool(rng_list.random() < STAGE1_MAIN_FRACTION)
+            in_list["stage1_aux"][pid] = bool(rng_list.random() < STAGE1_AUX_FRACTION)
             tpl = _make_template(rng_node, node, ppm)
             base_angle = float(np.clip(rng_node.normal(0, math.radians(12)), -math.radians(30), math.radians(30)))
             malignant = node.pathology != "benign"
@@ -229,20 +232,13 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
                 name = f"{pid}_{k}.png"
                 grey, cd, el, mask, bbox = _render(rng_acq, tpl, node, S, base_angle)
                 cx0, cy0, cx1, cy1 = _crop_box(bbox, S)
-                paths = {}
+                row = {"mask": f"images/mask/{name}", "bbox": " ".join(map(str, bbox)), **labels}
                 for mod, arr in zip(MODALITIES, (grey, cd, el)):
+                    col, crop_col = _COLUMNS[mod]
                     writer.save(arr, img_root / mod / name)
                     writer.save(arr[cy0:cy1, cx0:cx1], img_root / f"{mod}-crop" / name)
-                    paths[mod] = f"images/{mod}/{name}"
-                    paths[mod + "-crop"] = f"images/{mod}-crop/{name}"
+                    row[col], row[crop_col] = f"images/{mod}/{name}", f"images/{mod}-crop/{name}"
                 writer.save(mask.astype(np.uint8) * 255, img_root / "mask" / name)
-                row = {
-                    "path": paths["2d"], "crop": paths["2d-crop"],
-                    "cdfi": paths["cdfi"], "cdfi_crop": paths["cdfi-crop"],
-                    "elasto": paths["elasto"], "elasto_crop": paths["elasto-crop"],
-                    "mask": f"images/mask/{name}", "bbox": " ".join(str(v) for v in bbox),
-                    **labels,
-                }
                 rows.append(row)
             if progress is not None:
                 progress(idx, patients)
@@ -254,16 +250,8 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
         w.writerows(rows)
 
     for list_name, (column, zh) in LIST_FILES.items():
-        lines = []
-        for row in rows:
-            label = row[column]
-            if not label:
-                continue
-            if list_name == "stage1_main" and not in_main[row["patient"]]:
-                continue
-            if list_name == "stage1_aux" and not in_aux[row["patient"]]:
-                continue
-            lines.append(f"../{row['path']},{zh[label]}\n")
+        lines = [f"../{row['path']},{zh[row[column]]}\n" for row in rows
+                 if row[column] and in_list.get(list_name, {}).get(row["patient"], True)]
         (out / "lists" / f"{list_name}.txt").write_text("".join(lines), encoding="utf-8", newline="\n")
 
     n_img = len(rows)

@@ -21,14 +21,26 @@ def _cell(v: Any) -> str:
     return str(v).strip()
 
 
+def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
+    """The header and rows of a CSV file, column names and cells stripped."""
+    try:
+        with path.open(newline="", encoding="utf-8-sig") as fh:
+            reader = csv.DictReader(fh)
+            header = [h.strip() for h in reader.fieldnames or []]
+            # a row's cells beyond the header (key None) belong to no column
+            rows = [{k.strip(): _cell(v) for k, v in row.items() if k is not None}
+                    for row in reader]
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise UsageError(f"{path}: cannot read the CSV: {exc}") from None
+    return header, rows
+
+
 def read_prediction_rows(source: Any) -> list[dict[str, str]]:
     """Rows of a predictions CSV (a path), or of given rows (dicts or a DataFrame), as dicts of stripped strings."""
     if isinstance(source, (str, Path)):
-        path = Path(source)
-        if not path.is_file():
-            raise UsageError(f"{path}: no such predictions file")
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            return [{k: _cell(v) for k, v in row.items() if k is not None} for row in csv.DictReader(fh)]
+        if not Path(source).is_file():
+            raise UsageError(f"{source}: no such predictions file")
+        return read_csv(Path(source))[1]
     if hasattr(source, "to_dict"):  # a pandas DataFrame, without importing pandas
         source = source.to_dict("records")
     return [{str(k): _cell(v) for k, v in row.items()} for row in source]

@@ -12,8 +12,7 @@ from typing import Any
 import numpy as np
 
 from lnzoo.errors import UsageError
-from lnzoo.evaluation import N_BOOT
-from lnzoo.evaluation import fmt, fmt_ci, fmt_p, jsonable, num
+from lnzoo.evaluation import N_BOOT, fmt, fmt_ci, fmt_p, jsonable, num
 from lnzoo.evaluation.evaluate import auc_with_ci, choose_threshold
 from lnzoo.evaluation.metrics import bootstrap_metric_fns, classification_metrics
 from lnzoo.evaluation.stats import (
@@ -66,11 +65,7 @@ def _binary_side(side: Side, key: str, y: np.ndarray, pos: int, s: np.ndarray, t
     y_bin = (y == pos).astype(int)
     t, how, optimistic = _threshold(side, key, y_bin, s, threshold, rule, target)
     pred = (s >= t).astype(int)
-    tp = int(np.sum((y_bin == 1) & (pred == 1)))
-    fn = int(np.sum((y_bin == 1) & (pred == 0)))
-    fp = int(np.sum((y_bin == 0) & (pred == 1)))
-    tn = int(np.sum((y_bin == 0) & (pred == 0)))
-
+    tn, fp, fn, tp = map(int, np.bincount(2 * y_bin + pred, minlength=4))
     p = np.empty((len(s), 2))
     p[:, pos], p[:, 1 - pos] = s, 1.0 - s  # the shared metric functions read class-probability columns
     fns = bootstrap_metric_fns(2, pos, t)
@@ -90,7 +85,6 @@ def _multi_side(side: Side, y: np.ndarray, classes: list[str], groups, n_boot, s
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         m = classification_metrics(y, p, classes)
-
     fns = bootstrap_metric_fns(len(classes), None)
     per = {c: auc_with_ci((y == j).astype(int), p[:, j]) for j, c in enumerate(classes)}
     return {"name": side.name, "source": str(side.file), "part": side.part, "auc": m["auc"],
@@ -119,9 +113,8 @@ def compare(a, b, task: str | None = None, threshold_rule: str = "0.5", n_boot: 
     sa, sb = open_side(a), open_side(b)
     task = pick_task(sa, sb, task)
     side_a, side_b = extract(sa, task), extract(sb, task)
-    chosen_a = choose_part(side_a, side_b, part)
-    side_b = choose_part(side_b, chosen_a, part)
-    side_a = chosen_a
+    side_a = choose_part(side_a, side_b, part)
+    side_b = choose_part(side_b, side_a, part)
     side_a, side_b, matching = align(side_a, side_b, intersect)
     classes, pos = resolve_classes(side_a, side_b, task, positive)
     y = true_labels(side_a, side_b, classes, pos, task)

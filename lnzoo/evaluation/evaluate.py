@@ -234,7 +234,8 @@ def _operating_points(parts: Mapping[str, Cases], classes: list[str], pos: int, 
 # ----------------------------------------------------------------------------------------------
 # evaluation
 
-def _ordered_parts(names: Iterable[str]) -> list[str]:
+def ordered_parts(names: Iterable[str]) -> list[str]:
+    """cv, test, external, then any other part by name."""
     names = set(names)
     return [p for p in PART_ORDER if p in names] + sorted(names - set(PART_ORDER))
 
@@ -249,7 +250,7 @@ def run_metrics(rows: Sequence[Mapping[str, str]], tasks_meta: Mapping[str, Any]
         cases = task_cases(rows, task, classes)
         if cases is None:
             continue
-        for part in _ordered_parts(cases.part.tolist()):
+        for part in ordered_parts(cases.part.tolist()):
             pc = cases.take(cases.part == part)
             if part != "cv":
                 out.setdefault(part, {})[task] = _quiet_metrics(pc.y, pc.p, classes, pos)
@@ -265,7 +266,7 @@ def run_metrics(rows: Sequence[Mapping[str, str]], tasks_meta: Mapping[str, Any]
 
 def _evaluate_level(c: Cases, classes: list[str], pos: int | None, n_boot: int, seed: int,
                     rules: Sequence[str], target: float) -> dict:
-    parts = {name: c.take(c.part == name) for name in _ordered_parts(c.part.tolist())}
+    parts = {name: c.take(c.part == name) for name in ordered_parts(c.part.tolist())}
     level: dict[str, Any] = {"parts": {}, "folds": {}, "roc": {}, "reliability": {}}
     for name, pc in parts.items():
         level["parts"][name] = _block(pc, classes, pos, n_boot, seed)

@@ -21,7 +21,7 @@ from sklearn.metrics import (
     roc_curve,
 )
 
-from lnzoo.evaluation.stats import binary_auc, macro_auc, task_auc
+from lnzoo.evaluation.stats import binary_auc, task_auc
 
 __all__ = [
     "classification_metrics",
@@ -63,10 +63,6 @@ def _proba2d(proba, n: int | None = None) -> np.ndarray:
     if n is not None and p.shape[0] != n:
         raise ValueError(f"proba has {p.shape[0]} rows but y_true has {n}")
     return p
-
-
-def _f(x) -> float:
-    return float(x)
 
 
 def _safe_div(a: float, b: float) -> float:
@@ -122,36 +118,27 @@ def classification_metrics(y_true, proba, classes: list[str], positive_index: in
             warnings.filterwarnings("ignore", message=msg, category=UserWarning)
         present = np.union1d(y, pred)
         prec, rec, f1, _ = precision_recall_fscore_support(y, pred, labels=present, zero_division=0)
-        per = {name: {c: NAN for c in classes} for name in ("precision", "recall", "f1")}
-        for j, lab in enumerate(present):
-            per["precision"][classes[lab]] = _f(prec[j])
-            per["recall"][classes[lab]] = _f(rec[j])
-            per["f1"][classes[lab]] = _f(f1[j])
-
-        auc_per_class = {c: binary_auc(y == j, p[:, j]) for j, c in enumerate(classes)}
-        auc = binary_auc(y == pos, p[:, pos]) if binary else macro_auc(y, p)
-
-        if binary:
-            brier = _f(brier_score_loss(y == pos, p[:, pos]))
-        else:
-            brier = float(np.mean([brier_score_loss(y == j, p[:, j]) for j in labels]))
-
+        scores = (("precision", prec), ("recall", rec), ("f1", f1))
+        per = {name: {c: NAN for c in classes} | {classes[i]: float(v) for i, v in zip(present, vs)}
+               for name, vs in scores}
+        brier_of = [pos] if binary else labels
+        brier = float(np.mean([brier_score_loss(y == j, p[:, j]) for j in brier_of]))
         out = {
             "n": int(n),
-            "accuracy": _f(accuracy_score(y, pred)),
-            "balanced_accuracy": _f(balanced_accuracy_score(y, pred)),
-            "auc": auc,
-            "auc_per_class": auc_per_class,
-            "precision_macro": _f(np.mean(prec)),
-            "recall_macro": _f(np.mean(rec)),
-            "f1_macro": _f(np.mean(f1)),
+            "accuracy": float(accuracy_score(y, pred)),
+            "balanced_accuracy": float(balanced_accuracy_score(y, pred)),
+            "auc": task_auc(y, p, pos if binary else None),
+            "auc_per_class": {c: binary_auc(y == j, p[:, j]) for j, c in enumerate(classes)},
+            "precision_macro": float(np.mean(prec)),
+            "recall_macro": float(np.mean(rec)),
+            "f1_macro": float(np.mean(f1)),
             "f1_per_class": per["f1"],
             "precision_per_class": per["precision"],
             "recall_per_class": per["recall"],
-            "mcc": _f(matthews_corrcoef(y, pred)),
-            "kappa": _f(cohen_kappa_score(y, pred)),
+            "mcc": float(matthews_corrcoef(y, pred)),
+            "kappa": float(cohen_kappa_score(y, pred)),
             "confusion_matrix": confusion_matrix(y, pred, labels=labels).tolist(),
-            "log_loss": _f(log_loss(y, p, labels=labels)),
+            "log_loss": float(log_loss(y, p, labels=labels)),
             "brier": brier,
             "ece": expected_calibration_error(y, p),
         }
@@ -165,9 +152,8 @@ def classification_metrics(y_true, proba, classes: list[str], positive_index: in
             specificity=_safe_div(tn, tn + fp),
             ppv=_safe_div(tp, tp + fp),
             npv=_safe_div(tn, tn + fn),
-            precision=per["precision"][classes[pos]] if pos in present else 0.0,
-            recall=per["recall"][classes[pos]] if pos in present else 0.0,
-            f1=per["f1"][classes[pos]] if pos in present else 0.0,
+            **{name: per[name][classes[pos]] if pos in present else 0.0
+               for name in ("precision", "recall", "f1")},
             threshold=0.5 if threshold is None else float(threshold),
         )
     return out
@@ -204,7 +190,16 @@ def bootstrap_metric_fns(k: int, pos: int | None, threshold: float | None = None
     return fns
 
 
-def _top_label_bins(y_true, proba, n_bins: int):
+def expected_calibration_error(y_true, proba, n_bins: int = 15) -> float:
+    """Top-label (confidence) ECE with ``n_bins`` equal-width bins on [0, 1]; 1-D proba = P(class 1)."""
+    return reliability_curve(y_true, proba, n_bins)["ece"]
+
+
+def reliability_curve(y_true, proba, n_bins: int = 10) -> dict:
+    """Top-label reliability diagram data: ``bin_edges`` and per-bin ``confidence``, ``accuracy``, ``count``.
+
+    Empty bins have NaN confidence and accuracy; the ECE over the same bins is under ``ece``.
+    """
     y = _labels(y_true)
     p = _proba2d(proba, y.shape[0])
     if n_bins < 1:
@@ -216,31 +211,13 @@ def _top_label_bins(y_true, proba, n_bins: int):
     count = np.bincount(idx, minlength=n_bins)
     conf_sum = np.bincount(idx, weights=conf, minlength=n_bins)
     acc_sum = np.bincount(idx, weights=correct, minlength=n_bins)
-    return count, conf_sum, acc_sum
-
-
-def expected_calibration_error(y_true, proba, n_bins: int = 15) -> float:
-    """Top-label (confidence) ECE with ``n_bins`` equal-width bins on [0, 1]; 1-D proba = P(class 1)."""
-    count, conf_sum, acc_sum = _top_label_bins(y_true, proba, n_bins)
-    n = count.sum()
-    if n == 0:
-        return NAN
-    return float(np.abs(acc_sum - conf_sum).sum() / n)
-
-
-def reliability_curve(y_true, proba, n_bins: int = 10) -> dict:
-    """Top-label reliability diagram data: ``bin_edges`` and per-bin ``confidence``, ``accuracy``, ``count``.
-
-    Empty bins have NaN confidence and accuracy; the ECE over the same bins is under ``ece``.
-    """
-    count, conf_sum, acc_sum = _top_label_bins(y_true, proba, n_bins)
     with np.errstate(invalid="ignore", divide="ignore"):
-        conf = np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan)
+        mean_conf = np.where(count > 0, conf_sum / np.maximum(count, 1), np.nan)
         acc = np.where(count > 0, acc_sum / np.maximum(count, 1), np.nan)
     n = count.sum()
     return {
         "bin_edges": np.linspace(0.0, 1.0, n_bins + 1).tolist(),
-        "confidence": conf.tolist(),
+        "confidence": mean_conf.tolist(),
         "accuracy": acc.tolist(),
         "count": count.astype(int).tolist(),
         "ece": float(np.abs(acc_sum - conf_sum).sum() / n) if n else NAN,
@@ -278,13 +255,8 @@ def threshold_for_sensitivity(y_true_binary, score, target: float = 0.95) -> flo
         raise ValueError(f"target sensitivity must be in (0, 1], got {target}")
     y, s = _binary_inputs(y_true_binary, score)
     pos = np.sort(s[y])[::-1]
-    n_pos = pos.size
-    # smallest number of positives k with k / n_pos >= target, computed the way callers will check it
-    k = max(1, int(math.ceil(target * n_pos)))
-    while k > 1 and (k - 1) / n_pos >= target:
-        k -= 1
-    while k < n_pos and k / n_pos < target:
-        k += 1
+    # the fewest positives k with k / n_pos >= target, computed the way callers will check it
+    k = next(k for k in range(1, pos.size + 1) if k / pos.size >= target)
     return float(pos[k - 1])
 
 

@@ -7,7 +7,7 @@ and either ``p_<class>`` columns or one ``prob``/``probability``/``score`` colum
 """
 from __future__ import annotations
 
-import csv
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 
 from lnzoo.errors import UsageError
-from lnzoo.evaluation.cases import infer_tasks_meta
-from lnzoo.evaluation.evaluate import PART_ORDER
+from lnzoo.evaluation.cases import infer_tasks_meta, read_csv
+from lnzoo.evaluation.evaluate import ordered_parts
 from lnzoo.rundir import RunDir
 
 SCORE_COLUMNS = ("prob", "probability", "score")
@@ -67,17 +67,9 @@ class Side:
                      None if self.parts is None else [self.parts[i] for i in idx], self.part)
 
 
-def _read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            rows = [{(k or "").strip(): (v or "").strip() for k, v in row.items()} for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise UsageError(f"{path}: cannot read the CSV: {exc}") from None
-    if not header:
-        raise UsageError(f"{path}: empty file, no header row")
-    return header, rows
+def _some(items: Sequence[str], sep: str = ", ") -> str:
+    """The first SHOW items of a list for an error message, " ..." where there are more."""
+    return sep.join(items[:SHOW]) + (" ..." if len(items) > SHOW else "")
 
 
 def open_side(src: Any) -> Source:
@@ -94,7 +86,9 @@ def open_side(src: Any) -> Source:
             name = f"{run_dir.name}/{p.name}"
     else:
         raise UsageError(f"{p}: no such run directory or prediction CSV")
-    header, rows = _read_csv(file)
+    header, rows = read_csv(file)
+    if not header:
+        raise UsageError(f"{file}: empty file, no header row")
     meta = infer_tasks_meta(header)
     main = None
     if run_dir is not None:
@@ -181,7 +175,7 @@ def extract(s: Source, task: str | None) -> Side:
         parts.append(row.get("part", ""))
     if bad:
         raise UsageError(f"{s.file}: a probability is empty or not a number on {len(bad)} row(s): "
-                         + ", ".join(bad[:SHOW]) + (" ..." if len(bad) > SHOW else ""))
+                         + _some(bad))
     if not ids:
         raise UsageError(f"{s.file}: no labelled case in column {label_col!r}")
     arr = np.asarray(values, dtype=float)
@@ -212,27 +206,24 @@ def _match_mode(ids_a: Sequence[str], ids_b: Sequence[str]) -> bool | None:
 def choose_part(side: Side, other: Side, part: str | None) -> Side:
     if side.parts is None:
         return side
-    present = [p for p in dict.fromkeys(side.parts)]
+    present = list(dict.fromkeys(side.parts))
+
+    def hits(p: str) -> int:  # how many of the other side's cases part p holds
+        ids = [i for i, q in zip(side.ids, side.parts) if q == p]
+        mode = _match_mode(ids, other.ids)
+        return 0 if mode is None else len(set(_keys(ids, mode)) & set(_keys(other.ids, mode)))
+
     if part is None:
         if len(present) == 1:
             part = present[0]
         elif other.parts is not None:
-            common = [p for p in present if p in set(other.parts)]
-            order = [p for p in PART_ORDER if p in common] + sorted(set(common) - set(PART_ORDER))
+            order = ordered_parts(set(present) & set(other.parts))
             if not order:
                 raise UsageError(f"{side.name} and {other.name} share no part (parts {present} vs "
                                  f"{sorted(set(other.parts))}): pass part=... (--part)")
             part = order[0]
-        else:
-            # the part that holds the other side's cases, e.g. the test set a reader read
-            best, hits = None, -1
-            for p in present:
-                ids = [i for i, q in zip(side.ids, side.parts) if q == p]
-                mode = _match_mode(ids, other.ids)
-                n = 0 if mode is None else len(set(_keys(ids, mode)) & set(_keys(other.ids, mode)))
-                if n > hits:
-                    best, hits = p, n
-            part = best
+        else:  # the part that holds the other side's cases, e.g. the test set a reader read
+            part = max(present, key=hits)
     idx = [i for i, q in enumerate(side.parts) if q == part]
     if not idx:
         raise UsageError(f"{side.file}: no labelled row of part {part!r} (parts: {', '.join(present)})")
@@ -242,14 +233,10 @@ def choose_part(side: Side, other: Side, part: str | None) -> Side:
 
 
 def _check_unique(side: Side, keys: list[str]) -> None:
-    seen, dup = set(), []
-    for k in keys:
-        if k in seen and k not in dup:
-            dup.append(k)
-        seen.add(k)
+    counts = Counter(keys)
+    dup = [k for k, n in counts.items() if n > 1]
     if dup:
-        raise UsageError(f"{side.file}: {len(dup)} case id(s) appear more than once: " + ", ".join(dup[:SHOW])
-                         + (" ..." if len(dup) > SHOW else ""))
+        raise UsageError(f"{side.file}: {len(dup)} case id(s) appear more than once: " + _some(dup))
 
 
 def align(a: Side, b: Side, intersect: bool) -> tuple[Side, Side, dict]:
@@ -265,11 +252,8 @@ def align(a: Side, b: Side, intersect: bool) -> tuple[Side, Side, dict]:
     only_a = [k for k in ka if k not in pos_b]
     only_b = [k for k in kb if k not in set_a]
     if (only_a or only_b) and not intersect:
-        parts = []
-        for name, only in ((a.name, only_a), (b.name, only_b)):
-            if only:
-                more = " ..." if len(only) > SHOW else ""
-                parts.append(f"{len(only)} only in {name}: " + ", ".join(only[:SHOW]) + more)
+        parts = [f"{len(only)} only in {name}: " + _some(only)
+                 for name, only in ((a.name, only_a), (b.name, only_b)) if only]
         common = len(ka) - len(only_a)
         raise UsageError(f"{a.name} and {b.name} do not cover the same cases ({'; '.join(parts)}). "
                          f"Pass intersect=True (--intersect) to compare on the {common} common case(s) only.")
@@ -284,22 +268,18 @@ def align(a: Side, b: Side, intersect: bool) -> tuple[Side, Side, dict]:
 def _label_indexer(classes: list[str], aliases: Mapping[str, Sequence[str]], task: str | None):
     """label string -> class index: class name, then alias (sidecar or shipped task), then integer index."""
     index = {c: i for i, c in enumerate(classes)}
-    for cls, names in aliases.items():
-        for n in names:
-            if cls in index:
-                index.setdefault(n, index[cls])
     shipped = registered_task(task)
-    if shipped is not None and set(shipped.classes) == set(classes):
-        for cls, names in shipped.aliases.items():
-            for n in names:
+    same = shipped is not None and set(shipped.classes) == set(classes)
+    for table in (aliases, shipped.aliases if same else {}):
+        for cls, names in table.items():
+            for n in names if cls in index else ():
                 index.setdefault(n, index[cls])
+    folded = {k.casefold(): v for k, v in index.items()}
 
     def lookup(label: str) -> int | None:
-        if label in index:
-            return index[label]
-        folded = {k.casefold(): v for k, v in index.items()}
-        if label.casefold() in folded:
-            return folded[label.casefold()]
+        found = index.get(label, folded.get(label.casefold()))
+        if found is not None:
+            return found
         try:
             v = float(label)
         except ValueError:
@@ -362,13 +342,14 @@ def true_labels(a: Side, b: Side, classes: list[str], pos: int | None, task: str
         unknown = [f"{i} ({lab!r})" for i, lab, v in zip(s.ids, s.labels, y) if v is None]
         if unknown:
             raise UsageError(f"{s.file}: {len(unknown)} label(s) are not a class of {classes}: "
-                             + ", ".join(unknown[:SHOW]) + (" ..." if len(unknown) > SHOW else ""))
+                             + _some(unknown))
         ys.append(np.asarray(y, dtype=int))
     differ = np.flatnonzero(ys[0] != ys[1])
     if differ.size:
-        shown = [f"{a.ids[i]} ({a.name}: {classes[ys[0][i]]}, {b.name}: {classes[ys[1][i]]})" for i in differ[:SHOW]]
-        raise UsageError(f"the two sides disagree on the true label of {differ.size} case(s): " + "; ".join(shown)
-                         + (" ..." if differ.size > SHOW else ""))
+        shown = [f"{a.ids[i]} ({a.name}: {classes[ys[0][i]]}, {b.name}: {classes[ys[1][i]]})"
+                 for i in differ]
+        raise UsageError(f"the two sides disagree on the true label of {differ.size} case(s): "
+                         + _some(shown, "; "))
     return ys[0]
 
 

@@ -14,7 +14,6 @@ __all__ = [
     "task_auc",
     "ClusterSampler",
     "delong_roc_variance",
-    "delong_test",
     "delong_ci",
     "auc_difference_test",
     "bootstrap_ci",
@@ -99,22 +98,13 @@ def _delong_components(y: np.ndarray, scores: np.ndarray):
     return v10.mean(axis=1), v10, v01, m, n  # the mean placement of the positives is the AUC
 
 
-def _delong_cov(y, score_rows) -> tuple[np.ndarray, np.ndarray]:
-    y = _binary_y(y)
-    s = np.vstack([_score_1d(r, y.shape[0]) for r in score_rows])
-    auc, v10, v01, m, n = _delong_components(y, s)
-    with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
-        # one positive or one negative leaves the variance undefined (NaN), not an error
-        warnings.simplefilter("ignore", RuntimeWarning)
-        s10 = np.atleast_2d(np.cov(v10, ddof=1)) if m > 1 else np.full((len(s), len(s)), np.nan)
-        s01 = np.atleast_2d(np.cov(v01, ddof=1)) if n > 1 else np.full((len(s), len(s)), np.nan)
-    return auc, s10 / m + s01 / n
-
-
 def delong_roc_variance(y_true, score) -> tuple[float, float]:
     """(AUC, DeLong variance of the AUC) for binary ``y_true`` (1 = positive); NaN variance if m or n < 2."""
-    auc, cov = _delong_cov(y_true, [score])
-    return float(auc[0]), float(cov[0, 0])
+    y = _binary_y(y_true)
+    auc, v10, v01, m, n = _delong_components(y, _score_1d(score, y.shape[0])[None])
+    if m < 2 or n < 2:  # one positive or one negative leaves the variance undefined, not an error
+        return float(auc[0]), NAN
+    return float(auc[0]), float(np.cov(v10, ddof=1) / m + np.cov(v01, ddof=1) / n)
 
 
 def _z_test(diff: float, var: float) -> tuple[float, float]:
@@ -131,37 +121,16 @@ def _z_test(diff: float, var: float) -> tuple[float, float]:
     return float(z), (float(2.0 * norm.sf(abs(z))) if not math.isnan(z) else NAN)
 
 
-def delong_test(y_true, score_a, score_b) -> dict:
-    """Paired DeLong test (DeLong, DeLong & Clarke-Pearson 1988) of AUC(a) == AUC(b) on the same cases.
-
-    Returns ``auc_a``, ``auc_b``, ``diff`` (a - b), ``z``, two-sided normal ``p_value``,
-    ``var_a``, ``var_b`` and ``cov`` (DeLong covariance of the two AUCs). Identical AUCs give
-    z = 0, p = 1; a non-zero difference with zero variance gives |z| = inf, p = 0.
-    """
-    auc, s = _delong_cov(y_true, [score_a, score_b])
-    diff = float(auc[0] - auc[1])
-    z, p = _z_test(diff, float(s[0, 0] + s[1, 1] - 2.0 * s[0, 1]))
-    return {
-        "auc_a": float(auc[0]),
-        "auc_b": float(auc[1]),
-        "diff": diff,
-        "z": float(z),
-        "p_value": p,
-        "var_a": float(s[0, 0]),
-        "var_b": float(s[1, 1]),
-        "cov": float(s[0, 1]),
-    }
-
-
 def auc_difference_test(y_true, proba_a, proba_b, groups: Sequence | None = None) -> dict:
     """Paired test of AUC(a) == AUC(b) on the same cases: binary AUC, or the macro one-vs-rest AUC.
 
     Built on DeLong's placement values: each case's influence on each one-vs-rest AUC, averaged over
-    the classes, gives the variance of the macro difference (with two classes this is exactly
-    :func:`delong_test`). With ``groups`` (patient ids) the influences are summed per patient
-    before squaring (Obuchowski's clustered form), so several images of one patient, e.g. the
-    frames of one video, do not count as independent evidence. Classes absent from ``y_true`` (or
-    present in every case) are left out of the macro average, as in the AUC itself.
+    the classes, gives the variance of the macro difference (with two classes this is exactly the
+    paired DeLong test of DeLong, DeLong & Clarke-Pearson 1988). With ``groups`` (patient ids) the
+    influences are summed per patient before squaring (Obuchowski's clustered form), so several
+    images of one patient, e.g. the frames of one video, do not count as independent evidence.
+    Classes absent from ``y_true`` (or present in every case) are left out of the macro average, as
+    in the AUC itself.
     """
     y = np.asarray(y_true).astype(int)
     pa, pb = np.asarray(proba_a, dtype=float), np.asarray(proba_b, dtype=float)
@@ -256,20 +225,11 @@ class ClusterSampler:
 
 def _bootstrap_values(metric_fn: Callable, y: np.ndarray, p: np.ndarray, groups, n_boot: int,
                       seed: int) -> np.ndarray:
-    """Metric on each resample whose value is defined; resamples raising ValueError or giving non-finite values are skipped."""
+    """The metric on each resample where it is defined (undefined resamples are left out)."""
     sampler = ClusterSampler(groups, y.shape[0], seed)
-    vals = np.empty(n_boot)
-    keep = np.zeros(n_boot, dtype=bool)
-    for b in range(n_boot):
-        idx = sampler.draw()
-        try:
-            v = float(metric_fn(y[idx], p[idx]))
-        except (ValueError, ZeroDivisionError, FloatingPointError):
-            continue
-        if math.isfinite(v):
-            vals[b] = v
-            keep[b] = True
-    return vals[keep]
+    vals = np.array([_metric_or_nan(metric_fn, y[idx], p[idx])
+                     for idx in (sampler.draw() for _ in range(n_boot))])
+    return vals[np.isfinite(vals)]
 
 
 def _checked_inputs(y_true, proba):

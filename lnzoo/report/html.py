@@ -35,16 +35,15 @@ def e(s: Any) -> str:
     return html.escape(str(s))
 
 
+def _td(v: Any) -> str:
+    text = e(v)
+    return f'<td class="na">{text}</td>' if text == "n/a" else f"<td>{text}</td>"
+
+
 def table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     head = "".join(f"<th>{e(h)}</th>" for h in header)
-    body = []
-    for r in rows:
-        cells = []
-        for v in r:
-            text = e(v)
-            cells.append(f'<td class="na">{text}</td>' if text == "n/a" else f"<td>{text}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    body = "".join("<tr>" + "".join(map(_td, r)) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
 def slug(s: str) -> str:
@@ -73,48 +72,39 @@ def _metrics_table(level: dict, classes: list[str], binary: bool) -> str:
     parts = list(level["parts"])
     mean_sd = level.get("cv_mean_sd") or {}
     n_folds = len(level.get("folds", {}))
-    header = ["Metric"]
+    spec = _metric_rows(binary)
+
+    def cell(b: dict, key: str, ci: str | None) -> str:
+        if ci == "delong":
+            return fmt_ci(b["auc_delong"]["auc"], b["auc_delong"])
+        return fmt_ci(b["metrics"].get(key), b.get("ci", {}).get(ci) if ci else None)
+
+    def part_cells(b: dict) -> list[str]:
+        counts = ", ".join(f"{c} {n}" for c, n in b["class_counts"].items())
+        return [str(b["n"]), str(b["n_patients"]), counts] + [cell(b, k, ci) for _, k, ci in spec]
+
+    def mean_sd_cell(key: str, ci: str | None) -> str:
+        if ci == "delong" or key not in mean_sd:
+            return ""
+        m, s = fmt(mean_sd[key]["mean"]), fmt(mean_sd[key]["sd"])
+        return m if s == "n/a" else f"{m} ± {s}"
+
+    header, columns = ["Metric"], []
     for p in parts:
         header.append(part_label(p))
+        columns.append(part_cells(level["parts"][p]))
         if p == "cv" and n_folds:
             header.append(f"CV mean ± sd ({n_folds} fold{'s' if n_folds != 1 else ''})")
-    rows = []
-
-    def add(label, cells_for):
-        row = [label]
-        for p in parts:
-            blk = level["parts"][p]
-            row.append(cells_for(blk, None))
-            if p == "cv" and n_folds:
-                row.append(cells_for(blk, mean_sd))
-        rows.append(row)
-
-    add("Images (n)", lambda b, ms: str(b["n"]) if ms is None else "")
-    add("Patients", lambda b, ms: str(b["n_patients"]) if ms is None else "")
-    add("Cases per class", lambda b, ms: ", ".join(f"{c} {n}" for c, n in b["class_counts"].items())
-        if ms is None else "")
-    for label, key, ci in _metric_rows(binary):
-        def cell(b, ms, key=key, ci=ci):
-            if ms is not None:
-                if ci == "delong" or key not in ms:
-                    return ""
-                m, s = ms[key]["mean"], ms[key]["sd"]
-                return fmt(m) if fmt(s) == "n/a" else f"{fmt(m)} ± {fmt(s)}"
-            if ci == "delong":
-                return fmt_ci(b["auc_delong"]["auc"], b["auc_delong"])
-            return fmt_ci(b["metrics"].get(key), b.get("ci", {}).get(ci) if ci else None)
-        add(label, cell)
-    out = table(header, rows)
+            columns.append(["", "", ""] + [mean_sd_cell(key, ci) for _, key, ci in spec])
+    labels = ["Images (n)", "Patients", "Cases per class"] + [label for label, _, _ in spec]
+    out = table(header, zip(labels, *columns))
     if not binary:
-        pc_rows = []
-        for j, cls in enumerate(classes):
-            row = [cls]
-            for p in parts:
-                d = level["parts"][p]["auc_per_class_delong"][cls]
-                row.append(fmt_ci(d["auc"], d))
-            pc_rows.append(row)
+        rows = []
+        for cls in classes:
+            cis = [level["parts"][p]["auc_per_class_delong"][cls] for p in parts]
+            rows.append([cls] + [fmt_ci(d["auc"], d) for d in cis])
         out += "<p class='note'>One-vs-rest AUC per class (95% DeLong CI):</p>"
-        out += table(["Class"] + [part_label(p) for p in parts], pc_rows)
+        out += table(["Class"] + [part_label(p) for p in parts], rows)
     return out
 
 
@@ -135,23 +125,25 @@ def _operating_section(level: dict) -> str:
                  + "</p>")
     header = ["Rule", "Threshold", "Evaluated on", "n", "Sensitivity", "Specificity", "PPV", "NPV", "Accuracy",
               "TP / FN / FP / TN"]
+    def rest(r: dict) -> list[str]:  # PPV, NPV, accuracy and the confusion counts
+        counts = " / ".join(str(r[k]) for k in ("tp", "fn", "fp", "tn"))
+        return [fmt(r["ppv"]), fmt(r["npv"]), fmt(r["accuracy"]), counts]
+
     rows = []
     for entry in ops["rules"].values():
         if "error" in entry:
-            rows.append([entry["label"], "n/a", f"not chosen: {entry['error']}", "", "", "", "", "", "", ""])
+            rows.append([entry["label"], "n/a", f"not chosen: {entry['error']}"] + [""] * 7)
             continue
         for name, r in entry["parts"].items():
             where = part_label(name) + (" (optimistic: chose the threshold)" if r.get("optimistic") else "")
             rows.append([entry["label"], fmt(r["threshold"], 4), where, r["n"],
                          fmt_ci(r["sensitivity"], r["ci"]["sensitivity"]),
-                         fmt_ci(r["specificity"], r["ci"]["specificity"]), fmt(r["ppv"]), fmt(r["npv"]),
-                         fmt(r["accuracy"]), f"{r['tp']} / {r['fn']} / {r['fp']} / {r['tn']}"])
+                         fmt_ci(r["specificity"], r["ci"]["specificity"]), *rest(r)])
         cf = entry.get("cv_cross_fitted")
         if cf:
             ts = ", ".join(f"fold {k}: {fmt(v, 4)}" for k, v in cf["thresholds_per_fold"].items())
             rows.append([entry["label"], ts, "CV, cross-fitted (honest)", cf["n"], fmt(cf["sensitivity"]),
-                         fmt(cf["specificity"]), fmt(cf["ppv"]), fmt(cf["npv"]), fmt(cf["accuracy"]),
-                         f"{cf['tp']} / {cf['fn']} / {cf['fp']} / {cf['tn']}"])
+                         fmt(cf["specificity"]), *rest(cf)])
     parts.append(table(header, rows))
     return "".join(parts)
 
@@ -198,22 +190,21 @@ def level_section(task: str, level_name: str, level: dict, entry: dict, show_lev
         return "".join(out) + f"<p class='warn'>{e(level['error'])}</p>"
     if level_name == "patient":
         out.append("<p class='note'>One case per patient: the mean probability over the patient's images.</p>")
-    out.append("<h4>Metrics (95% CI)</h4>")
-    out.append(_metrics_table(level, classes, binary))
-    out.append("<h4>ROC curves</h4>")
-    if not binary:
-        out.append("<p class='note'>One-vs-rest curve per class; shaded: 95% patient-bootstrap band of the TPR.</p>")
-    out.append(img(plot_roc(level, classes, binary, title), f"ROC curves of {title}"))
-    out.append(_operating_section(level))
-    out.append("<h4>Confusion matrices</h4>")
-    out.append(img(plot_confusion(level, classes, title), f"confusion matrices of {title}"))
-    out.append("<h4>Calibration</h4>")
-    cal_rows = [[part_label(p), fmt(b["metrics"]["ece"]), fmt(b["metrics"]["brier"]), fmt(b["metrics"]["log_loss"])]
-                for p, b in level["parts"].items()]
-    out.append(table(["Part", "ECE (top-label, 15 bins)", "Brier score", "Log loss"], cal_rows))
-    out.append(img(plot_reliability(level, f"Reliability: {title}"), f"reliability diagram of {title}"))
-    out.append(_folds_section(level, binary, title))
-    out.append(_centers_section(level))
+    roc_note = "" if binary else ("<p class='note'>One-vs-rest curve per class; shaded: 95% "
+                                  "patient-bootstrap band of the TPR.</p>")
+    calibration = [[part_label(p), *(fmt(b["metrics"][k]) for k in ("ece", "brier", "log_loss"))]
+                   for p, b in level["parts"].items()]
+    out += ["<h4>Metrics (95% CI)</h4>", _metrics_table(level, classes, binary),
+            "<h4>ROC curves</h4>", roc_note,
+            img(plot_roc(level, classes, binary, title), f"ROC curves of {title}"),
+            _operating_section(level),
+            "<h4>Confusion matrices</h4>",
+            img(plot_confusion(level, classes, title), f"confusion matrices of {title}"),
+            "<h4>Calibration</h4>",
+            table(["Part", "ECE (top-label, 15 bins)", "Brier score", "Log loss"], calibration),
+            img(plot_reliability(level, f"Reliability: {title}"), 
+                f"reliability diagram of {title}"),
+            _folds_section(level, binary, title), _centers_section(level)]
     return "".join(out)
 
 

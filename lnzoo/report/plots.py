@@ -11,8 +11,6 @@ from lnzoo.evaluation import fmt, num
 
 NAN = float("nan")
 PART_LABELS = {"cv": "Pooled CV", "test": "Test", "external": "External"}
-
-
 PART_COLORS = {"cv": "#1f77b4", "test": "#d62728", "external": "#2ca02c"}
 
 
@@ -31,7 +29,6 @@ def png(fig) -> str:
     finally:
         plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
-
 
 
 def part_color(name: str, i: int) -> str:
@@ -76,11 +73,9 @@ def plot_roc(level: dict, classes: list[str], binary: bool, title: str) -> str:
                 ax.plot([fpr], [tpr], "o", ms=7, mfc="white", mec="k", label=f"{tag}, t={op['threshold']:.3f}")
         if not drawn:
             ax.text(0.5, 0.5, "ROC undefined:\nonly one class present", ha="center", va="center", fontsize=10)
-        ax.set_xlim(-0.01, 1.01)
-        ax.set_ylim(-0.01, 1.01)
-        ax.set_aspect("equal")
-        ax.set_xlabel("False positive rate (1 − specificity)")
-        ax.set_ylabel("True positive rate (sensitivity)")
+        ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal",
+               xlabel="False positive rate (1 − specificity)",
+               ylabel="True positive rate (sensitivity)")
         ax.set_title(f"{title}: {part_label(name)} (n={block['n']})", fontsize=10)
         ax.grid(alpha=0.3)
         if drawn:
@@ -106,8 +101,7 @@ def plot_confusion(level: dict, classes: list[str], title: str) -> str:
         ax.set_xticks(range(len(classes)), classes, rotation=45 if len(classes) > 2 else 0, ha="right"
                       if len(classes) > 2 else "center")
         ax.set_yticks(range(len(classes)), classes)
-        ax.set_xlabel("Predicted class (argmax)")
-        ax.set_ylabel("True class")
+        ax.set(xlabel="Predicted class (argmax)", ylabel="True class")
         ax.set_title(f"{title}: {part_label(name)} (n={int(cm.sum())})", fontsize=10)
     return png(fig)
 
@@ -125,14 +119,10 @@ def plot_reliability(level: dict, title: str) -> str:
         ax.plot(conf[ok], acc[ok], "o-", color=color, ms=4, label=f"{part_label(name)} (ECE {fmt(rel['ece'])})")
         edges = np.asarray(rel["bin_edges"])
         hx.stairs(rel["count"], edges, color=color, label=part_label(name))
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("Observed accuracy")
-    ax.set_title(title)
+    ax.set(xlim=(0, 1), ylim=(0, 1.02), ylabel="Observed accuracy", title=title)
     ax.grid(alpha=0.3)
     ax.legend(loc="upper left", fontsize=8)
-    hx.set_xlabel("Confidence (top-class probability)")
-    hx.set_ylabel("Cases")
+    hx.set(xlabel="Confidence (top-class probability)", ylabel="Cases")
     return png(fig)
 
 
@@ -159,11 +149,8 @@ def plot_folds(level: dict, title: str) -> str:
         if math.isfinite(pooled):
             ax.axhline(pooled, color=color, ls=":", lw=1.2)
     ax.set_xticks(x, [f"fold {k}" for k in keys])
-    ax.set_xlim(-0.8, len(keys) - 0.2)
-    ax.set_ylim(0, 1.22)
-    ax.set_yticks(np.linspace(0, 1, 6))
-    ax.set_ylabel("Held-out value")
-    ax.set_title(title + " (dotted lines: pooled CV)")
+    ax.set(xlim=(-0.8, len(keys) - 0.2), ylim=(0, 1.22), yticks=np.linspace(0, 1, 6),
+           ylabel="Held-out value", title=title + " (dotted lines: pooled CV)")
     ax.legend(loc="upper center", ncol=2, fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     return png(fig)
@@ -189,14 +176,11 @@ def plot_training(histories: dict[int, dict[str, list[float]]], best_epochs: dic
                 j = ep.index(best)
                 mx.plot([best], [h[metric][j]], "*", ms=12, color=color, mec="k",
                         label=f"fold {k} best epoch ({best})")
-    lx.set_title("Loss per epoch")
-    lx.set_xlabel("Epoch")
-    lx.set_ylabel("Loss")
+    lx.set(title="Loss per epoch", xlabel="Epoch", ylabel="Loss")
     lx.grid(alpha=0.3)
     lx.legend(fontsize=7)
-    mx.set_title(f"Validation {metric_name or 'metric'} per epoch (picks the best epoch)")
-    mx.set_xlabel("Epoch")
-    mx.set_ylabel(metric_name or "metric")
+    mx.set(title=f"Validation {metric_name or 'metric'} per epoch (picks the best epoch)",
+           xlabel="Epoch", ylabel=metric_name or "metric")
     mx.grid(alpha=0.3)
     if metric_name:
         mx.legend(fontsize=7)
