@@ -103,7 +103,6 @@ def _pooled() -> tuple[dict, dict]:
 _POOLED, _CLASS_POOLED = _pooled()
 
 
-
 # ----------------------------------------------------------------------------------------
 # Per-patient clinical draw
 # ----------------------------------------------------------------------------------------
@@ -187,8 +186,3 @@ def _draw_node(rng: np.random.Generator, difficulty: float) -> _Node:
         alpha=float(np.clip(shrink("alpha") + rng.normal(0, 0.08), 0.2, 1.2)),
         richness=_FLOW_RICHNESS[pathology] * float(np.exp(rng.normal(0, 0.2))),
     )
-
-
-# ----------------------------------------------------------------------------------------
-# Image helpers
-# ----------------------------------------------------------------------------------------

@@ -186,9 +186,7 @@ def _make_vessels(rng, node: _Node, a, b, half, hilum_sign, ppm) -> np.ndarray:
     red = np.zeros((size, size), np.float32)
     blue = np.zeros((size, size), np.float32)
     rich = node.richness
-    hilar = node.flow in ("hilar", "mixed")
-    peripheral = node.flow in ("peripheral", "mixed")
-    if hilar:
+    if node.flow in ("hilar", "mixed"):
         # trunk enters at the hilar side and branches along the long axis, artery+vein pairs
         entry = np.array([half + rng.normal(0, 0.1 * a), half + hilum_sign * b * 1.05])
         hub = np.array([half + rng.normal(0, 0.1 * a), half + hilum_sign * b * rng.uniform(0.0, 0.25)])
@@ -205,7 +203,7 @@ def _make_vessels(rng, node: _Node, a, b, half, hilum_sign, ppm) -> np.ndarray:
             col_r, col_b = (red, blue) if rng.random() < 0.5 else (blue, red)
             _stamp_path(col_r, np.vstack([entry, pts]), rng.uniform(0.6, 1.0))
             _stamp_path(col_b, np.vstack([entry, pts]) + off, rng.uniform(0.5, 0.9))
-    if peripheral:
+    if node.flow in ("peripheral", "mixed"):
         narc = max(1, int(round(rng.uniform(2, 4.5) * rich)))
         for _ in range(narc):
             t0 = rng.uniform(0, 2 * np.pi)
@@ -382,15 +380,12 @@ def _render(rng: np.random.Generator, tpl: _Template, node: _Node, S: int, base_
     bw, bh = bbox[2] - bbox[0], bbox[3] - bbox[1]
     mx, my = bw * rng.uniform(0.25, 0.45), bh * rng.uniform(0.25, 0.45)
     ox, oy = rng.normal(0, 0.05 * bw), rng.normal(0, 0.05 * bh)
-    bx0 = int(np.clip(bbox[0] - mx + ox, fx0, fx1 - 2))
-    bx1 = int(np.clip(bbox[2] + mx + ox, bx0 + 2, fx1 - 1))
-    by0 = int(np.clip(bbox[1] - my + oy, 1, S - 3))
-    by1 = int(np.clip(bbox[3] + my + oy, by0 + 2, S - 1))
+    bx0, by0, bx1, by1 = _box_around(bbox, mx, my, fx0, fx1, S, ox, oy)
     pulse = rng.uniform(0.75, 1.15)
     v = vel * pulse
     if vessel is not None:
         vx, vy, vr, flat = vessel
-        lumen = np.clip(0.5 - (np.sqrt((xx - vx) ** 2 + ((yy - vy) * flat) ** 2) - vr + 0.8), 0, 1)
+        lumen = np.clip(0.5 - (dv + 0.8), 0, 1)
         sign = 1.0 if rng.random() < 0.5 else -1.0
         v = np.where(lumen > 0.5, sign * (0.6 + 0.3 * np.clip(1 - (np.hypot(xx - vx, yy - vy) / vr), 0, 1)), v)
     # flash artefacts: a few small blobs anywhere in the box
@@ -421,10 +416,7 @@ def _render(rng: np.random.Generator, tpl: _Template, node: _Node, S: int, base_
     # -- elastography -----------------------------------------------------------------
     el = rgb.copy()
     mx, my = bw * rng.uniform(0.4, 0.6), bh * rng.uniform(0.4, 0.6)
-    ex0 = int(np.clip(bbox[0] - mx, fx0, fx1 - 2))
-    ex1 = int(np.clip(bbox[2] + mx, ex0 + 2, fx1 - 1))
-    ey0 = int(np.clip(bbox[1] - my, 1, S - 3))
-    ey1 = int(np.clip(bbox[3] + my, ey0 + 2, S - 1))
+    ex0, ey0, ex1, ey1 = _box_around(bbox, mx, my, fx0, fx1, S)
     st = ndimage.gaussian_filter(stiff[ey0:ey1, ex0:ex1], max(0.8, 0.35 * ppm))
     st = st + 0.04 * rng.standard_normal(st.shape, dtype=np.float32)
     col = _colormap(st)
@@ -435,6 +427,16 @@ def _render(rng: np.random.Generator, tpl: _Template, node: _Node, S: int, base_
     bar = _colormap(np.linspace(0.0, 1.0, 16))
     _vbar(el, S, fx0, [tuple(int(x) for x in cc) for cc in bar])
     return g8, cd, el, mask, bbox
+
+
+def _box_around(bbox, mx, my, fx0: int, fx1: int, S: int, ox=0.0, oy=0.0):
+    """A colour box (x0, y0, x1, y1): bbox widened by (mx, my) a side, shifted by (ox, oy), at
+    least 2 px, inside the field."""
+    x0 = int(np.clip(bbox[0] - mx + ox, fx0, fx1 - 2))
+    x1 = int(np.clip(bbox[2] + mx + ox, x0 + 2, fx1 - 1))
+    y0 = int(np.clip(bbox[1] - my + oy, 1, S - 3))
+    y1 = int(np.clip(bbox[3] + my + oy, y0 + 2, S - 1))
+    return x0, y0, x1, y1
 
 
 def _draw_box(img: np.ndarray, x0, y0, x1, y1, color) -> None:

@@ -295,12 +295,7 @@ def paired_bootstrap_auc_diff(y_true, score_a, score_b, groups: Sequence | None 
         sd = float(np.std(vals, ddof=1))
     else:
         lo = hi = sd = NAN
-    if diff == 0.0:
-        z = 0.0
-    elif sd > 0:
-        z = diff / sd
-    else:
-        z = NAN
+    z = 0.0 if diff == 0.0 else (diff / sd if sd > 0 else NAN)
     p = float(2.0 * norm.sf(abs(z))) if not math.isnan(z) else NAN
     return {"diff": diff, "lo": float(lo), "hi": float(hi), "z": float(z), "p_value": p,
             "n_boot_valid": int(vals.size)}

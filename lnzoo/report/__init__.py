@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -13,14 +14,13 @@ from lnzoo.rundir import RunDir
 
 __all__ = ["write_report"]
 
+
 def _run_summary(rd: RunDir) -> dict[str, Any]:
     metrics, run, recipe = rd.read_json(rd.METRICS), rd.read_json(rd.RUN), rd.read_recipe()
-    folds: dict[int, int] = {}
     try:
-        for k in rd.read_folds().values():
-            folds[k] = folds.get(k, 0) + 1
+        folds = Counter(rd.read_folds().values())  # fold -> patients
     except UsageError:
-        pass
+        folds = Counter()
     best_epochs = {}
     for k in rd.folds():
         try:
