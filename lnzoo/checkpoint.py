@@ -1,10 +1,11 @@
 """Checkpoints: weights as .safetensors plus a JSON sidecar (recipe, class maps, preprocessing, versions).
 
 Nothing is pickled: the sidecar says how to rebuild the model from the registries, the
-safetensors file holds only tensors.
+safetensors file holds only tensors (and, in its header, a copy of the definition the sidecar gives).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import platform
 from importlib import metadata
@@ -27,16 +28,30 @@ def environment(host) -> dict[str, Any]:
     return {"versions": versions, "plugins": plugins}
 
 
-def save_checkpoint(model_or_state, stem: Path, meta: dict[str, Any]) -> Path:
-    """Write ``stem.safetensors`` (a model's or a state dict's tensors) and ``stem.json``; return the weights path."""
-    from safetensors.torch import save_file
+# What a checkpoint's predictions depend on besides its tensors. The weights file carries a copy in its
+# safetensors header, so an edited sidecar (say, two class names swapped) is refused, not served.
+DEFINITION_KEYS = ("tasks", "class_maps", "views", "recipe", "preprocessing", "covariates", "temperature")
 
-    stem.parent.mkdir(parents=True, exist_ok=True)
+
+def _definition(meta: dict[str, Any]) -> str:
+    return json.dumps({k: meta.get(k) for k in DEFINITION_KEYS}, sort_keys=True, ensure_ascii=False)
+
+
+def save_checkpoint(model_or_state, stem: Path, meta: dict[str, Any]) -> Path:
+    """Write ``stem.safetensors`` (a model's or a state dict's tensors) and ``stem.json``, each atomically;
+    the sidecar records the sha256 of the weights and of the definition; return the weights path."""
+    from safetensors.torch import save
+
+    from lnzoo.rundir import write_atomic
+
     state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-    weights = stem.with_suffix(".safetensors")
-    save_file(state, str(weights), metadata={"format": "lnzoo", "lnzoo_version": __version__})
-    stem.with_suffix(".json").write_text(json.dumps(meta, indent=2, ensure_ascii=False), encoding="utf-8")
+    definition = _definition(meta)
+    blob = save(state, metadata={"format": "lnzoo", "lnzoo_version": __version__, "lnzoo_definition": definition})
+    weights = write_atomic(stem.with_suffix(".safetensors"), blob)
+    meta = {**meta, "weights_sha256": hashlib.sha256(blob).hexdigest(),
+            "definition_sha256": hashlib.sha256(definition.encode("utf-8")).hexdigest()}
+    write_atomic(stem.with_suffix(".json"), json.dumps(meta, indent=2, ensure_ascii=False))
     return weights
 
 
@@ -50,6 +65,68 @@ def read_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]]:
     if not sidecar.is_file():
         raise UsageError(f"checkpoint sidecar not found: {sidecar} (it holds the recipe and class maps)")
     try:
-        return weights, json.loads(sidecar.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
+        meta = json.loads(sidecar.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{sidecar}: not valid JSON: {exc}") from None
+    if not isinstance(meta, dict) or not all(k in meta for k in ("recipe", "tasks", "views", "preprocessing")):
+        raise UsageError(f"{sidecar}: not an lnzoo checkpoint sidecar (recipe, tasks, views, preprocessing expected)")
+    return weights, meta
+
+
+def read_weights(path: str | Path, what: str = "") -> dict[str, Any]:
+    """The tensors of a .safetensors file; a truncated or corrupt file is a named error."""
+    from safetensors.torch import load
+
+    path = Path(path)
+    try:
+        return load(path.read_bytes())
+    except OSError as exc:
+        raise UsageError(f"{what}{path}: cannot be read ({exc.strerror or exc})") from None
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for every kind of damage
+        raise UsageError(f"{what}{path}: not a readable safetensors file, truncated or corrupt ({exc})") from None
+
+
+def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(weights path, sidecar, tensors) of an lnzoo checkpoint, checked against each other: the weights
+    file's sha256 and the definition saved in its header must match the sidecar (older checkpoints
+    without them are read as they are)."""
+    weights, meta = read_sidecar(path)
+    sidecar = weights.with_suffix(".json")
+    try:
+        blob = weights.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{weights}: cannot be read ({exc.strerror or exc})") from None
+    expected = meta.get("weights_sha256")
+    if expected and hashlib.sha256(blob).hexdigest() != expected:
+        raise UsageError(f"{weights}: its sha256 differs from the one {sidecar.name} was written with: the weights "
+                         "were replaced, damaged or truncated after saving, or the sidecar belongs to another "
+                         "checkpoint")
+    saved = _header_metadata(blob).get("lnzoo_definition")
+    if saved is not None and saved != _definition(meta):
+        raise UsageError(f"{sidecar}: differs from the definition saved with its weights ({_what_differs(saved, meta)}); "
+                         "it was edited or copied from another checkpoint. Restore it, or retrain")
+    return weights, meta, read_weights(weights)
+
+
+def _header_metadata(blob: bytes) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors header (8-byte little-endian length, then JSON)."""
+    try:
+        size = int.from_bytes(blob[:8], "little")
+        return json.loads(blob[8:8 + size]).get("__metadata__") or {}
+    except (ValueError, AttributeError):
+        return {}
+
+
+def _what_differs(saved: str, meta: dict[str, Any]) -> str:
+    old = json.loads(saved)
+    diffs = []
+    for key in DEFINITION_KEYS:
+        a, b = old.get(key), meta.get(key)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict):
+            inner = [f"{key}.{k}" for k in sorted(set(a) | set(b), key=str) if a.get(k) != b.get(k)]
+            diffs += inner[:3]
+        else:
+            diffs.append(key)
+    return "differs in " + ", ".join(diffs) if diffs else "differs"

@@ -32,18 +32,28 @@ console = wide_console()
 err = wide_console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", metavar="", help="Print JSON for machines instead of a table.")]
+PartialOpt = Annotated[bool, typer.Option("--allow-partial", metavar="", help="Read a run directory that did not "
+                                          "finish (interrupted, failed or still running).")]
 
 
 def guarded(fn: Callable) -> Callable:
     """Turn lnzoo's own errors into a clear message and the documented exit code (2 usage/data, 1 runtime)."""
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from lnzoo.rundir import partial_allowed
+
         try:
-            return fn(*args, **kwargs)
+            with partial_allowed(bool(kwargs.get("allow_partial"))):  # readers of run directories honour it
+                return fn(*args, **kwargs)
         except LnzooError as exc:
             # escaped: messages quote lists such as [full, crop], which rich would read as markup and drop
             err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
+        except OSError as exc:  # a full disk, a read-only folder: name the file, no traceback
+            where = f"{exc.filename}: " if exc.filename else ""
+            err.print(f"[bold red]error:[/] {escape(where + (exc.strerror or str(exc)))}", highlight=False,
+                      soft_wrap=True)
+            raise typer.Exit(1) from None
     return wrapper
 
 
@@ -119,7 +129,8 @@ def plugins(as_json: JsonOpt = False) -> None:
     """
     host = _host()
     if as_json:
-        print(json.dumps([p.as_dict() for p in host.plugins], ensure_ascii=False, indent=2))
+        print(json.dumps([{**p.as_dict(), "warnings": [w for w in host.overrides if f"from {p.distribution} " in w]}
+                          for p in host.plugins], ensure_ascii=False, indent=2))
         return
     table = Table(title=f"plugins ({len(host.plugins)})", title_justify="left")
     for col in ("entry point", "distribution", "registered", "status"):
@@ -129,6 +140,8 @@ def plugins(as_json: JsonOpt = False) -> None:
         status = f"[red]error: {p.error}[/]" if p.error else "[green]ok[/]"
         table.add_row(p.name, f"{p.distribution} {p.version}", reg, status)
     console.print(table)
+    for line in host.overrides:
+        err.print(f"[yellow]warning:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe key: --set train.epochs=3 "
@@ -157,6 +170,7 @@ def validate(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Reci
     tasks = recipe_tasks(r, _host())
     data = load_run_data(r, tasks)
     plan_folds(data.pool, r, tasks)
+    _check_model(r, tasks, data)
     if data.skipped:
         err.print(f"[yellow]{len(data.skipped)} bad row(s)/image(s) will be left out[/] (data.skip_bad_rows):\n"
                   + "\n".join(f"  - {escape(p)}" for p in data.skipped[:50]))
@@ -166,34 +180,82 @@ def validate(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Reci
                   + (f", {len(data.external)} external" if data.external else "") + f" ({data.description})")
 
 
+def _check_model(r, tasks, data) -> None:
+    """Build the recipe's model once, without downloading weights: an unknown timm name, a bad plugin
+    argument or views a fusion cannot take fail here as they would at the first fold."""
+    import copy
+
+    from lnzoo.model import build_model
+
+    probe = copy.deepcopy(r)
+    probe.data["model"]["backbone"] = {**probe.data["model"]["backbone"], "pretrained": False}
+    covariates = None
+    if r.data["data"]["covariates"]:
+        from lnzoo.data.covariates import CovariateEncoder
+        covariates = CovariateEncoder.fit(data.pool, r.data["data"]["covariates"], data.covariate_kinds,
+                                          r.data["data"]["missing_labels"])
+    model = build_model(probe, _host(), tasks, covariates)
+    if r.data["train"]["method"] != "linear_probe":
+        from lnzoo.model import require_trainable
+        require_trainable(model)
+    console.print(f"[green]model ok[/]: {escape(str(r.data['model']['backbone'].get('model_name') or r.data['model']['backbone']['name']))} "
+                  "builds with the recipe's heads and fusion", highlight=False)
+
+
 @app.command(cls=_Command)
 @guarded
-def run(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TOML file.")],
+def run(recipe: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help="Recipe TOML file.")] = None,
         quick: QuickOpt = False, set_: SetOpt = None,
-        out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Run directory (default runs/<name>-<time>).")] = None
-        ,
+        out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Run directory, new or empty "
+                                                    "(default runs/<name>-<time>).")] = None,
+        resume: Annotated[Optional[Path], typer.Option("--resume", metavar="RUN_DIR", help="Continue an interrupted "
+                                                       "run: finished folds are kept, the unfinished one goes on "
+                                                       "after its last finished epoch.")] = None,
         n_boot: Annotated[int, typer.Option("--n-boot", metavar="N", help="Patient bootstrap resamples for the "
                                             "report's CIs.")] = N_BOOT) -> None:
     """Train and evaluate a recipe: patient-level CV, checkpoints, metrics, Grad-CAM examples, HTML report.
 
     Example: lnzoo run recipes/stage1_aux.toml --quick --set train.epochs=3
     """
-    from lnzoo.pipeline import default_out, run as run_pipeline
+    import signal
+
+    from lnzoo.pipeline import default_out, resumed_recipe, run as run_pipeline
+    from lnzoo.rundir import RunDir
     from lnzoo.ui import RunView
 
-    r = _load(recipe, set_, quick)
-    out = out or default_out(r)
-    console.print(f"[bold]lnzoo run[/] {escape(str(recipe))}{' --quick' if quick else ''} -> {escape(str(out))}",
-                  highlight=False)
-    with RunView(err) as view:
-        result = run_pipeline(r, out, on_event=view, host=_host(), n_boot=n_boot)
+    if resume is not None:
+        if recipe is not None or set_ or quick or out is not None:
+            raise UsageError("--resume RUN_DIR continues a run with the recipe it started with; give no RECIPE, "
+                             "--set, --quick or --out with it")
+        r, out = resumed_recipe(RunDir(resume), _host()), resume
+    elif recipe is None:
+        raise UsageError("give a RECIPE to run, or --resume RUN_DIR to continue an interrupted run")
+    else:
+        r = _load(recipe, set_, quick)
+        out = out or default_out(r)
+    console.print(f"[bold]lnzoo run[/] {escape(str(recipe or r.source))}{' --quick' if r.quick else ''}"
+                  f"{' (resumed)' if resume else ''} -> {escape(str(out))}", highlight=False)
+
+    def stop(signum, frame):  # a batch scheduler's SIGTERM ends the run like Ctrl-C: saved, resumable
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with RunView(err) as view:
+            result = run_pipeline(r, out, on_event=view, host=_host(), n_boot=n_boot, resume=resume is not None)
+    except KeyboardInterrupt:
+        err.print(f"[bold yellow]interrupted[/]: every finished epoch is saved; `lnzoo run --resume {escape(str(out))}` "
+                  "continues from the last one.", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     _summary_table(result.metrics)
     console.print(f"run directory: {out}\nreport: {result.report}", highlight=False)
 
 
 @app.command(cls=_Command)
 @guarded
-def evaluate(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory written by lnzoo run.")]) -> None:
+def evaluate(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory written by lnzoo run.")],
+             allow_partial: PartialOpt = False) -> None:
     """Reload each fold's best checkpoint, recompute the held-out metrics and compare with metrics.json.
 
     Example: lnzoo evaluate runs/stage1_aux-20261201-101500
@@ -215,7 +277,7 @@ def select_cmd(runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", hel
                                                               "folds (e.g. with cv.folds_file).")],
                out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Write the chosen folds as a run "
                                                                           "directory here.")] = None,
-               as_json: JsonOpt = False) -> None:
+               as_json: JsonOpt = False, allow_partial: PartialOpt = False) -> None:
     """Nested choice between runs: per fold, the run with the best inner-validation score (training
     patients only) wins; its held-out predictions give an honest estimate of choosing that way.
 
@@ -266,7 +328,7 @@ def explain(checkpoint_or_run: Annotated[Path, typer.Argument(metavar="CHECKPOIN
             task: Annotated[Optional[list[str]], typer.Option("--task", metavar="TASK", help="Explain only this head (repeatable).")] = None,
             method: Annotated[str, typer.Option("--method", metavar="gradcam|gradcam++", help="gradcam or gradcam++")] = "gradcam",
             class_: Annotated[Optional[str], typer.Option("--class", metavar="CLASS", help="Class to explain (default: predicted).")] = None,
-            ) -> None:
+            allow_partial: PartialOpt = False) -> None:
     """Grad-CAM / Grad-CAM++ overlays per head, per class and per view.
 
     Example: lnzoo explain runs/RUN node1.png node2.png --out cams --method gradcam++
@@ -286,7 +348,7 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A ru
            out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE.html", help="HTML file (default RUN_DIR/report.html).")] = None,
            n_boot: Annotated[int, typer.Option("--n-boot", metavar="N", help="Patient bootstrap resamples for the CIs.")] = N_BOOT,
            aggregate: Annotated[Optional[str], typer.Option(metavar="patient", help="'patient': also score mean probability per patient.")] = None,
-           ) -> None:
+           allow_partial: PartialOpt = False) -> None:
     """Write a self-contained HTML report (plots embedded) and evaluation.json for a run.
 
     Example: lnzoo report runs/RUN --aggregate patient
@@ -310,7 +372,8 @@ def compare_cmd(a: Annotated[Path, typer.Argument(metavar="A", help="Run directo
                 threshold_b: Annotated[Optional[float], typer.Option("--threshold-b", metavar="T")] = None,
                 positive: Annotated[Optional[str], typer.Option("--positive", metavar="CLASS", help="Positive class of a binary task.")] = None,
                 intersect: Annotated[bool, typer.Option("--intersect", metavar="", help="Compare on the common cases only.")] = False,
-                n_boot: Annotated[int, typer.Option("--n-boot", metavar="N")] = N_BOOT, as_json: JsonOpt = False) -> None:
+                n_boot: Annotated[int, typer.Option("--n-boot", metavar="N")] = N_BOOT, as_json: JsonOpt = False,
+                allow_partial: PartialOpt = False) -> None:
     """Compare two models (or a model and a reader): paired DeLong for AUC, McNemar at the operating points.
 
     Example: lnzoo compare runs/A runs/B --threshold-rule youden
@@ -340,13 +403,16 @@ def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAG
             passes_on: Annotated[Optional[list[str]], typer.Option("--passes-on", metavar="CLASS", help="With --cascade: the class "
                                  "of each stage but the last that goes on, in stage order; '-' or nothing: the "
                                  "stage task definition's passes_on.")] = None,
-            out: Annotated[Path, typer.Option("--out", metavar="FILE.csv", help="CSV to write.")] = Path("predictions.csv")) -> None:
+            out: Annotated[Path, typer.Option("--out", metavar="FILE.csv", help="CSV to write (never inside a run "
+                                              "directory).")] = Path("predictions.csv"),
+            allow_partial: PartialOpt = False) -> None:
     """Predict with one model, an ensemble (averaged probabilities) or the three-stage cascade.
 
     Example: lnzoo predict --model runs/RUN node1.png node2.png --out calls.csv
     """
-    from lnzoo.predict import predict_rows, run_cascade, write_rows
+    from lnzoo.predict import check_out, predict_rows, run_cascade, write_rows
 
+    check_out(out)
     if bool(model) == bool(cascade):
         raise UsageError("give either --model (one or more) or --cascade S1 --cascade S2 --cascade S3")
     if bool(images) == bool(manifest):

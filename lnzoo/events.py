@@ -54,7 +54,7 @@ class EpochEnded:
     fold: int
     epochs: int
     row: dict[str, Any]  # the history row: epoch (1-based), train_loss, val_loss, val_<monitor>, lr
-    best: float          # the best monitored score so far
+    best: float          # the monitored value at the best epoch so far (NaN where it was undefined)
 
 
 @dataclass(frozen=True)

@@ -134,16 +134,14 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     On the CPU in float32, unless ``as_trained``: then on the device, precision and layout its recipe
     trained and evaluated with (``lnzoo evaluate`` reproduces a run's predictions that way).
     """
-    from safetensors.torch import load_file
-
-    from lnzoo.checkpoint import read_sidecar
+    from lnzoo.checkpoint import read_checkpoint
     from lnzoo.model import build_model
     from lnzoo.recipe import resolve
 
     if host is None:
         from lnzoo.plugins import get_host
         host = get_host()
-    weights, meta = read_sidecar(path)
+    weights, meta, state = read_checkpoint(path)
     recipe = resolve(meta["recipe"], host=host, source=meta.get("recipe_source"))
     recipe.data["model"]["backbone"] = {**recipe.data["model"]["backbone"], "pretrained": False}
     tasks = {name: Task.from_dict(d, source=f"{weights} sidecar") for name, d in meta["tasks"].items()}
@@ -152,10 +150,8 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
         from lnzoo.data.covariates import CovariateEncoder
         covariates = CovariateEncoder.from_dict(meta["covariates"])
     model = build_model(recipe, host, tasks, covariates)
-    missing, unexpected = model.load_state_dict(load_file(str(weights)), strict=False)
-    if missing or unexpected:
-        raise UsageError(f"{weights}: does not fit the model its sidecar describes "
-                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    _check_fits(model, state, tasks, weights)
+    model.load_state_dict(state)
     model.eval()
     settings = device_settings(recipe.data["train"]) if as_trained else {}
     if settings:
@@ -165,6 +161,22 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     return Predictor(model, tasks, preprocessing_of(meta), list(meta["views"]), covariates,
                      tta=meta["recipe"].get("train", {}).get("tta", "none"), temperature=meta.get("temperature") or {},
                      meta=meta, source=weights, **settings)
+
+
+def _check_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], tasks: Mapping[str, Task], weights) -> None:
+    """Name what does not fit when the weights disagree with the model their sidecar describes."""
+    own = model.state_dict()
+    missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise UsageError(f"{weights}: does not fit the model its sidecar describes "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    for key, tensor in state.items():
+        if tensor.shape != own[key].shape:
+            task = next((t for t in tasks if key.startswith(f"heads.{t}.")), None)
+            why = (f"; the sidecar gives task {task!r} {tasks[task].num_classes} classes "
+                   f"({', '.join(tasks[task].classes)})" if task else "")
+            raise UsageError(f"{weights}: {key} has shape {list(tensor.shape)} but the model its sidecar describes "
+                             f"needs {list(own[key].shape)}{why}")
 
 
 def checkpoints_of(path: str | Path) -> list[Path]:

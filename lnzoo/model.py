@@ -121,6 +121,13 @@ def build_model(recipe, host, tasks: Mapping[str, Any], covariates=None) -> Lnzo
     return LnzooModel(backbones, fusion, heads, views, tabular)
 
 
+def require_trainable(model: nn.Module) -> None:
+    """A model whose every parameter is frozen would 'train' into the untrained model: refuse it."""
+    if not any(p.requires_grad for p in model.parameters()):
+        raise UsageError("the model has no trainable parameter (its backbone, fusion and heads are all frozen); "
+                         "there is nothing to fit. Unfreeze a part, or use train.method = \"linear_probe\"")
+
+
 def init_from_checkpoint(model: LnzooModel, source: str) -> dict[str, Any]:
     """Start ``model``'s backbones (and fusion, when it fits) from another run's checkpoint; heads stay new.
 
@@ -129,7 +136,7 @@ def init_from_checkpoint(model: LnzooModel, source: str) -> dict[str, Any]:
     """
     from pathlib import Path
 
-    from safetensors.torch import load_file
+    from lnzoo.checkpoint import read_weights
 
     path = Path(source)
     if path.is_dir():  # a run directory: the first fold it ran, whichever cv.run_folds were
@@ -140,10 +147,7 @@ def init_from_checkpoint(model: LnzooModel, source: str) -> dict[str, Any]:
             raise UsageError(f"model.init_from: {exc}") from None
     if not path.is_file():
         raise UsageError(f"model.init_from: {path} not found (give a .safetensors checkpoint or a run directory)")
-    try:
-        state = load_file(str(path))
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the user's to fix
-        raise UsageError(f"model.init_from: {path} is not a readable safetensors file ({exc})") from None
+    state = read_weights(path, "model.init_from: ")
     own = model.state_dict()
     wanted: dict[str, torch.Tensor] = {}
     for key, tensor in state.items():

@@ -41,21 +41,28 @@ def default_out(recipe) -> Path:
 
 def run(recipe, out: str | Path | None = None, on_event: Callable[[Any], None] | None = None, *,
         quick: bool = False, sets: Sequence[str] | None = None, host=None, report: bool = True,
-        n_boot: int | None = None) -> RunResult:
+        n_boot: int | None = None, resume: bool = False) -> RunResult:
     """Train and evaluate a recipe (a path or a loaded :class:`lnzoo.recipe.Recipe`) into the run directory
     ``out`` (default :func:`default_out`): every fold, calibration, predictions, metrics, the Grad-CAM
-    examples and the HTML report. ``on_event`` receives the :mod:`lnzoo.events` as the run goes."""
+    examples and the HTML report. ``on_event`` receives the :mod:`lnzoo.events` as the run goes.
+
+    ``resume=True`` continues the interrupted run in ``out`` with the recipe it started with (pass
+    ``recipe=None``): finished folds are kept, the unfinished one goes on after its last finished epoch."""
     from lnzoo.recipe import Recipe, load_recipe
 
     if host is None:
         from lnzoo.plugins import get_host
         host = get_host()
-    if not isinstance(recipe, Recipe):
+    if resume:
+        if out is None:
+            raise UsageError("resume: give the run directory to continue")
+        recipe = recipe if isinstance(recipe, Recipe) else resumed_recipe(RunDir(out), host)
+    elif not isinstance(recipe, Recipe):
         recipe = load_recipe(Path(recipe), sets=list(sets or []), quick=quick, host=host)
     emit = on_event or (lambda event: None)
     out = Path(out) if out is not None else default_out(recipe)
     t0 = time.perf_counter()
-    metrics = fit_folds(recipe, host, out, emit)
+    metrics = fit_folds(recipe, host, out, emit, resume=resume)
     examples: list[Path] = []
     try:
         from lnzoo.explain import explain_examples
@@ -69,6 +76,19 @@ def run(recipe, out: str | Path | None = None, on_event: Callable[[Any], None] |
     result = RunResult(out, metrics, report_path, examples, round(time.perf_counter() - t0, 1))
     emit(events.RunEnded(str(out), metrics, str(report_path) if report_path else None))
     return result
+
+
+def resumed_recipe(rd: RunDir, host):
+    """The resolved recipe an interrupted run started with, as it stored it."""
+    from lnzoo.recipe import resolve
+
+    raw = rd.read_recipe()
+    if not raw:
+        raise UsageError(f"--resume {rd}: no readable recipe.toml; it is not an lnzoo run directory")
+    info = rd.read_json(rd.RUN)
+    recipe = resolve(raw, host=host, source=info.get("recipe_source") or rd / rd.RECIPE)
+    recipe.quick, recipe.overrides = bool(info.get("quick")), list(info.get("overrides") or [])
+    return recipe
 
 
 def fit_temperatures(val_pred, tasks: Mapping[str, Task]) -> dict[str, float | None]:
@@ -116,8 +136,54 @@ def what_ran(recipe, folds: Sequence[int], epochs_run: Mapping[int, int]) -> dic
             "folds_run": list(folds), "quick": recipe.quick}
 
 
-def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = None) -> dict[str, Any]:
-    """Train and evaluate every fold the recipe asks for; write the run directory; return metrics.json."""
+def data_digest(data) -> str:
+    """A fingerprint of the run's rows: images, patients, labels and parts (``--resume`` checks it)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for part, samples in (("cv", data.pool), ("test", data.test), ("external", data.external)):
+        for s in samples:
+            h.update(f"{part}|{s.key}|{s.patient}|{sorted(s.labels.items())}|{sorted(s.covariates.items())}\n"
+                     .encode("utf-8"))
+    return h.hexdigest()
+
+
+def small_validation(val: Sequence[Sample], task: Task, min_images: int = 30, min_per_class: int = 5) -> str | None:
+    """Why the inner validation part is too small to choose an epoch on, or None."""
+    counts = {c: 0 for c in task.classes}
+    for s in val:
+        label = s.labels.get(task.name, MISSING)
+        if label != MISSING:
+            counts[task.classes[label]] += 1
+    few = [f"{c} {n}" for c, n in counts.items() if n < min_per_class]
+    if len(val) >= min_images and not few:
+        return None
+    return (f"the inner validation part has {len(val)} image(s)" + (f" ({', '.join(few)})" if few else "")
+            + f"; under {min_images} images or {min_per_class} of a class, its choice of epoch is mostly noise. "
+            "Raise train.val_fraction, add data, or set train.keep = \"last\"")
+
+
+def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = None,
+              resume: bool = False) -> dict[str, Any]:
+    """Train and evaluate every fold the recipe asks for; write the run directory (holding its lock, its
+    status in run.json); return metrics.json. ``resume`` continues an interrupted run in ``out_dir``:
+    finished folds are kept, the unfinished one continues after its last finished epoch."""
+    emit = emit or (lambda event: None)
+    rd = RunDir(out_dir, writer=True)
+    rd.claim(resume=resume)
+    try:
+        metrics = _fit_folds(recipe, host, rd, emit, resume)
+    except KeyboardInterrupt:
+        rd.release("interrupted")
+        raise
+    except BaseException as exc:
+        rd.release("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    rd.release("finished")
+    return metrics
+
+
+def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool) -> dict[str, Any]:
     import torch
 
     from lnzoo.checkpoint import environment
@@ -126,23 +192,31 @@ def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = 
     from lnzoo.rundir import prediction_header, prediction_row
     from lnzoo.train import Trainer
 
-    emit = emit or (lambda event: None)
     t_start = time.perf_counter()
-    rd = RunDir(out_dir)
-    rd.path.mkdir(parents=True, exist_ok=True)
-    if rd.folds():
-        raise UsageError(f"{rd} already holds a run; pick another --out or remove it")
-    rd.write_recipe(recipe.to_toml())
+    if not resume:
+        rd.write_recipe(recipe.to_toml())
+        rd.update_run(recipe_source=str(recipe.source) if recipe.source else None, quick=recipe.quick,
+                      overrides=recipe.overrides)
+    for line in host.overrides:  # a replaced built-in changes what the recipe means: say so in every run's log
+        emit(events.Note(f"plugin override: {line}", "warning"))
     cfg = recipe.data
     if cfg["train"]["threads"]:
         torch.set_num_threads(cfg["train"]["threads"])
     torch.use_deterministic_algorithms(True, warn_only=True)
     tasks = recipe_tasks(recipe, host)
     data, cache = _load_data(recipe, tasks, emit)
-    assignment = plan_folds(data.pool, recipe, tasks)
-    rd.write_folds(assignment)
+    digest = data_digest(data)
+    if resume:  # the same data, split the same way, or the finished folds would not belong to this run
+        if rd.read_json(rd.RUN).get("data_sha256") != digest:
+            raise UsageError(f"--resume {rd}: the data differ from those the run started on (rows, images or "
+                             "labels changed); start a new run instead")
+        assignment = rd.read_folds()
+    else:
+        assignment = plan_folds(data.pool, recipe, tasks)
+        rd.write_folds(assignment)
+        rd.update_run(data_sha256=digest)
     folds = list(range(cfg["cv"]["folds"])) if cfg["cv"]["run_folds"] == "all" else list(cfg["cv"]["run_folds"])
-    trainer = Trainer(recipe, host, tasks, cache, on_event=emit)
+    trainer = Trainer(recipe, host, tasks, cache, on_event=emit, covariate_kinds=data.covariate_kinds)
     env = environment(host)
     views, tasks_meta = cfg["data"]["views"], {n: t.as_dict() for n, t in tasks.items()}
     pred_rows: list[dict[str, str]] = []
@@ -150,8 +224,14 @@ def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = 
     others = {part: samples for part, samples in (("test", data.test), ("external", data.external)) if samples}
     other_proba: dict[str, list[dict[str, np.ndarray]]] = {part: [] for part in others}
     for k in folds:
-        rows, info, proba = _fit_fold(k, len(folds), recipe, tasks, tasks_meta, data.pool, assignment, trainer, rd,
-                                      others, {**env, "preprocessing": cache.pre.as_dict()}, emit)
+        done = rd.read_fold_result(k) if resume else None
+        if done is not None:
+            emit(events.Note(f"fold {k}: finished before the interruption, kept as it was"))
+            rows, info, proba = done["rows"], done["info"], {p: {t: np.asarray(v) for t, v in d.items()}
+                                                             for p, d in done["proba"].items()}
+        else:
+            rows, info, proba = _fit_fold(k, len(folds), recipe, tasks, tasks_meta, data.pool, assignment, trainer,
+                                          rd, others, {**env, "preprocessing": cache.pre.as_dict()}, emit)
         pred_rows += rows
         fold_info.append(info)
         for part, p in proba.items():
@@ -167,10 +247,9 @@ def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = 
         "recipe": recipe.name, "main_task": cfg["tasks"]["main"], "data": data.description, "folds_run": folds,
         "cross_validation": {"pooled": cv["pooled"], "mean_sd": cv["mean_sd"], "folds": fold_info}, **figures,
         **{f"{part}_note": f"mean probability of the {len(folds)} fold model(s)" for part in others}})
-    rd.write_json(rd.RUN, {"wall_seconds": round(time.perf_counter() - t_start, 1), "device": str(trainer.device),
-                           "quick": recipe.quick, "ran": what_ran(recipe, folds, {f["fold"]: f["epochs_run"]
-                                                                                   for f in fold_info}),
-                           "overrides": recipe.overrides, **env})
+    rd.update_run(wall_seconds=round(time.perf_counter() - t_start, 1), device=str(trainer.device),
+                  ran=what_ran(recipe, folds, {f["fold"]: f["epochs_run"] for f in fold_info}),
+                  plugin_overrides=host.overrides, **env)
     return rd.metrics()
 
 
@@ -179,14 +258,12 @@ def _load_data(recipe, tasks, emit):
     from lnzoo.data.dataset import ImageCache
     from lnzoo.data.images import Preprocessing
     from lnzoo.data.run_data import image_cache_dir, load_run_data
-    from lnzoo.data.splits import check_leakage
 
     d = recipe.data["data"]
     data = load_run_data(recipe, tasks, on_phantom=lambda done, total: emit(events.Progress("phantom", done, total)))
     if data.skipped:
         emit(events.Note(f"skipped {len(data.skipped)} bad row(s)/image(s) (data.skip_bad_rows); "
                          f"first: {data.skipped[0]}", "warning"))
-    check_leakage({"cross-validation": data.pool, "test": data.test, "external": data.external})
     cache = ImageCache(Preprocessing(d["image_size"], d["resize"], d["normalize"], d["roi_margin"]),
                        disk_dir=image_cache_dir() if d["cache"] == "disk" else None, keep=d["cache"] != "none")
     if d["cache"] != "none":
@@ -201,6 +278,7 @@ def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, 
     from lnzoo.data.splits import check_leakage, inner_validation
     from lnzoo.evaluation.evaluate import run_metrics
     from lnzoo.rundir import prediction_row
+    from lnzoo.train.resume import remove_state
 
     cfg = recipe.data
     main = cfg["tasks"]["main"]
@@ -210,7 +288,10 @@ def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, 
     train_s, val_s = [rest[i] for i in tr_idx], [rest[i] for i in va_idx]
     check_leakage({"train": train_s, "validation": val_s, "held-out fold": held})
     emit(events.FoldStarted(k, n_folds, len(train_s), len(val_s), len(held), cfg["train"]["keep"]))
-    result = trainer.fit(train_s, val_s, seed=cfg["seed"] + k, fold=k)
+    small = small_validation(val_s, tasks[main]) if cfg["train"]["keep"] == "best" else None
+    if small:
+        emit(events.Note(f"fold {k}: {small}", "warning"))
+    result = trainer.fit(train_s, val_s, seed=cfg["seed"] + k, fold=k, state=rd.resume_state(k))
     predictor = result.predictor
     temperatures = fit_temperatures(predictor.predict(val_s), tasks)
     meta = {"recipe": cfg, "recipe_source": str(recipe.source) if recipe.source else None, "tasks": tasks_meta,
@@ -229,7 +310,12 @@ def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, 
             for i, s in enumerate(held)]
     metrics = run_metrics(rows, tasks_meta)["cross_validation"]["pooled"]
     add_calibration(metrics, held, pred.proba, temperatures)
-    emit(events.FoldEnded(k, metrics.get(main, {})))
     info = {"fold": k, "best_epoch": result.best_epoch, "epochs_run": len(result.history), "n_train": len(train_s),
-            "n_validation": len(val_s), "n_held_out": len(held), "metrics": metrics}
-    return rows, info, {part: predictor.predict(samples).proba for part, samples in others.items()}
+            "n_validation": len(val_s), "n_held_out": len(held), "metrics": metrics,
+            **({"validation_warning": small} if small else {})}
+    proba = {part: predictor.predict(samples).proba for part, samples in others.items()}
+    rd.write_fold_result(k, {"rows": rows, "info": info,  # what --resume keeps of a finished fold
+                             "proba": {p: {t: v.tolist() for t, v in d.items()} for p, d in proba.items()}})
+    remove_state(rd.resume_state(k))
+    emit(events.FoldEnded(k, metrics.get(main, {})))
+    return rows, info, proba

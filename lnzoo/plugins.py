@@ -56,6 +56,13 @@ class PluginHost:
     def failures(self) -> list[PluginInfo]:
         return [p for p in self.plugins if p.error]
 
+    @property
+    def overrides(self) -> list[str]:
+        """One line per component that a distribution replaced in another distribution's name."""
+        return [f"{kind} {entry.name!r} from {entry.provenance} replaces the one from {entry.overrides}"
+                for kind, registry in self.registries.items() for entry in registry
+                if entry.overrides and entry.overrides.distribution != entry.provenance.distribution]
+
 
 def strict_mode() -> bool:
     return os.environ.get(STRICT_ENV, "").strip().lower() not in ("", "0", "false", "no")
@@ -77,7 +84,8 @@ def _entry_points() -> list[md.EntryPoint]:
 def _describe(exc: BaseException) -> str:
     last = traceback.extract_tb(exc.__traceback__)[-1:] if exc.__traceback__ else []
     where = f" (at {last[0].filename}:{last[0].lineno})" if last else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    what = f"sys.exit({exc.code!r})" if isinstance(exc, SystemExit) else f"{type(exc).__name__}: {exc}"
+    return f"{what}{where}"
 
 
 def load_plugins(extra: list[tuple[str, object]] | None = None, strict: bool | None = None,
@@ -101,7 +109,7 @@ def load_plugins(extra: list[tuple[str, object]] | None = None, strict: bool | N
         infos.append(info)
         try:
             candidates.append((info, ep.load()))
-        except Exception as exc:  # a broken plugin must not take the others down
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a broken plugin must not take the others down
             info.error = f"failed to import: {_describe(exc)}"
     for name, module in extra or []:
         info = PluginInfo(name, getattr(module, "__name__", repr(module)), name, "local")
@@ -111,7 +119,7 @@ def load_plugins(extra: list[tuple[str, object]] | None = None, strict: bool | N
     for info, module in candidates:
         try:
             _load_one(pm, registries, info, module)
-        except Exception as exc:
+        except (Exception, SystemExit, KeyboardInterrupt) as exc:
             info.error = _describe(exc) if not isinstance(exc, PluginError) else str(exc)
         if info.error is None and not any(info.registered.values()):
             info.registered = {}

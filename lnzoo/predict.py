@@ -5,7 +5,6 @@ with other backbones); every member reads the images with its own stored preproc
 """
 from __future__ import annotations
 
-import csv
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -135,17 +134,24 @@ def run_cascade(stages: Sequence[str | Path], images: Sequence[Path], host=None,
     return rows
 
 
+def check_out(out: Path) -> None:
+    """Predictions never go into a run directory: they would replace or sit among the run's own files."""
+    from lnzoo.rundir import RunDir
+
+    folder = RunDir(Path(out).resolve().parent)
+    if folder.status() is not None or (folder / RunDir.RECIPE).is_file():
+        raise UsageError(f"--out {out}: {folder} is a run directory; lnzoo predict does not write into one "
+                         "(its predictions.csv is the run's own). Give --out a path outside it")
+
+
 def write_rows(rows: list[dict[str, Any]], out: Path) -> Path:
+    from lnzoo.rundir import csv_text, write_atomic
+
+    check_out(out)
     columns: list[str] = []
     for r in rows:
         columns += [k for k in r if k not in columns]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.DictWriter(fh, fieldnames=columns)
-        w.writeheader()
-        for r in rows:
-            w.writerow({k: r.get(k, "") for k in columns})
-    return out
+    return write_atomic(out, csv_text(columns, rows))
 
 
 def manifest_samples(models: Sequence[str | Path], manifest: Path, host=None) -> list[Any]:

@@ -7,6 +7,7 @@ accept). Nothing is built before the whole recipe is valid.
 from __future__ import annotations
 
 import copy
+import re
 import inspect
 import tomllib
 from collections.abc import Mapping
@@ -338,9 +339,20 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
     if isinstance(train["min_lr"], (int, float)) and isinstance(train["lr"], (int, float)) and train["min_lr"] > train["lr"]:
         problems.append(f"train.min_lr ({train['min_lr']}) is above train.lr ({train['lr']}): "
                         f"the schedule would rise instead of anneal")
+    if train["method"] != "linear_probe" and isinstance(train["lr"], (int, float)) and train["lr"] <= 0:
+        problems.append(f"train.lr: {train['lr']} trains nothing (the weights would stay as initialised and the "
+                        "run would report an untrained model); give a positive learning rate, e.g. 0.01")
     for key in ("amp", "channels_last"):
         if isinstance(train[key], str) and train[key] != "auto":
             problems.append(f"train.{key}: expected true, false or \"auto\", got {train[key]!r}")
+    regex = out["data"]["patient_regex"]
+    if isinstance(regex, str):
+        try:
+            if re.compile(regex).groups < 1:
+                problems.append(f"data.patient_regex: {regex!r} has no group; group 1 is the patient id, e.g. "
+                                "'^(P\\d+)_'")
+        except re.error as exc:
+            problems.append(f"data.patient_regex: {regex!r} is not a valid regular expression ({exc})")
     views = out["data"]["views"]
     if isinstance(views, list):
         if not views or not all(isinstance(v, str) for v in views):

@@ -60,9 +60,11 @@ SCHEMA: dict[str, Any] = {
                         min=0.0, max=2.0),
         "crop_suffix": F(str, "-crop", "list files: the ROI crop sits in a mirror folder with this suffix"),
         "patient_column": F(str, "patient", "manifest column holding the patient id"),
-        "missing_labels": F(list, [], "label values that mean 'no label', e.g. ['unlabeled', 'NA']"),
+        "missing_labels": F(list, [], "label and covariate values that mean unknown, e.g. ['unlabeled', 'NA']"),
         "patient_regex": F(OPT_STR, None, "list files: regex whose group 1, applied to the file name, is the patient id"),
         "image_size": F(int, 224, "square input size in pixels", min=16),
+        "max_image_pixels": F(int, 100_000_000, "an image with more pixels is refused, naming the file (guards "
+                                                "against decompression bombs)", min=1),
         "resize": F(str, "squash", "how images reach image_size", choices=("squash", "letterbox")),
         "normalize": F(str, "imagenet", "input normalisation", choices=("imagenet", "half")),
         "batch_size": F(int, 32, min=1),
@@ -71,6 +73,8 @@ SCHEMA: dict[str, Any] = {
                                             "error, or group them into one split group", choices=("error", "group")),
         "covariates": F(list, [], "manifest columns joined to the image features as clinical covariates, e.g. "
                                   "['age', 'sex', 'axis_ratio', 'elasto_score', 'flow_pattern', 'hilum']"),
+        "covariate_types": F(dict, {}, "declare a covariate numeric or categorical, e.g. {grade = \"categorical\"}; "
+                                       "otherwise a column is numeric when most of its cells are numbers"),
         "skip_bad_rows": F(bool, False, "leave out bad rows and unreadable images (reported) instead of failing"),
         "cache": F(str, "memory", "decoded, resized images: memory (this run), disk (also across runs, under "
                                   "$LNZOO_CACHE/images) or none", choices=("memory", "disk", "none")),
@@ -126,6 +130,8 @@ SCHEMA: dict[str, Any] = {
         "early_stopping_patience": F(int, 0, "epochs without improvement before stopping (0: off)", min=0),
         "monitor": F(str, "auc", "validation metric of the main task that picks the best epoch",
                      choices=("auc", "balanced_accuracy", "accuracy", "f1_macro", "mcc", "loss")),
+        "checkpoint_every": F(int, 1, "write the resumable state (lnzoo run --resume) every N epochs; 0: never",
+                              min=0),
         "keep": F(str, "best", "which weights a fold keeps: best (the epoch with the best validation monitor) or "
                                "last (the final ones; with a cosine decay and an EMA this avoids picking an epoch "
                                "on the noise of a small validation part)", choices=("best", "last")),

@@ -12,21 +12,78 @@
 
 A run with any ``cv.run_folds`` is read the same way: the folds are the ``fold{k}`` folders that hold
 a best checkpoint, never assumed to start at 0.
+
+Every file is written atomically (a temporary file, fsync, rename), so a crash or a full disk leaves the
+previous version or nothing, never half a file. A run holds ``.lock`` while it writes; ``run.json`` says
+its status (running, interrupted, failed, finished), and readers refuse a run that did not finish unless
+the caller allows partial runs (:func:`partial_allowed`).
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import csv
+import io
 import json
+import os
 import re
+import socket
+import time
 import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lnzoo.errors import UsageError
+from lnzoo.errors import LnzooError, UsageError
 
 NAN = float("nan")
 _FOLD = re.compile(r"fold(\d+)")
+STATUSES = ("running", "interrupted", "failed", "finished")
+_partial = contextvars.ContextVar("lnzoo_partial_runs", default=False)
+
+
+class OutputError(LnzooError):
+    """The output folder cannot be written (read-only, full, gone): exit 1, the path and the reason."""
+
+    exit_code = 1
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # the rename itself survives a power cut once the folder is synced
+            fd = os.open(path.parent, os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+@contextlib.contextmanager
+def partial_allowed(allow: bool = True) -> Iterator[None]:
+    """Within this block, readers accept run directories that did not finish (``--allow-partial``)."""
+    token = _partial.set(allow)
+    try:
+        yield
+    finally:
+        _partial.reset(token)
+
+
+class RunLocked(UsageError):
+    """Another process is writing this run directory."""
 
 
 class RunDir:
@@ -36,8 +93,13 @@ class RunDir:
     EVALUATION, REPORT, EXPLAIN, SELECTION = "evaluation.json", "report.html", "explain", "selection.json"
     KEPT_FOLD_FILES = ("best.safetensors", "best.json", "history.csv")  # what a fold's kept model needs
 
-    def __init__(self, path: str | Path):
+    LOCK = ".lock"
+
+    def __init__(self, path: str | Path, writer: bool = False):
         self.path = Path(path)
+        self.writer = writer  # the run writing this folder reads its own unfinished files
+        self._lock = None
+        self._checked = False
 
     def __truediv__(self, name: str) -> Path:
         return self.path / name
@@ -55,6 +117,7 @@ class RunDir:
 
     def folds(self) -> list[int]:
         """The folds that hold a best checkpoint, in order."""
+        self.check_finished()
         found = [int(m.group(1)) for p in self.path.glob("fold*/best.safetensors")
                  if (m := _FOLD.fullmatch(p.parent.name))]
         return sorted(found)
@@ -97,16 +160,28 @@ class RunDir:
             return infer_tasks_meta(self.read_predictions()[0])
         raise UsageError(f"{self.path}: no fold*/best.json and no predictions.csv to read the tasks from")
 
+    def resume_state(self, k: int) -> Path:
+        """The stem of fold k's resumable state (``resume.safetensors`` + ``resume.json``) while it trains."""
+        return self.fold_dir(k) / "resume"
+
+    def write_fold_result(self, k: int, result: Mapping[str, Any]) -> None:
+        """A finished fold's prediction rows, metrics and test-set probabilities, exact (floats as repr)."""
+        write_atomic(self.fold_dir(k) / "result.json", json.dumps(result, ensure_ascii=False))
+
+    def read_fold_result(self, k: int) -> dict[str, Any] | None:
+        path = self.fold_dir(k) / "result.json"
+        return _read_json(path, strict=True) if path.is_file() else None
+
     # -- history -----------------------------------------------------------------------------------
     def write_history(self, k: int, history: Sequence[Mapping[str, Any]]) -> None:
         if not history:
             return
-        self.fold_dir(k).mkdir(parents=True, exist_ok=True)
-        with (self.fold_dir(k) / "history.csv").open("w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(history[0]))
-            w.writeheader()
-            for row in history:
-                w.writerow({key: (f"{v:.6g}" if isinstance(v, float) else v) for key, v in row.items()})
+        buf = io.StringIO(newline="")
+        w = csv.DictWriter(buf, fieldnames=list(history[0]))
+        w.writeheader()
+        for row in history:
+            w.writerow({key: (f"{v:.6g}" if isinstance(v, float) else v) for key, v in row.items()})
+        write_atomic(self.fold_dir(k) / "history.csv", buf.getvalue())
 
     def read_histories(self) -> dict[int, dict[str, list[float]]]:
         """Fold -> column -> values (numeric columns only) of every fold's history.csv."""
@@ -129,7 +204,7 @@ class RunDir:
 
     # -- recipe, folds, predictions, JSON files ----------------------------------------------------
     def write_recipe(self, toml_text: str) -> None:
-        (self / self.RECIPE).write_text(toml_text, encoding="utf-8")
+        write_atomic(self / self.RECIPE, toml_text)
 
     def read_recipe(self) -> dict[str, Any]:
         try:
@@ -138,11 +213,12 @@ class RunDir:
             return {}
 
     def write_folds(self, assignment: Mapping[str, int]) -> None:
-        with (self / self.FOLDS).open("w", newline="") as fh:
-            w = csv.writer(fh)
-            w.writerow(["patient", "fold"])
-            for p, k in sorted(assignment.items()):
-                w.writerow([p, k])
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(["patient", "fold"])
+        for p, k in sorted(assignment.items()):
+            w.writerow([p, k])
+        write_atomic(self / self.FOLDS, buf.getvalue())
 
     def read_folds(self) -> dict[str, int]:
         self.require(self.FOLDS)
@@ -150,12 +226,10 @@ class RunDir:
             return {row["patient"]: int(row["fold"]) for row in csv.DictReader(fh)}
 
     def write_predictions(self, header: Sequence[str], rows: Sequence[Mapping[str, str]]) -> None:
-        with (self / self.PREDICTIONS).open("w", newline="", encoding="utf-8") as fh:
-            w = csv.DictWriter(fh, fieldnames=list(header), restval="")
-            w.writeheader()
-            w.writerows(rows)
+        write_atomic(self / self.PREDICTIONS, csv_text(header, rows))
 
     def read_predictions(self) -> tuple[list[str], list[dict[str, str]]]:
+        self.check_finished()
         self.require(self.PREDICTIONS)
         with (self / self.PREDICTIONS).open(newline="", encoding="utf-8-sig") as fh:
             reader = csv.DictReader(fh)
@@ -163,15 +237,14 @@ class RunDir:
 
     def write_json(self, name: str, obj: Any) -> Path:
         from lnzoo.evaluation import jsonable
-        path = self / name
-        path.write_text(json.dumps(jsonable(obj), indent=1, ensure_ascii=False, allow_nan=False), encoding="utf-8")
-        return path
+        return write_atomic(self / name, json.dumps(jsonable(obj), indent=1, ensure_ascii=False, allow_nan=False))
 
     def read_json(self, name: str) -> dict[str, Any]:
         """The JSON file, or {} when it is missing or unreadable (optional files: run.json, a report's inputs)."""
         return _read_json(self / name, strict=False)
 
     def metrics(self) -> dict[str, Any]:
+        self.check_finished()
         self.require(self.METRICS)
         return _read_json(self / self.METRICS, strict=True)
 
@@ -179,6 +252,103 @@ class RunDir:
         for name in names:
             if not (self / name).is_file():
                 raise UsageError(f"{self.path} is not a finished run directory: {name} is missing")
+
+    # -- status and lock ---------------------------------------------------------------------------
+    def status(self) -> str | None:
+        """running / interrupted / failed / finished; None for a folder no lnzoo run has claimed.
+
+        A run killed outright (``kill -9``, a power cut) cannot say so: it reads "running" with its lock
+        free, and is reported as interrupted. Runs from before the status existed count as finished
+        when they wrote metrics.json."""
+        info = self.read_json(self.RUN)
+        status = info.get("status")
+        if status is None:
+            return "finished" if (self / self.METRICS).is_file() else None
+        if status == "running" and not self._lock_held_elsewhere():
+            return "interrupted"
+        return status
+
+    def check_finished(self) -> None:
+        """Refuse to read a run that did not finish, unless partial runs are allowed."""
+        if self.writer or self._checked or _partial.get():
+            return
+        status = self.status()
+        if status not in (None, "finished"):
+            info = self.read_json(self.RUN)
+            why = {"running": f"it is still being written by pid {info.get('pid')} on {info.get('host')} "
+                              f"(started {info.get('started')})",
+                   "interrupted": "it was interrupted before it finished; `lnzoo run --resume "
+                                  f"{self.path}` continues it",
+                   "failed": f"it failed: {info.get('error', 'see its log')}"}[status]
+            raise UsageError(f"{self.path} is not a finished run ({why}). Pass --allow-partial to read "
+                             "what it holds anyway.")
+        self._checked = True
+
+    def _lock_held_elsewhere(self) -> bool:
+        if self._lock is not None or not (self / self.LOCK).exists():
+            return False
+        from filelock import FileLock, Timeout
+        probe = FileLock(str(self / self.LOCK), is_singleton=False)
+        try:
+            probe.acquire(timeout=0)
+        except Timeout:
+            return True
+        except OSError:
+            return False  # a read-only copy of a run: nobody can be writing it
+        probe.release()
+        return False
+
+    def claim(self, resume: bool = False) -> None:
+        """Take the run directory for writing: refuse a folder another run is writing, a non-empty
+        folder that is not this run, and (unless ``resume``) a run that already started."""
+        from filelock import FileLock, Timeout
+
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self / self.LOCK), is_singleton=False)
+            lock.acquire(timeout=0)
+        except Timeout:
+            info = self.read_json(self.RUN)
+            raise RunLocked(f"{self.path} is being written by another run (pid {info.get('pid', '?')} on "
+                            f"{info.get('host', '?')}, started {info.get('started', '?')}); pick another "
+                            "--out") from None
+        except OSError as exc:
+            raise OutputError(f"cannot write the run directory {self.path}: {exc.strerror or exc}") from None
+        self._lock = lock
+        try:
+            others = sorted(p.name for p in self.path.iterdir() if p.name != self.LOCK)
+            status = self.read_json(self.RUN).get("status")
+            if resume:
+                if not (self / self.RECIPE).is_file():
+                    raise UsageError(f"--resume {self.path}: no recipe.toml there; it is not an lnzoo run")
+                if status == "finished":
+                    raise UsageError(f"--resume {self.path}: this run already finished")
+            elif others:
+                hint = {"finished": " It holds a finished run.", None: ""}.get(
+                    status, f" It is an unfinished run: `lnzoo run --resume {self.path}` continues it.")
+                raise UsageError(f"--out {self.path} is not empty (holds {', '.join(others[:6])}"
+                                 f"{', ...' if len(others) > 6 else ''}); lnzoo never writes over files it did "
+                                 f"not start. Pick a new folder.{hint}")
+        except BaseException:
+            self.release()
+            raise
+        self.update_run(status="running", pid=os.getpid(), host=socket.gethostname(),
+                        started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=None)
+
+    def update_run(self, **fields: Any) -> None:
+        """Merge ``fields`` into run.json (atomically)."""
+        self.write_json(self.RUN, {**self.read_json(self.RUN), **fields})
+
+    def release(self, status: str | None = None, error: str | None = None) -> None:
+        """Record the run's final status (when given) and free the lock."""
+        if self._lock is None:
+            return
+        try:
+            if status is not None:
+                self.update_run(status=status, error=error, ended=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+        finally:
+            self._lock.release()
+            self._lock = None
 
 
 
@@ -189,6 +359,15 @@ def _read_json(path: Path, strict: bool) -> dict[str, Any]:
         if strict:
             raise UsageError(f"{path}: not readable JSON ({exc})") from None
         return {}
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """A CSV document of ``rows`` under ``header`` (missing cells empty)."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(header), restval="")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
 
 
 def prediction_header(tasks: Mapping[str, Any], views: Sequence[str]) -> list[str]:

@@ -136,7 +136,6 @@ def test_a_roi_model_is_served_from_a_manifest_that_names_each_box(tmp_path):
 
 def test_each_served_member_applies_its_own_empty_roi_policy(tmp_path):
     import json
-    import shutil
 
     from PIL import Image
 
@@ -147,14 +146,15 @@ def test_each_served_member_applies_its_own_empty_roi_policy(tmp_path):
     fit_folds(_recipe(["data.views=['roi']", "data.phantom.source='manifest'", "cv.folds=2",
                         "train.epochs=1"], host), host, run)
     # the same weights as two members: one trained with data.empty_roi = "error", one with "whole_image"
+    from safetensors.torch import load_file
+
+    from lnzoo.checkpoint import save_checkpoint
+
     members = {}
-    for policy in ("error", "whole_image"):
-        for ext in (".safetensors", ".json"):
-            shutil.copy(run / "fold0" / f"best{ext}", tmp_path / f"{policy}{ext}")
-        meta = json.loads((tmp_path / f"{policy}.json").read_text())
+    for policy in ("error", "whole_image"):  # saved as checkpoints of their own (an edited sidecar is refused)
+        meta = json.loads((run / "fold0" / "best.json").read_text())
         meta["recipe"]["data"]["empty_roi"] = policy
-        (tmp_path / f"{policy}.json").write_text(json.dumps(meta))
-        members[policy] = tmp_path / f"{policy}.safetensors"
+        members[policy] = save_checkpoint(load_file(run / "fold0" / "best.safetensors"), tmp_path / policy, meta)
     with (run / "predictions.csv").open() as fh:
         image = next(r for r in csv.DictReader(fh) if r["part"] == "cv")["path_roi"]
     size = Image.open(image).size

@@ -1,13 +1,13 @@
 """Clinical covariates (age, sex, axis ratio, elastography score, flow pattern, hilum...) as model inputs.
 
-Numeric columns are standardised with the training part's mean and sd; text columns are one-hot
-over the values seen in training; every column gets a missing-value indicator, so an absent
+Whether a column is numeric is decided once, on the whole manifest; numeric columns are standardised
+with the training part's mean and sd; text columns are one-hot over the values seen in training; every column gets a missing-value indicator, so an absent
 covariate is information, not a zero that looks like a value. The encoder is stored in the
 checkpoint sidecar, so serving encodes exactly as training did.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -24,31 +24,74 @@ def _number(text: str) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def _is_missing(text: str, missing: Sequence[str]) -> bool:
+    return not text or text.casefold() in missing or text.casefold() == "nan"  # NaN: how pandas writes a gap
+
+
+def covariate_kinds(samples: Sequence[Sample], names: Sequence[str], declared: Mapping[str, str],
+                    missing: Sequence[str], problems: list[str]) -> tuple[dict[str, str], set[int]]:
+    """Numeric or categorical per covariate, decided once on all of a run's rows (never per fold), and the
+    rows whose cell does not fit: a numeric column (more than half of its cells numbers, or declared in
+    ``data.covariate_types``) stays numeric, and each other cell in it is a problem naming file, line and
+    value, unless it is a missing value (empty, NaN, or listed in ``data.missing_labels``)."""
+    kinds: dict[str, str] = {}
+    bad: set[int] = set()
+    for name, kind in declared.items():
+        if name not in names:
+            problems.append(f"data.covariate_types.{name}: {name!r} is not in data.covariates {list(names)}")
+        elif kind not in ("numeric", "categorical"):
+            problems.append(f"data.covariate_types.{name}: {kind!r} is not numeric or categorical")
+    for name in names:
+        if not any(name in s.covariates for s in samples):
+            problems.append(f"data.covariates: no row of the data has a column {name!r} (covariates come from CSV "
+                            "manifest columns)")
+            continue
+        given = [(i, s.covariates.get(name, "").strip()) for i, s in enumerate(samples)]
+        given = [(i, v) for i, v in given if not _is_missing(v, missing)]
+        numbers = sum(_number(v) is not None for _, v in given)
+        kind = declared.get(name) or ("numeric" if given and 2 * numbers > len(given) else "categorical")
+        kinds[name] = kind if kind in ("numeric", "categorical") else "categorical"
+        if kinds[name] != "numeric":
+            continue
+        for i, v in given:
+            if _number(v) is None:
+                bad.add(i)
+                problems.append(f"{samples[i].origin}: covariate {name!r} is {v!r}, not a number ({numbers} of "
+                                f"{len(given)} cells of the column are). Correct it, list it in data.missing_labels "
+                                f"if it means unknown, or set data.covariate_types.{name} = \"categorical\"")
+    return kinds, bad
+
+
 class CovariateEncoder:
-    def __init__(self, spec: list[dict[str, Any]]):
+    def __init__(self, spec: list[dict[str, Any]], missing: Sequence[str] = ()):
         self.spec = spec
+        self.missing = [str(m).casefold() for m in missing]
 
     @property
     def width(self) -> int:
         return sum((1 if c["kind"] == "numeric" else len(c["levels"])) + 1 for c in self.spec)
 
     @classmethod
-    def fit(cls, samples: Sequence[Sample], names: Sequence[str]) -> "CovariateEncoder":
+    def fit(cls, samples: Sequence[Sample], names: Sequence[str], kinds: Mapping[str, str] | None = None,
+            missing: Sequence[str] = ()) -> "CovariateEncoder":
+        """Fit on the training part only (mean, sd, levels); ``kinds`` as :func:`covariate_kinds` decided on
+        the whole manifest (decided here, on ``samples``, when not given)."""
+        missing = [str(m).casefold() for m in missing]
+        if kinds is None:
+            problems: list[str] = []
+            kinds, _ = covariate_kinds(samples, names, {}, missing, problems)
+            if problems:
+                raise DataError(problems)
         spec = []
         for name in names:
-            values = [s.covariates.get(name, "").strip() for s in samples]
-            if not any(name in s.covariates for s in samples):
-                raise DataError([f"data.covariates: no training row has a column {name!r} "
-                                 f"(covariates come from CSV manifest columns)"])
-            present = [v for v in values if v]
-            numbers = [_number(v) for v in present]
-            if present and all(n is not None for n in numbers):
-                arr = np.array(numbers, dtype=np.float64)
-                spec.append({"name": name, "kind": "numeric", "mean": float(arr.mean()),
-                             "sd": float(arr.std()) or 1.0})
+            present = [v for s in samples if not _is_missing(v := s.covariates.get(name, "").strip(), missing)]
+            if kinds[name] == "numeric":
+                arr = np.array([n for v in present if (n := _number(v)) is not None], dtype=np.float64)
+                spec.append({"name": name, "kind": "numeric", "mean": float(arr.mean()) if arr.size else 0.0,
+                             "sd": (float(arr.std()) if arr.size else 0.0) or 1.0})
             else:
                 spec.append({"name": name, "kind": "categorical", "levels": sorted(set(present))})
-        return cls(spec)
+        return cls(spec, missing)
 
     def transform(self, sample: Sample) -> np.ndarray:
         out: list[float] = []
@@ -56,6 +99,9 @@ class CovariateEncoder:
             text = sample.covariates.get(c["name"], "").strip()
             if c["kind"] == "numeric":
                 value = _number(text)
+                if value is None and not _is_missing(text, self.missing):
+                    raise DataError([f"{sample.origin}: covariate {c['name']!r} is {text!r}; the model was trained "
+                                     "on it as a number (leave the cell empty if it is unknown)"])
                 out += [0.0, 1.0] if value is None else [(value - c["mean"]) / c["sd"], 0.0]
             else:
                 onehot = [1.0 if text == level else 0.0 for level in c["levels"]]
@@ -63,8 +109,8 @@ class CovariateEncoder:
         return np.asarray(out, dtype=np.float32)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"covariates": self.spec}
+        return {"covariates": self.spec, "missing": self.missing}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CovariateEncoder":
-        return cls(list(data["covariates"]))
+        return cls(list(data["covariates"]), data.get("missing", ()))

@@ -58,6 +58,16 @@ def npz_arrays(path: Path) -> dict[str, np.ndarray]:
     return _NPZ[key]
 
 
+# lnzoo applies its own limit (data.max_image_pixels) with a message naming the file, instead of PIL's
+# DecompressionBombWarning (above 89 Mpx) and its bare DecompressionBombError (above twice that)
+Image.MAX_IMAGE_PIXELS = None
+MAX_PIXELS = [100_000_000]  # set from the recipe's data.max_image_pixels for the run
+
+
+def set_max_pixels(limit: int) -> None:
+    MAX_PIXELS[0] = int(limit)
+
+
 def read_pixels(path: Path) -> Image.Image:
     """Open any supported image: a file PIL reads, a DICOM file (with pydicom), or ``file.npz#split[i]``."""
     m = _NPZ_ITEM.match(str(path))
@@ -67,6 +77,11 @@ def read_pixels(path: Path) -> Image.Image:
     if path.suffix.lower() == ".dcm":
         return _read_dicom(path)
     img = Image.open(path)
+    if img.width * img.height > MAX_PIXELS[0]:
+        img.close()
+        raise DataError([f"{path}: {img.width}x{img.height} = {img.width * img.height:,} pixels, over "
+                         f"data.max_image_pixels ({MAX_PIXELS[0]:,}); raise it if the image is genuine (a file "
+                         "that large may be a decompression bomb)"])
     img.load()
     return ImageOps.exif_transpose(img)
 

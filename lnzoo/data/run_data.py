@@ -24,6 +24,7 @@ class RunData:
     external: list[Sample]
     description: str
     skipped: list[str] = field(default_factory=list)
+    covariate_kinds: dict[str, str] = field(default_factory=dict)  # decided on all rows, never per fold
 
 
 def recipe_tasks(recipe, host) -> dict[str, Task]:
@@ -66,7 +67,11 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
     """
     from lnzoo.data.checks import check_files, identical_content_across_patients
 
+    from lnzoo.data.images import set_max_pixels
+    from lnzoo.data.splits import check_leakage
+
     data_cfg = {**recipe.data["data"], "main_task": recipe.data["tasks"]["main"]}
+    set_max_pixels(data_cfg["max_image_pixels"])
     train, regex, description = data_cfg["train"], None, "your data"
     if not train:
         train, regex, description = _phantom_sources(recipe, tasks, on_phantom)
@@ -85,6 +90,14 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
         for part, samples in parts.items():
             bad = check_files(samples, problems, digests)
             parts[part] = [s for i, s in enumerate(samples) if i not in bad]
+    kinds: dict[str, str] = {}
+    if data_cfg["covariates"]:
+        from lnzoo.data.covariates import covariate_kinds
+        every = [s for samples in parts.values() for s in samples]
+        kinds, bad = covariate_kinds(every, data_cfg["covariates"], data_cfg["covariate_types"],
+                                     [str(v).strip().casefold() for v in data_cfg["missing_labels"]], problems)
+        drop = {id(every[i]) for i in bad}
+        parts = {part: [s for s in samples if id(s) not in drop] for part, samples in parts.items()}
     grouped: list[str] = []
     if data_cfg["identical_images"] == "group":
         from lnzoo.data.checks import group_identical_patients
@@ -113,7 +126,8 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
         if n:
             description += (f"; {n} image(s) with an empty mask: their 'roi' view "
                             f"{'is the whole image' if policy == 'whole_image' else 'is missing'} (data.empty_roi)")
-    return RunData(parts["cross-validation"], parts["test"], parts["external"], description, problems)
+    check_leakage(parts)  # a patient in the CV data and a test set: refused by validate as by run
+    return RunData(parts["cross-validation"], parts["test"], parts["external"], description, problems, kinds)
 
 
 def image_cache_dir() -> Path:

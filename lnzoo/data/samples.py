@@ -50,8 +50,21 @@ def _read_lines(path: Path) -> list[str]:
     except FileNotFoundError:
         raise DataError([f"{path}: file not found"], "problem(s) with the data sources") from None
     except UnicodeDecodeError as exc:
-        raise DataError([f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})"],
+        raw = path.read_bytes()
+        line = raw[:exc.start].count(b"\n") + 1
+        guess = next((enc for enc in ("gb18030", "big5", "shift_jis", "cp1252") if _decodes(raw, enc)), None)
+        hint = (f"; it reads as {guess.upper()}: re-encode it, e.g. iconv -f {guess.upper()} -t UTF-8 "
+                f"{path.name} > {path.stem}-utf8{path.suffix}" if guess else "; save it as UTF-8")
+        raise DataError([f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start}){hint}"],
                         "problem(s) with the data sources") from None
+
+
+def _decodes(raw: bytes, encoding: str) -> bool:
+    try:
+        raw.decode(encoding)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _crop_path(path: Path, suffix: str) -> Path:
@@ -416,6 +429,6 @@ def load_source(spec: Any, tasks: Mapping[str, Task], data_cfg: Mapping[str, Any
     merged = merge_by_image(samples, list(tasks), problems)
     if problems and not collect:
         raise DataError(problems, "problem(s) in the data")
-    if not merged:
-        raise DataError([f"{items}: no usable rows"], "problem(s) in the data")
+    if not merged:  # say why: the collected problems (a missing column, say) come first
+        raise DataError([*problems, f"{', '.join(map(str, items))}: no usable rows"], "problem(s) in the data")
     return merged

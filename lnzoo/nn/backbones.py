@@ -32,17 +32,14 @@ class Backbone(nn.Module):
 
 def load_local_weights(model: nn.Module, path: str | Path, what: str) -> dict[str, list[str]]:
     """Load a local .safetensors file into ``model`` (classifier keys may be absent); report what matched."""
-    from safetensors.torch import load_file
+    from lnzoo.checkpoint import read_weights
 
     path = Path(path).expanduser()
     if not path.is_file():
         raise UsageError(f"pretrained weights file not found: {path}")
     if path.suffix != ".safetensors":
         raise UsageError(f"pretrained weights must be a .safetensors file (no pickles), got {path}")
-    try:
-        state = load_file(str(path))
-    except Exception as exc:
-        raise UsageError(f"{path}: not a readable safetensors file: {exc}") from None
+    state = read_weights(path)
     own = model.state_dict()
     # accept files saved from a whole lnzoo model or a Backbone wrapper by stripping known prefixes
     for prefix in ("backbones.0.body.", "backbone.body.", "body."):

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from lnzoo import events
 from lnzoo.data.dataset import ImageCache, NodeDataset, build_augment
 from lnzoo.data.samples import MISSING, Sample
+from lnzoo.errors import LnzooError
 from lnzoo.inference import Predictions, Predictor, device_settings
 from lnzoo.loss import MultiTaskLoss, balanced_class_weights
 from lnzoo.tasks import Task
@@ -47,12 +49,26 @@ class FoldResult:
         return next((h.get("val_loss") for h in self.history if h.get("epoch") == self.best_epoch), None)
 
 
+class TrainingDiverged(LnzooError):
+    """The loss became NaN or infinite: the fold stops at once, naming where and on which images."""
+
+    def __init__(self, fold: int, epoch: int, step: int | None, value: float, paths: Sequence[str], lr: float):
+        where = (f"fold {fold}, epoch {epoch}, step {step}: the training loss is {value}" if step is not None else
+                 f"fold {fold}, after epoch {epoch}: the validation loss is {value}, the weights diverged")
+        shown = ", ".join(paths[:8]) + (f" (+{len(paths) - 8} more)" if len(paths) > 8 else "")
+        super().__init__(f"{where} (not finite), so the fold was stopped. "
+                         + (f"The batch held: {shown}. " if paths else "")
+                         + f"Usually train.lr ({lr}) is too high for this model; lower it, or set train.grad_clip.")
+        self.fold, self.epoch, self.step = fold, epoch, step
+
+
 class Trainer:
     """Fits models for one recipe, fold after fold; ``on_event`` receives :mod:`lnzoo.events` as it goes."""
 
     def __init__(self, recipe, host, tasks: Mapping[str, Task], cache: ImageCache | None,
-                 on_event: Callable[[Any], None] | None = None):
+                 on_event: Callable[[Any], None] | None = None, covariate_kinds: Mapping[str, str] | None = None):
         self.recipe, self.host, self.tasks, self.cache = recipe, host, dict(tasks), cache
+        self.covariate_kinds = dict(covariate_kinds) if covariate_kinds else None  # decided on the whole data
         self.cfg = recipe.data["train"]
         self.data_cfg = recipe.data["data"]
         self.main = recipe.data["tasks"]["main"]
@@ -99,8 +115,12 @@ class Trainer:
             weights[name] = balanced_class_weights(ds.labels(name), task.num_classes) if balanced else None
         return weights
 
-    def fit(self, train: Sequence[Sample], val: Sequence[Sample], seed: int, fold: int = 0) -> FoldResult:
+    def fit(self, train: Sequence[Sample], val: Sequence[Sample], seed: int, fold: int = 0,
+            state: Path | None = None) -> FoldResult:
+        """Fit one model. With ``state`` (a file stem), the resumable state is written there every
+        ``train.checkpoint_every`` epochs, and a state found there on entry is continued from."""
         from lnzoo.model import build_model, init_from_checkpoint
+        from lnzoo.train import resume
 
         if self.cfg["method"] == "linear_probe":
             if self._probe is None:
@@ -115,7 +135,8 @@ class Trainer:
         covariates = None
         if self.data_cfg["covariates"]:
             from lnzoo.data.covariates import CovariateEncoder
-            covariates = CovariateEncoder.fit(train, self.data_cfg["covariates"])  # training part only: no leakage
+            covariates = CovariateEncoder.fit(train, self.data_cfg["covariates"], self.covariate_kinds,  # training
+                                              self.data_cfg["missing_labels"])  # part only: no leakage
         model = build_model(self.recipe, self.host, self.tasks, covariates)
         init_report = None
         if self.recipe.data["model"]["init_from"]:
@@ -142,12 +163,30 @@ class Trainer:
         main_col = list(self.tasks).index(self.main)
         result = FoldResult(fold, kept, {}, init_report=init_report)
         best_state = None
-        stale = 0
+        stale, start, stopped, last_monitor = 0, 0, False, (math.nan, math.nan)
         epochs = self.cfg["epochs"]
-        for epoch in range(epochs):
+        saved = resume.load_state(state) if state is not None else None
+        if saved is not None:  # continue after the last finished epoch of an interrupted fit
+            info, tensors = saved
+            model.load_state_dict(resume.part(tensors, "model"))
+            for name, avg in (("ema", ema), ("teacher", teacher.teacher if teacher is not None else None)):
+                if avg is not None:
+                    avg.load_state_dict(resume.part(tensors, name))
+            best_state = resume.part(tensors, "best")
+            scheduler.load_state_dict(info["scheduler"])
+            scaler.load_state_dict(info["scaler"])
+            resume.restore(info, tensors, optimizer, loader.generator)
+            result.history = info["history"]
+            result.best_epoch, result.best_score, result.best_value = info["best"]
+            stale, start, stopped, last_monitor = info["stale"], info["epoch"], info["stopped"], tuple(info["last"])
+            self.emit(events.Note(f"fold {fold}: resumed after epoch {start} of {epochs}"))
+        every = self.cfg["checkpoint_every"]
+        for epoch in range(start, epochs):
+            if stopped:
+                break
             model.train()
             total, seen = 0.0, 0
-            for step, (x, present, y, _, tab) in enumerate(loader):
+            for step, (x, present, y, idx, tab) in enumerate(loader):
                 x, present, y, tab = student.to_device(x, present, y, tab)
                 with torch.autocast(self.device.type, enabled=self.amp):
                     outputs = model(x, present, tab)
@@ -156,6 +195,11 @@ class Trainer:
                 if teacher is not None:
                     loss = loss + self.cfg["mean_teacher"]["weight"] * teacher.ramp(epoch, step, len(loader)) * \
                         teacher.loss(model, x, present, tab, outputs[self.main], y[:, main_col])
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingDiverged(fold, epoch + 1, step + 1, value,
+                                           [str(p) for i in idx.tolist() for p in train_ds.samples[i].views.values()
+                                            if p is not None], self.cfg["lr"])
                 scaler.scale(loss).backward()
                 if self.cfg["grad_clip"] > 0:
                     scaler.unscale_(optimizer)
@@ -168,11 +212,14 @@ class Trainer:
                     ema.update_parameters(model)
                 if teacher is not None:
                     teacher.update(model)
-                total += float(loss.detach()) * len(y)
+                total += value * len(y)
                 seen += len(y)
                 self.emit(events.StepEnded(fold, epoch, epochs, step + 1, len(loader), total / seen))
             val_pred = kept.predict(val_ds, loss_fn, batch_size=max(64, self.data_cfg["batch_size"]))
-            score, shown = self.monitor_score(val_pred)
+            if val_ds.samples and not (math.isfinite(val_pred.loss)
+                                       and all(np.isfinite(p).all() for p in val_pred.proba.values())):
+                raise TrainingDiverged(fold, epoch + 1, None, val_pred.loss, [], self.cfg["lr"])
+            score, shown = last_monitor = self.monitor_score(val_pred)
             row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_pred.loss,
                    f"val_{self.cfg['monitor']}": shown, "lr": optimizer.param_groups[0]["lr"]}
             result.history.append(row)
@@ -181,15 +228,23 @@ class Trainer:
                 best_state = {k: v.detach().clone() for k, v in kept.model.state_dict().items()}
             else:
                 stale += 1
-            self.emit(events.EpochEnded(fold, epochs, row, result.best_score))
             patience = self.cfg["early_stopping_patience"]
-            if patience and stale >= patience:
-                break
+            stopped = bool(patience and stale >= patience)
+            if state is not None and every and ((epoch + 1) % every == 0 or stopped or epoch + 1 == epochs):
+                resume.save_state(state, {"model": model.state_dict(), "best": best_state,
+                                          "ema": ema.state_dict() if ema is not None else None,
+                                          "teacher": teacher.teacher.state_dict() if teacher is not None else None},
+                                  optimizer, loader.generator,
+                                  {"epoch": epoch + 1, "history": result.history, "stale": stale, "stopped": stopped,
+                                   "best": [result.best_epoch, result.best_score, result.best_value],
+                                   "last": list(last_monitor), "scheduler": scheduler.state_dict(),
+                                   "scaler": scaler.state_dict()})
+            self.emit(events.EpochEnded(fold, epochs, row, result.best_value))
         result.last_state = {k: v.detach().clone() for k, v in kept.model.state_dict().items()}
         if self.cfg["keep"] == "last":
             best_state = result.last_state
             result.best_epoch = len(result.history)
-            result.best_score, result.best_value = self.monitor_score(val_pred)
+            result.best_score, result.best_value = last_monitor
         model.load_state_dict(best_state)
         result.predictor = self.predictor(model, covariates)
         return result

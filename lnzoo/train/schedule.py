@@ -39,6 +39,9 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], ste
 
 
 def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
+    from lnzoo.model import require_trainable
+
+    require_trainable(model)
     decay, no_decay = [], []
     for name, p in model.named_parameters():
         if p.requires_grad:
