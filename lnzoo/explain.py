@@ -6,7 +6,7 @@ batched pass, so its activations are split back per view. Views marked absent ge
 """
 from __future__ import annotations
 
-import csv
+import io
 import math
 import re
 from collections.abc import Sequence
@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from lnzoo.contracts import has_own_probabilities
 from lnzoo.errors import LnzooError, UsageError
+from lnzoo.rundir import csv_text, write_atomic
 
 METHODS = ("gradcam", "gradcam++")
 ALPHA = 0.4  # heat-map opacity over the image
@@ -223,9 +224,9 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, lines: Sequence[str], path: 
     draw = ImageDraw.Draw(canvas)
     for k, line in enumerate(lines):
         draw.text((4, picture.height + 3 + k * line_h), line, fill=(255, 255, 255), font=font)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    canvas.save(path)
-    return path
+    buf = io.BytesIO()
+    canvas.save(buf, format="PNG")
+    return write_atomic(path, buf.getvalue())
 
 
 def _resolve_class(class_index: int | str | None, task: str, classes: Sequence[str]) -> int | None:
@@ -315,11 +316,8 @@ def explain(checkpoint_or_run: str | Path, images: Sequence[Any], out_dir: str |
                 true = truth[n] if truth and task == chosen[0] else None
                 rows.append([str(sample[view]), task, view, cls, f"{float(proba[idx]):.6f}", classes[task][pred],
                              f"{float(proba[pred]):.6f}", true or "", method, png.name])
-    with (out_dir / "explain.csv").open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(["image", "task", "view", "class", "probability", "predicted", "p_predicted", "true", "method",
-                    "png"])
-        w.writerows(rows)
+    header = ["image", "task", "view", "class", "probability", "predicted", "p_predicted", "true", "method", "png"]
+    write_atomic(out_dir / "explain.csv", csv_text(header, [dict(zip(header, r)) for r in rows]))
     return written
 
 

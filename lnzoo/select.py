@@ -192,14 +192,21 @@ def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]
 
 
 def _write(out: Path, cands, names, folds, table, rows, result) -> None:
-    if out.exists() and any(out.iterdir()):
-        raise UsageError(f"{out} is not empty; pick another --out")
     if any(out.resolve() == c.path for c in cands):
         raise UsageError("--out must not be one of the candidates")
-    out.mkdir(parents=True, exist_ok=True)
+    rd = RunDir(out, writer=True)
+    rd.claim()  # a new or empty folder, locked, its status in run.json
+    try:
+        _write_chosen(rd, cands, names, folds, table, rows, result)
+    except BaseException as exc:
+        rd.release("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    rd.release("finished")
+
+
+def _write_chosen(rd: RunDir, cands, names, folds, table, rows, result) -> None:
     first = cands[0]
-    rd = RunDir(out)
-    shutil.copy2(first.rd / RunDir.FOLDS, rd / RunDir.FOLDS)
+    rd.write_folds(first.folds)
     for t in table:
         k, c = t["fold"], cands[names.index(t["chosen"])]
         for f in RunDir.KEPT_FOLD_FILES:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 
-from lnzoo.data.samples import MISSING, Sample, load_source
+from lnzoo.data.samples import MISSING, Sample, load_source, read_lines
 from lnzoo.errors import DataError, UsageError
 from lnzoo.tasks import Task
 
@@ -162,22 +162,21 @@ def read_folds_file(path: Path, pool: Sequence[Sample], folds: int, main: str) -
         raise UsageError(f"cv.folds_file: {path} not found")
     given: dict[str, int] = {}
     problems: list[str] = []
-    with path.open(newline="", encoding="utf-8-sig") as fh:
-        reader = csv.DictReader(fh)
-        if not reader.fieldnames or not {"patient", "fold"} <= set(reader.fieldnames):
-            raise DataError([f"{path}:1: needs the columns 'patient' and 'fold', found {reader.fieldnames}"])
-        for line, row in enumerate(reader, start=2):
-            p, f = (row["patient"] or "").strip(), (row["fold"] or "").strip()
-            try:
-                k = int(f)
-            except ValueError:
-                problems.append(f"{path}:{line}: fold {f!r} is not an integer")
-                continue
-            if not 0 <= k < folds:
-                problems.append(f"{path}:{line}: fold {k} is outside 0..{folds - 1} (cv.folds = {folds})")
-            elif p in given and given[p] != k:
-                problems.append(f"{path}:{line}: patient {p!r} is listed in folds {given[p]} and {k}")
-            given[p] = k
+    reader = csv.DictReader(read_lines(path))
+    if not reader.fieldnames or not {"patient", "fold"} <= set(reader.fieldnames):
+        raise DataError([f"{path}:1: needs the columns 'patient' and 'fold', found {reader.fieldnames}"])
+    for line, row in enumerate(reader, start=2):
+        p, f = (row["patient"] or "").strip(), (row["fold"] or "").strip()
+        try:
+            k = int(f)
+        except ValueError:
+            problems.append(f"{path}:{line}: fold {f!r} is not an integer")
+            continue
+        if not 0 <= k < folds:
+            problems.append(f"{path}:{line}: fold {k} is outside 0..{folds - 1} (cv.folds = {folds})")
+        elif p in given and given[p] != k:
+            problems.append(f"{path}:{line}: patient {p!r} is listed in folds {given[p]} and {k}")
+        given[p] = k
     assignment: dict[str, int] = {}
     labelled = {s.patient for s in pool if s.labels.get(main, MISSING) != MISSING}
     for patient in sorted({s.patient for s in pool}):

@@ -44,7 +44,8 @@ class Sample:
         return f"{image}|{sorted(self.rois.items())}" if self.rois else image
 
 
-def _read_lines(path: Path) -> list[str]:
+def read_lines(path: Path) -> list[str]:
+    """The lines of a text file the user gave; a missing or non-UTF-8 file is a named DataError."""
     try:
         return path.read_text(encoding="utf-8-sig").splitlines()  # tolerates a BOM and CRLF
     except FileNotFoundError:
@@ -84,7 +85,7 @@ def infer_list_task(path: Path, tasks: Mapping[str, Task]) -> str:
 
     Rows whose label that task does not know are then reported one by one, with their line.
     """
-    labels = [line.rsplit(",", 1)[1].strip() for line in _read_lines(path) if line.strip() and "," in line]
+    labels = [line.rsplit(",", 1)[1].strip() for line in read_lines(path) if line.strip() and "," in line]
     known = {name: sum(task.try_index(lb) is not None for lb in labels) for name, task in tasks.items()}
     best = max(known.values(), default=0)
     fits = [name for name, n in known.items() if n == best and n > 0]
@@ -103,7 +104,7 @@ def read_list_file(path: Path, task: Task, views: Sequence[str], crop_suffix: st
     regex = re.compile(patient_regex) if patient_regex else None
     samples = []
     first_seen: dict[str, int] = {}
-    for lineno, line in enumerate(_read_lines(path), start=1):
+    for lineno, line in enumerate(read_lines(path), start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         where = f"{path}:{lineno}"
@@ -122,7 +123,9 @@ def read_list_file(path: Path, task: Task, views: Sequence[str], crop_suffix: st
             except UsageError as exc:
                 problems.append(f"{where}: {exc}")
             continue
-        image = (path.parent / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
+        image = user_path(rel, path.parent, where, problems)
+        if image is None:
+            continue
         view_paths: dict[str, Path | None] = {}
         for view in views:
             if view == "full":
@@ -141,13 +144,23 @@ def read_list_file(path: Path, task: Task, views: Sequence[str], crop_suffix: st
     return samples
 
 
+def user_path(rel: str, base: Path, where: str, problems: list[str]) -> Path | None:
+    """A path from a user's file, relative ones against ``base``; None (with a problem) if it cannot be one."""
+    if "\x00" in rel:
+        problems.append(f"{where}: the path {rel!r} holds a NUL character")
+        return None
+    return (base / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
+
+
 def _row_views(row: Mapping[str, str], columns: Mapping[str, str], base: Path, cfg: Mapping[str, Any],
                where: str, problems: list[str]):
     """A manifest row's {view: path or None} and its ROI ({} or {'roi': box/mask}); None if the row is bad."""
     view_paths: dict[str, Path | None] = {}
     for view, col in columns.items():
         rel = (row.get(col) or "").strip()
-        view_paths[view] = ((base / rel).resolve() if not Path(rel).is_absolute() else Path(rel)) if rel else None
+        view_paths[view] = user_path(rel, base, where, problems) if rel else None
+        if rel and view_paths[view] is None:
+            return None
     if all(p is None for p in view_paths.values()):
         problems.append(f"{where}: no image path in any view column {sorted(set(columns.values()))}")
         return None
@@ -220,7 +233,7 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
     A task's column is named after the task unless ``label_columns`` maps it to another column.
     """
     label_col = {t: (label_columns or {}).get(t, t) for t in tasks}
-    lines = _read_lines(path)
+    lines = read_lines(path)
     reader = csv.DictReader(lines)
     header = reader.fieldnames or []
     columns = {v: VIEW_COLUMN.get(v, v) for v in views}
@@ -276,7 +289,7 @@ def read_serving_manifest(path: Path, views: Sequence[str], cfg: Mapping[str, An
     """Rows to predict on (no labels, no patient needed): the model's view columns, the box or mask
     of a 'roi' view, and any covariate columns. Every bad row is reported at once (DataError)."""
     path = Path(path)
-    reader = csv.DictReader(_read_lines(path))
+    reader = csv.DictReader(read_lines(path))
     header = reader.fieldnames or []
     columns = {v: VIEW_COLUMN.get(v, v) for v in views}
     problems: list[str] = []

@@ -10,7 +10,7 @@ from lnzoo.errors import UsageError
 from lnzoo.evaluation import N_BOOT
 from lnzoo.report.html import CSS, e, gradcam_section, img, level_section, slug, table
 from lnzoo.report.plots import part_label, plot_training
-from lnzoo.rundir import RunDir
+from lnzoo.rundir import RunDir, write_atomic
 
 __all__ = ["write_report"]
 
@@ -37,7 +37,10 @@ def _run_summary(rd: RunDir) -> dict[str, Any]:
         "folds_run": metrics.get("folds_run"), "device": run.get("device"), "wall_seconds": run.get("wall_seconds"),
         "quick": run.get("quick"), "ran": run.get("ran") or {}, "overrides": run.get("overrides") or [],
         "versions": run.get("versions") or {}, "test_note": metrics.get("test_note") or metrics.get("external_note"),
-        "best_epochs": {str(k): v for k, v in sorted(best_epochs.items())},
+        "best_epochs": {str(k): v for k, v in sorted(best_epochs.items())}, "status": rd.status(),
+        "warnings": [f"fold {f.get('fold')}: {f['validation_warning']}"
+                     for f in metrics.get("cross_validation", {}).get("folds", []) if f.get("validation_warning")]
+        + [f"plugin override: {line}" for line in run.get("plugin_overrides") or []],
     }
 
 
@@ -86,6 +89,10 @@ def _summary_section(s: dict, evaluation: dict) -> str:
             ["Bootstrap", f"{evaluation['settings']['n_boot']} patient-cluster resamples, seed "
                           f"{evaluation['settings']['seed']}"]]
     out = "<h2 id='run-summary'>Run summary</h2>" + table(["", ""], rows)
+    if s.get("status") not in (None, "finished"):
+        out += (f"<p class='warn'>This run did not finish (status: {e(s['status'])}); the report shows what it "
+                "holds.</p>")
+    out += "".join(f"<p class='warn'>Warning: {e(w)}</p>" for w in s.get("warnings", []))
     if "phantom" in (s["data"] or "").lower():
         out += "<p class='warn'>These results come from the synthetic phantom, not clinical data.</p>"
     note = s.get("test_note")
@@ -147,8 +154,7 @@ def write_report(run_dir, out_html=None, n_boot: int = N_BOOT, *, aggregate: str
                                       sensitivity_target=sensitivity_target)
     summary = _run_summary(rd)
     out = Path(out_html) if out_html else rd / rd.REPORT
-    out.parent.mkdir(parents=True, exist_ok=True)
     page = _render(rd, summary, evaluation)
     RunDir(out.parent).write_json(RunDir.EVALUATION, {"run": summary, **evaluation})
-    out.write_text(page, encoding="utf-8")
+    write_atomic(out, page)
     return out

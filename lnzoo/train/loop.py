@@ -49,6 +49,25 @@ class FoldResult:
         return next((h.get("val_loss") for h in self.history if h.get("epoch") == self.best_epoch), None)
 
 
+@dataclass
+class Fit:
+    """One fit's moving parts: what each epoch changes, and what the resumable state saves and restores."""
+
+    model: nn.Module
+    ema: Any                      # AveragedModel of the model (train.ema > 0), else None
+    teacher: MeanTeacher | None
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: torch.amp.GradScaler
+    loader: DataLoader
+    result: FoldResult
+    best_state: dict[str, torch.Tensor] | None = None
+    epoch: int = 0                # epochs finished
+    stale: int = 0                # epochs since the best one (early stopping)
+    stopped: bool = False
+    last_monitor: tuple[float, float] = (math.nan, math.nan)
+
+
 class TrainingDiverged(LnzooError):
     """The loss became NaN or infinite: the fold stops at once, naming where and on which images."""
 
@@ -155,99 +174,91 @@ class Trainer:
         optimizer = make_optimizer(model, self.cfg)
         scheduler = make_scheduler(optimizer, self.cfg, len(loader))
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
-        heads = dict(model.heads.items())
         ema = ema_of(model, self.cfg["ema"]) if self.cfg["ema"] > 0 else None
         kept = self.predictor(ema.module if ema is not None else model, covariates)  # what is evaluated and saved
         teacher = MeanTeacher(model, self.cfg["mean_teacher"], self.main) if self.cfg["mean_teacher"]["weight"] > 0 \
             else None
-        main_col = list(self.tasks).index(self.main)
-        result = FoldResult(fold, kept, {}, init_report=init_report)
-        best_state = None
-        stale, start, stopped, last_monitor = 0, 0, False, (math.nan, math.nan)
+        run = Fit(model, ema, teacher, optimizer, scheduler, scaler, loader,
+                  FoldResult(fold, kept, {}, init_report=init_report))
         epochs = self.cfg["epochs"]
-        saved = resume.load_state(state) if state is not None else None
-        if saved is not None:  # continue after the last finished epoch of an interrupted fit
-            info, tensors = saved
-            model.load_state_dict(resume.part(tensors, "model"))
-            for name, avg in (("ema", ema), ("teacher", teacher.teacher if teacher is not None else None)):
-                if avg is not None:
-                    avg.load_state_dict(resume.part(tensors, name))
-            best_state = resume.part(tensors, "best")
-            scheduler.load_state_dict(info["scheduler"])
-            scaler.load_state_dict(info["scaler"])
-            resume.restore(info, tensors, optimizer, loader.generator)
-            result.history = info["history"]
-            result.best_epoch, result.best_score, result.best_value = info["best"]
-            stale, start, stopped, last_monitor = info["stale"], info["epoch"], info["stopped"], tuple(info["last"])
-            self.emit(events.Note(f"fold {fold}: resumed after epoch {start} of {epochs}"))
+        if state is not None and resume.load_fit(state, run):  # continue after an interrupted fit's last epoch
+            self.emit(events.Note(f"fold {fold}: resumed after epoch {run.epoch} of {epochs}"))
         every = self.cfg["checkpoint_every"]
-        for epoch in range(start, epochs):
-            if stopped:
-                break
-            model.train()
-            total, seen = 0.0, 0
-            for step, (x, present, y, idx, tab) in enumerate(loader):
-                x, present, y, tab = student.to_device(x, present, y, tab)
-                with torch.autocast(self.device.type, enabled=self.amp):
-                    outputs = model(x, present, tab)
-                loss, _ = loss_fn({k: v.float() for k, v in outputs.items()},
-                                  {t: y[:, i] for i, t in enumerate(self.tasks)}, heads)
-                if teacher is not None:
-                    loss = loss + self.cfg["mean_teacher"]["weight"] * teacher.ramp(epoch, step, len(loader)) * \
-                        teacher.loss(model, x, present, tab, outputs[self.main], y[:, main_col])
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingDiverged(fold, epoch + 1, step + 1, value,
-                                           [str(p) for i in idx.tolist() for p in train_ds.samples[i].views.values()
-                                            if p is not None], self.cfg["lr"])
-                scaler.scale(loss).backward()
-                if self.cfg["grad_clip"] > 0:
-                    scaler.unscale_(optimizer)
-                    nn.utils.clip_grad_norm_(model.parameters(), self.cfg["grad_clip"])
-                scaler.step(optimizer)
-                scaler.update()
-                scheduler.step()  # once per optimizer step
-                optimizer.zero_grad(set_to_none=True)
-                if ema is not None:
-                    ema.update_parameters(model)
-                if teacher is not None:
-                    teacher.update(model)
-                total += value * len(y)
-                seen += len(y)
-                self.emit(events.StepEnded(fold, epoch, epochs, step + 1, len(loader), total / seen))
+        while run.epoch < epochs and not run.stopped:
+            loss = self._train_epoch(run, student, train_ds, loss_fn, fold)
             val_pred = kept.predict(val_ds, loss_fn, batch_size=max(64, self.data_cfg["batch_size"]))
             if val_ds.samples and not (math.isfinite(val_pred.loss)
                                        and all(np.isfinite(p).all() for p in val_pred.proba.values())):
-                raise TrainingDiverged(fold, epoch + 1, None, val_pred.loss, [], self.cfg["lr"])
-            score, shown = last_monitor = self.monitor_score(val_pred)
-            row = {"epoch": epoch + 1, "train_loss": total / max(seen, 1), "val_loss": val_pred.loss,
-                   f"val_{self.cfg['monitor']}": shown, "lr": optimizer.param_groups[0]["lr"]}
-            result.history.append(row)
-            if score > result.best_score + 1e-9 or best_state is None:
-                result.best_score, result.best_value, result.best_epoch, stale = score, shown, epoch + 1, 0
-                best_state = {k: v.detach().clone() for k, v in kept.model.state_dict().items()}
-            else:
-                stale += 1
-            patience = self.cfg["early_stopping_patience"]
-            stopped = bool(patience and stale >= patience)
-            if state is not None and every and ((epoch + 1) % every == 0 or stopped or epoch + 1 == epochs):
-                resume.save_state(state, {"model": model.state_dict(), "best": best_state,
-                                          "ema": ema.state_dict() if ema is not None else None,
-                                          "teacher": teacher.teacher.state_dict() if teacher is not None else None},
-                                  optimizer, loader.generator,
-                                  {"epoch": epoch + 1, "history": result.history, "stale": stale, "stopped": stopped,
-                                   "best": [result.best_epoch, result.best_score, result.best_value],
-                                   "last": list(last_monitor), "scheduler": scheduler.state_dict(),
-                                   "scaler": scaler.state_dict()})
-            self.emit(events.EpochEnded(fold, epochs, row, result.best_value))
+                raise TrainingDiverged(fold, run.epoch + 1, None, val_pred.loss, [], self.cfg["lr"])
+            row = self._end_epoch(run, val_pred, loss)
+            if state is not None and every and (run.epoch % every == 0 or run.stopped or run.epoch == epochs):
+                resume.save_fit(state, run)
+            self.emit(events.EpochEnded(fold, epochs, row, run.result.best_value))
+        result = run.result
         result.last_state = {k: v.detach().clone() for k, v in kept.model.state_dict().items()}
+        best_state = run.best_state
         if self.cfg["keep"] == "last":
             best_state = result.last_state
             result.best_epoch = len(result.history)
-            result.best_score, result.best_value = last_monitor
+            result.best_score, result.best_value = run.last_monitor
         model.load_state_dict(best_state)
         result.predictor = self.predictor(model, covariates)
         return result
+
+    def _train_epoch(self, run: Fit, student: Predictor, train_ds: NodeDataset, loss_fn: MultiTaskLoss,
+                     fold: int) -> float:
+        """One pass over the training part, an optimizer and scheduler step per batch; the mean loss."""
+        model, optimizer, loader, teacher, epoch = run.model, run.optimizer, run.loader, run.teacher, run.epoch
+        heads, main_col, epochs = dict(model.heads.items()), list(self.tasks).index(self.main), self.cfg["epochs"]
+        model.train()
+        total, seen = 0.0, 0
+        for step, (x, present, y, idx, tab) in enumerate(loader):
+            x, present, y, tab = student.to_device(x, present, y, tab)
+            with torch.autocast(self.device.type, enabled=self.amp):
+                outputs = model(x, present, tab)
+            loss, _ = loss_fn({k: v.float() for k, v in outputs.items()},
+                              {t: y[:, i] for i, t in enumerate(self.tasks)}, heads)
+            if teacher is not None:
+                loss = loss + self.cfg["mean_teacher"]["weight"] * teacher.ramp(epoch, step, len(loader)) * \
+                    teacher.loss(model, x, present, tab, outputs[self.main], y[:, main_col])
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingDiverged(fold, epoch + 1, step + 1, value,
+                                       [str(p) for i in idx.tolist() for p in train_ds.samples[i].views.values()
+                                        if p is not None], self.cfg["lr"])
+            run.scaler.scale(loss).backward()
+            if self.cfg["grad_clip"] > 0:
+                run.scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), self.cfg["grad_clip"])
+            run.scaler.step(optimizer)
+            run.scaler.update()
+            run.scheduler.step()  # once per optimizer step
+            optimizer.zero_grad(set_to_none=True)
+            if run.ema is not None:
+                run.ema.update_parameters(model)
+            if teacher is not None:
+                teacher.update(model)
+            total += value * len(y)
+            seen += len(y)
+            self.emit(events.StepEnded(fold, epoch, epochs, step + 1, len(loader), total / seen))
+        return total / max(seen, 1)
+
+    def _end_epoch(self, run: Fit, val_pred: Predictions, train_loss: float) -> dict[str, Any]:
+        """Score the epoch on the validation part, keep the best weights, count towards early stopping."""
+        result = run.result
+        score, shown = run.last_monitor = self.monitor_score(val_pred)
+        run.epoch += 1
+        row = {"epoch": run.epoch, "train_loss": train_loss, "val_loss": val_pred.loss,
+               f"val_{self.cfg['monitor']}": shown, "lr": run.optimizer.param_groups[0]["lr"]}
+        result.history.append(row)
+        if score > result.best_score + 1e-9 or run.best_state is None:
+            result.best_score, result.best_value, result.best_epoch, run.stale = score, shown, run.epoch, 0
+            run.best_state = {k: v.detach().clone() for k, v in result.predictor.model.state_dict().items()}
+        else:
+            run.stale += 1
+        patience = self.cfg["early_stopping_patience"]
+        run.stopped = bool(patience and run.stale >= patience)
+        return row
 
     def monitor_score(self, pred: Predictions) -> tuple[float, float]:
         """(score to maximise, value to report); an undefined metric falls back to minus the loss."""

@@ -103,6 +103,39 @@ def restore(meta: dict[str, Any], tensors: dict[str, torch.Tensor], optimizer: t
     random.setstate((version, tuple(py_state), gauss_next))
 
 
+def save_fit(stem: Path, run) -> None:
+    """Write the resumable state of a :class:`lnzoo.train.loop.Fit` after its last finished epoch."""
+    result = run.result
+    save_state(stem, {"model": run.model.state_dict(), "best": run.best_state,
+                      "ema": run.ema.state_dict() if run.ema is not None else None,
+                      "teacher": run.teacher.teacher.state_dict() if run.teacher is not None else None},
+               run.optimizer, run.loader.generator,
+               {"epoch": run.epoch, "history": result.history, "stale": run.stale, "stopped": run.stopped,
+                "best": [result.best_epoch, result.best_score, result.best_value], "last": list(run.last_monitor),
+                "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict()})
+
+
+def load_fit(stem: Path, run) -> bool:
+    """Put a saved state back into a freshly built :class:`lnzoo.train.loop.Fit`; False when none is saved."""
+    saved = load_state(stem)
+    if saved is None:
+        return False
+    info, tensors = saved
+    run.model.load_state_dict(part(tensors, "model"))
+    for name, avg in (("ema", run.ema), ("teacher", run.teacher.teacher if run.teacher is not None else None)):
+        if avg is not None:
+            avg.load_state_dict(part(tensors, name))
+    run.best_state = part(tensors, "best")
+    run.scheduler.load_state_dict(info["scheduler"])
+    run.scaler.load_state_dict(info["scaler"])
+    restore(info, tensors, run.optimizer, run.loader.generator)
+    run.result.history = info["history"]
+    run.result.best_epoch, run.result.best_score, run.result.best_value = info["best"]
+    run.epoch, run.stale, run.stopped, run.last_monitor = info["epoch"], info["stale"], info["stopped"], \
+        tuple(info["last"])
+    return True
+
+
 def remove_state(stem: Path) -> None:
     for suffix in (".safetensors", ".json"):
         stem.with_suffix(suffix).unlink(missing_ok=True)
