@@ -1,0 +1,522 @@
+"""The FastAPI app behind ``lnzoo serve``.
+
+Models are loaded once, when the app is created: a model that fails to load stops it there, with the
+reason. Each request's uploads are checked with PIL before anything is predicted, written to a temporary
+folder that is removed when the request ends, and predicted on as one :class:`~lnzoo.data.samples.Sample`
+through :class:`lnzoo.predict.Ensemble`: the same path as ``lnzoo predict``. The cascade routes a node
+through its stages the way :func:`lnzoo.predict.run_cascade` does (the most probable class of each stage's
+main task, on its uncalibrated probability, decides whether the node goes on).
+"""
+from __future__ import annotations
+
+import base64
+import csv
+import io
+import math
+import sys
+import tempfile
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from lnzoo.errors import LnzooError, UsageError
+
+IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif", "WEBP": ".webp"}
+FULL_VIEWS = ("full", "2d")      # the views a 'roi' view is cropped from (the manifest's "path" column)
+TEXT_FIELDS = ("box", "gradcam")
+FORM_SLACK = 1 << 20             # bytes a request may carry beyond its files (field names, text fields)
+
+
+class RequestError(Exception):
+    """What is wrong with a request: answered as ``{"error": message}`` with ``status``, nothing changed."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# -- the models, loaded once --------------------------------------------------------------------------------------
+@dataclass
+class ServedModel:
+    """One model (its members averaged) or one cascade stage, with what it says about itself."""
+
+    sources: list[Path]
+    ensemble: Any                     # lnzoo.predict.Ensemble
+    info: dict[str, Any]              # lnzoo.bundle.model_info of its first source
+
+    @property
+    def main(self) -> str:
+        return self.ensemble.main
+
+    @property
+    def views(self) -> list[str]:
+        return list(self.ensemble.views)
+
+    @property
+    def covariates(self) -> list[str]:
+        names: list[str] = []
+        for m in self.ensemble.members:
+            spec = getattr(m.covariates, "spec", None) or []
+            names += [c["name"] for c in spec if c["name"] not in names]
+        return names
+
+    @property
+    def calibrates(self) -> bool:
+        """Whether any member has a fitted temperature (else calibrated and raw probabilities are the same)."""
+        return any(any(t for t in (m.temperature or {}).values()) for m in self.ensemble.members)
+
+
+def load_model(sources: Sequence[Path], host) -> ServedModel:
+    """Load the checkpoints of ``sources`` (averaged) and read their model info; every failure is an LnzooError."""
+    from lnzoo.bundle import model_info
+    from lnzoo.predict import Ensemble
+
+    sources = [Path(s) for s in sources]
+    try:
+        return ServedModel(sources, Ensemble(sources, host), model_info(sources[0]))
+    except LnzooError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        raise LnzooError(f"{', '.join(map(str, sources))}: cannot load the model ({type(exc).__name__}: {exc})"
+                         ) from None
+
+
+def passing_classes(stages: Sequence[ServedModel], host) -> list[str]:
+    """Per stage but the last, the class of its main task that passes a node on (its task definition's)."""
+    from lnzoo.predict import _passes_on
+
+    passing = []
+    for stage in stages[:-1]:
+        cls = _passes_on(stage.ensemble.main_task, host)
+        if cls is None:
+            raise UsageError(f"{stage.sources[0]}: its main task {stage.main!r} names no class that passes on to "
+                             "the next stage (passes_on in its task definition)")
+        passing.append(cls)
+    return passing
+
+
+@dataclass
+class Server:
+    """Everything a request needs: the models (one, or the cascade's stages), the limits and the plugin host."""
+
+    stages: list[ServedModel]
+    passing: list[str]                # the cascade's passing classes; empty for one model
+    max_upload_mb: float
+    max_side: int
+    host: Any = None
+    lock: threading.Lock = field(default_factory=threading.Lock)  # one prediction at a time: torch uses every core
+
+    @property
+    def max_bytes(self) -> int:
+        return round(self.max_upload_mb * 2**20)
+
+    @property
+    def cascade(self) -> bool:
+        return len(self.stages) > 1
+
+    @property
+    def views(self) -> list[str]:
+        views: list[str] = []
+        for s in self.stages:
+            views += [v for v in s.views if v not in views]
+        return views
+
+    @property
+    def file_fields(self) -> list[str]:
+        """One file field per view; a 'roi' view is cropped from the full image's upload when there is one."""
+        views = self.views
+        roi_from_full = any(v in views for v in FULL_VIEWS)
+        return [v for v in views if not (v == "roi" and roi_from_full)]
+
+    @property
+    def roi_source(self) -> str | None:
+        """The file field a 'roi' view's box is drawn on (None: no 'roi' view)."""
+        if "roi" not in self.views:
+            return None
+        return next((v for v in FULL_VIEWS if v in self.views), "roi")
+
+    @property
+    def required_view(self) -> str:
+        return self.stages[0].views[0]
+
+    @property
+    def covariates(self) -> list[str]:
+        names: list[str] = []
+        for s in self.stages:
+            names += [c for c in s.covariates if c not in names]
+        return names
+
+    @property
+    def accepted(self) -> list[str]:
+        text = ["box"] if self.roi_source else []
+        return [*self.file_fields, *text, "gradcam", *self.covariates]
+
+    def form_description(self) -> dict[str, Any]:
+        return {"files": self.file_fields, "required_view": self.required_view, "box_view": self.roi_source,
+                "covariates": self.covariates, "accepted_fields": self.accepted,
+                "max_upload_mb": self.max_upload_mb, "max_side": self.max_side,
+                "formats": sorted(IMAGE_FORMATS)}
+
+
+def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb: float, max_side: int,
+                 host) -> Server:
+    if bool(models) == bool(cascade):
+        raise UsageError("give either MODEL (one or more) or --cascade S1 --cascade S2 [--cascade S3]")
+    if cascade and len(cascade) < 2:
+        raise UsageError("--cascade takes two or more models, in stage order")
+    if not max_upload_mb > 0 or max_side < 1:
+        raise UsageError(f"--max-upload-mb ({max_upload_mb}) and --max-side ({max_side}) must be positive")
+    if host is None:
+        from lnzoo.plugins import get_host
+        host = get_host()
+    stages = [load_model(list(models), host)] if models else [load_model([s], host) for s in cascade]
+    return Server(stages, passing_classes(stages, host) if cascade else [], float(max_upload_mb),
+                  int(max_side), host)
+
+
+# -- reading and checking a request -------------------------------------------------------------------------------
+@dataclass
+class Upload:
+    """One checked image: its bytes, the file suffix of its format and its (width, height)."""
+
+    data: bytes
+    suffix: str
+    size: tuple[int, int]
+
+
+@dataclass
+class Submission:
+    """A checked /api/predict request."""
+
+    files: dict[str, Upload]
+    box: tuple[float, float, float, float] | None
+    covariates: dict[str, str]
+    gradcam: bool
+
+
+def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int) -> Upload:
+    """Decode an upload with PIL: an image of a supported format, within the limits, that decodes whole."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise RequestError(422, f"{name}: the file is empty")
+    max_bytes = round(max_upload_mb * 2**20)
+    if len(data) > max_bytes:
+        raise RequestError(413, f"{name}: over the limit of {max_upload_mb:g} MB ({max_bytes:,} bytes) per file "
+                                "(lnzoo serve --max-upload-mb)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise RequestError(415, f"{name}: not an image file of a known format; accepted formats: "
+                                f"{', '.join(sorted(IMAGE_FORMATS))}") from None
+    with img:
+        if img.format not in IMAGE_FORMATS:
+            raise RequestError(415, f"{name}: {img.format} images are not accepted; accepted formats: "
+                                    f"{', '.join(sorted(IMAGE_FORMATS))}")
+        if max(img.size) > max_side:
+            raise RequestError(413, f"{name}: {img.width}x{img.height} pixels, over the limit of {max_side} pixels "
+                                    "a side (lnzoo serve --max-side)")
+        try:
+            img.load()
+            size = ImageOps.exif_transpose(img).size  # as the model reads it (lnzoo.data.images.read_pixels)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise RequestError(422, f"{name}: corrupt or truncated {img.format} image ({exc})") from None
+    return Upload(data, IMAGE_FORMATS[img.format], size)
+
+
+def parse_box(text: str, size: tuple[int, int] | None) -> tuple[float, float, float, float]:
+    """'x0,y0,x1,y1' in pixels of the image it is drawn on, inside it, with x0 < x1 and y0 < y1."""
+    parts = text.replace(",", " ").split()
+    try:
+        box = tuple(float(v) for v in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        raise RequestError(422, f"box {text!r}: expected four numbers x0,y0,x1,y1 (pixels)")
+    x0, y0, x1, y1 = box
+    if not (x0 < x1 and y0 < y1):
+        raise RequestError(422, f"box {text!r}: needs x0 < x1 and y0 < y1")
+    if size is not None and (x0 < 0 or y0 < 0 or x1 > size[0] or y1 > size[1]):
+        raise RequestError(422, f"box {text!r} lies outside the {size[0]}x{size[1]} image it is drawn on")
+    return box  # type: ignore[return-value]
+
+
+def parse_flag(text: str, name: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off", ""):
+        raise RequestError(422, f"{name} {text!r}: expected true or false")
+    return value in ("true", "1", "yes", "on", "")
+
+
+def check_declared_size(request: Request, server: Server) -> None:
+    """Refuse a request whose declared size exceeds what its files may carry, before reading it."""
+    declared = request.headers.get("content-length")
+    limit = server.max_bytes * len(server.file_fields) + FORM_SLACK
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the request is {int(declared):,} bytes, over the limit of "
+                                f"{server.max_upload_mb:g} MB per file (lnzoo serve --max-upload-mb)")
+
+
+async def read_form(form: FormData, server: Server) -> Submission:
+    """The form's fields, checked: known names, files where files belong, images that decode, a valid box."""
+    unknown = sorted({k for k in form.keys() if k not in server.accepted})
+    if unknown:
+        raise RequestError(422, f"unknown form field(s) {unknown}; this model accepts {server.accepted}")
+    files: dict[str, Upload] = {}
+    text: dict[str, str] = {}
+    for name, value in form.multi_items():
+        if name in files or name in text:
+            raise RequestError(422, f"form field {name!r} is given twice")
+        if name in server.file_fields:
+            if not isinstance(value, UploadFile):
+                raise RequestError(422, f"form field {name!r} must be an image file, not text")
+            files[name] = check_image(await value.read(server.max_bytes + 1), name, server.max_upload_mb,
+                                      server.max_side)
+        elif isinstance(value, UploadFile):
+            raise RequestError(422, f"form field {name!r} takes text, not a file")
+        else:
+            text[name] = value
+    box = None
+    if text.get("box", "").strip():
+        source = server.roi_source
+        box = parse_box(text["box"], files[source].size if source in files else None)
+    return Submission(files, box, {c: text[c] for c in server.covariates if c in text},
+                    parse_flag(text.get("gradcam", "true"), "gradcam"))
+
+
+def write_sample(req: Submission, folder: Path, server: Server):
+    """The uploads written into ``folder`` (a request's temporary one), as one Sample of every view."""
+    from lnzoo.data.samples import Sample
+
+    paths = {}
+    for view, upload in req.files.items():
+        paths[view] = folder / f"{view}{upload.suffix}"  # our own names: nothing the client sent names a file
+        paths[view].write_bytes(upload.data)
+    views: dict[str, Path | None] = {v: paths.get(v) for v in server.views}
+    rois = {}
+    if server.roi_source:
+        source = paths.get(server.roi_source)
+        if req.box is not None and source is None:
+            raise RequestError(422, f"a box is given but no {server.roi_source!r} image to draw it on")
+        views["roi"] = source if req.box is not None else None  # no box: no ROI, the view is absent
+        if req.box is not None:
+            rois["roi"] = req.box
+    required = server.required_view
+    if views.get(required) is None:
+        need = f"the {server.roi_source!r} image and a box x0,y0,x1,y1" if required == "roi" else \
+            f"an image in the form field {required!r}"
+        others = [v for v in server.views if v != required]
+        optional = f"; {', '.join(map(repr, others))} optional" if others else ""
+        raise RequestError(422, f"missing the view {required!r}: give {need}. This model takes the views "
+                                f"{server.views} (file fields {server.file_fields}): {required!r} required{optional}")
+    return Sample(views, "", {}, "upload", covariates=dict(req.covariates), rois=rois)
+
+
+# -- predicting -----------------------------------------------------------------------------------------------------
+def task_results(model: ServedModel, raw: dict, calibrated: dict) -> dict[str, Any]:
+    """Per task: calibrated and raw probabilities of the one sample, and the call at the stored threshold."""
+    from lnzoo.bundle import decide
+
+    out = {}
+    for task, classes in model.ensemble.tasks.items():
+        info = model.info.get("tasks", {}).get(task) or {"classes": classes}
+        threshold = (model.info.get("thresholds") or {}).get(task)
+        probs = [float(v) for v in calibrated[task][0]]
+        out[task] = {"classes": list(classes), "main": task == model.main,
+                     "probabilities": dict(zip(classes, probs)),
+                     "raw_probabilities": {c: float(v) for c, v in zip(classes, raw[task][0])},
+                     "call": decide(info, threshold, probs), "threshold": threshold}
+    return out
+
+
+def predict_model(model: ServedModel, sample) -> tuple[dict[str, Any], list[str], dict]:
+    """(task results, the views used, the raw probabilities) of one model on one sample."""
+    raw, resolved = model.ensemble.predict([sample], calibrated=False)
+    calibrated = model.ensemble.predict([sample], calibrated=True)[0] if model.calibrates else raw
+    used = [v for v, p in resolved[0].items() if p is not None]
+    return task_results(model, raw, calibrated), used, raw
+
+
+def gradcam(model: ServedModel, sample, folder: Path, host) -> tuple[dict[str, str], str | None]:
+    """Grad-CAM of the main task on the model's first fold member, per view present: {view: base64 PNG}."""
+    from lnzoo.explain import explain
+
+    member = model.ensemble.members[0]
+    if "roi" in member.views:
+        return {}, ("Grad-CAM is not available for a model with a 'roi' view: lnzoo explain takes image files, "
+                    "not an image with a box")
+    paths = [sample.views.get(v) for v in member.views]
+    explain(member.source, [paths[0] if len(paths) == 1 else paths], folder, tasks=[model.main], host=host)
+    with open(folder / "explain.csv", newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    return {r["view"]: base64.b64encode((folder / r["png"]).read_bytes()).decode("ascii") for r in rows}, None
+
+
+def stage_entry(server: Server, k: int, sample, folder: Path, with_gradcam: bool) -> dict[str, Any]:
+    """One model's (or cascade stage's) answer for one sample."""
+    model = server.stages[k]
+    tasks, used, raw = predict_model(model, sample)
+    entry: dict[str, Any] = {"model": model.info.get("name"), "sources": [str(s) for s in model.sources],
+                             "members": len(model.ensemble.members), "main_task": model.main, "tasks": tasks,
+                             "views_used": used}
+    if with_gradcam:
+        cams, note = gradcam(model, sample, folder / f"gradcam{k + 1}", server.host)
+        entry["gradcam"] = cams
+        if note:
+            entry["gradcam_note"] = note
+    if server.cascade:
+        from lnzoo.predict import decide as most_probable
+
+        entry["stage"] = k + 1
+        entry["routed_as"] = most_probable(model.ensemble.tasks[model.main], raw[model.main])[0]
+        entry["passes_on"] = server.passing[k] if k < len(server.passing) else None
+    return entry
+
+
+def answer(server: Server, req: Submission) -> dict[str, Any]:
+    """Predict on one checked request inside a temporary folder removed on return."""
+    with tempfile.TemporaryDirectory(prefix="lnzoo-serve-") as tmp, server.lock:
+        sample = write_sample(req, Path(tmp), server)
+        entries = []
+        for k in range(len(server.stages)):
+            entries.append(stage_entry(server, k, sample, Path(tmp), req.gradcam))
+            if not server.cascade or k >= len(server.passing) or entries[-1]["routed_as"] != server.passing[k]:
+                break
+    first = entries[0]
+    result = {key: first[key] for key in ("model", "members", "main_task", "tasks", "views_used", "gradcam",
+                                          "gradcam_note") if key in first}
+    if server.cascade:
+        result["path"] = " > ".join(f"{e['main_task']}:{e['routed_as']}" for e in entries)
+        result["stages"] = entries
+    return finite(result)
+
+
+def finite(value: Any) -> Any:
+    """JSON-safe: NaN and infinities (an undefined metric, say) become null."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+# -- the app --------------------------------------------------------------------------------------------------------
+def model_description(server: Server) -> dict[str, Any]:
+    """GET /api/model: what the served model says about itself (lnzoo.bundle.model_info) and its form."""
+    def one(model: ServedModel) -> dict[str, Any]:
+        return {**model.info, "sources": [str(s) for s in model.sources], "members": len(model.ensemble.members)}
+
+    out: dict[str, Any] = {"kind": "cascade" if server.cascade else "model", "form": server.form_description()}
+    if server.cascade:
+        out["stages"] = [one(s) for s in server.stages]
+        out["passes_on"] = server.passing
+    else:
+        out.update(one(server.stages[0]))
+    return finite(out)
+
+
+def openapi_form(server: Server) -> dict[str, Any]:
+    """The multipart body of /api/predict for the OpenAPI docs (its fields depend on the model)."""
+    props: dict[str, Any] = {v: {"type": "string", "format": "binary", "description": f"the {v!r} view's image"}
+                             for v in server.file_fields}
+    if server.roi_source:
+        props["box"] = {"type": "string", "example": "40,30,200,180",
+                        "description": f"the ROI box x0,y0,x1,y1 in pixels of the {server.roi_source!r} image"}
+    props["gradcam"] = {"type": "boolean", "default": True, "description": "Grad-CAM overlays in the answer"}
+    props.update({c: {"type": "string", "description": "clinical covariate"} for c in server.covariates})
+    required = [server.roi_source if server.required_view == "roi" else server.required_view]
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": required, "properties": props}}}}}
+
+
+def error_response(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(RequestError)
+    async def _request_error(request: Request, exc: RequestError):
+        return error_response(exc.status, str(exc))
+
+    @app.exception_handler(LnzooError)
+    async def _lnzoo_error(request: Request, exc: LnzooError):
+        return error_response(422 if isinstance(exc, UsageError) else 400, str(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        return error_response(exc.status_code, str(exc.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        return error_response(422, "; ".join(str(e.get("msg")) for e in exc.errors()) or "invalid request")
+
+
+def page_html() -> str:
+    return resources.files("lnzoo.serve").joinpath("page.html").read_text(encoding="utf-8")
+
+
+def create_app(models: Sequence[Path], cascade: Sequence[Path] = (), max_upload_mb: float = 20.0,
+               max_side: int = 8000, plugin_host=None) -> FastAPI:
+    """The app serving ``models`` (averaged) or the ``cascade``'s stages; loads them now (LnzooError if one fails)."""
+    from lnzoo import __version__
+
+    server = build_server(list(models), list(cascade), max_upload_mb, max_side, plugin_host)
+    page = page_html()
+    app = FastAPI(title="lnzoo serve", version=__version__,
+                  description="Lymph node ultrasound models: upload a node's images, get every task's probabilities.")
+    app.state.server = server
+    add_error_handlers(app)
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    def index() -> HTMLResponse:
+        return HTMLResponse(page)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        return {"status": "ok", "stages": len(server.stages),
+                "members": sum(len(s.ensemble.members) for s in server.stages)}
+
+    @app.get("/api/model")
+    def api_model() -> JSONResponse:
+        return JSONResponse(model_description(server))
+
+    @app.post("/api/predict", openapi_extra=openapi_form(server))
+    async def api_predict(request: Request) -> JSONResponse:
+        check_declared_size(request, server)
+        form = await request.form(max_files=len(server.file_fields) + 1, max_fields=len(server.accepted) + 1)
+        try:
+            req = await read_form(form, server)
+        finally:
+            await form.close()
+        return JSONResponse(await run_in_threadpool(answer, server, req))
+
+    return app
+
+
+def run_server(models: list[Path], cascade: list[Path], host: str = "127.0.0.1", port: int = 8000,
+               max_upload_mb: float = 20.0, max_side: int = 8000, plugin_host=None, console=None) -> None:
+    """Load the models (stopping with their error if one fails), print the URL and serve until interrupted."""
+    import uvicorn
+
+    app = create_app(models, cascade, max_upload_mb=max_upload_mb, max_side=max_side, plugin_host=plugin_host)
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/"
+    what = " > ".join(str(s) for s in cascade) if cascade else ", ".join(str(m) for m in models)
+    line = f"lnzoo serve: {what} at {url} (API docs {url}docs); Ctrl-C stops"
+    if console is not None:
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    else:
+        print(line, file=sys.stderr, flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info")
