@@ -76,14 +76,15 @@ class ServedModel:
         return any(any(t for t in (m.temperature or {}).values()) for m in self.ensemble.members)
 
 
-def load_model(sources: Sequence[Path], host) -> ServedModel:
+def load_model(sources: Sequence[Path], host, engine: str = "torch") -> ServedModel:
     """Load the checkpoints of ``sources`` (averaged) and read their model info; every failure is an LnzooError."""
     from lnzoo.bundle import model_info
     from lnzoo.predict import Ensemble
 
     sources = [Path(s) for s in sources]
     try:
-        return ServedModel(sources, Ensemble(sources, host), model_info(sources[0]))
+        ensemble = Ensemble(sources, host) if engine == "torch" else Ensemble(sources, host, engine=engine)
+        return ServedModel(sources, ensemble, model_info(sources[0]))
     except LnzooError:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -169,7 +170,7 @@ class Server:
 
 
 def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb: float, max_side: int,
-                 host) -> Server:
+                 host, engine: str = "torch") -> Server:
     if bool(models) == bool(cascade):
         raise UsageError("give either MODEL (one or more) or --cascade S1 --cascade S2 [--cascade S3]")
     if cascade and len(cascade) < 2:
@@ -179,7 +180,7 @@ def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb:
     if host is None:
         from lnzoo.plugins import get_host
         host = get_host()
-    stages = [load_model(list(models), host)] if models else [load_model([s], host) for s in cascade]
+    stages = [load_model(list(models), host, engine)] if models else [load_model([s], host, engine) for s in cascade]
     return Server(stages, passing_classes(stages, host) if cascade else [], float(max_upload_mb),
                   int(max_side), host)
 
@@ -468,11 +469,12 @@ def page_html() -> str:
 
 
 def create_app(models: Sequence[Path], cascade: Sequence[Path] = (), max_upload_mb: float = 20.0,
-               max_side: int = 8000, plugin_host=None) -> FastAPI:
-    """The app serving ``models`` (averaged) or the ``cascade``'s stages; loads them now (LnzooError if one fails)."""
+               max_side: int = 8000, plugin_host=None, engine: str = "torch") -> FastAPI:
+    """The app serving ``models`` (averaged) or the ``cascade``'s stages; loads them now (LnzooError if one fails).
+    ``engine`` is passed on to :class:`lnzoo.predict.Ensemble` ("torch", or "onnx" where it runs ONNX)."""
     from lnzoo import __version__
 
-    server = build_server(list(models), list(cascade), max_upload_mb, max_side, plugin_host)
+    server = build_server(list(models), list(cascade), max_upload_mb, max_side, plugin_host, engine)
     page = page_html()
     app = FastAPI(title="lnzoo serve", version=__version__,
                   description="Lymph node ultrasound models: upload a node's images, get every task's probabilities.")
@@ -506,11 +508,13 @@ def create_app(models: Sequence[Path], cascade: Sequence[Path] = (), max_upload_
 
 
 def run_server(models: list[Path], cascade: list[Path], host: str = "127.0.0.1", port: int = 8000,
-               max_upload_mb: float = 20.0, max_side: int = 8000, plugin_host=None, console=None) -> None:
+               max_upload_mb: float = 20.0, max_side: int = 8000, plugin_host=None, console=None,
+               engine: str = "torch") -> None:
     """Load the models (stopping with their error if one fails), print the URL and serve until interrupted."""
     import uvicorn
 
-    app = create_app(models, cascade, max_upload_mb=max_upload_mb, max_side=max_side, plugin_host=plugin_host)
+    app = create_app(models, cascade, max_upload_mb=max_upload_mb, max_side=max_side, plugin_host=plugin_host,
+                     engine=engine)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     what = " > ".join(str(s) for s in cascade) if cascade else ", ".join(str(m) for m in models)
