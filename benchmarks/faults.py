@@ -58,8 +58,13 @@ class Table:
 
     def add(self, case: str, done: subprocess.CompletedProcess, lost: bool, expect_ok: bool = False) -> None:
         text = (done.stderr or done.stdout).strip()
-        lines = [ln for ln in text.splitlines() if ln.startswith(("error", "warning", "interrupted"))]
-        first = (lines[0] if lines else (text.splitlines() or [""])[-1])[:150]
+        all_lines = text.splitlines()
+        keys = ("error", "interrupted") if done.returncode != 0 or not expect_ok else ("warning",)
+        at = next((i for i, ln in enumerate(all_lines) if ln.startswith(keys)), None)
+        first = all_lines[at] if at is not None else (all_lines or [""])[-1]
+        if at is not None and first.endswith(":") and at + 1 < len(all_lines):  # "N problem(s):" + the first
+            first += " " + all_lines[at + 1].strip()
+        first = first[:170]
         named = "Traceback" not in text and ((done.returncode != 0 and first.startswith(("error", "interrupted")))
                                              or (expect_ok and done.returncode == 0))
         self.rows.append((case, done.returncode, first, named, not lost))
@@ -188,8 +193,11 @@ def main() -> None:
           expect_ok="replaces" in done.stderr)
 
     # -- crashes and raw tracebacks before ---------------------------------------------------------------------
-    t.add("train.monitor = \"loss\"", lnzoo("run", RECIPE, "--quick", *sets("train.monitor='loss'", "cv.run_folds=[0]"),
-          "--n-boot", "0", "--out", str(work / "loss")), lost=status(work / "loss") != "finished", expect_ok=True)
+    done = lnzoo("run", RECIPE, "--quick", *sets("train.monitor='loss'", "cv.run_folds=[0]"), "--n-boot", "0",
+                 "--out", str(work / "loss"))
+    epochs = [ln for ln in done.stderr.splitlines() if " epoch " in ln]
+    t.add("train.monitor = \"loss\"", subprocess.CompletedProcess(done.args, done.returncode, "", epochs[-1] if
+          epochs else done.stderr), lost=status(work / "loss") != "finished", expect_ok=done.returncode == 0)
     nan = work / "nan"
     t.add("NaN loss (train.lr = 1e6)", lnzoo("run", RECIPE, "--quick", *sets("train.lr=1e6", "cv.run_folds=[0]"),
           "--out", str(nan)), lost=status(nan) == "finished")

@@ -405,6 +405,8 @@ def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAG
                                  "stage task definition's passes_on.")] = None,
             out: Annotated[Path, typer.Option("--out", metavar="FILE.csv", help="CSV to write (never inside a run "
                                               "directory).")] = Path("predictions.csv"),
+            engine: Annotated[str, typer.Option("--engine", metavar="torch|onnx", help="Run the models with torch, "
+                                                "or with ONNX Runtime (a bundle exported with --onnx).")] = "torch",
             allow_partial: PartialOpt = False) -> None:
     """Predict with one model, an ensemble (averaged probabilities) or the three-stage cascade.
 
@@ -427,7 +429,9 @@ def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAG
         if missing:
             raise UsageError(f"image(s) not found: {', '.join(missing[:10])}")
         items = images
-    rows = run_cascade(cascade, items, _host(), passes_on) if cascade else predict_rows(model, items, _host())
+    if engine != "torch" and cascade:
+        raise UsageError("--engine onnx works with --model; the cascade runs with torch")
+    rows = run_cascade(cascade, items, _host(), passes_on) if cascade else predict_rows(model, items, _host(), engine)
     write_rows(rows, out)
     table = Table(title=f"{len(rows)} image(s) -> {out}", title_justify="left")
     table.add_column("image")
@@ -436,6 +440,58 @@ def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAG
         table.add_row(Path(r["image"]).name, r["path"] if cascade else
                       ", ".join(f"{k[:-5]}: {v}" for k, v in r.items() if k.endswith("_pred")))
     console.print(table)
+
+
+@app.command(cls=_Command, name="export")
+@guarded
+def export_cmd(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory.")],
+               out: Annotated[Path, typer.Option("--out", metavar="MODEL_DIR", help="New or empty folder for the "
+                                                 "bundle.")],
+               fold: Annotated[Optional[list[int]], typer.Option("--fold", metavar="K", help="Export only this fold's "
+                                                                 "model (repeatable; default: every fold).")] = None,
+               onnx: Annotated[bool, typer.Option("--onnx", metavar="", help="Also write each model as ONNX, "
+                                                  "checked against torch.")] = False,
+               licence: Annotated[Optional[str], typer.Option("--licence", metavar="TEXT", help="Licence for the "
+                                                              "model card, e.g. 'CC-BY-NC-4.0'.")] = None) -> None:
+    """Write a portable model bundle: weights, config.json (tasks, views, preprocessing, calibration,
+    thresholds, versions, plugins), MODEL_CARD.md, and with --onnx one model.onnx per fold.
+
+    Example: lnzoo export runs/RUN --out models/stage1 --onnx
+    """
+    from lnzoo.export import export_bundle
+
+    path = export_bundle(run_dir, out, fold, onnx=onnx, licence=licence, host=_host(),
+                         say=lambda text: console.print(escape(text), highlight=False))
+    console.print(f"bundle written: {escape(str(path))} (lnzoo predict --model, explain and serve take it; "
+                  f"see {escape(str(path / 'MODEL_CARD.md'))})", highlight=False)
+
+
+@app.command(cls=_Command)
+@guarded
+def serve(models: Annotated[Optional[list[Path]], typer.Argument(metavar="MODEL", help="Bundle (lnzoo export), run "
+                                                                  "directory or checkpoint; several are averaged.")] = None,
+          cascade: Annotated[Optional[list[Path]], typer.Option("--cascade", metavar="MODEL", help="Stage models in "
+                             "order (stage I, II, III), instead of MODEL: the page shows the path taken.")] = None,
+          host: Annotated[str, typer.Option("--host", metavar="ADDR", help="Address to listen on (this machine only "
+                                            "by default).")] = "127.0.0.1",
+          port: Annotated[int, typer.Option("--port", metavar="N", help="Port to listen on.")] = 8000,
+          max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", metavar="MB", help="Largest accepted "
+                                                       "upload per file.")] = 20.0,
+          max_side: Annotated[int, typer.Option("--max-side", metavar="PX", help="Largest accepted image side in "
+                                                "pixels.")] = 8000) -> None:
+    """Serve a model as a web page and a JSON API (FastAPI + uvicorn): upload a node's images, get every
+    task's calibrated probabilities, the call at the stored threshold and Grad-CAM overlays.
+
+    Example: lnzoo serve models/stage1 --port 8000
+    """
+    try:
+        from lnzoo.serve import run_server
+    except ImportError as exc:
+        raise UsageError(f"lnzoo serve needs the serving extra: pip install \"lnzoo[serve]\" ({exc})") from None
+    if bool(models) == bool(cascade):
+        raise UsageError("give either MODEL (one or more) or --cascade S1 --cascade S2 [--cascade S3]")
+    run_server(list(models or []), list(cascade or []), host=host, port=port, max_upload_mb=max_upload_mb,
+               max_side=max_side, plugin_host=_host(), console=err)
 
 
 def _summary_table(metrics: dict) -> None:

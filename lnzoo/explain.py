@@ -20,6 +20,7 @@ import torch.nn.functional as F
 
 from lnzoo.contracts import has_own_probabilities
 from lnzoo.errors import LnzooError, UsageError
+from lnzoo.data.samples import views_of_item
 from lnzoo.rundir import csv_text, write_atomic
 
 METHODS = ("gradcam", "gradcam++")
@@ -151,37 +152,10 @@ def compute_cams(model, x: torch.Tensor, present: torch.Tensor | None, task: str
 
 
 def resolve_checkpoint(checkpoint_or_run: str | Path) -> Path:
-    """A checkpoint path as given, or for a run directory the best.safetensors of its lowest-numbered fold."""
-    from lnzoo.rundir import RunDir
+    """A checkpoint path as given; for a run directory or a bundle, the model of its lowest-numbered fold."""
+    from lnzoo.bundle import checkpoints_of
 
-    path = Path(checkpoint_or_run)
-    return RunDir(path).first_checkpoint() if path.is_dir() else path
-
-
-def _derive_views(item: Any, views: Sequence[str], crop_suffix: str) -> dict[str, Path | None]:
-    """One sample as given by the user -> {view: path or None (absent)} in the model's view order."""
-    if "roi" in views:  # the crop box or mask is not part of a bare image path: refuse rather than guess
-        raise UsageError("this model has a 'roi' view (cropped to a box or mask at training time); predicting "
-                         "or explaining from bare image paths would feed it uncropped images. Give the crop "
-                         "as an image of its own (a 'crop' view), or predict from a CSV manifest that names "
-                         "each image's box or mask: lnzoo predict --model RUN --manifest rows.csv")
-    if isinstance(item, (str, Path)):
-        path = Path(item)
-        if len(views) == 1:
-            return {views[0]: path}
-        if list(views) == ["full", "crop"]:
-            from lnzoo.data.samples import _crop_path
-            return {"full": path, "crop": _crop_path(path, crop_suffix)}
-        raise UsageError(f"{path}: this model takes the views {list(views)}; give one path per view in that "
-                         f"order (None for a view not acquired). Only a ['full', 'crop'] model derives "
-                         f"its crop from the '{crop_suffix}' mirror folder.")
-    paths = list(item)
-    if len(paths) != len(views):
-        raise UsageError(f"{[str(p) for p in paths]}: {len(paths)} path(s) for a model with the views "
-                         f"{list(views)}; give one path per view in that order (None for a view not acquired)")
-    if all(p is None for p in paths):
-        raise UsageError(f"a sample needs at least one image for the views {list(views)}")
-    return {view: None if p is None else Path(p) for view, p in zip(views, paths)}
+    return checkpoints_of(checkpoint_or_run)[0]
 
 
 def _jet(values: np.ndarray) -> np.ndarray:
@@ -271,7 +245,7 @@ def explain(checkpoint_or_run: str | Path, images: Sequence[Any], out_dir: str |
     classes = {t: list(predictor.tasks[t].classes) for t in chosen}
     targets = {t: _resolve_class(class_index, t, classes[t]) for t in chosen}
     crop_suffix = meta.get("recipe", {}).get("data", {}).get("crop_suffix", "-crop")
-    samples = [_derive_views(item, views, crop_suffix) for item in images]
+    samples = [views_of_item(item, views, crop_suffix) for item in images]
     prep = meta["preprocessing"]
     mean_std = pre.mean_std
     mean = torch.tensor(prep.get("mean", mean_std[0]), dtype=torch.float32).view(3, 1, 1)

@@ -177,15 +177,3 @@ def _check_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], tasks
                    f"({', '.join(tasks[task].classes)})" if task else "")
             raise UsageError(f"{weights}: {key} has shape {list(tensor.shape)} but the model its sidecar describes "
                              f"needs {list(own[key].shape)}{why}")
-
-
-def checkpoints_of(path: str | Path) -> list[Path]:
-    """A .safetensors file is itself; a run directory gives every fold's best checkpoint."""
-    from lnzoo.rundir import RunDir
-
-    path = Path(path)
-    if path.is_dir():
-        return RunDir(path).checkpoints()
-    if path.suffix != ".safetensors" or not path.is_file():
-        raise UsageError(f"{path}: expected a run directory or a .safetensors checkpoint")
-    return [path]

@@ -18,10 +18,17 @@ from lnzoo.errors import UsageError
 class Ensemble:
     """Averages the probabilities of several checkpoints per task."""
 
-    def __init__(self, sources: Sequence[str | Path], host=None):
-        from lnzoo.inference import checkpoints_of, load
+    def __init__(self, sources: Sequence[str | Path], host=None, engine: str = "torch"):
+        from lnzoo.bundle import checkpoints_of
 
-        self.members = [load(c, host) for s in sources for c in checkpoints_of(s)]
+        if engine == "onnx":  # ONNX Runtime runs the models: torch is not imported for them
+            from lnzoo.onnx_engine import OnnxPredictor
+            self.members = [OnnxPredictor.load(c) for s in sources for c in checkpoints_of(s)]
+        elif engine == "torch":
+            from lnzoo.inference import load
+            self.members = [load(c, host) for s in sources for c in checkpoints_of(s)]
+        else:
+            raise UsageError(f"--engine {engine!r}: choose torch or onnx")
         if not self.members:
             raise UsageError("an ensemble needs at least one checkpoint")
         self.tasks: dict[str, list[str]] = {}
@@ -35,9 +42,12 @@ class Ensemble:
         self.main_task = self.members[0].tasks[self.main]
         self.views = list(self.members[0].views)
 
-    def predict(self, items: Sequence[Any]) -> tuple[dict[str, np.ndarray], list[dict[str, Path | None]]]:
-        """Probabilities per task (members averaged) for each item (a path, or one path per view)."""
-        from lnzoo.explain import _derive_views
+    def predict(self, items: Sequence[Any], calibrated: bool = False
+                ) -> tuple[dict[str, np.ndarray], list[dict[str, Path | None]]]:
+        """Probabilities per task (members averaged) for each item (a path, or one path per view); with
+        ``calibrated``, each member's probabilities are temperature-scaled (its fitted temperature) first."""
+        from lnzoo.bundle import calibrated as scale
+        from lnzoo.data.samples import views_of_item
 
         sums: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
@@ -63,12 +73,14 @@ class Ensemble:
                     bad = next(i.origin for i, pv in zip(items, per_view) if all(p is None for p in pv.values()))
                     raise UsageError(f"{bad}: no image for any of the views {views} of {m.source}")
             else:
-                per_view = [_derive_views(item, views, suffix) for item in items]
+                per_view = [views_of_item(item, views, suffix) for item in items]
                 samples = [Sample(dict(v), "", {}, str(next(p for p in v.values() if p is not None)))
                            for v in per_view]
             if not resolved:
                 resolved = per_view
             for task, p in m.predict(samples, batch_size=32).proba.items():  # served as it was evaluated
+                if calibrated:
+                    p = scale(p, (m.temperature or {}).get(task))
                 sums[task] = sums.get(task, 0) + p
                 counts[task] = counts.get(task, 0) + 1
         return {t: sums[t] / counts[t] for t in sums}, resolved
@@ -173,10 +185,11 @@ def manifest_samples(models: Sequence[str | Path], manifest: Path, host=None) ->
     return read_serving_manifest(manifest, views, {**cfg, "empty_roi": "error"})
 
 
-def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None) -> list[dict[str, Any]]:
+def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None, engine: str = "torch"
+                 ) -> list[dict[str, Any]]:
     """One row per image (a path, or a manifest row): which views were used and the ensemble's
     probability of every class of every task."""
-    ens = Ensemble(models, host)
+    ens = Ensemble(models, host, engine)
     proba, resolved = ens.predict(list(images))
     rows = []
     for i, image in enumerate(images):

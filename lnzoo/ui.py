@@ -24,8 +24,8 @@ def _epoch_text(e: events.EpochEnded) -> str:
     value = row.get(metric)
     shown = "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
     best = f" (best {e.best:.3f})" if math.isfinite(e.best) else ""
-    return (f"epoch {row['epoch']}/{e.epochs} loss {row['train_loss']:.3f} val_loss {row['val_loss']:.3f} "
-            f"{metric} {shown}{best}")
+    monitored = "" if metric == "val_loss" else f" {metric} {shown}"  # the loss as monitor: shown once
+    return f"epoch {row['epoch']}/{e.epochs} loss {row['train_loss']:.3f} val_loss {row['val_loss']:.3f}{monitored}{best}"
 
 
 class RunView:

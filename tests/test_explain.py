@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from lnzoo.errors import DataError, UsageError
-from lnzoo.explain import _derive_views, compute_cams, explain, resolve_checkpoint, to_nchw
+from lnzoo.data.samples import views_of_item
+from lnzoo.explain import compute_cams, explain, resolve_checkpoint, to_nchw
 from lnzoo.model import LnzooModel
 from lnzoo.nn.backbones import Backbone, timm_backbone
 from lnzoo.nn.fusions import ConcatFusion, MeanFusion, SingleView
@@ -356,21 +357,20 @@ def test_explain_a_two_view_run_derives_the_crop_and_writes_each_view(runs, tmp_
         explain(runs["two"], [[images[0]]], tmp_path / "x")
 
 
-def test_derive_views_rules():
-    assert _derive_views("a/2d/x.png", ["full", "crop"], "-crop") == {"full": Path("a/2d/x.png"),
+def test_views_of_item_rules():
+    assert views_of_item("a/2d/x.png", ["full", "crop"], "-crop") == {"full": Path("a/2d/x.png"),
                                                                        "crop": Path("a/2d-crop/x.png")}
-    assert _derive_views("x.png", ["full"], "-crop") == {"full": Path("x.png")}
-    assert _derive_views(["a.png", "b.png", None], ["2d", "cdfi", "elasto"], "-crop") == \
+    assert views_of_item("x.png", ["full"], "-crop") == {"full": Path("x.png")}
+    assert views_of_item(["a.png", "b.png", None], ["2d", "cdfi", "elasto"], "-crop") == \
         {"2d": Path("a.png"), "cdfi": Path("b.png"), "elasto": None}
     with pytest.raises(UsageError, match=r"x\.png.*\['2d', 'cdfi'\]"):
-        _derive_views("x.png", ["2d", "cdfi"], "-crop")
+        views_of_item("x.png", ["2d", "cdfi"], "-crop")
     with pytest.raises(UsageError, match="at least one image"):
-        _derive_views([None, None], ["2d", "cdfi"], "-crop")
+        views_of_item([None, None], ["2d", "cdfi"], "-crop")
 
 
 def test_a_roi_view_model_refuses_bare_images_instead_of_feeding_them_uncropped():
     from lnzoo.errors import UsageError
-    from lnzoo.explain import _derive_views
 
     with pytest.raises(UsageError, match="'roi' view"):
-        _derive_views(Path("a.png"), ["full", "roi"], "-crop")
+        views_of_item(Path("a.png"), ["full", "roi"], "-crop")

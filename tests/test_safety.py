@@ -274,6 +274,8 @@ def test_kill_9_mid_fold_then_resume_gives_the_uninterrupted_run_exactly(tmp_pat
     killed.wait()
     assert RunDir(tmp_path / "killed").status() == "interrupted"
     assert not (tmp_path / "killed" / "fold1" / "best.json").exists()
+    rerun = invoke_cli("run", RECIPE, "--quick", *RESUMABLE, "--out", str(tmp_path / "killed"))  # not --resume
+    assert rerun.returncode == 2 and "unfinished run" in rerun.stderr and "--resume" in rerun.stderr
     resumed = run_cli("run", "--resume", str(tmp_path / "killed"), "--n-boot", "20", env=env)
     assert resumed.returncode == 0, resumed.stderr
     assert "fold 0: finished before the interruption" in resumed.stderr and "fold 1: resumed after epoch" in \
@@ -330,6 +332,22 @@ def test_validate_decodes_every_image_and_applies_the_pixel_limit(tmp_path):
     assert out.returncode == 2 and f"{train}:5: {broken}: unreadable or corrupt image" in out.stderr
     out = _validate(f"data.train='{_manifest_with(tmp_path, {}).as_posix()}'", "data.max_image_pixels=1000")
     assert out.returncode == 2 and "over data.max_image_pixels (1,000)" in out.stderr
+
+
+def test_a_decompression_bomb_is_refused_by_name_without_decoding_it(tmp_path):
+    import warnings
+
+    from PIL import Image
+
+    from lnzoo.data.images import Preprocessing, load_image
+    from lnzoo.errors import DataError
+
+    bomb = tmp_path / "bomb.png"
+    Image.new("1", (14_000, 14_000)).save(bomb)  # 196 Mpx, a few hundred kB on disk
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # PIL's DecompressionBombWarning must not leak either
+        with pytest.raises(DataError, match=r"bomb.png: 14000x14000 = 196,000,000 pixels, over data.max_image_pixels"):
+            load_image(bomb, Preprocessing(32), "m.csv:2")
 
 
 def test_validate_builds_the_model_and_names_a_missing_column_or_encoding(tmp_path):

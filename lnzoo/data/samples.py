@@ -445,3 +445,28 @@ def load_source(spec: Any, tasks: Mapping[str, Task], data_cfg: Mapping[str, Any
     if not merged:  # say why: the collected problems (a missing column, say) come first
         raise DataError([*problems, f"{', '.join(map(str, items))}: no usable rows"], "problem(s) in the data")
     return merged
+
+
+def views_of_item(item: Any, views: Sequence[str], crop_suffix: str) -> dict[str, Path | None]:
+    """One sample as given by the user -> {view: path or None (absent)} in the model's view order."""
+    if "roi" in views:  # the crop box or mask is not part of a bare image path: refuse rather than guess
+        raise UsageError("this model has a 'roi' view (cropped to a box or mask at training time); predicting "
+                         "or explaining from bare image paths would feed it uncropped images. Give the crop "
+                         "as an image of its own (a 'crop' view), or predict from a CSV manifest that names "
+                         "each image's box or mask: lnzoo predict --model RUN --manifest rows.csv")
+    if isinstance(item, (str, Path)):
+        path = Path(item)
+        if len(views) == 1:
+            return {views[0]: path}
+        if list(views) == ["full", "crop"]:
+            return {"full": path, "crop": _crop_path(path, crop_suffix)}
+        raise UsageError(f"{path}: this model takes the views {list(views)}; give one path per view in that "
+                         f"order (None for a view not acquired). Only a ['full', 'crop'] model derives "
+                         f"its crop from the '{crop_suffix}' mirror folder.")
+    paths = list(item)
+    if len(paths) != len(views):
+        raise UsageError(f"{[str(p) for p in paths]}: {len(paths)} path(s) for a model with the views "
+                         f"{list(views)}; give one path per view in that order (None for a view not acquired)")
+    if all(p is None for p in paths):
+        raise UsageError(f"a sample needs at least one image for the views {list(views)}")
+    return {view: None if p is None else Path(p) for view, p in zip(views, paths)}

@@ -1,0 +1,189 @@
+"""A trained model outside its run directory: the portable bundle, and what a model says about itself.
+
+::
+
+    MODEL_DIR/
+      config.json                 tasks (classes, aliases, positive class), views, preprocessing, ROI margin and
+                                  empty_roi, covariate encoder, TTA, temperatures, operating thresholds,
+                                  cross-validated metrics, lnzoo/torch/timm versions, the plugins it needs
+      MODEL_CARD.md               intended use, data, metrics with 95% CIs, calibration, limits, licence
+      models/fold{k}.safetensors  each fold model's weights ...
+      models/fold{k}.json         ... and its sidecar, exactly as the run wrote them (checksums and all)
+      models/fold{k}.onnx         with --onnx: the same model for ONNX Runtime
+
+Every command that takes a run directory takes a bundle: :func:`checkpoints_of` finds
+its models, and :func:`model_info` reads what a server or a person needs to know about it.
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lnzoo.errors import UsageError
+from lnzoo.rundir import RunDir
+
+CONFIG, CARD, MODELS = "config.json", "MODEL_CARD.md", "models"
+BUNDLE_FORMAT = 1
+
+
+def is_bundle(path: str | Path) -> bool:
+    return (Path(path) / CONFIG).is_file() and (Path(path) / MODELS).is_dir()
+
+
+def bundle_checkpoints(path: str | Path) -> list[Path]:
+    """The fold models of a bundle, in fold order; refuses one whose plugins are not installed."""
+    config = read_config(path)
+    require_plugins(config, Path(path))
+    found = [Path(path) / MODELS / m["weights"] for m in config["models"]]
+    missing = [str(p) for p in found if not p.is_file()]
+    if missing:
+        raise UsageError(f"{path}: the bundle lacks {', '.join(missing)} that its config.json lists")
+    return found
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    file = Path(path) / CONFIG
+    try:
+        config = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{file}: not a readable bundle config ({exc})") from None
+    if not isinstance(config, dict) or config.get("format") != "lnzoo-bundle" or not config.get("models"):
+        raise UsageError(f"{file}: not an lnzoo bundle config (format 'lnzoo-bundle' with a models list expected)")
+    return config
+
+
+def require_plugins(config: Mapping[str, Any], where: Path) -> None:
+    """Every distribution that provides a component of the model must be installed."""
+    missing = []
+    for dist, info in (config.get("plugins") or {}).items():
+        try:
+            metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            missing.append(f"{dist} (it provides {', '.join(info['provides'])}; exported with {info['version']})")
+    if missing:
+        raise UsageError(f"{where}: this model needs the plugin distribution(s) {'; '.join(missing)}. Install them, "
+                         f"e.g. pip install {' '.join(d.split(' ')[0] for d in missing)}")
+
+
+def checkpoints_of(path: str | Path) -> list[Path]:
+    """A .safetensors file is itself; a run directory gives every fold's best checkpoint, a bundle its models."""
+    path = Path(path)
+    if is_bundle(path):
+        return bundle_checkpoints(path)
+    if path.is_dir():
+        return RunDir(path).checkpoints()
+    if path.suffix != ".safetensors" or not path.is_file():
+        raise UsageError(f"{path}: expected a run directory, a model bundle (lnzoo export) or a .safetensors "
+                         "checkpoint")
+    return [path]
+
+
+# -- what a model says about itself -------------------------------------------------------------------------------
+def model_info(path: str | Path) -> dict[str, Any]:
+    """Tasks, classes, views, calibration, operating thresholds and cross-validated metrics of a run directory,
+    a bundle or one checkpoint: what ``lnzoo serve`` shows and a bundle's config.json holds."""
+    path = Path(path)
+    if is_bundle(path):
+        return {k: v for k, v in read_config(path).items() if k not in ("models", "format", "format_version")}
+    from lnzoo.checkpoint import read_sidecar
+
+    checkpoints = checkpoints_of(path)
+    metas = [read_sidecar(c)[1] for c in checkpoints]
+    first = metas[0]
+    recipe = first["recipe"]
+    data = recipe["data"]
+    info: dict[str, Any] = {
+        "name": recipe.get("name"), "description": recipe.get("description", ""), "main_task": recipe["tasks"]["main"],
+        "tasks": {n: {"classes": list(t["classes"]), "positive": t.get("positive"), "aliases": t.get("aliases") or {},
+                      "passes_on": t.get("passes_on")} for n, t in first["tasks"].items()},
+        "views": list(first["views"]),
+        "preprocessing": {**first["preprocessing"], "roi_margin": data.get("roi_margin"),
+                          "empty_roi": data.get("empty_roi"), "bbox_column": data.get("bbox_column"),
+                          "mask_column": data.get("mask_column"), "crop_suffix": data.get("crop_suffix")},
+        "covariates": first.get("covariates"), "tta": recipe.get("train", {}).get("tta", "none"),
+        "folds": [m.get("fold") for m in metas],
+        "temperatures": {str(m.get("fold")): m.get("temperature") or {} for m in metas},
+        "versions": first.get("versions") or {},
+    }
+    info["thresholds"], info["metrics"] = {}, {}
+    if path.is_dir() and not is_bundle(path):
+        rd = RunDir(path)
+        info["thresholds"] = operating_thresholds(rd, info["tasks"], info["temperatures"])
+        info["metrics"] = cv_metrics(rd)
+    return info
+
+
+def operating_thresholds(rd: RunDir, tasks: Mapping[str, Any], temperatures: Mapping[str, Mapping[str, Any]]
+                         ) -> dict[str, Any]:
+    """Per binary task, the Youden threshold on the positive class's calibrated probability, chosen on the
+    pooled cross-validation predictions (each row calibrated with its own fold's temperature)."""
+    from lnzoo.evaluation.evaluate import choose_threshold
+    from lnzoo.evaluation.metrics import apply_temperature
+
+    _, rows = rd.read_predictions()
+    out: dict[str, Any] = {}
+    for name, task in tasks.items():
+        classes = task["classes"]
+        if len(classes) != 2 or not task.get("positive"):
+            out[name] = {"rule": "argmax", "value": None,
+                         "note": "more than two classes: the call is the most probable class"}
+            continue
+        pos = classes.index(task["positive"])
+        cv = [r for r in rows if r.get("part") == "cv" and r.get(f"{name}_true")]
+        y = np.array([classes.index(r[f"{name}_true"]) == pos for r in cv if r[f"{name}_true"] in classes])
+        if len(cv) < 2 or y.all() or not y.any():
+            out[name] = {"rule": "0.5", "value": 0.5, "note": "too few cross-validation cases to choose on"}
+            continue
+        p = np.array([[float(r[f"p_{name}_{c}"]) for c in classes] for r in cv], dtype=np.float64)
+        folds = [r.get("fold", "") for r in cv]
+        calibrated = p.copy()
+        for k in set(folds):
+            T = (temperatures.get(k) or {}).get(name)
+            idx = [i for i, f in enumerate(folds) if f == k]
+            if T:
+                calibrated[idx] = apply_temperature(np.log(np.clip(p[idx], 1e-12, 1.0)), T)
+        t = float(choose_threshold(y, calibrated[:, pos], "youden"))
+        out[name] = {"rule": "youden", "value": round(t, 6), "positive": task["positive"],
+                     "chosen_on": f"{len(cv)} pooled cross-validation predictions, each calibrated with its fold's "
+                                  "temperature where one was fitted"}
+    return out
+
+
+def cv_metrics(rd: RunDir) -> dict[str, Any]:
+    """Pooled cross-validated metrics per task, with the report's 95% patient-bootstrap CIs where it wrote them."""
+    metrics = rd.metrics()
+    pooled = metrics.get("cross_validation", {}).get("pooled", {})
+    evaluation = rd.read_json(rd.EVALUATION)
+    keys = ("n", "auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1_macro", "ece", "brier",
+            "ece_temperature_scaled")
+    out: dict[str, Any] = {}
+    for task, m in pooled.items():
+        entry = {k: m[k] for k in keys if k in m}
+        cis = (evaluation.get("tasks", {}).get(task, {}).get("levels", {}).get("image", {}).get("parts", {})
+               .get("cv", {}).get("ci", {}))
+        ci = {k: [v.get("lo"), v.get("hi")] for k, v in cis.items() if isinstance(v, dict) and "lo" in v}
+        out[task] = {**entry, **({"ci95": ci} if ci else {})}
+    return {"cross_validation": out, "folds_run": metrics.get("folds_run"), "data": metrics.get("data")}
+
+
+def calibrated(proba: np.ndarray, temperature: float | None) -> np.ndarray:
+    """Probabilities after temperature scaling (unchanged without a temperature)."""
+    from lnzoo.evaluation.metrics import apply_temperature
+
+    if not temperature:
+        return proba
+    return apply_temperature(np.log(np.clip(proba, 1e-12, 1.0)), temperature)
+
+
+def decide(task: Mapping[str, Any], threshold: Mapping[str, Any] | None, proba: Sequence[float]) -> str:
+    """The call for one case: the positive class at or above the stored threshold, else the most probable."""
+    classes = task["classes"]
+    if threshold and threshold.get("value") is not None and task.get("positive") in classes:
+        pos = classes.index(task["positive"])
+        return classes[pos] if proba[pos] >= threshold["value"] else classes[1 - pos]
+    return classes[int(np.argmax(proba))]

@@ -1,0 +1,166 @@
+"""``lnzoo export``: a run directory's models as a portable bundle (see :mod:`lnzoo.bundle` for the layout),
+with a model card written from the run, and optionally each model as ONNX."""
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lnzoo import __version__
+from lnzoo.bundle import BUNDLE_FORMAT, CARD, CONFIG, MODELS, model_info
+from lnzoo.errors import UsageError
+from lnzoo.rundir import RunDir, write_atomic
+
+
+def export_bundle(run_dir: str | Path, out: str | Path, folds: Sequence[int] | None = None, onnx: bool = False,
+                  licence: str | None = None, host=None, say: Callable[[str], None] | None = None) -> Path:
+    """Write the bundle of ``run_dir`` (every fold model, or ``folds``) into the new or empty folder ``out``."""
+    if host is None:
+        from lnzoo.plugins import get_host
+        host = get_host()
+    say = say or (lambda text: None)
+    rd, out = RunDir(run_dir), Path(out)
+    available = rd.folds()
+    chosen = list(folds) if folds else available
+    unknown = [k for k in chosen if k not in available]
+    if unknown:
+        raise UsageError(f"--fold {unknown}: {rd} holds the folds {available}")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise UsageError(f"--out {out} is not an empty folder; a bundle goes into a new or empty one")
+    work = out.with_name(f".{out.name}.partial")  # renamed to ``out`` when complete: never half a bundle
+    shutil.rmtree(work, ignore_errors=True)
+    try:
+        _write_bundle(rd, work, chosen, onnx, licence, host, say)
+        if out.exists():
+            out.rmdir()
+        work.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    return out
+
+
+def _write_bundle(rd: RunDir, out: Path, chosen: Sequence[int], onnx: bool, licence: str | None, host,
+                  say: Callable[[str], None]) -> None:
+    info = model_info(rd.path)
+    info["folds"] = chosen
+    info["temperatures"] = {str(k): info["temperatures"].get(str(k), {}) for k in chosen}
+    models = []
+    for k in chosen:
+        for suffix in (".safetensors", ".json"):  # byte for byte: the sidecar's checksums stay valid
+            write_atomic(out / MODELS / f"fold{k}{suffix}", rd.checkpoint(k).with_suffix(suffix).read_bytes())
+        entry = {"fold": k, "weights": f"fold{k}.safetensors", "sidecar": f"fold{k}.json"}
+        if onnx:
+            from lnzoo.onnx_engine import export_onnx
+            diff = export_onnx(out / MODELS / f"fold{k}.safetensors", out / MODELS / f"fold{k}.onnx", host)
+            entry.update(onnx=f"fold{k}.onnx", onnx_max_abs_diff=diff)
+            say(f"fold {k}: model.onnx checked against torch, max |p_onnx - p_torch| = {diff:.2e}")
+        models.append(entry)
+    config = {"format": "lnzoo-bundle", "format_version": BUNDLE_FORMAT, **info, "models": models,
+              "plugins": plugins_needed(rd.sidecar(chosen[0])["recipe"], host),
+              "licence": licence or "unspecified (set it with lnzoo export --licence)",
+              "exported": {"from": str(rd.path.resolve()), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           "lnzoo": __version__}}
+    write_atomic(out / CONFIG, json.dumps(config, indent=1, ensure_ascii=False))
+    write_atomic(out / CARD, model_card(config, rd))
+
+
+def plugins_needed(recipe: Mapping[str, Any], host) -> dict[str, dict[str, Any]]:
+    """The distributions other than lnzoo that registered a component the model is built from."""
+    model = recipe["model"]
+    wanted = [("backbone", model["backbone"]["name"]), ("fusion", (model.get("fusion") or {}).get("name"))]
+    wanted += [("head", (model["heads"].get(t) or model["head"] or {}).get("name")) for t in recipe["tasks"]
+               ["task_weights"]]
+    wanted += [("task", t) for t in recipe["tasks"]["task_weights"]]
+    out: dict[str, dict[str, Any]] = {}
+    for kind, name in wanted:
+        if not name or name not in host.registry(kind):
+            continue
+        prov = host.get(kind, name).provenance
+        if prov.distribution != "lnzoo":
+            entry = out.setdefault(prov.distribution, {"version": prov.version, "provides": []})
+            entry["provides"].append(f"{kind} {name!r}")
+    return out
+
+
+def _fmt(value: Any, ci: Sequence[Any] | None = None) -> str:
+    if not isinstance(value, (int, float)):
+        return "n/a"
+    text = f"{value:.3f}"
+    if ci and all(isinstance(c, (int, float)) for c in ci):
+        text += f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})"
+    return text
+
+
+def model_card(config: Mapping[str, Any], rd: RunDir) -> str:
+    """MODEL_CARD.md: what the model is for, what it was trained on, how well it did, its known limits."""
+    run = rd.read_json(rd.RUN)
+    ran = run.get("ran") or {}
+    metrics = config.get("metrics") or {}
+    cv = metrics.get("cross_validation") or {}
+    lines = [f"# Model card: {config.get('name')}", "",
+             config.get("description") or "", "",
+             "## Intended use", "",
+             "Research on cervical lymph node ultrasound: the tasks below, on images acquired and prepared like the "
+             "training data. It is not a medical device and has not been validated for clinical decisions; a "
+             "clinician's judgement comes first.", "",
+             "## Tasks", ""]
+    for name, task in config["tasks"].items():
+        th = (config.get("thresholds") or {}).get(name) or {}
+        call = (f"positive class {th['positive']!r} when its calibrated probability ≥ {th['value']:.3f} "
+                f"({th['rule']}, chosen on {th.get('chosen_on', 'cross-validation')})" if th.get("value") is not None
+                and th.get("positive") else th.get("note", "the most probable class"))
+        lines.append(f"- **{name}**{' (main)' if name == config.get('main_task') else ''}: "
+                     f"{', '.join(task['classes'])}; call: {call}")
+    lines += ["", "## Inputs", "",
+              f"- Views: {', '.join(config['views'])}; images resized to {config['preprocessing'].get('image_size')} "
+              f"px ({config['preprocessing'].get('resize')}), normalised {config['preprocessing'].get('normalize')}",
+              f"- ROI margin {config['preprocessing'].get('roi_margin')}, empty ROI: "
+              f"{config['preprocessing'].get('empty_roi')}; test-time augmentation: {config.get('tta')}",
+              "- Clinical covariates: " + (", ".join(c["name"] for c in config["covariates"]["covariates"])
+                                          if config.get("covariates") else "none"),
+              "", "## Training data", "",
+              f"- {metrics.get('data') or 'as the recipe describes it'}",
+              f"- What ran: {ran.get('backbone', '?')}, {ran.get('image_size', '?')} px, {ran.get('epochs', '?')} "
+              f"epoch(s), folds {ran.get('folds_run', config.get('folds'))} of {ran.get('folds', '?')}"
+              + ("; a **--quick** smoke-test run, not the recipe's own settings" if ran.get("quick") else ""),
+              f"- Bundle models: folds {config.get('folds')} (their probabilities are averaged)",
+              "", "## Cross-validated performance (held-out folds, pooled)", "",
+              "| task | n | AUC | balanced accuracy | sensitivity | specificity | ECE | ECE after temperature |",
+              "|---|---|---|---|---|---|---|---|"]
+    for task, m in cv.items():
+        ci = m.get("ci95") or {}
+        lines.append(f"| {task} | {m.get('n', 'n/a')} | {_fmt(m.get('auc'), ci.get('auc'))} | "
+                     f"{_fmt(m.get('balanced_accuracy'), ci.get('balanced_accuracy'))} | "
+                     f"{_fmt(m.get('sensitivity'), ci.get('sensitivity'))} | "
+                     f"{_fmt(m.get('specificity'), ci.get('specificity'))} | {_fmt(m.get('ece'))} | "
+                     f"{_fmt(m.get('ece_temperature_scaled'))} |")
+    if not any((m.get("ci95") or {}) for m in cv.values()):
+        lines += ["", "95% CIs come from the run's report (lnzoo report RUN_DIR); this run had none."]
+    temps = {k: {t: T for t, T in v.items() if T} for k, v in (config.get("temperatures") or {}).items()}
+    temps = {k: v for k, v in temps.items() if v}
+    lines += ["", "## Calibration", "",
+              "Probabilities served are temperature-scaled per fold model (temperatures fitted on each fold's inner "
+              "validation part): " + ("; ".join(f"fold {k}: " + ", ".join(f"{t} {v}" for t, v in d.items())
+                                                for k, d in temps.items()) or "none was fitted (too little "
+                                                "validation data): the model's own probabilities are served") + ".",
+              "", "## Known limits", ""]
+    limits = ["Validated only by patient-grouped cross-validation on the training data unless a test or external "
+              "set is reported above; performance on other machines, operators and populations is unknown."]
+    if "phantom" in str(metrics.get("data", "")).lower():
+        limits.insert(0, "**Trained on the synthetic phantom, not clinical data: for demonstration only.**")
+    limits += [f"fold {f.get('fold')}: {f['validation_warning']}" for f in
+               rd.metrics().get("cross_validation", {}).get("folds", []) if f.get("validation_warning")]
+    lines += [f"- {text}" for text in limits]
+    versions = config.get("versions") or {}
+    lines += ["", "## Provenance", "",
+              f"- Exported {config['exported']['at']} from {config['exported']['from']} with lnzoo "
+              f"{config['exported']['lnzoo']}",
+              "- Trained with " + ", ".join(f"{k} {v}" for k, v in versions.items()),
+              "- Plugins needed: " + (", ".join(f"{d} {i['version']} ({', '.join(i['provides'])})"
+                                                for d, i in config["plugins"].items()) or "none"),
+              f"- Licence: {config['licence']}", ""]
+    return "\n".join(lines)

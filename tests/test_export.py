@@ -1,0 +1,160 @@
+"""The portable bundle, its model card, ONNX export with its parity check, and predicting with either engine."""
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lnzoo.errors import LnzooError, UsageError
+from lnzoo.plugins import load_plugins
+from tests.conftest import REPO, TINY, invoke_cli
+
+
+def _images(run: Path, n: int = 3) -> list[str]:
+    with (run / "predictions.csv").open(newline="", encoding="utf-8") as fh:
+        return [r["path"] for r in csv.DictReader(fh)][:n]
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_run, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "stage1"
+    done = invoke_cli("export", str(tiny_run), "--out", str(out), "--onnx", "--licence", "CC-BY-4.0")
+    assert done.returncode == 0, done.stderr
+    (out.parent / "stdout.txt").write_text(done.stdout, encoding="utf-8")
+    return out
+
+
+def test_the_bundle_holds_the_models_config_and_card_and_nothing_else(bundle, tiny_run):
+    assert sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()) == [
+        "MODEL_CARD.md", "config.json", "models/fold1.json", "models/fold1.onnx", "models/fold1.safetensors",
+        "models/fold2.json", "models/fold2.onnx", "models/fold2.safetensors"]
+    config = json.loads((bundle / "config.json").read_text())
+    assert config["tasks"]["malignancy"]["classes"] == ["benign", "malignant"]
+    assert config["tasks"]["malignancy"]["aliases"]["malignant"] == ["恶性"]
+    assert config["views"] == ["full"] and config["preprocessing"]["roi_margin"] == 0.1
+    assert config["preprocessing"]["empty_roi"] == "error" and config["tta"] == "none"
+    assert set(config["temperatures"]) == {"1", "2"} and config["folds"] == [1, 2]
+    th = config["thresholds"]["malignancy"]
+    assert th["rule"] == "youden" and 0 < th["value"] < 1 and th["positive"] == "malignant"
+    stored = json.loads((tiny_run / "metrics.json").read_text())["cross_validation"]["pooled"]["malignancy"]
+    cv = config["metrics"]["cross_validation"]["malignancy"]
+    assert cv["auc"] == stored["auc"] and len(cv["ci95"]["auc"]) == 2
+    assert {"torch", "timm", "lnzoo"} <= set(config["versions"]) and config["plugins"] == {}
+    assert config["licence"] == "CC-BY-4.0"
+    for k in (1, 2):  # byte for byte the run's checkpoints: their checksums still hold
+        assert (bundle / "models" / f"fold{k}.safetensors").read_bytes() == \
+            (tiny_run / f"fold{k}" / "best.safetensors").read_bytes()
+    card = (bundle / "MODEL_CARD.md").read_text()
+    for section in ("## Intended use", "## Training data", "## Cross-validated performance", "## Calibration",
+                    "## Known limits", "Licence: CC-BY-4.0", "synthetic phantom", "--quick"):
+        assert section in card, section
+    assert f"{stored['auc']:.3f} (95% CI" in card
+
+
+def test_onnx_export_is_checked_against_torch_and_printed(bundle):
+    printed = (bundle.parent / "stdout.txt").read_text()
+    diffs = [float(line.rsplit("=", 1)[1]) for line in printed.splitlines() if "max |p_onnx - p_torch|" in line]
+    assert len(diffs) == 2 and all(d <= 1e-4 for d in diffs)
+    config = json.loads((bundle / "config.json").read_text())
+    assert [m["onnx"] for m in config["models"]] == ["fold1.onnx", "fold2.onnx"]
+
+
+def test_a_bundle_predicts_and_explains_like_its_run_directory_with_either_engine(bundle, tiny_run, tmp_path):
+    from lnzoo.predict import predict_rows
+
+    images = _images(tiny_run)
+    host = load_plugins()
+    run_rows = predict_rows([tiny_run], images, host)
+    torch_rows = predict_rows([bundle], images, host)
+    onnx_rows = predict_rows([bundle], images, host, engine="onnx")
+    keys = [k for k in run_rows[0] if k.startswith("p_")]
+    for r, t, o in zip(run_rows, torch_rows, onnx_rows):
+        assert [r[k] for k in keys] == [t[k] for k in keys]
+        np.testing.assert_allclose([o[k] for k in keys], [r[k] for k in keys], atol=2e-6)
+    out = invoke_cli("predict", "--model", str(bundle), images[0], "--engine", "onnx", "--out", str(tmp_path / "o.csv"))
+    assert out.returncode == 0, out.stderr
+    assert invoke_cli("explain", str(bundle), images[0], "--out", str(tmp_path / "cams")).returncode == 0
+    assert list((tmp_path / "cams").glob("*.png"))
+
+
+def test_the_onnx_engine_does_not_import_torch(bundle, tiny_run):
+    code = ("import sys; from lnzoo.predict import predict_rows; from lnzoo.plugins import get_host; "
+            f"rows = predict_rows([{str(bundle)!r}], [{_images(tiny_run)[0]!r}], get_host(), engine='onnx'); "
+            "assert 'torch' not in sys.modules, 'torch was imported'; print(rows[0]['p_malignancy_malignant'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert done.returncode == 0, done.stderr
+    assert 0.0 <= float(done.stdout) <= 1.0
+
+
+def test_a_bundle_whose_plugin_is_missing_names_the_distribution_to_install(bundle, tiny_run, tmp_path):
+    copy = tmp_path / "b"
+    shutil.copytree(bundle, copy)
+    config = json.loads((copy / "config.json").read_text())
+    config["plugins"] = {"acme-lnzoo-heads": {"version": "2.3", "provides": ["head 'coral'"]}}
+    (copy / "config.json").write_text(json.dumps(config))
+    out = invoke_cli("predict", "--model", str(copy), _images(tiny_run)[0], "--out", str(tmp_path / "p.csv"))
+    assert out.returncode == 2 and "pip install acme-lnzoo-heads" in out.stderr and "head 'coral'" in out.stderr
+
+
+def test_export_refuses_a_used_folder_and_a_failed_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "notes.txt").write_text("mine")
+    out = invoke_cli("export", str(tiny_run), "--out", str(used))
+    assert out.returncode == 2 and "not an empty folder" in out.stderr
+    import lnzoo.onnx_engine
+
+    def broken(*args, **kwargs):
+        raise LnzooError("the exporter broke")
+    monkeypatch.setattr(lnzoo.onnx_engine, "export_onnx", broken)
+    out = invoke_cli("export", str(tiny_run), "--out", str(tmp_path / "b"), "--onnx")
+    assert out.returncode == 1 and "the exporter broke" in out.stderr
+    assert not list(tmp_path.glob("*b*")), "a failed export leaves no folder behind"
+    with pytest.raises(UsageError, match="holds the folds"):
+        from lnzoo.export import export_bundle
+        export_bundle(tiny_run, tmp_path / "c", folds=[0])
+
+
+BRANCHY = """
+import torch
+import lnzoo
+
+class Branchy(torch.nn.Module):
+    '''A head whose output depends on a Python branch on the data: torch.export cannot trace it.'''
+    def __init__(self, in_features, num_classes):
+        super().__init__()
+        self.in_features = in_features
+        self.fc = torch.nn.Linear(in_features, num_classes)
+
+    def forward(self, x):
+        if float(x.sum()) > 0:
+            return self.fc(x)
+        return -self.fc(x)
+
+@lnzoo.hookimpl
+def lnzoo_register_heads(register):
+    register("branchy", Branchy)
+"""
+
+
+def test_a_head_that_cannot_be_exported_is_named(tmp_path):
+    from lnzoo.onnx_engine import export_onnx
+    from lnzoo.pipeline import fit_folds
+    from lnzoo.recipe import load_recipe
+
+    module = types.ModuleType("acme_branchy")
+    exec(compile(BRANCHY, "acme_branchy", "exec"), module.__dict__)
+    host = load_plugins(extra=[("acme-branchy", module)])
+    recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", host=host,
+                         sets=[*TINY, "cv.run_folds=[0]", "train.epochs=1", "model.heads.malignancy={name='branchy'}"])
+    fit_folds(recipe, host, tmp_path / "run")
+    with pytest.raises(LnzooError, match=r"head 'branchy' \(task 'malignancy'\) cannot be exported"):
+        export_onnx(tmp_path / "run" / "fold0" / "best.safetensors", tmp_path / "m.onnx", host)
+    assert not (tmp_path / "m.onnx").exists()
