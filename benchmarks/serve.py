@@ -1,6 +1,6 @@
 """Throughput and latency of ``lnzoo serve``'s POST /api/predict, against the model's own forward pass.
 
-    python benchmarks/serve.py RUN [--requests 64] [--clients 1 4 16] [--port 8765] [--engine torch]
+    python benchmarks/serve.py MODEL [--requests 64] [--clients 1 4 16] [--port 8765] [--engines torch onnx]
 
 Starts ``python -m lnzoo serve RUN`` on 127.0.0.1, waits for /healthz, then sends a fixed number of
 requests (``gradcam=false``, one phantom image of the run's predictions.csv each) from 1, 4 and 16
@@ -13,8 +13,8 @@ A model to measure: ResNet-18 at 224 px, one epoch, one fold (pretrained weights
     lnzoo run recipes/stage1_aux.toml --quick --set "model.backbone={name='timm', model_name='resnet18', pretrained=false}" \
         --set data.image_size=224 --set train.epochs=1 --set "cv.run_folds=[0]" --out runs/r18
 
-``--engine`` is passed on to ``lnzoo serve --engine`` when it is not "torch" (the ONNX Runtime engine,
-once lnzoo serve has that option).
+Each engine gets its own server, one after the other, on the same requests: torch, and ONNX Runtime when
+MODEL is a bundle exported with ``--onnx`` (``lnzoo export runs/r18 --out models/r18 --onnx``).
 """
 from __future__ import annotations
 
@@ -114,42 +114,61 @@ def forward_reference(run: Path, images: list[Path], repeats: int) -> dict[str, 
     return {"with_decode": with_decode, "forward_only": forward_only}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("run", type=Path)
-    ap.add_argument("--requests", type=int, default=64)
-    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
-    ap.add_argument("--port", type=int, default=8765)
-    ap.add_argument("--engine", default="torch", help="passed on as lnzoo serve --engine unless 'torch'")
-    args = ap.parse_args()
-
-    cmd = [sys.executable, "-m", "lnzoo", "serve", str(args.run), "--port", str(args.port)]
-    if args.engine != "torch":
-        cmd += ["--engine", args.engine]
-    url = f"http://127.0.0.1:{args.port}/"
+def measure(model: Path, engine: str, port: int, bodies: list[tuple[bytes, str]], clients: list[int]) -> dict:
+    """Start lnzoo serve on ``model`` with ``engine``, load it at each client level, stop it."""
+    cmd = [sys.executable, "-m", "lnzoo", "serve", str(model), "--port", str(port), "--engine", engine]
+    url = f"http://127.0.0.1:{port}/"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
     try:
         wait_healthy(url, proc)
         loaded = memory_of(proc.pid)
-        images = images_of(args.run, args.requests)
-        bodies = [multipart(p) for p in images]
         post(url, *bodies[0])  # warm-up
-        levels = {c: load_level(url, bodies, c) for c in args.clients}
-        after = memory_of(proc.pid)
+        levels = {c: load_level(url, bodies, c) for c in clients}
+        return {"levels": levels, "loaded": loaded, "after": memory_of(proc.pid)}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-    reference = forward_reference(args.run, images, min(args.requests, 64))
 
-    print(f"lnzoo serve {args.run} (engine {args.engine}), {args.requests} requests per level, gradcam=false, "
-          f"{os.cpu_count()} CPU cores")
-    print(f"{'clients':>8} {'requests/s':>11} {'p50 ms':>8} {'p95 ms':>8}")
-    for c, m in levels.items():
-        print(f"{c:>8} {m['rps']:>11.1f} {m['p50']:>8.1f} {m['p95']:>8.1f}")
-    print(f"first fold model's forward pass, batch 1: {reference['with_decode']:.1f} images/s with decoding, "
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("model", type=Path, help="a run directory, or a bundle (lnzoo export --onnx for the onnx engine)")
+    ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--port", type=int, default=8765)
+    ap.add_argument("--engines", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
+    args = ap.parse_args()
+
+    from lnzoo.bundle import checkpoints_of
+
+    run = args.model
+    with_onnx = all(c.with_suffix(".onnx").is_file() for c in checkpoints_of(run))
+    engines = [e for e in args.engines if e == "torch" or with_onnx]
+    source = run
+    if (run / "config.json").is_file():  # a bundle: the images come from the run it was exported from
+        import json
+        source = Path(json.loads((run / "config.json").read_text())["exported"]["from"])
+    images = images_of(source, args.requests)
+    bodies = [multipart(p) for p in images]
+    results = {e: measure(run, e, args.port + i, bodies, args.clients) for i, e in enumerate(engines)}
+    reference = forward_reference(run, images, min(args.requests, 64))
+
+    print(f"lnzoo serve {run}, {args.requests} requests per level, gradcam=false, {os.cpu_count()} CPU cores"
+          + ("" if with_onnx else " (no .onnx beside the models: torch only)"))
+    print(f"{'engine':>7} {'clients':>8} {'requests/s':>11} {'p50 ms':>8} {'p95 ms':>8}")
+    for e, r in results.items():
+        for c, m in r["levels"].items():
+            print(f"{e:>7} {c:>8} {m['rps']:>11.1f} {m['p50']:>8.1f} {m['p95']:>8.1f}")
+    print(f"first fold model's torch forward pass, batch 1: {reference['with_decode']:.1f} images/s with decoding, "
           f"{reference['forward_only']:.1f} images/s forward only")
-    print(f"server memory: VmRSS {loaded['VmRSS']:.0f} MiB with the model loaded, {after['VmRSS']:.0f} MiB after "
-          f"the load test (peak VmHWM {after['VmHWM']:.0f} MiB)")
+    one = min(args.clients)
+    for e, r in results.items():
+        print(f"{e}: one client {r['levels'][one]['rps'] / reference['with_decode']:.2f}x the forward pass with "
+              f"decoding; server memory VmRSS {r['loaded']['VmRSS']:.0f} MiB loaded, {r['after']['VmRSS']:.0f} MiB "
+              f"after the load test (peak {r['after']['VmHWM']:.0f} MiB)")
+    if len(results) == 2:
+        print(f"onnx / torch requests/s at one client: "
+              f"{results['onnx']['levels'][one]['rps'] / results['torch']['levels'][one]['rps']:.2f}")
 
 
 if __name__ == "__main__":

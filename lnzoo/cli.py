@@ -478,7 +478,9 @@ def serve(models: Annotated[Optional[list[Path]], typer.Argument(metavar="MODEL"
           max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", metavar="MB", help="Largest accepted "
                                                        "upload per file.")] = 20.0,
           max_side: Annotated[int, typer.Option("--max-side", metavar="PX", help="Largest accepted image side in "
-                                                "pixels.")] = 8000) -> None:
+                                                "pixels.")] = 8000,
+          engine: Annotated[str, typer.Option("--engine", metavar="torch|onnx", help="Run the models with torch, or "
+                                              "with ONNX Runtime (bundles exported with --onnx).")] = "torch") -> None:
     """Serve a model as a web page and a JSON API (FastAPI + uvicorn): upload a node's images, get every
     task's calibrated probabilities, the call at the stored threshold and Grad-CAM overlays.
 
@@ -491,7 +493,7 @@ def serve(models: Annotated[Optional[list[Path]], typer.Argument(metavar="MODEL"
     if bool(models) == bool(cascade):
         raise UsageError("give either MODEL (one or more) or --cascade S1 --cascade S2 [--cascade S3]")
     run_server(list(models or []), list(cascade or []), host=host, port=port, max_upload_mb=max_upload_mb,
-               max_side=max_side, plugin_host=_host(), console=err)
+               max_side=max_side, plugin_host=_host(), console=err, engine=engine)
 
 
 def _summary_table(metrics: dict) -> None:

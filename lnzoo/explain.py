@@ -216,25 +216,29 @@ def _resolve_class(class_index: int | str | None, task: str, classes: Sequence[s
     return idx
 
 
-def explain(checkpoint_or_run: str | Path, images: Sequence[Any], out_dir: str | Path,
+def explain(checkpoint_or_run: Any, images: Sequence[Any], out_dir: str | Path,
             tasks: Sequence[str] | None = None, method: str = "gradcam", class_index: int | str | None = None,
             host=None, truth: Sequence[str | None] | None = None,
             prefixes: Sequence[str] | None = None) -> list[Path]:
     """Write one CAM overlay PNG per sample x task x view, plus ``explain.csv``; return the PNG paths.
 
     ``images``: one path per sample for a single-view model (or a ['full', 'crop'] model, whose crop is
-    found in the mirror folder); otherwise one list of paths per sample in the sidecar's view order.
-    A run directory explains with its lowest-numbered fold's best checkpoint (fold0 for a full run).
+    found in the mirror folder); otherwise one list of paths per sample in the sidecar's view order; or
+    :class:`~lnzoo.data.samples.Sample` objects, whose ROI boxes or masks crop a 'roi' view.
+    A run directory or bundle explains with its lowest-numbered fold's model; a loaded
+    :class:`~lnzoo.inference.Predictor` is used as it is (a server explains without reloading).
     PNGs are named ``<image stem>__<task>__<class>__<view>.png``, class being the explained one.
     ``truth`` (one true label of the first task per sample, when known) goes into ``explain.csv``;
     ``prefixes`` (one per sample) start its PNG names: ``<prefix>_<image stem>__...``.
     """
     from lnzoo.data.images import load_image
-    from lnzoo.inference import load
+    from lnzoo.data.samples import Sample
+    from lnzoo.inference import Predictor, load
 
     if method not in METHODS:
         raise UsageError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
-    predictor = load(resolve_checkpoint(checkpoint_or_run), host)
+    predictor = checkpoint_or_run if isinstance(checkpoint_or_run, Predictor) else \
+        load(resolve_checkpoint(checkpoint_or_run), host)
     model, meta, pre = predictor.model, predictor.meta, predictor.preprocessing
     views = predictor.views
     all_tasks = list(predictor.tasks)
@@ -245,7 +249,9 @@ def explain(checkpoint_or_run: str | Path, images: Sequence[Any], out_dir: str |
     classes = {t: list(predictor.tasks[t].classes) for t in chosen}
     targets = {t: _resolve_class(class_index, t, classes[t]) for t in chosen}
     crop_suffix = meta.get("recipe", {}).get("data", {}).get("crop_suffix", "-crop")
-    samples = [views_of_item(item, views, crop_suffix) for item in images]
+    samples = [{v: item.views.get(v) for v in views} if isinstance(item, Sample) else
+               views_of_item(item, views, crop_suffix) for item in images]
+    rois = [dict(item.rois) if isinstance(item, Sample) else {} for item in images]
     prep = meta["preprocessing"]
     mean_std = pre.mean_std
     mean = torch.tensor(prep.get("mean", mean_std[0]), dtype=torch.float32).view(3, 1, 1)
@@ -258,7 +264,8 @@ def explain(checkpoint_or_run: str | Path, images: Sequence[Any], out_dir: str |
     stems: dict[str, int] = {}
     for n, sample in enumerate(samples):
         size = pre.image_size
-        pixels = {view: None if p is None else load_image(p, pre) for view, p in sample.items()}
+        pixels = {view: None if p is None else load_image(p, pre, "", rois[n].get(view), pre.roi_margin)
+                  for view, p in sample.items()}
         x = torch.stack([torch.zeros(3, size, size) if arr is None else
                          (torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0 - mean) / std
                          for arr in pixels.values()])[None]

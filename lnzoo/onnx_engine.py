@@ -198,6 +198,12 @@ class OnnxPredictor:
         return self.meta.get("temperature") or {}
 
     @property
+    def covariates(self):
+        """The fitted covariate encoder, or None."""
+        from lnzoo.data.covariates import CovariateEncoder
+        return CovariateEncoder.from_dict(self.meta["covariates"]) if self.meta.get("covariates") else None
+
+    @property
     def preprocessing(self) -> Preprocessing:
         prep = self.meta["preprocessing"]
         return Preprocessing(**{f: prep[f] for f in ("image_size", "resize", "normalize", "roi_margin") if f in prep})
@@ -218,9 +224,8 @@ class OnnxPredictor:
                 feeds[view][i] = (arr.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0) - mean) / std
                 present[i, j] = True
         feeds["present"] = present
-        if self.meta.get("covariates"):
-            from lnzoo.data.covariates import CovariateEncoder
-            enc = CovariateEncoder.from_dict(self.meta["covariates"])
+        enc = self.covariates
+        if enc is not None:
             feeds["covariates"] = np.stack([enc.transform(s) for s in samples]).astype(np.float32)
         return feeds
 

@@ -5,7 +5,7 @@ with other backbones); every member reads the images with its own stored preproc
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,44 +46,55 @@ class Ensemble:
                 ) -> tuple[dict[str, np.ndarray], list[dict[str, Path | None]]]:
         """Probabilities per task (members averaged) for each item (a path, or one path per view); with
         ``calibrated``, each member's probabilities are temperature-scaled (its fitted temperature) first."""
-        from lnzoo.bundle import calibrated as scale
-        from lnzoo.data.samples import views_of_item
+        raw, scaled, resolved = self.predict_both(items)
+        return (scaled if calibrated else raw), resolved
 
-        sums: dict[str, np.ndarray] = {}
+    def predict_both(self, items: Sequence[Any]
+                     ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, Path | None]]]:
+        """(raw, calibrated) probabilities per task from one pass of every member, and the views used."""
+        from lnzoo.bundle import calibrated as scale
+
+        raw: dict[str, np.ndarray] = {}
+        scaled: dict[str, np.ndarray] = {}
         counts: dict[str, int] = {}
         resolved: list[dict[str, Path | None]] = []
         for m in self.members:
-            views = m.views
-            suffix = m.recipe["data"].get("crop_suffix", "-crop")
-            if items and isinstance(items[0], Sample):  # manifest rows: views, ROI boxes/masks, covariates
-                policy = m.recipe["data"].get("empty_roi", "error")
-                per_view, samples = [], []
-                for item in items:  # each member applies its own data.empty_roi to an empty mask
-                    pv, rois = {v: item.views.get(v) for v in views}, {}
-                    if "roi" in item.rois and pv.get("roi") is not None:
-                        problems: list[str] = []
-                        got = apply_empty_roi(pv, item.rois["roi"], policy, item.origin, problems)
-                        if got is None:
-                            raise UsageError(f"{problems[0]} (data.empty_roi of {m.source})")
-                        pv, rois = got
-                    per_view.append(pv)
-                    samples.append(Sample(dict(pv), item.patient, {}, item.origin,
-                                          covariates=dict(item.covariates), rois=rois))
-                if any(all(p is None for p in pv.values()) for pv in per_view):
-                    bad = next(i.origin for i, pv in zip(items, per_view) if all(p is None for p in pv.values()))
-                    raise UsageError(f"{bad}: no image for any of the views {views} of {m.source}")
-            else:
-                per_view = [views_of_item(item, views, suffix) for item in items]
-                samples = [Sample(dict(v), "", {}, str(next(p for p in v.values() if p is not None)))
-                           for v in per_view]
+            per_view, samples = self._member_samples(m, items)
             if not resolved:
                 resolved = per_view
             for task, p in m.predict(samples, batch_size=32).proba.items():  # served as it was evaluated
-                if calibrated:
-                    p = scale(p, (m.temperature or {}).get(task))
-                sums[task] = sums.get(task, 0) + p
-                counts[task] = counts.get(task, 0) + 1
-        return {t: sums[t] / counts[t] for t in sums}, resolved
+                raw[task] = raw.get(task, 0) + p
+                scaled[task] = scaled.get(task, 0) + scale(p, (m.temperature or {}).get(task))
+                counts[task] = counts.get(task, 0) + 1  # members may differ in their auxiliary tasks
+        return ({t: v / counts[t] for t, v in raw.items()}, {t: v / counts[t] for t, v in scaled.items()},
+                resolved)
+
+    @staticmethod
+    def _member_samples(m, items: Sequence[Any]) -> tuple[list[dict[str, Path | None]], list[Sample]]:
+        """The items as one member reads them: its views, its ROI policy, its crop folder."""
+        from lnzoo.data.samples import views_of_item
+
+        views = m.views
+        if not (items and isinstance(items[0], Sample)):
+            per_view = [views_of_item(item, views, m.recipe["data"].get("crop_suffix", "-crop")) for item in items]
+            return per_view, [Sample(dict(v), "", {}, str(next(p for p in v.values() if p is not None)))
+                              for v in per_view]
+        policy = m.recipe["data"].get("empty_roi", "error")  # manifest rows: views, ROI boxes/masks, covariates
+        per_view, samples = [], []
+        for item in items:  # each member applies its own data.empty_roi to an empty mask
+            pv, rois = {v: item.views.get(v) for v in views}, {}
+            if "roi" in item.rois and pv.get("roi") is not None:
+                problems: list[str] = []
+                got = apply_empty_roi(pv, item.rois["roi"], policy, item.origin, problems)
+                if got is None:
+                    raise UsageError(f"{problems[0]} (data.empty_roi of {m.source})")
+                pv, rois = got
+            if all(p is None for p in pv.values()):
+                raise UsageError(f"{item.origin}: no image for any of the views {views} of {m.source}")
+            per_view.append(pv)
+            samples.append(Sample(dict(pv), item.patient, {}, item.origin, covariates=dict(item.covariates),
+                                  rois=rois))
+        return per_view, samples
 
 
 def decide(task_classes: Sequence[str], proba: np.ndarray) -> list[str]:
@@ -105,7 +116,58 @@ def _passes_on(task, host) -> str | None:
     return None
 
 
-def run_cascade(stages: Sequence[str | Path], images: Sequence[Path], host=None,
+class Cascade:
+    """Stage models in order, loaded once: every node goes through stage I, and on while a stage calls it
+    that stage's passing class (its main task's ``passes_on``, or one given per stage)."""
+
+    def __init__(self, stages: Sequence[str | Path], host=None, passes_on: Sequence[str | None] | None = None,
+                 engine: str = "torch"):
+        if len(stages) < 2:
+            raise UsageError("--cascade takes two or more models, in stage order")
+        self.sources = [Path(s) for s in stages]
+        self.stages = [Ensemble([s], host, engine) for s in stages]
+        given = list(passes_on or [None] * (len(stages) - 1))
+        if len(given) != len(stages) - 1:
+            raise UsageError(f"{len(stages)} stages need {len(stages) - 1} passing class(es), got {len(given)}")
+        self.passing: list[str] = []
+        for e, src, cls in zip(self.stages, stages, given):
+            cls = _passes_on(e.main_task, host) if cls in (None, "", "-") else cls  # "-": the task definition's
+            if cls is None:
+                raise UsageError(f"{src}: its main task {e.main!r} names no class that passes on to the next stage "
+                                 f"(passes_on in its task definition); give one with --passes-on")
+            if cls not in e.tasks[e.main]:
+                raise UsageError(f"{src}: {cls!r} is not a class of its main task {e.main!r} ({e.tasks[e.main]})")
+            self.passing.append(cls)
+
+    def calls(self, k: int, proba: Mapping[str, np.ndarray]) -> list[str]:
+        """Stage k's call per node: the most probable class of its main task."""
+        e = self.stages[k]
+        return decide(e.tasks[e.main], proba[e.main])
+
+    def goes_on(self, k: int, call: str) -> bool:
+        return k < len(self.passing) and call == self.passing[k]
+
+    def run(self, items: Sequence[Any]) -> list[dict[str, Any]]:
+        """One row per item (a path, or a Sample): the path taken through the stages and every probability."""
+        rows: list[dict[str, Any]] = [{"image": str(next(p for p in i.views.values() if p is not None))
+                                       if isinstance(i, Sample) else str(i), "path": ""} for i in items]
+        todo = list(range(len(items)))
+        for k, e in enumerate(self.stages):
+            if not todo:
+                break
+            proba, _ = e.predict([items[i] for i in todo])
+            classes = e.tasks[e.main]
+            calls = self.calls(k, proba)
+            for j, i in enumerate(todo):
+                for c, v in zip(classes, proba[e.main][j]):
+                    rows[i][f"p_{e.main}_{c}"] = round(float(v), 6)
+                rows[i][f"stage{k + 1}"] = calls[j]
+                rows[i]["path"] = (rows[i]["path"] + " > " if rows[i]["path"] else "") + f"{e.main}:{calls[j]}"
+            todo = [i for i, c in zip(todo, calls) if self.goes_on(k, c)]
+        return rows
+
+
+def run_cascade(stages: Sequence[str | Path], images: Sequence[Any], host=None,
                 passes_on: Sequence[str | None] | None = None) -> list[dict[str, Any]]:
     """Every image through stage I; the images a stage calls its passing class go on to the next stage.
 
@@ -113,37 +175,7 @@ def run_cascade(stages: Sequence[str | Path], images: Sequence[Path], host=None,
     stage I, metastatic for stage II) unless ``passes_on`` names one per stage. Returns one row per
     image: the path taken through the stages and every probability computed.
     """
-    if len(stages) < 2:
-        raise UsageError("--cascade takes two or more models, in stage order")
-    ens = [Ensemble([s], host) for s in stages]
-    given = list(passes_on or [None] * (len(stages) - 1))
-    if len(given) != len(stages) - 1:
-        raise UsageError(f"{len(stages)} stages need {len(stages) - 1} passing class(es), got {len(given)}")
-    passing = []
-    for e, src, cls in zip(ens, stages, given):
-        cls = _passes_on(e.main_task, host) if cls in (None, "", "-") else cls  # "-": the task definition's
-        if cls is None:
-            raise UsageError(f"{src}: its main task {e.main!r} names no class that passes on to the next stage "
-                             f"(passes_on in its task definition); give one with --passes-on")
-        if cls not in e.tasks[e.main]:
-            raise UsageError(f"{src}: {cls!r} is not a class of its main task {e.main!r} ({e.tasks[e.main]})")
-        passing.append(cls)
-    rows: list[dict[str, Any]] = [{"image": str(p), "path": ""} for p in images]
-    todo = list(range(len(images)))
-    for stage, e in enumerate(ens, start=1):
-        if not todo:
-            break
-        proba, _ = e.predict([images[i] for i in todo])
-        classes = e.tasks[e.main]
-        calls = decide(classes, proba[e.main])
-        for k, i in enumerate(todo):
-            for c, v in zip(classes, proba[e.main][k]):
-                rows[i][f"p_{e.main}_{c}"] = round(float(v), 6)
-            rows[i][f"stage{stage}"] = calls[k]
-            rows[i]["path"] = (rows[i]["path"] + " > " if rows[i]["path"] else "") + f"{e.main}:{calls[k]}"
-        if stage <= len(passing):
-            todo = [i for i, c in zip(todo, calls) if c == passing[stage - 1]]
-    return rows
+    return Cascade(stages, host, passes_on).run(images)
 
 
 def check_out(out: Path) -> None:

@@ -158,3 +158,26 @@ def test_a_head_that_cannot_be_exported_is_named(tmp_path):
     with pytest.raises(LnzooError, match=r"head 'branchy' \(task 'malignancy'\) cannot be exported"):
         export_onnx(tmp_path / "run" / "fold0" / "best.safetensors", tmp_path / "m.onnx", host)
     assert not (tmp_path / "m.onnx").exists()
+
+
+def test_serve_runs_a_bundle_on_onnx_runtime_and_still_explains(bundle, tiny_run):
+    from fastapi.testclient import TestClient
+
+    from lnzoo.serve import create_app
+
+    image = _images(tiny_run)[0]
+
+    def ask(client, gradcam: str) -> dict:
+        with open(image, "rb") as fh:
+            got = client.post("/api/predict", files={"full": ("node.png", fh, "image/png")}, data={"gradcam": gradcam})
+        assert got.status_code == 200, got.text
+        return got.json()
+
+    by_torch = ask(TestClient(create_app([bundle])), "false")
+    by_onnx = ask(TestClient(create_app([bundle], engine="onnx")), "true")
+    for task, entry in by_torch["tasks"].items():
+        for key in ("raw_probabilities", "probabilities"):
+            for cls, p in entry[key].items():
+                assert abs(p - by_onnx["tasks"][task][key][cls]) <= 2e-6, (task, key, cls)
+        assert entry["call"] == by_onnx["tasks"][task]["call"]
+    assert set(by_onnx["gradcam"]) == {"full"}  # Grad-CAM runs on the torch model beside the ONNX one

@@ -22,7 +22,7 @@ from lnzoo.data.samples import Sample  # noqa: E402
 from lnzoo.errors import LnzooError  # noqa: E402
 from lnzoo.predict import Ensemble, predict_rows, run_cascade  # noqa: E402
 from lnzoo.serve import create_app, run_server  # noqa: E402
-from lnzoo.serve.app import parse_box, RequestError  # noqa: E402
+from lnzoo.serve.uploads import RequestError, parse_box  # noqa: E402
 
 
 def phantom_images(run: Path, column: str = "path") -> list[Path]:
@@ -276,7 +276,9 @@ def test_a_roi_model_predicts_the_box_as_lnzoo_predict_does(roi_run):
     expected = predict_rows([roi_run], [Sample({"full": image, "roi": image}, "", {}, "x", rois={"roi": box})])[0]
     for cls, p in got["tasks"]["malignancy"]["raw_probabilities"].items():
         assert abs(p - expected[f"p_malignancy_{cls}"]) <= 1e-6
-    assert got["gradcam"] == {} and "roi" in got["gradcam_note"]
+    assert set(got["gradcam"]) == {"full", "roi"}  # an overlay on the full image and on the box's crop
+    crop = Image.open(io.BytesIO(base64.b64decode(got["gradcam"]["roi"])))
+    assert crop.width > 0 and "gradcam_note" not in got
     # no box: the 'roi' view is absent, the full image still predicts
     assert post(client, image, data={"gradcam": "false"}).json()["views_used"] == ["full"]
     assert "outside the" in error_of(post(client, image, data={"box": f"0,0,{w + 5},{h}"}), 422)

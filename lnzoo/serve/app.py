@@ -4,14 +4,13 @@ Models are loaded once, when the app is created: a model that fails to load stop
 reason. Each request's uploads are checked with PIL before anything is predicted, written to a temporary
 folder that is removed when the request ends, and predicted on as one :class:`~lnzoo.data.samples.Sample`
 through :class:`lnzoo.predict.Ensemble`: the same path as ``lnzoo predict``. The cascade routes a node
-through its stages the way :func:`lnzoo.predict.run_cascade` does (the most probable class of each stage's
-main task, on its uncalibrated probability, decides whether the node goes on).
+through its stages with :class:`lnzoo.predict.Cascade`, as ``lnzoo predict --cascade`` does (the most
+probable class of each stage's main task, on its uncalibrated probability, decides whether it goes on).
 """
 from __future__ import annotations
 
 import base64
 import csv
-import io
 import math
 import sys
 import tempfile
@@ -26,23 +25,15 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.concurrency import run_in_threadpool
-from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from lnzoo.bundle import model_info
 from lnzoo.errors import LnzooError, UsageError
+from lnzoo.serve.uploads import (IMAGE_FORMATS, RequestError, Submission, check_declared_size, read_form,
+                                 write_sample)
 
-IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif", "WEBP": ".webp"}
 FULL_VIEWS = ("full", "2d")      # the views a 'roi' view is cropped from (the manifest's "path" column)
 TEXT_FIELDS = ("box", "gradcam")
-FORM_SLACK = 1 << 20             # bytes a request may carry beyond its files (field names, text fields)
-
-
-class RequestError(Exception):
-    """What is wrong with a request: answered as ``{"error": message}`` with ``status``, nothing changed."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
 
 
 # -- the models, loaded once --------------------------------------------------------------------------------------
@@ -53,6 +44,7 @@ class ServedModel:
     sources: list[Path]
     ensemble: Any                     # lnzoo.predict.Ensemble
     info: dict[str, Any]              # lnzoo.bundle.model_info of its first source
+    cam_model: Any = None             # with the ONNX engine: the torch model Grad-CAM runs on, loaded on first use
 
     @property
     def main(self) -> str:
@@ -70,21 +62,20 @@ class ServedModel:
             names += [c["name"] for c in spec if c["name"] not in names]
         return names
 
-    @property
-    def calibrates(self) -> bool:
-        """Whether any member has a fitted temperature (else calibrated and raw probabilities are the same)."""
-        return any(any(t for t in (m.temperature or {}).values()) for m in self.ensemble.members)
-
 
 def load_model(sources: Sequence[Path], host, engine: str = "torch") -> ServedModel:
     """Load the checkpoints of ``sources`` (averaged) and read their model info; every failure is an LnzooError."""
-    from lnzoo.bundle import model_info
     from lnzoo.predict import Ensemble
 
     sources = [Path(s) for s in sources]
+    return ServedModel(sources, _loading(sources, lambda: Ensemble(sources, host, engine)),
+                       _loading(sources, lambda: model_info(sources[0])))
+
+
+def _loading(sources: Sequence[Path], load):
+    """``load()``, with any failure an LnzooError naming the model (the server stops before it listens)."""
     try:
-        ensemble = Ensemble(sources, host) if engine == "torch" else Ensemble(sources, host, engine=engine)
-        return ServedModel(sources, ensemble, model_info(sources[0]))
+        return load()
     except LnzooError:
         raise
     except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
@@ -92,26 +83,12 @@ def load_model(sources: Sequence[Path], host, engine: str = "torch") -> ServedMo
                          ) from None
 
 
-def passing_classes(stages: Sequence[ServedModel], host) -> list[str]:
-    """Per stage but the last, the class of its main task that passes a node on (its task definition's)."""
-    from lnzoo.predict import _passes_on
-
-    passing = []
-    for stage in stages[:-1]:
-        cls = _passes_on(stage.ensemble.main_task, host)
-        if cls is None:
-            raise UsageError(f"{stage.sources[0]}: its main task {stage.main!r} names no class that passes on to "
-                             "the next stage (passes_on in its task definition)")
-        passing.append(cls)
-    return passing
-
-
 @dataclass
 class Server:
     """Everything a request needs: the models (one, or the cascade's stages), the limits and the plugin host."""
 
     stages: list[ServedModel]
-    passing: list[str]                # the cascade's passing classes; empty for one model
+    chain: Any                        # the lnzoo.predict.Cascade of the stages; None for one model
     max_upload_mb: float
     max_side: int
     host: Any = None
@@ -180,147 +157,14 @@ def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb:
     if host is None:
         from lnzoo.plugins import get_host
         host = get_host()
-    stages = [load_model(list(models), host, engine)] if models else [load_model([s], host, engine) for s in cascade]
-    return Server(stages, passing_classes(stages, host) if cascade else [], float(max_upload_mb),
-                  int(max_side), host)
+    if models:
+        return Server([load_model(list(models), host, engine)], None, float(max_upload_mb), int(max_side), host)
+    from lnzoo.predict import Cascade
 
-
-# -- reading and checking a request -------------------------------------------------------------------------------
-@dataclass
-class Upload:
-    """One checked image: its bytes, the file suffix of its format and its (width, height)."""
-
-    data: bytes
-    suffix: str
-    size: tuple[int, int]
-
-
-@dataclass
-class Submission:
-    """A checked /api/predict request."""
-
-    files: dict[str, Upload]
-    box: tuple[float, float, float, float] | None
-    covariates: dict[str, str]
-    gradcam: bool
-
-
-def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int) -> Upload:
-    """Decode an upload with PIL: an image of a supported format, within the limits, that decodes whole."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    if not data:
-        raise RequestError(422, f"{name}: the file is empty")
-    max_bytes = round(max_upload_mb * 2**20)
-    if len(data) > max_bytes:
-        raise RequestError(413, f"{name}: over the limit of {max_upload_mb:g} MB ({max_bytes:,} bytes) per file "
-                                "(lnzoo serve --max-upload-mb)")
-    try:
-        img = Image.open(io.BytesIO(data))
-    except (UnidentifiedImageError, OSError, ValueError):
-        raise RequestError(415, f"{name}: not an image file of a known format; accepted formats: "
-                                f"{', '.join(sorted(IMAGE_FORMATS))}") from None
-    with img:
-        if img.format not in IMAGE_FORMATS:
-            raise RequestError(415, f"{name}: {img.format} images are not accepted; accepted formats: "
-                                    f"{', '.join(sorted(IMAGE_FORMATS))}")
-        if max(img.size) > max_side:
-            raise RequestError(413, f"{name}: {img.width}x{img.height} pixels, over the limit of {max_side} pixels "
-                                    "a side (lnzoo serve --max-side)")
-        try:
-            img.load()
-            size = ImageOps.exif_transpose(img).size  # as the model reads it (lnzoo.data.images.read_pixels)
-        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-            raise RequestError(422, f"{name}: corrupt or truncated {img.format} image ({exc})") from None
-    return Upload(data, IMAGE_FORMATS[img.format], size)
-
-
-def parse_box(text: str, size: tuple[int, int] | None) -> tuple[float, float, float, float]:
-    """'x0,y0,x1,y1' in pixels of the image it is drawn on, inside it, with x0 < x1 and y0 < y1."""
-    parts = text.replace(",", " ").split()
-    try:
-        box = tuple(float(v) for v in parts)
-    except ValueError:
-        box = ()
-    if len(box) != 4 or not all(math.isfinite(v) for v in box):
-        raise RequestError(422, f"box {text!r}: expected four numbers x0,y0,x1,y1 (pixels)")
-    x0, y0, x1, y1 = box
-    if not (x0 < x1 and y0 < y1):
-        raise RequestError(422, f"box {text!r}: needs x0 < x1 and y0 < y1")
-    if size is not None and (x0 < 0 or y0 < 0 or x1 > size[0] or y1 > size[1]):
-        raise RequestError(422, f"box {text!r} lies outside the {size[0]}x{size[1]} image it is drawn on")
-    return box  # type: ignore[return-value]
-
-
-def parse_flag(text: str, name: str) -> bool:
-    value = text.strip().lower()
-    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off", ""):
-        raise RequestError(422, f"{name} {text!r}: expected true or false")
-    return value in ("true", "1", "yes", "on", "")
-
-
-def check_declared_size(request: Request, server: Server) -> None:
-    """Refuse a request whose declared size exceeds what its files may carry, before reading it."""
-    declared = request.headers.get("content-length")
-    limit = server.max_bytes * len(server.file_fields) + FORM_SLACK
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise RequestError(413, f"the request is {int(declared):,} bytes, over the limit of "
-                                f"{server.max_upload_mb:g} MB per file (lnzoo serve --max-upload-mb)")
-
-
-async def read_form(form: FormData, server: Server) -> Submission:
-    """The form's fields, checked: known names, files where files belong, images that decode, a valid box."""
-    unknown = sorted({k for k in form.keys() if k not in server.accepted})
-    if unknown:
-        raise RequestError(422, f"unknown form field(s) {unknown}; this model accepts {server.accepted}")
-    files: dict[str, Upload] = {}
-    text: dict[str, str] = {}
-    for name, value in form.multi_items():
-        if name in files or name in text:
-            raise RequestError(422, f"form field {name!r} is given twice")
-        if name in server.file_fields:
-            if not isinstance(value, UploadFile):
-                raise RequestError(422, f"form field {name!r} must be an image file, not text")
-            files[name] = check_image(await value.read(server.max_bytes + 1), name, server.max_upload_mb,
-                                      server.max_side)
-        elif isinstance(value, UploadFile):
-            raise RequestError(422, f"form field {name!r} takes text, not a file")
-        else:
-            text[name] = value
-    box = None
-    if text.get("box", "").strip():
-        source = server.roi_source
-        box = parse_box(text["box"], files[source].size if source in files else None)
-    return Submission(files, box, {c: text[c] for c in server.covariates if c in text},
-                    parse_flag(text.get("gradcam", "true"), "gradcam"))
-
-
-def write_sample(req: Submission, folder: Path, server: Server):
-    """The uploads written into ``folder`` (a request's temporary one), as one Sample of every view."""
-    from lnzoo.data.samples import Sample
-
-    paths = {}
-    for view, upload in req.files.items():
-        paths[view] = folder / f"{view}{upload.suffix}"  # our own names: nothing the client sent names a file
-        paths[view].write_bytes(upload.data)
-    views: dict[str, Path | None] = {v: paths.get(v) for v in server.views}
-    rois = {}
-    if server.roi_source:
-        source = paths.get(server.roi_source)
-        if req.box is not None and source is None:
-            raise RequestError(422, f"a box is given but no {server.roi_source!r} image to draw it on")
-        views["roi"] = source if req.box is not None else None  # no box: no ROI, the view is absent
-        if req.box is not None:
-            rois["roi"] = req.box
-    required = server.required_view
-    if views.get(required) is None:
-        need = f"the {server.roi_source!r} image and a box x0,y0,x1,y1" if required == "roi" else \
-            f"an image in the form field {required!r}"
-        others = [v for v in server.views if v != required]
-        optional = f"; {', '.join(map(repr, others))} optional" if others else ""
-        raise RequestError(422, f"missing the view {required!r}: give {need}. This model takes the views "
-                                f"{server.views} (file fields {server.file_fields}): {required!r} required{optional}")
-    return Sample(views, "", {}, "upload", covariates=dict(req.covariates), rois=rois)
+    chain = _loading(list(cascade), lambda: Cascade(list(cascade), host, engine=engine))
+    stages = [ServedModel([src], e, _loading([src], lambda src=src: model_info(src)))
+              for src, e in zip(chain.sources, chain.stages)]
+    return Server(stages, chain, float(max_upload_mb), int(max_side), host)
 
 
 # -- predicting -----------------------------------------------------------------------------------------------------
@@ -342,8 +186,7 @@ def task_results(model: ServedModel, raw: dict, calibrated: dict) -> dict[str, A
 
 def predict_model(model: ServedModel, sample) -> tuple[dict[str, Any], list[str], dict]:
     """(task results, the views used, the raw probabilities) of one model on one sample."""
-    raw, resolved = model.ensemble.predict([sample], calibrated=False)
-    calibrated = model.ensemble.predict([sample], calibrated=True)[0] if model.calibrates else raw
+    raw, calibrated, resolved = model.ensemble.predict_both([sample])
     used = [v for v, p in resolved[0].items() if p is not None]
     return task_results(model, raw, calibrated), used, raw
 
@@ -351,13 +194,15 @@ def predict_model(model: ServedModel, sample) -> tuple[dict[str, Any], list[str]
 def gradcam(model: ServedModel, sample, folder: Path, host) -> tuple[dict[str, str], str | None]:
     """Grad-CAM of the main task on the model's first fold member, per view present: {view: base64 PNG}."""
     from lnzoo.explain import explain
+    from lnzoo.inference import Predictor
 
     member = model.ensemble.members[0]
-    if "roi" in member.views:
-        return {}, ("Grad-CAM is not available for a model with a 'roi' view: lnzoo explain takes image files, "
-                    "not an image with a box")
-    paths = [sample.views.get(v) for v in member.views]
-    explain(member.source, [paths[0] if len(paths) == 1 else paths], folder, tasks=[model.main], host=host)
+    if not isinstance(member, Predictor):  # the ONNX engine: Grad-CAM needs the torch model, loaded once
+        if model.cam_model is None:
+            from lnzoo.inference import load
+            model.cam_model = load(Path(member.source).with_suffix(".safetensors"), host)
+        member = model.cam_model
+    explain(member, [sample], folder, tasks=[model.main], host=host)
     with open(folder / "explain.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return {r["view"]: base64.b64encode((folder / r["png"]).read_bytes()).decode("ascii") for r in rows}, None
@@ -376,11 +221,9 @@ def stage_entry(server: Server, k: int, sample, folder: Path, with_gradcam: bool
         if note:
             entry["gradcam_note"] = note
     if server.cascade:
-        from lnzoo.predict import decide as most_probable
-
         entry["stage"] = k + 1
-        entry["routed_as"] = most_probable(model.ensemble.tasks[model.main], raw[model.main])[0]
-        entry["passes_on"] = server.passing[k] if k < len(server.passing) else None
+        entry["routed_as"] = server.chain.calls(k, raw)[0]
+        entry["passes_on"] = server.chain.passing[k] if k < len(server.chain.passing) else None
     return entry
 
 
@@ -391,7 +234,7 @@ def answer(server: Server, req: Submission) -> dict[str, Any]:
         entries = []
         for k in range(len(server.stages)):
             entries.append(stage_entry(server, k, sample, Path(tmp), req.gradcam))
-            if not server.cascade or k >= len(server.passing) or entries[-1]["routed_as"] != server.passing[k]:
+            if not server.cascade or not server.chain.goes_on(k, entries[-1]["routed_as"]):
                 break
     first = entries[0]
     result = {key: first[key] for key in ("model", "members", "main_task", "tasks", "views_used", "gradcam",
@@ -422,7 +265,7 @@ def model_description(server: Server) -> dict[str, Any]:
     out: dict[str, Any] = {"kind": "cascade" if server.cascade else "model", "form": server.form_description()}
     if server.cascade:
         out["stages"] = [one(s) for s in server.stages]
-        out["passes_on"] = server.passing
+        out["passes_on"] = server.chain.passing
     else:
         out.update(one(server.stages[0]))
     return finite(out)

@@ -1,0 +1,165 @@
+"""Reading and checking an ``/api/predict`` request: known fields, images that decode whole within the
+limits, a box inside its image; the checked uploads written into the request's temporary folder as one
+:class:`~lnzoo.data.samples.Sample`. Every problem is a :class:`RequestError` (a 4xx answer)."""
+from __future__ import annotations
+
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from fastapi import Request
+from starlette.datastructures import FormData, UploadFile
+
+if TYPE_CHECKING:
+    from lnzoo.serve.app import Server
+
+IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif", "WEBP": ".webp"}
+FORM_SLACK = 1 << 20             # bytes a request may carry beyond its files (field names, text fields)
+
+
+class RequestError(Exception):
+    """What is wrong with a request: answered as ``{"error": message}`` with ``status``, nothing changed."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+# -- reading and checking a request -------------------------------------------------------------------------------
+@dataclass
+class Upload:
+    """One checked image: its bytes, the file suffix of its format and its (width, height)."""
+
+    data: bytes
+    suffix: str
+    size: tuple[int, int]
+
+
+@dataclass
+class Submission:
+    """A checked /api/predict request."""
+
+    files: dict[str, Upload]
+    box: tuple[float, float, float, float] | None
+    covariates: dict[str, str]
+    gradcam: bool
+
+
+def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int) -> Upload:
+    """Decode an upload with PIL: an image of a supported format, within the limits, that decodes whole."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise RequestError(422, f"{name}: the file is empty")
+    max_bytes = round(max_upload_mb * 2**20)
+    if len(data) > max_bytes:
+        raise RequestError(413, f"{name}: over the limit of {max_upload_mb:g} MB ({max_bytes:,} bytes) per file "
+                                "(lnzoo serve --max-upload-mb)")
+    try:
+        img = Image.open(io.BytesIO(data))
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise RequestError(415, f"{name}: not an image file of a known format; accepted formats: "
+                                f"{', '.join(sorted(IMAGE_FORMATS))}") from None
+    with img:
+        if img.format not in IMAGE_FORMATS:
+            raise RequestError(415, f"{name}: {img.format} images are not accepted; accepted formats: "
+                                    f"{', '.join(sorted(IMAGE_FORMATS))}")
+        if max(img.size) > max_side:
+            raise RequestError(413, f"{name}: {img.width}x{img.height} pixels, over the limit of {max_side} pixels "
+                                    "a side (lnzoo serve --max-side)")
+        try:
+            img.load()
+            size = ImageOps.exif_transpose(img).size  # as the model reads it (lnzoo.data.images.read_pixels)
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise RequestError(422, f"{name}: corrupt or truncated {img.format} image ({exc})") from None
+    return Upload(data, IMAGE_FORMATS[img.format], size)
+
+
+def parse_box(text: str, size: tuple[int, int] | None) -> tuple[float, float, float, float]:
+    """'x0,y0,x1,y1' in pixels of the image it is drawn on, inside it, with x0 < x1 and y0 < y1."""
+    parts = text.replace(",", " ").split()
+    try:
+        box = tuple(float(v) for v in parts)
+    except ValueError:
+        box = ()
+    if len(box) != 4 or not all(math.isfinite(v) for v in box):
+        raise RequestError(422, f"box {text!r}: expected four numbers x0,y0,x1,y1 (pixels)")
+    x0, y0, x1, y1 = box
+    if not (x0 < x1 and y0 < y1):
+        raise RequestError(422, f"box {text!r}: needs x0 < x1 and y0 < y1")
+    if size is not None and (x0 < 0 or y0 < 0 or x1 > size[0] or y1 > size[1]):
+        raise RequestError(422, f"box {text!r} lies outside the {size[0]}x{size[1]} image it is drawn on")
+    return box  # type: ignore[return-value]
+
+
+def parse_flag(text: str, name: str) -> bool:
+    value = text.strip().lower()
+    if value not in ("true", "false", "1", "0", "yes", "no", "on", "off", ""):
+        raise RequestError(422, f"{name} {text!r}: expected true or false")
+    return value in ("true", "1", "yes", "on", "")
+
+
+def check_declared_size(request: Request, server: Server) -> None:
+    """Refuse a request whose declared size exceeds what its files may carry, before reading it."""
+    declared = request.headers.get("content-length")
+    limit = server.max_bytes * len(server.file_fields) + FORM_SLACK
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"the request is {int(declared):,} bytes, over the limit of "
+                                f"{server.max_upload_mb:g} MB per file (lnzoo serve --max-upload-mb)")
+
+
+async def read_form(form: FormData, server: Server) -> Submission:
+    """The form's fields, checked: known names, files where files belong, images that decode, a valid box."""
+    unknown = sorted({k for k in form.keys() if k not in server.accepted})
+    if unknown:
+        raise RequestError(422, f"unknown form field(s) {unknown}; this model accepts {server.accepted}")
+    files: dict[str, Upload] = {}
+    text: dict[str, str] = {}
+    for name, value in form.multi_items():
+        if name in files or name in text:
+            raise RequestError(422, f"form field {name!r} is given twice")
+        if name in server.file_fields:
+            if not isinstance(value, UploadFile):
+                raise RequestError(422, f"form field {name!r} must be an image file, not text")
+            files[name] = check_image(await value.read(server.max_bytes + 1), name, server.max_upload_mb,
+                                      server.max_side)
+        elif isinstance(value, UploadFile):
+            raise RequestError(422, f"form field {name!r} takes text, not a file")
+        else:
+            text[name] = value
+    box = None
+    if text.get("box", "").strip():
+        source = server.roi_source
+        box = parse_box(text["box"], files[source].size if source in files else None)
+    return Submission(files, box, {c: text[c] for c in server.covariates if c in text},
+                    parse_flag(text.get("gradcam", "true"), "gradcam"))
+
+
+def write_sample(req: Submission, folder: Path, server: Server):
+    """The uploads written into ``folder`` (a request's temporary one), as one Sample of every view."""
+    from lnzoo.data.samples import Sample
+
+    paths = {}
+    for view, upload in req.files.items():
+        paths[view] = folder / f"{view}{upload.suffix}"  # our own names: nothing the client sent names a file
+        paths[view].write_bytes(upload.data)
+    views: dict[str, Path | None] = {v: paths.get(v) for v in server.views}
+    rois = {}
+    if server.roi_source:
+        source = paths.get(server.roi_source)
+        if req.box is not None and source is None:
+            raise RequestError(422, f"a box is given but no {server.roi_source!r} image to draw it on")
+        views["roi"] = source if req.box is not None else None  # no box: no ROI, the view is absent
+        if req.box is not None:
+            rois["roi"] = req.box
+    required = server.required_view
+    if views.get(required) is None:
+        need = f"the {server.roi_source!r} image and a box x0,y0,x1,y1" if required == "roi" else \
+            f"an image in the form field {required!r}"
+        others = [v for v in server.views if v != required]
+        optional = f"; {', '.join(map(repr, others))} optional" if others else ""
+        raise RequestError(422, f"missing the view {required!r}: give {need}. This model takes the views "
+                                f"{server.views} (file fields {server.file_fields}): {required!r} required{optional}")
+    return Sample(views, "", {}, "upload", covariates=dict(req.covariates), rois=rois)
