@@ -9,13 +9,14 @@ probable class of each stage's main task, on its uncalibrated probability, decid
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import csv
 import math
 import sys
 import tempfile
-import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -24,7 +25,6 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lnzoo.bundle import model_info
@@ -92,7 +92,9 @@ class Server:
     max_upload_mb: float
     max_side: int
     host: Any = None
-    lock: threading.Lock = field(default_factory=threading.Lock)  # one prediction at a time: torch uses every core
+    # every prediction on one worker thread, one at a time (torch uses every core anyway), always the same
+    # thread, so torch's per-thread state is built once
+    worker: ThreadPoolExecutor = field(default_factory=lambda: ThreadPoolExecutor(1, thread_name_prefix="lnzoo-predict"))
 
     @property
     def max_bytes(self) -> int:
@@ -229,7 +231,7 @@ def stage_entry(server: Server, k: int, sample, folder: Path, with_gradcam: bool
 
 def answer(server: Server, req: Submission) -> dict[str, Any]:
     """Predict on one checked request inside a temporary folder removed on return."""
-    with tempfile.TemporaryDirectory(prefix="lnzoo-serve-") as tmp, server.lock:
+    with tempfile.TemporaryDirectory(prefix="lnzoo-serve-") as tmp:
         sample = write_sample(req, Path(tmp), server)
         entries = []
         for k in range(len(server.stages)):
@@ -345,7 +347,7 @@ def create_app(models: Sequence[Path], cascade: Sequence[Path] = (), max_upload_
             req = await read_form(form, server)
         finally:
             await form.close()
-        return JSONResponse(await run_in_threadpool(answer, server, req))
+        return JSONResponse(await asyncio.get_running_loop().run_in_executor(server.worker, answer, server, req))
 
     return app
 
