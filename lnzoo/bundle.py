@@ -16,6 +16,7 @@ its models, and :func:`model_info` reads what a server or a person needs to know
 """
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -43,7 +44,34 @@ def bundle_checkpoints(path: str | Path) -> list[Path]:
     missing = [str(p) for p in found if not p.is_file()]
     if missing:
         raise UsageError(f"{path}: the bundle lacks {', '.join(missing)} that its config.json lists")
+    for weights in found:  # config.json's calls and thresholds must describe these very models
+        try:
+            tasks = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))["tasks"]
+        except (OSError, ValueError, KeyError):
+            continue  # loading the checkpoint names what is wrong with its sidecar
+        for name, task in config["tasks"].items():
+            got = tasks.get(name) or {}
+            if list(got.get("classes") or []) != list(task["classes"]) or got.get("positive") != task.get("positive"):
+                raise UsageError(f"{Path(path) / CONFIG}: task {name!r} ({task['classes']}, positive "
+                                 f"{task.get('positive')!r}) differs from {weights.with_suffix('.json')} "
+                                 f"({got.get('classes')}, positive {got.get('positive')!r}); the config was edited "
+                                 "or belongs to another bundle")
     return found
+
+
+def checked_onnx(weights: Path) -> Path:
+    """The .onnx beside a checkpoint; in a bundle, checked against the sha256 its config.json recorded."""
+    onnx_file = weights.with_suffix(".onnx")
+    if not onnx_file.is_file():
+        raise UsageError(f"{weights}: no {onnx_file.name} beside it; export with lnzoo export RUN --onnx")
+    bundle = weights.parent.parent
+    if is_bundle(bundle):
+        entry = next((m for m in read_config(bundle)["models"] if m.get("weights") == weights.name), {})
+        expected = entry.get("onnx_sha256")
+        if expected and hashlib.sha256(onnx_file.read_bytes()).hexdigest() != expected:
+            raise UsageError(f"{onnx_file}: its sha256 differs from the one {bundle / CONFIG} recorded at export; "
+                             "the file was replaced or damaged. Export the bundle again")
+    return onnx_file
 
 
 def read_config(path: str | Path) -> dict[str, Any]:

@@ -86,10 +86,10 @@ def read_weights(path: str | Path, what: str = "") -> dict[str, Any]:
         raise UsageError(f"{what}{path}: not a readable safetensors file, truncated or corrupt ({exc})") from None
 
 
-def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """(weights path, sidecar, tensors) of an lnzoo checkpoint, checked against each other: the weights
-    file's sha256 and the definition saved in its header must match the sidecar (older checkpoints
-    without them are read as they are)."""
+def verify_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], bytes]:
+    """(weights path, sidecar, the weights file's bytes), checked against each other without torch: the weights'
+    sha256 and the definition saved in their header must match the sidecar (older checkpoints without them
+    are read as they are)."""
     weights, meta = read_sidecar(path)
     sidecar = weights.with_suffix(".json")
     try:
@@ -105,7 +105,18 @@ def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, A
     if saved is not None and saved != _definition(meta):
         raise UsageError(f"{sidecar}: differs from the definition saved with its weights ({_what_differs(saved, meta)}); "
                          "it was edited or copied from another checkpoint. Restore it, or retrain")
-    return weights, meta, read_weights(weights)
+    return weights, meta, blob
+
+
+def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """(weights path, sidecar, tensors) of an lnzoo checkpoint, checked as :func:`verify_checkpoint` does."""
+    from safetensors.torch import load
+
+    weights, meta, blob = verify_checkpoint(path)
+    try:
+        return weights, meta, load(blob)
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for every kind of damage
+        raise UsageError(f"{weights}: not a readable safetensors file, truncated or corrupt ({exc})") from None
 
 
 def _header_metadata(blob: bytes) -> dict[str, str]:

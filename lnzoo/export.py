@@ -2,6 +2,7 @@
 with a model card written from the run, and optionally each model as ONNX."""
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -56,7 +57,8 @@ def _write_bundle(rd: RunDir, out: Path, chosen: Sequence[int], onnx: bool, lice
         if onnx:
             from lnzoo.onnx_engine import export_onnx
             diff = export_onnx(out / MODELS / f"fold{k}.safetensors", out / MODELS / f"fold{k}.onnx", host)
-            entry.update(onnx=f"fold{k}.onnx", onnx_max_abs_diff=diff)
+            entry.update(onnx=f"fold{k}.onnx", onnx_max_abs_diff=diff,
+                         onnx_sha256=hashlib.sha256((out / MODELS / f"fold{k}.onnx").read_bytes()).hexdigest())
             say(f"fold {k}: model.onnx checked against torch, max |p_onnx - p_torch| = {diff:.2e}")
         models.append(entry)
     config = {"format": "lnzoo-bundle", "format_version": BUNDLE_FORMAT, **info, "models": models,
@@ -129,6 +131,8 @@ def model_card(config: Mapping[str, Any], rd: RunDir) -> str:
               + ("; a **--quick** smoke-test run, not the recipe's own settings" if ran.get("quick") else ""),
               f"- Bundle models: folds {config.get('folds')} (their probabilities are averaged)",
               "", "## Cross-validated performance (held-out folds, pooled)", "",
+              "Sensitivity and specificity here are at the most probable class (p ≥ 0.5 for a binary task), as "
+              "metrics.json reports them; the call served is at the operating threshold given under Tasks.", "",
               "| task | n | AUC | balanced accuracy | sensitivity | specificity | ECE | ECE after temperature |",
               "|---|---|---|---|---|---|---|---|"]
     for task, m in cv.items():

@@ -172,12 +172,11 @@ class OnnxPredictor:
 
     @classmethod
     def load(cls, weights: Path) -> "OnnxPredictor":
-        onnx_file = Path(weights).with_suffix(".onnx")
-        if not onnx_file.is_file():
-            raise UsageError(f"{weights}: no {onnx_file.name} beside it; export with lnzoo export RUN --onnx")
-        from lnzoo.checkpoint import read_sidecar
+        from lnzoo.bundle import checked_onnx
+        from lnzoo.checkpoint import verify_checkpoint
 
-        _, meta = read_sidecar(weights)
+        _, meta, _ = verify_checkpoint(weights)  # the same checks as the torch engine: an edited sidecar is refused
+        onnx_file = checked_onnx(Path(weights))
         tasks = {n: OnnxTask(n, list(d["classes"]), d.get("positive")) for n, d in meta["tasks"].items()}
         return cls(onnx_file, meta, _session(str(onnx_file)), tasks)
 

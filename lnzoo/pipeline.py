@@ -206,6 +206,7 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
     tasks = recipe_tasks(recipe, host)
     data, cache = _load_data(recipe, tasks, emit)
     digest = data_digest(data)
+    resume = resume and rd.read_json(rd.RUN).get("data_sha256") is not None  # stopped before its folds: anew
     if resume:  # the same data, split the same way, or the finished folds would not belong to this run
         if rd.read_json(rd.RUN).get("data_sha256") != digest:
             raise UsageError(f"--resume {rd}: the data differ from those the run started on (rows, images or "

@@ -182,10 +182,11 @@ def check_out(out: Path) -> None:
     """Predictions never go into a run directory: they would replace or sit among the run's own files."""
     from lnzoo.rundir import RunDir
 
-    folder = RunDir(Path(out).resolve().parent)
-    if folder.status() is not None or (folder / RunDir.RECIPE).is_file():
-        raise UsageError(f"--out {out}: {folder} is a run directory; lnzoo predict does not write into one "
-                         "(its predictions.csv is the run's own). Give --out a path outside it")
+    for parent in Path(out).resolve().parents:  # RUN/fold0/x.csv is inside the run too
+        folder = RunDir(parent)
+        if folder.is_run():
+            raise UsageError(f"--out {out}: {folder} is a run directory; lnzoo predict does not write into one "
+                             "(its predictions.csv is the run's own). Give --out a path outside it")
 
 
 def write_rows(rows: list[dict[str, Any]], out: Path) -> Path:

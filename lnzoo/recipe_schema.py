@@ -60,7 +60,9 @@ SCHEMA: dict[str, Any] = {
                         min=0.0, max=2.0),
         "crop_suffix": F(str, "-crop", "list files: the ROI crop sits in a mirror folder with this suffix"),
         "patient_column": F(str, "patient", "manifest column holding the patient id"),
-        "missing_labels": F(list, [], "label and covariate values that mean unknown, e.g. ['unlabeled', 'NA']"),
+        "missing_labels": F(list, [], "label values that mean 'no label', e.g. ['unlabeled', 'NA']"),
+        "missing_covariates": F(list, [], "covariate values that mean unknown besides an empty cell and NaN, e.g. "
+                                          "['NA', 'unknown']"),
         "patient_regex": F(OPT_STR, None, "list files: regex whose group 1, applied to the file name, is the patient id"),
         "image_size": F(int, 224, "square input size in pixels", min=16),
         "max_image_pixels": F(int, 100_000_000, "an image with more pixels is refused, naming the file (guards "

@@ -254,6 +254,10 @@ class RunDir:
                 raise UsageError(f"{self.path} is not a finished run directory: {name} is missing")
 
     # -- status and lock ---------------------------------------------------------------------------
+    def is_run(self) -> bool:
+        """Whether an lnzoo run wrote (or is writing) this folder."""
+        return (self / self.RUN).is_file() or ((self / self.RECIPE).is_file() and (self / self.FOLDS).is_file())
+
     def status(self) -> str | None:
         """running / interrupted / failed / finished; None for a folder no lnzoo run has claimed.
 
@@ -305,6 +309,7 @@ class RunDir:
 
         try:
             self.path.mkdir(parents=True, exist_ok=True)
+            created = not (self / self.LOCK).exists()
             lock = FileLock(str(self / self.LOCK), is_singleton=False)
             lock.acquire(timeout=0)
         except Timeout:
@@ -331,6 +336,9 @@ class RunDir:
                                  f"not start. Pick a new folder.{hint}")
         except BaseException:
             self.release()
+            if created:  # a refused folder is left exactly as it was
+                with contextlib.suppress(OSError):
+                    (self / self.LOCK).unlink()
             raise
         self.update_run(status="running", pid=os.getpid(), host=socket.gethostname(),
                         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=None)

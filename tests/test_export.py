@@ -181,3 +181,52 @@ def test_serve_runs_a_bundle_on_onnx_runtime_and_still_explains(bundle, tiny_run
                 assert abs(p - by_onnx["tasks"][task][key][cls]) <= 2e-6, (task, key, cls)
         assert entry["call"] == by_onnx["tasks"][task]["call"]
     assert set(by_onnx["gradcam"]) == {"full"}  # Grad-CAM runs on the torch model beside the ONNX one
+
+
+def test_the_onnx_engine_refuses_what_the_torch_engine_refuses(bundle, tiny_run, tmp_path):
+    image = _images(tiny_run)[0]
+
+    def predict_onnx(model: Path):
+        return invoke_cli("predict", "--model", str(model), image, "--engine", "onnx", "--out", str(tmp_path / "o.csv"))
+
+    edited = tmp_path / "edited"
+    shutil.copytree(bundle, edited)
+    side = edited / "models" / "fold1.json"
+    meta = json.loads(side.read_text())
+    meta["tasks"]["malignancy"]["classes"].reverse()
+    side.write_text(json.dumps(meta))
+    out = predict_onnx(edited)
+    assert out.returncode == 2 and "differs" in out.stderr
+    config_edit = tmp_path / "config-edit"
+    shutil.copytree(bundle, config_edit)
+    config = json.loads((config_edit / "config.json").read_text())
+    config["tasks"]["malignancy"]["positive"] = "benign"
+    (config_edit / "config.json").write_text(json.dumps(config))
+    out = predict_onnx(config_edit)
+    assert out.returncode == 2 and "config was edited" in out.stderr
+    swapped = tmp_path / "swapped"
+    shutil.copytree(bundle, swapped)
+    shutil.copy(swapped / "models" / "fold2.onnx", swapped / "models" / "fold1.onnx")
+    out = predict_onnx(swapped)
+    assert out.returncode == 2 and "fold1.onnx: its sha256 differs" in out.stderr
+
+
+def test_serving_several_models_calls_the_most_probable_class(tiny_run):
+    from fastapi.testclient import TestClient
+
+    from lnzoo.serve import create_app
+
+    described = TestClient(create_app([tiny_run, tiny_run])).get("/api/model").json()
+    assert {t["rule"] for t in described["thresholds"].values()} == {"argmax"}
+    assert "several models averaged" in described["metrics"]["note"]
+
+
+def test_a_request_without_content_length_is_refused(tiny_run):
+    from fastapi.testclient import TestClient
+
+    from lnzoo.serve import create_app
+
+    client = TestClient(create_app([tiny_run]))
+    got = client.post("/api/predict", content=iter([b"--x\r\n", b"--x--\r\n"]),
+                      headers={"content-type": "multipart/form-data; boundary=x"})
+    assert got.status_code == 411 and "Content-Length" in got.json()["error"]

@@ -134,7 +134,7 @@ def test_a_run_never_writes_over_a_folder_it_did_not_start(tiny_run, tmp_path):
     out = invoke_cli("run", RECIPE, "--quick", *_sets(), "--out", str(mine))
     assert out.returncode == 2 and "not empty" in out.stderr and "metrics.json" in out.stderr
     assert (mine / "metrics.json").read_text() == '{"auc": 0.91}' and sorted(p.name for p in mine.iterdir()) == [
-        ".lock", "metrics.json"]
+        "metrics.json"]
     out = invoke_cli("run", RECIPE, "--quick", *_sets(), "--out", str(tiny_run))
     assert out.returncode == 2 and "finished run" in out.stderr
 
@@ -208,7 +208,7 @@ def test_a_typo_in_a_numeric_covariate_is_named_and_nan_is_missing(tmp_path):
     assert out.returncode == 2
     assert f"{typo}:4" in out.stderr and "'4O'" in out.stderr and "not a number" in out.stderr
     assert ":7" not in out.stderr  # NaN is a missing value, not a problem
-    listed = invoke_cli("validate", RECIPE, "--quick", *sets, "--set", "data.missing_labels=['4O']",
+    listed = invoke_cli("validate", RECIPE, "--quick", *sets, "--set", "data.missing_covariates=['4O']",
                         "--set", f"data.train='{typo.as_posix()}'")
     assert listed.returncode == 0, listed.stderr
 
@@ -385,3 +385,30 @@ def test_a_model_with_nothing_trainable_is_refused_before_training():
         p.requires_grad_(False)
     with pytest.raises(UsageError, match="no trainable parameter"):
         make_optimizer(model, recipe.data["train"])
+
+
+def test_covariate_mistakes_in_the_recipe_are_not_skipped_as_bad_rows():
+    out = _validate("data.covariates=['agee']", "data.skip_bad_rows=true")
+    assert out.returncode == 2 and "no row of the data has a column 'agee'" in out.stderr
+
+
+def test_a_run_stopped_before_its_folds_were_planned_resumes_from_the_start(tmp_path):
+    out = tmp_path / "r"
+    first = invoke_cli("run", RECIPE, "--quick", *_sets("cv.run_folds=[0]", "train.epochs=1"), "--n-boot", "0",
+                       "--out", str(out))
+    assert first.returncode == 0, first.stderr
+    info = json.loads((out / "run.json").read_text())  # as if it had failed while loading its data
+    for name in ("metrics.json", "predictions.csv", "folds.csv"):
+        (out / name).unlink()
+    shutil.rmtree(out / "fold0")
+    (out / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k not in ("data_sha256",)}
+                                             | {"status": "failed", "error": "DataError: ..."}))
+    resumed = invoke_cli("run", "--resume", str(out), "--n-boot", "0")
+    assert resumed.returncode == 0, resumed.stderr
+    assert RunDir(out).status() == "finished" and (out / "fold0" / "best.safetensors").is_file()
+
+
+def test_predict_refuses_any_path_inside_a_run_directory(tiny_run, tmp_path):
+    run = _copy(tiny_run, tmp_path)
+    out = invoke_cli("predict", "--model", str(run), _first_image(run), "--out", str(run / "fold1" / "x.csv"))
+    assert out.returncode == 2 and "is a run directory" in out.stderr

@@ -24,6 +24,11 @@ def _number(text: str) -> float | None:
     return value if np.isfinite(value) else None
 
 
+def missing_values(tokens: Sequence[Any]) -> list[str]:
+    """``data.missing_covariates`` as compared: stripped, case-folded."""
+    return [str(t).strip().casefold() for t in tokens]
+
+
 def _is_missing(text: str, missing: Sequence[str]) -> bool:
     return not text or text.casefold() in missing or text.casefold() == "nan"  # NaN: how pandas writes a gap
 
@@ -33,19 +38,18 @@ def covariate_kinds(samples: Sequence[Sample], names: Sequence[str], declared: M
     """Numeric or categorical per covariate, decided once on all of a run's rows (never per fold), and the
     rows whose cell does not fit: a numeric column (more than half of its cells numbers, or declared in
     ``data.covariate_types``) stays numeric, and each other cell in it is a problem naming file, line and
-    value, unless it is a missing value (empty, NaN, or listed in ``data.missing_labels``)."""
+    value, unless it is a missing value (empty, NaN, or listed in ``data.missing_covariates``)."""
     kinds: dict[str, str] = {}
     bad: set[int] = set()
-    for name, kind in declared.items():
-        if name not in names:
-            problems.append(f"data.covariate_types.{name}: {name!r} is not in data.covariates {list(names)}")
-        elif kind not in ("numeric", "categorical"):
-            problems.append(f"data.covariate_types.{name}: {kind!r} is not numeric or categorical")
+    fatal = [f"data.covariate_types.{name}: {name!r} is not in data.covariates {list(names)}"
+             for name in declared if name not in names]
+    fatal += [f"data.covariate_types.{name}: {kind!r} is not numeric or categorical"
+              for name, kind in declared.items() if kind not in ("numeric", "categorical")]
+    fatal += [f"data.covariates: no row of the data has a column {name!r} (covariates come from CSV manifest "
+              "columns)" for name in names if not any(name in s.covariates for s in samples)]
+    if fatal:  # the recipe's mistake, not a bad row: data.skip_bad_rows must not hide it
+        raise DataError(fatal, "problem(s) with the covariates")
     for name in names:
-        if not any(name in s.covariates for s in samples):
-            problems.append(f"data.covariates: no row of the data has a column {name!r} (covariates come from CSV "
-                            "manifest columns)")
-            continue
         given = [(i, s.covariates.get(name, "").strip()) for i, s in enumerate(samples)]
         given = [(i, v) for i, v in given if not _is_missing(v, missing)]
         numbers = sum(_number(v) is not None for _, v in given)
@@ -57,7 +61,7 @@ def covariate_kinds(samples: Sequence[Sample], names: Sequence[str], declared: M
             if _number(v) is None:
                 bad.add(i)
                 problems.append(f"{samples[i].origin}: covariate {name!r} is {v!r}, not a number ({numbers} of "
-                                f"{len(given)} cells of the column are). Correct it, list it in data.missing_labels "
+                                f"{len(given)} cells of the column are). Correct it, list it in data.missing_covariates "
                                 f"if it means unknown, or set data.covariate_types.{name} = \"categorical\"")
     return kinds, bad
 
@@ -65,7 +69,7 @@ def covariate_kinds(samples: Sequence[Sample], names: Sequence[str], declared: M
 class CovariateEncoder:
     def __init__(self, spec: list[dict[str, Any]], missing: Sequence[str] = ()):
         self.spec = spec
-        self.missing = [str(m).casefold() for m in missing]
+        self.missing = missing_values(missing)
 
     @property
     def width(self) -> int:
@@ -76,7 +80,7 @@ class CovariateEncoder:
             missing: Sequence[str] = ()) -> "CovariateEncoder":
         """Fit on the training part only (mean, sd, levels); ``kinds`` as :func:`covariate_kinds` decided on
         the whole manifest (decided here, on ``samples``, when not given)."""
-        missing = [str(m).casefold() for m in missing]
+        missing = missing_values(missing)
         if kinds is None:
             problems: list[str] = []
             kinds, _ = covariate_kinds(samples, names, {}, missing, problems)

@@ -92,10 +92,10 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
             parts[part] = [s for i, s in enumerate(samples) if i not in bad]
     kinds: dict[str, str] = {}
     if data_cfg["covariates"]:
-        from lnzoo.data.covariates import covariate_kinds
+        from lnzoo.data.covariates import covariate_kinds, missing_values
         every = [s for samples in parts.values() for s in samples]
         kinds, bad = covariate_kinds(every, data_cfg["covariates"], data_cfg["covariate_types"],
-                                     [str(v).strip().casefold() for v in data_cfg["missing_labels"]], problems)
+                                     missing_values(data_cfg["missing_covariates"]), problems)
         drop = {id(every[i]) for i in bad}
         parts = {part: [s for s in samples if id(s) not in drop] for part, samples in parts.items()}
     grouped: list[str] = []

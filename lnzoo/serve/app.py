@@ -68,8 +68,16 @@ def load_model(sources: Sequence[Path], host, engine: str = "torch") -> ServedMo
     from lnzoo.predict import Ensemble
 
     sources = [Path(s) for s in sources]
-    return ServedModel(sources, _loading(sources, lambda: Ensemble(sources, host, engine)),
-                       _loading(sources, lambda: model_info(sources[0])))
+    ensemble = _loading(sources, lambda: Ensemble(sources, host, engine))
+    infos = [_loading([s], lambda s=s: model_info(s)) for s in sources]
+    info = dict(infos[0])
+    if len(infos) > 1:  # a threshold chosen on one model's CV predictions does not fit an average of several
+        info["thresholds"] = {t: {"rule": "argmax", "value": None, "note": "several models averaged: each has its "
+                                  "own operating threshold, so the call is the most probable class"}
+                              for t in info.get("tasks", {})}
+        info["metrics"] = {"note": "several models averaged: their cross-validated metrics are each model's own",
+                           "per_model": {str(s): i.get("metrics") for s, i in zip(sources, infos)}}
+    return ServedModel(sources, ensemble, info)
 
 
 def _loading(sources: Sequence[Path], load):

@@ -105,7 +105,10 @@ def check_declared_size(request: Request, server: Server) -> None:
     """Refuse a request whose declared size exceeds what its files may carry, before reading it."""
     declared = request.headers.get("content-length")
     limit = server.max_bytes * len(server.file_fields) + FORM_SLACK
-    if declared and declared.isdigit() and int(declared) > limit:
+    if not (declared and declared.isdigit()):  # a chunked body could grow past every limit before it is read
+        raise RequestError(411, "the request gives no Content-Length; send the form with one (browsers, curl and "
+                                "HTTP libraries do)")
+    if int(declared) > limit:
         raise RequestError(413, f"the request is {int(declared):,} bytes, over the limit of "
                                 f"{server.max_upload_mb:g} MB per file (lnzoo serve --max-upload-mb)")
 

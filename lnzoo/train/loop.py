@@ -155,7 +155,7 @@ class Trainer:
         if self.data_cfg["covariates"]:
             from lnzoo.data.covariates import CovariateEncoder
             covariates = CovariateEncoder.fit(train, self.data_cfg["covariates"], self.covariate_kinds,  # training
-                                              self.data_cfg["missing_labels"])  # part only: no leakage
+                                              self.data_cfg["missing_covariates"])  # part only: no leakage
         model = build_model(self.recipe, self.host, self.tasks, covariates)
         init_report = None
         if self.recipe.data["model"]["init_from"]:
