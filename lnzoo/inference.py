@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from lnzoo.data.dataset import ImageCache, NodeDataset
-from lnzoo.data.images import Preprocessing
+from lnzoo.data.images import Preprocessing, preprocessing_of
 from lnzoo.data.samples import MISSING, Sample
 from lnzoo.errors import UsageError
 from lnzoo.model import LnzooModel, predict_probabilities
@@ -120,12 +120,6 @@ def device_settings(train_cfg: Mapping[str, Any]) -> dict[str, Any]:
     layout = train_cfg.get("channels_last", "auto")
     return {"device": device, "amp": cuda if train_cfg.get("amp", "auto") == "auto" else bool(train_cfg["amp"]) and cuda,
             "channels_last": device.type in ("cuda", "cpu") if layout == "auto" else bool(layout)}
-
-
-def preprocessing_of(meta: Mapping[str, Any]) -> Preprocessing:
-    """The sidecar's preprocessing (older sidecars lack some fields: their defaults apply)."""
-    prep = meta["preprocessing"]
-    return Preprocessing(**{f: prep[f] for f in ("image_size", "resize", "normalize", "roi_margin") if f in prep})
 
 
 def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lnzoo.data.images import NORMALISATION, Preprocessing, load_image
+from lnzoo.data.images import NORMALISATION, Preprocessing, load_image, preprocessing_of
 from lnzoo.data.samples import Sample
 from lnzoo.errors import LnzooError, UsageError
 
@@ -204,8 +204,7 @@ class OnnxPredictor:
 
     @property
     def preprocessing(self) -> Preprocessing:
-        prep = self.meta["preprocessing"]
-        return Preprocessing(**{f: prep[f] for f in ("image_size", "resize", "normalize", "roi_margin") if f in prep})
+        return preprocessing_of(self.meta)
 
     def inputs(self, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
         """The graph's inputs for ``samples``: normalised float32 NCHW per view, the present mask, covariates."""

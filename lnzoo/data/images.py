@@ -31,6 +31,12 @@ class Preprocessing:
         return {**asdict(self), "mean": list(self.mean_std[0]), "std": list(self.mean_std[1]), "channels": "RGB"}
 
 
+def preprocessing_of(meta) -> Preprocessing:
+    """A checkpoint sidecar's preprocessing (older sidecars lack some fields: their defaults apply)."""
+    prep = meta["preprocessing"]
+    return Preprocessing(**{f: prep[f] for f in ("image_size", "resize", "normalize", "roi_margin") if f in prep})
+
+
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any mode (8/16-bit grey, palette, RGBA, CMYK) -> 8-bit RGB; grey is replicated into 3 channels."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
