@@ -144,7 +144,6 @@ def run_baseline(paths: list[str], y: np.ndarray, patients: list[str], folds: di
 # -- lnzoo ---------------------------------------------------------------------------------------
 def run_lnzoo(recipe, host, out_dir: Path, reuse: bool, folds: dict[str, int], log) -> float:
     """Run a recipe on the benchmark's folds (or reuse a finished run on the same folds); its wall time."""
-    from rich.console import Console
 
     from lnzoo.pipeline import fit_folds
     from lnzoo.ui import RunView

@@ -1,11 +1,14 @@
 """Throughput and latency of ``lnzoo serve``'s POST /api/predict, against the model's own forward pass.
 
-    python benchmarks/serve.py MODEL [--requests 64] [--clients 1 4 16] [--port 8765] [--engines torch onnx]
+    python benchmarks/serve.py MODEL [--requests 64] [--clients 1 4 16] [--rounds 8] [--port 8765]
+                                     [--engines torch onnx]
 
-Starts ``python -m lnzoo serve RUN`` on 127.0.0.1, waits for /healthz, then sends a fixed number of
-requests (``gradcam=false``, one phantom image of the run's predictions.csv each) from 1, 4 and 16
-concurrent clients and prints requests/s and p50/p95 latency per level; then the same model's raw forward
-pass (batch 1, with and without decoding the image) in this process, and the server's resident memory
+Starts ``python -m lnzoo serve MODEL`` on 127.0.0.1, waits for /healthz, then sends a fixed number of
+requests (``gradcam=false``, one phantom image of the run's predictions.csv each). One client runs in
+``--rounds`` rounds, each followed by as many images through the first fold model's raw torch forward pass
+(batch 1, with and without decoding) in this process while the server idles: the two alternate, so a drift
+in this machine's speed touches both alike. Then 4 and 16 concurrent clients. Prints requests/s and
+p50/p95 latency per level, the one-client ratio to the forward pass, and the server's resident memory
 (VmRSS and VmHWM of /proc/PID/status) with the model loaded. Prints a table; asserts nothing.
 
 A model to measure: ResNet-18 at 224 px, one epoch, one fold (pretrained weights are not downloaded)::
@@ -87,35 +90,39 @@ def memory_of(pid: int) -> dict[str, float]:
     return out
 
 
-def forward_reference(run: Path, images: list[Path], repeats: int) -> dict[str, float]:
-    """Images/s of the first fold model at batch 1: decode + preprocess + forward, and forward alone."""
-    import torch
+class Reference:
+    """The first fold model's own torch forward pass at batch 1, loaded as ``lnzoo serve`` loads it."""
 
-    from lnzoo.data.samples import Sample
-    from lnzoo.predict import Ensemble
+    def __init__(self, run: Path, images: list[Path]):
+        import torch
 
-    predictor = Ensemble([run]).members[0]  # loaded as lnzoo serve loads it
-    ds = predictor.dataset([Sample({"full": p}, "", {}, str(p)) for p in images[:repeats]])
-    model = predictor.model.eval()
-    with torch.no_grad():
-        x, present, _, _, tab = ds[0]
-        model(x[None], present[None], tab[None])  # warm-up
-        start = time.perf_counter()
-        for i in range(len(ds)):
-            x, present, _, _, tab = ds[i]
-            model(x[None], present[None], tab[None])
-        with_decode = len(ds) / (time.perf_counter() - start)
-        x, present, _, _, tab = ds[0]
-        x, present, tab = x[None], present[None], tab[None]
-        start = time.perf_counter()
-        for _ in range(len(ds)):
-            model(x, present, tab)
-        forward_only = len(ds) / (time.perf_counter() - start)
-    return {"with_decode": with_decode, "forward_only": forward_only}
+        from lnzoo.data.samples import Sample
+        from lnzoo.predict import Ensemble
+
+        self.torch = torch
+        predictor = Ensemble([run]).members[0]
+        self.ds = predictor.dataset([Sample({predictor.views[0]: p}, "", {}, str(p)) for p in images])
+        self.model = predictor.model.eval()
+        self.rounds(1)  # warm-up
+
+    def rounds(self, n: int) -> tuple[float, float]:
+        """Seconds for ``n`` images: decode + preprocess + forward, and forward alone."""
+        with self.torch.no_grad():
+            start = time.perf_counter()
+            for i in range(n):
+                x, present, _, _, tab = self.ds[i % len(self.ds)]
+                self.model(x[None], present[None], tab[None])
+            with_decode = time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(n):
+                self.model(x[None], present[None], tab[None])
+            return with_decode, time.perf_counter() - start
 
 
-def measure(model: Path, engine: str, port: int, bodies: list[tuple[bytes, str]], clients: list[int]) -> dict:
-    """Start lnzoo serve on ``model`` with ``engine``, load it at each client level, stop it."""
+def measure(model: Path, engine: str, port: int, bodies: list[tuple[bytes, str]], clients: list[int],
+            reference: Reference, rounds: int) -> dict:
+    """Start lnzoo serve on ``model`` with ``engine``; one client in ``rounds`` rounds alternating with the
+    reference forward pass (so drift of this machine's speed cancels), then each client level; stop it."""
     cmd = [sys.executable, "-m", "lnzoo", "serve", str(model), "--port", str(port), "--engine", engine]
     url = f"http://127.0.0.1:{port}/"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ})
@@ -123,8 +130,22 @@ def measure(model: Path, engine: str, port: int, bodies: list[tuple[bytes, str]]
         wait_healthy(url, proc)
         loaded = memory_of(proc.pid)
         post(url, *bodies[0])  # warm-up
-        levels = {c: load_level(url, bodies, c) for c in clients}
-        return {"levels": levels, "loaded": loaded, "after": memory_of(proc.pid)}
+        served = decode = forward = 0.0
+        latencies: list[float] = []
+        per_round = max(len(bodies) // rounds, 1)
+        for r in range(rounds):
+            part = bodies[r * per_round:(r + 1) * per_round]
+            start = time.perf_counter()
+            latencies += [post(url, *b) for b in part]
+            served += time.perf_counter() - start
+            d, f = reference.rounds(len(part))
+            decode, forward = decode + d, forward + f
+        n = per_round * rounds
+        q = statistics.quantiles(sorted(latencies), n=100, method="inclusive")
+        one = {"rps": n / served, "p50": q[49] * 1e3, "p95": q[94] * 1e3,
+               "ref_decode": n / decode, "ref_forward": n / forward}
+        levels = {c: load_level(url, bodies, c) for c in clients if c != 1}
+        return {"one": one, "levels": {1: one, **levels}, "loaded": loaded, "after": memory_of(proc.pid)}
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -137,6 +158,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--port", type=int, default=8765)
     ap.add_argument("--engines", nargs="+", default=["torch", "onnx"], choices=["torch", "onnx"])
+    ap.add_argument("--rounds", type=int, default=8, help="one-client rounds alternating with the reference")
     args = ap.parse_args()
 
     from lnzoo.bundle import checkpoints_of
@@ -150,25 +172,26 @@ def main() -> None:
         source = Path(json.loads((run / "config.json").read_text())["exported"]["from"])
     images = images_of(source, args.requests)
     bodies = [multipart(p) for p in images]
-    results = {e: measure(run, e, args.port + i, bodies, args.clients) for i, e in enumerate(engines)}
-    reference = forward_reference(run, images, min(args.requests, 64))
+    reference = Reference(run, images[:min(args.requests, 64)])
+    results = {e: measure(run, e, args.port + i, bodies, args.clients, reference, args.rounds)
+               for i, e in enumerate(engines)}
 
     print(f"lnzoo serve {run}, {args.requests} requests per level, gradcam=false, {os.cpu_count()} CPU cores"
           + ("" if with_onnx else " (no .onnx beside the models: torch only)"))
     print(f"{'engine':>7} {'clients':>8} {'requests/s':>11} {'p50 ms':>8} {'p95 ms':>8}")
     for e, r in results.items():
-        for c, m in r["levels"].items():
+        for c, m in sorted(r["levels"].items()):
             print(f"{e:>7} {c:>8} {m['rps']:>11.1f} {m['p50']:>8.1f} {m['p95']:>8.1f}")
-    print(f"first fold model's torch forward pass, batch 1: {reference['with_decode']:.1f} images/s with decoding, "
-          f"{reference['forward_only']:.1f} images/s forward only")
-    one = min(args.clients)
     for e, r in results.items():
-        print(f"{e}: one client {r['levels'][one]['rps'] / reference['with_decode']:.2f}x the forward pass with "
-              f"decoding; server memory VmRSS {r['loaded']['VmRSS']:.0f} MiB loaded, {r['after']['VmRSS']:.0f} MiB "
-              f"after the load test (peak {r['after']['VmHWM']:.0f} MiB)")
+        one = r["one"]
+        print(f"{e}: one client {one['rps']:.1f} req/s against the first fold model's torch forward pass at batch 1 "
+              f"in alternating rounds: {one['ref_forward']:.1f} images/s forward only "
+              f"({one['rps'] / one['ref_forward']:.2f}x), {one['ref_decode']:.1f} images/s with decoding "
+              f"({one['rps'] / one['ref_decode']:.2f}x)")
+        print(f"{e}: server memory VmRSS {r['loaded']['VmRSS']:.0f} MiB loaded, {r['after']['VmRSS']:.0f} MiB after "
+              f"the load test (peak {r['after']['VmHWM']:.0f} MiB)")
     if len(results) == 2:
-        print(f"onnx / torch requests/s at one client: "
-              f"{results['onnx']['levels'][one]['rps'] / results['torch']['levels'][one]['rps']:.2f}")
+        print(f"onnx / torch requests/s at one client: {results['onnx']['one']['rps'] / results['torch']['one']['rps']:.2f}")
 
 
 if __name__ == "__main__":

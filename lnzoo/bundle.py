@@ -146,6 +146,21 @@ def model_info(path: str | Path) -> dict[str, Any]:
     return info
 
 
+def served_info(sources: Sequence[str | Path]) -> dict[str, Any]:
+    """What a model made of one or several sources (their probabilities averaged) says about itself: the
+    :func:`model_info` of its first source; with several, the call is the most probable class (a threshold
+    chosen on one model's CV predictions does not fit an average) and each keeps its own metrics."""
+    infos = [model_info(s) for s in sources]
+    info = dict(infos[0])
+    if len(infos) > 1:
+        info["thresholds"] = {t: {"rule": "argmax", "value": None, "note": "several models averaged: each has its "
+                                  "own operating threshold, so the call is the most probable class"}
+                              for t in info.get("tasks", {})}
+        info["metrics"] = {"note": "several models averaged: their cross-validated metrics are each model's own",
+                           "per_model": {str(s): i.get("metrics") for s, i in zip(sources, infos)}}
+    return info
+
+
 def operating_thresholds(rd: RunDir, tasks: Mapping[str, Any], temperatures: Mapping[str, Mapping[str, Any]]
                          ) -> dict[str, Any]:
     """Per binary task, the Youden threshold on the positive class's calibrated probability, chosen on the
@@ -215,3 +230,11 @@ def decide(task: Mapping[str, Any], threshold: Mapping[str, Any] | None, proba: 
         pos = classes.index(task["positive"])
         return classes[pos] if proba[pos] >= threshold["value"] else classes[1 - pos]
     return classes[int(np.argmax(proba))]
+
+
+def calls(info: Mapping[str, Any], task: str, classes: Sequence[str], calibrated: np.ndarray) -> list[str]:
+    """The call per case (rows of calibrated probabilities) at the model's stored operating threshold: the one
+    rule ``lnzoo predict``, the cascade's routing and ``lnzoo serve`` all decide by."""
+    definition = (info.get("tasks") or {}).get(task) or {"classes": list(classes)}
+    threshold = (info.get("thresholds") or {}).get(task)
+    return [decide(definition, threshold, row) for row in calibrated]

@@ -77,7 +77,7 @@ def _class_indices(class_index: Any, predicted: torch.Tensor, num_classes: int) 
 
 
 def compute_cams(model, x: torch.Tensor, present: torch.Tensor | None, task: str, class_index: Any = None,
-                 method: str = "gradcam") -> dict[str, torch.Tensor]:
+                 method: str = "gradcam", tab: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
     """CAMs of one task head for every view: {view: (B, H, W) in [0, 1], "proba": (B, K), "class_index": (B,)}.
 
     The target is the class logit, or the log class probability for heads that define
@@ -112,7 +112,7 @@ def compute_cams(model, x: torch.Tensor, present: torch.Tensor | None, task: str
             with ExitStack() as stack:
                 for i, backbone in enumerate(model.backbones):
                     stack.callback(backbone.cam_module().register_forward_hook(capture(i)).remove)
-                outputs = model(x, present)
+                outputs = model(x, present, tab)
             logits = outputs[task]
             proba = model.probabilities({task: logits})[task]
             idx = _class_indices(class_index, proba.argmax(1), proba.shape[1])
@@ -231,7 +231,6 @@ def explain(checkpoint_or_run: Any, images: Sequence[Any], out_dir: str | Path,
     ``truth`` (one true label of the first task per sample, when known) goes into ``explain.csv``;
     ``prefixes`` (one per sample) start its PNG names: ``<prefix>_<image stem>__...``.
     """
-    from lnzoo.data.images import load_image
     from lnzoo.data.samples import Sample
     from lnzoo.inference import Predictor, load
 
@@ -239,7 +238,7 @@ def explain(checkpoint_or_run: Any, images: Sequence[Any], out_dir: str | Path,
         raise UsageError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
     predictor = checkpoint_or_run if isinstance(checkpoint_or_run, Predictor) else \
         load(resolve_checkpoint(checkpoint_or_run), host)
-    model, meta, pre = predictor.model, predictor.meta, predictor.preprocessing
+    model, meta = predictor.model, predictor.meta
     views = predictor.views
     all_tasks = list(predictor.tasks)
     chosen = list(tasks) if tasks else all_tasks
@@ -249,34 +248,29 @@ def explain(checkpoint_or_run: Any, images: Sequence[Any], out_dir: str | Path,
     classes = {t: list(predictor.tasks[t].classes) for t in chosen}
     targets = {t: _resolve_class(class_index, t, classes[t]) for t in chosen}
     crop_suffix = meta.get("recipe", {}).get("data", {}).get("crop_suffix", "-crop")
-    samples = [{v: item.views.get(v) for v in views} if isinstance(item, Sample) else
-               views_of_item(item, views, crop_suffix) for item in images]
-    rois = [dict(item.rois) if isinstance(item, Sample) else {} for item in images]
-    prep = meta["preprocessing"]
-    mean_std = pre.mean_std
-    mean = torch.tensor(prep.get("mean", mean_std[0]), dtype=torch.float32).view(3, 1, 1)
-    std = torch.tensor(prep.get("std", mean_std[1]), dtype=torch.float32).view(3, 1, 1)
+    # the samples as the model reads them for a prediction: its views, ROI crops, normalisation and covariates
+    samples = [item if isinstance(item, Sample) else
+               Sample(views_of_item(item, views, crop_suffix), "", {}, str(item)) for item in images]
+    dataset = predictor.dataset(samples)
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     rows: list[list[Any]] = []
     stems: dict[str, int] = {}
-    for n, sample in enumerate(samples):
-        size = pre.image_size
-        pixels = {view: None if p is None else load_image(p, pre, "", rois[n].get(view), pre.roi_margin)
+    for n, item in enumerate(samples):
+        sample = {v: item.views.get(v) for v in views}
+        pixels = {view: None if p is None else predictor.cache.get(p, item.origin, item.rois.get(view))
                   for view, p in sample.items()}
-        x = torch.stack([torch.zeros(3, size, size) if arr is None else
-                         (torch.from_numpy(arr).permute(2, 0, 1).float() / 255.0 - mean) / std
-                         for arr in pixels.values()])[None]
-        present = torch.tensor([[arr is not None for arr in pixels.values()]])
+        x, present, _, _, tab = dataset[n]
+        x, present, tab = x[None], present[None], (tab[None] if tab.numel() else None)
         first = next(p for p in sample.values() if p is not None)
         stem = f"{prefixes[n]}_{first.stem}" if prefixes else first.stem
         stems[stem] = stems.get(stem, 0) + 1
         if stems[stem] > 1:  # two inputs with one file name must not overwrite each other's PNGs
             stem = f"{stem}-{stems[stem]}"
         for task in chosen:
-            cams = compute_cams(model, x, present, task, targets[task], method)
+            cams = compute_cams(model, x, present, task, targets[task], method, tab)
             proba = cams["proba"][0]
             idx = int(cams["class_index"][0])
             pred = int(proba.argmax())

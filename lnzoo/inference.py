@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
+from torch.utils.data import default_collate
 
 from lnzoo.data.dataset import ImageCache, NodeDataset
 from lnzoo.data.images import Preprocessing, preprocessing_of
@@ -84,11 +84,12 @@ class Predictor:
     def predict(self, samples: Sequence[Sample] | NodeDataset, loss_fn=None, batch_size: int = 64) -> Predictions:
         """Class probabilities of every task for ``samples`` (and the mean loss when ``loss_fn`` is given)."""
         ds = samples if isinstance(samples, NodeDataset) else self.dataset(samples)
-        self.model.eval()
-        loader = DataLoader(ds, batch_size=batch_size, shuffle=False, num_workers=0)
+        if self.model.training:  # .eval() walks every module: a server predicting one image at a time skips it
+            self.model.eval()
         probs: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         total, seen = 0.0, 0
-        for x, present, y, _, tab in loader:
+        for start in range(0, len(ds), batch_size):  # in this thread, in order: no loader machinery per call
+            x, present, y, _, tab = default_collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
             x, present, y, tab = self.to_device(x, present, y, tab)
             with torch.autocast(self.device.type, enabled=self.amp):
                 outputs, batch_probs = predict_probabilities(self.model, x, present, tab, self.tta)

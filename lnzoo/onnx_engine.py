@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from lnzoo.data.images import NORMALISATION, Preprocessing, load_image, preprocessing_of
+from lnzoo.data.images import Preprocessing, load_image, normalise, preprocessing_of
 from lnzoo.data.samples import Sample
 from lnzoo.errors import LnzooError, UsageError
 
@@ -57,8 +57,15 @@ def export_onnx(weights: Path, out: Path, host=None, batch: int = 3) -> float:
         example.append(torch.randn(batch, predictor.covariates.width, generator=gen))
         names.append("covariates")
     wrapper = Exportable().eval()
+    checks = [example]
+    if len(views) > 1:  # and rows with a view missing (zeros, as a missing upload reads): the fusion's masking
+        present = torch.ones(batch, len(views), dtype=torch.bool)
+        for row in range(1, batch):
+            present[row, (row - 1) % len(views)] = False
+        missing = [x * present[:, i, None, None, None] for i, x in enumerate(example[:len(views)])]
+        checks.append([*missing, present, *example[len(views) + 1:]])
     with torch.no_grad():
-        reference = [p.numpy() for p in wrapper(*example)]
+        references = [[p.numpy() for p in wrapper(*c)] for c in checks]
     tmp = out.with_name(f".{out.name}.tmp")
     try:
         batch_dim = torch.export.Dim("batch", min=1, max=4096)
@@ -74,9 +81,10 @@ def export_onnx(weights: Path, out: Path, host=None, batch: int = 3) -> float:
     blob = tmp.read_bytes()
     tmp.unlink()
     session = _session(blob)
-    feeds = {n: e.numpy() for n, e in zip(names, example)}
-    got = session.run(tasks, feeds)
-    diff = max(float(np.abs(g - r).max()) for g, r in zip(got, reference))
+    diff = 0.0
+    for check, reference in zip(checks, references):
+        got = session.run(tasks, {n: e.numpy() for n, e in zip(names, check)})
+        diff = max(diff, *(float(np.abs(g - r).max()) for g, r in zip(got, reference)))
     if not diff <= PARITY_TOLERANCE:
         raise LnzooError(f"{weights}: the ONNX model's probabilities differ from torch's by {diff:.2e} "
                          f"(> {PARITY_TOLERANCE}); not written")
@@ -209,7 +217,6 @@ class OnnxPredictor:
     def inputs(self, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
         """The graph's inputs for ``samples``: normalised float32 NCHW per view, the present mask, covariates."""
         pre = self.preprocessing
-        mean, std = (np.asarray(v, dtype=np.float32).reshape(3, 1, 1) for v in NORMALISATION[pre.normalize])
         size = pre.image_size
         feeds = {v: np.zeros((len(samples), 3, size, size), dtype=np.float32) for v in self.views}
         present = np.zeros((len(samples), len(self.views)), dtype=bool)
@@ -219,7 +226,7 @@ class OnnxPredictor:
                 if path is None:
                     continue
                 arr = load_image(path, pre, s.origin, s.rois.get(view), pre.roi_margin)
-                feeds[view][i] = (arr.transpose(2, 0, 1).astype(np.float32) / np.float32(255.0) - mean) / std
+                feeds[view][i] = normalise(arr.transpose(2, 0, 1), pre)
                 present[i, j] = True
         feeds["present"] = present
         enc = self.covariates

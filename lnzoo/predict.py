@@ -5,6 +5,7 @@ with other backbones); every member reads the images with its own stored preproc
 """
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ class Ensemble:
             raise UsageError(f"--engine {engine!r}: choose torch or onnx")
         if not self.members:
             raise UsageError("an ensemble needs at least one checkpoint")
+        self.sources = [Path(s) for s in sources]
         self.tasks: dict[str, list[str]] = {}
         for m in self.members:
             for name, task in m.tasks.items():
@@ -41,6 +43,17 @@ class Ensemble:
         self.main = self.members[0].main
         self.main_task = self.members[0].tasks[self.main]
         self.views = list(self.members[0].views)
+
+    @functools.cached_property
+    def info(self) -> dict[str, Any]:
+        """What the model says about itself (:func:`lnzoo.bundle.served_info`): classes, thresholds, metrics."""
+        from lnzoo.bundle import served_info
+        return served_info(self.sources)
+
+    def calls(self, calibrated: Mapping[str, np.ndarray]) -> dict[str, list[str]]:
+        """Per task, each case's call at the stored operating threshold (:func:`lnzoo.bundle.calls`)."""
+        from lnzoo.bundle import calls
+        return {t: calls(self.info, t, self.tasks[t], p) for t, p in calibrated.items()}
 
     def predict(self, items: Sequence[Any], calibrated: bool = False
                 ) -> tuple[dict[str, np.ndarray], list[dict[str, Path | None]]]:
@@ -97,10 +110,6 @@ class Ensemble:
         return per_view, samples
 
 
-def decide(task_classes: Sequence[str], proba: np.ndarray) -> list[str]:
-    return [task_classes[i] for i in proba.argmax(1)]
-
-
 def _passes_on(task, host) -> str | None:
     """The checkpoint's task definition's passing class; a sidecar written before lnzoo stored it takes the
     registered task of that name, when its classes are the same."""
@@ -139,10 +148,10 @@ class Cascade:
                 raise UsageError(f"{src}: {cls!r} is not a class of its main task {e.main!r} ({e.tasks[e.main]})")
             self.passing.append(cls)
 
-    def calls(self, k: int, proba: Mapping[str, np.ndarray]) -> list[str]:
-        """Stage k's call per node: the most probable class of its main task."""
+    def calls(self, k: int, calibrated: Mapping[str, np.ndarray]) -> list[str]:
+        """Stage k's call per node: its main task's call at the stage model's stored operating threshold."""
         e = self.stages[k]
-        return decide(e.tasks[e.main], proba[e.main])
+        return e.calls({e.main: calibrated[e.main]})[e.main]
 
     def goes_on(self, k: int, call: str) -> bool:
         return k < len(self.passing) and call == self.passing[k]
@@ -155,9 +164,9 @@ class Cascade:
         for k, e in enumerate(self.stages):
             if not todo:
                 break
-            proba, _ = e.predict([items[i] for i in todo])
+            proba, scaled, _ = e.predict_both([items[i] for i in todo])
             classes = e.tasks[e.main]
-            calls = self.calls(k, proba)
+            calls = self.calls(k, scaled)
             for j, i in enumerate(todo):
                 for c, v in zip(classes, proba[e.main][j]):
                     rows[i][f"p_{e.main}_{c}"] = round(float(v), 6)
@@ -223,7 +232,8 @@ def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None,
     """One row per image (a path, or a manifest row): which views were used and the ensemble's
     probability of every class of every task."""
     ens = Ensemble(models, host, engine)
-    proba, resolved = ens.predict(list(images))
+    proba, scaled, resolved = ens.predict_both(list(images))
+    called = ens.calls(scaled)
     rows = []
     for i, image in enumerate(images):
         if isinstance(image, Sample):
@@ -236,8 +246,20 @@ def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None,
                                "members": len(ens.members)}
         for task, p in proba.items():
             classes = ens.tasks[task]
-            row[f"{task}_pred"] = classes[int(p[i].argmax())]
+            row[f"{task}_pred"] = called[task][i]
             for c, v in zip(classes, p[i]):
                 row[f"p_{task}_{c}"] = round(float(v), 6)
+            for c, v in zip(classes, scaled[task][i]):
+                row[f"cal_{task}_{c}"] = round(float(v), 6)
+            row[f"{task}_threshold"] = threshold_text(ens.info, task)
         rows.append(row)
     return rows
+
+
+def threshold_text(info: Mapping[str, Any], task: str) -> str:
+    """How a task's call is made, for a CSV column: 'cal_p(positive) >= value (rule)' or 'most probable class'."""
+    th = (info.get("thresholds") or {}).get(task) or {}
+    positive = ((info.get("tasks") or {}).get(task) or {}).get("positive")
+    if th.get("value") is None or not positive:
+        return "most probable class"
+    return f"cal_p({positive}) >= {th['value']:g} ({th.get('rule')})"

@@ -230,3 +230,78 @@ def test_a_request_without_content_length_is_refused(tiny_run):
     got = client.post("/api/predict", content=iter([b"--x\r\n", b"--x--\r\n"]),
                       headers={"content-type": "multipart/form-data; boundary=x"})
     assert got.status_code == 411 and "Content-Length" in got.json()["error"]
+
+
+@pytest.mark.parametrize("value, called", [(0.0, "malignant"), (1.01, "benign")])
+def test_predict_the_cascade_and_the_server_all_call_at_the_stored_threshold(bundle, tiny_run, tmp_path, value,
+                                                                              called):
+    """One rule for every call: the calibrated probability against the bundle's operating threshold."""
+    from fastapi.testclient import TestClient
+
+    from lnzoo.predict import predict_rows, run_cascade
+    from lnzoo.serve import create_app
+
+    edited = tmp_path / "edited"
+    shutil.copytree(bundle, edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["thresholds"]["malignancy"]["value"] = value  # every node at or above it, or none
+    (edited / "config.json").write_text(json.dumps(config))
+    images = [Path(p) for p in _images(tiny_run, 4)]
+    rows = predict_rows([edited], images)
+    assert {r["malignancy_pred"] for r in rows} == {called}
+    assert rows[0]["malignancy_threshold"] == f"cal_p(malignant) >= {value:g} (youden)"
+    cascade = run_cascade([edited, edited], images)
+    assert {r["stage1"] for r in cascade} == {called}
+    assert all(("stage2" in r) == (called == "malignant") for r in cascade)
+    client = TestClient(create_app([edited]))
+    for image, row in zip(images, rows):
+        with image.open("rb") as fh:
+            got = client.post("/api/predict", files={"full": (image.name, fh.read())}, data={"gradcam": "false"})
+        task = got.json()["tasks"]["malignancy"]
+        assert task["call"] == row["malignancy_pred"] == called
+        assert task["probabilities"]["malignant"] == pytest.approx(row["cal_malignancy_malignant"], abs=1e-6)
+
+
+MASKLESS = """
+import torch
+import lnzoo
+
+class Maskless(torch.nn.Module):
+    '''Averages the views it is given, but drops the presence mask when exported: a graph that is right only
+    while every view is present.'''
+    def __init__(self, num_views, in_features):
+        super().__init__()
+        self.out_features = in_features
+
+    def forward(self, feats, present=None):
+        x = torch.stack(feats, dim=1)
+        if present is None or torch.compiler.is_exporting():
+            return x.mean(1)
+        mask = present.to(x.dtype).unsqueeze(-1)
+        return (x * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+@lnzoo.hookimpl
+def lnzoo_register_fusions(register):
+    register("maskless", Maskless)
+"""
+
+
+@pytest.mark.parametrize("fusion, exports", [("mean", True), ("maskless", False)])
+def test_onnx_parity_is_checked_on_rows_with_a_view_missing(tmp_path, fusion, exports):
+    from lnzoo.onnx_engine import export_onnx
+    from lnzoo.pipeline import fit_folds
+    from lnzoo.recipe import load_recipe
+
+    module = types.ModuleType("acme_maskless")
+    exec(compile(MASKLESS, "acme_maskless", "exec"), module.__dict__)
+    host = load_plugins(extra=[("acme-maskless", module)])
+    recipe = load_recipe(REPO / "recipes" / "multimodal_3class.toml", host=host,
+                         sets=[*TINY, "cv.run_folds=[0]", "train.epochs=1", f"model.fusion={{name='{fusion}'}}"])
+    fit_folds(recipe, host, tmp_path / "run")
+    weights, out = tmp_path / "run" / "fold0" / "best.safetensors", tmp_path / "m.onnx"
+    if exports:
+        assert export_onnx(weights, out, host) <= 1e-4
+    else:
+        with pytest.raises(LnzooError, match="differ from torch's"):
+            export_onnx(weights, out, host)
+        assert not out.exists()

@@ -212,6 +212,19 @@ def test_a_non_image_or_unsupported_format_is_415(client):
     assert "PPM images are not accepted" in error_of(post(client, files={"full": ("a.ppm", ppm.getvalue())}), 415)
 
 
+def test_a_multi_picture_jpeg_from_a_camera_is_read_as_its_first_picture(client, image):
+    first = Image.open(image).convert("RGB")
+    mpo = io.BytesIO()
+    first.save(mpo, format="MPO", save_all=True, append_images=[Image.new("RGB", first.size)])
+    assert Image.open(io.BytesIO(mpo.getvalue())).format == "MPO"
+    jpeg = io.BytesIO()
+    first.save(jpeg, format="JPEG")
+    got = post(client, files={"full": ("cam.jpg", mpo.getvalue())}, data={"gradcam": "false"})
+    assert got.status_code == 200, got.text
+    plain = post(client, files={"full": ("cam.jpg", jpeg.getvalue())}, data={"gradcam": "false"}).json()
+    assert got.json()["tasks"] == plain["tasks"]
+
+
 def test_a_corrupt_or_empty_image_is_422(client):
     assert "corrupt" in error_of(post(client, files={"full": ("a.png", png_bytes()[:80])}), 422)
     assert "empty" in error_of(post(client, files={"full": ("a.png", b"")}), 422)

@@ -163,6 +163,18 @@ def test_clinical_covariates_join_the_image_features_and_are_encoded_from_traini
     # images alone (no covariates at inference) still predict: covariates count as missing
     first = next(csv.DictReader((run / "predictions.csv").open()))["path"]
     assert predict_rows([run], [Path(first)], HOST)[0]["metastasis_pred"] in ("metastatic", "lymphoma")
+    # Grad-CAM explains the prediction the model makes with the covariates given, not one without them
+    from lnzoo.data.samples import Sample
+    from lnzoo.explain import explain
+    from lnzoo.predict import Ensemble
+    given = Sample({"full": Path(first)}, "P", {}, "row 2", covariates={"age": "83", "sex": spec["sex"]["levels"][0]})
+    bare = Sample({"full": Path(first)}, "P", {}, "row 2")
+    ens = Ensemble([run], HOST)
+    p_given, p_bare = (ens.predict([s])[0]["metastasis"][0] for s in (given, bare))
+    assert abs(p_given - p_bare).max() > 1e-6  # the covariates move this prediction
+    explain(ens.members[0], [given], tmp_path / "cam", tasks=["metastasis"], host=HOST)
+    cam = next(csv.DictReader((tmp_path / "cam" / "explain.csv").open()))
+    assert float(cam["p_predicted"]) == pytest.approx(p_given.max(), abs=1e-5)
 
 
 def test_linear_probe_fits_a_logistic_regression_per_fold_and_serves_it_as_a_linear_head(cache_env, tmp_path):

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from lnzoo.data.images import Preprocessing, load_image
+from lnzoo.data.images import Preprocessing, load_image, normalise
 from lnzoo.data.samples import MISSING, Sample
 from lnzoo.errors import DataError
 
@@ -111,9 +111,6 @@ class NodeDataset(Dataset):
         self.samples, self.views, self.tasks = list(samples), list(views), list(tasks)
         self.cache, self.augment, self.view_dropout = cache, augment, view_dropout
         self.covariates = covariates  # a CovariateEncoder, or None
-        mean, std = cache.pre.mean_std
-        self.mean = torch.tensor(mean).view(3, 1, 1)
-        self.std = torch.tensor(std).view(3, 1, 1)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -145,7 +142,7 @@ class NodeDataset(Dataset):
             if not keep.any():
                 keep[torch.nonzero(present_t)[torch.randint(int(present_t.sum()), (1,))]] = True
             present_t = keep
-        x = torch.stack([(img.float() / 255.0 - self.mean) / self.std for img in images])
+        x = normalise(torch.stack([img.as_subclass(torch.Tensor) for img in images]), self.cache.pre)
         x[~present_t] = 0.0
         y = torch.tensor([s.labels.get(t, MISSING) for t in self.tasks], dtype=torch.long)
         tab = torch.from_numpy(self.covariates.transform(s)) if self.covariates is not None else torch.zeros(0)

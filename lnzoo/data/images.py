@@ -31,6 +31,16 @@ class Preprocessing:
         return {**asdict(self), "mean": list(self.mean_std[0]), "std": list(self.mean_std[1]), "channels": "RGB"}
 
 
+def normalise(chw, pre: Preprocessing):
+    """uint8 pixels (..., 3, H, W), a numpy array or a torch tensor, -> float32 model input in the
+    checkpoint's normalisation: the one place training, serving (torch or ONNX) and Grad-CAM scale images."""
+    mean, std = (np.asarray(v, dtype=np.float32).reshape(3, 1, 1) for v in pre.mean_std)
+    if isinstance(chw, np.ndarray):
+        return (chw.astype(np.float32) / np.float32(255.0) - mean) / std
+    import torch  # only a torch caller passes a tensor
+    return (chw.float() / 255.0 - torch.from_numpy(mean)) / torch.from_numpy(std)
+
+
 def preprocessing_of(meta) -> Preprocessing:
     """A checkpoint sidecar's preprocessing (older sidecars lack some fields: their defaults apply)."""
     prep = meta["preprocessing"]

@@ -4,8 +4,10 @@ Models are loaded once, when the app is created: a model that fails to load stop
 reason. Each request's uploads are checked with PIL before anything is predicted, written to a temporary
 folder that is removed when the request ends, and predicted on as one :class:`~lnzoo.data.samples.Sample`
 through :class:`lnzoo.predict.Ensemble`: the same path as ``lnzoo predict``. The cascade routes a node
-through its stages with :class:`lnzoo.predict.Cascade`, as ``lnzoo predict --cascade`` does (the most
-probable class of each stage's main task, on its uncalibrated probability, decides whether it goes on).
+through its stages with :class:`lnzoo.predict.Cascade`, as ``lnzoo predict --cascade`` does (each
+stage's call of its main task decides whether it goes on). Every call, on the page, in the API and in the cascade's
+routing, is the one ``lnzoo predict`` makes: :meth:`lnzoo.predict.Ensemble.calls`, the calibrated probability against
+the model's stored operating threshold.
 """
 from __future__ import annotations
 
@@ -27,7 +29,6 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from lnzoo.bundle import model_info
 from lnzoo.errors import LnzooError, UsageError
 from lnzoo.serve.uploads import (IMAGE_FORMATS, RequestError, Submission, check_declared_size, read_form,
                                  write_sample)
@@ -43,7 +44,7 @@ class ServedModel:
 
     sources: list[Path]
     ensemble: Any                     # lnzoo.predict.Ensemble
-    info: dict[str, Any]              # lnzoo.bundle.model_info of its first source
+    info: dict[str, Any]              # lnzoo.bundle.served_info of its sources
     cam_model: Any = None             # with the ONNX engine: the torch model Grad-CAM runs on, loaded on first use
 
     @property
@@ -69,15 +70,7 @@ def load_model(sources: Sequence[Path], host, engine: str = "torch") -> ServedMo
 
     sources = [Path(s) for s in sources]
     ensemble = _loading(sources, lambda: Ensemble(sources, host, engine))
-    infos = [_loading([s], lambda s=s: model_info(s)) for s in sources]
-    info = dict(infos[0])
-    if len(infos) > 1:  # a threshold chosen on one model's CV predictions does not fit an average of several
-        info["thresholds"] = {t: {"rule": "argmax", "value": None, "note": "several models averaged: each has its "
-                                  "own operating threshold, so the call is the most probable class"}
-                              for t in info.get("tasks", {})}
-        info["metrics"] = {"note": "several models averaged: their cross-validated metrics are each model's own",
-                           "per_model": {str(s): i.get("metrics") for s, i in zip(sources, infos)}}
-    return ServedModel(sources, ensemble, info)
+    return ServedModel(sources, ensemble, _loading(sources, lambda: ensemble.info))
 
 
 def _loading(sources: Sequence[Path], load):
@@ -172,7 +165,7 @@ def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb:
     from lnzoo.predict import Cascade
 
     chain = _loading(list(cascade), lambda: Cascade(list(cascade), host, engine=engine))
-    stages = [ServedModel([src], e, _loading([src], lambda src=src: model_info(src)))
+    stages = [ServedModel([src], e, _loading([src], lambda e=e: e.info))
               for src, e in zip(chain.sources, chain.stages)]
     return Server(stages, chain, float(max_upload_mb), int(max_side), host)
 
@@ -180,25 +173,21 @@ def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb:
 # -- predicting -----------------------------------------------------------------------------------------------------
 def task_results(model: ServedModel, raw: dict, calibrated: dict) -> dict[str, Any]:
     """Per task: calibrated and raw probabilities of the one sample, and the call at the stored threshold."""
-    from lnzoo.bundle import decide
-
+    called = model.ensemble.calls(calibrated)
     out = {}
     for task, classes in model.ensemble.tasks.items():
-        info = model.info.get("tasks", {}).get(task) or {"classes": classes}
-        threshold = (model.info.get("thresholds") or {}).get(task)
-        probs = [float(v) for v in calibrated[task][0]]
         out[task] = {"classes": list(classes), "main": task == model.main,
-                     "probabilities": dict(zip(classes, probs)),
+                     "probabilities": {c: float(v) for c, v in zip(classes, calibrated[task][0])},
                      "raw_probabilities": {c: float(v) for c, v in zip(classes, raw[task][0])},
-                     "call": decide(info, threshold, probs), "threshold": threshold}
+                     "call": called[task][0], "threshold": (model.info.get("thresholds") or {}).get(task)}
     return out
 
 
-def predict_model(model: ServedModel, sample) -> tuple[dict[str, Any], list[str], dict]:
-    """(task results, the views used, the raw probabilities) of one model on one sample."""
+def predict_model(model: ServedModel, sample) -> tuple[dict[str, Any], list[str]]:
+    """(task results, the views used) of one model on one sample."""
     raw, calibrated, resolved = model.ensemble.predict_both([sample])
     used = [v for v, p in resolved[0].items() if p is not None]
-    return task_results(model, raw, calibrated), used, raw
+    return task_results(model, raw, calibrated), used
 
 
 def gradcam(model: ServedModel, sample, folder: Path, host) -> tuple[dict[str, str], str | None]:
@@ -221,7 +210,7 @@ def gradcam(model: ServedModel, sample, folder: Path, host) -> tuple[dict[str, s
 def stage_entry(server: Server, k: int, sample, folder: Path, with_gradcam: bool) -> dict[str, Any]:
     """One model's (or cascade stage's) answer for one sample."""
     model = server.stages[k]
-    tasks, used, raw = predict_model(model, sample)
+    tasks, used = predict_model(model, sample)
     entry: dict[str, Any] = {"model": model.info.get("name"), "sources": [str(s) for s in model.sources],
                              "members": len(model.ensemble.members), "main_task": model.main, "tasks": tasks,
                              "views_used": used}
@@ -232,7 +221,7 @@ def stage_entry(server: Server, k: int, sample, folder: Path, with_gradcam: bool
             entry["gradcam_note"] = note
     if server.cascade:
         entry["stage"] = k + 1
-        entry["routed_as"] = server.chain.calls(k, raw)[0]
+        entry["routed_as"] = tasks[model.main]["call"]  # what Cascade.calls decides on these probabilities
         entry["passes_on"] = server.chain.passing[k] if k < len(server.chain.passing) else None
     return entry
 

@@ -15,7 +15,9 @@ from starlette.datastructures import FormData, UploadFile
 if TYPE_CHECKING:
     from lnzoo.serve.app import Server
 
-IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif", "WEBP": ".webp"}
+# MPO: the multi-picture JPEG many cameras and phones write; its first picture reads as a JPEG
+IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif",
+                 "WEBP": ".webp"}
 FORM_SLACK = 1 << 20             # bytes a request may carry beyond its files (field names, text fields)
 
 
