@@ -404,6 +404,7 @@ def _compare(a: dict, b: dict, tol: float = 1e-4) -> list[str]:
 
 
 from lnzoo import cli_models  # noqa: E402,F401 - registers explain, predict, export and serve on ``app``
+from lnzoo import cli_sweep  # noqa: E402,F401 - registers sweep on ``app``
 
 
 def main() -> None:

@@ -6,6 +6,7 @@ caller of :func:`run`; a script or notebook is another, and gets the same run di
 """
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ from lnzoo.errors import UsageError
 from lnzoo.rundir import RunDir
 from lnzoo.tasks import Task
 
-__all__ = ["run", "RunResult", "fit_folds", "default_out"]
+__all__ = ["run", "RunResult", "fit_folds", "default_out", "prepare_run", "fit_fold_job"]
 
 
 @dataclass
@@ -183,16 +184,36 @@ def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = 
     return metrics
 
 
-def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool) -> dict[str, Any]:
+@dataclass
+class _Prepared:
+    """A run directory made ready to fit its folds: the data, the image cache, the fold assignment, the trainer."""
+
+    recipe: Any
+    tasks: dict[str, Task]
+    tasks_meta: dict[str, dict[str, Any]]
+    data: Any
+    cache: Any
+    assignment: dict[str, int]
+    folds: list[int]
+    trainer: Any
+    env: dict[str, Any]
+    others: dict[str, list[Sample]]
+
+    def fit_fold(self, k: int, rd: RunDir, emit: Callable[[Any], None]):
+        return _fit_fold(k, len(self.folds), self.recipe, self.tasks, self.tasks_meta, self.data.pool,
+                         self.assignment, self.trainer, rd, self.others,
+                         {**self.env, "preprocessing": self.cache.pre.as_dict()}, emit)
+
+
+def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool) -> _Prepared:
+    """Load and check the data and fix the fold assignment: a new run writes its recipe, data digest and folds;
+    a resumed one (or a fold job of lnzoo sweep) reads them and refuses data that changed."""
     import torch
 
     from lnzoo.checkpoint import environment
     from lnzoo.data.run_data import plan_folds, recipe_tasks
-    from lnzoo.evaluation.evaluate import run_metrics
-    from lnzoo.rundir import prediction_header, prediction_row
     from lnzoo.train import Trainer
 
-    t_start = time.perf_counter()
     if not resume:
         rd.write_recipe(recipe.to_toml())
         rd.update_run(recipe_source=str(recipe.source) if recipe.source else None, quick=recipe.quick,
@@ -218,21 +239,30 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
         rd.update_run(data_sha256=digest)
     folds = list(range(cfg["cv"]["folds"])) if cfg["cv"]["run_folds"] == "all" else list(cfg["cv"]["run_folds"])
     trainer = Trainer(recipe, host, tasks, cache, on_event=emit, covariate_kinds=data.covariate_kinds)
-    env = environment(host)
-    views, tasks_meta = cfg["data"]["views"], {n: t.as_dict() for n, t in tasks.items()}
+    others = {part: samples for part, samples in (("test", data.test), ("external", data.external)) if samples}
+    return _Prepared(recipe, tasks, {n: t.as_dict() for n, t in tasks.items()}, data, cache, assignment, folds,
+                     trainer, environment(host), others)
+
+
+def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool) -> dict[str, Any]:
+    from lnzoo.evaluation.evaluate import run_metrics
+    from lnzoo.rundir import prediction_header, prediction_row
+
+    t_start = time.perf_counter()
+    prep = _prepare(recipe, host, rd, emit, resume)
+    cfg, tasks, folds, others = recipe.data, prep.tasks, prep.folds, prep.others
+    views = cfg["data"]["views"]
     pred_rows: list[dict[str, str]] = []
     fold_info = []
-    others = {part: samples for part, samples in (("test", data.test), ("external", data.external)) if samples}
     other_proba: dict[str, list[dict[str, np.ndarray]]] = {part: [] for part in others}
     for k in folds:
         done = rd.read_fold_result(k) if resume else None
         if done is not None:
-            emit(events.Note(f"fold {k}: finished before the interruption, kept as it was"))
+            emit(events.Note(f"fold {k}: already fitted (fold{k}/result.json), kept as it was"))
             rows, info, proba = done["rows"], done["info"], {p: {t: np.asarray(v) for t, v in d.items()}
                                                              for p, d in done["proba"].items()}
         else:
-            rows, info, proba = _fit_fold(k, len(folds), recipe, tasks, tasks_meta, data.pool, assignment, trainer,
-                                          rd, others, {**env, "preprocessing": cache.pre.as_dict()}, emit)
+            rows, info, proba = prep.fit_fold(k, rd, emit)
         pred_rows += rows
         fold_info.append(info)
         for part, p in proba.items():
@@ -242,16 +272,69 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
         pred_rows += [prediction_row(part, None, s, {t: ens[t][i] for t in tasks}, tasks, views)
                       for i, s in enumerate(samples)]
     rd.write_predictions(prediction_header(tasks, views), pred_rows)
-    figures = run_metrics(pred_rows, tasks_meta)
+    figures = run_metrics(pred_rows, prep.tasks_meta)
     cv = figures.pop("cross_validation")
     rd.write_json(rd.METRICS, {
-        "recipe": recipe.name, "main_task": cfg["tasks"]["main"], "data": data.description, "folds_run": folds,
+        "recipe": recipe.name, "main_task": cfg["tasks"]["main"], "data": prep.data.description, "folds_run": folds,
         "cross_validation": {"pooled": cv["pooled"], "mean_sd": cv["mean_sd"], "folds": fold_info}, **figures,
         **{f"{part}_note": f"mean probability of the {len(folds)} fold model(s)" for part in others}})
-    rd.update_run(wall_seconds=round(time.perf_counter() - t_start, 1), device=str(trainer.device),
+    rd.update_run(wall_seconds=round(time.perf_counter() - t_start, 1), device=str(prep.trainer.device),
                   ran=what_ran(recipe, folds, {f["fold"]: f["epochs_run"] for f in fold_info}),
-                  plugin_overrides=host.overrides, **env)
+                  plugin_overrides=host.overrides, **prep.env)
     return rd.metrics()
+
+
+# -- a run's folds as separate jobs (lnzoo sweep) ------------------------------------------------------------------
+def prepare_run(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = None, sweep: str = "") -> list[int]:
+    """Make a new run directory ready for its folds to be fitted as separate jobs (:func:`fit_fold_job`): the
+    recipe, the data digest and the fold assignment, status "sweeping"; returns the folds to fit. The run is
+    finished by :func:`run` with ``resume=True`` once every fold has its result."""
+    emit = emit or (lambda event: None)
+    rd = RunDir(out_dir, writer=True)
+    rd.claim()
+    try:
+        folds = _prepare(recipe, host, rd, emit, resume=False).folds
+    except BaseException as exc:
+        rd.release("failed", f"{type(exc).__name__}: {exc}")
+        raise
+    rd.update_run(sweep=sweep)
+    rd.release("sweeping")
+    return folds
+
+
+def fit_fold_job(out_dir: Path, k: int, host=None, emit: Callable[[Any], None] | None = None) -> bool:
+    """Fit fold ``k`` of a run directory :func:`prepare_run` made (one job of lnzoo sweep): its checkpoints,
+    curves and ``fold{k}/result.json``, nothing else of the run, so the folds of one run can fit at the same
+    time in separate processes or on separate machines. A fold that already has its result is left as it is
+    (False); an interrupted one continues after its last saved epoch."""
+    from filelock import FileLock, Timeout
+
+    if host is None:
+        from lnzoo.plugins import get_host
+        host = get_host()
+    emit = emit or (lambda event: None)
+    rd = RunDir(out_dir, writer=True)
+    if rd.status() != "sweeping":
+        raise UsageError(f"{rd}: not a run prepared for lnzoo sweep (its status is {rd.status()!r})")
+    if rd.read_fold_result(k) is not None:
+        return False
+    rd.fold_dir(k).mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(rd.fold_dir(k) / ".lock"), is_singleton=False)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise UsageError(f"{rd}: fold {k} is being fitted by another job") from None
+    try:
+        recipe = resumed_recipe(rd, host)
+        prep = _prepare(recipe, host, rd, emit, resume=True)
+        if k not in prep.folds:
+            raise UsageError(f"{rd}: fold {k} is not one of the run's folds {prep.folds}")
+        prep.fit_fold(k, rd, emit)
+    finally:
+        lock.release()
+        with contextlib.suppress(OSError):  # the fold then holds what lnzoo run writes there, nothing more
+            (rd.fold_dir(k) / ".lock").unlink()
+    return True
 
 
 def _load_data(recipe, tasks, emit):

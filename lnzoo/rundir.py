@@ -15,7 +15,8 @@ a best checkpoint, never assumed to start at 0.
 
 Every file is written atomically (a temporary file, fsync, rename), so a crash or a full disk leaves the
 previous version or nothing, never half a file. A run holds ``.lock`` while it writes; ``run.json`` says
-its status (running, interrupted, failed, finished), and readers refuse a run that did not finish unless
+its status (running, interrupted, failed, finished, or sweeping while lnzoo sweep fits its folds as separate
+jobs), and readers refuse a run that did not finish unless
 the caller allows partial runs (:func:`partial_allowed`).
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ from lnzoo.errors import LnzooError, UsageError
 
 NAN = float("nan")
 _FOLD = re.compile(r"fold(\d+)")
-STATUSES = ("running", "interrupted", "failed", "finished")
+STATUSES = ("running", "interrupted", "failed", "finished", "sweeping")  # sweeping: its folds are separate jobs
 _partial = contextvars.ContextVar("lnzoo_partial_runs", default=False)
 
 
@@ -283,7 +284,9 @@ class RunDir:
                               f"(started {info.get('started')})",
                    "interrupted": "it was interrupted before it finished; `lnzoo run --resume "
                                   f"{self.path}` continues it",
-                   "failed": f"it failed: {info.get('error', 'see its log')}"}[status]
+                   "failed": f"it failed: {info.get('error', 'see its log')}",
+                   "sweeping": "its folds are being fitted as separate jobs; `lnzoo sweep --status "
+                               f"{info.get('sweep') or 'SWEEP_DIR'}` shows them"}[status]
             raise UsageError(f"{self.path} is not a finished run ({why}). Pass --allow-partial to read "
                              "what it holds anyway.")
         self._checked = True

@@ -278,7 +278,7 @@ def test_kill_9_mid_fold_then_resume_gives_the_uninterrupted_run_exactly(tmp_pat
     assert rerun.returncode == 2 and "unfinished run" in rerun.stderr and "--resume" in rerun.stderr
     resumed = run_cli("run", "--resume", str(tmp_path / "killed"), "--n-boot", "20", env=env)
     assert resumed.returncode == 0, resumed.stderr
-    assert "fold 0: finished before the interruption" in resumed.stderr and "fold 1: resumed after epoch" in \
+    assert "fold 0: already fitted (fold0/result.json)" in resumed.stderr and "fold 1: resumed after epoch" in \
         resumed.stderr
     for name in ("metrics.json", "predictions.csv", "fold1/history.csv"):
         assert (tmp_path / "killed" / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
