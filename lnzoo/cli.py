@@ -212,7 +212,10 @@ def run(recipe: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help=
                                                        "run: finished folds are kept, the unfinished one goes on "
                                                        "after its last finished epoch.")] = None,
         n_boot: Annotated[int, typer.Option("--n-boot", metavar="N", help="Patient bootstrap resamples for the "
-                                            "report's CIs.")] = N_BOOT) -> None:
+                                            "report's CIs.")] = N_BOOT,
+        nproc: Annotated[int, typer.Option("--nproc", metavar="N", help="Train each fold on N processes "
+                                           "(DistributedDataParallel; one per GPU): lnzoo starts them with "
+                                           "torchrun.")] = 1) -> None:
     """Train and evaluate a recipe: patient-level CV, checkpoints, metrics, Grad-CAM examples, HTML report.
 
     Example: lnzoo run recipes/stage1_aux.toml --quick --set train.epochs=3
@@ -221,7 +224,15 @@ def run(recipe: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help=
 
     from lnzoo.pipeline import default_out, resumed_recipe, run as run_pipeline
     from lnzoo.rundir import RunDir
+    from lnzoo.train.distributed import world
     from lnzoo.ui import RunView
+
+    if nproc != 1:
+        _launch_torchrun(nproc)
+    if not world().writer:  # a torchrun process beside rank 0: it trains, rank 0 writes and prints
+        r = resumed_recipe(RunDir(resume), _host()) if resume is not None else _load(recipe, set_, quick)
+        run_pipeline(r, out or default_out(r), host=_host(), n_boot=n_boot, resume=resume is not None)
+        return
 
     if resume is not None:
         if recipe is not None or set_ or quick or out is not None:
@@ -254,6 +265,26 @@ def run(recipe: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help=
         signal.signal(signal.SIGTERM, previous)
     _summary_table(result.metrics)
     console.print(f"run directory: {out}\nreport: {result.report}", highlight=False)
+
+
+def _launch_torchrun(nproc: int) -> None:
+    """``lnzoo run --nproc N ...``: the same command under torchrun, N processes on this machine."""
+    import os
+    import subprocess
+
+    if nproc < 1:
+        raise UsageError(f"--nproc {nproc}: give 1 or more processes")
+    if "RANK" in os.environ:
+        raise UsageError("--nproc starts torchrun itself; under torchrun, leave it out")
+    rest, skip = [], False
+    for arg in sys.argv[1:]:  # the command line as given, without --nproc N
+        if skip or arg == "--nproc" or arg.startswith("--nproc="):
+            skip = arg == "--nproc"
+            continue
+        rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "lnzoo",
+           *rest]
+    raise typer.Exit(subprocess.call(cmd))
 
 
 @app.command(cls=_Command)

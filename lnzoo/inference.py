@@ -51,7 +51,7 @@ class Predictor:
     meta: dict[str, Any] = field(default_factory=dict)  # the sidecar (empty while training)
     source: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
-    amp: bool = False
+    amp_dtype: torch.dtype | None = None        # the autocast dtype (device_settings decides it); None: float32
     channels_last: bool = False
     cache: ImageCache | None = None
 
@@ -91,7 +91,7 @@ class Predictor:
         for start in range(0, len(ds), batch_size):  # in this thread, in order: no loader machinery per call
             x, present, y, _, tab = default_collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
             x, present, y, tab = self.to_device(x, present, y, tab)
-            with torch.autocast(self.device.type, enabled=self.amp):
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 outputs, batch_probs = predict_probabilities(self.model, x, present, tab, self.tta)
             if loss_fn is not None:
                 loss, _ = loss_fn(outputs, {t: y[:, i] for i, t in enumerate(self.tasks)}, dict(self.model.heads))
@@ -112,15 +112,45 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+PREDICTOR_SETTINGS = ("device", "amp_dtype", "channels_last")  # what inference needs of device_settings
+
+
 def device_settings(train_cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Device, mixed precision and memory layout as a recipe's ``train`` section asks (training and evaluate)."""
+    """Device, autocast dtype, memory layout, pinned memory and host-sync interval as a recipe's ``train``
+    section asks (training, and evaluate's predictions as trained). Keys older sidecars lack mean "auto"."""
     device = pick_device(train_cfg["device"])
     cuda = device.type == "cuda"
     # NHWC: oneDNN's CPU convolutions and cuDNN's tensor cores are both faster on it (measured on CPU:
     # ResNet-18 forward+backward at 96 px 5.1 s instead of 6.1 s per POCUS epoch); MPS stays NCHW
     layout = train_cfg.get("channels_last", "auto")
-    return {"device": device, "amp": cuda if train_cfg.get("amp", "auto") == "auto" else bool(train_cfg["amp"]) and cuda,
-            "channels_last": device.type in ("cuda", "cpu") if layout == "auto" else bool(layout)}
+    every = train_cfg.get("sync_every", "auto")
+    if every != "auto" and not (isinstance(every, int) and not isinstance(every, bool) and every >= 1):
+        from lnzoo.errors import RecipeError
+        raise RecipeError([f"train.sync_every: expected a positive integer or \"auto\", got {every!r}"])
+    pin = train_cfg.get("pin_memory", "auto")
+    return {"device": device, "amp_dtype": _amp_dtype(device, train_cfg.get("amp", "auto"),
+                                                      train_cfg.get("amp_dtype", "auto")),
+            "channels_last": device.type in ("cuda", "cpu") if layout == "auto" else bool(layout),
+            "pin_memory": cuda if pin == "auto" else bool(pin),
+            # reading a value back drains a GPU's queue of launched kernels; on the CPU it costs nothing
+            "sync_every": (1 if device.type == "cpu" else 25) if every == "auto" else every}
+
+
+def _amp_dtype(device: torch.device, amp: Any, dtype: str) -> torch.dtype | None:
+    """The one place the autocast dtype is decided; None: float32."""
+    if device.type != "cuda":
+        # CPU autocast is worth it only in bfloat16 on CPUs with bf16 units: only when asked for by name, so a
+        # GPU recipe's amp = true keeps float32 on a laptop
+        return torch.bfloat16 if amp is True and dtype == "bfloat16" else None
+    if amp is False:
+        return None
+    with torch.cuda.device(device):  # the GPU the recipe names, not whichever is current
+        native_bf16 = torch.cuda.is_bf16_supported(including_emulation=False)
+    if dtype == "bfloat16" and not native_bf16:
+        raise UsageError(f"train.amp_dtype = \"bfloat16\" but {torch.cuda.get_device_name(device)} has no native "
+                         "bfloat16; use \"auto\" or \"float16\"")
+    # bfloat16 has float32's range: no loss scaling, no overflow; float16 needs the GradScaler
+    return torch.bfloat16 if dtype == "bfloat16" or (dtype == "auto" and native_bf16) else torch.float16
 
 
 def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
@@ -148,7 +178,8 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     _check_fits(model, state, tasks, weights)
     model.load_state_dict(state)
     model.eval()
-    settings = device_settings(recipe.data["train"]) if as_trained else {}
+    settings = {k: v for k, v in device_settings(recipe.data["train"]).items() if k in PREDICTOR_SETTINGS} \
+        if as_trained else {}
     if settings:
         model = model.to(settings["device"])
         if settings["channels_last"]:

@@ -5,6 +5,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from lnzoo.contracts import head_loss
@@ -28,7 +29,7 @@ class MultiTaskLoss(nn.Module):
     """Combine each task's loss with its weight from ``task_weights``.
 
     ``forward(outputs, targets, heads=None)`` takes per-task outputs and targets (``-1`` = no label),
-    and returns ``(total, parts)`` where ``parts[t] = w_t * L_t`` (detached) for logging. A task
+    and returns ``(total, parts)`` where ``parts[t] = w_t * L_t`` (detached tensors) for logging. A task
     whose batch has no labelled sample contributes an exact zero that still backpropagates.
     """
 
@@ -56,18 +57,26 @@ class MultiTaskLoss(nn.Module):
     def task_loss(self, task: str, output: torch.Tensor, target: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
         """Loss of one task over the labelled samples only (exact zero with a graph when none are)."""
         labelled = target != MISSING
-        if not bool(labelled.any()):
-            return output.sum() * 0.0
-        return head_loss(head, output[labelled], target[labelled], weight=self.class_weight(task),
-                         label_smoothing=self.tasks[task].label_smoothing)
+        weight, smoothing = self.class_weight(task), self.tasks[task].label_smoothing
+        if callable(getattr(head, "task_loss", None)):  # a head's own loss sees its labelled rows only
+            if not bool(labelled.any()):
+                return output.sum() * 0.0
+            return head_loss(head, output[labelled], target[labelled], weight=weight, label_smoothing=smoothing)
+        # cross-entropy's weighted mean over the labelled rows, without reading the mask back to the host:
+        # boolean indexing and .any() each wait for the GPU, every step
+        safe = target.clamp_min(0)
+        per = F.cross_entropy(output.float(), safe, weight=weight, label_smoothing=smoothing, reduction="none")
+        share = labelled.to(per.dtype) if weight is None else weight[safe] * labelled
+        return torch.where(labelled, per, 0.0).sum() / share.sum().clamp_min(1e-12)
 
     def forward(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
-                heads: Mapping[str, nn.Module] | None = None) -> tuple[torch.Tensor, dict[str, float]]:
+                heads: Mapping[str, nn.Module] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """(total, parts): ``parts`` are detached 0-d tensors, read back only by a caller that logs them."""
         total: torch.Tensor | None = None
-        parts: dict[str, float] = {}
+        parts: dict[str, torch.Tensor] = {}
         for name, weight in self.task_weights.items():
             loss = self.task_loss(name, outputs[name], targets[name], (heads or {}).get(name)) * weight
-            parts[name] = float(loss.detach())
+            parts[name] = loss.detach()
             total = loss if total is None else total + loss
         assert total is not None, "a model has at least one task"
         return total, parts

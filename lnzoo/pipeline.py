@@ -64,6 +64,11 @@ def run(recipe, out: str | Path | None = None, on_event: Callable[[Any], None] |
     out = Path(out) if out is not None else default_out(recipe)
     t0 = time.perf_counter()
     metrics = fit_folds(recipe, host, out, emit, resume=resume)
+    from lnzoo.train import distributed
+    if distributed.world().active:
+        distributed.stop()  # every collective is done
+        if not distributed.world().writer:  # beside rank 0, which writes the examples and the report
+            return RunResult(out, metrics, None, [], round(time.perf_counter() - t0, 1))
     examples: list[Path] = []
     try:
         from lnzoo.explain import explain_examples
@@ -169,7 +174,18 @@ def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = 
     """Train and evaluate every fold the recipe asks for; write the run directory (holding its lock, its
     status in run.json); return metrics.json. ``resume`` continues an interrupted run in ``out_dir``:
     finished folds are kept, the unfinished one continues after its last finished epoch."""
+    from lnzoo.train.distributed import world
+
     emit = emit or (lambda event: None)
+    w = world()
+    if w.active:  # torchrun started several processes: rank 0 writes the run, the others train beside it
+        from lnzoo.train.distributed import per_rank_batch
+        per_rank_batch(recipe.data["data"]["batch_size"], w)  # refused before anything is written
+        if resume:
+            raise UsageError("--resume continues a run in one process; resuming across torchrun processes is not "
+                             "supported yet")
+        if not w.writer:
+            return _fit_beside_rank0(recipe, host, w.rank)
     rd = RunDir(out_dir, writer=True)
     rd.claim(resume=resume)
     try:
@@ -182,6 +198,24 @@ def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = 
         raise
     rd.release("finished")
     return metrics
+
+
+def _fit_beside_rank0(recipe, host, rank: int) -> dict[str, Any]:
+    """A torchrun process other than rank 0: the same folds, every step beside rank 0, its files in a private
+    temporary folder removed at the end (the run directory has one writer)."""
+    import shutil
+    import tempfile
+
+    scratch = Path(tempfile.mkdtemp(prefix=f"lnzoo-rank{rank}-"))
+    try:
+        rd = RunDir(scratch, writer=True)
+        rd.claim()
+        try:
+            return _fit_folds(recipe, host, rd, lambda event: None, resume=False)
+        finally:
+            rd.release()
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 @dataclass
@@ -213,6 +247,7 @@ def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool
     from lnzoo.checkpoint import environment
     from lnzoo.data.run_data import plan_folds, recipe_tasks
     from lnzoo.train import Trainer
+    from lnzoo.train.schedule import set_deterministic
 
     if not resume:
         rd.write_recipe(recipe.to_toml())
@@ -223,7 +258,7 @@ def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool
     cfg = recipe.data
     if cfg["train"]["threads"]:
         torch.set_num_threads(cfg["train"]["threads"])
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    set_deterministic()
     tasks = recipe_tasks(recipe, host)
     data, cache = _load_data(recipe, tasks, emit)
     digest = data_digest(data)
@@ -278,6 +313,11 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
         "recipe": recipe.name, "main_task": cfg["tasks"]["main"], "data": prep.data.description, "folds_run": folds,
         "cross_validation": {"pooled": cv["pooled"], "mean_sd": cv["mean_sd"], "folds": fold_info}, **figures,
         **{f"{part}_note": f"mean probability of the {len(folds)} fold model(s)" for part in others}})
+    w = prep.trainer.world
+    if w.active:
+        rd.update_run(distributed={"processes": w.size, "backend": "nccl" if prep.trainer.device.type == "cuda"
+                                   else "gloo", "per_process_batch": cfg["data"]["batch_size"] // w.size,
+                                   "sync_bn": cfg["train"]["sync_bn"]})
     rd.update_run(wall_seconds=round(time.perf_counter() - t_start, 1), device=str(prep.trainer.device),
                   ran=what_ran(recipe, folds, {f["fold"]: f["epochs_run"] for f in fold_info}),
                   plugin_overrides=host.overrides, **prep.env)

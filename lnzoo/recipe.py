@@ -345,6 +345,8 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
     for key in ("amp", "channels_last"):
         if isinstance(train[key], str) and train[key] != "auto":
             problems.append(f"train.{key}: expected true, false or \"auto\", got {train[key]!r}")
+    if isinstance(train["sync_every"], str) and train["sync_every"] != "auto":
+        problems.append(f"train.sync_every: expected a positive whole number or \"auto\", got {train['sync_every']!r}")
     regex = out["data"]["patient_regex"]
     if isinstance(regex, str):
         try:

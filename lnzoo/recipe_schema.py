@@ -151,9 +151,25 @@ SCHEMA: dict[str, Any] = {
         },
         "ema": F(NUM, 0.0, "decay of an exponential moving average of the weights (and BatchNorm buffers) "
                            "that is evaluated and saved instead of the raw weights (0: off)", min=0.0, max=0.99999),
-        "amp": F((bool, str), "auto", "mixed precision: auto = on CUDA only"),
+        "amp": F((bool, str), "auto", "mixed precision (autocast) in training and prediction: auto = on CUDA "
+                                      "only; true elsewhere only with amp_dtype = \"bfloat16\" (CPU bf16 autocast)"),
+        "amp_dtype": F(str, "auto", "autocast dtype: auto = bfloat16 on a GPU that supports it natively, else "
+                                    "float16 (then with a GradScaler; bfloat16 needs none)",
+                       choices=("auto", "bfloat16", "float16")),
         "channels_last": F((bool, str), "auto", "channels_last memory format: auto = on CUDA and CPU "
                                                      "(ResNet-18 trains ~15% faster on CPU with it)"),
+        "fused": F((bool, str), "auto", "fused optimizer kernel (one launch for all parameters): auto = on CUDA "
+                                        "where torch has one for the optimizer; true also on the CPU (an error "
+                                        "where torch has none)", choices=("auto", True, False)),
+        "pin_memory": F((bool, str), "auto", "page-locked loader batches for asynchronous host-to-GPU copies: "
+                                             "auto = on CUDA", choices=("auto", True, False)),
+        "sync_every": F((int, str), "auto", "read the loss back from the device (NaN guard, progress) every N "
+                                            "steps and at the epoch's end: auto = 1 on the CPU (free there), "
+                                            "25 on a GPU, whose queue a read would drain", min=1),
+        "sync_bn": F(bool, False, "with several processes (torchrun): BatchNorm statistics over the global batch "
+                                  "(SyncBatchNorm, CUDA only) instead of each process's share"),
+        "compile": F(bool, False, "torch.compile the model for training steps (first epoch slower while it "
+                                  "compiles; checkpoints, EMA and predictions use the uncompiled module)"),
         "device": F(str, "auto", "auto, cpu, cuda or cuda:N"),
         "threads": F(int, 0, "torch CPU threads (0: torch's default)", min=0),
         "tta": F(str, "none", "test-time augmentation for validation, held-out, test and served predictions: "

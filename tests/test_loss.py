@@ -23,7 +23,8 @@ def test_total_is_exactly_one_main_plus_half_aux_with_masked_labels():
     main = F.cross_entropy(out["malignancy"][[0, 1, 3, 5]], torch.tensor([0, 1, 1, 0]))
     aux = F.cross_entropy(out["enlargement"][[1, 2, 4]], torch.tensor([1, 0, 1]))
     assert torch.allclose(total, 1.0 * main + 0.5 * aux, atol=0, rtol=1e-6)
-    assert parts == pytest.approx({"malignancy": float(main.detach()), "enlargement": float(0.5 * aux.detach())})
+    assert {t: float(v) for t, v in parts.items()} == pytest.approx({"malignancy": float(main.detach()),
+                                                                     "enlargement": float(0.5 * aux.detach())})
     total.backward()
     # a missing label must not pull on its row's logits
     assert torch.all(out["malignancy"].grad[[2, 4]] == 0) and torch.all(out["enlargement"].grad[[0, 3, 5]] == 0)
@@ -48,6 +49,21 @@ def test_class_weights_and_label_smoothing_are_applied():
     ref = F.cross_entropy(out["malignancy"], tgt["malignancy"], weight=torch.tensor(w, dtype=torch.float32),
                           label_smoothing=0.1)
     assert torch.allclose(total, ref)
+
+
+def test_weighted_smoothed_loss_with_missing_labels_equals_the_loss_of_the_labelled_rows():
+    torch.manual_seed(1)
+    out = {"malignancy": torch.randn(7, 2, requires_grad=True)}
+    tgt = {"malignancy": torch.tensor([0, MISSING, 1, 1, MISSING, 0, 0])}
+    w = np.array([0.7, 1.9])
+    task = {"malignancy": TASKS["malignancy"].with_options(label_smoothing=0.2)}
+    total, _ = MultiTaskLoss(task, {"malignancy": 1.0}, {"malignancy": w})(out, tgt)
+    rows = [0, 2, 3, 5, 6]
+    ref = F.cross_entropy(out["malignancy"][rows], tgt["malignancy"][rows], weight=torch.tensor(w, dtype=torch.float32),
+                          label_smoothing=0.2)
+    assert torch.allclose(total, ref, atol=0, rtol=1e-6)
+    total.backward()
+    assert torch.all(out["malignancy"].grad[[1, 4]] == 0)
 
 
 def test_balanced_weights_ignore_missing_and_absent_classes():

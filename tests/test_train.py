@@ -113,3 +113,17 @@ def test_channels_last_is_on_for_cpu_by_default_and_changes_no_prediction():
     nhwc = auto.predictor(model.to(memory_format=torch.channels_last)).predict(samples).proba
     for task in nchw:
         np.testing.assert_allclose(nhwc[task], nchw[task], atol=1e-5)
+
+
+def test_a_recipe_with_every_augmentation_off_trains_on_the_images_as_they_are(tmp_path):
+    from lnzoo.data.dataset import build_augment
+    from lnzoo.pipeline import fit_folds
+    from tests.conftest import TINY
+
+    off = ["data.augment.rotation=0", "data.augment.hflip=0", "data.augment.color_jitter=0", "data.augment.blur=0",
+           "data.augment.scale=[1.0, 1.0]"]
+    recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", host=load_plugins(),
+                         sets=[*TINY, *off, "cv.run_folds=[0]", "train.epochs=1"])
+    assert build_augment(recipe.data["data"]["augment"], 48) is None
+    metrics = fit_folds(recipe, load_plugins(), tmp_path / "run")
+    assert metrics["folds_run"] == [0]

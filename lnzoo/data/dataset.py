@@ -16,7 +16,7 @@ from lnzoo.data.samples import MISSING, Sample
 from lnzoo.errors import DataError
 
 
-def build_augment(cfg: Mapping[str, Any], size: int) -> Callable:
+def build_augment(cfg: Mapping[str, Any], size: int) -> Callable | None:
     """The seed's augmentation (rotation, flip, colour jitter, blur) plus the ultrasound physics ones
     (speckle, gain/TGC, depth attenuation, shadowing) as one torchvision v2 pipeline.
 
@@ -41,7 +41,7 @@ def build_augment(cfg: Mapping[str, Any], size: int) -> Callable:
         ops.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=cfg["blur"]))
     from lnzoo.data.us_augment import AUGMENT_KEYS, ultrasound_augment
     ops += ultrasound_augment({k: cfg.get(k, 0.0) for k in AUGMENT_KEYS})
-    return v2.Compose(ops)
+    return v2.Compose(ops) if ops else None  # every augmentation off: the images as they are
 
 
 class ImageCache:

@@ -23,6 +23,7 @@ from lnzoo.errors import LnzooError
 from lnzoo.inference import Predictions, Predictor, device_settings
 from lnzoo.loss import MultiTaskLoss, balanced_class_weights
 from lnzoo.tasks import Task
+from lnzoo.train import distributed
 from lnzoo.train.averaging import MeanTeacher, ema_of
 from lnzoo.train.schedule import make_optimizer, make_scheduler, seed_everything, seed_worker
 
@@ -53,7 +54,7 @@ class FoldResult:
 class Fit:
     """One fit's moving parts: what each epoch changes, and what the resumable state saves and restores."""
 
-    model: nn.Module
+    model: nn.Module              # what is saved, averaged and evaluated
     ema: Any                      # AveragedModel of the model (train.ema > 0), else None
     teacher: MeanTeacher | None
     optimizer: torch.optim.Optimizer
@@ -66,19 +67,27 @@ class Fit:
     stale: int = 0                # epochs since the best one (early stopping)
     stopped: bool = False
     last_monitor: tuple[float, float] = (math.nan, math.nan)
+    forward: nn.Module | None = None  # what a training step calls: the model, or its torch.compile wrapper
+
+    def __post_init__(self) -> None:
+        if self.forward is None:
+            self.forward = self.model
 
 
 class TrainingDiverged(LnzooError):
     """The loss became NaN or infinite: the fold stops at once, naming where and on which images."""
 
-    def __init__(self, fold: int, epoch: int, step: int | None, value: float, paths: Sequence[str], lr: float):
+    def __init__(self, fold: int, epoch: int, step: int | None, value: float, paths: Sequence[str], lr: float,
+                 seen_at: int | None = None):
         where = (f"fold {fold}, epoch {epoch}, step {step}: the training loss is {value}" if step is not None else
                  f"fold {fold}, after epoch {epoch}: the validation loss is {value}, the weights diverged")
+        if seen_at is not None and seen_at != step:  # train.sync_every > 1: the loss is read back in batches
+            where += f" (read back after step {seen_at}: steps {step}-{seen_at} ran before it was seen)"
         shown = ", ".join(paths[:8]) + (f" (+{len(paths) - 8} more)" if len(paths) > 8 else "")
         super().__init__(f"{where} (not finite), so the fold was stopped. "
                          + (f"The batch held: {shown}. " if paths else "")
                          + f"Usually train.lr ({lr}) is too high for this model; lower it, or set train.grad_clip.")
-        self.fold, self.epoch, self.step = fold, epoch, step
+        self.fold, self.epoch, self.step, self.seen_at, self.paths = fold, epoch, step, seen_at, list(paths)
 
 
 class Trainer:
@@ -92,7 +101,11 @@ class Trainer:
         self.data_cfg = recipe.data["data"]
         self.main = recipe.data["tasks"]["main"]
         settings = device_settings(self.cfg)
-        self.device, self.amp, self.channels_last = settings["device"], settings["amp"], settings["channels_last"]
+        self.world = distributed.world()  # one process, or one of torchrun's
+        self.device, self.amp_dtype, self.channels_last = distributed.rank_device(settings["device"], self.world), \
+            settings["amp_dtype"], settings["channels_last"]
+        distributed.start(self.device)
+        self.pin_memory, self.sync_every = settings["pin_memory"], settings["sync_every"]
         self.emit = on_event or (lambda event: None)
         self._probe = None  # the linear probe's frozen backbone and feature cache, shared by the folds
 
@@ -103,7 +116,8 @@ class Trainer:
         pre = self.cache.pre if self.cache is not None else Preprocessing(
             self.data_cfg["image_size"], self.data_cfg["resize"], self.data_cfg["normalize"], self.data_cfg["roi_margin"])
         return Predictor(model, self.tasks, pre, list(self.data_cfg["views"]), covariates, tta=self.cfg["tta"],
-                         device=self.device, amp=self.amp, channels_last=self.channels_last, cache=self.cache)
+                         device=self.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
+                         cache=self.cache)
 
     def loader(self, ds: NodeDataset, seed: int) -> DataLoader:
         """The training loader: shuffled (or oversampled) with its own seeded generator."""
@@ -117,11 +131,19 @@ class Trainer:
             sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(ds), replacement=True,
                                             generator=gen)
         workers = self.data_cfg["num_workers"]
+        if self.world.active:  # each process its share of every global batch, in the same global order
+            from torch.utils.data import RandomSampler
+            base = sampler if sampler is not None else RandomSampler(ds, generator=gen)
+            shard = distributed.RankShard(base, self.world)
+            batch = distributed.per_rank_batch(self.data_cfg["batch_size"], self.world)
+            return DataLoader(ds, batch_size=batch, sampler=shard, generator=gen, num_workers=workers,
+                              drop_last=len(shard) > batch, pin_memory=self.pin_memory, persistent_workers=workers > 0,
+                              worker_init_fn=seed_worker if workers else None)
         # a trailing batch of one sample breaks BatchNorm in training; dropping a partial batch is harmless
         # when the data is shuffled anew every epoch
         return DataLoader(ds, batch_size=self.data_cfg["batch_size"], shuffle=sampler is None, sampler=sampler,
                           generator=gen, num_workers=workers, drop_last=len(ds) > self.data_cfg["batch_size"],
-                          pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+                          pin_memory=self.pin_memory, persistent_workers=workers > 0,
                           worker_init_fn=seed_worker if workers else None)
 
     def class_weights(self, ds: NodeDataset) -> dict[str, np.ndarray | None]:
@@ -173,13 +195,16 @@ class Trainer:
                                 self.class_weights(train_ds)).to(self.device)
         optimizer = make_optimizer(model, self.cfg)
         scheduler = make_scheduler(optimizer, self.cfg, len(loader))
-        scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # bfloat16 cannot overflow
         ema = ema_of(model, self.cfg["ema"]) if self.cfg["ema"] > 0 else None
         kept = self.predictor(ema.module if ema is not None else model, covariates)  # what is evaluated and saved
         teacher = MeanTeacher(model, self.cfg["mean_teacher"], self.main) if self.cfg["mean_teacher"]["weight"] > 0 \
             else None
         run = Fit(model, ema, teacher, optimizer, scheduler, scaler, loader,
-                  FoldResult(fold, kept, {}, init_report=init_report))
+                  FoldResult(fold, kept, {}, init_report=init_report),
+                  # the wrapper shares the model's parameters; everything else keeps the plain module, so its
+                  # state_dict keys (checkpoints, resume, EMA) carry no _orig_mod. prefix
+                  forward=self._forward(model, seed))
         epochs = self.cfg["epochs"]
         if state is not None and resume.load_fit(state, run):  # continue after an interrupted fit's last epoch
             self.emit(events.Note(f"fold {fold}: resumed after epoch {run.epoch} of {epochs}"))
@@ -191,6 +216,8 @@ class Trainer:
                                        and all(np.isfinite(p).all() for p in val_pred.proba.values())):
                 raise TrainingDiverged(fold, run.epoch + 1, None, val_pred.loss, [], self.cfg["lr"])
             row = self._end_epoch(run, val_pred, loss)
+            if self.world.active:  # rank 0's early-stopping decision holds for every process
+                run.stopped = distributed.decided_by_rank0(run.stopped)
             if state is not None and every and (run.epoch % every == 0 or run.stopped or run.epoch == epochs):
                 resume.save_fit(state, run)
             self.emit(events.EpochEnded(fold, epochs, row, run.result.best_value))
@@ -205,27 +232,47 @@ class Trainer:
         result.predictor = self.predictor(model, covariates)
         return result
 
+    def _forward(self, model: nn.Module, seed: int) -> nn.Module:
+        """What a training step calls: the model; across processes its DistributedDataParallel wrapper (which
+        makes every process start from rank 0's weights); with train.compile its torch.compile wrapper."""
+        forward = model
+        if self.world.active:
+            from torch.nn.parallel import DistributedDataParallel
+            if self.cfg["sync_bn"]:
+                if self.device.type != "cuda":
+                    raise LnzooError("train.sync_bn = true needs CUDA (torch's SyncBatchNorm runs on GPUs only); "
+                                     "set it false on the CPU")
+                model = nn.SyncBatchNorm.convert_sync_batchnorm(model)  # same parameters, so the same state keys
+            forward = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
+                                              else None)
+            seed_everything(seed + 7919 * self.world.rank)  # each process its own augmentation draws
+        return torch.compile(forward) if self.cfg["compile"] else forward
+
     def _train_epoch(self, run: Fit, student: Predictor, train_ds: NodeDataset, loss_fn: MultiTaskLoss,
                      fold: int) -> float:
         """One pass over the training part, an optimizer and scheduler step per batch; the mean loss."""
         model, optimizer, loader, teacher, epoch = run.model, run.optimizer, run.loader, run.teacher, run.epoch
         heads, main_col, epochs = dict(model.heads.items()), list(self.tasks).index(self.main), self.cfg["epochs"]
+        steps, every = len(loader), self.sync_every
         model.train()
         total, seen = 0.0, 0
+        # (step, loss on the device, batch size, sample indices) of the steps not yet read back: reading a loss
+        # waits for the GPU to finish every kernel queued, so it is done every train.sync_every steps
+        pending: list[tuple[int, torch.Tensor, int, torch.Tensor]] = []
         for step, (x, present, y, idx, tab) in enumerate(loader):
             x, present, y, tab = student.to_device(x, present, y, tab)
-            with torch.autocast(self.device.type, enabled=self.amp):
-                outputs = model(x, present, tab)
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+                outputs = run.forward(x, present, tab)
             loss, _ = loss_fn({k: v.float() for k, v in outputs.items()},
                               {t: y[:, i] for i, t in enumerate(self.tasks)}, heads)
             if teacher is not None:
                 loss = loss + self.cfg["mean_teacher"]["weight"] * teacher.ramp(epoch, step, len(loader)) * \
                     teacher.loss(model, x, present, tab, outputs[self.main], y[:, main_col])
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise TrainingDiverged(fold, epoch + 1, step + 1, value,
-                                       [str(p) for i in idx.tolist() for p in train_ds.samples[i].views.values()
-                                        if p is not None], self.cfg["lr"])
+            pending.append((step + 1, loss.detach(), len(y), idx))
+            synced = (step + 1) % every == 0 or step + 1 == steps
+            if synced:  # before this step's update, so with sync_every = 1 a NaN loss never reaches the weights
+                total, seen = self._read_back(pending, total, seen, train_ds, fold, epoch)
+                pending = []
             run.scaler.scale(loss).backward()
             if self.cfg["grad_clip"] > 0:
                 run.scaler.unscale_(optimizer)
@@ -238,10 +285,23 @@ class Trainer:
                 run.ema.update_parameters(model)
             if teacher is not None:
                 teacher.update(model)
-            total += value * len(y)
-            seen += len(y)
-            self.emit(events.StepEnded(fold, epoch, epochs, step + 1, len(loader), total / seen))
+            if synced:
+                self.emit(events.StepEnded(fold, epoch, epochs, step + 1, steps, total / seen))
         return total / max(seen, 1)
+
+    def _read_back(self, pending, total: float, seen: int, train_ds: NodeDataset, fold: int,
+                   epoch: int) -> tuple[float, int]:
+        """Add the pending steps' losses to the running (sum, count) in step order, with one device-to-host
+        copy; a non-finite one stops the fold, naming its step and its batch's images."""
+        values = torch.stack([loss for _, loss, _, _ in pending]).tolist()
+        for (step, _, n, idx), value in zip(pending, values):
+            if not math.isfinite(value):
+                raise TrainingDiverged(fold, epoch + 1, step, value,
+                                       [str(p) for i in idx.tolist() for p in train_ds.samples[i].views.values()
+                                        if p is not None], self.cfg["lr"], seen_at=pending[-1][0])
+            total += value * n  # the same float arithmetic, in the same order, whatever sync_every is
+            seen += n
+        return total, seen
 
     def _end_epoch(self, run: Fit, val_pred: Predictions, train_loss: float) -> dict[str, Any]:
         """Score the epoch on the validation part, keep the best weights, count towards early stopping."""
