@@ -584,6 +584,7 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="torch.profiler tables of one lnzoo and one bare epoch")
     ap.add_argument("--quick", action="store_true", help="smoke run: test_resnet at 64 px, 2 rounds, batch 16")
     ap.add_argument("--ddp", action="store_true", help="also 1 against 2 torchrun processes on one fold's fit")
+    ap.add_argument("--ddp-only", action="store_true", help="only the 1 against 2 processes rows")
     ap.add_argument("--ddp-epochs", type=int, default=2)
     args = ap.parse_args()
     quick = {"sizes": [64], "model": "test_resnet", "rounds": 2, "batch_size": 16}
@@ -613,8 +614,9 @@ def main() -> None:
     notes: list[str] = []
     for size in args.sizes:
         print(f"{size} px: {args.model} ...", file=sys.stderr, flush=True)
-        measure_size(args, size, host, events, rows, notes)
-        if args.ddp:
+        if not args.ddp_only:
+            measure_size(args, size, host, events, rows, notes)
+        if args.ddp or args.ddp_only:
             ddp_rows(args, size, rows, notes)
     best, med = min(help_s), statistics.median(help_s)
     rows.append(("lnzoo --help, s", "-", f"{med:.3f} median", f"{best:.3f} best of {len(help_s)}", f"{med:.3f} s",

@@ -141,8 +141,12 @@ def model_info(path: str | Path) -> dict[str, Any]:
     info["thresholds"], info["metrics"] = {}, {}
     if path.is_dir() and not is_bundle(path):
         rd = RunDir(path)
-        info["thresholds"] = operating_thresholds(rd, info["tasks"], info["temperatures"])
-        info["metrics"] = cv_metrics(rd)
+        if (rd / rd.PREDICTIONS).is_file() and (rd / rd.METRICS).is_file():
+            info["thresholds"] = operating_thresholds(rd, info["tasks"], info["temperatures"])
+            info["metrics"] = cv_metrics(rd)
+        else:  # an unfinished run read with --allow-partial: nothing cross-validated to choose a threshold on
+            info["thresholds"] = {t: {"rule": "argmax", "value": None, "note": "the run has no cross-validation "
+                                      "predictions yet: the call is the most probable class"} for t in info["tasks"]}
     return info
 
 

@@ -238,6 +238,10 @@ def run(recipe: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help=
         if recipe is not None or set_ or quick or out is not None:
             raise UsageError("--resume RUN_DIR continues a run with the recipe it started with; give no RECIPE, "
                              "--set, --quick or --out with it")
+        if RunDir(resume).status() == "sweeping":
+            raise UsageError(f"--resume {resume}: lnzoo sweep is fitting this run's folds as separate jobs; "
+                             f"`lnzoo sweep --resume {RunDir(resume).read_json(RunDir.RUN).get('sweep') or 'SWEEP_DIR'}` "
+                             "finishes it")
         r, out = resumed_recipe(RunDir(resume), _host()), resume
     elif recipe is None:
         raise UsageError("give a RECIPE to run, or --resume RUN_DIR to continue an interrupted run")

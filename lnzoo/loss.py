@@ -54,8 +54,11 @@ class MultiTaskLoss(nn.Module):
     def class_weight(self, task: str) -> torch.Tensor | None:
         return getattr(self, f"cw_{task}")
 
-    def task_loss(self, task: str, output: torch.Tensor, target: torch.Tensor, head: nn.Module | None = None) -> torch.Tensor:
-        """Loss of one task over the labelled samples only (exact zero with a graph when none are)."""
+    def task_loss(self, task: str, output: torch.Tensor, target: torch.Tensor, head: nn.Module | None = None,
+                  world: int = 1) -> torch.Tensor:
+        """Loss of one task over the labelled samples only (exact zero with a graph when none are). With
+        ``world`` > 1 processes (DDP, which averages their gradients) each divides by the mean labelled weight
+        over all of them, so the update is the global batch's labelled-rows mean however labels fall."""
         labelled = target != MISSING
         weight, smoothing = self.class_weight(task), self.tasks[task].label_smoothing
         if callable(getattr(head, "task_loss", None)):  # a head's own loss sees its labelled rows only
@@ -66,16 +69,22 @@ class MultiTaskLoss(nn.Module):
         # boolean indexing and .any() each wait for the GPU, every step
         safe = target.clamp_min(0)
         per = F.cross_entropy(output.float(), safe, weight=weight, label_smoothing=smoothing, reduction="none")
-        share = labelled.to(per.dtype) if weight is None else weight[safe] * labelled
-        return torch.where(labelled, per, 0.0).sum() / share.sum().clamp_min(1e-12)
+        share = (labelled.to(per.dtype) if weight is None else weight[safe] * labelled).sum()
+        if world > 1:
+            from lnzoo.train.distributed import global_sum
+            share = global_sum(share) / world
+        total = torch.where(labelled, per, 0.0).sum()
+        # no labelled weight at all (no label, or only a class weighted 0): an exact zero, never 0/0 or x/1e-12
+        return torch.where(share > 0, total / share.clamp_min(1e-12), total * 0.0)
 
     def forward(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
-                heads: Mapping[str, nn.Module] | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+                heads: Mapping[str, nn.Module] | None = None, world: int = 1
+                ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(total, parts): ``parts`` are detached 0-d tensors, read back only by a caller that logs them."""
         total: torch.Tensor | None = None
         parts: dict[str, torch.Tensor] = {}
         for name, weight in self.task_weights.items():
-            loss = self.task_loss(name, outputs[name], targets[name], (heads or {}).get(name)) * weight
+            loss = self.task_loss(name, outputs[name], targets[name], (heads or {}).get(name), world) * weight
             parts[name] = loss.detach()
             total = loss if total is None else total + loss
         assert total is not None, "a model has at least one task"

@@ -7,6 +7,7 @@ caller of :func:`run`; a script or notebook is another, and gets the same run di
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -223,15 +224,23 @@ class _Prepared:
     """A run directory made ready to fit its folds: the data, the image cache, the fold assignment, the trainer."""
 
     recipe: Any
+    host: Any
     tasks: dict[str, Task]
     tasks_meta: dict[str, dict[str, Any]]
     data: Any
     cache: Any
     assignment: dict[str, int]
     folds: list[int]
-    trainer: Any
     env: dict[str, Any]
     others: dict[str, list[Sample]]
+    emit: Callable[[Any], None]
+
+    @functools.cached_property
+    def trainer(self):
+        """Built when a fold is fitted here: preparing a sweep or gathering its folds needs no device."""
+        from lnzoo.train import Trainer
+        return Trainer(self.recipe, self.host, self.tasks, self.cache, on_event=self.emit,
+                       covariate_kinds=self.data.covariate_kinds)
 
     def fit_fold(self, k: int, rd: RunDir, emit: Callable[[Any], None]):
         return _fit_fold(k, len(self.folds), self.recipe, self.tasks, self.tasks_meta, self.data.pool,
@@ -246,7 +255,6 @@ def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool
 
     from lnzoo.checkpoint import environment
     from lnzoo.data.run_data import plan_folds, recipe_tasks
-    from lnzoo.train import Trainer
     from lnzoo.train.schedule import set_deterministic
 
     if not resume:
@@ -273,10 +281,9 @@ def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool
         rd.write_folds(assignment)
         rd.update_run(data_sha256=digest)
     folds = list(range(cfg["cv"]["folds"])) if cfg["cv"]["run_folds"] == "all" else list(cfg["cv"]["run_folds"])
-    trainer = Trainer(recipe, host, tasks, cache, on_event=emit, covariate_kinds=data.covariate_kinds)
     others = {part: samples for part, samples in (("test", data.test), ("external", data.external)) if samples}
-    return _Prepared(recipe, tasks, {n: t.as_dict() for n, t in tasks.items()}, data, cache, assignment, folds,
-                     trainer, environment(host), others)
+    return _Prepared(recipe, host, tasks, {n: t.as_dict() for n, t in tasks.items()}, data, cache, assignment, folds,
+                     environment(host), others, emit)
 
 
 def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool) -> dict[str, Any]:
@@ -313,12 +320,15 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
         "recipe": recipe.name, "main_task": cfg["tasks"]["main"], "data": prep.data.description, "folds_run": folds,
         "cross_validation": {"pooled": cv["pooled"], "mean_sd": cv["mean_sd"], "folds": fold_info}, **figures,
         **{f"{part}_note": f"mean probability of the {len(folds)} fold model(s)" for part in others}})
-    w = prep.trainer.world
-    if w.active:
+    trained = "trainer" in prep.__dict__  # a fold was fitted in this process (not a sweep's gathering)
+    w = prep.trainer.world if trained else None
+    if w is not None and w.active:
         rd.update_run(distributed={"processes": w.size, "backend": "nccl" if prep.trainer.device.type == "cuda"
                                    else "gloo", "per_process_batch": cfg["data"]["batch_size"] // w.size,
                                    "sync_bn": cfg["train"]["sync_bn"]})
-    rd.update_run(wall_seconds=round(time.perf_counter() - t_start, 1), device=str(prep.trainer.device),
+    if trained:
+        rd.update_run(device=str(prep.trainer.device))
+    rd.update_run(wall_seconds=round(time.perf_counter() - t_start, 1),
                   ran=what_ran(recipe, folds, {f["fold"]: f["epochs_run"] for f in fold_info}),
                   plugin_overrides=host.overrides, **prep.env)
     return rd.metrics()
@@ -342,6 +352,10 @@ def prepare_run(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None 
     return folds
 
 
+class FoldBusy(UsageError):
+    """Another job holds this fold's lock: a duplicate submission, not a failure of the fold."""
+
+
 def fit_fold_job(out_dir: Path, k: int, host=None, emit: Callable[[Any], None] | None = None) -> bool:
     """Fit fold ``k`` of a run directory :func:`prepare_run` made (one job of lnzoo sweep): its checkpoints,
     curves and ``fold{k}/result.json``, nothing else of the run, so the folds of one run can fit at the same
@@ -363,8 +377,10 @@ def fit_fold_job(out_dir: Path, k: int, host=None, emit: Callable[[Any], None] |
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        raise UsageError(f"{rd}: fold {k} is being fitted by another job") from None
+        raise FoldBusy(f"{rd}: fold {k} is being fitted by another job") from None
     try:
+        if rd.read_fold_result(k) is not None:  # finished by the job that held the lock a moment ago
+            return False
         recipe = resumed_recipe(rd, host)
         prep = _prepare(recipe, host, rd, emit, resume=True)
         if k not in prep.folds:

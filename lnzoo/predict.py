@@ -170,6 +170,9 @@ class Cascade:
             for j, i in enumerate(todo):
                 for c, v in zip(classes, proba[e.main][j]):
                     rows[i][f"p_{e.main}_{c}"] = round(float(v), 6)
+                for c, v in zip(classes, scaled[e.main][j]):  # what the stage's call was made on
+                    rows[i][f"cal_{e.main}_{c}"] = round(float(v), 6)
+                rows[i][f"{e.main}_threshold"] = threshold_text(e.info, e.main)
                 rows[i][f"stage{k + 1}"] = calls[j]
                 rows[i]["path"] = (rows[i]["path"] + " > " if rows[i]["path"] else "") + f"{e.main}:{calls[j]}"
             todo = [i for i, c in zip(todo, calls) if self.goes_on(k, c)]

@@ -57,13 +57,20 @@ class FoldJob(submitit.helpers.Checkpointable if submitit else object):
     (the checkpointable default), and the fold continues from its resume state."""
 
     def __call__(self, run_dir: str, fold: int, state: str) -> bool:
-        from lnzoo.pipeline import fit_fold_job
+        from lnzoo.pipeline import FoldBusy, fit_fold_job
 
-        _write_state(Path(state), state="running")
+        if RunDir(run_dir).read_fold_result(fold) is not None:
+            return False
         try:
+            _write_state(Path(state), state="running")
             fitted = fit_fold_job(Path(run_dir), fold)
-        except BaseException as exc:
+        except FoldBusy:
+            return False  # a duplicate: the job holding the fold writes its state
+        except Exception as exc:
             _write_state(Path(state), state="failed", error=f"{type(exc).__name__}: {exc}")
+            raise
+        except BaseException:  # pre-empted, timed out (submitit requeues it) or stopped: not a failure
+            _write_state(Path(state), state="interrupted")
             raise
         _write_state(Path(state), state="done")
         return fitted
@@ -181,6 +188,8 @@ def job_states(sweep_dir: Path, plan: dict[str, Any] | None = None) -> list[JobS
             state, detail = "pending", "" if attempts else "not submitted"
             if st.get("state") == "failed":
                 state, detail = "failed", st.get("error", "")
+            elif st.get("state") == "interrupted":
+                detail = f"interrupted at {st.get('at')} (pre-empted, timed out or stopped); continues when rerun"
             elif st.get("state") == "running":
                 if st.get("host") == socket.gethostname() and not _alive(int(st.get("pid", 0))):
                     state, detail = "failed", f"lost: its process {st.get('pid')} is gone"
@@ -202,7 +211,13 @@ def run_sweep(sweep_dir: Path, retries: int = 1, max_parallel: int = 0, host=Non
     plan = read_plan(sweep_dir)
     executor = make_executor(sweep_dir, plan["executor"])
     runs = {r["name"]: r for r in plan["runs"]}
-    held: dict[str, Any] = {}                 # key -> submitit job this process submitted
+    held: dict[str, Any] = {}                 # key -> submitit job this process submitted (or re-attached)
+    if plan["executor"]["kind"] == "slurm":  # --resume: follow the jobs Slurm still holds instead of doubling them
+        from submitit.slurm.slurm import SlurmJob
+        for st in job_states(sweep_dir, plan):
+            sub = plan["submitted"].get(f"{st.run}/fold{st.fold}") or {}
+            if st.state in ("pending", "running") and sub.get("job_id"):
+                held[f"{st.run}/fold{st.fold}"] = SlurmJob(folder=sweep_dir / JOBS / "%j", job_id=sub["job_id"])
     resubmitted: dict[str, list[str]] = {}    # key -> the errors that made it resubmit
     failed: dict[str, str] = {}
 
@@ -247,9 +262,17 @@ def run_sweep(sweep_dir: Path, retries: int = 1, max_parallel: int = 0, host=Non
             states = job_states(sweep_dir, plan)
             for name in runs:
                 mine = [s for s in states if s.run == name]
-                if name not in plan["gathered"] and all(s.state == "done" for s in mine):
-                    say(f"{name}: every fold fitted; writing its predictions, metrics and report")
-                    run_pipeline(None, sweep_dir / name, host=host, resume=True)
+                if name not in plan["gathered"] and f"{name}/gather" not in failed and all(s.state == "done"
+                                                                                           for s in mine):
+                    if RunDir(sweep_dir / name).status() != "finished":
+                        say(f"{name}: every fold fitted; writing its predictions, metrics and report")
+                        try:
+                            run_pipeline(None, sweep_dir / name, host=host, resume=True)
+                        except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
+                            failed[f"{name}/gather"] = f"{type(exc).__name__}: {exc}"
+                            say(f"{name}: gathering failed ({type(exc).__name__}: {exc}); its folds are kept, "
+                                f"`lnzoo sweep --resume {sweep_dir}` tries again")
+                            continue
                     plan["gathered"].append(name)
                     write_plan(sweep_dir, plan)
             open_jobs = [s for s in states if s.state in ("pending", "running")

@@ -66,6 +66,16 @@ def test_weighted_smoothed_loss_with_missing_labels_equals_the_loss_of_the_label
     assert torch.all(out["malignancy"].grad[[1, 4]] == 0)
 
 
+def test_a_batch_labelled_only_with_a_class_weighted_zero_gives_an_exact_zero():
+    out = {"malignancy": torch.randn(3, 2, requires_grad=True)}
+    tgt = {"malignancy": torch.tensor([1, MISSING, 1])}
+    task = {"malignancy": TASKS["malignancy"].with_options(label_smoothing=0.1)}
+    total, _ = MultiTaskLoss(task, {"malignancy": 1.0}, {"malignancy": np.array([1.0, 0.0])})(out, tgt)
+    assert float(total) == 0.0  # not 0/1e-12 of the smoothing term
+    total.backward()
+    assert torch.all(out["malignancy"].grad == 0)
+
+
 def test_balanced_weights_ignore_missing_and_absent_classes():
     w = balanced_class_weights(np.array([0, 0, 2, MISSING, MISSING]), 3)
     assert w[1] == 0 and w[0] == pytest.approx(3 / 4) and w[2] == pytest.approx(3 / 2)

@@ -251,9 +251,11 @@ RESUMABLE = _sets("train.epochs=3", "data.batch_size=8", "cv.run_folds=[0, 1]")
 
 
 def _start(out: Path, env) -> subprocess.Popen:
+    # SIGINT as at a terminal: a suite started in the background (`cmd &` in a script) has it ignored, and a
+    # child inherits that (Python then installs no KeyboardInterrupt handler), which a Ctrl-C test must not
     return subprocess.Popen([sys.executable, "-m", "lnzoo", "run", RECIPE, "--quick", *RESUMABLE, "--n-boot", "20",
                              "--out", str(out)], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
 
 
 def _wait_for(path: Path, proc: subprocess.Popen, timeout: float = 300) -> None:

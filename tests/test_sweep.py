@@ -107,3 +107,20 @@ def test_bad_sweep_options_are_named_before_anything_is_written(tmp_path):
             run_cli("sweep", *args)
         assert done.returncode == 2 and message in done.stderr, (args, done.stderr)
         assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_job_is_pending_and_lnzoo_run_resume_refuses_a_run_a_sweep_is_fitting(swept, tmp_path):
+    from lnzoo.rundir import RunDir
+    from lnzoo.sweep import job_states
+
+    copy = tmp_path / "s"
+    shutil.copytree(swept, copy)
+    run = copy / "stage1_aux-quick-seed0"
+    (run / "fold1" / "result.json").unlink()
+    state = copy / "jobs" / "state" / "stage1_aux-quick-seed0-fold1.json"
+    state.write_text(json.dumps({"state": "interrupted", "at": "then"}))
+    got = {s.fold: s for s in job_states(copy)}
+    assert got[1].state == "pending" and "interrupted" in got[1].detail  # requeued, not a failure
+    RunDir(run, writer=True).update_run(status="sweeping")
+    done = run_cli("run", "--resume", str(run))
+    assert done.returncode == 2 and "lnzoo sweep --resume" in done.stderr

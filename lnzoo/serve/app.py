@@ -190,8 +190,9 @@ def predict_model(model: ServedModel, sample) -> tuple[dict[str, Any], list[str]
     return task_results(model, raw, calibrated), used
 
 
-def gradcam(model: ServedModel, sample, folder: Path, host) -> tuple[dict[str, str], str | None]:
-    """Grad-CAM of the main task on the model's first fold member, per view present: {view: base64 PNG}."""
+def gradcam(model: ServedModel, sample, folder: Path, host, call: str) -> tuple[dict[str, str], str | None]:
+    """Grad-CAM of the main task's ``call`` (the class the page shows as called) on the model's first fold
+    member, per view present: {view: base64 PNG}."""
     from lnzoo.explain import explain
     from lnzoo.inference import Predictor
 
@@ -201,7 +202,7 @@ def gradcam(model: ServedModel, sample, folder: Path, host) -> tuple[dict[str, s
             from lnzoo.inference import load
             model.cam_model = load(Path(member.source).with_suffix(".safetensors"), host)
         member = model.cam_model
-    explain(member, [sample], folder, tasks=[model.main], host=host)
+    explain(member, [sample], folder, tasks=[model.main], class_index=call, host=host)
     with open(folder / "explain.csv", newline="", encoding="utf-8") as fh:
         rows = list(csv.DictReader(fh))
     return {r["view"]: base64.b64encode((folder / r["png"]).read_bytes()).decode("ascii") for r in rows}, None
@@ -215,7 +216,7 @@ def stage_entry(server: Server, k: int, sample, folder: Path, with_gradcam: bool
                              "members": len(model.ensemble.members), "main_task": model.main, "tasks": tasks,
                              "views_used": used}
     if with_gradcam:
-        cams, note = gradcam(model, sample, folder / f"gradcam{k + 1}", server.host)
+        cams, note = gradcam(model, sample, folder / f"gradcam{k + 1}", server.host, tasks[model.main]["call"])
         entry["gradcam"] = cams
         if note:
             entry["gradcam_note"] = note

@@ -68,13 +68,32 @@ def rank_device(device: torch.device, w: World) -> torch.device:
     return device
 
 
-def decided_by_rank0(flag: bool) -> bool:
-    """Rank 0's value of ``flag`` on every process: they stop (or go on) together, or DDP would wait forever."""
+def decided_by_rank0(flag: bool, device: torch.device) -> bool:
+    """Rank 0's value of ``flag`` on every process: they stop (or go on) together, or DDP would wait forever.
+    The tensor lives on the training device: NCCL has no CPU tensors."""
     import torch.distributed as dist
 
-    t = torch.tensor([int(flag)])
+    t = torch.tensor([int(flag)], device=device)
     dist.broadcast(t, 0)
     return bool(t.item())
+
+
+def on_any_rank(flag: bool, device: torch.device) -> bool:
+    """Whether ``flag`` holds on any process (a NaN loss on one must stop them all at the same step)."""
+    import torch.distributed as dist
+
+    t = torch.tensor([int(flag)], device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def global_sum(value: torch.Tensor) -> torch.Tensor:
+    """``value`` summed over the processes (without a gradient: it only scales a loss)."""
+    import torch.distributed as dist
+
+    total = value.detach().clone()
+    dist.all_reduce(total)
+    return total
 
 
 class RankShard(Sampler[int]):

@@ -136,7 +136,8 @@ class Trainer:
             base = sampler if sampler is not None else RandomSampler(ds, generator=gen)
             shard = distributed.RankShard(base, self.world)
             batch = distributed.per_rank_batch(self.data_cfg["batch_size"], self.world)
-            return DataLoader(ds, batch_size=batch, sampler=shard, generator=gen, num_workers=workers,
+            workers_gen = torch.Generator().manual_seed(seed + 7919 * self.world.rank)  # own augmentation draws
+            return DataLoader(ds, batch_size=batch, sampler=shard, generator=workers_gen, num_workers=workers,
                               drop_last=len(shard) > batch, pin_memory=self.pin_memory, persistent_workers=workers > 0,
                               worker_init_fn=seed_worker if workers else None)
         # a trailing batch of one sample breaks BatchNorm in training; dropping a partial batch is harmless
@@ -217,7 +218,7 @@ class Trainer:
                 raise TrainingDiverged(fold, run.epoch + 1, None, val_pred.loss, [], self.cfg["lr"])
             row = self._end_epoch(run, val_pred, loss)
             if self.world.active:  # rank 0's early-stopping decision holds for every process
-                run.stopped = distributed.decided_by_rank0(run.stopped)
+                run.stopped = distributed.decided_by_rank0(run.stopped, self.device)
             if state is not None and every and (run.epoch % every == 0 or run.stopped or run.epoch == epochs):
                 resume.save_fit(state, run)
             self.emit(events.EpochEnded(fold, epochs, row, run.result.best_value))
@@ -264,7 +265,7 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 outputs = run.forward(x, present, tab)
             loss, _ = loss_fn({k: v.float() for k, v in outputs.items()},
-                              {t: y[:, i] for i, t in enumerate(self.tasks)}, heads)
+                              {t: y[:, i] for i, t in enumerate(self.tasks)}, heads, world=self.world.size)
             if teacher is not None:
                 loss = loss + self.cfg["mean_teacher"]["weight"] * teacher.ramp(epoch, step, len(loader)) * \
                     teacher.loss(model, x, present, tab, outputs[self.main], y[:, main_col])
@@ -294,6 +295,11 @@ class Trainer:
         """Add the pending steps' losses to the running (sum, count) in step order, with one device-to-host
         copy; a non-finite one stops the fold, naming its step and its batch's images."""
         values = torch.stack([loss for _, loss, _, _ in pending]).tolist()
+        if self.world.active and distributed.on_any_rank(not all(map(math.isfinite, values)), self.device) \
+                and all(map(math.isfinite, values)):  # every process stops at this read-back, not only the one
+            raise LnzooError(f"fold {fold}, epoch {epoch + 1}: the training loss became non-finite on another "
+                             f"process by step {pending[-1][0]}, so every process stopped (that process names the "
+                             f"step and images). Usually train.lr ({self.cfg['lr']}) is too high for this model")
         for (step, _, n, idx), value in zip(pending, values):
             if not math.isfinite(value):
                 raise TrainingDiverged(fold, epoch + 1, step, value,
