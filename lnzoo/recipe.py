@@ -342,11 +342,9 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
     if train["method"] != "linear_probe" and isinstance(train["lr"], (int, float)) and train["lr"] <= 0:
         problems.append(f"train.lr: {train['lr']} trains nothing (the weights would stay as initialised and the "
                         "run would report an untrained model); give a positive learning rate, e.g. 0.01")
-    for key in ("amp", "channels_last"):
-        if isinstance(train[key], str) and train[key] != "auto":
-            problems.append(f"train.{key}: expected true, false or \"auto\", got {train[key]!r}")
-    if isinstance(train["sync_every"], str) and train["sync_every"] != "auto":
-        problems.append(f"train.sync_every: expected a positive whole number or \"auto\", got {train['sync_every']!r}")
+    for key, expected in (("amp", "true, false"), ("channels_last", "true, false"), ("sync_every", "a positive whole number")):
+        if isinstance(train[key], str) and train[key] != "auto":  # the schema takes any word: only "auto" is one
+            problems.append(f"train.{key}: expected {expected} or \"auto\", got {train[key]!r}")
     regex = out["data"]["patient_regex"]
     if isinstance(regex, str):
         try:
