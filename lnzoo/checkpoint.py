@@ -30,11 +30,13 @@ def environment(host) -> dict[str, Any]:
 
 # What a checkpoint's predictions depend on besides its tensors. The weights file carries a copy in its
 # safetensors header, so an edited sidecar (say, two class names swapped) is refused, not served.
-DEFINITION_KEYS = ("tasks", "class_maps", "views", "recipe", "preprocessing", "covariates", "temperature")
+DEFINITION_KEYS = ("tasks", "class_maps", "views", "recipe", "preprocessing", "covariates", "temperature", "inputs")
+_SINCE_0_2 = ("inputs",)  # defined only where a sidecar has them, so older checkpoints still verify
 
 
 def _definition(meta: dict[str, Any]) -> str:
-    return json.dumps({k: meta.get(k) for k in DEFINITION_KEYS}, sort_keys=True, ensure_ascii=False)
+    return json.dumps({k: meta.get(k) for k in DEFINITION_KEYS if k not in _SINCE_0_2 or meta.get(k) is not None},
+                      sort_keys=True, ensure_ascii=False)
 
 
 def save_checkpoint(model_or_state, stem: Path, meta: dict[str, Any]) -> Path:

@@ -105,7 +105,8 @@ def _list(kind: str, as_json: bool) -> None:
 LISTS = {"backbone": "the registered backbones ('timm' takes any timm model name)",
          "head": "the registered task heads; the default is marked",
          "fusion": "the registered view-fusion strategies; the default is marked",
-         "task": "the registered tasks with their classes and the label aliases (e.g. 良性, 肿大) each accepts"}
+         "task": "the registered tasks with their classes and the label aliases (e.g. 良性, 肿大) each accepts",
+         "input": "the registered input kinds besides the image views (data.inputs.NAME = {name = KIND, ...})"}
 
 
 def _lister(kind: str, what: str) -> Callable:
@@ -189,17 +190,15 @@ def _check_model(r, tasks, data) -> None:
 
     probe = copy.deepcopy(r)
     probe.data["model"]["backbone"] = {**probe.data["model"]["backbone"], "pretrained": False}
-    covariates = None
-    if r.data["data"]["covariates"]:
-        from lnzoo.data.covariates import CovariateEncoder
-        covariates = CovariateEncoder.fit(data.pool, r.data["data"]["covariates"], data.covariate_kinds,
-                                          r.data["data"]["missing_covariates"])
-    model = build_model(probe, _host(), tasks, covariates)
+    from lnzoo.inputs import fit_inputs
+    model = build_model(probe, _host(), tasks, fit_inputs(data.inputs, data.pool) if data.inputs else None)
     if r.data["train"]["method"] != "linear_probe":
         from lnzoo.model import require_trainable
         require_trainable(model)
-    console.print(f"[green]model ok[/]: {escape(str(r.data['model']['backbone'].get('model_name') or r.data['model']['backbone']['name']))} "
-                  "builds with the recipe's heads and fusion", highlight=False)
+    backbone = escape(str(r.data['model']['backbone'].get('model_name') or r.data['model']['backbone']['name'])) \
+        if model.views else "no image backbone (no view)"
+    console.print(f"[green]model ok[/]: {backbone} builds with the recipe's heads and fusion; fusion members "
+                  f"{', '.join(model.members)}", highlight=False)
 
 
 @app.command(cls=_Command)

@@ -5,7 +5,7 @@ They register on :data:`lnzoo.cli.app` (imported by it), so ``lnzoo --help`` lis
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Any, Annotated, Optional
 
 import typer
 from rich.markup import escape
@@ -19,24 +19,37 @@ from lnzoo.errors import UsageError
 @guarded
 def explain(checkpoint_or_run: Annotated[Path, typer.Argument(metavar="CHECKPOINT|RUN_DIR", help="A .safetensors checkpoint or a run directory "
                                                                   "(its fold 0 model).")],
-            images: Annotated[list[Path], typer.Argument(metavar="IMAGE", help="Images; for a full+crop model the crop is found "
-                                                               "through the -crop mirror folder.")],
-            out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the overlay PNGs and explain.csv.")],
+            images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAGE", help="Images; for a full+crop model the crop "
+                                                               "is found through the -crop mirror folder.")] = None,
+            out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the overlay PNGs and explain.csv.")] = Path("explain"),
+            manifest: Annotated[Optional[Path], typer.Option("--manifest", metavar="CSV", help="Rows to explain instead of "
+                                                             "IMAGEs: the model's view columns and its other inputs' columns (covariates, "
+                                                             "report text, mask).")] = None,
             task: Annotated[Optional[list[str]], typer.Option("--task", metavar="TASK", help="Explain only this head (repeatable).")] = None,
             method: Annotated[str, typer.Option("--method", metavar="gradcam|gradcam++", help="gradcam or gradcam++")] = "gradcam",
             class_: Annotated[Optional[str], typer.Option("--class", metavar="CLASS", help="Class to explain (default: predicted).")] = None,
             allow_partial: PartialOpt = False) -> None:
-    """Grad-CAM / Grad-CAM++ overlays per head, per class and per view.
+    """Grad-CAM / Grad-CAM++ overlays per head, per class and per view; for a model of several inputs also which
+    input mattered (occlusion.csv: the probability without each view, report, mask or covariates).
 
     Example: lnzoo explain runs/RUN node1.png node2.png --out cams --method gradcam++
     """
-    from lnzoo.explain import METHODS, explain as run_explain
+    from lnzoo.explain import METHODS, explain as run_explain, resolve_checkpoint
 
     if method not in METHODS:
         raise UsageError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
-    pngs = run_explain(checkpoint_or_run, images, out, tasks=task or None, method=method, class_index=class_,
-                       host=_host())
+    if bool(images) == bool(manifest):
+        raise UsageError("give IMAGEs or --manifest CSV (one of them)")
+    source: Any = checkpoint_or_run
+    if manifest:
+        from lnzoo.data.samples import read_serving_manifest
+        from lnzoo.inference import load
+        source = load(resolve_checkpoint(checkpoint_or_run), _host())
+        images = read_serving_manifest(manifest, source.views, source.recipe["data"])
+    pngs = run_explain(source, images, out, tasks=task or None, method=method, class_index=class_, host=_host())
     console.print(f"{len(pngs)} overlay(s) written to {out} (index: {out / 'explain.csv'})")
+    if (out / "occlusion.csv").is_file():
+        console.print(f"which input mattered: {out / 'occlusion.csv'} (the probability without each input)")
 
 
 @app.command(cls=_Command)

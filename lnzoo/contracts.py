@@ -1,10 +1,11 @@
-"""What a backbone, fusion and head must provide (torch-free), and the one place a head's optional methods resolve.
+"""What a backbone, fusion, head and input kind must provide (torch-free), and the one place a head's optional methods resolve.
 
 Components are ``torch.nn.Module``s built by the factories of :mod:`lnzoo.hookspecs`. Factory attributes:
 ``max_views`` (a fusion's view limit), ``lnzoo_check_kwargs`` (small arguments for :mod:`lnzoo.testing`).
 """
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,6 +51,50 @@ class Head(Protocol):
 
     def forward(self, x: Tensor) -> Tensor:
         """(B, in_features) -> (B, K')."""
+
+
+@runtime_checkable
+class InputKind(Protocol):
+    """One kind of input besides the image views (report text, morphology, covariates, a feature vector).
+
+    Built once per run from ``data.inputs.NAME = {name = KIND, column = ..., **options}`` by
+    ``factory(**options)``. Lifecycle: ``check`` sees every row of the run once (before the folds);
+    ``fit`` sees one fold's training part only and returns the fitted state (a vocabulary, a scaler),
+    which the checkpoint sidecar stores as JSON; ``encode`` turns one sample into a fixed-shape array
+    (None: the input is missing for it, handled like a missing view); ``encoder`` builds the trainable
+    module whose output joins the image views' features in the fusion.
+    """
+
+    column: str  # the manifest column it reads (a cell's text, or a path relative to the manifest)
+    dtype: str  # "float32" or "int64": what ``encode`` returns
+    # optional: ``reads = "text"`` when the cell is the input itself (served as a form field); default "file"
+
+    def check(self, samples: Sequence[Any], problems: list[str]) -> set[int]:
+        """Every row of the run: append "file:line: reason" per bad cell; return the indices of the bad rows."""
+
+    def fit(self, samples: Sequence[Any]) -> dict[str, Any]:
+        """The state fitted on a fold's training part only; JSON-serialisable."""
+
+    def shape(self, state: Mapping[str, Any]) -> tuple[int, ...]:
+        """The shape of one encoded sample."""
+
+    def encode(self, sample: Any, state: Mapping[str, Any]) -> Any:
+        """One sample -> numpy array of ``shape(state)`` and ``dtype``, or None when the input is missing."""
+
+    def encoder(self, state: Mapping[str, Any], out_features: int) -> nn.Module:
+        """The module mapping a batch (B, *shape) to features (B, out_features)."""
+
+
+def input_note(kind: Any) -> str | None:
+    """An input kind's optional ``data_note()``: one line on what its ``check`` saw (e.g. "3 reports truncated")."""
+    note = getattr(kind, "data_note", None)
+    return note() if callable(note) else None
+
+
+def input_feature_names(kind: Any, state: Mapping[str, Any]) -> list[str] | None:
+    """The names of an input kind's encoded features (a feature vector's columns), when it has them."""
+    names = getattr(kind, "feature_names", None)
+    return list(names(state)) if callable(names) else None
 
 
 def missing_members(obj: Any, proto: type) -> list[str]:

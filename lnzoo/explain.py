@@ -77,7 +77,7 @@ def _class_indices(class_index: Any, predicted: torch.Tensor, num_classes: int) 
 
 
 def compute_cams(model, x: torch.Tensor, present: torch.Tensor | None, task: str, class_index: Any = None,
-                 method: str = "gradcam", tab: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                 method: str = "gradcam", inputs: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
     """CAMs of one task head for every view: {view: (B, H, W) in [0, 1], "proba": (B, K), "class_index": (B,)}.
 
     The target is the class logit, or the log class probability for heads that define
@@ -112,7 +112,7 @@ def compute_cams(model, x: torch.Tensor, present: torch.Tensor | None, task: str
             with ExitStack() as stack:
                 for i, backbone in enumerate(model.backbones):
                     stack.callback(backbone.cam_module().register_forward_hook(capture(i)).remove)
-                outputs = model(x, present, tab)
+                outputs = model(x, present, inputs)
             logits = outputs[task]
             proba = model.probabilities({task: logits})[task]
             idx = _class_indices(class_index, proba.argmax(1), proba.shape[1])
@@ -257,29 +257,39 @@ def explain(checkpoint_or_run: Any, images: Sequence[Any], out_dir: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     rows: list[list[Any]] = []
+    occluded: list[dict[str, Any]] = []
     stems: dict[str, int] = {}
     for n, item in enumerate(samples):
         sample = {v: item.views.get(v) for v in views}
         pixels = {view: None if p is None else predictor.cache.get(p, item.origin, item.rois.get(view))
                   for view, p in sample.items()}
-        x, present, _, _, tab = dataset[n]
-        x, present, tab = x[None], present[None], (tab[None] if tab.numel() else None)
-        first = next(p for p in sample.values() if p is not None)
-        stem = f"{prefixes[n]}_{first.stem}" if prefixes else first.stem
+        x, present, _, _, inputs = dataset[n]
+        x, present, inputs = x[None], present[None], {k: v[None] for k, v in inputs.items()}
+        first = next((p for p in sample.values() if p is not None), None)
+        base = first.stem if first is not None else _safe(item.origin)
+        stem = f"{prefixes[n]}_{base}" if prefixes else base
+        changes = member_occlusion(model, x, present, inputs) if len(model.members) > 1 else {}
         stems[stem] = stems.get(stem, 0) + 1
         if stems[stem] > 1:  # two inputs with one file name must not overwrite each other's PNGs
             stem = f"{stem}-{stems[stem]}"
         for task in chosen:
-            cams = compute_cams(model, x, present, task, targets[task], method, tab)
+            cams = compute_cams(model, x, present, task, targets[task], method, inputs)
             proba = cams["proba"][0]
             idx = int(cams["class_index"][0])
             pred = int(proba.argmax())
             cls = classes[task][idx]
+            without = {m: float(p[task][0, idx]) for m, p in changes.items()}
+            for member, p in without.items():
+                occluded.append({"sample": str(first or item.origin), "task": task, "class": cls,
+                                 "p_all": f"{float(proba[idx]):.6f}", "removed": member, "p_without": f"{p:.6f}",
+                                 "change": f"{p - float(proba[idx]):+.6f}"})
             for view, arr in pixels.items():
                 if arr is None:
                     continue
                 lines = [f"{task}: {classes[task][pred]} p={float(proba[pred]):.3f}",
                          f"{method} for {cls} (p={float(proba[idx]):.3f}) | view {view}"]
+                if without:  # which input mattered: the probability without each one
+                    lines.append("without " + ", ".join(f"{m} {p - float(proba[idx]):+.2f}" for m, p in without.items()))
                 # a blank or uniform overlay must not read as a rendering failure
                 if not bool(cams[view].any()):
                     lines.append("no positive evidence for this class at the CAM layer")
@@ -293,7 +303,37 @@ def explain(checkpoint_or_run: Any, images: Sequence[Any], out_dir: str | Path,
                              f"{float(proba[pred]):.6f}", true or "", method, png.name])
     header = ["image", "task", "view", "class", "probability", "predicted", "p_predicted", "true", "method", "png"]
     write_atomic(out_dir / "explain.csv", csv_text(header, [dict(zip(header, r)) for r in rows]))
+    if occluded:
+        write_atomic(out_dir / "occlusion.csv", csv_text(list(occluded[0]), occluded))
     return written
+
+
+@torch.no_grad()
+def member_occlusion(model, x: torch.Tensor, present: torch.Tensor, inputs: dict[str, torch.Tensor]
+                     ) -> dict[str, dict[str, torch.Tensor]]:
+    """Per-input occlusion: {member: class probabilities per task with that member removed}, for each view or
+    other input present in the (one-sample) batch; removing is what a missing input does (present False)."""
+    members = model.members
+    full = present.bool()
+    if full.shape[1] < len(members):  # the views' mask only: the given inputs are present
+        full = torch.cat([full, torch.tensor([[n in inputs for n in members[full.shape[1]:]]])], dim=1)
+    drop = [j for j in range(len(members)) if bool(full[0, j])]
+    if len(drop) < 2:
+        return {}
+    masks = full.repeat(len(drop), 1)
+    for row, j in enumerate(drop):
+        masks[row, j] = False
+    k = len(drop)
+    xx = x.repeat(k, *([1] * (x.dim() - 1)))
+    xx = xx * masks[:, :x.shape[1], None, None, None].to(xx.dtype) if x.shape[1] else xx
+    given = {name: t.repeat(k, *([1] * (t.dim() - 1))) for name, t in inputs.items()}
+    was = model.training
+    model.eval()
+    try:
+        probs = model.probabilities({t: o.float() for t, o in model(xx, masks, given).items()})
+    finally:
+        model.train(was)
+    return {members[j]: {t: p[row:row + 1] for t, p in probs.items()} for row, j in enumerate(drop)}
 
 
 def explain_examples(run_dir: str | Path, n_correct: int = 2, n_wrong: int = 2, host=None) -> list[Path]:
@@ -311,6 +351,8 @@ def explain_examples(run_dir: str | Path, n_correct: int = 2, n_wrong: int = 2, 
     main = sidecar["recipe"]["tasks"]["main"]
     classes = list(sidecar["tasks"][main]["classes"])
     views = list(sidecar["views"])
+    if not views:  # a model of other inputs only (report, morphology): no image to overlay
+        return []
     rows = [r for r in rd.read_predictions()[1] if r["part"] == "cv" and r["fold"] == str(k) and r[f"{main}_true"]]
     scored = []
     for r in rows:

@@ -47,3 +47,10 @@ def lnzoo_register_fusions(register: "Register") -> None:
 @hookspec
 def lnzoo_register_tasks(register: "Register") -> None:
     """Register tasks: ``factory() -> lnzoo.tasks.Task`` (or a Task itself); fires once at start-up."""
+
+
+# --- inputs -----------------------------------------------------------------------------------
+
+@hookspec
+def lnzoo_register_inputs(register: "Register") -> None:
+    """Register input kinds: ``factory(column=..., **kw) -> contracts.InputKind``; fires once at start-up."""

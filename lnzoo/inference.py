@@ -1,7 +1,7 @@
 """The one way to load a checkpoint and predict with it.
 
 :func:`load` turns a ``.safetensors`` checkpoint and its JSON sidecar into a :class:`Predictor`
-(model, tasks, preprocessing, views, covariate encoder, calibration); :meth:`Predictor.predict`
+(model, tasks, preprocessing, views, fitted inputs, calibration); :meth:`Predictor.predict`
 is the one inference loop. The fit loop builds a Predictor around the model it is training, so
 validation, held-out predictions, ``evaluate``, ``predict``, ``explain``, ``select`` and the cascade
 all score images the same way.
@@ -45,7 +45,7 @@ class Predictor:
     tasks: dict[str, Task]
     preprocessing: Preprocessing
     views: list[str]
-    covariates: Any = None                      # a fitted CovariateEncoder, or None
+    inputs: Any = None                          # the fitted lnzoo.inputs.Inputs (covariates, text...), or None
     tta: str = "none"
     temperature: dict[str, float | None] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)  # the sidecar (empty while training)
@@ -70,15 +70,17 @@ class Predictor:
 
     def dataset(self, samples: Sequence[Sample], augment=None, view_dropout: float = 0.0) -> NodeDataset:
         return NodeDataset(samples, self.views, list(self.tasks), self.cache, augment, view_dropout=view_dropout,
-                           covariates=self.covariates)
+                           inputs=self.inputs)
 
-    def to_device(self, x: torch.Tensor, *rest: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def to_device(self, x: torch.Tensor, *rest: Any) -> tuple[Any, ...]:
+        """A batch's tensors (and dicts of tensors: the encoded inputs) on the model's device and layout."""
         nb = self.device.type == "cuda"
         x = x.to(self.device, non_blocking=nb)
-        if self.channels_last:
+        if self.channels_last and x.shape[1]:
             b, v = x.shape[:2]
             x = x.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(b, v, *x.shape[2:])
-        return (x, *(t.to(self.device, non_blocking=nb) for t in rest))
+        return (x, *({k: v.to(self.device, non_blocking=nb) for k, v in t.items()} if isinstance(t, dict)
+                     else t.to(self.device, non_blocking=nb) for t in rest))
 
     @torch.no_grad()
     def predict(self, samples: Sequence[Sample] | NodeDataset, loss_fn=None, batch_size: int = 64) -> Predictions:
@@ -89,10 +91,10 @@ class Predictor:
         probs: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         total, seen = 0.0, 0
         for start in range(0, len(ds), batch_size):  # in this thread, in order: no loader machinery per call
-            x, present, y, _, tab = default_collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
-            x, present, y, tab = self.to_device(x, present, y, tab)
+            x, present, y, _, inputs = default_collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
+            x, present, y, inputs = self.to_device(x, present, y, inputs)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                outputs, batch_probs = predict_probabilities(self.model, x, present, tab, self.tta)
+                outputs, batch_probs = predict_probabilities(self.model, x, present, inputs, self.tta)
             if loss_fn is not None:
                 loss, _ = loss_fn(outputs, {t: y[:, i] for i, t in enumerate(self.tasks)}, dict(self.model.heads))
                 total += float(loss) * len(y)
@@ -167,11 +169,13 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     recipe = resolve(meta["recipe"], host=host, source=meta.get("recipe_source"))
     recipe.data["model"]["backbone"] = {**recipe.data["model"]["backbone"], "pretrained": False}
     tasks = {name: Task.from_dict(d, source=f"{weights} sidecar") for name, d in meta["tasks"].items()}
-    covariates = None
-    if meta.get("covariates"):
-        from lnzoo.data.covariates import CovariateEncoder
-        covariates = CovariateEncoder.from_dict(meta["covariates"])
-    model = build_model(recipe, host, tasks, covariates)
+    from lnzoo.inputs import Inputs
+    if meta.get("covariates") and not meta.get("inputs"):
+        raise UsageError(f"{weights}: written by lnzoo {meta.get('versions', {}).get('lnzoo', '< 0.2')}, which joined "
+                         "clinical covariates after the fusion; this version fuses them as an input like a view. "
+                         "Retrain the run (lnzoo run) to use it here")
+    inputs = Inputs.from_meta(meta.get("inputs"), host, source=str(weights))
+    model = build_model(recipe, host, tasks, inputs)
     _check_fits(model, state, tasks, weights)
     model.load_state_dict(state)
     model.eval()
@@ -182,7 +186,7 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     model = model.to(settings.get("device", "cpu"))
     if settings["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    return Predictor(model, tasks, preprocessing_of(meta), list(meta["views"]), covariates,
+    return Predictor(model, tasks, preprocessing_of(meta), list(meta["views"]), inputs,
                      tta=meta["recipe"].get("train", {}).get("tta", "none"), temperature=meta.get("temperature") or {},
                      meta=meta, source=weights, **settings)
 

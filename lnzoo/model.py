@@ -15,37 +15,59 @@ def _kwargs(table: Mapping[str, Any]) -> dict[str, Any]:
 
 
 class LnzooModel(nn.Module):
-    """One backbone pass per view serves every head; heads see the fused features."""
+    """One backbone pass per view serves every head; the fusion fuses the views' features and each other
+    input's encoded features (its members); heads see the fused features."""
 
     def __init__(self, backbones: nn.ModuleList, fusion: nn.Module, heads: nn.ModuleDict, views: Sequence[str],
-                 tabular: nn.Module | None = None):
+                 inputs: nn.ModuleDict | None = None, member_features: int = 0):
         super().__init__()
         self.backbones, self.fusion, self.heads = backbones, fusion, heads
         self.views = list(views)
-        self.tabular = tabular  # embeds clinical covariates; its output joins the fused image features
+        self.inputs = inputs if inputs is not None else nn.ModuleDict()  # input name -> its encoder
+        self.member_features = member_features  # the width of every fusion member
 
     @property
     def shared_backbone(self) -> bool:
         return len(self.backbones) == 1
 
+    @property
+    def members(self) -> list[str]:
+        """The fusion's members in order: the image views, then the other inputs."""
+        return [*self.views, *self.inputs]
+
     def features(self, x: torch.Tensor, present: torch.Tensor | None = None,
-                 tab: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (B, V, 3, H, W) (+ covariates (B, C)) -> fused features (B, F)."""
+                 inputs: Mapping[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """x: (B, V, 3, H, W), present (B, V + inputs) (or (B, V): the given inputs count as present), inputs
+        {name: (B, ...)} -> fused features (B, F). An input not given is missing for every sample."""
         b, v = x.shape[:2]
-        if self.shared_backbone:
+        if not v:
+            per_view: tuple[torch.Tensor, ...] = ()
+        elif self.shared_backbone:
             per_view = self.backbones[0](x.flatten(0, 1)).view(b, v, -1).unbind(1)  # one batched pass
         else:
             per_view = tuple(self.backbones[i](x[:, i]) for i in range(v))
-        fused = self.fusion(list(per_view), present)
-        if self.tabular is None:
-            return fused
-        if tab is None or tab.numel() == 0:  # no covariates given: every one is "missing"
-            tab = self.tabular.missing_row.expand(b, -1)
-        return torch.cat([fused, self.tabular(tab.to(fused.dtype))], dim=1)
+        members = list(per_view)
+        if not len(self.inputs):
+            return self.fusion(members, present)
+        given = inputs or {}
+        if present is None:
+            present = torch.ones(b, v, dtype=torch.bool, device=x.device)
+        if present.shape[1] == v:  # the views' mask only: an input counts as present where it is given
+            present = torch.cat([present.bool(), torch.tensor([[n in given for n in self.inputs]], device=x.device)
+                                 .expand(b, -1)], dim=1)
+        for name, encoder in self.inputs.items():
+            if name in given:
+                members.append(encoder(given[name]))
+            else:
+                members.append(torch.zeros(b, self.member_features, device=x.device,
+                                           dtype=members[0].dtype if members else torch.float32))
+        if members and per_view:  # autocast may leave the encoders' outputs in another dtype than the backbone's
+            members = [m.to(per_view[0].dtype) for m in members]
+        return self.fusion(members, present)
 
     def forward(self, x: torch.Tensor, present: torch.Tensor | None = None,
-                tab: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
-        fused = self.features(x, present, tab)
+                inputs: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+        fused = self.features(x, present, inputs)
         return {task: head(fused) for task, head in self.heads.items()}
 
     def probabilities(self, outputs: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -55,70 +77,63 @@ class LnzooModel(nn.Module):
 
 
 def predict_probabilities(model: LnzooModel, x: torch.Tensor, present: torch.Tensor | None = None,
-                          tab: torch.Tensor | None = None, tta: str = "none"
+                          inputs: Mapping[str, torch.Tensor] | None = None, tta: str = "none"
                           ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """(raw outputs, class probabilities) per task; ``tta="hflip"`` averages the probabilities of the
     image and its mirror image (probabilities, not logits, so ordinal heads average correctly)."""
     if tta == "none":
-        outputs = {k: v.float() for k, v in model(x, present, tab).items()}
+        outputs = {k: v.float() for k, v in model(x, present, inputs).items()}
         return outputs, model.probabilities(outputs)
     if tta != "hflip":
         raise UsageError(f"unknown test-time augmentation {tta!r}; use 'none' or 'hflip'")
     # the image and its mirror in one forward pass (an eval-mode model treats samples independently)
     n = x.shape[0]
     xx = torch.cat([x, x.flip(-1)])
-    if x.dim() == 5 and x.flatten(0, 1).is_contiguous(memory_format=torch.channels_last):  # keep NHWC
+    if x.dim() == 5 and x.shape[1] and x.flatten(0, 1).is_contiguous(memory_format=torch.channels_last):  # NHWC
         xx = xx.flatten(0, 1).contiguous(memory_format=torch.channels_last).view(xx.shape)
-    both = {k: v.float() for k, v in model(xx, None if present is None else present.repeat(2, 1),
-                                           None if tab is None else tab.repeat(2, 1)).items()}
+    twice = {k: t.repeat(2, *([1] * (t.dim() - 1))) for k, t in (inputs or {}).items()}
+    both = {k: v.float() for k, v in model(xx, None if present is None else present.repeat(2, 1), twice).items()}
     outputs = {k: v[:n] for k, v in both.items()}
     probs = model.probabilities(outputs)
     mirrored = model.probabilities({k: v[n:] for k, v in both.items()})
     return outputs, {t: 0.5 * (probs[t] + mirrored[t]) for t in probs}
 
 
-class CovariateEmbedding(nn.Module):
-    """Encoded clinical covariates (B, C) -> (B, hidden); ``missing_row`` encodes "all missing"."""
-
-    def __init__(self, width: int, hidden: int, missing_row: torch.Tensor):
-        super().__init__()
-        self.net = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, hidden))
-        self.register_buffer("missing_row", missing_row.view(1, -1).float())
-        self.out_features = hidden
-
-    def forward(self, tab: torch.Tensor) -> torch.Tensor:
-        return self.net(tab)
+DEFAULT_MEMBER_FEATURES = 128  # a model without image views encodes its inputs to this width
 
 
-def build_model(recipe, host, tasks: Mapping[str, Any], covariates=None) -> LnzooModel:
+def build_model(recipe, host, tasks: Mapping[str, Any], inputs=None) -> LnzooModel:
     """Build the model a resolved recipe describes (random init unless the backbone loads weights).
 
-    ``covariates`` is the fitted CovariateEncoder when the recipe names ``data.covariates``.
+    ``inputs`` are the fitted :class:`lnzoo.inputs.Inputs` (covariates, text, morphology...) when the recipe has any.
     """
     model_cfg = recipe.data["model"]
     views = recipe.data["data"]["views"]
     bb_table = model_cfg["backbone"]
-    bb_entry = host.get("backbone", bb_table["name"])
-    n_backbones = 1 if model_cfg["shared_backbone"] else len(views)
-    backbones = nn.ModuleList(bb_entry.build(**_kwargs(bb_table)) for _ in range(n_backbones))
-    width = backbones[0].num_features
+    n_backbones = 0 if not views else 1 if model_cfg["shared_backbone"] else len(views)
+    if n_backbones:
+        bb_entry = host.get("backbone", bb_table["name"])
+        backbones = nn.ModuleList(bb_entry.build(**_kwargs(bb_table)) for _ in range(n_backbones))
+        width = backbones[0].num_features
+    else:
+        backbones, width = nn.ModuleList(), DEFAULT_MEMBER_FEATURES
+    width = model_cfg.get("input_features") or width
+    encoders = inputs.encoders(width) if inputs else None
+    if n_backbones and width != backbones[0].num_features:
+        raise UsageError(f"model.input_features = {width}, but the backbone's features are "
+                         f"{backbones[0].num_features} wide; every fusion member has the backbone's width "
+                         "(leave model.input_features at 0)")
+    members = len(views) + (len(encoders) if encoders is not None else 0)
     fusion_table = model_cfg["fusion"]
     try:
-        fusion = host.get("fusion", fusion_table["name"]).build(len(views), width, **_kwargs(fusion_table))
+        fusion = host.get("fusion", fusion_table["name"]).build(members, width, **_kwargs(fusion_table))
     except ValueError as exc:
         raise UsageError(f"model.fusion: {exc}") from None
-    tabular = None
-    width = fusion.out_features
-    if covariates is not None and covariates.width:
-        from lnzoo.data.samples import Sample
-        missing = torch.from_numpy(covariates.transform(Sample({}, "", {}, "")))
-        tabular = CovariateEmbedding(covariates.width, model_cfg["covariate_hidden"], missing)
-        width += tabular.out_features
     heads = nn.ModuleDict()
     for name, task in tasks.items():
         table = recipe.head_table(name)
-        heads[name] = host.get("head", table["name"]).build(width, task.num_classes, **_kwargs(table))
-    return LnzooModel(backbones, fusion, heads, views, tabular)
+        heads[name] = host.get("head", table["name"]).build(fusion.out_features, task.num_classes, **_kwargs(table))
+    return LnzooModel(backbones, fusion, heads, views, encoders, width)
 
 
 def require_trainable(model: nn.Module) -> None:

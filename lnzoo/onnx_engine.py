@@ -7,6 +7,8 @@ too), so ONNX Runtime returns what :meth:`lnzoo.inference.Predictor.predict` ret
 """
 from __future__ import annotations
 
+import functools
+
 import contextlib
 import io
 import warnings
@@ -35,7 +37,9 @@ def export_onnx(weights: Path, out: Path, host=None, batch: int = 3) -> float:
 
     predictor = load(weights, host)
     model, tasks, views = predictor.model.eval(), list(predictor.tasks), predictor.views
-    with_tab = predictor.covariates is not None
+    extra = list(predictor.inputs or [])  # the other inputs: one graph input each, named after the input
+    members = len(views) + len(extra)
+    size = predictor.preprocessing.image_size
 
     class Exportable(torch.nn.Module):
         def __init__(self):
@@ -43,27 +47,29 @@ def export_onnx(weights: Path, out: Path, host=None, batch: int = 3) -> float:
             self.model = model
 
         def forward(self, *inputs):
-            x = torch.stack(inputs[:len(views)], dim=1)
-            tab = inputs[len(views) + 1] if with_tab else None
-            _, probs = predict_probabilities(self.model, x, inputs[len(views)], tab, predictor.tta)
+            x = torch.stack(inputs[:len(views)], dim=1) if views else inputs[len(views)].new_zeros(
+                inputs[len(views)].shape[0], 0, 3, size, size, dtype=torch.float32)
+            given = {item.name: t for item, t in zip(extra, inputs[len(views) + 1:])}
+            _, probs = predict_probabilities(self.model, x, inputs[len(views)], given, predictor.tta)
             return tuple(probs[t] for t in tasks)
 
-    size = predictor.preprocessing.image_size
     gen = torch.Generator().manual_seed(0)
     example = [torch.randn(batch, 3, size, size, generator=gen) for _ in views]
-    example.append(torch.ones(batch, len(views), dtype=torch.bool))
-    names = [*views, "present"]
-    if with_tab:
-        example.append(torch.randn(batch, predictor.covariates.width, generator=gen))
-        names.append("covariates")
+    example.append(torch.ones(batch, members, dtype=torch.bool))
+    names = [*views, "present", *(item.name for item in extra)]
+    for item in extra:  # int64 inputs (token ids): small ids, 0 being padding
+        example.append(torch.randint(0, 2, (batch, *item.shape), generator=gen) if item.kind.dtype == "int64"
+                       else torch.randn(batch, *item.shape, generator=gen))
     wrapper = Exportable().eval()
     checks = [example]
-    if len(views) > 1:  # and rows with a view missing (zeros, as a missing upload reads): the fusion's masking
-        present = torch.ones(batch, len(views), dtype=torch.bool)
+    if members > 1:  # and rows with a member missing (zeros, as a missing upload reads): the fusion's masking
+        present = torch.ones(batch, members, dtype=torch.bool)
         for row in range(1, batch):
-            present[row, (row - 1) % len(views)] = False
+            present[row, (row - 1) % members] = False
         missing = [x * present[:, i, None, None, None] for i, x in enumerate(example[:len(views)])]
-        checks.append([*missing, present, *example[len(views) + 1:]])
+        rest = [t * present[:, len(views) + i].view(-1, *([1] * (t.dim() - 1))).to(t.dtype)
+                for i, t in enumerate(example[len(views) + 1:])]
+        checks.append([*missing, present, *rest])
     with torch.no_grad():
         references = [[p.numpy() for p in wrapper(*c)] for c in checks]
     tmp = out.with_name(f".{out.name}.tmp")
@@ -97,16 +103,15 @@ def culprit(model, recipe: dict[str, Any], size: int) -> str:
     recipe names it; "one of its components" when each alone traces."""
     import torch
 
-    cfg, views = recipe.get("model", {}), len(model.views)
+    cfg, views, members = recipe.get("model", {}), len(model.views), len(model.members)
     backbone = cfg.get("backbone", {})
     images = torch.randn(2, 3, size, size)
-    present = torch.ones(2, views, dtype=torch.bool)
-    with torch.no_grad():
-        feats = model.backbones[0](images)
-        width = model.features(images.unsqueeze(1).expand(-1, views, -1, -1, -1), present).shape[1]
+    present = torch.ones(2, members, dtype=torch.bool)
+    feats = torch.randn(2, model.member_features)
+    width = model.fusion([feats] * members, present).shape[1]
     parts = [(f"backbone {' '.join(str(backbone[k]) for k in ('name', 'model_name') if backbone.get(k))!r}",
-              model.backbones[0], (images,)),
-             (f"fusion {(cfg.get('fusion') or {}).get('name')!r}", model.fusion, ([feats] * views, present))]
+              model.backbones[0], (images,))] if views else []
+    parts.append((f"fusion {(cfg.get('fusion') or {}).get('name')!r}", model.fusion, ([feats] * members, present)))
     for task, head in model.heads.items():
         name = (cfg.get("heads", {}).get(task) or cfg.get("head") or {}).get("name")
         parts.append((f"head {name!r} (task {task!r})", HeadProbabilities(head), (torch.randn(2, width),)))
@@ -204,22 +209,25 @@ class OnnxPredictor:
     def temperature(self) -> dict[str, float | None]:
         return self.meta.get("temperature") or {}
 
-    @property
-    def covariates(self):
-        """The fitted covariate encoder, or None."""
-        from lnzoo.data.covariates import CovariateEncoder
-        return CovariateEncoder.from_dict(self.meta["covariates"]) if self.meta.get("covariates") else None
+    @functools.cached_property
+    def inputs(self):
+        """The fitted inputs besides the views (covariates, text...), rebuilt from the sidecar."""
+        from lnzoo.inputs import Inputs
+        from lnzoo.plugins import get_host
+        return Inputs.from_meta(self.meta.get("inputs"), get_host(), source=str(self.source))
 
     @property
     def preprocessing(self) -> Preprocessing:
         return preprocessing_of(self.meta)
 
-    def inputs(self, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
-        """The graph's inputs for ``samples``: normalised float32 NCHW per view, the present mask, covariates."""
+    def feeds(self, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
+        """The graph's inputs for ``samples``: normalised float32 NCHW per view, the present mask of every member,
+        each other input encoded as the model's dataset encodes it."""
         pre = self.preprocessing
         size = pre.image_size
         feeds = {v: np.zeros((len(samples), 3, size, size), dtype=np.float32) for v in self.views}
-        present = np.zeros((len(samples), len(self.views)), dtype=bool)
+        extra = self.inputs
+        present = np.zeros((len(samples), len(self.views) + len(extra)), dtype=bool)
         for i, s in enumerate(samples):
             for j, view in enumerate(self.views):
                 path = s.views.get(view)
@@ -228,16 +236,18 @@ class OnnxPredictor:
                 arr = load_image(path, pre, s.origin, s.rois.get(view), pre.roi_margin)
                 feeds[view][i] = normalise(arr.transpose(2, 0, 1), pre)
                 present[i, j] = True
+        if extra:
+            encoded = [extra.encode(s) for s in samples]
+            for item in extra:
+                feeds[item.name] = np.stack([arrays[item.name] for arrays, _ in encoded])
+            present[:, len(self.views):] = np.array([given for _, given in encoded], dtype=bool).reshape(len(samples), -1)
         feeds["present"] = present
-        enc = self.covariates
-        if enc is not None:
-            feeds["covariates"] = np.stack([enc.transform(s) for s in samples]).astype(np.float32)
         return feeds
 
     def predict(self, samples: Sequence[Sample], batch_size: int = 32) -> OnnxPredictions:
         out: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         for start in range(0, len(samples), batch_size):
-            got = self.session.run(list(self.tasks), self.inputs(samples[start:start + batch_size]))
+            got = self.session.run(list(self.tasks), self.feeds(samples[start:start + batch_size]))
             for t, p in zip(self.tasks, got):
                 p = p.astype(np.float64)
                 out[t].append(p / p.sum(1, keepdims=True))

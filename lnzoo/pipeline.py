@@ -150,7 +150,7 @@ def data_digest(data) -> str:
     h = hashlib.sha256()
     for part, samples in (("cv", data.pool), ("test", data.test), ("external", data.external)):
         for s in samples:
-            h.update(f"{part}|{s.key}|{s.patient}|{sorted(s.labels.items())}|{sorted(s.covariates.items())}\n"
+            h.update(f"{part}|{s.key}|{s.patient}|{sorted(s.labels.items())}|{sorted(s.cells.items())}\n"
                      .encode("utf-8"))
     return h.hexdigest()
 
@@ -240,7 +240,7 @@ class _Prepared:
         """Built when a fold is fitted here: preparing a sweep or gathering its folds needs no device."""
         from lnzoo.train import Trainer
         return Trainer(self.recipe, self.host, self.tasks, self.cache, on_event=self.emit,
-                       covariate_kinds=self.data.covariate_kinds)
+                       inputs=self.data.inputs)
 
     def fit_fold(self, k: int, rd: RunDir, emit: Callable[[Any], None]):
         return _fit_fold(k, len(self.folds), self.recipe, self.tasks, self.tasks_meta, self.data.pool,
@@ -268,7 +268,7 @@ def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool
         torch.set_num_threads(cfg["train"]["threads"])
     set_deterministic()
     tasks = recipe_tasks(recipe, host)
-    data, cache = _load_data(recipe, tasks, emit)
+    data, cache = _load_data(recipe, tasks, emit, host)
     digest = data_digest(data)
     resume = resume and rd.read_json(rd.RUN).get("data_sha256") is not None  # stopped before its folds: anew
     if resume:  # the same data, split the same way, or the finished folds would not belong to this run
@@ -279,6 +279,10 @@ def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool
     else:
         assignment = plan_folds(data.pool, recipe, tasks)
         rd.write_folds(assignment)
+        from lnzoo.inputs import feature_effects
+        effects = feature_effects(data.inputs, data.pool, tasks[cfg["tasks"]["main"]])
+        if effects:
+            rd.write_json(rd.INPUTS, effects)
         rd.update_run(data_sha256=digest)
     folds = list(range(cfg["cv"]["folds"])) if cfg["cv"]["run_folds"] == "all" else list(cfg["cv"]["run_folds"])
     others = {part: samples for part, samples in (("test", data.test), ("external", data.external)) if samples}
@@ -393,14 +397,15 @@ def fit_fold_job(out_dir: Path, k: int, host=None, emit: Callable[[Any], None] |
     return True
 
 
-def _load_data(recipe, tasks, emit):
+def _load_data(recipe, tasks, emit, host=None):
     """The recipe's checked samples, and the image cache that decodes them once."""
     from lnzoo.data.dataset import ImageCache
     from lnzoo.data.images import Preprocessing
     from lnzoo.data.run_data import image_cache_dir, load_run_data
 
     d = recipe.data["data"]
-    data = load_run_data(recipe, tasks, on_phantom=lambda done, total: emit(events.Progress("phantom", done, total)))
+    data = load_run_data(recipe, tasks, on_phantom=lambda done, total: emit(events.Progress("phantom", done, total)),
+                         host=host)
     if data.skipped:
         emit(events.Note(f"skipped {len(data.skipped)} bad row(s)/image(s) (data.skip_bad_rows); "
                          f"first: {data.skipped[0]}", "warning"))
@@ -441,7 +446,7 @@ def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, 
             # class only, and the loss picked instead); lnzoo select chooses on it
             "monitor": {cfg["train"]["monitor"]: result.best_value}, "monitor_val_loss": result.best_val_loss,
             "temperature": temperatures, "init_from": result.init_report,
-            "covariates": predictor.covariates.as_dict() if predictor.covariates else None, **env}
+            "inputs": predictor.inputs.as_meta() if predictor.inputs else None, **env}
     rd.save_checkpoint(k, "best", predictor.model, meta)
     rd.save_checkpoint(k, "last", result.last_state, {**meta, "epoch": len(result.history), "kind": "last"})
     rd.write_history(k, result.history)

@@ -102,11 +102,11 @@ class Ensemble:
                 if got is None:
                     raise UsageError(f"{problems[0]} (data.empty_roi of {m.source})")
                 pv, rois = got
-            if all(p is None for p in pv.values()):
+            if views and all(p is None for p in pv.values()):
                 raise UsageError(f"{item.origin}: no image for any of the views {views} of {m.source}")
             per_view.append(pv)
-            samples.append(Sample(dict(pv), item.patient, {}, item.origin, covariates=dict(item.covariates),
-                                  rois=rois))
+            samples.append(Sample(dict(pv), item.patient, {}, item.origin, cells=dict(item.cells),
+                                  rois=rois, base=item.base))
         return per_view, samples
 
 

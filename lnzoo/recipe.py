@@ -270,7 +270,8 @@ def _check_plugin_table(path: str, raw: Any, kind: str, problems: list[str], hos
         elif key in params:
             _check_annotation(f"{path}.{key}", value, params[key].annotation, problems)
     for key, p in params.items():
-        if p.default is p.empty and key not in SUPPLIED[kind] and key not in kwargs:
+        if p.default is p.empty and key not in SUPPLIED[kind] and key not in kwargs and \
+                not (kind == "input" and key == "column"):  # an input's column defaults to its name
             problems.append(f"{path}.{key}: required by {kind} {name!r}")
     return dict(raw)
 
@@ -323,6 +324,12 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
     model = out["model"]
     if model["backbone"] is None:
         problems.append("model.backbone: required, e.g. {name = \"timm\", model_name = \"resnet50\"}")
+    from lnzoo.inputs import check_recipe_inputs, input_tables
+    check_recipe_inputs(out, problems, host)
+    views = out["data"]["views"]
+    members = (len(views) if isinstance(views, list) else 1) + len(input_tables(out["data"]))
+    if model["fusion"] is None and members > 1 and "concat" in host.registry("fusion"):
+        model["fusion"] = {"name": "concat"}  # several inputs and no fusion named: the one that takes any number
     for kind in ("fusion", "head"):  # a plugin declares the default of its kind (register(..., default=True))
         if model[kind] is None and host.registry(kind).default is None:
             problems.append(f"model.{kind}: required, no {kind} is registered as the default")
@@ -353,10 +360,9 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
                                 "'^(P\\d+)_'")
         except re.error as exc:
             problems.append(f"data.patient_regex: {regex!r} is not a valid regular expression ({exc})")
-    views = out["data"]["views"]
     if isinstance(views, list):
-        if not views or not all(isinstance(v, str) for v in views):
-            problems.append("data.views: a non-empty list of view names")
+        if not all(isinstance(v, str) for v in views):
+            problems.append("data.views: a list of view names")
         elif len(set(views)) != len(views):
             problems.append(f"data.views: repeated view in {views}")
         from lnzoo.contracts import fusion_max_views
@@ -364,16 +370,18 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
 
         def cap(name: str) -> int:  # a fusion's view limit, else len(views); 0: it cannot load
             try:
-                return fusion_max_views(host.get("fusion", name).factory) or len(views)
+                return fusion_max_views(host.get("fusion", name).factory) or members
             except LnzooError:
                 return 0
         fusion, fusions = model["fusion"], host.registry("fusion")
         n = cap(fusion["name"]) if isinstance(fusion, dict) and fusion.get("name") in fusions else 0
-        if 0 < n < len(views):
-            wider = [e.name for e in fusions if cap(e.name) >= len(views)]
+        if 0 < n < members:
+            wider = [e.name for e in fusions if cap(e.name) >= members]
             use = " or ".join(filter(None, [", ".join(wider[:-1]), *wider[-1:]]))
-            problems.append(f"model.fusion: {fusion['name']!r} takes {'one view' if n == 1 else f'{n} views'} but "
-                            f"data.views has {len(views)}; use {use}")
+            given = f"data.views has {len(views)}" + (f" and {members - len(views)} other input(s)"
+                                                      if members > len(views) else "")
+            problems.append(f"model.fusion: {fusion['name']!r} takes {'one input' if n == 1 else f'{n} inputs'} but "
+                            f"{given}; use {use}")
     scale = out["data"]["augment"]["scale"]
     if isinstance(scale, list) and not (len(scale) == 2 and all(isinstance(s, (int, float)) for s in scale)
                                         and 0 < scale[0] <= scale[1] <= 1):
@@ -409,8 +417,9 @@ def resolve(raw: Mapping[str, Any], host=None, source: str | Path | None = None,
         if not sep or not key:
             problems.append(f"--set {item!r}: expected key=value, e.g. --set train.epochs=3")
             continue
-        if not _known_path(key, raw, host):
-            problems.append(f"--set {key}: no such recipe key{_suggest_path(key)}")
+        why = _unknown_path(key, raw, host)
+        if why:
+            problems.append(f"--set {key}: {why}")
             continue
         _apply(raw, key, parse_value(text.strip()))
     out = _fill_section("", raw, SCHEMA, problems, host)
@@ -463,10 +472,10 @@ def _schema_at(dotted: str) -> Any:
     return node
 
 
-def _known_path(key: str, raw: dict[str, Any], host) -> bool:
-    spec = _schema_at(key)
-    if spec is None:
-        return False
+def _unknown_path(key: str, raw: dict[str, Any], host) -> str | None:
+    """Why ``--set key`` names no recipe key (None: it names one)."""
+    if _schema_at(key) is None:
+        return f"no such recipe key{_suggest_path(key)}"
     parts = key.split(".")
     for i in range(1, len(parts)):  # an argument of a plugin table must be one its factory takes
         parent = _schema_at(".".join(parts[:i]))
@@ -476,10 +485,12 @@ def _known_path(key: str, raw: dict[str, Any], host) -> bool:
                 table = table.get(p, {}) if isinstance(table, dict) else {}
             name = table.get("name") if isinstance(table, dict) else None
             if parts[i] == "name" or name is None or name not in host.registry(parent[1]):
-                return True
+                return None
             params = host.get(parent[1], name).parameters()
-            return parts[i] in params or any(p.kind == p.VAR_KEYWORD for p in params.values())
-    return True
+            if parts[i] in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
+                return None
+            return f"{parent[1]} {name!r} takes no argument {parts[i]!r}{did_you_mean(parts[i], params)}"
+    return None
 
 
 def _all_paths(node: Any = SCHEMA, prefix: str = "") -> list[str]:

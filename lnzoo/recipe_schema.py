@@ -71,6 +71,7 @@ SCHEMA: dict[str, Any] = {
         "normalize": F(str, "imagenet", "input normalisation", choices=("imagenet", "half")),
         "batch_size": F(int, 32, min=1),
         "num_workers": F(int, 0, "DataLoader worker processes (0: load in the main process)", min=0),
+        "inputs": (TASK_TABLE, (PLUGIN_TABLE, "input")),  # {NAME = {name = KIND, column = ..., **options}}
         "identical_images": F(str, "error", "identical image bytes under two patients of the training data: "
                                             "error, or group them into one split group", choices=("error", "group")),
         "covariates": F(list, [], "manifest columns joined to the image features as clinical covariates, e.g. "
@@ -109,8 +110,10 @@ SCHEMA: dict[str, Any] = {
         "init_from": F(OPT_STR, None, "a checkpoint (.safetensors) or run directory (its fold 0) whose backbone "
                                       "weights start this model; heads are always new"),
         "shared_backbone": F(bool, True, "one backbone for all views (true) or one per view (false)"),
-        "covariate_hidden": F(int, 32, "width of the MLP that embeds data.covariates before they join the "
-                                       "image features (LLNM-Net's idea)", min=1),
+        "covariate_hidden": F(int, 32, "hidden width of the MLP that embeds data.covariates before the fusion "
+                                       "(LLNM-Net's idea)", min=1),
+        "input_features": F(int, 0, "width each non-image input (covariates, text, morphology) is encoded to before "
+                                    "the fusion: 0 = the backbone's feature width (128 without image views)", min=0),
         "backbone": (PLUGIN_TABLE, "backbone"),
         "fusion": (PLUGIN_TABLE, "fusion"),
         "head": (PLUGIN_TABLE, "head"),
@@ -203,4 +206,5 @@ QUICK_DEFAULTS: dict[str, Any] = {
 }
 
 # factory parameters lnzoo supplies itself; a recipe may not set them
-SUPPLIED = {"backbone": set(), "head": {"in_features", "num_classes"}, "fusion": {"num_views", "in_features"}}
+SUPPLIED = {"backbone": set(), "head": {"in_features", "num_classes"}, "fusion": {"num_views", "in_features"},
+            "input": set()}

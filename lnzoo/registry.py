@@ -9,7 +9,7 @@ from typing import Any
 
 from lnzoo.errors import PluginError, UnknownNameError
 
-KINDS = ("backbone", "head", "fusion", "task")
+KINDS = ("backbone", "head", "fusion", "task", "input")
 
 
 @dataclass(frozen=True)

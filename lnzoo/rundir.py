@@ -92,6 +92,7 @@ class RunDir:
 
     RECIPE, FOLDS, PREDICTIONS, METRICS, RUN = "recipe.toml", "folds.csv", "predictions.csv", "metrics.json", "run.json"
     EVALUATION, REPORT, EXPLAIN, SELECTION = "evaluation.json", "report.html", "explain", "selection.json"
+    INPUTS = "inputs.json"  # the inputs' named features between the main task's classes (the report's table)
     KEPT_FOLD_FILES = ("best.safetensors", "best.json", "history.csv")  # what a fold's kept model needs
 
     LOCK = ".lock"

@@ -1,4 +1,4 @@
-"""Conformance kit: checks any registered backbone, head or fusion against lnzoo's contracts.
+"""Conformance kit: checks any registered backbone, head, fusion or input kind against lnzoo's contracts.
 
 Plugin authors run it on their components::
 
@@ -22,7 +22,7 @@ from typing import Any
 from lnzoo import contracts
 from lnzoo.plugins import PluginHost, get_host
 
-__all__ = ["registered_names", "check_backbone", "check_head", "check_fusion", "check_component"]
+__all__ = ["registered_names", "check_backbone", "check_head", "check_fusion", "check_input", "check_component"]
 
 
 def registered_names(kind: str, host: PluginHost | None = None) -> list[str]:
@@ -149,4 +149,59 @@ def check_fusion(name: str, host: PluginHost | None = None, num_views: int = 2, 
 
 
 def check_component(kind: str, name: str, host: PluginHost | None = None, **kwargs: Any) -> None:
-    {"backbone": check_backbone, "head": check_head, "fusion": check_fusion}[kind](name, host=host, **kwargs)
+    {"backbone": check_backbone, "head": check_head, "fusion": check_fusion,
+     "input": check_input}[kind](name, host=host, **kwargs)
+
+
+def check_input(name: str, samples, host: PluginHost | None = None, out_features: int = 16, **options: Any) -> None:
+    """Input kind contract, on rows a plugin author provides (``lnzoo.data.samples.Sample`` objects, at least
+    one of them with the input given): ``check`` names bad rows, ``fit`` returns JSON state that alone (after
+    a JSON round trip, in a freshly built kind, as a checkpoint reloads it) encodes every row identically,
+    ``encode`` gives ``shape``/``dtype`` arrays or None, the encoder maps a batch to (B, out_features) with
+    gradients everywhere and survives a safetensors round trip."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from lnzoo.inputs import build_kind
+
+    h = host or get_host()
+    table = {"name": name, **_kwargs(h.get("input", name), options)}
+    kind = build_kind(name, table, h)
+    assert kind.dtype in ("float32", "int64"), f"input {name!r}: dtype must be 'float32' or 'int64', got {kind.dtype!r}"
+    assert isinstance(kind.column, str) and kind.column, f"input {name!r}: column must be a non-empty string"
+    samples = list(samples)
+    problems: list[str] = []
+    bad = kind.check(samples, problems)
+    assert isinstance(bad, set) and all(isinstance(i, int) and 0 <= i < len(samples) for i in bad), \
+        f"input {name!r}: check must return a set of row indices, got {bad!r}"
+    assert all(isinstance(p, str) for p in problems), "check must append strings to problems"
+    assert len(problems) >= len(bad), "every bad row needs a problem naming it (file:line: reason)"
+    good = [s for i, s in enumerate(samples) if i not in bad]
+    state = kind.fit(good)
+    stored = json.loads(json.dumps(state))  # what the sidecar keeps: JSON, nothing pickled
+    shape = tuple(kind.shape(state))
+    assert shape and all(isinstance(n, int) and n > 0 for n in shape), f"shape must be positive ints, got {shape}"
+    encoded = [kind.encode(s, state) for s in good]
+    given = [e for e in encoded if e is not None]
+    assert given, f"input {name!r}: no row encoded to an array; give check_input rows that have the input"
+    for e in given:
+        arr = np.asarray(e)
+        assert arr.shape == shape and arr.dtype == np.dtype(kind.dtype), \
+            f"encode returned {arr.shape} {arr.dtype}, expected {shape} {kind.dtype}"
+        assert np.isfinite(arr).all(), "encode returned non-finite values"
+    again = build_kind(name, table, h)  # a checkpoint reload: a fresh kind and the stored state only
+    for s, e in zip(good, encoded):
+        r = again.encode(s, stored)
+        assert (r is None) == (e is None) and (e is None or np.array_equal(np.asarray(r), np.asarray(e))), \
+            f"{s.origin}: encodes differently from the JSON state a checkpoint stores"
+    encoder = kind.encoder(state, out_features)
+    assert isinstance(encoder, torch.nn.Module), f"encoder must be a torch.nn.Module, got {type(encoder).__name__}"
+    batch = torch.from_numpy(np.stack([np.asarray(e) for e in given[:4]] * (2 if len(given) < 2 else 1)))
+    encoder.train()
+    out = encoder(batch)
+    assert out.shape == (batch.shape[0], out_features), f"encoder output {tuple(out.shape)}, expected " \
+        f"({batch.shape[0]}, {out_features})"
+    _backward(encoder, out)
+    _roundtrip(lambda: kind.encoder(state, out_features), lambda m: m(batch))

@@ -10,11 +10,13 @@ import pytest
 from PIL import Image
 
 from lnzoo.data import phantom
+from lnzoo.data import phantom_reports
 from lnzoo.data.phantom import PHANTOM_VERSION, ensure_phantom, generate_phantom
+from lnzoo.data.phantom_nodes import _draw_node
 
 COLUMNS = ("path,crop,cdfi,cdfi_crop,elasto,elasto_crop,mask,bbox,patient,malignancy,enlargement,"
            "metastasis,origin,lymphoma_subtype,pathology3,age,sex,long_axis_mm,short_axis_mm,"
-           "axis_ratio,elasto_score,flow_pattern,hilum").split(",")
+           "axis_ratio,elasto_score,flow_pattern,hilum,report_zh,report_en").split(",")
 ZH = {
     "stage1_main": {"良性", "恶性"},
     "stage1_aux": {"非肿大", "肿大"},
@@ -246,6 +248,105 @@ def test_list_membership_fractions(medium):
     assert 0.6 < len(main) / len(pats) < 0.95
     assert 0.4 < len(aux) / len(pats) < 0.8
     assert main & aux and main - aux and aux - main
+
+
+# -- free-text reports ---------------------------------------------------------------------------
+CJK = re.compile(r"[\u4e00-\u9fff]")
+HILUM_ABSENT = {"zh": re.compile("淋巴门结构消失|未见明确淋巴门结构"),
+                "en": re.compile("hilum absent|loss of the echogenic hilum|no echogenic hilum", re.I)}
+# the impression's pathology: words that appear nowhere else in a report
+IMPRESSION = {"zh": {"benign": re.compile("反应性|良性"), "metastatic": re.compile("转移"),
+                     "lymphoma": re.compile("淋巴瘤")},
+              "en": {"benign": re.compile("reactive|benign", re.I), "metastatic": re.compile("metasta", re.I),
+                     "lymphoma": re.compile("lymphoma", re.I)}}
+
+
+def impression_of(text, lang):
+    found = [p for p, rx in IMPRESSION[lang].items() if rx.search(text)]
+    assert len(found) <= 1, text
+    return found[0] if found else None
+
+
+@pytest.fixture(scope="module")
+def drawn_reports():
+    """(node, zh, en) for 400 nodes drawn as generate_phantom draws them (seed 11, difficulty 0.5)."""
+    out = []
+    for idx in range(1, 401):
+        node = _draw_node(np.random.default_rng([11, idx, 0]), 0.5)
+        out.append((node, *phantom_reports.write_report(node, np.random.default_rng([11, idx, 4]))))
+    return out
+
+
+def test_reports_in_the_manifest(tmp_path):
+    manifest = generate_phantom(tmp_path / "a", patients=40, seed=5, difficulty=0.3, frame_size=64)
+    header, rows = read_manifest(manifest)
+    assert header[-2:] == ["report_zh", "report_en"]
+    per_patient = {}
+    for r in rows:  # one report per patient, shared by all of its images
+        report = (r["report_zh"], r["report_en"])
+        assert per_patient.setdefault(r["patient"], report) == report
+    assert len(per_patient) == 40 and len(rows) > 40
+    for zh, en in per_patient.values():
+        assert (zh == "") == (en == "")
+        assert "\n" not in zh + en and "\r" not in zh + en
+        if zh:
+            assert CJK.search(zh) and en.isascii() and not CJK.search(en)
+    texts = [zh for zh, _ in per_patient.values() if zh]
+    assert len(set(texts)) == len(texts) > 30 and len({en for _, en in per_patient.values() if en}) == len(texts)
+    # the report is patient i's own stream [seed, i, 4], and survives CSV quoting (commas) intact
+    for idx in (1, 2, 40):
+        node = _draw_node(np.random.default_rng([5, idx, 0]), 0.3)
+        assert per_patient[f"P{idx:04d}"] == phantom_reports.write_report(node, np.random.default_rng([5, idx, 4]))
+    readme = (tmp_path / "a" / "README.txt").read_text(encoding="utf-8")
+    assert "report_zh" in readme and "report_en" in readme
+    again = generate_phantom(tmp_path / "b", patients=40, seed=5, difficulty=0.3, frame_size=64)
+    assert again.read_bytes() == manifest.read_bytes()
+
+
+def test_reports_are_noisy(drawn_reports):
+    empty = sum(zh == "" for _, zh, _ in drawn_reports)
+    assert 3 <= empty <= 25  # P_EMPTY = 3 % of 400
+    assert all((zh == "") == (en == "") for _, zh, en in drawn_reports)
+    full = [(n, zh, en) for n, zh, en in drawn_reports if zh]
+    for lang, k in (("zh", 1), ("en", 2)):
+        said = [(n.pathology, impression_of(r[k], lang)) for r in full for n in [r[0]]]
+        missing = np.mean([imp is None for _, imp in said])
+        assert 0.2 < missing < 0.4  # P_NO_IMPRESSION = 30 %
+        given = [(p, imp) for p, imp in said if imp is not None]
+        right = np.mean([p == imp for p, imp in given])
+        assert 0.75 < right < 0.95  # signal, but P_WRONG_IMPRESSION = 15 % of them are wrong
+        # some malignant nodes are called benign (or get no impression at all)
+        assert any(p != "benign" and imp == "benign" for p, imp in said)
+        assert any(p != "benign" and imp is None for p, imp in said)
+    # several wordings and sentence styles, not one template
+    assert len({en.split(" ")[0] for _, _, en in full}) >= 3
+    assert len({re.search("区(...)", zh).group(1) for _, zh, _ in full}) >= 4  # 可见一 / 可见淋 / 探及一 / 可见数 ...
+    for k in (1, 2):  # not one template with the numbers filled in
+        assert len({re.sub(r"[\d.]+", "#", r[k]) for r in full}) > 0.9 * len(full)
+
+
+def test_reports_carry_pathology_signal(drawn_reports):
+    full = [(n, zh, en) for n, zh, en in drawn_reports if zh]
+    for lang, k in (("zh", 1), ("en", 2)):
+        rate = {m: np.mean([bool(HILUM_ABSENT[lang].search(r[k])) for r in full
+                            if (r[0].pathology != "benign") == m]) for m in (False, True)}
+        assert rate[True] > rate[False] + 0.3, rate
+        assert rate[False] > 0.0  # benign nodes without a hilum, misreads
+    # the two languages of one report state the same findings
+    for n, zh, en in full:
+        assert bool(HILUM_ABSENT["zh"].search(zh)) == bool(HILUM_ABSENT["en"].search(en)), (zh, en)
+        assert impression_of(zh, "zh") == impression_of(en, "en"), (zh, en)
+        assert bool(re.search("可见(多发)?点状强回声|内见微钙化", zh)) == bool(
+            re.search("(?<!no )microcalcifications|punctate", en, re.I)), (zh, en)
+        assert ("CDFI" in zh or "彩色多普勒" in zh) == bool(re.search("CDFI|Doppler", en)), (zh, en)
+    # sizes are measured: close to the node's axes, but not copied
+    errors = []
+    for n, zh, en in full:
+        m = re.search(r"(\d+(?:\.\d)?) x (\d+(?:\.\d)?) (mm|cm)", en)
+        if m:
+            scale = 10.0 if m.group(3) == "cm" else 1.0
+            errors.append(float(m.group(1)) * scale - n.long_mm)
+    assert len(errors) > 200 and 0.5 < np.std(errors) < 2.0 and abs(np.mean(errors)) < 0.5
 
 
 # -- class-dependent physics --------------------------------------------------------------------

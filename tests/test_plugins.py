@@ -283,5 +283,5 @@ def test_a_fusion_declares_its_view_limit_and_the_recipe_checks_it_generically(t
     host = _lazy_host("acme_pair:Pair", kind="fusion")
     recipe = {**RECIPE, "model": {**RECIPE["model"], "fusion": {"name": "lazy"}}}
     assert resolve({**recipe, "data": {"views": ["full", "crop"]}}, host=host)["model.fusion"]["name"] == "lazy"
-    with pytest.raises(RecipeError, match=r"'lazy' takes 2 views but data.views has 3; use concat, mean or attention"):
+    with pytest.raises(RecipeError, match=r"'lazy' takes 2 inputs but data.views has 3; use concat, mean, attention or transformer"):
         resolve({**recipe, "data": {"views": ["a", "b", "c"]}}, host=host)

@@ -91,13 +91,14 @@ def test_quick_profile_is_small_and_one_fold():
 
 
 def test_semantic_errors(tmp_path):
-    bad = _write(tmp_path, '[tasks]\nmain = "origin"\n[train]\nmin_lr = 1.0\n[data]\nviews = ["full", "crop"]\n')
+    bad = _write(tmp_path, '[tasks]\nmain = "origin"\n[train]\nmin_lr = 1.0\n[data]\nviews = ["full", "crop"]\n'
+                           '[model]\nfusion = "single"\n')
     with pytest.raises(RecipeError) as info:
         load_recipe(bad)
     text = str(info.value)
     assert "tasks.main: 'origin' is not in tasks.task_weights" in text
     assert "train.min_lr (1.0) is above train.lr" in text
-    assert "'single' takes one view" in text
+    assert "'single' takes one input but data.views has 2" in text
 
 
 def test_resolved_recipe_round_trips_through_toml(tmp_path):

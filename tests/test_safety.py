@@ -218,14 +218,14 @@ def test_covariate_kinds_are_decided_on_the_whole_manifest_not_the_fold():
     from lnzoo.data.samples import Sample
     from lnzoo.errors import DataError
 
-    rows = [Sample({"full": Path(f"{i}.png")}, f"P{i}", {}, f"m.csv:{i + 2}", covariates={"age": a})
+    rows = [Sample({"full": Path(f"{i}.png")}, f"P{i}", {}, f"m.csv:{i + 2}", cells={"age": a})
             for i, a in enumerate(["", "", "61", "70", "unknown"])]
     kinds, bad = covariate_kinds(rows, ["age"], {}, ["unknown"], problems := [])
     assert kinds == {"age": "numeric"} and not bad and not problems
     fold = CovariateEncoder.fit(rows[:2], ["age"], kinds)  # a training part that has no age at all
     assert fold.spec[0]["kind"] == "numeric"
     with pytest.raises(DataError, match="m.csv:9.*'sixty'"):  # serving: a word where a number belongs
-        fold.transform(Sample({"full": Path("x.png")}, "Q", {}, "m.csv:9", covariates={"age": "sixty"}))
+        fold.transform(Sample({"full": Path("x.png")}, "Q", {}, "m.csv:9", cells={"age": "sixty"}))
 
 
 # -- plugins -----------------------------------------------------------------------------------------------------

@@ -154,12 +154,14 @@ def test_clinical_covariates_join_the_image_features_and_are_encoded_from_traini
                ["data.phantom.patients=50", "cv.run_folds=[0]", "data.phantom.external=false",
                 "data.covariates=['age', 'sex', 'axis_ratio', 'elasto_score', 'flow_pattern', 'hilum']"])
     side = json.loads((run / "fold0" / "best.json").read_text())
-    spec = {c["name"]: c for c in side["covariates"]["covariates"]}
+    (entry,) = side["inputs"]  # the covariates are one input of the fusion, after the image view
+    assert entry["name"] == "covariates" and entry["table"]["name"] == "covariates"
+    spec = {c["name"]: c for c in entry["state"]["covariates"]}
     assert spec["age"]["kind"] == "numeric" and spec["sex"]["kind"] == "categorical"
     assert set(spec["flow_pattern"]["levels"]) <= {"none", "hilar", "peripheral", "mixed"}
     from lnzoo.inference import load
     model = load(run / "fold0" / "best.safetensors", HOST).model
-    assert model.tabular is not None
+    assert model.members == ["full", "covariates"] and side["recipe"]["model"]["fusion"]["name"] == "concat"
     # images alone (no covariates at inference) still predict: covariates count as missing
     first = next(csv.DictReader((run / "predictions.csv").open()))["path"]
     assert predict_rows([run], [Path(first)], HOST)[0]["metastasis_pred"] in ("metastatic", "lymphoma")
@@ -167,7 +169,7 @@ def test_clinical_covariates_join_the_image_features_and_are_encoded_from_traini
     from lnzoo.data.samples import Sample
     from lnzoo.explain import explain
     from lnzoo.predict import Ensemble
-    given = Sample({"full": Path(first)}, "P", {}, "row 2", covariates={"age": "83", "sex": spec["sex"]["levels"][0]})
+    given = Sample({"full": Path(first)}, "P", {}, "row 2", cells={"age": "83", "sex": spec["sex"]["levels"][0]})
     bare = Sample({"full": Path(first)}, "P", {}, "row 2")
     ens = Ensemble([run], HOST)
     p_given, p_bare = (ens.predict([s])[0]["metastasis"][0] for s in (given, bare))

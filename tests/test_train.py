@@ -80,17 +80,17 @@ def test_mean_teacher_consistency_uses_confident_pseudo_labels_on_unlabelled_ima
     mt = MeanTeacher(model, {**cfg, "threshold": 0.95}, tr.main)
     with torch.no_grad():  # a teacher certain that everything is malignant
         mt.teacher.module.heads["malignancy"].fc.bias.copy_(torch.tensor([-20.0, 20.0]))
-    x, present, tab = torch.randn(4, 1, 3, 32, 32), torch.ones(4, 1, dtype=torch.bool), torch.zeros(0)
+    x, present, inputs = torch.randn(4, 1, 3, 32, 32), torch.ones(4, 1, dtype=torch.bool), {}
     student = torch.zeros(4, 2, requires_grad=True)
     y_main = torch.tensor([0, -1, 1, -1])
-    loss = mt.loss(model, x, present, tab, student, y_main)
+    loss = mt.loss(model, x, present, inputs, student, y_main)
     assert torch.isclose(loss, torch.log(torch.tensor(2.0)))  # CE of a uniform student vs label 1
     loss.backward()
     assert torch.all(student.grad[[0, 2]] == 0) and torch.all(student.grad[[1, 3]] != 0)
     strict = MeanTeacher(model, {**cfg, "threshold": 1.01}, tr.main)
     strict.teacher.module.load_state_dict(mt.teacher.module.state_dict())
-    assert float(strict.loss(model, x, present, tab, student, y_main)) == 0.0  # nothing confident: no pseudo-labels
-    assert float(mt.loss(model, x, present, tab, student, torch.tensor([0, 1, 1, 0]))) == 0.0
+    assert float(strict.loss(model, x, present, inputs, student, y_main)) == 0.0  # nothing confident: no pseudo-labels
+    assert float(mt.loss(model, x, present, inputs, student, torch.tensor([0, 1, 1, 0]))) == 0.0
 
 
 def test_channels_last_is_on_for_cpu_by_default_and_changes_no_prediction():

@@ -1,4 +1,4 @@
-"""Default plugin: fusion of N views (full image + ROI crop, or 2D + CDFI + elastography)."""
+"""Default plugin: fusion of N members (views: full image + ROI crop, 2D + CDFI + elastography; and other inputs)."""
 from __future__ import annotations
 
 import lnzoo
@@ -12,3 +12,6 @@ def lnzoo_register_fusions(register):
     register("mean", "lnzoo.nn.fusions:MeanFusion", "Mean of the features of the views present.")
     register("attention", "lnzoo.nn.fusions:AttentionFusion",
              "Learned per-view attention weights over the views present (gated attention).")
+    register("transformer", "lnzoo.nn.fusions:TransformerFusion",
+             "The views and inputs as tokens through a small transformer encoder, a summary token out "
+             "(LLNM-Net's fusion of image, report and clinical data); missing members are masked.")

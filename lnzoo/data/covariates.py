@@ -46,11 +46,11 @@ def covariate_kinds(samples: Sequence[Sample], names: Sequence[str], declared: M
     fatal += [f"data.covariate_types.{name}: {kind!r} is not numeric or categorical"
               for name, kind in declared.items() if kind not in ("numeric", "categorical")]
     fatal += [f"data.covariates: no row of the data has a column {name!r} (covariates come from CSV manifest "
-              "columns)" for name in names if not any(name in s.covariates for s in samples)]
+              "columns)" for name in names if not any(name in s.cells for s in samples)]
     if fatal:  # the recipe's mistake, not a bad row: data.skip_bad_rows must not hide it
         raise DataError(fatal, "problem(s) with the covariates")
     for name in names:
-        given = [(i, s.covariates.get(name, "").strip()) for i, s in enumerate(samples)]
+        given = [(i, s.cells.get(name, "").strip()) for i, s in enumerate(samples)]
         given = [(i, v) for i, v in given if not _is_missing(v, missing)]
         numbers = sum(_number(v) is not None for _, v in given)
         kind = declared.get(name) or ("numeric" if given and 2 * numbers > len(given) else "categorical")
@@ -88,7 +88,7 @@ class CovariateEncoder:
                 raise DataError(problems)
         spec = []
         for name in names:
-            present = [v for s in samples if not _is_missing(v := s.covariates.get(name, "").strip(), missing)]
+            present = [v for s in samples if not _is_missing(v := s.cells.get(name, "").strip(), missing)]
             if kinds[name] == "numeric":
                 arr = np.array([n for v in present if (n := _number(v)) is not None], dtype=np.float64)
                 spec.append({"name": name, "kind": "numeric", "mean": float(arr.mean()) if arr.size else 0.0,
@@ -100,7 +100,7 @@ class CovariateEncoder:
     def transform(self, sample: Sample) -> np.ndarray:
         out: list[float] = []
         for c in self.spec:
-            text = sample.covariates.get(c["name"], "").strip()
+            text = sample.cells.get(c["name"], "").strip()
             if c["kind"] == "numeric":
                 value = _number(text)
                 if value is None and not _is_missing(text, self.missing):
@@ -118,3 +118,45 @@ class CovariateEncoder:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "CovariateEncoder":
         return cls(list(data["covariates"]), data.get("missing", ()))
+
+
+class CovariatesInput:
+    """The built-in input kind ``covariates`` (``data.covariates``): a row's clinical covariates, encoded by
+    :class:`CovariateEncoder` (fitted per fold) and embedded by a small MLP before the fusion."""
+
+    dtype = "float32"
+    reads = "text"  # the cell is the input (the server takes it as a form field)
+
+    def __init__(self, columns: list[str], types: dict[str, str] | None = None, missing: list[str] | None = None,
+                 hidden: int = 32):
+        self.columns, self.types, self.hidden = list(columns), dict(types or {}), int(hidden)
+        self.missing = missing_values(missing or [])
+        self.column = ",".join(self.columns)
+        self.kinds: dict[str, str] | None = None  # numeric or categorical, decided by check on all rows
+
+    def check(self, samples: Sequence[Sample], problems: list[str]) -> set[int]:
+        self.kinds, bad = covariate_kinds(samples, self.columns, self.types, self.missing, problems)
+        return bad
+
+    def fit(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        return CovariateEncoder.fit(samples, self.columns, self.kinds, self.missing).as_dict()
+
+    def shape(self, state: Mapping[str, Any]) -> tuple[int, ...]:
+        return (CovariateEncoder.from_dict(dict(state)).width,)
+
+    def encode(self, sample: Sample, state: Mapping[str, Any]) -> np.ndarray | None:
+        if all(_is_missing((sample.cells.get(c) or "").strip(), self.missing) for c in self.columns):
+            return None  # nothing known: the fusion leaves the member out, as it does a missing view
+        return CovariateEncoder.from_dict(dict(state)).transform(sample)
+
+    def encoder(self, state: Mapping[str, Any], out_features: int):
+        from lnzoo.nn.inputs import FeatureMLP
+
+        return FeatureMLP(self.shape(state)[0], self.hidden, out_features)
+
+    def feature_names(self, state: Mapping[str, Any]) -> list[str]:
+        names = []
+        for c in state["covariates"]:
+            levels = ["value"] if c["kind"] == "numeric" else [f"={level}" for level in c["levels"]]
+            names += [f"{c['name']}{'' if lv == 'value' else lv}" for lv in levels] + [f"{c['name']} missing"]
+        return names

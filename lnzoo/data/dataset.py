@@ -104,13 +104,16 @@ class ImageCache:
 
 
 class NodeDataset(Dataset):
-    """Sample i -> (views (V,3,H,W) float, present (V,) bool, labels (T,) long, i, covariates (C,) float)."""
+    """Sample i -> (views (V,3,H,W) float, present (V + K,) bool, labels (T,) long, i, {input: encoded array}).
+
+    ``present`` covers the fusion's members: the image views, then the K other inputs (covariates, text...).
+    """
 
     def __init__(self, samples: Sequence[Sample], views: Sequence[str], tasks: Sequence[str], cache: ImageCache,
-                 augment: Callable | None = None, view_dropout: float = 0.0, covariates=None):
+                 augment: Callable | None = None, view_dropout: float = 0.0, inputs=None):
         self.samples, self.views, self.tasks = list(samples), list(views), list(tasks)
         self.cache, self.augment, self.view_dropout = cache, augment, view_dropout
-        self.covariates = covariates  # a CovariateEncoder, or None
+        self.inputs = inputs  # the fitted lnzoo.inputs.Inputs, or None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -133,17 +136,24 @@ class NodeDataset(Dataset):
                 arr = self.cache.get(path, s.origin, s.rois.get(view))
                 images.append(tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1).contiguous()))
                 present.append(True)
-        if self.augment is not None:
+        if self.augment is not None and images:
             images = self.augment(images)
-        present_t = torch.tensor(present)
+        encoded: dict[str, torch.Tensor] = {}
+        if self.inputs:
+            arrays, given = self.inputs.encode(s)
+            encoded = {k: torch.from_numpy(v) for k, v in arrays.items()}
+            present += given
+        present_t = torch.tensor(present, dtype=torch.bool)
         if self.view_dropout > 0 and int(present_t.sum()) > 1:
-            # modality dropout: the fused model learns to predict from whichever views it gets
+            # modality dropout: the fused model learns to predict from whichever views and inputs it gets
             keep = (torch.rand(len(present)) >= self.view_dropout) & present_t
             if not keep.any():
                 keep[torch.nonzero(present_t)[torch.randint(int(present_t.sum()), (1,))]] = True
             present_t = keep
-        x = normalise(torch.stack([img.as_subclass(torch.Tensor) for img in images]), self.cache.pre)
-        x[~present_t] = 0.0
+        if images:
+            x = normalise(torch.stack([img.as_subclass(torch.Tensor) for img in images]), self.cache.pre)
+            x[~present_t[: len(images)]] = 0.0
+        else:
+            x = torch.zeros(0, 3, size, size)
         y = torch.tensor([s.labels.get(t, MISSING) for t in self.tasks], dtype=torch.long)
-        tab = torch.from_numpy(self.covariates.transform(s)) if self.covariates is not None else torch.zeros(0)
-        return x, present_t, y, i, tab
+        return x, present_t, y, i, encoded

@@ -34,6 +34,11 @@ What it models (deliberately simple):
   is fixed: **red = softest, green = intermediate (normal tissue), blue = stiffest**
   (``_STIFF_COLORS``); a colour bar (top soft/red, bottom hard/blue) sits in the left margin.
   Elasto score 1 = node mostly green/red, 2 = some blue, 3 = mostly blue, 4 = all blue.
+* Reports (:mod:`lnzoo.data.phantom_reports`): one simulated radiologist's free-text report per
+  patient, in Chinese and English, drawn from the node's attributes: size (with measurement
+  error), shape, margin, hilum, echogenicity, cystic necrosis, microcalcifications, CDFI flow
+  and an impression. Noisy on purpose (each with a named probability there): findings left out
+  or misread, the impression missing or naming the wrong pathology, some reports empty.
 
 Layout written by :func:`generate_phantom` (paths in CSV/list files are relative to the
 file's own folder, with forward slashes)::
@@ -48,6 +53,11 @@ file's own folder, with forward slashes)::
 ``bbox`` in the manifest is ``x0 y0 x1 y1`` in full-frame pixels with x1/y1 *exclusive*
 (PIL's crop-box convention: the node occupies ``mask[y0:y1, x0:x1]``). The frame is square
 and spans ``FIELD_DEPTH_MM`` both ways, so px per mm = ``frame_size / FIELD_DEPTH_MM``.
+
+Every manifest row carries the labels and covariates of its patient; the last two columns,
+``report_zh`` and ``report_en``, hold the patient's report (one line each, the same text on
+all of the patient's rows; both empty for a missing report). The reports use their own random
+stream, so adding them changed no image and no other column.
 
 List files, like the seed system's: ``stage1_main`` covers a per-patient random ~80 % of
 patients and ``stage1_aux`` an independently drawn ~60 %, so an image may carry both Stage I
@@ -75,6 +85,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from PIL import Image
 
+from lnzoo.data import phantom_reports as _reports
 from lnzoo.data.phantom_nodes import ORIGINS, _draw_node  # noqa: F401 - ORIGINS is part of this API
 from lnzoo.data.phantom_render import (  # noqa: F401 - FIELD_DEPTH_MM and CROP_MARGIN are part of this API
     CROP_MARGIN,
@@ -94,14 +105,14 @@ __all__ = [
     "ensure_phantom",
 ]
 
-PHANTOM_VERSION = 2  # bump when output changes; part of cache keys (v1: an unreleased draft)
+PHANTOM_VERSION = 3  # bump when output changes; part of cache keys (v1: an unreleased draft; v3: report columns)
 
 
 MANIFEST_COLUMNS = (
     "path", "crop", "cdfi", "cdfi_crop", "elasto", "elasto_crop", "mask", "bbox", "patient",
     "malignancy", "enlargement", "metastasis", "origin", "lymphoma_subtype", "pathology3",
     "age", "sex", "long_axis_mm", "short_axis_mm", "axis_ratio", "elasto_score",
-    "flow_pattern", "hilum",
+    "flow_pattern", "hilum", "report_zh", "report_en",
 )
 MODALITIES = ("2d", "cdfi", "elasto")
 # modality -> its manifest columns (full frame, crop)
@@ -204,6 +215,7 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
             rng_node = np.random.default_rng([seed, idx, 1])
             rng_acq = np.random.default_rng([seed, idx, 2])
             rng_list = np.random.default_rng([seed, idx, 3])
+            rng_report = np.random.default_rng([seed, idx, 4])  # its own stream: images and labels don't move
             node = _draw_node(rng_clin, difficulty)
             n_img = 1 + int(rng_clin.choice(3, p=[0.3, 0.4, 0.3]))
             in_list["stage1_main"][pid] = bool(rng_list.random() < STAGE1_MAIN_FRACTION)
@@ -228,6 +240,8 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
                 "flow_pattern": node.flow,
                 "hilum": str(node.hilum),
             }
+            # one report per patient (one examination), shared by all of the patient's images
+            labels["report_zh"], labels["report_en"] = _reports.write_report(node, rng_report)
             for k in range(1, n_img + 1):
                 name = f"{pid}_{k}.png"
                 grey, cd, el, mask, bbox = _render(rng_acq, tpl, node, S, base_angle)
@@ -271,7 +285,17 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
         "lists/*.txt: 'relative/path,<Chinese label>' lines, paths relative to lists/.\n"
         "bbox = 'x0 y0 x1 y1' in full-frame pixels, x1/y1 exclusive.\n"
         "Elastography colormap: red = soft, green = intermediate, blue = stiff.\n"
-        "CDFI: red = flow towards the probe, blue = away.\n"
+        "CDFI: red = flow towards the probe, blue = away.\n\n"
+        "report_zh / report_en: one simulated free-text ultrasound report per patient (the same\n"
+        "text on each of the patient's rows), in Chinese and in English, describing the same\n"
+        "findings (size, shape, margin, hilum, echogenicity, necrosis, calcification, CDFI flow,\n"
+        "impression). Synthetic text, not real reports, and noisy on purpose:\n"
+        f"  empty (missing) report      {_reports.P_EMPTY:.0%} of patients\n"
+        f"  a finding left out          {_reports.P_OMIT:.0%} (each finding)\n"
+        f"  a finding misread           {_reports.P_MISREAD:.0%} (each finding)\n"
+        f"  size measurement error      sd {_reports.SIZE_SD_MM:g} mm per axis\n"
+        f"  no impression line          {_reports.P_NO_IMPRESSION:.0%}\n"
+        f"  wrong pathology impression  {_reports.P_WRONG_IMPRESSION:.0%} of the impressions given\n"
     )
     (out / "README.txt").write_text(readme, encoding="utf-8", newline="\n")
     return manifest

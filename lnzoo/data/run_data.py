@@ -24,7 +24,7 @@ class RunData:
     external: list[Sample]
     description: str
     skipped: list[str] = field(default_factory=list)
-    covariate_kinds: dict[str, str] = field(default_factory=dict)  # decided on all rows, never per fold
+    inputs: dict[str, Any] = field(default_factory=dict)  # input name -> (kind, table), checked on all rows
 
 
 def recipe_tasks(recipe, host) -> dict[str, Task]:
@@ -58,7 +58,7 @@ def _phantom_sources(recipe, tasks, on_phantom) -> tuple[Any, str | None, str]:
 
 
 def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, int], None] | None = None,
-                  check_files_too: bool = True) -> RunData:
+                  check_files_too: bool = True, host=None) -> RunData:
     """Read and check the recipe's data (or the built-in phantom when it names none).
 
     Every problem is collected: bad rows, missing/empty/corrupt images, duplicate rows, identical
@@ -90,14 +90,18 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
         for part, samples in parts.items():
             bad = check_files(samples, problems, digests)
             parts[part] = [s for i, s in enumerate(samples) if i not in bad]
-    kinds: dict[str, str] = {}
-    if data_cfg["covariates"]:
-        from lnzoo.data.covariates import covariate_kinds, missing_values
-        every = [s for samples in parts.values() for s in samples]
-        kinds, bad = covariate_kinds(every, data_cfg["covariates"], data_cfg["covariate_types"],
-                                     missing_values(data_cfg["missing_covariates"]), problems)
-        drop = {id(every[i]) for i in bad}
+    from lnzoo.inputs import build_kinds, check_rows, data_notes
+    if host is None:
+        from lnzoo.plugins import get_host
+        host = get_host()
+    kinds = build_kinds(data_cfg, recipe.data["model"], host)
+    if kinds:  # every input checks every row once, on all parts (a covariate's type is never decided per fold)
+        # the rows that will train or be scored: a row labelling none of the tasks is left out below anyway
+        every = [s for samples in parts.values() for s in samples if any(v != MISSING for v in s.labels.values())]
+        drop = {id(every[i]) for i in check_rows(kinds, every, problems)}
         parts = {part: [s for s in samples if id(s) not in drop] for part, samples in parts.items()}
+        for note in data_notes(kinds):
+            description += f"; {note}"
     grouped: list[str] = []
     if data_cfg["identical_images"] == "group":
         from lnzoo.data.checks import group_identical_patients

@@ -34,14 +34,26 @@ class Sample:
     origin: str                      # "file:line" of the row (first row, when merged)
     center: str | None = None
     split: str | None = None
-    covariates: dict[str, str] = field(default_factory=dict)
+    cells: dict[str, str] = field(default_factory=dict)  # the row's cells: covariates, report text, mask paths
     rois: dict[str, tuple[float, float, float, float] | Path] = field(default_factory=dict)  # view -> box or mask
+    base: Path | None = None  # the folder relative paths in ``cells`` resolve against (the manifest's)
 
     @property
     def key(self) -> str:
-        """Identity for merging rows: the image, plus its ROI (one frame may show two nodes)."""
-        image = str(next(p for p in self.views.values() if p is not None))
+        """Identity for merging rows: the image, plus its ROI (one frame may show two nodes); a row with
+        no image (a text- or morphology-only model) is its own identity."""
+        image = next((str(p) for p in self.views.values() if p is not None), None)
+        if image is None:
+            return f"row {self.origin}"
         return f"{image}|{sorted(self.rois.items())}" if self.rois else image
+
+    def cell_path(self, column: str) -> Path | None:
+        """The file a cell names (relative to the manifest's folder), or None for an empty cell."""
+        text = (self.cells.get(column) or "").strip()
+        if not text:
+            return None
+        path = Path(text)
+        return path if path.is_absolute() or self.base is None else (self.base / path).resolve()
 
 
 def read_lines(path: Path) -> list[str]:
@@ -161,7 +173,7 @@ def _row_views(row: Mapping[str, str], columns: Mapping[str, str], base: Path, c
         view_paths[view] = user_path(rel, base, where, problems) if rel else None
         if rel and view_paths[view] is None:
             return None
-    if all(p is None for p in view_paths.values()):
+    if columns and all(p is None for p in view_paths.values()):  # (a model without image views reads none)
         problems.append(f"{where}: no image path in any view column {sorted(set(columns.values()))}")
         return None
     if "roi" in view_paths and view_paths["roi"] is not None:
@@ -251,7 +263,6 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
         problems.append(f"{path}:1: no column for any of the recipe's tasks {list(label_col.values())}; "
                         f"map one with data.label_columns")
         return []
-    known = set(columns.values()) | {patient_col, "split", "center", *label_col.values()}
     samples = []
     for where, row in _data_rows(reader, path, problems):
         labels, bad = {}, False
@@ -280,8 +291,7 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
         view_paths, rois = parsed
         samples.append(Sample(view_paths, patient, labels, where, center=(row.get("center") or None),
                               split=(row.get("split") or None),
-                              covariates={k: v for k, v in row.items() if k not in known and v is not None},
-                              rois=rois))
+                              cells={k: v for k, v in row.items() if v is not None}, rois=rois, base=path.parent))
     return samples
 
 
@@ -310,7 +320,7 @@ def read_serving_manifest(path: Path, views: Sequence[str], cfg: Mapping[str, An
             problems.append(f"{where}: {'; '.join(missing)}")
             continue
         samples.append(Sample(view_paths, (row.get("patient") or "").strip(), {}, where,
-                              covariates={k: v for k, v in row.items() if v is not None}, rois=rois))
+                              cells={k: v for k, v in row.items() if v is not None}, rois=rois, base=path.parent))
     if problems:
         raise DataError(problems, "problem(s) with the manifest")
     if not samples:
@@ -325,7 +335,7 @@ def merge_by_image(samples: list[Sample], task_names: Sequence[str], problems: l
         key = s.key
         if key not in merged:
             merged[key] = Sample(dict(s.views), s.patient, {t: MISSING for t in task_names}, s.origin,
-                                 s.center, s.split, dict(s.covariates), dict(s.rois))
+                                 s.center, s.split, dict(s.cells), dict(s.rois), s.base)
         target = merged[key]
         for task, idx in s.labels.items():
             if idx == MISSING:

@@ -325,3 +325,17 @@ def mcnemar_test(y_true, pred_a, pred_b) -> dict:
         return {"b": b, "c": c, "statistic": float(k), "p_value": p, "exact": True}
     stat = (abs(b - c) - 1.0) ** 2 / n
     return {"b": b, "c": c, "statistic": float(stat), "p_value": float(chi2.sf(stat, 1)), "exact": False}
+
+
+def standardized_mean_difference(a, b) -> np.ndarray:
+    """Cohen's d per column of ``a`` (n_a, F) against ``b`` (n_b, F): the mean difference over the pooled
+    standard deviation (ddof 1); NaN where a group has under 2 rows or the pooled sd is 0."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"expected two (n, F) arrays with the same F, got {a.shape} and {b.shape}")
+    na, nb = len(a), len(b)
+    if na < 2 or nb < 2:
+        return np.full(a.shape[1], np.nan)
+    pooled = np.sqrt(((na - 1) * a.var(0, ddof=1) + (nb - 1) * b.var(0, ddof=1)) / (na + nb - 2))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(pooled > 0, (a.mean(0) - b.mean(0)) / pooled, np.nan)

@@ -73,3 +73,33 @@ class AttentionFusion(nn.Module):
         weights = weights / weights.sum(1, keepdim=True).clamp_min(1e-12)
         self.last_weights = weights.detach()
         return (weights.unsqueeze(-1) * x).sum(1)
+
+
+class TransformerFusion(nn.Module):
+    """The members as tokens through a small transformer encoder (LLNM-Net's fusion of image, report and
+    clinical data); a learned summary token is the output. A missing member is a masked key: no token
+    attends to it, so its zeros never reach the output."""
+
+    def __init__(self, num_views: int, in_features: int, dim: int = 128, layers: int = 2, heads: int = 4,
+                 dropout: float = 0.1):
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"fusion 'transformer': dim ({dim}) must be a multiple of heads ({heads})")
+        self.embed = nn.Linear(in_features, dim)
+        self.member = nn.Parameter(torch.zeros(num_views, dim))  # which input a token is
+        self.summary = nn.Parameter(torch.zeros(1, 1, dim))
+        nn.init.normal_(self.member, std=0.02)
+        nn.init.normal_(self.summary, std=0.02)
+        layer = nn.TransformerEncoderLayer(dim, heads, dim_feedforward=2 * dim, dropout=dropout, batch_first=True,
+                                           norm_first=True)
+        self.body = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(dim)
+        self.out_features = dim
+
+    def forward(self, feats: list[torch.Tensor], present: torch.Tensor | None = None) -> torch.Tensor:
+        mask = _present(feats, present)
+        b = feats[0].shape[0]
+        tokens = self.embed(torch.stack(feats, dim=1).to(self.embed.weight.dtype)) + self.member
+        x = torch.cat([self.summary.expand(b, -1, -1), tokens], dim=1)
+        pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=mask.device), ~mask], dim=1)
+        return self.norm(self.body(x, src_key_padding_mask=pad)[:, 0])

@@ -8,7 +8,7 @@ from typing import Any
 
 from lnzoo.errors import UsageError
 from lnzoo.evaluation import N_BOOT
-from lnzoo.report.html import CSS, e, gradcam_section, img, level_section, slug, table
+from lnzoo.report.html import CSS, e, effects_section, gradcam_section, img, level_section, slug, table
 from lnzoo.report.plots import part_label, plot_training
 from lnzoo.rundir import RunDir, write_atomic
 
@@ -136,6 +136,7 @@ def _render(rd: RunDir, summary: dict, evaluation: dict) -> str:
         for level_name, level in entry["levels"].items():
             body.append(level_section(t, level_name, level, entry, show_level))
     body.append(_training_section(rd, summary))
+    body.append(effects_section(rd.read_json(rd.INPUTS) if (rd / rd.INPUTS).is_file() else {}))
     body.append(gradcam_section(rd / rd.EXPLAIN))
     title = e(f"lnzoo report: {summary['recipe']}")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"

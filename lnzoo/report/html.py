@@ -239,3 +239,28 @@ def gradcam_section(root: Path) -> str:
 def img(b64: str, alt: str) -> str:
     return f'<img src="data:image/png;base64,{b64}" alt="{html.escape(alt)}">'
 
+
+
+def effects_section(effects: dict[str, Any]) -> str:
+    """The inputs' named features (morphology, covariates, radiomics) between the main task's classes: Cohen's d
+    per feature, a table and a bar plot per input; "" when the run has none (its ``inputs.json``)."""
+    from lnzoo.report.plots import plot_effects
+
+    if not effects:
+        return ""
+    out = ["<h2 id='input-features'>Input features between classes</h2>",
+           "<p class='note'>Standardised mean difference (Cohen's d, pooled sd) of each named feature between the main "
+           "task's classes on the cross-validation rows that have the input: |d| about 0.2 is small, 0.5 medium, 0.8 "
+           "large. Descriptive: a large d says the feature differs between the classes here, not that the model uses "
+           "it (per-input occlusion in <code>lnzoo explain</code> says what the model relies on).</p>"]
+    for name, entry in effects.items():
+        d = entry["cohens_d"]
+        counts = ", ".join(f"{c}: {n}" for c, n in entry["n_per_class"].items())
+        out.append(f"<h3>{e(name)} ({e(entry['kind'])}; {entry['n']} rows: {e(counts)})</h3>")
+        out.append(img(plot_effects(entry["features"], d, f"{name}: the largest effects"), f"effect sizes of {name}"))
+        strongest = sorted(range(len(entry["features"])), key=lambda i: -max(
+            (abs(v[i]) for v in d.values() if v[i] is not None), default=-1.0))
+        rows = [[entry["features"][i], *[("n/a" if d[c][i] is None else f"{d[c][i]:+.2f}") for c in d]]
+                for i in strongest]
+        out.append(table(["feature", *[f"d: {c} vs rest" for c in d]], rows))
+    return "".join(out)

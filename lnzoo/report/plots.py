@@ -193,3 +193,25 @@ def plot_training(histories: dict[int, dict[str, list[float]]], best_epochs: dic
     return png(fig)
 
 
+
+
+def plot_effects(features: list[str], effects: dict[str, list], title: str, top: int = 15) -> str:
+    """Horizontal bars of the features' Cohen's d (largest |d| first), one bar colour per class compared."""
+    plt = plt_module()
+    values = np.abs(np.array([[np.nan if v is None else v for v in d] for d in effects.values()], dtype=float))
+    strongest = np.where(np.isfinite(values).any(0), np.nanmax(np.where(np.isfinite(values), values, -1.0), 0), np.nan)
+    order = [i for i in np.argsort(-np.nan_to_num(strongest, nan=-1.0)) if np.isfinite(strongest[i])][:top][::-1]
+    fig, ax = plt.subplots(figsize=(6.4, 0.32 * max(len(order), 3) + 1.0))
+    height = 0.8 / max(len(effects), 1)
+    for j, (cls, d) in enumerate(effects.items()):
+        vals = [np.nan if d[i] is None else d[i] for i in order]
+        ax.barh(np.arange(len(order)) + j * height, vals, height=height, label=f"{cls} vs rest", color=f"C{j}")
+    ax.set_yticks(np.arange(len(order)) + height * (len(effects) - 1) / 2, [features[i] for i in order], fontsize=8)
+    ax.axvline(0, color="black", lw=0.8)
+    for x in (-0.8, -0.5, -0.2, 0.2, 0.5, 0.8):  # Cohen's small / medium / large
+        ax.axvline(x, color="grey", lw=0.5, ls=":")
+    ax.set_xlabel("standardised mean difference (Cohen's d)")
+    ax.set_title(title, fontsize=10)
+    if len(effects) > 1:
+        ax.legend(fontsize=7, loc="lower right")
+    return png(fig)

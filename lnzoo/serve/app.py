@@ -57,10 +57,11 @@ class ServedModel:
 
     @property
     def covariates(self) -> list[str]:
+        """The text fields the models read besides images: covariates and report text (inputs that read a file,
+        such as a mask's morphology, are not taken by the server: those inputs are missing for a request)."""
         names: list[str] = []
         for m in self.ensemble.members:
-            spec = getattr(m.covariates, "spec", None) or []
-            names += [c["name"] for c in spec if c["name"] not in names]
+            names += [c for c in (m.inputs.text_columns if m.inputs else []) if c not in names]
         return names
 
 

@@ -167,4 +167,4 @@ def write_sample(req: Submission, folder: Path, server: Server):
         optional = f"; {', '.join(map(repr, others))} optional" if others else ""
         raise RequestError(422, f"missing the view {required!r}: give {need}. This model takes the views "
                                 f"{server.views} (file fields {server.file_fields}): {required!r} required{optional}")
-    return Sample(views, "", {}, "upload", covariates=dict(req.covariates), rois=rois)
+    return Sample(views, "", {}, "upload", cells=dict(req.covariates), rois=rois)

@@ -30,14 +30,14 @@ class MeanTeacher:
         progress = min(1.0, (epoch + step / max(steps, 1)) / self.cfg["rampup_epochs"])
         return math.exp(-5.0 * (1.0 - progress) ** 2)
 
-    def loss(self, model, x, present, tab, student_out, main_y) -> torch.Tensor:
+    def loss(self, model, x, present, inputs, student_out, main_y) -> torch.Tensor:
         unlabelled = main_y == MISSING
         if not bool(unlabelled.any()):
             return student_out.sum() * 0.0
         self.teacher.eval()
         with torch.no_grad():
             t_out = self.teacher.module(x[unlabelled].flip(-1), present[unlabelled],
-                                        tab[unlabelled] if tab.numel() else None)[self.main]
+                                        {k: v[unlabelled] for k, v in (inputs or {}).items()})[self.main]
             t_prob = self.teacher.module.probabilities({self.main: t_out.float()})[self.main]
         conf, pseudo = t_prob.max(1)
         confident = conf >= self.cfg["threshold"]

@@ -33,7 +33,7 @@ class FoldResult:
     """What one fit produced: the kept weights (ready to predict), the last weights, the curves."""
 
     fold: int
-    predictor: Predictor                # the kept epoch's model with its covariate encoder
+    predictor: Predictor                # the kept epoch's model with its fitted inputs
     last_state: dict[str, torch.Tensor]  # weights after the final epoch (EMA weights when train.ema > 0)
     history: list[dict[str, Any]] = field(default_factory=list)
     best_epoch: int = -1
@@ -94,9 +94,12 @@ class Trainer:
     """Fits models for one recipe, fold after fold; ``on_event`` receives :mod:`lnzoo.events` as it goes."""
 
     def __init__(self, recipe, host, tasks: Mapping[str, Task], cache: ImageCache | None,
-                 on_event: Callable[[Any], None] | None = None, covariate_kinds: Mapping[str, str] | None = None):
+                 on_event: Callable[[Any], None] | None = None, inputs: Mapping[str, Any] | None = None):
         self.recipe, self.host, self.tasks, self.cache = recipe, host, dict(tasks), cache
-        self.covariate_kinds = dict(covariate_kinds) if covariate_kinds else None  # decided on the whole data
+        if inputs is None:  # no RunData: the recipe's inputs, not yet checked on any rows
+            from lnzoo.inputs import build_kinds
+            inputs = build_kinds(recipe.data["data"], recipe.data["model"], host)
+        self.inputs = dict(inputs)  # input name -> (kind, table), checked on the whole data
         self.cfg = recipe.data["train"]
         self.data_cfg = recipe.data["data"]
         self.main = recipe.data["tasks"]["main"]
@@ -109,13 +112,13 @@ class Trainer:
         self.emit = on_event or (lambda event: None)
         self._probe = None  # the linear probe's frozen backbone and feature cache, shared by the folds
 
-    def predictor(self, model: nn.Module, covariates=None) -> Predictor:
+    def predictor(self, model: nn.Module, inputs=None) -> Predictor:
         """The model as the one inference path sees it, reading images through this run's cache."""
         from lnzoo.data.images import Preprocessing
 
         pre = self.cache.pre if self.cache is not None else Preprocessing(
             self.data_cfg["image_size"], self.data_cfg["resize"], self.data_cfg["normalize"], self.data_cfg["roi_margin"])
-        return Predictor(model, self.tasks, pre, list(self.data_cfg["views"]), covariates, tta=self.cfg["tta"],
+        return Predictor(model, self.tasks, pre, list(self.data_cfg["views"]), inputs, tta=self.cfg["tta"],
                          device=self.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
                          cache=self.cache)
 
@@ -174,12 +177,9 @@ class Trainer:
                               init_report=self._probe.init_report)
 
         seed_everything(seed)
-        covariates = None
-        if self.data_cfg["covariates"]:
-            from lnzoo.data.covariates import CovariateEncoder
-            covariates = CovariateEncoder.fit(train, self.data_cfg["covariates"], self.covariate_kinds,  # training
-                                              self.data_cfg["missing_covariates"])  # part only: no leakage
-        model = build_model(self.recipe, self.host, self.tasks, covariates)
+        from lnzoo.inputs import fit_inputs
+        inputs = fit_inputs(self.inputs, train)  # the training part only: no leakage
+        model = build_model(self.recipe, self.host, self.tasks, inputs)
         init_report = None
         if self.recipe.data["model"]["init_from"]:
             init_report = init_from_checkpoint(model, self.recipe.data["model"]["init_from"])
@@ -187,7 +187,7 @@ class Trainer:
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        student = self.predictor(model, covariates)
+        student = self.predictor(model, inputs)
         augment = build_augment(self.data_cfg["augment"], self.data_cfg["image_size"])
         train_ds = student.dataset(train, augment, view_dropout=self.cfg["view_dropout"])
         val_ds = student.dataset(val)
@@ -198,7 +198,7 @@ class Trainer:
         scheduler = make_scheduler(optimizer, self.cfg, len(loader))
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # bfloat16 cannot overflow
         ema = ema_of(model, self.cfg["ema"]) if self.cfg["ema"] > 0 else None
-        kept = self.predictor(ema.module if ema is not None else model, covariates)  # what is evaluated and saved
+        kept = self.predictor(ema.module if ema is not None else model, inputs)  # what is evaluated and saved
         teacher = MeanTeacher(model, self.cfg["mean_teacher"], self.main) if self.cfg["mean_teacher"]["weight"] > 0 \
             else None
         run = Fit(model, ema, teacher, optimizer, scheduler, scaler, loader,
@@ -230,7 +230,7 @@ class Trainer:
             result.best_epoch = len(result.history)
             result.best_score, result.best_value = run.last_monitor
         model.load_state_dict(best_state)
-        result.predictor = self.predictor(model, covariates)
+        result.predictor = self.predictor(model, inputs)
         return result
 
     def _forward(self, model: nn.Module, seed: int) -> nn.Module:
@@ -260,15 +260,15 @@ class Trainer:
         # (step, loss on the device, batch size, sample indices) of the steps not yet read back: reading a loss
         # waits for the GPU to finish every kernel queued, so it is done every train.sync_every steps
         pending: list[tuple[int, torch.Tensor, int, torch.Tensor]] = []
-        for step, (x, present, y, idx, tab) in enumerate(loader):
-            x, present, y, tab = student.to_device(x, present, y, tab)
+        for step, (x, present, y, idx, inputs) in enumerate(loader):
+            x, present, y, inputs = student.to_device(x, present, y, inputs)
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                outputs = run.forward(x, present, tab)
+                outputs = run.forward(x, present, inputs)
             loss, _ = loss_fn({k: v.float() for k, v in outputs.items()},
                               {t: y[:, i] for i, t in enumerate(self.tasks)}, heads, world=self.world.size)
             if teacher is not None:
                 loss = loss + self.cfg["mean_teacher"]["weight"] * teacher.ramp(epoch, step, len(loader)) * \
-                    teacher.loss(model, x, present, tab, outputs[self.main], y[:, main_col])
+                    teacher.loss(model, x, present, inputs, outputs[self.main], y[:, main_col])
             pending.append((step + 1, loss.detach(), len(y), idx))
             synced = (step + 1) % every == 0 or step + 1 == steps
             if synced:  # before this step's update, so with sync_every = 1 a NaN loss never reaches the weights

@@ -35,9 +35,9 @@ class LinearProbe:
         if todo:
             loader = DataLoader(self.predictor.dataset(todo), batch_size=max(64, self.trainer.data_cfg["batch_size"]))
             with torch.no_grad():
-                for x, present, _, idx, tab in loader:
-                    x, present, tab = self.predictor.to_device(x, present, tab)
-                    for i, row in zip(idx.tolist(), self.model.features(x, present, tab).float().cpu().numpy()):
+                for x, present, _, idx, inputs in loader:
+                    x, present, inputs = self.predictor.to_device(x, present, inputs)
+                    for i, row in zip(idx.tolist(), self.model.features(x, present, inputs).float().cpu().numpy()):
                         self.features[todo[i].key] = row
         return np.stack([self.features[s.key] for s in samples]).astype(np.float64)
 

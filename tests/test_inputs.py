@@ -1,0 +1,244 @@
+"""Input kinds besides the image views: report text, morphology, covariates; the LLNM-style recipe."""
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from lnzoo.data.samples import Sample
+from lnzoo.plugins import load_plugins
+from lnzoo.recipe import load_recipe
+from lnzoo.testing import check_input
+from tests.conftest import REPO, invoke_cli
+
+HOST = load_plugins()
+LLNM = REPO / "recipes" / "llnm_multimodal.toml"
+TINY = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=32", "train.epochs=2",
+        "cv.folds=3", "cv.run_folds=[0]", "data.batch_size=16", "data.phantom.patients=40", "train.threads=2",
+        "model.fusion={name='transformer', dim=32, layers=1, heads=2}", "data.inputs.report.dim=32",
+        "data.inputs.report.heads=2", "data.inputs.report.layers=1", "data.inputs.report.max_length=48"]
+
+
+def _rows(texts, base=None):
+    return [Sample({}, f"P{i}", {}, f"m.csv:{i + 2}", cells={"report": t}, base=base) for i, t in enumerate(texts)]
+
+
+REPORTS = ["右侧颈部II区可见一淋巴结，大小约12×6mm，淋巴门结构可见", "A hypoechoic round node, hilum absent.",
+           "左侧颈部Ⅳ区淋巴结，形态不规则，边界不清", "", "An oval node with preserved fatty hilum. Impression: reactive.",
+           "淋巴门结构消失，考虑转移"]
+
+
+def test_text_kind_meets_the_contract_and_treats_an_empty_report_as_missing():
+    check_input("text", _rows(REPORTS * 3), host=HOST, column="report", max_length=16, dim=16, heads=2, layers=1)
+    kind = HOST.get("input", "text").build(column="report", max_length=8, min_frequency=1)
+    problems: list[str] = []
+    assert kind.check(_rows(REPORTS), problems) == set() and not problems  # no row is bad for having no report
+    assert "5 report(s)" in kind.data_note() and "1 empty" in kind.data_note()
+    assert "over 8 tokens (truncated)" in kind.data_note()
+    state = kind.fit(_rows(REPORTS))
+    assert kind.encode(_rows([""])[0], state) is None and kind.encode(_rows(["  nan "])[0], state) is None
+    ids = kind.encode(_rows([REPORTS[0]])[0], state)
+    assert ids.shape == (8,) and ids.dtype == np.int64 and (ids > 0).all()  # truncated to max_length, no padding
+    # Chinese is read character by character, English as words: no sub-word spans two CJK characters
+    tokens = kind.tokens(_rows(["淋巴门结构消失"])[0], state)
+    assert tokens == list("淋巴门结构消失")
+    assert kind.tokens(_rows(["hilum absent"])[0], state)[0] in ("hilum", "hi")
+
+
+def test_the_vocabulary_is_fitted_on_the_training_reports_only():
+    kind = HOST.get("input", "text").build(column="report", max_length=8, min_frequency=1)
+    state = kind.fit(_rows(["hilum present", "hilum absent"]))
+    vocab = json.loads(state["tokenizer"])["model"]["vocab"]
+    assert "hilum" in vocab and "microcalcification" not in vocab
+    unseen = kind.encode(_rows(["microcalcification"])[0], state)
+    assert set(unseen[unseen > 0].tolist()) <= {vocab[t] for t in vocab if len(t.lstrip("#")) <= 1} | {1}
+
+
+def _mask_rows(tmp_path: Path) -> list[Sample]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        img = (rng.random((64, 64)) * 255).astype(np.uint8)
+        mask = np.zeros((64, 64), np.uint8)
+        if i != 3:  # row 3: an empty mask, a missing input
+            mask[16:40 + i, 20:44] = 255
+        Image.fromarray(img).save(tmp_path / f"i{i}.png")
+        Image.fromarray(mask).save(tmp_path / f"m{i}.png")
+        rows.append(Sample({}, f"P{i}", {}, f"m.csv:{i + 2}", cells={"path": f"i{i}.png", "mask": f"m{i}.png"},
+                           base=tmp_path))
+    return rows
+
+
+def test_morphology_kind_meets_the_contract_names_bad_masks_and_is_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("LNZOO_CACHE", str(tmp_path / "cache"))
+    rows = _mask_rows(tmp_path)
+    check_input("morphology", rows, host=HOST)
+    kind = HOST.get("input", "morphology").build()
+    problems: list[str] = []
+    (tmp_path / "m5.png").write_bytes(b"not a png")
+    Image.fromarray(np.zeros((10, 10), np.uint8) + 255).save(tmp_path / "m6.png")  # does not fit its 64 px image
+    rows[7].cells["mask"] = "gone.png"
+    assert kind.check(rows, problems) == {5, 6, 7}
+    assert any(p.startswith("m.csv:7: morphology") and "m5.png" in p for p in problems)
+    assert any(p.startswith("m.csv:8: morphology") and "(10, 10)" in p for p in problems)
+    assert any(p.startswith("m.csv:9: morphology") and "gone.png" in p and "not found" in p for p in problems)
+    state = kind.fit(rows[:5])
+    assert kind.encode(rows[3], state) is None  # empty mask: missing
+    assert "1 empty" in kind.data_note()
+    fresh = HOST.get("input", "morphology").build()  # a new run: the disk cache answers, nothing is recomputed
+    fresh.check(rows[:5], [])
+    assert fresh.cache.misses == 0 and fresh.cache.hits == 5
+
+
+def test_covariates_are_an_input_kind_too():
+    rows = [Sample({}, f"P{i}", {}, f"m.csv:{i + 2}", cells={"age": str(40 + i), "sex": "MF"[i % 2]})
+            for i in range(6)] + [Sample({}, "Q", {}, "m.csv:9", cells={"age": "", "sex": ""})]
+    check_input("covariates", rows, host=HOST, columns=["age", "sex"])
+    kind = HOST.get("input", "covariates").build(columns=["age", "sex"])
+    kind.check(rows, [])
+    assert kind.encode(rows[-1], kind.fit(rows)) is None  # nothing known: missing, like a view not acquired
+
+
+@pytest.mark.parametrize("sets, message", [
+    (["data.inputs.report.name=txt"], "unknown input 'txt'; did you mean 'text'"),
+    (["data.inputs.report.max_lenght=64"], "input 'text' takes no argument 'max_lenght'; did you mean 'max_length'"),
+    (["data.inputs.report.column=reprot_zh"], "no row of the data has a column 'reprot_zh'"),
+    (["train.method='linear_probe'"], "need an encoder trained with them"),
+    (["data.inputs.full={name='text'}"], "also an image view"),
+])
+def test_recipe_mistakes_about_inputs_are_named(sets, message, lnzoo_cache):
+    out = invoke_cli("validate", LLNM, "--quick", *[a for s in sets for a in ("--set", s)])
+    assert out.returncode == 2 and message in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+@pytest.fixture(scope="module")
+def llnm_run(lnzoo_cache, tmp_path_factory):
+    from lnzoo.pipeline import fit_folds
+
+    out = tmp_path_factory.mktemp("llnm") / "run"
+    fit_folds(load_recipe(LLNM, host=HOST, sets=TINY), HOST, out)
+    return out
+
+
+def test_llnm_recipe_fuses_image_report_morphology_and_covariates(llnm_run):
+    side = json.loads((llnm_run / "fold0" / "best.json").read_text())
+    assert [e["name"] for e in side["inputs"]] == ["covariates", "report", "morphology"]
+    morph = side["inputs"][2]["state"]
+    assert "shape.circularity" in morph["features"] and len(morph["mean"]) == len(morph["features"])
+    from lnzoo.inference import load
+    predictor = load(llnm_run / "fold0" / "best.safetensors", HOST)
+    assert predictor.model.members == ["full", "covariates", "report", "morphology"]
+    metrics = json.loads((llnm_run / "metrics.json").read_text())
+    assert "report:" in metrics["data"] and "morphology:" in metrics["data"]
+
+
+def test_llnm_predictions_reproduce_from_the_rows_and_a_missing_report_still_predicts(llnm_run):
+    from lnzoo.data.run_data import load_run_data, recipe_tasks
+    from lnzoo.inference import load
+
+    rows = list(csv.DictReader((llnm_run / "predictions.csv").open()))[:6]
+    member = load(llnm_run / "fold0" / "best.safetensors", HOST)
+    recipe = load_recipe(llnm_run / "recipe.toml", host=HOST)
+    pool = load_run_data(recipe, recipe_tasks(recipe, HOST), host=HOST).pool
+    by_path = {str(s.views["full"]): s for s in pool}
+    samples = [by_path[r["path"]] for r in rows]
+    got = member.predict(samples).proba["lnm"][:, 1]
+    assert np.allclose(got, [float(r["p_lnm_N1"]) for r in rows], atol=1e-5)  # one inference path
+    bare = [Sample(dict(s.views), s.patient, {}, s.origin, cells={**s.cells, "report_zh": ""}, base=s.base)
+            for s in samples]
+    p_bare = member.predict(bare).proba["lnm"][:, 1]
+    assert np.isfinite(p_bare).all() and not np.allclose(p_bare, got)  # the report is missing, not fatal
+
+
+def test_a_model_without_image_views_trains_on_its_other_inputs(lnzoo_cache, tmp_path):
+    from lnzoo.pipeline import fit_folds
+
+    sets = [*TINY, "data.views=[]", "data.covariates=[]", "data.inputs.morphology={name='morphology'}"]
+    recipe = load_recipe(LLNM, host=HOST, sets=sets)
+    fit_folds(recipe, HOST, tmp_path / "run")
+    side = json.loads((tmp_path / "run" / "fold0" / "best.json").read_text())
+    assert side["views"] == [] and [e["name"] for e in side["inputs"]] == ["report", "morphology"]
+    from lnzoo.inference import load
+    model = load(tmp_path / "run" / "fold0" / "best.safetensors", HOST).model
+    assert len(model.backbones) == 0 and model.members == ["report", "morphology"]
+
+
+def test_an_input_kind_that_breaks_its_contract_is_named():
+    from lnzoo.inputs import build_kind
+    from lnzoo.errors import UsageError
+
+    class Half:  # a plugin's kind that forgot encode and encoder
+        column, dtype = "x", "float32"
+
+        def check(self, samples, problems):
+            return set()
+
+        def fit(self, samples):
+            return {}
+
+        def shape(self, state):
+            return (1,)
+
+    import types
+
+    import lnzoo
+    plugin = types.ModuleType("acme_half")
+
+    @lnzoo.hookimpl
+    def lnzoo_register_inputs(register):
+        register("half", lambda column="x": Half(), "a kind missing two methods")
+    plugin.lnzoo_register_inputs = lnzoo_register_inputs
+    host = load_plugins(extra=[("acme-half", plugin)], entry_points=[], strict=False)
+    with pytest.raises(UsageError, match=r"does not satisfy lnzoo.contracts.InputKind: missing \['encode', 'encoder'\]"):
+        build_kind("h", {"name": "half"}, host)
+
+
+def test_explain_says_which_input_mattered(llnm_run, tmp_path):
+    from lnzoo.data.run_data import load_run_data, recipe_tasks
+    from lnzoo.explain import explain
+    from lnzoo.inference import load
+
+    member = load(llnm_run / "fold0" / "best.safetensors", HOST)
+    recipe = load_recipe(llnm_run / "recipe.toml", host=HOST)
+    sample = next(s for s in load_run_data(recipe, recipe_tasks(recipe, HOST), host=HOST).pool
+                  if s.cells.get("report_zh"))
+    explain(member, [sample], tmp_path / "x", host=HOST)
+    rows = list(csv.DictReader((tmp_path / "x" / "occlusion.csv").open()))
+    assert {r["removed"] for r in rows} == {"full", "covariates", "report", "morphology"}
+    row = next(r for r in rows if r["removed"] == "report")
+    cls = member.tasks["lnm"].classes.index(row["class"])
+    bare = Sample(dict(sample.views), sample.patient, {}, sample.origin, cells={**sample.cells, "report_zh": ""},
+                  base=sample.base)
+    # removing an input is what a row without it gets: the same probability
+    assert float(row["p_without"]) == pytest.approx(member.predict([bare]).proba["lnm"][0, cls], abs=1e-5)
+    assert float(row["p_all"]) == pytest.approx(member.predict([sample]).proba["lnm"][0, cls], abs=1e-5)
+
+
+def test_the_report_lists_the_morphology_features_effect_sizes(llnm_run):
+    from lnzoo.report import write_report
+
+    effects = json.loads((llnm_run / "inputs.json").read_text())
+    assert set(effects) == {"covariates", "morphology"}  # the inputs with named features (not the report text)
+    d = dict(zip(effects["morphology"]["features"], effects["morphology"]["cohens_d"]["N1"]))
+    assert d["shape.aspect_ratio"] < -0.5  # the phantom's metastatic nodes are rounder than the benign ones
+    page = write_report(llnm_run, n_boot=50).read_text()
+    assert "Input features between classes" in page and "shape.aspect_ratio" in page
+
+
+def test_standardized_mean_difference_is_cohens_d():
+    from lnzoo.evaluation.stats import standardized_mean_difference
+
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(1.0, 2.0, (30, 3)), rng.normal(0.0, 1.0, (50, 3))
+    for j in range(3):
+        x, y = a[:, j].tolist(), b[:, j].tolist()
+        mx, my = sum(x) / len(x), sum(y) / len(y)
+        sx = sum((v - mx) ** 2 for v in x) / (len(x) - 1)
+        sy = sum((v - my) ** 2 for v in y) / (len(y) - 1)
+        pooled = (((len(x) - 1) * sx + (len(y) - 1) * sy) / (len(x) + len(y) - 2)) ** 0.5
+        assert standardized_mean_difference(a, b)[j] == pytest.approx((mx - my) / pooled)
+    assert np.isnan(standardized_mean_difference(a[:1], b)).all()
