@@ -190,8 +190,9 @@ def same_settings(stored: dict, now: dict) -> bool:
 
 
 def same_folds(run: dict[str, int], folds: dict[str, int]) -> bool:
-    """The run put every benchmark patient in the benchmark's fold (it may list more, e.g. unlabelled ones)."""
-    return all(run.get(p) == k for p, k in folds.items())
+    """The run put every benchmark patient it has in the benchmark's fold (it may list more, e.g. unlabelled ones,
+    or fewer: a model of other inputs than the image leaves out rows that give none of them)."""
+    return all(run.get(p, k) == k for p, k in folds.items())
 
 
 def read_folds(run_dir: Path) -> dict[str, int]:
@@ -199,22 +200,24 @@ def read_folds(run_dir: Path) -> dict[str, int]:
         return {r["patient"]: int(r["fold"]) for r in csv.DictReader(fh)}
 
 
-def read_oof(run_dir: Path, main: str, paths: list[str], classes: list[str]) -> np.ndarray:
-    """The out-of-fold probabilities of a run (or of a nested choice), in the benchmark's image order.
+def read_oof(run_dir: Path, main: str, paths: list[str], classes: list[str], sources: dict[str, str]) -> np.ndarray:
+    """The out-of-fold probabilities of a run (or of a nested choice), in the benchmark's image order; NaN rows
+    where the run has none (a model without image views leaves out a row that gives none of its inputs).
 
     A row is matched on its image file under whichever view column holds it (``path`` for a full
-    view, ``path_roi`` for a roi view: both name the same file of the set's labels.csv)."""
+    view, ``path_roi`` for a roi view: both name the same file of the set's labels.csv), or, for a model
+    without views, on its manifest line (``source``, mapped to the image by ``sources``)."""
     index = {p: i for i, p in enumerate(paths)}
     oof = np.full((len(paths), len(classes)), np.nan)
     with (run_dir / "predictions.csv").open(newline="") as fh:
         reader = csv.DictReader(fh)
         columns = [c for c in reader.fieldnames or [] if c == "path" or c.startswith("path_")]
         for row in reader:
-            hit = next((row[c] for c in columns if row[c] in index), None)
-            if row["part"] == "cv" and hit is not None:
+            hit = next((row[c] for c in columns if row[c] in index), None) or sources.get(row.get("source", ""))
+            if row["part"] == "cv" and hit in index:
                 oof[index[hit]] = [float(row[f"p_{main}_{c}"]) for c in classes]
-    if np.isnan(oof).any():
-        raise SystemExit(f"{run_dir}/predictions.csv lacks out-of-fold rows for {int(np.isnan(oof).any(1).sum())} images")
+    if np.isnan(oof).all():
+        raise SystemExit(f"{run_dir}/predictions.csv has no out-of-fold row of the benchmark's images")
     return oof
 
 
@@ -316,7 +319,7 @@ def main() -> None:
         probe = load_recipe(paths_of_set[0], host=host, sets=args.sets_)
         try:
             tasks = recipe_tasks(probe, host)
-            data = load_run_data(probe, tasks)
+            data = load_run_data(probe, tasks, host=host)
         except Exception as exc:  # noqa: BLE001 - most often: ../shared is not there
             log(f"{set_name}: cannot read its data ({exc}); skipped")
             continue
@@ -325,6 +328,7 @@ def main() -> None:
         pool = [s for s in data.pool if s.labels.get(main, MISSING) != MISSING]
         view = probe.data["data"]["views"][0]  # the image file of the first view ('roi' crops the same file)
         paths = [str(s.views[view]) for s in pool]
+        sources = {s.origin: str(s.views[view]) for s in pool}  # manifest line -> image, for view-less models
         y = np.array([s.labels[main] for s in pool])
         patients = [s.patient for s in pool]
         folds = draw_folds(patients, y)
@@ -382,10 +386,14 @@ def main() -> None:
                              f"{pooled_b:.3f} | | {base_wall / 60:.1f} min |")
 
             def report(label: str, run_dir: Path, wall: float, size_epochs: str, chosen: list[str] | None = None) -> None:
-                oof = read_oof(run_dir, main, paths, classes)
+                oof = read_oof(run_dir, main, paths, classes, sources)
+                have = ~np.isnan(oof).any(1)  # every row but those a model without image views could not take
+                if not have.all():
+                    label += f" ({int(have.sum())} of {len(have)} images: the rest give it no input)"
+                    log(f"  {label}: scored on the {int(have.sum())} images it predicts; the baseline on the same")
                 rows = inner_rows(run_dir)
                 for r in rows:
-                    te = fold_of == r["fold"]
+                    te = (fold_of == r["fold"]) & have
                     r.update(auc=fold_auc(y[te], oof[te]), bacc=fold_bacc(y[te], oof[te]))
                 log(f"\n{set_name}, {label}: per fold (held-out AUC / balanced accuracy; the inner-validation AUC "
                     "of the kept epoch" + (" and the candidate" if chosen else "") + ")")
@@ -395,11 +403,12 @@ def main() -> None:
                     bs = f"baseline {b['auc']:.3f} / {b['bacc']:.3f} (val {b['val_auc']:.3f})" if b else ""
                     who = f" [{chosen[i]}]" if chosen else ""
                     log(f"  fold {k}: lnzoo {ln['auc']:.3f} / {ln['bacc']:.3f} (val {ln['val_auc']:.3f}){who}   {bs}")
-                pooled_ln = fold_auc(y, oof)
+                pooled_ln = fold_auc(y[have], oof[have])
                 stats_txt, plain = "", None
                 if base_oof is not None:
-                    plain = auc_difference_test(y, oof, base_oof)
-                    clustered = auc_difference_test(y, oof, base_oof, groups=patients)
+                    plain = auc_difference_test(y[have], oof[have], base_oof[have])
+                    clustered = auc_difference_test(y[have], oof[have], base_oof[have],
+                                                    groups=[p for p, h in zip(patients, have) if h])
                     stats_txt = f"{plain['p_value']:.3g} / {clustered['p_value']:.3g}"
                     log(f"  pooled OOF AUC: lnzoo {pooled_ln:.3f} vs baseline {pooled_b:.3f}; DeLong z {plain['z']:.2f} "
                         f"p {plain['p_value']:.3g}; clustered by patient z {clustered['z']:.2f} p {clustered['p_value']:.3g}")

@@ -110,12 +110,13 @@ class Reference:
         with self.torch.no_grad():
             start = time.perf_counter()
             for i in range(n):
-                x, present, _, _, tab = self.ds[i % len(self.ds)]
-                self.model(x[None], present[None], tab[None])
+                x, present, _, _, extra = self.ds[i % len(self.ds)]
+                extra = {k: v[None] for k, v in extra.items()}
+                self.model(x[None], present[None], extra)
             with_decode = time.perf_counter() - start
             start = time.perf_counter()
             for _ in range(n):
-                self.model(x[None], present[None], tab[None])
+                self.model(x[None], present[None], extra)
             return with_decode, time.perf_counter() - start
 
 

@@ -133,7 +133,10 @@ def model_info(path: str | Path) -> dict[str, Any]:
         "preprocessing": {**first["preprocessing"], "roi_margin": data.get("roi_margin"),
                           "empty_roi": data.get("empty_roi"), "bbox_column": data.get("bbox_column"),
                           "mask_column": data.get("mask_column"), "crop_suffix": data.get("crop_suffix")},
-        "covariates": first.get("covariates"), "tta": recipe.get("train", {}).get("tta", "none"),
+        # the inputs besides the views, as the recipe named them (kind and options); their fitted state is per fold
+        "inputs": [{"name": e["name"], "kind": e["table"].get("name"),
+                    "options": {k: v for k, v in e["table"].items() if k != "name"}} for e in first.get("inputs") or []],
+        "tta": recipe.get("train", {}).get("tta", "none"),
         "folds": [m.get("fold") for m in metas],
         "temperatures": {str(m.get("fold")): m.get("temperature") or {} for m in metas},
         "versions": first.get("versions") or {},

@@ -45,7 +45,8 @@ def explain(checkpoint_or_run: Annotated[Path, typer.Argument(metavar="CHECKPOIN
         from lnzoo.data.samples import read_serving_manifest
         from lnzoo.inference import load
         source = load(resolve_checkpoint(checkpoint_or_run), _host())
-        images = read_serving_manifest(manifest, source.views, source.recipe["data"])
+        images = read_serving_manifest(manifest, source.views, source.recipe["data"],
+                                       source.inputs.columns if source.inputs else ())
     pngs = run_explain(source, images, out, tasks=task or None, method=method, class_index=class_, host=_host())
     console.print(f"{len(pngs)} overlay(s) written to {out} (index: {out / 'explain.csv'})")
     if (out / "occlusion.csv").is_file():

@@ -273,7 +273,15 @@ def explain(checkpoint_or_run: Any, images: Sequence[Any], out_dir: str | Path,
         if stems[stem] > 1:  # two inputs with one file name must not overwrite each other's PNGs
             stem = f"{stem}-{stems[stem]}"
         for task in chosen:
-            cams = compute_cams(model, x, present, task, targets[task], method, inputs)
+            if model.views:
+                cams = compute_cams(model, x, present, task, targets[task], method, inputs)
+            else:  # no image to map: the probabilities only, for the occlusion of the other inputs
+                with torch.no_grad():
+                    was = model.training
+                    model.eval()
+                    p_all = model.probabilities({t: o.float() for t, o in model(x, present, inputs).items()})[task]
+                    model.train(was)
+                cams = {"proba": p_all, "class_index": _class_indices(targets[task], p_all.argmax(1), p_all.shape[1])}
             proba = cams["proba"][0]
             idx = int(cams["class_index"][0])
             pred = int(proba.argmax())

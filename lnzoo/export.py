@@ -122,8 +122,10 @@ def model_card(config: Mapping[str, Any], rd: RunDir) -> str:
               f"px ({config['preprocessing'].get('resize')}), normalised {config['preprocessing'].get('normalize')}",
               f"- ROI margin {config['preprocessing'].get('roi_margin')}, empty ROI: "
               f"{config['preprocessing'].get('empty_roi')}; test-time augmentation: {config.get('tta')}",
-              "- Clinical covariates: " + (", ".join(c["name"] for c in config["covariates"]["covariates"])
-                                          if config.get("covariates") else "none"),
+              "- Inputs besides the images: " + ("; ".join(
+                  f"{i['name']} ({i['kind']}" + (f": {', '.join(i['options']['columns'])}" if i["options"].get("columns")
+                                                 else f", column {i['options']['column']}" if i["options"].get("column")
+                                                 else "") + ")" for i in config.get("inputs") or []) or "none"),
               "", "## Training data", "",
               f"- {metrics.get('data') or 'as the recipe describes it'}",
               f"- What ran: {ran.get('backbone', '?')}, {ran.get('image_size', '?')} px, {ran.get('epochs', '?')} "

@@ -169,11 +169,8 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     recipe = resolve(meta["recipe"], host=host, source=meta.get("recipe_source"))
     recipe.data["model"]["backbone"] = {**recipe.data["model"]["backbone"], "pretrained": False}
     tasks = {name: Task.from_dict(d, source=f"{weights} sidecar") for name, d in meta["tasks"].items()}
-    from lnzoo.inputs import Inputs
-    if meta.get("covariates") and not meta.get("inputs"):
-        raise UsageError(f"{weights}: written by lnzoo {meta.get('versions', {}).get('lnzoo', '< 0.2')}, which joined "
-                         "clinical covariates after the fusion; this version fuses them as an input like a view. "
-                         "Retrain the run (lnzoo run) to use it here")
+    from lnzoo.inputs import Inputs, refuse_covariates_after_fusion
+    refuse_covariates_after_fusion(meta, weights)
     inputs = Inputs.from_meta(meta.get("inputs"), host, source=str(weights))
     model = build_model(recipe, host, tasks, inputs)
     _check_fits(model, state, tasks, weights)

@@ -10,6 +10,7 @@ order); a member missing for a sample has ``present == False``, whatever kind it
 from __future__ import annotations
 
 import inspect
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,9 @@ import numpy as np
 from lnzoo.errors import DataError, UsageError
 
 COVARIATES = "covariates"  # the name data.covariates takes as an input
+# names an input cannot take: the ONNX graph's mask input, and attributes of the torch module holding the encoders
+RESERVED = frozenset({"present", "type", "training", "forward", "train", "eval", "to", "cpu", "cuda", "float",
+                      "half", "double", "apply", "parameters", "buffers", "children", "modules", "state_dict"})
 
 
 def input_tables(data_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
@@ -74,7 +78,13 @@ def check_recipe_inputs(out: dict[str, Any], problems: list[str], host) -> None:
     if data.get("covariates") and COVARIATES in inputs:
         problems.append(f"data.inputs.{COVARIATES}: the name is taken by data.covariates; name this input otherwise")
     views = data.get("views")
+    tasks = set(out["tasks"].get("task_weights") or {})
     for name in inputs:
+        if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_]*", name) or name in RESERVED:
+            problems.append(f"data.inputs.{name}: an input's name is a word of letters, digits and _ starting with a "
+                            f"letter, and not one of {sorted(RESERVED)} (it names a model part and an ONNX input)")
+        elif name in tasks:
+            problems.append(f"data.inputs.{name}: {name!r} is also a task; inputs and tasks need distinct names")
         if isinstance(views, list) and name in views:
             problems.append(f"data.inputs.{name}: {name!r} is also an image view in data.views; inputs and views "
                             "need distinct names")
@@ -129,26 +139,21 @@ class Inputs:
     def names(self) -> list[str]:
         return [i.name for i in self.items]
 
-    def get(self, name: str) -> FittedInput | None:
-        return next((i for i in self.items if i.name == name), None)
-
     @property
     def columns(self) -> list[str]:
-        """Every manifest column the inputs read (covariates: each of theirs), for serving forms and checks."""
-        out: list[str] = []
-        for item in self.items:
-            cols = item.table.get("columns") if item.table.get("name") == "covariates" else [item.kind.column]
-            out += [c for c in cols or [] if c not in out]
-        return out
+        """Every manifest column the inputs read (a kind reading several, as covariates do, lists ``columns``)."""
+        return self._columns(lambda kind: True)
 
     @property
     def text_columns(self) -> list[str]:
         """The columns whose cell is the input itself (covariates, a report), not a file it names."""
+        return self._columns(lambda kind: getattr(kind, "reads", "file") == "text")
+
+    def _columns(self, which) -> list[str]:
         out: list[str] = []
         for item in self.items:
-            if getattr(item.kind, "reads", "file") == "text":
-                cols = item.table.get("columns") if item.table.get("name") == "covariates" else [item.kind.column]
-                out += [c for c in cols or [] if c not in out]
+            if which(item.kind):
+                out += [c for c in getattr(item.kind, "columns", None) or [item.kind.column] if c not in out]
         return out
 
     def encode(self, sample) -> tuple[dict[str, np.ndarray], list[bool]]:
@@ -181,6 +186,14 @@ class Inputs:
 
 
 
+def refuse_covariates_after_fusion(meta: Mapping[str, Any], weights) -> None:
+    """A checkpoint from before input kinds joined its covariates after the fusion: this lnzoo cannot rebuild it."""
+    if meta.get("covariates") and not meta.get("inputs"):
+        raise UsageError(f"{weights}: written by lnzoo {meta.get('versions', {}).get('lnzoo', '< 0.2')}, which joined "
+                         "clinical covariates after the fusion; this version fuses them as an input like a view. "
+                         "Retrain the run (lnzoo run) to use it here")
+
+
 def build_kinds(data_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any] | None, host) -> dict[str, tuple[Any, dict]]:
     """{input name: (kind, table)} for a resolved recipe's inputs, in member order."""
     return {name: (build_kind(name, table, host), table) for name, table in input_tables(data_cfg, model_cfg).items()}
@@ -205,6 +218,21 @@ def check_rows(kinds: Mapping[str, tuple[Any, dict]], samples: Sequence, problem
             raise DataError([f"data.inputs.{name}: {p}" for p in exc.problems],
                             f"problem(s) with data.inputs.{name}") from None
     return bad
+
+
+def rows_without_input(kinds: Mapping[str, tuple[Any, dict]], samples: Sequence, bad: set[int],
+                       problems: list[str]) -> set[int]:
+    """For a model without image views: the rows (not already bad) that give none of its inputs, each a problem;
+    trained on, such a row would teach the head's bias, and predicted, it would get one constant answer."""
+    good = [i for i in range(len(samples)) if i not in bad]
+    if not good:
+        return set()
+    fitted = fit_inputs(kinds, [samples[i] for i in good])  # only to see which inputs each row gives
+    empty = {i for i in good if not any(fitted.encode(samples[i])[1])}
+    problems += [f"{samples[i].origin}: none of the inputs {', '.join(kinds)} is given in this row (its cells are empty, "
+                 "or its mask marks nothing) and the model has no image view: nothing to learn or predict from"
+                 for i in sorted(empty)]
+    return empty
 
 
 def fit_inputs(kinds: Mapping[str, tuple[Any, dict]], train: Sequence) -> Inputs:

@@ -188,7 +188,10 @@ class OnnxPredictor:
         from lnzoo.bundle import checked_onnx
         from lnzoo.checkpoint import verify_checkpoint
 
+        from lnzoo.inputs import refuse_covariates_after_fusion
+
         _, meta, _ = verify_checkpoint(weights)  # the same checks as the torch engine: an edited sidecar is refused
+        refuse_covariates_after_fusion(meta, weights)
         onnx_file = checked_onnx(Path(weights))
         tasks = {n: OnnxTask(n, list(d["classes"]), d.get("positive")) for n, d in meta["tasks"].items()}
         return cls(onnx_file, meta, _session(str(onnx_file)), tasks)

@@ -144,14 +144,16 @@ def what_ran(recipe, folds: Sequence[int], epochs_run: Mapping[int, int]) -> dic
 
 
 def data_digest(data) -> str:
-    """A fingerprint of the run's rows: images, patients, labels and parts (``--resume`` checks it)."""
+    """A fingerprint of the run's rows: images, patients, labels, parts and the cells the inputs read (covariates,
+    reports, mask paths) (``--resume`` checks it; an edit to a column no input reads changes nothing)."""
     import hashlib
 
+    read = sorted({c for kind, _ in data.inputs.values() for c in (getattr(kind, "columns", None) or [kind.column])})
     h = hashlib.sha256()
     for part, samples in (("cv", data.pool), ("test", data.test), ("external", data.external)):
         for s in samples:
-            h.update(f"{part}|{s.key}|{s.patient}|{sorted(s.labels.items())}|{sorted(s.cells.items())}\n"
-                     .encode("utf-8"))
+            cells = [(c, s.cells.get(c)) for c in read]
+            h.update(f"{part}|{s.key}|{s.patient}|{sorted(s.labels.items())}|{cells}\n".encode("utf-8"))
     return h.hexdigest()
 
 

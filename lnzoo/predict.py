@@ -104,6 +104,9 @@ class Ensemble:
                 pv, rois = got
             if views and all(p is None for p in pv.values()):
                 raise UsageError(f"{item.origin}: no image for any of the views {views} of {m.source}")
+            if not views and m.inputs and not any(m.inputs.encode(item)[1]):  # nothing to predict from
+                raise UsageError(f"{item.origin}: none of the inputs of {m.source} ({', '.join(m.inputs.names)}) is "
+                                 "given in this row (an empty report, an empty mask, no covariate)")
             per_view.append(pv)
             samples.append(Sample(dict(pv), item.patient, {}, item.origin, cells=dict(item.cells),
                                   rois=rois, base=item.base))
@@ -158,7 +161,7 @@ class Cascade:
 
     def run(self, items: Sequence[Any]) -> list[dict[str, Any]]:
         """One row per item (a path, or a Sample): the path taken through the stages and every probability."""
-        rows: list[dict[str, Any]] = [{"image": str(next(p for p in i.views.values() if p is not None))
+        rows: list[dict[str, Any]] = [{"image": str(next((p for p in i.views.values() if p is not None), i.origin))
                                        if isinstance(i, Sample) else str(i), "path": ""} for i in items]
         todo = list(range(len(items)))
         for k, e in enumerate(self.stages):
@@ -227,7 +230,8 @@ def manifest_samples(models: Sequence[str | Path], manifest: Path, host=None) ->
             if other.get(key) != cfg.get(key):
                 raise UsageError(f"{m.source} reads its ROI from data.{key} = {other.get(key)!r}, "
                                  f"{with_roi[0].source} from {cfg.get(key)!r}; one manifest cannot serve both")
-    return read_serving_manifest(manifest, views, {**cfg, "empty_roi": "error"})
+    columns = sorted({c for m in ens.members for c in (m.inputs.columns if m.inputs else [])})
+    return read_serving_manifest(manifest, views, {**cfg, "empty_roi": "error"}, columns)
 
 
 def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None, engine: str = "torch"
@@ -237,16 +241,20 @@ def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None,
     ens = Ensemble(models, host, engine)
     proba, scaled, resolved = ens.predict_both(list(images))
     called = ens.calls(scaled)
+    extra = next((m.inputs for m in ens.members if m.inputs), None)  # report, morphology, covariates...
     rows = []
     for i, image in enumerate(images):
         if isinstance(image, Sample):
-            row0: dict[str, Any] = {"image": str(next(p for p in image.views.values() if p is not None)),
+            row0: dict[str, Any] = {"image": str(next((p for p in image.views.values() if p is not None), "")),
                                     "row": image.origin}
         else:
             row0 = {"image": str(image)}
         row: dict[str, Any] = {**row0,
                                "views_used": "+".join(v for v, p in resolved[i].items() if p is not None),
                                "members": len(ens.members)}
+        if extra is not None:  # which of the other inputs this row gave (a missing report is predicted without)
+            given = extra.encode(image)[1] if isinstance(image, Sample) else [False] * len(extra)
+            row["inputs_used"] = "+".join(n for n, ok in zip(extra.names, given) if ok)
         for task, p in proba.items():
             classes = ens.tasks[task]
             row[f"{task}_pred"] = called[task][i]

@@ -205,3 +205,17 @@ def check_input(name: str, samples, host: PluginHost | None = None, out_features
         f"({batch.shape[0]}, {out_features})"
     _backward(encoder, out)
     _roundtrip(lambda: kind.encoder(state, out_features), lambda m: m(batch))
+    # a checkpoint reload builds the encoder from a fresh kind and the stored JSON: its weights must fit it
+    from safetensors.torch import load, save
+
+    rebuilt = again.encoder(stored, out_features)
+    weights = {k: v.detach().contiguous() for k, v in encoder.state_dict().items()}
+    own = rebuilt.state_dict()
+    assert set(own) == set(weights) and all(own[k].shape == v.shape for k, v in weights.items()), \
+        (f"input {name!r}: the encoder rebuilt from the stored state does not fit the trained one's weights: put "
+         "everything encoder() depends on (widths, layers) into the state fit() returns")
+    rebuilt.load_state_dict(load(save(weights)))
+    encoder.eval(), rebuilt.eval()
+    with torch.no_grad():
+        assert torch.allclose(encoder(batch), rebuilt(batch), atol=1e-5), \
+            f"input {name!r}: the encoder rebuilt from the stored state gives other features"

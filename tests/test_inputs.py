@@ -109,6 +109,8 @@ def test_covariates_are_an_input_kind_too():
     (["data.inputs.report.column=reprot_zh"], "no row of the data has a column 'reprot_zh'"),
     (["train.method='linear_probe'"], "need an encoder trained with them"),
     (["data.inputs.full={name='text'}"], "also an image view"),
+    (["data.inputs.present={name='text', column='report_zh'}"], "an input's name is a word"),
+    (["data.inputs.lnm={name='text', column='report_zh'}"], "'lnm' is also a task"),
 ])
 def test_recipe_mistakes_about_inputs_are_named(sets, message, lnzoo_cache):
     out = invoke_cli("validate", LLNM, "--quick", *[a for s in sets for a in ("--set", s)])
@@ -163,8 +165,24 @@ def test_a_model_without_image_views_trains_on_its_other_inputs(lnzoo_cache, tmp
     side = json.loads((tmp_path / "run" / "fold0" / "best.json").read_text())
     assert side["views"] == [] and [e["name"] for e in side["inputs"]] == ["report", "morphology"]
     from lnzoo.inference import load
-    model = load(tmp_path / "run" / "fold0" / "best.safetensors", HOST).model
-    assert len(model.backbones) == 0 and model.members == ["report", "morphology"]
+    predictor = load(tmp_path / "run" / "fold0" / "best.safetensors", HOST)
+    assert len(predictor.model.backbones) == 0 and predictor.model.members == ["report", "morphology"]
+    # explain: no image to map, but which input mattered
+    from lnzoo.data.run_data import load_run_data, recipe_tasks
+    pool = load_run_data(recipe, recipe_tasks(recipe, HOST), host=HOST).pool
+    from lnzoo.explain import explain
+    assert explain(predictor, pool[:2], tmp_path / "x", host=HOST) == []
+    assert {r["removed"] for r in csv.DictReader((tmp_path / "x" / "occlusion.csv").open())} == {"report", "morphology"}
+    # the server takes images: it refuses such a model before listening
+    from lnzoo.errors import UsageError
+    from lnzoo.serve.app import build_server
+    with pytest.raises(UsageError, match="reads no image"):
+        build_server([tmp_path / "run"], [], 10.0, 4096, HOST)
+    # a row that gives none of its inputs is named, not predicted as the head's bias
+    from lnzoo.predict import Ensemble
+    blank = Sample({}, "Q", {}, "rows.csv:5", cells={**pool[0].cells, "report_zh": "", "mask": ""}, base=pool[0].base)
+    with pytest.raises(UsageError, match="rows.csv:5: none of the inputs"):
+        Ensemble([tmp_path / "run"], HOST).predict([blank])
 
 
 def test_an_input_kind_that_breaks_its_contract_is_named():
@@ -242,3 +260,77 @@ def test_standardized_mean_difference_is_cohens_d():
         pooled = (((len(x) - 1) * sx + (len(y) - 1) * sy) / (len(x) + len(y) - 2)) ** 0.5
         assert standardized_mean_difference(a, b)[j] == pytest.approx((mx - my) / pooled)
     assert np.isnan(standardized_mean_difference(a[:1], b)).all()
+
+
+def test_predict_from_a_manifest_reads_every_input_and_says_which_were_given(llnm_run, tmp_path):
+    from lnzoo.predict import manifest_samples, predict_rows
+
+    rows = list(csv.DictReader((llnm_run / "predictions.csv").open()))[:4]
+    recipe = load_recipe(llnm_run / "recipe.toml", host=HOST)
+    from lnzoo.data.run_data import load_run_data, recipe_tasks
+    pool = {str(s.views["full"]): s for s in load_run_data(recipe, recipe_tasks(recipe, HOST), host=HOST).pool}
+    samples = [pool[r["path"]] for r in rows]
+    # the rows with absolute paths: the manifest lives elsewhere
+    cells = [{**s.cells, "path": str(s.views["full"]), "mask": str(s.cell_path("mask"))} for s in samples]
+    cells[1]["report_zh"] = ""  # no report for this row: predicted without it
+    manifest = tmp_path / "rows.csv"
+    with manifest.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(cells[0]))
+        w.writeheader()
+        w.writerows(cells)
+    got = predict_rows([llnm_run], manifest_samples([llnm_run], manifest, HOST), HOST)
+    without = tmp_path / "no_report_column.csv"  # a typo'd or dropped column would make every report missing
+    with without.open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=[c for c in cells[0] if c != "report_zh"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(cells)
+    from lnzoo.errors import DataError
+    with pytest.raises(DataError, match=r"no_report_column.csv:1: missing column\(s\) \['report_zh'\]"):
+        manifest_samples([llnm_run], without, HOST)
+    assert [g["inputs_used"] for g in got] == ["covariates+report+morphology", "covariates+morphology",
+                                               "covariates+report+morphology", "covariates+report+morphology"]
+    for i in (0, 2, 3):
+        assert float(got[i]["p_lnm_N1"]) == pytest.approx(float(rows[i]["p_lnm_N1"]), abs=2e-6)
+    from lnzoo.inference import load
+    member = load(llnm_run / "fold0" / "best.safetensors", HOST)  # the row without its report, as the model reads it
+    bare = Sample(dict(samples[1].views), "", {}, "x", cells={**samples[1].cells, "report_zh": ""}, base=samples[1].base)
+    assert float(got[1]["p_lnm_N1"]) == pytest.approx(member.predict([bare]).proba["lnm"][0, 1], abs=2e-6)
+
+
+def test_a_text_input_can_start_from_a_local_pretrained_one(llnm_run, tmp_path):
+    from lnzoo.checkpoint import read_weights
+    from lnzoo.errors import UsageError
+
+    kind = HOST.get("input", "text").build(column="report_zh", init=str(llnm_run))  # default dim 128, max 128
+    rows = _rows(["淋巴门结构消失"])
+    for r in rows:
+        r.cells["report_zh"] = r.cells["report"]
+    kind.check(rows, [])
+    state = kind.fit(rows)
+    pretrained = json.loads((llnm_run / "fold0" / "best.json").read_text())["inputs"][1]
+    assert state["tokenizer"] == pretrained["state"]["tokenizer"]  # its vocabulary, not one fitted on `rows`
+    assert kind.arch["dim"] == 32 and state["max_length"] == 48  # the pretrained encoder's shape
+    encoder = kind.encoder(state, out_features=64)  # another output width: only the projection is new
+    weights = read_weights(llnm_run / "fold0" / "best.safetensors")
+    assert np.array_equal(encoder.embed.weight.detach().numpy(), weights["inputs.report.embed.weight"].numpy())
+    # a checkpoint of this model rebuilds the encoder from its sidecar alone (no init file, the defaults unused)
+    reloaded = HOST.get("input", "text").build(column="report_zh").encoder(json.loads(json.dumps(state)), 64)
+    assert reloaded.embed.weight.shape == encoder.embed.weight.shape
+    assert set(reloaded.state_dict()) == set(encoder.state_dict())
+    missing = HOST.get("input", "text").build(column="report_zh", init=str(tmp_path / "nothing.safetensors"))
+    with pytest.raises(UsageError, match="no checkpoint there"):
+        missing.fit(rows)
+
+
+def test_the_vocabulary_numbers_its_tokens_the_same_in_every_process():
+    import subprocess
+    import sys
+
+    code = ("import hashlib, sys; from lnzoo.plugins import load_plugins; from lnzoo.data.samples import Sample; "
+            "k = load_plugins().get('input', 'text').build(column='r', min_frequency=1); "
+            "rows = [Sample({}, str(i), {}, 'm.csv:%d' % i, cells={'r': t}) for i, t in enumerate(sys.argv[1:])]; "
+            "print(hashlib.sha1(k.fit(rows)['tokenizer'].encode()).hexdigest())")
+    texts = [*REPORTS, "hilum absent, round, ill-defined margin", "淋巴门结构可见，边界清"] * 2
+    runs = {subprocess.run([sys.executable, "-c", code, *texts], capture_output=True, text=True, check=True,
+                           timeout=120).stdout for _ in range(3)}
+    assert len(runs) == 1  # the trainer alone numbers them differently each time (DDP ranks, a resumed fold)

@@ -340,16 +340,12 @@ def _radiomics_phantom(root: Path) -> Path:
 @pytest.mark.parametrize("views", [["full"], []], ids=["image+radiomics", "radiomics-only"])
 def test_end_to_end_run_and_checkpoint(host, tmp_path, monkeypatch, views):
     from lnzoo.data.samples import read_manifest
+    from lnzoo.events import Note
     from lnzoo.inference import load
     from lnzoo.pipeline import run
     from lnzoo.recipe import load_recipe
 
-    from lnzoo.plugins import set_host
-
-    monkeypatch.setenv("LNZOO_CACHE", str(tmp_path / "cache"))
-    # run(host=...) does not reach the data loading yet: pipeline._load_data calls load_run_data without the
-    # host, which then builds the inputs from the process-wide host. Make that one ours too (conftest resets it).
-    set_host(host)
+    monkeypatch.setenv("LNZOO_CACHE", str(tmp_path / "cache"))  # run(host=...) builds the inputs from this host
     manifest = _radiomics_phantom(tmp_path / "ph")
     recipe_path = tmp_path / "radiomics.toml"
     recipe_path.write_text(f"""
@@ -364,6 +360,7 @@ views = {json.dumps(views)}
 image_size = 32
 batch_size = 16
 inputs.radiomics = {{ name = "radiomics", hidden = 16 }}
+skip_bad_rows = {"true" if not views else "false"}  # radiomics only: a row without a radiomics file gives nothing
 [model]
 backbone = {{ name = "timm", model_name = "test_resnet" }}
 [train]
@@ -378,6 +375,8 @@ run_folds = [0]
     events: list = []
     result = run(recipe, out=tmp_path / "run", on_event=events.append, host=host, report=True, n_boot=50)
     assert result.metrics["folds_run"] == [0]
+    skipped = [e.text for e in events if isinstance(e, Note) and "skipped" in e.text]
+    assert bool(skipped) == (not views)  # the rows with an empty radiomics cell are named and left out
     assert result.report is not None and "radiomics file(s)" in result.report.read_text(encoding="utf-8")
     assert "radiomics: " in result.metrics["data"] and " radiomics file(s), 5 feature(s); " in result.metrics["data"]
     side = json.loads((result.out / "fold0" / "best.json").read_text(encoding="utf-8"))
@@ -395,6 +394,5 @@ run_folds = [0]
     proba = preds.proba["malignancy"]
     assert proba.shape == (12, 2) and np.isfinite(proba).all()
     np.testing.assert_allclose(proba.sum(1), 1.0, atol=1e-6)
-    from lnzoo.events import Note
     failed = [e.text for e in events if isinstance(e, Note) and "Grad-CAM" in e.text]
     assert not failed

@@ -131,7 +131,7 @@ class CovariatesInput:
                  hidden: int = 32):
         self.columns, self.types, self.hidden = list(columns), dict(types or {}), int(hidden)
         self.missing = missing_values(missing or [])
-        self.column = ",".join(self.columns)
+        self.column = self.columns[0] if self.columns else ""  # the contract's one column; all are in columns
         self.kinds: dict[str, str] | None = None  # numeric or categorical, decided by check on all rows
 
     def check(self, samples: Sequence[Sample], problems: list[str]) -> set[int]:
@@ -139,7 +139,10 @@ class CovariatesInput:
         return bad
 
     def fit(self, samples: Sequence[Sample]) -> dict[str, Any]:
-        return CovariateEncoder.fit(samples, self.columns, self.kinds, self.missing).as_dict()
+        if self.kinds is None:  # numeric or categorical is decided on all rows (check), never on a fold
+            raise DataError(["data.covariates: the covariates' types were not decided on the run's rows before "
+                             "fitting (input kind 'covariates' needs check() first)"])
+        return {**CovariateEncoder.fit(samples, self.columns, self.kinds, self.missing).as_dict(), "hidden": self.hidden}
 
     def shape(self, state: Mapping[str, Any]) -> tuple[int, ...]:
         return (CovariateEncoder.from_dict(dict(state)).width,)
@@ -152,7 +155,7 @@ class CovariatesInput:
     def encoder(self, state: Mapping[str, Any], out_features: int):
         from lnzoo.nn.inputs import FeatureMLP
 
-        return FeatureMLP(self.shape(state)[0], self.hidden, out_features)
+        return FeatureMLP(self.shape(state)[0], int(state.get("hidden", self.hidden)), out_features)
 
     def feature_names(self, state: Mapping[str, Any]) -> list[str]:
         names = []

@@ -261,6 +261,7 @@ class MorphologyCache:
     def __init__(self, disk_dir: Path | None = None):
         self.disk_dir = Path(disk_dir) if disk_dir is not None else None
         self._memory: dict[str, np.ndarray] = {}
+        self._seen: dict[tuple, str] = {}  # (path, mtime, size) of both files -> content key
         self.hits = 0
         self.misses = 0
 
@@ -312,11 +313,30 @@ class MorphologyCache:
                 except OSError:
                     pass
 
+    @staticmethod
+    def _stamp(path) -> tuple | None:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None  # reading it says what is wrong
+        return (str(path), st.st_mtime_ns, st.st_size)
+
     def get(self, image_path, mask_path) -> np.ndarray | None:
-        """The features of the pair (a copy), or None for an empty mask; computed at most once per content."""
+        """The features of the pair (a copy), or None for an empty mask; computed at most once per content.
+
+        A pair seen before whose files kept their modification time and size is answered without reading them
+        (every epoch after the first); otherwise both files are read and hashed."""
+        stamps = (self._stamp(image_path), self._stamp(mask_path))
+        known = self._seen.get(stamps) if None not in stamps else None
+        if known is not None and known in self._memory:
+            self.hits += 1
+            arr = self._memory[known]
+            return None if arr.size == 0 else arr.copy()
         image_bytes = _read_bytes(image_path, "image")
         mask_bytes = _read_bytes(mask_path, "mask")
         key = self.key(image_bytes, mask_bytes)
+        if None not in stamps:
+            self._seen[stamps] = key
         arr = self._memory.get(key)
         if arr is None:
             arr = self._load(key)

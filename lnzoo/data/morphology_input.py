@@ -32,6 +32,11 @@ class MorphologyInput:
         self._seen: tuple[int, int, float, int] | None = None  # rows with a mask, empty masks, seconds, cache hits
 
     @property
+    def columns(self) -> list[str]:
+        """The mask column and the column of the image it outlines."""
+        return [self.column, self.image]
+
+    @property
     def cache(self):
         if self._cache is None:
             from lnzoo.data.morphology import MorphologyCache, cache_dir
@@ -86,7 +91,7 @@ class MorphologyInput:
         arr = np.stack(rows)
         sd = arr.std(0)
         return {"features": list(FEATURES), "version": FEATURE_VERSION, "mean": arr.mean(0).tolist(),
-                "sd": np.where(sd > 1e-12, sd, 1.0).tolist(), "n": len(rows)}
+                "sd": np.where(sd > 1e-12, sd, 1.0).tolist(), "n": len(rows), "hidden": self.hidden}
 
     def shape(self, state: Mapping[str, Any]) -> tuple[int, ...]:
         return (len(state["features"]),)
@@ -109,7 +114,7 @@ class MorphologyInput:
     def encoder(self, state: Mapping[str, Any], out_features: int):
         from lnzoo.nn.inputs import FeatureMLP
 
-        return FeatureMLP(self.shape(state)[0], self.hidden, out_features)
+        return FeatureMLP(self.shape(state)[0], int(state.get("hidden", self.hidden)), out_features)
 
     def feature_names(self, state: Mapping[str, Any]) -> list[str]:
         return list(state["features"])

@@ -98,7 +98,11 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
     if kinds:  # every input checks every row once, on all parts (a covariate's type is never decided per fold)
         # the rows that will train or be scored: a row labelling none of the tasks is left out below anyway
         every = [s for samples in parts.values() for s in samples if any(v != MISSING for v in s.labels.values())]
-        drop = {id(every[i]) for i in check_rows(kinds, every, problems)}
+        bad = check_rows(kinds, every, problems)
+        if not data_cfg["views"]:  # a model of other inputs only: a row giving none of them has nothing to show
+            from lnzoo.inputs import rows_without_input
+            bad |= rows_without_input(kinds, every, bad, problems)
+        drop = {id(every[i]) for i in bad}
         parts = {part: [s for s in samples if id(s) not in drop] for part, samples in parts.items()}
         for note in data_notes(kinds):
             description += f"; {note}"

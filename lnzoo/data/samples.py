@@ -295,9 +295,12 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
     return samples
 
 
-def read_serving_manifest(path: Path, views: Sequence[str], cfg: Mapping[str, Any]) -> list[Sample]:
+def read_serving_manifest(path: Path, views: Sequence[str], cfg: Mapping[str, Any],
+                          input_columns: Sequence[str] = ()) -> list[Sample]:
     """Rows to predict on (no labels, no patient needed): the model's view columns, the box or mask
-    of a 'roi' view, and any covariate columns. Every bad row is reported at once (DataError)."""
+    of a 'roi' view, and the columns its other inputs read (covariates, report text, masks), which must be in the
+    header (an empty cell is a missing input; an absent column would silently be one for every row).
+    Every bad row is reported at once (DataError)."""
     path = Path(path)
     reader = csv.DictReader(read_lines(path))
     header = reader.fieldnames or []
@@ -307,6 +310,10 @@ def read_serving_manifest(path: Path, views: Sequence[str], cfg: Mapping[str, An
     if missing_cols:
         raise DataError([f"{path}:1: missing view column(s) {missing_cols} that the model's views {list(views)} "
                          f"need; header has {header}"], "problem(s) with the manifest")
+    missing_inputs = [c for c in input_columns if c not in header]
+    if missing_inputs:
+        raise DataError([f"{path}:1: missing column(s) {missing_inputs} that the model's inputs read (leave a cell "
+                         f"empty where a row lacks it); header has {header}"], "problem(s) with the manifest")
     samples = []
     for where, row in _data_rows(reader, path, problems):
         parsed = _row_views(row, columns, path.parent, cfg, where, problems)
@@ -459,6 +466,9 @@ def load_source(spec: Any, tasks: Mapping[str, Task], data_cfg: Mapping[str, Any
 
 def views_of_item(item: Any, views: Sequence[str], crop_suffix: str) -> dict[str, Path | None]:
     """One sample as given by the user -> {view: path or None (absent)} in the model's view order."""
+    if not views:
+        raise UsageError("this model reads no image (no view: its inputs are report text, morphology or covariates); "
+                         "give its rows as a CSV manifest with those columns: --manifest rows.csv")
     if "roi" in views:  # the crop box or mask is not part of a bare image path: refuse rather than guess
         raise UsageError("this model has a 'roi' view (cropped to a box or mask at training time); predicting "
                          "or explaining from bare image paths would feed it uncropped images. Give the crop "

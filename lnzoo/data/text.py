@@ -1,8 +1,9 @@
 """The built-in input kind ``text``: a report in a manifest cell (Chinese or English), tokenised offline.
 
 The vocabulary is fitted on each fold's training reports only, with the ``tokenizers`` library:
-BERT's normaliser splits Chinese text into characters, and WordPiece learns words and sub-words for
-the rest. Nothing is downloaded. The fitted tokenizer is JSON, stored in the checkpoint sidecar.
+BERT's normaliser splits Chinese text into characters, its pre-tokeniser English into words, and a
+WordPiece model reads a word whole when the training reports had it often enough, else piece by
+piece. Nothing is downloaded. The fitted tokenizer is JSON, stored in the checkpoint sidecar.
 """
 from __future__ import annotations
 
@@ -37,7 +38,7 @@ class TextInput:
 
     def __init__(self, column: str, max_length: int = 128, vocab_size: int = 2000, min_frequency: int = 2,
                  lowercase: bool = True, encoder: str = "transformer", dim: int = 128, layers: int = 2,
-                 heads: int = 4, dropout: float = 0.1):
+                 heads: int = 4, dropout: float = 0.1, init: str | None = None):
         if encoder not in ("pooled", "transformer"):
             raise ValueError(f"encoder = {encoder!r}: use \"pooled\" (mean of token embeddings) or \"transformer\"")
         if max_length < 4 or vocab_size < 16:
@@ -50,6 +51,33 @@ class TextInput:
                      "dropout": float(dropout)}
         self._loaded: dict[str, Any] = {}  # tokenizer JSON digest -> Tokenizer
         self._seen = (0, 0, 0)  # rows, empty, truncated (what check saw)
+        self.init = init  # a checkpoint whose text input (vocabulary + encoder) starts this one
+        self._start: tuple[dict[str, Any], str, Any] | None = None  # (its state, key prefix, weights path)
+
+    def _read_init(self) -> None:
+        """The pretrained text input of ``init`` (a local lnzoo checkpoint or run directory; never downloaded):
+        its vocabulary replaces fitting one, its architecture this one's, its weights start the encoder."""
+        from pathlib import Path
+
+        from lnzoo.checkpoint import read_sidecar
+        from lnzoo.errors import UsageError
+
+        path = Path(self.init)
+        if path.is_dir():
+            from lnzoo.rundir import RunDir
+            path = RunDir(path).first_checkpoint()
+        if not path.with_suffix(".safetensors").is_file():
+            raise UsageError(f"init = {self.init!r}: no checkpoint there (give a .safetensors checkpoint or a run "
+                             "directory with a text input)")
+        weights, meta = read_sidecar(path)
+        entry = next((e for e in meta.get("inputs") or [] if e["table"].get("name") == "text"), None)
+        if entry is None:
+            raise UsageError(f"init = {self.init!r}: {weights} has no text input (its inputs: "
+                             f"{[e['name'] for e in meta.get('inputs') or []]})")
+        table = entry["table"]
+        self.max_length = int(entry["state"]["max_length"])
+        self.arch = {k: table.get(k, v) for k, v in self.arch.items()}  # the pretrained encoder's shape
+        self._start = (dict(entry["state"]), f"inputs.{entry['name']}.", weights)
 
     def text(self, sample: Sample) -> str | None:
         text = (sample.cells.get(self.column) or "").strip()
@@ -58,6 +86,7 @@ class TextInput:
     def check(self, samples: Sequence[Sample], problems: list[str]) -> set[int]:
         if samples and not any(self.column in s.cells for s in samples):
             raise DataError([f"no row of the data has a column {self.column!r} (the report text)"])
+
         texts = [self.text(s) for s in samples]
         given = [t for t in texts if t is not None]
         truncated = 0
@@ -75,28 +104,51 @@ class TextInput:
                 f"{truncated} over {self.max_length} tokens (truncated)")
 
     def _fit_tokenizer(self, texts: Sequence[str]):
-        from tokenizers import trainers
+        """A WordPiece vocabulary of the texts, built in a fixed order: the tokenizers trainer breaks ties between
+        equally frequent pieces differently from one process to the next (another vocabulary for the same reports,
+        so DDP ranks, a resumed fold or a rerun would disagree). Here: padding 0, unknown 1, every character seen
+        (alone and as a word's continuation, so no word of the training reports is unknown), then the words seen
+        at least ``min_frequency`` times, most frequent first (ties alphabetically), up to ``vocab_size``."""
+        from collections import Counter
+
+        from tokenizers import models
 
         tok = _tokenizer(self.lowercase)
-        trainer = trainers.WordPieceTrainer(vocab_size=self.vocab_size, min_frequency=self.min_frequency,
-                                            special_tokens=[PAD, UNK], show_progress=False)
-        tok.train_from_iterator(texts, trainer)
+        words: Counter[str] = Counter()
+        for text in texts:
+            words.update(w for w, _ in tok.pre_tokenizer.pre_tokenize_str(tok.normalizer.normalize_str(text)))
+        chars = sorted({c for w in words for c in w})
+        pieces = [PAD, UNK, *chars, *(f"##{c}" for c in chars)]
+        known = set(pieces)
+        frequent = sorted((w for w, n in words.items() if n >= self.min_frequency and len(w) > 1 and w not in known),
+                          key=lambda w: (-words[w], w))
+        pieces += frequent[: max(0, self.vocab_size - len(pieces))]
+        tok.model = models.WordPiece({t: i for i, t in enumerate(pieces)}, unk_token=UNK)
         return tok
 
     def fit(self, samples: Sequence[Sample]) -> dict[str, Any]:
+        if self.init and self._start is None:  # a training run (a loaded checkpoint's weights are its own)
+            self._read_init()
+        if self._start is not None:  # the pretrained vocabulary, learnt on other reports than this run's
+            return {**self._start[0], "arch": dict(self.arch), "init": str(self._start[2])}
         texts = [t for s in samples if (t := self.text(s)) is not None]
         if not texts:
             raise DataError([f"the training part has no report in column {self.column!r}: nothing to fit a "
                              "vocabulary on"])
         tok = self._fit_tokenizer(texts)
-        return {"tokenizer": tok.to_str(), "vocab_size": tok.get_vocab_size(), "max_length": self.max_length}
+        return {"tokenizer": tok.to_str(), "vocab_size": tok.get_vocab_size(), "max_length": self.max_length,
+                "arch": dict(self.arch)}  # the encoder's shape: a checkpoint rebuilds it from this, not from defaults
 
     def _tok(self, state: Mapping[str, Any]):
         key = hashlib.sha1(state["tokenizer"].encode("utf-8")).hexdigest()
         tok = self._loaded.get(key)
         if tok is None:
             from tokenizers import Tokenizer
-            tok = self._loaded[key] = Tokenizer.from_str(state["tokenizer"])
+            tok = Tokenizer.from_str(state["tokenizer"])
+            if tok.token_to_id(PAD) != 0:  # the encoder masks id 0 as padding
+                raise DataError([f"text input {self.column!r}: its vocabulary gives {PAD} the id "
+                                 f"{tok.token_to_id(PAD)}, not 0"])
+            self._loaded[key] = tok
         return tok
 
     def shape(self, state: Mapping[str, Any]) -> tuple[int, ...]:
@@ -121,4 +173,17 @@ class TextInput:
     def encoder(self, state: Mapping[str, Any], out_features: int):
         from lnzoo.nn.inputs import TextEncoder
 
-        return TextEncoder(int(state["vocab_size"]), int(state["max_length"]), out_features, **self.arch)
+        module = TextEncoder(int(state["vocab_size"]), int(state["max_length"]), out_features,
+                             **state.get("arch", self.arch))
+        if self._start is not None:  # start from the pretrained encoder; a projection of another width stays new
+            from lnzoo.checkpoint import read_weights
+
+            _, prefix, weights = self._start
+            own = module.state_dict()
+            tensors = {k[len(prefix):]: v for k, v in read_weights(weights, "init: ").items() if k.startswith(prefix)}
+            fits = {k: v for k, v in tensors.items() if k in own and own[k].shape == v.shape}
+            if not any(k.startswith("embed.") for k in fits):
+                raise DataError([f"init = {self.init!r}: its text encoder does not fit this one (no embedding of "
+                                 f"vocabulary size {state['vocab_size']} in {weights})"])
+            module.load_state_dict(fits, strict=False)
+        return module

@@ -64,6 +64,15 @@ class ServedModel:
             names += [c for c in (m.inputs.text_columns if m.inputs else []) if c not in names]
         return names
 
+    @property
+    def file_inputs(self) -> list[str]:
+        """The inputs the server cannot take (they read a file a manifest names, e.g. a mask): missing for requests."""
+        names: list[str] = []
+        for m in self.ensemble.members:
+            names += [i.name for i in (m.inputs or []) if getattr(i.kind, "reads", "file") != "text"
+                      and i.name not in names]
+        return names
+
 
 def load_model(sources: Sequence[Path], host, engine: str = "torch") -> ServedModel:
     """Load the checkpoints of ``sources`` (averaged) and read their model info; every failure is an LnzooError."""
@@ -144,8 +153,10 @@ class Server:
         return [*self.file_fields, *text, "gradcam", *self.covariates]
 
     def form_description(self) -> dict[str, Any]:
+        missing = [n for s in self.stages for n in s.file_inputs]
         return {"files": self.file_fields, "required_view": self.required_view, "box_view": self.roi_source,
                 "covariates": self.covariates, "accepted_fields": self.accepted,
+                "inputs_not_served": sorted(set(missing)),  # read from files (a mask): missing for a request
                 "max_upload_mb": self.max_upload_mb, "max_side": self.max_side,
                 "formats": sorted(IMAGE_FORMATS)}
 
@@ -162,12 +173,18 @@ def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb:
         from lnzoo.plugins import get_host
         host = get_host()
     if models:
-        return Server([load_model(list(models), host, engine)], None, float(max_upload_mb), int(max_side), host)
-    from lnzoo.predict import Cascade
+        stages, chain = [load_model(list(models), host, engine)], None
+    else:
+        from lnzoo.predict import Cascade
 
-    chain = _loading(list(cascade), lambda: Cascade(list(cascade), host, engine=engine))
-    stages = [ServedModel([src], e, _loading([src], lambda e=e: e.info))
-              for src, e in zip(chain.sources, chain.stages)]
+        chain = _loading(list(cascade), lambda: Cascade(list(cascade), host, engine=engine))
+        stages = [ServedModel([src], e, _loading([src], lambda e=e: e.info))
+                  for src, e in zip(chain.sources, chain.stages)]
+    for stage in stages:  # the page and the API take an image of the first view: a model needs one
+        if not stage.views:
+            raise UsageError(f"{', '.join(map(str, stage.sources))}: this model reads no image (its inputs: "
+                             f"{', '.join(getattr(stage.ensemble.members[0].inputs, 'names', []))}); the server takes "
+                             "images. Predict its rows with lnzoo predict --model ... --manifest rows.csv")
     return Server(stages, chain, float(max_upload_mb), int(max_side), host)
 
 
@@ -280,7 +297,8 @@ def openapi_form(server: Server) -> dict[str, Any]:
         props["box"] = {"type": "string", "example": "40,30,200,180",
                         "description": f"the ROI box x0,y0,x1,y1 in pixels of the {server.roi_source!r} image"}
     props["gradcam"] = {"type": "boolean", "default": True, "description": "Grad-CAM overlays in the answer"}
-    props.update({c: {"type": "string", "description": "clinical covariate"} for c in server.covariates})
+    props.update({c: {"type": "string", "description": "a text input of the model (a clinical covariate or report "
+                                                   "text), optional"} for c in server.covariates})
     required = [server.roi_source if server.required_view == "roi" else server.required_view]
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "required": required, "properties": props}}}}}

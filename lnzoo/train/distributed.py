@@ -7,6 +7,8 @@ temporary folder of their own that is removed at the end); rank 0 decides early 
 """
 from __future__ import annotations
 
+from typing import Any
+
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -76,6 +78,18 @@ def decided_by_rank0(flag: bool, device: torch.device) -> bool:
     t = torch.tensor([int(flag)], device=device)
     dist.broadcast(t, 0)
     return bool(t.item())
+
+
+def rank0_json(value: Any) -> Any:
+    """Rank 0's JSON-able ``value`` on every process (e.g. the inputs fitted for a fold: a vocabulary's numbering
+    may differ between processes, and every process must feed the same ids to the same embedding rows)."""
+    import json
+
+    import torch.distributed as dist
+
+    box = [json.dumps(value, sort_keys=True)]
+    dist.broadcast_object_list(box, src=0)
+    return json.loads(box[0])
 
 
 def on_any_rank(flag: bool, device: torch.device) -> bool:

@@ -96,7 +96,8 @@ class Trainer:
     def __init__(self, recipe, host, tasks: Mapping[str, Task], cache: ImageCache | None,
                  on_event: Callable[[Any], None] | None = None, inputs: Mapping[str, Any] | None = None):
         self.recipe, self.host, self.tasks, self.cache = recipe, host, dict(tasks), cache
-        if inputs is None:  # no RunData: the recipe's inputs, not yet checked on any rows
+        self._unchecked = inputs is None  # no RunData: the recipe's inputs, checked on the first fit's rows
+        if inputs is None:
             from lnzoo.inputs import build_kinds
             inputs = build_kinds(recipe.data["data"], recipe.data["model"], host)
         self.inputs = dict(inputs)  # input name -> (kind, table), checked on the whole data
@@ -177,8 +178,23 @@ class Trainer:
                               init_report=self._probe.init_report)
 
         seed_everything(seed)
-        from lnzoo.inputs import fit_inputs
-        inputs = fit_inputs(self.inputs, train)  # the training part only: no leakage
+        from lnzoo.inputs import Inputs, check_rows, fit_inputs
+        if self._unchecked and self.inputs:  # decided on every row given (a covariate's type), never per fold
+            problems: list[str] = []
+            check_rows(self.inputs, [*train, *val], problems)
+            if problems:
+                from lnzoo.errors import DataError
+                raise DataError(problems)
+            self._unchecked = False
+        saved = resume.saved_inputs(state) if state is not None else None
+        if saved is not None:  # continuing a fold: its inputs as fitted when it started
+            inputs = Inputs.from_meta(saved, self.host, source=str(state))
+        else:
+            inputs = fit_inputs(self.inputs, train)  # the training part only: no leakage
+            if self.world.active and inputs:  # one vocabulary numbering, one scaler, for every process
+                fitted = distributed.rank0_json(inputs.as_meta())
+                if not self.world.writer:
+                    inputs = Inputs.from_meta(fitted, self.host)
         model = build_model(self.recipe, self.host, self.tasks, inputs)
         init_report = None
         if self.recipe.data["model"]["init_from"]:

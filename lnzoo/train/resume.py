@@ -112,7 +112,20 @@ def save_fit(stem: Path, run) -> None:
                run.optimizer, run.loader.generator,
                {"epoch": run.epoch, "history": result.history, "stale": run.stale, "stopped": run.stopped,
                 "best": [result.best_epoch, result.best_score, result.best_value], "last": list(run.last_monitor),
-                "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict()})
+                "scheduler": run.scheduler.state_dict(), "scaler": run.scaler.state_dict(),
+                # the inputs as fitted when the fold started: a refit could number a vocabulary otherwise
+                "inputs": run.result.predictor.inputs.as_meta() if run.result.predictor.inputs else None})
+
+
+def saved_inputs(stem: Path) -> list[dict[str, Any]] | None:
+    """The fitted inputs a resumable state was trained with (None: no state, or no inputs)."""
+    side = stem.with_suffix(".json")
+    if not side.is_file() or not stem.with_suffix(".safetensors").is_file():
+        return None
+    try:
+        return json.loads(side.read_text(encoding="utf-8")).get("inputs")
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{side}: the resumable state cannot be read ({exc})") from None
 
 
 def load_fit(stem: Path, run) -> bool:

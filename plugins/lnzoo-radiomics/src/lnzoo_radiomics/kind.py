@@ -299,7 +299,7 @@ class RadiomicsInput:
             raise DataError([f"feature {worst!r}: its values are too large to standardise (rescale them)"])
         sd = np.where(sd > 1e-12 * np.maximum(1.0, np.abs(mean)), sd, 1.0)  # a constant feature: sd 1
         return {"version": STATE_VERSION, "features": names, "mean": mean.tolist(), "sd": sd.tolist(),
-                "n": len(rows)}
+                "n": len(rows), "hidden": self.hidden}  # the encoder's width, so a reload rebuilds it as trained
 
     def shape(self, state: Mapping[str, Any]) -> tuple[int, ...]:
         return (len(state["features"]),)
@@ -323,7 +323,7 @@ class RadiomicsInput:
     def encoder(self, state: Mapping[str, Any], out_features: int):
         from lnzoo.nn.inputs import FeatureMLP
 
-        return FeatureMLP(self.shape(state)[0], self.hidden, out_features)
+        return FeatureMLP(self.shape(state)[0], int(state.get("hidden", self.hidden)), out_features)
 
     def feature_names(self, state: Mapping[str, Any]) -> list[str]:
         return list(state["features"])
