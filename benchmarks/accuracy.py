@@ -446,7 +446,13 @@ def main() -> None:
                 nested_dir = out / f"lnzoo{tag}_nested{sfx}"
                 if nested_dir.exists():
                     shutil.rmtree(nested_dir)
-                result = select_runs([c[0] for c in candidates], nested_dir)
+                from lnzoo.errors import UsageError
+                try:
+                    result = select_runs([c[0] for c in candidates], nested_dir)
+                except UsageError as exc:  # e.g. a model without views left out rows the others scored
+                    log(f"  no nested choice between these candidates: {exc}")
+                    result = None
+            if len(candidates) > 1 and result is not None:
                 chosen = [f["chosen"] for f in result["folds"]]
                 names = {c[0].name: c[2] for c in candidates}
                 report(f"lnzoo nested choice of {', '.join(f'`{c[2]}`' for c in candidates)}", nested_dir,

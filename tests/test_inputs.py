@@ -113,7 +113,8 @@ def test_covariates_are_an_input_kind_too():
     (["data.inputs.lnm={name='text', column='report_zh'}"], "'lnm' is also a task"),
 ])
 def test_recipe_mistakes_about_inputs_are_named(sets, message, lnzoo_cache):
-    out = invoke_cli("validate", LLNM, "--quick", *[a for s in sets for a in ("--set", s)])
+    out = invoke_cli("validate", LLNM, "--quick", "--set", "data.phantom.patients=40",  # the fixture's phantom
+                     *[a for s in sets for a in ("--set", s)])
     assert out.returncode == 2 and message in out.stdout + out.stderr, out.stdout + out.stderr
 
 
