@@ -16,7 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from lnzoo.errors import RecipeError, UsageError, did_you_mean
-from lnzoo.recipe_schema import PLUGIN_TABLE, QUICK_DEFAULTS, SCHEMA, SUPPLIED, TASK_TABLE, Field
+from lnzoo.recipe_schema import (QUICK_DEFAULTS, SCHEMA, SUPPLIED, Field, all_paths, is_plugin_marker,
+                                 schema_at)
 
 
 @dataclass
@@ -92,10 +93,6 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"{path}: not valid TOML: {exc}") from None
-
-
-def _is_plugin_marker(spec: Any) -> bool:
-    return isinstance(spec, tuple) and len(spec) == 2 and spec[0] == PLUGIN_TABLE
 
 
 # tables a child recipe replaces whole: a stage's task set is its own, never the union with its base's
@@ -208,7 +205,7 @@ def _fill_section(path: str, raw: Any, schema: dict[str, Any], problems: list[st
                 problems.append(f"{where}: required")
         elif isinstance(spec, dict):
             out[key] = _fill_section(where, value, spec, problems, host)
-        elif _is_plugin_marker(spec):
+        elif is_plugin_marker(spec):
             out[key] = _check_plugin_table(where, value, spec[1], problems, host)
         else:  # per-task table
             out[key] = _fill_task_table(where, value, spec[1], problems, host)
@@ -456,30 +453,14 @@ def _apply(raw: dict[str, Any], key: str, value: Any) -> None:
         set_path(raw, key, value)
 
 
-def _schema_at(dotted: str) -> Any:
-    node: Any = SCHEMA
-    for part in dotted.split("."):
-        if isinstance(node, dict):
-            if part not in node:
-                return None
-            node = node[part]
-        elif isinstance(node, tuple) and node[0] == TASK_TABLE:
-            node = node[1]
-        elif _is_plugin_marker(node):
-            return node  # plugin arguments are checked against the factory later
-        else:
-            return None
-    return node
-
-
 def _unknown_path(key: str, raw: dict[str, Any], host) -> str | None:
     """Why ``--set key`` names no recipe key (None: it names one)."""
-    if _schema_at(key) is None:
+    if schema_at(key) is None:
         return f"no such recipe key{_suggest_path(key)}"
     parts = key.split(".")
     for i in range(1, len(parts)):  # an argument of a plugin table must be one its factory takes
-        parent = _schema_at(".".join(parts[:i]))
-        if _is_plugin_marker(parent):
+        parent = schema_at(".".join(parts[:i]))
+        if is_plugin_marker(parent):
             table = raw
             for p in parts[:i]:
                 table = table.get(p, {}) if isinstance(table, dict) else {}
@@ -493,16 +474,8 @@ def _unknown_path(key: str, raw: dict[str, Any], host) -> str | None:
     return None
 
 
-def _all_paths(node: Any = SCHEMA, prefix: str = "") -> list[str]:
-    paths = []
-    if isinstance(node, dict):
-        for key, value in node.items():
-            paths += [f"{prefix}{key}"] + _all_paths(value, f"{prefix}{key}.")
-    return paths
-
-
 def _suggest_path(key: str) -> str:
-    return did_you_mean(key, _all_paths())
+    return did_you_mean(key, all_paths())
 
 
 def load_recipe(path: str | Path, sets: list[str] | None = None, quick: bool = False, host=None) -> Recipe:

@@ -208,3 +208,33 @@ QUICK_DEFAULTS: dict[str, Any] = {
 # factory parameters lnzoo supplies itself; a recipe may not set them
 SUPPLIED = {"backbone": set(), "head": {"in_features", "num_classes"}, "fusion": {"num_views", "in_features"},
             "input": set()}
+
+
+# --- navigating the schema (recipe.py's checks and --set) ---------------------------------------------
+
+def is_plugin_marker(spec: Any) -> bool:
+    return isinstance(spec, tuple) and len(spec) == 2 and spec[0] == PLUGIN_TABLE
+
+
+def schema_at(dotted: str) -> Any:
+    node: Any = SCHEMA
+    for part in dotted.split("."):
+        if isinstance(node, dict):
+            if part not in node:
+                return None
+            node = node[part]
+        elif isinstance(node, tuple) and node[0] == TASK_TABLE:
+            node = node[1]
+        elif is_plugin_marker(node):
+            return node  # plugin arguments are checked against the factory later
+        else:
+            return None
+    return node
+
+
+def all_paths(node: Any = SCHEMA, prefix: str = "") -> list[str]:
+    paths = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            paths += [f"{prefix}{key}"] + all_paths(value, f"{prefix}{key}.")
+    return paths
