@@ -165,6 +165,10 @@ class Inputs:
             arrays[item.name] = arr if arr is not None else np.zeros(item.shape, dtype=item.kind.dtype)
         return arrays, present
 
+    def given(self, sample) -> list[str]:
+        """The names of the inputs a sample gives (the others are missing for it)."""
+        return [n for n, ok in zip(self.names, self.encode(sample)[1]) if ok]
+
     def encoders(self, out_features: int):
         """One trainable encoder per input (a ``torch.nn.ModuleDict``), each giving (B, out_features)."""
         from torch import nn

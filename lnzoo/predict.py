@@ -253,8 +253,7 @@ def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None,
                                "views_used": "+".join(v for v, p in resolved[i].items() if p is not None),
                                "members": len(ens.members)}
         if extra is not None:  # which of the other inputs this row gave (a missing report is predicted without)
-            given = extra.encode(image)[1] if isinstance(image, Sample) else [False] * len(extra)
-            row["inputs_used"] = "+".join(n for n, ok in zip(extra.names, given) if ok)
+            row["inputs_used"] = "+".join(extra.given(image) if isinstance(image, Sample) else [])
         for task, p in proba.items():
             classes = ens.tasks[task]
             row[f"{task}_pred"] = called[task][i]

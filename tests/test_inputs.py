@@ -335,3 +335,123 @@ def test_the_vocabulary_numbers_its_tokens_the_same_in_every_process():
     runs = {subprocess.run([sys.executable, "-c", code, *texts], capture_output=True, text=True, check=True,
                            timeout=120).stdout for _ in range(3)}
     assert len(runs) == 1  # the trainer alone numbers them differently each time (DDP ranks, a resumed fold)
+
+
+# -- serving, ONNX, test-time flips and the mean teacher with inputs ----------------------------------------------
+def _llnm_rows(llnm_run, n=4):
+    """The first ``n`` cross-validation rows of the LLNM run with a report and a non-empty mask, as Samples."""
+    from lnzoo.data.run_data import load_run_data, recipe_tasks
+
+    recipe = load_recipe(llnm_run / "recipe.toml", host=HOST)
+    pool = load_run_data(recipe, recipe_tasks(recipe, HOST), host=HOST).pool
+    return [s for s in pool if s.cells.get("report_zh") and np.asarray(Image.open(s.cell_path("mask"))).any()][:n]
+
+
+def test_the_server_takes_the_report_and_the_mask_and_answers_as_predict_does(llnm_run):
+    from fastapi.testclient import TestClient
+
+    from lnzoo.predict import predict_rows
+    from lnzoo.serve.app import create_app
+
+    sample = _llnm_rows(llnm_run, 1)[0]
+    client = TestClient(create_app([llnm_run], plugin_host=HOST))
+    form = client.get("/api/model").json()["form"]
+    assert form["input_files"] == ["mask"] and form["covariates"] == ["age", "sex", "report_zh"]
+    text = {c: sample.cells[c] for c in form["covariates"]} | {"gradcam": "false"}
+    image = ("node.png", sample.views["full"].read_bytes(), "image/png")
+    mask = ("node_mask.png", sample.cell_path("mask").read_bytes(), "image/png")
+
+    got = client.post("/api/predict", files={"full": image, "mask": mask}, data=text)
+    assert got.status_code == 200, got.text
+    got = got.json()
+    assert got["inputs_used"] == ["covariates", "report", "morphology"]
+    expected = predict_rows([llnm_run], [sample], HOST)[0]
+    assert got["tasks"]["lnm"]["raw_probabilities"]["N1"] == pytest.approx(float(expected["p_lnm_N1"]), abs=2e-6)
+
+    # no mask uploaded: morphology is missing, as in a manifest row with an empty mask cell
+    bare = client.post("/api/predict", files={"full": image}, data=text).json()
+    no_mask = Sample(dict(sample.views), "", {}, "x", cells={**sample.cells, "mask": ""}, base=sample.base)
+    assert bare["inputs_used"] == ["covariates", "report"]
+    assert bare["tasks"]["lnm"]["raw_probabilities"]["N1"] == pytest.approx(
+        float(predict_rows([llnm_run], [no_mask], HOST)[0]["p_lnm_N1"]), abs=2e-6)
+
+    # a bad mask is refused with the morphology kind's own reason, before anything is predicted
+    small = Image.open(sample.cell_path("mask")).resize((9, 9))
+    import io
+    buf = io.BytesIO()
+    small.save(buf, format="PNG")
+    bad = client.post("/api/predict", files={"full": image, "mask": ("m.png", buf.getvalue(), "image/png")}, data=text)
+    assert bad.status_code == 422 and bad.json()["error"].startswith("mask: the input 'morphology' cannot read this file")
+    assert "'mask' file" in bad.json()["error"] and "(9, 9) differs from image shape (256, 256)" in \
+        bad.json()["error"] and "lnzoo-serve-" not in bad.json()["error"], bad.json()
+    garbage = client.post("/api/predict", files={"full": image, "mask": ("m.png", b"not a png", "image/png")}, data=text)
+    assert garbage.status_code == 422 and "mask:" in garbage.json()["error"]
+    as_text = client.post("/api/predict", files={"full": image}, data={**text, "mask": "m.png"})
+    assert as_text.status_code == 422 and "must be a file" in as_text.json()["error"]
+
+
+def test_the_llnm_model_exports_to_onnx_and_predicts_as_torch_does(llnm_run, tmp_path):
+    pytest.importorskip("onnxruntime", reason='the ONNX engine needs the export extra: pip install -e ".[export]"')
+    from lnzoo.export import export_bundle
+    from lnzoo.predict import predict_rows
+
+    bundle = export_bundle(llnm_run, tmp_path / "bundle", folds=[0], onnx=True, host=HOST)
+    samples = _llnm_rows(llnm_run, 4)
+    samples[1] = Sample(dict(samples[1].views), "", {}, "x", cells={**samples[1].cells, "report_zh": ""},
+                        base=samples[1].base)  # a missing report goes through the graph's mask as well
+    torch_rows = predict_rows([bundle], samples, HOST)
+    onnx_rows = predict_rows([bundle], samples, HOST, engine="onnx")
+    assert [r["inputs_used"] for r in onnx_rows] == [r["inputs_used"] for r in torch_rows]
+    assert onnx_rows[1]["inputs_used"] == "covariates+morphology"
+    for a, b in zip(torch_rows, onnx_rows):
+        assert float(a["p_lnm_N1"]) == pytest.approx(float(b["p_lnm_N1"]), abs=1e-4)
+
+
+def _random_inputs(predictor, n):
+    import torch
+
+    gen = torch.Generator().manual_seed(1)
+    return {i.name: torch.randint(2, 40, (n, *i.shape), generator=gen) if i.kind.dtype == "int64"
+            else torch.randn(n, *i.shape, generator=gen) for i in predictor.inputs}
+
+
+def test_hflip_averages_over_the_mirror_with_the_other_inputs_unflipped(llnm_run):
+    import torch
+
+    from lnzoo.inference import load
+    from lnzoo.model import predict_probabilities
+
+    predictor = load(llnm_run / "fold0" / "best.safetensors", HOST)
+    model = predictor.model.eval()
+    x, inputs = torch.randn(3, 1, 3, 32, 32), _random_inputs(predictor, 3)
+    present = torch.ones(3, len(model.members), dtype=torch.bool)
+    present[1, 2] = False  # row 1 without its report
+    with torch.no_grad():
+        _, plain = predict_probabilities(model, x, present, inputs)
+        _, mirror = predict_probabilities(model, x.flip(-1), present, inputs)
+        _, tta = predict_probabilities(model, x, present, inputs, tta="hflip")
+    torch.testing.assert_close(tta["lnm"], 0.5 * (plain["lnm"] + mirror["lnm"]))
+    assert not torch.allclose(tta["lnm"], plain["lnm"])
+
+
+def test_the_mean_teacher_sees_the_unlabelled_rows_own_inputs(llnm_run):
+    import torch
+
+    from lnzoo.contracts import head_loss
+    from lnzoo.data.samples import MISSING
+    from lnzoo.inference import load
+    from lnzoo.train.averaging import MeanTeacher
+
+    predictor = load(llnm_run / "fold0" / "best.safetensors", HOST)
+    model = predictor.model.eval()
+    teacher = MeanTeacher(model, {"ema": 0.99, "threshold": 0.0, "rampup_epochs": 0}, "lnm")
+    x, inputs = torch.randn(4, 1, 3, 32, 32), _random_inputs(predictor, 4)
+    present = torch.ones(4, len(model.members), dtype=torch.bool)
+    y = torch.tensor([MISSING, 0, MISSING, 1])
+    with torch.no_grad():
+        student = model(x, present, inputs)["lnm"]
+        loss = teacher.loss(model, x, present, inputs, student, y)
+        rows = torch.tensor([0, 2])  # the unlabelled ones, each with its own report, mask and covariates
+        t_out = model(x[rows].flip(-1), present[rows], {k: v[rows] for k, v in inputs.items()})["lnm"]
+        expected = head_loss(model.heads["lnm"], student[rows], t_out.argmax(1))
+    torch.testing.assert_close(loss, expected)  # the teacher starts as the student's copy

@@ -30,8 +30,8 @@ from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from lnzoo.errors import LnzooError, UsageError
-from lnzoo.serve.uploads import (IMAGE_FORMATS, RequestError, Submission, check_declared_size, read_form,
-                                 write_sample)
+from lnzoo.serve.uploads import (IMAGE_FORMATS, RequestError, Submission, check_declared_size, check_input_files,
+                                 read_form, write_sample)
 
 FULL_VIEWS = ("full", "2d")      # the views a 'roi' view is cropped from (the manifest's "path" column)
 TEXT_FIELDS = ("box", "gradcam")
@@ -57,21 +57,26 @@ class ServedModel:
 
     @property
     def covariates(self) -> list[str]:
-        """The text fields the models read besides images: covariates and report text (inputs that read a file,
-        such as a mask's morphology, are not taken by the server: those inputs are missing for a request)."""
+        """The text fields the models read besides images: covariates and report text."""
         names: list[str] = []
         for m in self.ensemble.members:
             names += [c for c in (m.inputs.text_columns if m.inputs else []) if c not in names]
         return names
 
     @property
-    def file_inputs(self) -> list[str]:
-        """The inputs the server cannot take (they read a file a manifest names, e.g. a mask): missing for requests."""
-        names: list[str] = []
+    def file_inputs(self) -> dict[str, Any]:
+        """{column: fitted input} of the inputs that read a file a manifest cell names (a mask): uploaded files."""
+        out: dict[str, Any] = {}
         for m in self.ensemble.members:
-            names += [i.name for i in (m.inputs or []) if getattr(i.kind, "reads", "file") != "text"
-                      and i.name not in names]
-        return names
+            for item in m.inputs or []:
+                if getattr(item.kind, "reads", "file") != "text":
+                    out.setdefault(item.kind.column, item)
+        return out
+
+    def inputs_used(self, sample) -> list[str] | None:
+        """The inputs besides the views that the sample gives (None: the model has none)."""
+        extra = next((m.inputs for m in self.ensemble.members if m.inputs), None)
+        return None if extra is None else extra.given(sample)
 
 
 def load_model(sources: Sequence[Path], host, engine: str = "torch") -> ServedModel:
@@ -148,15 +153,30 @@ class Server:
         return names
 
     @property
+    def input_files(self) -> list[str]:
+        """One file field per input that reads a file (a mask for morphology), named by the column it reads."""
+        names: list[str] = []
+        for s in self.stages:
+            names += [c for c in s.file_inputs if c not in names]
+        return names
+
+    def input_kinds(self) -> list[tuple[str, Any]]:
+        """(file field, fitted input) of every stage: each checks its upload."""
+        return [(c, item) for s in self.stages for c, item in s.file_inputs.items()]
+
+    @property
+    def uploads(self) -> int:
+        """How many files a request may carry."""
+        return len(self.file_fields) + len(self.input_files)
+
+    @property
     def accepted(self) -> list[str]:
         text = ["box"] if self.roi_source else []
-        return [*self.file_fields, *text, "gradcam", *self.covariates]
+        return [*self.file_fields, *self.input_files, *text, "gradcam", *self.covariates]
 
     def form_description(self) -> dict[str, Any]:
-        missing = [n for s in self.stages for n in s.file_inputs]
         return {"files": self.file_fields, "required_view": self.required_view, "box_view": self.roi_source,
-                "covariates": self.covariates, "accepted_fields": self.accepted,
-                "inputs_not_served": sorted(set(missing)),  # read from files (a mask): missing for a request
+                "input_files": self.input_files, "covariates": self.covariates, "accepted_fields": self.accepted,
                 "max_upload_mb": self.max_upload_mb, "max_side": self.max_side,
                 "formats": sorted(IMAGE_FORMATS)}
 
@@ -185,7 +205,13 @@ def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb:
             raise UsageError(f"{', '.join(map(str, stage.sources))}: this model reads no image (its inputs: "
                              f"{', '.join(getattr(stage.ensemble.members[0].inputs, 'names', []))}); the server takes "
                              "images. Predict its rows with lnzoo predict --model ... --manifest rows.csv")
-    return Server(stages, chain, float(max_upload_mb), int(max_side), host)
+    server = Server(stages, chain, float(max_upload_mb), int(max_side), host)
+    fields = [*server.file_fields, *TEXT_FIELDS, *server.covariates]
+    clash = sorted({c for c in server.input_files if c in fields})
+    if clash:  # one form field cannot be two things
+        raise UsageError(f"the input file column(s) {clash} of the model share a name with its views or text fields "
+                         f"{fields}; the server cannot tell them apart in a form")
+    return server
 
 
 # -- predicting -----------------------------------------------------------------------------------------------------
@@ -233,6 +259,8 @@ def stage_entry(server: Server, k: int, sample, folder: Path, with_gradcam: bool
     entry: dict[str, Any] = {"model": model.info.get("name"), "sources": [str(s) for s in model.sources],
                              "members": len(model.ensemble.members), "main_task": model.main, "tasks": tasks,
                              "views_used": used}
+    if (given := model.inputs_used(sample)) is not None:
+        entry["inputs_used"] = given
     if with_gradcam:
         cams, note = gradcam(model, sample, folder / f"gradcam{k + 1}", server.host, tasks[model.main]["call"])
         entry["gradcam"] = cams
@@ -249,14 +277,15 @@ def answer(server: Server, req: Submission) -> dict[str, Any]:
     """Predict on one checked request inside a temporary folder removed on return."""
     with tempfile.TemporaryDirectory(prefix="lnzoo-serve-") as tmp:
         sample = write_sample(req, Path(tmp), server)
+        check_input_files(sample, req, server)
         entries = []
         for k in range(len(server.stages)):
             entries.append(stage_entry(server, k, sample, Path(tmp), req.gradcam))
             if not server.cascade or not server.chain.goes_on(k, entries[-1]["routed_as"]):
                 break
     first = entries[0]
-    result = {key: first[key] for key in ("model", "members", "main_task", "tasks", "views_used", "gradcam",
-                                          "gradcam_note") if key in first}
+    result = {key: first[key] for key in ("model", "members", "main_task", "tasks", "views_used", "inputs_used",
+                                          "gradcam", "gradcam_note") if key in first}
     if server.cascade:
         result["path"] = " > ".join(f"{e['main_task']}:{e['routed_as']}" for e in entries)
         result["stages"] = entries
@@ -297,6 +326,8 @@ def openapi_form(server: Server) -> dict[str, Any]:
         props["box"] = {"type": "string", "example": "40,30,200,180",
                         "description": f"the ROI box x0,y0,x1,y1 in pixels of the {server.roi_source!r} image"}
     props["gradcam"] = {"type": "boolean", "default": True, "description": "Grad-CAM overlays in the answer"}
+    props.update({c: {"type": "string", "format": "binary", "description": "the file an input of the model reads "
+                      "(a nodule mask for its morphology), optional"} for c in server.input_files})
     props.update({c: {"type": "string", "description": "a text input of the model (a clinical covariate or report "
                                                    "text), optional"} for c in server.covariates})
     required = [server.roi_source if server.required_view == "roi" else server.required_view]
@@ -359,7 +390,7 @@ def create_app(models: Sequence[Path], cascade: Sequence[Path] = (), max_upload_
     @app.post("/api/predict", openapi_extra=openapi_form(server))
     async def api_predict(request: Request) -> JSONResponse:
         check_declared_size(request, server)
-        form = await request.form(max_files=len(server.file_fields) + 1, max_fields=len(server.accepted) + 1)
+        form = await request.form(max_files=server.uploads + 1, max_fields=len(server.accepted) + 1)
         try:
             req = await read_form(form, server)
         finally:

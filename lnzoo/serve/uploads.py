@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -32,11 +33,11 @@ class RequestError(Exception):
 # -- reading and checking a request -------------------------------------------------------------------------------
 @dataclass
 class Upload:
-    """One checked image: its bytes, the file suffix of its format and its (width, height)."""
+    """One checked upload: its bytes, its file suffix and, for an image, its (width, height)."""
 
     data: bytes
     suffix: str
-    size: tuple[int, int]
+    size: tuple[int, int] | None = None
 
 
 @dataclass
@@ -47,6 +48,7 @@ class Submission:
     box: tuple[float, float, float, float] | None
     covariates: dict[str, str]
     gradcam: bool
+    inputs: dict[str, Upload] = field(default_factory=dict)  # column -> the file an input reads (a mask)
 
 
 def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int) -> Upload:
@@ -79,6 +81,19 @@ def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int) -> 
     return Upload(data, IMAGE_FORMATS[img.format], size)
 
 
+def check_input_file(data: bytes, filename: str | None, name: str, max_upload_mb: float) -> Upload:
+    """The file an input reads (a mask, a feature CSV): not empty, within the size limit; its suffix kept when it
+    is a plain one, since a kind may read by it. What is in it is the input kind's to check."""
+    if not data:
+        raise RequestError(422, f"{name}: the file is empty")
+    max_bytes = round(max_upload_mb * 2**20)
+    if len(data) > max_bytes:
+        raise RequestError(413, f"{name}: over the limit of {max_upload_mb:g} MB ({max_bytes:,} bytes) per file "
+                                "(lnzoo serve --max-upload-mb)")
+    suffix = Path(filename or "").suffix.lower()
+    return Upload(data, suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else "")
+
+
 def parse_box(text: str, size: tuple[int, int] | None) -> tuple[float, float, float, float]:
     """'x0,y0,x1,y1' in pixels of the image it is drawn on, inside it, with x0 < x1 and y0 < y1."""
     parts = text.replace(",", " ").split()
@@ -106,7 +121,7 @@ def parse_flag(text: str, name: str) -> bool:
 def check_declared_size(request: Request, server: Server) -> None:
     """Refuse a request whose declared size exceeds what its files may carry, before reading it."""
     declared = request.headers.get("content-length")
-    limit = server.max_bytes * len(server.file_fields) + FORM_SLACK
+    limit = server.max_bytes * server.uploads + FORM_SLACK
     if not (declared and declared.isdigit()):  # a chunked body could grow past every limit before it is read
         raise RequestError(411, "the request gives no Content-Length; send the form with one (browsers, curl and "
                                 "HTTP libraries do)")
@@ -121,11 +136,18 @@ async def read_form(form: FormData, server: Server) -> Submission:
     if unknown:
         raise RequestError(422, f"unknown form field(s) {unknown}; this model accepts {server.accepted}")
     files: dict[str, Upload] = {}
+    inputs: dict[str, Upload] = {}
     text: dict[str, str] = {}
     for name, value in form.multi_items():
-        if name in files or name in text:
+        if name in files or name in text or name in inputs:
             raise RequestError(422, f"form field {name!r} is given twice")
-        if name in server.file_fields:
+        if name in server.input_files:
+            if not isinstance(value, UploadFile):
+                raise RequestError(422, f"form field {name!r} must be a file (an input of the model reads it), "
+                                        "not text")
+            inputs[name] = check_input_file(await value.read(server.max_bytes + 1), value.filename, name,
+                                            server.max_upload_mb)
+        elif name in server.file_fields:
             if not isinstance(value, UploadFile):
                 raise RequestError(422, f"form field {name!r} must be an image file, not text")
             files[name] = check_image(await value.read(server.max_bytes + 1), name, server.max_upload_mb,
@@ -139,12 +161,12 @@ async def read_form(form: FormData, server: Server) -> Submission:
         source = server.roi_source
         box = parse_box(text["box"], files[source].size if source in files else None)
     return Submission(files, box, {c: text[c] for c in server.covariates if c in text},
-                    parse_flag(text.get("gradcam", "true"), "gradcam"))
+                      parse_flag(text.get("gradcam", "true"), "gradcam"), inputs)
 
 
 def write_sample(req: Submission, folder: Path, server: Server):
     """The uploads written into ``folder`` (a request's temporary one), as one Sample of every view."""
-    from lnzoo.data.samples import Sample
+    from lnzoo.data.samples import VIEW_COLUMN, Sample
 
     paths = {}
     for view, upload in req.files.items():
@@ -167,4 +189,32 @@ def write_sample(req: Submission, folder: Path, server: Server):
         optional = f"; {', '.join(map(repr, others))} optional" if others else ""
         raise RequestError(422, f"missing the view {required!r}: give {need}. This model takes the views "
                                 f"{server.views} (file fields {server.file_fields}): {required!r} required{optional}")
-    return Sample(views, "", {}, "upload", cells=dict(req.covariates), rois=rois)
+    cells = dict(req.covariates)
+    for view, path in paths.items():  # the images as a manifest row names them (an input may read one, as morphology)
+        cells[VIEW_COLUMN.get(view, view)] = path.name
+    for k, (column, upload) in enumerate(req.inputs.items()):
+        cells[column] = (folder / f"input{k}{upload.suffix}").name
+        (folder / cells[column]).write_bytes(upload.data)
+    return Sample(views, "", {}, "upload", cells=cells, rois=rois, base=folder)
+
+
+def check_input_files(sample, req: Submission, server: Server) -> None:
+    """Each uploaded input file through its input kind's own check (a mask that does not fit its image, a file
+    that does not read): a 422 naming the field and the reason, before anything is predicted."""
+    from lnzoo.errors import DataError
+
+    for column, item in server.input_kinds():
+        if column not in req.inputs:
+            continue
+        problems: list[str] = []
+        try:
+            bad = item.kind.check([sample], problems)
+        except DataError as exc:
+            bad, problems = {0}, [*problems, *exc.problems]
+        if bad or problems:
+            reasons = "; ".join(p.removeprefix(f"{sample.origin}: ") for p in problems) or "refused by the input kind"
+            names = {str(p): f"the {v!r} image" for v, p in sample.views.items() if p is not None}
+            names |= {str(sample.cell_path(c)): f"the {c!r} file" for c in req.inputs}
+            for path, name in sorted(names.items(), key=lambda kv: -len(kv[0])):  # never the temporary paths
+                reasons = reasons.replace(path, name)
+            raise RequestError(422, f"{column}: the input {item.name!r} cannot read this file: {reasons}")

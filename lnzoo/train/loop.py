@@ -25,7 +25,7 @@ from lnzoo.loss import MultiTaskLoss, balanced_class_weights
 from lnzoo.tasks import Task
 from lnzoo.train import distributed
 from lnzoo.train.averaging import MeanTeacher, ema_of
-from lnzoo.train.schedule import make_optimizer, make_scheduler, seed_everything, seed_worker
+from lnzoo.train.schedule import deterministic_compile, make_optimizer, make_scheduler, seed_everything, seed_worker
 
 
 @dataclass
@@ -263,7 +263,7 @@ class Trainer:
             forward = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None)
             seed_everything(seed + 7919 * self.world.rank)  # each process its own augmentation draws
-        return torch.compile(forward) if self.cfg["compile"] else forward
+        return deterministic_compile(forward) if self.cfg["compile"] else forward
 
     def _train_epoch(self, run: Fit, student: Predictor, train_ds: NodeDataset, loss_fn: MultiTaskLoss,
                      fold: int) -> float:

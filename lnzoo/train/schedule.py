@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+import sys
 from collections.abc import Mapping
 from typing import Any
 
@@ -15,9 +16,23 @@ from lnzoo.errors import UsageError
 
 def set_deterministic(on: bool = True) -> None:
     """Deterministic kernels where torch has them (a warning where it has none), without NaN-filling every
-    ``torch.empty``: that debugging aid took a fifth of a CPU training step and changes no result."""
-    torch.use_deterministic_algorithms(on, warn_only=True)
+    ``torch.empty``: that debugging aid took a fifth of a CPU training step and changes no result.
+
+    ``torch.use_deterministic_algorithms`` also sets the compiler's flag, and importing the compiler for it
+    took 3 s of every run's start; the compiler gets the flag when a model is compiled
+    (:func:`deterministic_compile`)."""
+    if "torch._inductor.config" in sys.modules:
+        torch.use_deterministic_algorithms(on, warn_only=True)
+    else:
+        torch._C._set_deterministic_algorithms(on, warn_only=True)
     torch.utils.deterministic.fill_uninitialized_memory = False
+
+
+def deterministic_compile(module: nn.Module) -> nn.Module:
+    """``torch.compile(module)`` under the deterministic setting :func:`set_deterministic` chose."""
+    torch.use_deterministic_algorithms(torch.are_deterministic_algorithms_enabled(),
+                                       warn_only=torch.is_deterministic_algorithms_warn_only_enabled())
+    return torch.compile(module)
 
 
 def seed_everything(seed: int) -> None:
