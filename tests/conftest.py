@@ -88,6 +88,26 @@ TINY = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_si
         "data.phantom.patients=24", "cv.folds=3", "data.batch_size=16", "train.threads=2"]
 
 
+LLNM = REPO / "recipes" / "llnm_multimodal.toml"
+LLNM_TINY = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=32", "train.epochs=2",
+             "cv.folds=3", "cv.run_folds=[0]", "data.batch_size=16", "data.phantom.patients=40", "train.threads=2",
+             "model.fusion={name='transformer', dim=32, layers=1, heads=2}", "data.inputs.report.dim=32",
+             "data.inputs.report.heads=2", "data.inputs.report.layers=1", "data.inputs.report.max_length=48"]
+
+
+@pytest.fixture(scope="session")
+def llnm_run(lnzoo_cache, tmp_path_factory) -> Path:
+    """The LLNM-style recipe (image + report + morphology + age/sex) made tiny: fold 0 of 3."""
+    from lnzoo.pipeline import fit_folds
+    from lnzoo.plugins import load_plugins
+    from lnzoo.recipe import load_recipe
+
+    host = load_plugins()
+    out = tmp_path_factory.mktemp("llnm") / "run"
+    fit_folds(load_recipe(LLNM, host=host, sets=LLNM_TINY), host, out)
+    return out
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, lnzoo_cache) -> Path:
     """The one shared finished run: ``lnzoo run recipes/stage1_aux.toml --quick`` made tiny, folds 1 and 2 of

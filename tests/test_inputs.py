@@ -13,14 +13,9 @@ from lnzoo.data.samples import Sample
 from lnzoo.plugins import load_plugins
 from lnzoo.recipe import load_recipe
 from lnzoo.testing import check_input
-from tests.conftest import REPO, invoke_cli
+from tests.conftest import LLNM, LLNM_TINY as TINY, invoke_cli
 
 HOST = load_plugins()
-LLNM = REPO / "recipes" / "llnm_multimodal.toml"
-TINY = ["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=32", "train.epochs=2",
-        "cv.folds=3", "cv.run_folds=[0]", "data.batch_size=16", "data.phantom.patients=40", "train.threads=2",
-        "model.fusion={name='transformer', dim=32, layers=1, heads=2}", "data.inputs.report.dim=32",
-        "data.inputs.report.heads=2", "data.inputs.report.layers=1", "data.inputs.report.max_length=48"]
 
 
 def _rows(texts, base=None):
@@ -116,15 +111,6 @@ def test_recipe_mistakes_about_inputs_are_named(sets, message, lnzoo_cache):
     out = invoke_cli("validate", LLNM, "--quick", "--set", "data.phantom.patients=40",  # the fixture's phantom
                      *[a for s in sets for a in ("--set", s)])
     assert out.returncode == 2 and message in out.stdout + out.stderr, out.stdout + out.stderr
-
-
-@pytest.fixture(scope="module")
-def llnm_run(lnzoo_cache, tmp_path_factory):
-    from lnzoo.pipeline import fit_folds
-
-    out = tmp_path_factory.mktemp("llnm") / "run"
-    fit_folds(load_recipe(LLNM, host=HOST, sets=TINY), HOST, out)
-    return out
 
 
 def test_llnm_recipe_fuses_image_report_morphology_and_covariates(llnm_run):

@@ -6,6 +6,7 @@ ever downloaded: selenium gets the driver's path.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -58,11 +59,12 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 180) -> None
     raise AssertionError(f"lnzoo serve did not answer {url}healthz within {timeout:.0f} s")
 
 
-@pytest.fixture
-def server(tiny_run):
+@contextlib.contextmanager
+def serving(run: Path):
+    """``lnzoo serve RUN`` on a free port of 127.0.0.1; yields its URL."""
     port = free_port()
     env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.Popen([sys.executable, "-m", "lnzoo", "serve", str(tiny_run), "--port", str(port)],
+    proc = subprocess.Popen([sys.executable, "-m", "lnzoo", "serve", str(run), "--port", str(port)],
                             cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}/"
     try:
@@ -75,6 +77,12 @@ def server(tiny_run):
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+@pytest.fixture
+def server(tiny_run):
+    with serving(tiny_run) as url:
+        yield url
 
 
 @pytest.fixture
@@ -139,3 +147,37 @@ def test_the_page_shows_lnzoo_predicts_probabilities(server, browser, tiny_run, 
     shot = tmp_path / "serve.png"
     assert browser.save_screenshot(str(shot))
     shutil.copyfile(shot, SCREENSHOT)
+
+
+def test_the_page_takes_a_report_and_a_mask_for_a_model_with_those_inputs(llnm_run, browser):
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from lnzoo.data.run_data import load_run_data, recipe_tasks
+    from lnzoo.plugins import load_plugins
+    from lnzoo.predict import predict_rows
+    from lnzoo.recipe import load_recipe
+
+    host = load_plugins()
+    recipe = load_recipe(llnm_run / "recipe.toml", host=host)
+    sample = next(s for s in load_run_data(recipe, recipe_tasks(recipe, host), host=host).pool
+                  if s.cells.get("report_zh") and np.asarray(Image.open(s.cell_path("mask"))).any())
+    expected = float(predict_rows([llnm_run], [sample], host)[0]["p_lnm_N1"])
+    with serving(llnm_run) as url:
+        browser.get(url)
+        wait = WebDriverWait(browser, 120)
+        wait.until(EC.presence_of_element_located((By.ID, "file-full"))).send_keys(str(sample.views["full"]))
+        browser.find_element(By.ID, "input-mask").send_keys(str(sample.cell_path("mask")))
+        for column in ("age", "sex", "report_zh"):
+            browser.find_element(By.ID, f"cov-{column}").send_keys(sample.cells[column])
+        browser.find_element(By.ID, "gradcam").click()  # off: this test is about the inputs
+        browser.find_element(By.ID, "submit").click()
+        wait.until(lambda d: d.find_element(By.ID, "result").get_attribute("data-state") in ("done", "error"))
+        assert browser.find_element(By.ID, "result").get_attribute("data-state") == "done", \
+            browser.find_element(By.ID, "form-error").text
+        assert browser.find_element(By.CSS_SELECTOR, "[data-kind='inputs']").text == "covariates, report, morphology"
+        shown = browser.find_element(By.CSS_SELECTOR, "td[data-kind='raw'][data-class='N1']").text
+        assert abs(float(shown) - expected) <= 0.5 * 10 ** -len(shown.split(".")[1]) + 1e-6, (shown, expected)

@@ -51,16 +51,21 @@ class Submission:
     inputs: dict[str, Upload] = field(default_factory=dict)  # column -> the file an input reads (a mask)
 
 
-def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int) -> Upload:
-    """Decode an upload with PIL: an image of a supported format, within the limits, that decodes whole."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
+def check_size(data: bytes, name: str, max_upload_mb: float) -> None:
+    """An upload that is not empty and within the per-file limit."""
     if not data:
         raise RequestError(422, f"{name}: the file is empty")
     max_bytes = round(max_upload_mb * 2**20)
     if len(data) > max_bytes:
         raise RequestError(413, f"{name}: over the limit of {max_upload_mb:g} MB ({max_bytes:,} bytes) per file "
                                 "(lnzoo serve --max-upload-mb)")
+
+
+def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int) -> Upload:
+    """Decode an upload with PIL: an image of a supported format, within the limits, that decodes whole."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    check_size(data, name, max_upload_mb)
     try:
         img = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, ValueError):
@@ -84,12 +89,7 @@ def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int) -> 
 def check_input_file(data: bytes, filename: str | None, name: str, max_upload_mb: float) -> Upload:
     """The file an input reads (a mask, a feature CSV): not empty, within the size limit; its suffix kept when it
     is a plain one, since a kind may read by it. What is in it is the input kind's to check."""
-    if not data:
-        raise RequestError(422, f"{name}: the file is empty")
-    max_bytes = round(max_upload_mb * 2**20)
-    if len(data) > max_bytes:
-        raise RequestError(413, f"{name}: over the limit of {max_upload_mb:g} MB ({max_bytes:,} bytes) per file "
-                                "(lnzoo serve --max-upload-mb)")
+    check_size(data, name, max_upload_mb)
     suffix = Path(filename or "").suffix.lower()
     return Upload(data, suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else "")
 
@@ -213,7 +213,8 @@ def check_input_files(sample, req: Submission, server: Server) -> None:
             bad, problems = {0}, [*problems, *exc.problems]
         if bad or problems:
             reasons = "; ".join(p.removeprefix(f"{sample.origin}: ") for p in problems) or "refused by the input kind"
-            names = {str(p): f"the {v!r} image" for v, p in sample.views.items() if p is not None}
+            names = {str(q): f"the {v!r} image" for v, p in sample.views.items() if p is not None
+                     for q in (p, p.resolve())}
             names |= {str(sample.cell_path(c)): f"the {c!r} file" for c in req.inputs}
             for path, name in sorted(names.items(), key=lambda kv: -len(kv[0])):  # never the temporary paths
                 reasons = reasons.replace(path, name)
