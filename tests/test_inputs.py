@@ -160,13 +160,26 @@ def test_a_model_without_image_views_trains_on_its_other_inputs(lnzoo_cache, tmp
     from lnzoo.explain import explain
     assert explain(predictor, pool[:2], tmp_path / "x", host=HOST) == []
     assert {r["removed"] for r in csv.DictReader((tmp_path / "x" / "occlusion.csv").open())} == {"report", "morphology"}
-    # the server takes images: it refuses such a model before listening
-    from lnzoo.errors import UsageError
-    from lnzoo.serve.app import build_server
-    with pytest.raises(UsageError, match="reads no image"):
-        build_server([tmp_path / "run"], [], 10.0, 4096, HOST)
+    # served: the report as text, the mask and the image it outlines as files (no view uploads the image)
+    from fastapi.testclient import TestClient
+
+    from lnzoo.predict import Ensemble, predict_rows
+    from lnzoo.serve.app import create_app
+    row = next(s for s in pool if s.cells.get("report_zh") and np.asarray(Image.open(s.cell_path("mask"))).any())
+    client = TestClient(create_app([tmp_path / "run"], plugin_host=HOST))
+    form = client.get("/api/model").json()["form"]
+    assert form["files"] == [] and form["required_view"] is None
+    assert form["input_files"] == ["mask", "path"] and form["covariates"] == ["report_zh"]
+    files = {"mask": ("m.png", row.cell_path("mask").read_bytes()), "path": ("i.png", row.cell_path("path").read_bytes())}
+    got = client.post("/api/predict", files=files, data={"report_zh": row.cells["report_zh"]})
+    assert got.status_code == 200, got.text
+    assert got.json()["inputs_used"] == ["report", "morphology"] and got.json()["gradcam"] == {}
+    assert got.json()["tasks"]["lnm"]["raw_probabilities"]["N1"] == pytest.approx(
+        float(predict_rows([tmp_path / "run"], [row], HOST)[0]["p_lnm_N1"]), abs=2e-6)
+    nothing = client.post("/api/predict", data={"gradcam": "false"})
+    assert nothing.status_code == 422 and "give at least one of its inputs" in nothing.json()["error"]
     # a row that gives none of its inputs is named, not predicted as the head's bias
-    from lnzoo.predict import Ensemble
+    from lnzoo.errors import UsageError
     blank = Sample({}, "Q", {}, "rows.csv:5", cells={**pool[0].cells, "report_zh": "", "mask": ""}, base=pool[0].base)
     with pytest.raises(UsageError, match="rows.csv:5: none of the inputs"):
         Ensemble([tmp_path / "run"], HOST).predict([blank])

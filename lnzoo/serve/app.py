@@ -65,12 +65,18 @@ class ServedModel:
 
     @property
     def file_inputs(self) -> dict[str, Any]:
-        """{column: fitted input} of the inputs that read a file a manifest cell names (a mask): uploaded files."""
+        """{column: fitted input} of the files the inputs read from manifest cells (a mask; the image a mask
+        outlines when no view uploads it, as in a model without views): uploaded files."""
+        from lnzoo.data.samples import VIEW_COLUMN
+
+        by_views = {VIEW_COLUMN.get(v, v) for v in self.views}  # columns a view's upload fills
         out: dict[str, Any] = {}
         for m in self.ensemble.members:
             for item in m.inputs or []:
                 if getattr(item.kind, "reads", "file") != "text":
-                    out.setdefault(item.kind.column, item)
+                    for column in getattr(item.kind, "columns", None) or [item.kind.column]:
+                        if column == item.kind.column or column not in by_views:
+                            out.setdefault(column, item)
         return out
 
     def inputs_used(self, sample) -> list[str] | None:
@@ -142,8 +148,9 @@ class Server:
         return next((v for v in FULL_VIEWS if v in self.views), "roi")
 
     @property
-    def required_view(self) -> str:
-        return self.stages[0].views[0]
+    def required_view(self) -> str | None:
+        """The view every request must give (None: a model without views, which needs one of its inputs)."""
+        return self.stages[0].views[0] if self.stages[0].views else None
 
     @property
     def covariates(self) -> list[str]:
@@ -200,11 +207,6 @@ def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb:
         chain = _loading(list(cascade), lambda: Cascade(list(cascade), host, engine=engine))
         stages = [ServedModel([src], e, _loading([src], lambda e=e: e.info))
                   for src, e in zip(chain.sources, chain.stages)]
-    for stage in stages:  # the page and the API take an image of the first view: a model needs one
-        if not stage.views:
-            raise UsageError(f"{', '.join(map(str, stage.sources))}: this model reads no image (its inputs: "
-                             f"{', '.join(getattr(stage.ensemble.members[0].inputs, 'names', []))}); the server takes "
-                             "images. Predict its rows with lnzoo predict --model ... --manifest rows.csv")
     server = Server(stages, chain, float(max_upload_mb), int(max_side), host)
     fields = [*server.file_fields, *TEXT_FIELDS, *server.covariates]
     clash = sorted({c for c in server.input_files if c in fields})
@@ -261,7 +263,9 @@ def stage_entry(server: Server, k: int, sample, folder: Path, with_gradcam: bool
                              "views_used": used}
     if (given := model.inputs_used(sample)) is not None:
         entry["inputs_used"] = given
-    if with_gradcam:
+    if with_gradcam and not model.views:
+        entry["gradcam"], entry["gradcam_note"] = {}, "no Grad-CAM: this model reads no image view"
+    elif with_gradcam:
         cams, note = gradcam(model, sample, folder / f"gradcam{k + 1}", server.host, tasks[model.main]["call"])
         entry["gradcam"] = cams
         if note:
@@ -278,6 +282,9 @@ def answer(server: Server, req: Submission) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="lnzoo-serve-") as tmp:
         sample = write_sample(req, Path(tmp), server)
         check_input_files(sample, req, server)
+        if server.required_view is None and not server.stages[0].inputs_used(sample):
+            raise RequestError(422, "this model reads no image view: give at least one of its inputs (text fields "
+                                    f"{server.covariates}, files {server.input_files})")
         entries = []
         for k in range(len(server.stages)):
             entries.append(stage_entry(server, k, sample, Path(tmp), req.gradcam))
@@ -330,7 +337,8 @@ def openapi_form(server: Server) -> dict[str, Any]:
                       "(a nodule mask for its morphology), optional"} for c in server.input_files})
     props.update({c: {"type": "string", "description": "a text input of the model (a clinical covariate or report "
                                                    "text), optional"} for c in server.covariates})
-    required = [server.roi_source if server.required_view == "roi" else server.required_view]
+    required = [] if server.required_view is None else \
+        [server.roi_source if server.required_view == "roi" else server.required_view]
     return {"requestBody": {"required": True, "content": {"multipart/form-data": {
         "schema": {"type": "object", "required": required, "properties": props}}}}}
 

@@ -182,7 +182,7 @@ def write_sample(req: Submission, folder: Path, server: Server):
         if req.box is not None:
             rois["roi"] = req.box
     required = server.required_view
-    if views.get(required) is None:
+    if required is not None and views.get(required) is None:
         need = f"the {server.roi_source!r} image and a box x0,y0,x1,y1" if required == "roi" else \
             f"an image in the form field {required!r}"
         others = [v for v in server.views if v != required]
@@ -203,9 +203,11 @@ def check_input_files(sample, req: Submission, server: Server) -> None:
     that does not read): a 422 naming the field and the reason, before anything is predicted."""
     from lnzoo.errors import DataError
 
+    checked: set[int] = set()
     for column, item in server.input_kinds():
-        if column not in req.inputs:
+        if column not in req.inputs or id(item) in checked:  # once per input, however many files it reads
             continue
+        checked.add(id(item))
         problems: list[str] = []
         try:
             bad = item.kind.check([sample], problems)
