@@ -68,6 +68,7 @@ class InputKind(Protocol):
     column: str  # the manifest column it reads (a cell's text, or a path relative to the manifest)
     dtype: str  # "float32" or "int64": what ``encode`` returns
     # optional: ``reads = "text"`` when the cell is the input itself (served as a form field); default "file"
+    # optional: ``keep_in_memory()``, called when the kind serves uploads: write nothing derived from them to disk
 
     def check(self, samples: Sequence[Any], problems: list[str]) -> set[int]:
         """Every row of the run: append "file:line: reason" per bad cell; return the indices of the bad rows."""

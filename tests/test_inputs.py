@@ -176,6 +176,8 @@ def test_a_model_without_image_views_trains_on_its_other_inputs(lnzoo_cache, tmp
     assert got.json()["inputs_used"] == ["report", "morphology"] and got.json()["gradcam"] == {}
     assert got.json()["tasks"]["lnm"]["raw_probabilities"]["N1"] == pytest.approx(
         float(predict_rows([tmp_path / "run"], [row], HOST)[0]["p_lnm_N1"]), abs=2e-6)
+    image_only = client.post("/api/predict", files={"path": files["path"]}, data={"report_zh": row.cells["report_zh"]})
+    assert image_only.status_code == 200 and image_only.json()["inputs_used"] == ["report"]  # no mask: missing
     nothing = client.post("/api/predict", data={"gradcam": "false"})
     assert nothing.status_code == 422 and "give at least one of its inputs" in nothing.json()["error"]
     # a row that gives none of its inputs is named, not predicted as the head's bias
@@ -387,6 +389,30 @@ def test_the_server_takes_the_report_and_the_mask_and_answers_as_predict_does(ll
     assert garbage.status_code == 422 and "mask:" in garbage.json()["error"]
     as_text = client.post("/api/predict", files={"full": image}, data={**text, "mask": "m.png"})
     assert as_text.status_code == 422 and "must be a file" in as_text.json()["error"]
+
+    # what is derived from an upload never reaches the disk cache (it is a patient's image)
+    from lnzoo.data.morphology import cache_dir
+    before = sorted(cache_dir().rglob("*")) if cache_dir().exists() else []
+    mirrored = io.BytesIO()
+    Image.open(sample.cell_path("mask")).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(mirrored, format="PNG")
+    fresh = client.post("/api/predict", files={"full": image, "mask": ("m.png", mirrored.getvalue(), "image/png")},
+                        data=text)
+    assert fresh.status_code == 200 and fresh.json()["inputs_used"] == ["covariates", "report", "morphology"]
+    assert (sorted(cache_dir().rglob("*")) if cache_dir().exists() else []) == before
+
+    # a kind failing on a file in its own way (a plugin's ValueError) is a 422 for that field, no temporary path
+    item = dict(client.app.state.server.input_kinds())["mask"]
+
+    def broken(samples, problems):
+        raise ValueError(f"unreadable bytes in {samples[0].cell_path('mask')}")
+    item.kind.check = broken
+    try:
+        odd = client.post("/api/predict", files={"full": image, "mask": mask}, data=text)
+    finally:
+        del item.kind.check
+    assert odd.status_code == 422, odd.text
+    assert odd.json()["error"] == "mask: the input 'morphology' cannot read this file: ValueError: unreadable bytes " \
+                                  "in the 'mask' file"
 
 
 def test_the_llnm_model_exports_to_onnx_and_predicts_as_torch_does(llnm_run, tmp_path):

@@ -1,6 +1,5 @@
 """lnzoo.stats: DeLong against a direct O(n^2) computation, patient bootstrap, McNemar."""
 import math
-import time
 
 import numpy as np
 import pytest
@@ -175,17 +174,6 @@ def test_bootstrap_skips_undefined_resamples():
         return binary_auc(yy, pp)
 
     assert bootstrap_ci(raising, y, p, n_boot=400, seed=1) == r
-
-
-def test_bootstrap_speed():
-    rng = np.random.default_rng(9)
-    y = rng.integers(0, 2, 1000)
-    p = rng.random(1000)
-    groups = rng.integers(0, 300, 1000)  # ~3 images per patient
-    t = time.perf_counter()
-    bootstrap_ci(_auc_metric, y, p, groups=groups, n_boot=1000)
-    # 2 s is the target on an idle machine; the margin absorbs shared CI runners
-    assert time.perf_counter() - t < 6.0
 
 
 def test_paired_bootstrap_auc_diff():

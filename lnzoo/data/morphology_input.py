@@ -36,6 +36,10 @@ class MorphologyInput:
         """The mask column and the column of the image it outlines."""
         return [self.column, self.image]
 
+    def keep_in_memory(self) -> None:
+        """Served: features of uploaded masks are cached in memory only, never written to disk."""
+        self.cache_kind, self._cache = "memory", None
+
     @property
     def cache(self):
         if self._cache is None:

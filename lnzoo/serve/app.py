@@ -91,7 +91,17 @@ def load_model(sources: Sequence[Path], host, engine: str = "torch") -> ServedMo
 
     sources = [Path(s) for s in sources]
     ensemble = _loading(sources, lambda: Ensemble(sources, host, engine))
+    keep_uploads_in_memory(ensemble)
     return ServedModel(sources, ensemble, _loading(sources, lambda: ensemble.info))
+
+
+def keep_uploads_in_memory(ensemble) -> None:
+    """What an input kind derives from an upload (a mask's morphology) comes from a patient's images and must not
+    outlive the request's temporary folder on disk: each kind's optional ``keep_in_memory()`` is called."""
+    for m in ensemble.members:
+        for item in m.inputs or []:
+            if callable(hook := getattr(item.kind, "keep_in_memory", None)):
+                hook()
 
 
 def _loading(sources: Sequence[Path], load):
@@ -205,6 +215,8 @@ def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb:
         from lnzoo.predict import Cascade
 
         chain = _loading(list(cascade), lambda: Cascade(list(cascade), host, engine=engine))
+        for e in chain.stages:
+            keep_uploads_in_memory(e)
         stages = [ServedModel([src], e, _loading([src], lambda e=e: e.info))
                   for src, e in zip(chain.sources, chain.stages)]
     server = Server(stages, chain, float(max_upload_mb), int(max_side), host)

@@ -199,25 +199,40 @@ def write_sample(req: Submission, folder: Path, server: Server):
 
 
 def check_input_files(sample, req: Submission, server: Server) -> None:
-    """Each uploaded input file through its input kind's own check (a mask that does not fit its image, a file
-    that does not read): a 422 naming the field and the reason, before anything is predicted."""
-    from lnzoo.errors import DataError
+    """Each uploaded input file through its input kind's own check and then its encoding with the model's fitted
+    state (a mask that does not fit its image, a file that does not read, a feature the model needs and the file
+    lacks): a 422 naming the field and the reason, before anything is predicted. An input whose own column is not
+    uploaded (the image a mask outlines, without the mask) is missing, not checked."""
+    from lnzoo.errors import LnzooError
 
     checked: set[int] = set()
     for column, item in server.input_kinds():
-        if column not in req.inputs or id(item) in checked:  # once per input, however many files it reads
+        if item.kind.column != column or column not in req.inputs or id(item) in checked:
             continue
         checked.add(id(item))
         problems: list[str] = []
         try:
             bad = item.kind.check([sample], problems)
-        except DataError as exc:
-            bad, problems = {0}, [*problems, *exc.problems]
+            if not bad and not problems:
+                item.encode(sample)  # what depends on the fitted state (the features the model was fitted on)
+        except LnzooError as exc:
+            bad, problems = {0}, [*problems, *(getattr(exc, "problems", None) or [str(exc)])]
+        except (ValueError, OSError, KeyError, TypeError, IndexError) as exc:  # a plugin's kind failing on its file
+            bad, problems = {0}, [*problems, f"{type(exc).__name__}: {exc}"]
         if bad or problems:
             reasons = "; ".join(p.removeprefix(f"{sample.origin}: ") for p in problems) or "refused by the input kind"
-            names = {str(q): f"the {v!r} image" for v, p in sample.views.items() if p is not None
-                     for q in (p, p.resolve())}
-            names |= {str(sample.cell_path(c)): f"the {c!r} file" for c in req.inputs}
-            for path, name in sorted(names.items(), key=lambda kv: -len(kv[0])):  # never the temporary paths
-                reasons = reasons.replace(path, name)
-            raise RequestError(422, f"{column}: the input {item.name!r} cannot read this file: {reasons}")
+            raise RequestError(422, f"{column}: the input {item.name!r} cannot read this file: "
+                                    f"{_without_temporary_names(reasons, sample, req)}")
+
+
+def _without_temporary_names(text: str, sample, req: Submission) -> str:
+    """A message with the request folder's paths and file names replaced by the form fields they came from."""
+    names = {str(q): f"the {v!r} image" for v, p in sample.views.items() if p is not None for q in (p, p.resolve())}
+    for c in req.inputs:
+        path = sample.cell_path(c)
+        names |= {str(path): f"the {c!r} file", path.name: f"the {c!r} file"}
+    if sample.base is not None:
+        names |= {str(sample.base.resolve()): "the upload", str(sample.base): "the upload"}
+    for path, name in sorted(names.items(), key=lambda kv: -len(kv[0])):  # the longest first: whole paths, then names
+        text = text.replace(path, name)
+    return text

@@ -21,7 +21,7 @@ def set_deterministic(on: bool = True) -> None:
     ``torch.use_deterministic_algorithms`` also sets the compiler's flag, and importing the compiler for it
     took 3 s of every run's start; the compiler gets the flag when a model is compiled
     (:func:`deterministic_compile`)."""
-    if "torch._inductor.config" in sys.modules:
+    if "torch._inductor.config" in sys.modules or not hasattr(torch._C, "_set_deterministic_algorithms"):
         torch.use_deterministic_algorithms(on, warn_only=True)
     else:
         torch._C._set_deterministic_algorithms(on, warn_only=True)
