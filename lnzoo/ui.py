@@ -1,9 +1,10 @@
 """Renders a run's :mod:`lnzoo.events` for people: rich progress bars on a terminal, one plain line per
-epoch (and per finished phase) when the output is a log file or a pipe."""
+epoch (and per finished phase) when the output is a log file or a pipe, each starting with the time of day."""
 from __future__ import annotations
 
 import math
-from typing import Any
+import time
+from typing import Any, Callable
 
 from rich.console import Console
 from rich.markup import escape
@@ -18,26 +19,44 @@ def wide_console(stderr: bool = False) -> Console:
     return console if console.is_terminal else Console(stderr=stderr, width=max(console.width, 240))
 
 
-def _epoch_text(e: events.EpochEnded) -> str:
+def _epoch_text(e: events.EpochEnded, seconds: float | None = None) -> str:
     row = e.row
     metric = next((k for k in row if k.startswith("val_") and k != "val_loss"), "val_loss")
     value = row.get(metric)
     shown = "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
     best = f" (best {e.best:.3f})" if math.isfinite(e.best) else ""
     monitored = "" if metric == "val_loss" else f" {metric} {shown}"  # the loss as monitor: shown once
-    return f"epoch {row['epoch']}/{e.epochs} loss {row['train_loss']:.3f} val_loss {row['val_loss']:.3f}{monitored}{best}"
+    took = "" if seconds is None else f" ({seconds:.1f} s)"
+    return (f"epoch {row['epoch']}/{e.epochs} loss {row['train_loss']:.3f} val_loss {row['val_loss']:.3f}{monitored}"
+            f"{best}{took}")
 
 
 class RunView:
-    """``on_event`` for :func:`lnzoo.run`; use as a context manager around the run."""
+    """``on_event`` for :func:`lnzoo.run`; use as a context manager around the run.
 
-    def __init__(self, console: Console | None = None):
+    An epoch's time is measured here, from the fold's start or its previous epoch's end (the first epoch of a
+    fold so includes building the model); ``clock`` is for tests.
+    """
+
+    def __init__(self, console: Console | None = None, clock: Callable[[], float] = time.monotonic):
         self.console = console or wide_console(stderr=True)
         self.live = self.console.is_terminal
         self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                                  TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
                                  console=self.console, transient=False, disable=not self.live)
         self._bars: dict[str, Any] = {}
+        self._clock = clock
+        self._since: dict[int, float] = {}  # fold -> when its current epoch began
+
+    def _print(self, text: str) -> None:
+        """A message for people: on a terminal above the bars; in a log every line starts with the time of day
+        (never wrapped, so no line goes without it)."""
+        if self.live:
+            self.console.print(text, highlight=False)
+            return
+        stamp = time.strftime("%H:%M:%S")
+        for line in text.split("\n"):
+            self.console.print(f"{stamp} {line}", highlight=False, soft_wrap=True)
 
     def __enter__(self) -> "RunView":
         self.progress.__enter__()
@@ -62,22 +81,23 @@ class RunView:
             if e.done == e.total or e.done % 25 == 0:
                 self.progress.update(self._bar(e.what, label, e.total), completed=e.done)
         elif e.done == e.total:
-            self.console.print(f"{label}: {e.total} done", highlight=False)
+            self._print(f"{label}: {e.total} done")
 
     def _on_Note(self, e: events.Note) -> None:
         text = escape(e.text)
-        self.console.print(f"[yellow]warning:[/] {text}" if e.level == "warning" else text, highlight=False)
+        self._print(f"[yellow]warning:[/] {text}" if e.level == "warning" else text)
 
     def _on_FoldStarted(self, e: events.FoldStarted) -> None:
+        self._since[e.fold] = self._clock()
         role = "picks the epoch" if e.keep == "best" else "curves only: the last epoch is kept"
-        self.console.print(f"[bold]fold {e.fold}[/]: train {e.n_train} images, validation {e.n_validation} ({role}), "
-                           f"held-out {e.n_held_out}", highlight=False)
+        self._print(f"[bold]fold {e.fold}[/]: train {e.n_train} images, validation {e.n_validation} ({role}), "
+                    f"held-out {e.n_held_out}")
 
     def _on_InitLoaded(self, e: events.InitLoaded) -> None:
         r = e.report
-        self.console.print(escape(f"init_from {r['source']}: {r['backbone_loaded']}/{r['backbone_total']} backbone "
-                                  f"tensors loaded; heads new" + (f"; not loaded: {', '.join(r['not_loaded'][:5])}"
-                                                                  if r["not_loaded"] else "")), highlight=False)
+        self._print(escape(f"init_from {r['source']}: {r['backbone_loaded']}/{r['backbone_total']} backbone "
+                           f"tensors loaded; heads new" + (f"; not loaded: {', '.join(r['not_loaded'][:5])}"
+                                                           if r["not_loaded"] else "")))
 
     def _on_StepEnded(self, e: events.StepEnded) -> None:
         if self.live:
@@ -86,15 +106,18 @@ class RunView:
                                  info=f"epoch {e.epoch + 1}/{e.epochs} loss {e.loss:.3f}")
 
     def _on_EpochEnded(self, e: events.EpochEnded) -> None:
+        now, began = self._clock(), self._since.get(e.fold)
+        self._since[e.fold] = now
+        text = _epoch_text(e, None if began is None else now - began)
         if self.live and f"fold{e.fold}" in self._bars:
-            self.progress.update(self._bars[f"fold{e.fold}"], info=_epoch_text(e))
+            self.progress.update(self._bars[f"fold{e.fold}"], info=text)
         elif not self.live:
-            self.console.print(f"fold {e.fold} {_epoch_text(e)}", highlight=False)
+            self._print(f"fold {e.fold} {text}")
 
     def _on_FoldEnded(self, e: events.FoldEnded) -> None:
         bar = self._bars.get(f"fold{e.fold}")
         if bar is not None:  # early stopping ends a bar before its total
             self.progress.update(bar, total=self.progress.tasks[bar].completed)
         if e.metrics:
-            self.console.print(f"fold {e.fold} held-out: AUC {e.metrics.get('auc', float('nan')):.3f}  "
-                               f"ACC {e.metrics.get('accuracy', float('nan')):.3f}", highlight=False)
+            self._print(f"fold {e.fold} held-out: AUC {e.metrics.get('auc', float('nan')):.3f}  "
+                        f"ACC {e.metrics.get('accuracy', float('nan')):.3f}")

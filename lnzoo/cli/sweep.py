@@ -1,7 +1,4 @@
-"""``lnzoo sweep``: several recipes x seeds, one job per fold, on Slurm or local processes (:mod:`lnzoo.sweep`).
-
-It registers on :data:`lnzoo.cli.app` (imported by it), so ``lnzoo --help`` lists it with the others.
-"""
+"""``lnzoo sweep``: several recipes x seeds, one job per fold, on Slurm or local processes (:mod:`lnzoo.sweep`)."""
 from __future__ import annotations
 
 import time
@@ -12,13 +9,13 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lnzoo.cli import QuickOpt, SetOpt, _Command, _host, app, console, err, guarded
+from lnzoo.cli._common import Command, QuickOpt, SetOpt, app, console, err, guarded, plugin_host
 from lnzoo.errors import UsageError
 
 STATE_STYLE = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "red"}
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 @guarded
 def sweep(recipes: Annotated[Optional[list[Path]], typer.Argument(metavar="RECIPE", help="Recipe TOML files.")] = None,
           seeds: Annotated[str, typer.Option("--seeds", metavar="0,1,2", help="Seeds (the recipe's `seed`); one run "
@@ -68,11 +65,11 @@ def sweep(recipes: Annotated[Optional[list[Path]], typer.Argument(metavar="RECIP
         settings = {"kind": executor, "partition": partition, "gpus_per_job": gpus_per_job,
                     "timeout_min": timeout_min, "max_parallel": parallel}
         plan = sw.plan_sweep(list(recipes or []), sw.parse_seeds(seeds), folder, settings, list(set_ or []), quick,
-                             _host())
+                             plugin_host())
         jobs = sum(len(r["folds"]) for r in plan["runs"])
         err.print(f"sweep {folder}: {len(plan['runs'])} run(s), {jobs} fold job(s) on {executor}", highlight=False)
     try:
-        result = sw.run_sweep(folder, retries=retries, max_parallel=parallel, host=_host(),
+        result = sw.run_sweep(folder, retries=retries, max_parallel=parallel, host=plugin_host(),
                               say=lambda line: err.print(escape(line), highlight=False, soft_wrap=True))
     except KeyboardInterrupt:
         where = "the local jobs were stopped" if plan["executor"]["kind"] == "local" else \

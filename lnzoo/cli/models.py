@@ -1,7 +1,4 @@
-"""The ``lnzoo`` commands that use a trained model: ``explain``, ``predict``, ``export`` and ``serve``.
-
-They register on :data:`lnzoo.cli.app` (imported by it), so ``lnzoo --help`` lists them with the others.
-"""
+"""The commands that use a trained model: ``lnzoo predict``, ``explain``, ``export`` and ``serve``."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,11 +8,11 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lnzoo.cli import PartialOpt, _Command, _host, app, console, err, guarded
+from lnzoo.cli._common import Command, PartialOpt, app, console, err, guarded, plugin_host
 from lnzoo.errors import UsageError
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 @guarded
 def explain(checkpoint_or_run: Annotated[Path, typer.Argument(metavar="CHECKPOINT|RUN_DIR", help="A .safetensors checkpoint or a run directory "
                                                                   "(its fold 0 model).")],
@@ -44,16 +41,16 @@ def explain(checkpoint_or_run: Annotated[Path, typer.Argument(metavar="CHECKPOIN
     if manifest:
         from lnzoo.data.samples import read_serving_manifest
         from lnzoo.inference import load
-        source = load(resolve_checkpoint(checkpoint_or_run), _host())
+        source = load(resolve_checkpoint(checkpoint_or_run), plugin_host())
         images = read_serving_manifest(manifest, source.views, source.recipe["data"],
                                        source.inputs.columns if source.inputs else ())
-    pngs = run_explain(source, images, out, tasks=task or None, method=method, class_index=class_, host=_host())
+    pngs = run_explain(source, images, out, tasks=task or None, method=method, class_index=class_, host=plugin_host())
     console.print(f"{len(pngs)} overlay(s) written to {out} (index: {out / 'explain.csv'})")
     if (out / "occlusion.csv").is_file():
         console.print(f"which input mattered: {out / 'occlusion.csv'} (the probability without each input)")
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 @guarded
 def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAGE", help="Images to classify (for a full+crop model, "
                                                               "the crop is found in the -crop mirror folder).")] = None,
@@ -88,7 +85,7 @@ def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAG
         if cascade:
             raise UsageError("--manifest works with --model; the cascade takes image paths")
         from lnzoo.predict import manifest_samples
-        items = manifest_samples(model, manifest, _host())
+        items = manifest_samples(model, manifest, plugin_host())
     else:
         missing = [str(p) for p in images if not p.is_file()]
         if missing:
@@ -96,7 +93,8 @@ def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAG
         items = images
     if engine != "torch" and cascade:
         raise UsageError("--engine onnx works with --model; the cascade runs with torch")
-    rows = run_cascade(cascade, items, _host(), passes_on) if cascade else predict_rows(model, items, _host(), engine)
+    rows = run_cascade(cascade, items, plugin_host(), passes_on) if cascade else \
+        predict_rows(model, items, plugin_host(), engine)
     write_rows(rows, out)
     table = Table(title=f"{len(rows)} image(s) -> {out}", title_justify="left")
     table.add_column("image")
@@ -107,7 +105,7 @@ def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAG
     console.print(table)
 
 
-@app.command(cls=_Command, name="export")
+@app.command(cls=Command, name="export")
 @guarded
 def export_cmd(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A finished run directory.")],
                out: Annotated[Path, typer.Option("--out", metavar="MODEL_DIR", help="New or empty folder for the "
@@ -125,13 +123,13 @@ def export_cmd(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="
     """
     from lnzoo.export import export_bundle
 
-    path = export_bundle(run_dir, out, fold, onnx=onnx, licence=licence, host=_host(),
+    path = export_bundle(run_dir, out, fold, onnx=onnx, licence=licence, host=plugin_host(),
                          say=lambda text: console.print(escape(text), highlight=False))
     console.print(f"bundle written: {escape(str(path))} (lnzoo predict --model, explain and serve take it; "
                   f"see {escape(str(path / 'MODEL_CARD.md'))})", highlight=False)
 
 
-@app.command(cls=_Command)
+@app.command(cls=Command)
 @guarded
 def serve(models: Annotated[Optional[list[Path]], typer.Argument(metavar="MODEL", help="Bundle (lnzoo export), run "
                                                                   "directory or checkpoint; several are averaged.")] = None,
@@ -158,4 +156,4 @@ def serve(models: Annotated[Optional[list[Path]], typer.Argument(metavar="MODEL"
     if bool(models) == bool(cascade):
         raise UsageError("give either MODEL (one or more) or --cascade S1 --cascade S2 [--cascade S3]")
     run_server(list(models or []), list(cascade or []), host=host, port=port, max_upload_mb=max_upload_mb,
-               max_side=max_side, plugin_host=_host(), console=err, engine=engine)
+               max_side=max_side, plugin_host=plugin_host(), console=err, engine=engine)

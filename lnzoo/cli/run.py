@@ -1,0 +1,151 @@
+"""The commands that start from a recipe: ``lnzoo run``, ``validate`` and ``synth`` (the phantom to run on)."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.markup import escape
+
+from lnzoo.cli._common import (Command, QuickOpt, SetOpt, app, console, err, guarded, load, plugin_host,
+                               summary_table)
+from lnzoo.errors import UsageError
+from lnzoo.evaluation import N_BOOT
+
+
+@app.command(cls=Command)
+@guarded
+def validate(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TOML file.")], set_: SetOpt = None,
+             quick: QuickOpt = False) -> None:
+    """Check a recipe and its data without training; every problem is listed, exit 2 if any.
+
+    Example: lnzoo validate recipes/stage1_aux.toml --set data.train=my_nodes.csv
+    """
+    from lnzoo.validate import validate as validate_recipe
+
+    r = load(recipe, set_, quick)
+    console.print(f"[green]recipe ok[/]: {recipe} ({r.name}; tasks {', '.join(r.tasks)})")
+    v = validate_recipe(r, plugin_host())
+    backbone = escape(v.backbone) if v.backbone is not None else "no image backbone (no view)"
+    console.print(f"[green]model ok[/]: {backbone} builds with the recipe's heads and fusion; fusion members "
+                  f"{', '.join(v.members)}", highlight=False)
+    if v.skipped:
+        err.print(f"[yellow]{len(v.skipped)} bad row(s)/image(s) will be left out[/] (data.skip_bad_rows):\n"
+                  + "\n".join(f"  - {escape(p)}" for p in v.skipped[:50]))
+    console.print(f"[green]data ok[/]: {v.n_images} images of {v.n_patients} patients for cross-validation"
+                  + (f", {v.n_test} test" if v.n_test else "")
+                  + (f", {v.n_external} external" if v.n_external else "") + f" ({v.description})")
+
+
+@app.command(cls=Command)
+@guarded
+def run(recipe: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help="Recipe TOML file.")] = None,
+        quick: QuickOpt = False, set_: SetOpt = None,
+        out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Run directory, new or empty "
+                                                    "(default runs/<name>-<time>).")] = None,
+        resume: Annotated[Optional[Path], typer.Option("--resume", metavar="RUN_DIR", help="Continue an interrupted "
+                                                       "run: finished folds are kept, the unfinished one goes on "
+                                                       "after its last finished epoch.")] = None,
+        n_boot: Annotated[int, typer.Option("--n-boot", metavar="N", help="Patient bootstrap resamples for the "
+                                            "report's CIs.")] = N_BOOT,
+        nproc: Annotated[int, typer.Option("--nproc", metavar="N", help="Train each fold on N processes "
+                                           "(DistributedDataParallel; one per GPU): lnzoo starts them with "
+                                           "torchrun.")] = 1) -> None:
+    """Train and evaluate a recipe: patient-level CV, checkpoints, metrics, Grad-CAM examples, HTML report.
+
+    Example: lnzoo run recipes/stage1_aux.toml --quick --set train.epochs=3
+    """
+    import signal
+
+    from lnzoo.pipeline import default_out, resumed_recipe, run as run_pipeline
+    from lnzoo.rundir import RunDir
+    from lnzoo.train.distributed import world
+    from lnzoo.ui import RunView
+
+    if nproc != 1:
+        _launch_torchrun(nproc)
+    if not world().writer:  # a torchrun process beside rank 0: it trains, rank 0 writes and prints
+        r = resumed_recipe(RunDir(resume), plugin_host()) if resume is not None else load(recipe, set_, quick)
+        run_pipeline(r, out or default_out(r), host=plugin_host(), n_boot=n_boot, resume=resume is not None)
+        return
+
+    if resume is not None:
+        if recipe is not None or set_ or quick or out is not None:
+            raise UsageError("--resume RUN_DIR continues a run with the recipe it started with; give no RECIPE, "
+                             "--set, --quick or --out with it")
+        if RunDir(resume).status() == "sweeping":
+            raise UsageError(f"--resume {resume}: lnzoo sweep is fitting this run's folds as separate jobs; "
+                             f"`lnzoo sweep --resume {RunDir(resume).read_json(RunDir.RUN).get('sweep') or 'SWEEP_DIR'}` "
+                             "finishes it")
+        r, out = resumed_recipe(RunDir(resume), plugin_host()), resume
+    elif recipe is None:
+        raise UsageError("give a RECIPE to run, or --resume RUN_DIR to continue an interrupted run")
+    else:
+        r = load(recipe, set_, quick)
+        out = out or default_out(r)
+    console.print(f"[bold]lnzoo run[/] {escape(str(recipe or r.source))}{' --quick' if r.quick else ''}"
+                  f"{' (resumed)' if resume else ''} -> {escape(str(out))}", highlight=False)
+
+    def stop(signum, frame):  # a batch scheduler's SIGTERM ends the run like Ctrl-C: saved, resumable
+        raise KeyboardInterrupt
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        with RunView(err) as view:
+            result = run_pipeline(r, out, on_event=view, host=plugin_host(), n_boot=n_boot, resume=resume is not None)
+    except KeyboardInterrupt:
+        if RunDir(out).status() == "finished":  # stopped while writing the examples or the report
+            err.print(f"[bold yellow]interrupted[/]: the run itself finished; `lnzoo report {escape(str(out))}` writes "
+                      "its report.", highlight=False, soft_wrap=True)
+        else:
+            err.print(f"[bold yellow]interrupted[/]: every finished epoch is saved; `lnzoo run --resume "
+                      f"{escape(str(out))}` continues from the last one.", highlight=False, soft_wrap=True)
+        raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    summary_table(result.metrics)
+    console.print(f"run directory: {out}\nreport: {result.report}", highlight=False)
+
+
+def _launch_torchrun(nproc: int) -> None:
+    """``lnzoo run --nproc N ...``: the same command under torchrun, N processes on this machine."""
+    import os
+    import subprocess
+
+    if nproc < 1:
+        raise UsageError(f"--nproc {nproc}: give 1 or more processes")
+    if "RANK" in os.environ:
+        raise UsageError("--nproc starts torchrun itself; under torchrun, leave it out")
+    rest, skip = [], False
+    for arg in sys.argv[1:]:  # the command line as given, without --nproc N
+        if skip or arg == "--nproc" or arg.startswith("--nproc="):
+            skip = arg == "--nproc"
+            continue
+        rest.append(arg)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "lnzoo",
+           *rest]
+    raise typer.Exit(subprocess.call(cmd))
+
+
+@app.command(cls=Command)
+@guarded
+def synth(out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder to write the phantom into.")],
+          patients: Annotated[int, typer.Option(metavar="N", help="Number of patients.")] = 160,
+          seed: Annotated[int, typer.Option(metavar="N", help="Seed; the same seed writes the same files.")] = 0,
+          difficulty: Annotated[float, typer.Option(metavar="0..1", help="0 easy ... 1 heavily overlapping classes.")] = 0.5) -> None:
+    """Write the synthetic lymph node phantom (development/demo data, NOT clinical data).
+
+    Example: lnzoo synth --out phantom --patients 80 --seed 1
+    """
+    from rich.progress import Progress
+
+    from lnzoo.data.phantom import generate_phantom
+
+    with Progress(console=err) as progress:
+        bar = progress.add_task("phantom", total=patients)
+        try:
+            manifest = generate_phantom(out, patients=patients, seed=seed, difficulty=difficulty,
+                                        progress=lambda d, t: progress.update(bar, completed=d, total=t))
+        except ValueError as exc:  # the phantom refuses an argument (too few patients, difficulty out of 0..1)
+            raise UsageError(str(exc)) from None
+    console.print(f"phantom written: {manifest} (+ lists/ with the seed-style list files)")
