@@ -23,8 +23,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from lnzoo.decision import argmax_point
 from lnzoo.errors import UsageError
 from lnzoo.rundir import RunDir
 
@@ -148,8 +147,9 @@ def model_info(path: str | Path) -> dict[str, Any]:
             info["thresholds"] = operating_thresholds(rd, info["tasks"], info["temperatures"])
             info["metrics"] = cv_metrics(rd)
         else:  # an unfinished run read with --allow-partial: nothing cross-validated to choose a threshold on
-            info["thresholds"] = {t: {"rule": "argmax", "value": None, "note": "the run has no cross-validation "
-                                      "predictions yet: the call is the most probable class"} for t in info["tasks"]}
+            info["thresholds"] = {t: argmax_point(d["classes"], d.get("positive"), "the run has no cross-validation "
+                                                  "predictions yet: the call is the most probable class").as_dict()
+                                  for t, d in info["tasks"].items()}
     return info
 
 
@@ -160,9 +160,9 @@ def served_info(sources: Sequence[str | Path]) -> dict[str, Any]:
     infos = [model_info(s) for s in sources]
     info = dict(infos[0])
     if len(infos) > 1:
-        info["thresholds"] = {t: {"rule": "argmax", "value": None, "note": "several models averaged: each has its "
-                                  "own operating threshold, so the call is the most probable class"}
-                              for t in info.get("tasks", {})}
+        info["thresholds"] = {t: argmax_point(d["classes"], d.get("positive"), "several models averaged: each has "
+                                              "its own operating threshold, so the call is the most probable class"
+                                              ).as_dict() for t, d in info.get("tasks", {}).items()}
         info["metrics"] = {"note": "several models averaged: their cross-validated metrics are each model's own",
                            "per_model": {str(s): i.get("metrics") for s, i in zip(sources, infos)}}
     return info
@@ -170,37 +170,18 @@ def served_info(sources: Sequence[str | Path]) -> dict[str, Any]:
 
 def operating_thresholds(rd: RunDir, tasks: Mapping[str, Any], temperatures: Mapping[str, Mapping[str, Any]]
                          ) -> dict[str, Any]:
-    """Per binary task, the Youden threshold on the positive class's calibrated probability, chosen on the
-    pooled cross-validation predictions (each row calibrated with its own fold's temperature)."""
-    from lnzoo.evaluation.evaluate import choose_threshold
-    from lnzoo.evaluation.metrics import apply_temperature
+    """Per task, the operating point (:func:`lnzoo.decision.choose_operating_point`, Youden) chosen on the run's
+    pooled cross-validation predictions as served (each row calibrated with its own fold model's temperature)."""
+    from lnzoo.decision import choose_operating_point
+    from lnzoo.evaluation.cases import task_cases
 
     _, rows = rd.read_predictions()
     out: dict[str, Any] = {}
     for name, task in tasks.items():
-        classes = task["classes"]
-        if len(classes) != 2 or not task.get("positive"):
-            out[name] = {"rule": "argmax", "value": None,
-                         "note": "more than two classes: the call is the most probable class"}
-            continue
-        pos = classes.index(task["positive"])
-        cv = [r for r in rows if r.get("part") == "cv" and r.get(f"{name}_true")]
-        y = np.array([classes.index(r[f"{name}_true"]) == pos for r in cv if r[f"{name}_true"] in classes])
-        if len(cv) < 2 or y.all() or not y.any():
-            out[name] = {"rule": "0.5", "value": 0.5, "note": "too few cross-validation cases to choose on"}
-            continue
-        p = np.array([[float(r[f"p_{name}_{c}"]) for c in classes] for r in cv], dtype=np.float64)
-        folds = [r.get("fold", "") for r in cv]
-        calibrated = p.copy()
-        for k in set(folds):
-            T = (temperatures.get(k) or {}).get(name)
-            idx = [i for i, f in enumerate(folds) if f == k]
-            if T:
-                calibrated[idx] = apply_temperature(np.log(np.clip(p[idx], 1e-12, 1.0)), T)
-        t = float(choose_threshold(y, calibrated[:, pos], "youden"))
-        out[name] = {"rule": "youden", "value": round(t, 6), "positive": task["positive"],
-                     "chosen_on": f"{len(cv)} pooled cross-validation predictions, each calibrated with its fold's "
-                                  "temperature where one was fitted"}
+        classes = list(task["classes"])
+        temps = {k: (v or {}).get(name) for k, v in temperatures.items()}
+        cases = task_cases(rows, name, classes) if len(classes) == 2 and task.get("positive") else None
+        out[name] = choose_operating_point(cases, classes, task.get("positive"), temps).as_dict()
     return out
 
 
@@ -210,7 +191,7 @@ def cv_metrics(rd: RunDir) -> dict[str, Any]:
     pooled = metrics.get("cross_validation", {}).get("pooled", {})
     evaluation = rd.read_json(rd.EVALUATION)
     keys = ("n", "auc", "accuracy", "balanced_accuracy", "sensitivity", "specificity", "f1_macro", "ece", "brier",
-            "ece_temperature_scaled")
+            "ece_calibrated", "brier_calibrated")
     out: dict[str, Any] = {}
     for task, m in pooled.items():
         entry = {k: m[k] for k in keys if k in m}
@@ -219,29 +200,3 @@ def cv_metrics(rd: RunDir) -> dict[str, Any]:
         ci = {k: [v.get("lo"), v.get("hi")] for k, v in cis.items() if isinstance(v, dict) and "lo" in v}
         out[task] = {**entry, **({"ci95": ci} if ci else {})}
     return {"cross_validation": out, "folds_run": metrics.get("folds_run"), "data": metrics.get("data")}
-
-
-def calibrated(proba: np.ndarray, temperature: float | None) -> np.ndarray:
-    """Probabilities after temperature scaling (unchanged without a temperature)."""
-    from lnzoo.evaluation.metrics import apply_temperature
-
-    if not temperature:
-        return proba
-    return apply_temperature(np.log(np.clip(proba, 1e-12, 1.0)), temperature)
-
-
-def decide(task: Mapping[str, Any], threshold: Mapping[str, Any] | None, proba: Sequence[float]) -> str:
-    """The call for one case: the positive class at or above the stored threshold, else the most probable."""
-    classes = task["classes"]
-    if threshold and threshold.get("value") is not None and task.get("positive") in classes:
-        pos = classes.index(task["positive"])
-        return classes[pos] if proba[pos] >= threshold["value"] else classes[1 - pos]
-    return classes[int(np.argmax(proba))]
-
-
-def calls(info: Mapping[str, Any], task: str, classes: Sequence[str], calibrated: np.ndarray) -> list[str]:
-    """The call per case (rows of calibrated probabilities) at the model's stored operating threshold: the one
-    rule ``lnzoo predict``, the cascade's routing and ``lnzoo serve`` all decide by."""
-    definition = (info.get("tasks") or {}).get(task) or {"classes": list(classes)}
-    threshold = (info.get("thresholds") or {}).get(task)
-    return [decide(definition, threshold, row) for row in calibrated]

@@ -44,7 +44,7 @@ def save_checkpoint(model_or_state, stem: Path, meta: dict[str, Any]) -> Path:
     the sidecar records the sha256 of the weights and of the definition; return the weights path."""
     from safetensors.torch import save
 
-    from lnzoo.rundir import write_atomic
+    from lnzoo.files import write_atomic
 
     state = model_or_state if isinstance(model_or_state, dict) else model_or_state.state_dict()
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}

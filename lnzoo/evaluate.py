@@ -11,6 +11,7 @@ from lnzoo.errors import UsageError
 def evaluate_run(run_dir: Path, host) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (stored metrics.json, recomputed metrics) for the cross-validation folds of a run."""
     from lnzoo.data.run_data import load_run_data
+    from lnzoo.decision import calibrate
     from lnzoo.evaluation import jsonable
     from lnzoo.evaluation.evaluate import run_metrics
     from lnzoo.inference import load
@@ -31,8 +32,9 @@ def evaluate_run(run_dir: Path, host) -> tuple[dict[str, Any], dict[str, Any]]:
         if not held:
             raise UsageError(f"{ckpt}: no sample of fold {k} found in the recipe's data; has the data moved?")
         pred = predictor.predict(held)
+        cal = {t: calibrate(p, predictor.temperature.get(t)) for t, p in pred.proba.items()}
         rows += [prediction_row("cv", k, s, {t: pred.proba[t][i] for t in predictor.tasks}, predictor.tasks,
-                                predictor.views) for i, s in enumerate(held)]
+                                predictor.views, {t: cal[t][i] for t in predictor.tasks}) for i, s in enumerate(held)]
         tasks_meta = predictor.meta["tasks"]
     cv = run_metrics(rows, tasks_meta)["cross_validation"]
     fresh = {"recipe": stored.get("recipe"), "main_task": stored.get("main_task"),

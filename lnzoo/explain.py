@@ -9,8 +9,9 @@ from __future__ import annotations
 import io
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch.nn.functional as F
 from lnzoo.contracts import has_own_probabilities
 from lnzoo.errors import LnzooError, UsageError
 from lnzoo.data.samples import views_of_item
-from lnzoo.rundir import csv_text, write_atomic
+from lnzoo.files import csv_text, write_atomic
 
 METHODS = ("gradcam", "gradcam++")
 ALPHA = 0.4  # heat-map opacity over the image
@@ -179,8 +180,8 @@ def _drawable(draw, text: str, font) -> str:
     return text
 
 
-def overlay_png(image: np.ndarray, cam: np.ndarray, lines: Sequence[str], path: Path, min_size: int = 256) -> Path:
-    """Image (H, W, 3) uint8 with the CAM blended on top and a caption strip below, saved as PNG."""
+def overlay_png(image: np.ndarray, cam: np.ndarray, lines: Sequence[str], min_size: int = 256) -> bytes:
+    """Image (H, W, 3) uint8 with the CAM blended on top and a caption strip below, as PNG bytes."""
     from PIL import Image, ImageDraw, ImageFont
 
     blended = (1 - ALPHA) * image.astype(np.float32) + ALPHA * _jet(cam).astype(np.float32)
@@ -200,7 +201,7 @@ def overlay_png(image: np.ndarray, cam: np.ndarray, lines: Sequence[str], path: 
         draw.text((4, picture.height + 3 + k * line_h), line, fill=(255, 255, 255), font=font)
     buf = io.BytesIO()
     canvas.save(buf, format="PNG")
-    return write_atomic(path, buf.getvalue())
+    return buf.getvalue()
 
 
 def _resolve_class(class_index: int | str | None, task: str, classes: Sequence[str]) -> int | None:
@@ -216,30 +217,51 @@ def _resolve_class(class_index: int | str | None, task: str, classes: Sequence[s
     return idx
 
 
-def explain(checkpoint_or_run: Any, images: Sequence[Any], out_dir: str | Path,
-            tasks: Sequence[str] | None = None, method: str = "gradcam", class_index: int | str | None = None,
-            host=None, truth: Sequence[str | None] | None = None,
-            prefixes: Sequence[str] | None = None) -> list[Path]:
-    """Write one CAM overlay PNG per sample x task x view, plus ``explain.csv``; return the PNG paths.
+@dataclass
+class Overlay:
+    """One Grad-CAM overlay of one sample, task and view, in memory: the PNG and its explain.csv row."""
 
-    ``images``: one path per sample for a single-view model (or a ['full', 'crop'] model, whose crop is
-    found in the mirror folder); otherwise one list of paths per sample in the sidecar's view order; or
-    :class:`~lnzoo.data.samples.Sample` objects, whose ROI boxes or masks crop a 'roi' view.
-    A run directory or bundle explains with its lowest-numbered fold's model; a loaded
-    :class:`~lnzoo.inference.Predictor` is used as it is (a server explains without reloading).
-    PNGs are named ``<image stem>__<task>__<class>__<view>.png``, class being the explained one.
-    ``truth`` (one true label of the first task per sample, when known) goes into ``explain.csv``;
-    ``prefixes`` (one per sample) start its PNG names: ``<prefix>_<image stem>__...``.
+    sample: int
+    task: str
+    view: str
+    png: bytes
+    row: dict[str, Any]
+
+
+def explaining(source: Any, host=None) -> tuple[Any, Any]:
+    """(the ensemble whose call is explained, the torch model whose maps are drawn) of a source: a run directory,
+    a bundle or a checkpoint (its calls are lnzoo predict's: every fold model averaged, at the stored operating
+    point; the maps are of its first fold model), a loaded Ensemble, or one loaded Predictor."""
+    from lnzoo.inference import Predictor
+    from lnzoo.predict import Ensemble
+
+    if isinstance(source, Predictor):
+        return Ensemble.of([source], [source.source] if source.source else []), source
+    ens = source if isinstance(source, Ensemble) else Ensemble([source], host)
+    member = ens.members[0]
+    if not isinstance(member, Predictor):  # the ONNX engine: Grad-CAM needs the torch model of its first member
+        from lnzoo.inference import load
+        member = load(Path(member.source).with_suffix(".safetensors"), host)
+    return ens, member
+
+
+def explain_samples(ens: Any, predictor: Any, samples: Sequence[Any], tasks: Sequence[str] | None = None,
+                    method: str = "gradcam", class_index: int | str | None = None,
+                    calls: Sequence[Mapping[str, Any]] | None = None,
+                    truth: Sequence[str | None] | None = None, prefixes: Sequence[str] | None = None
+                    ) -> tuple[list[Overlay], list[dict[str, Any]]]:
+    """Grad-CAM overlays in memory, and the per-input occlusion rows, of ``samples`` (Sample objects).
+
+    Each task's map is of the class ``ens`` *calls* (:mod:`lnzoo.decision`: the stored operating point on the
+    calibrated probabilities, as lnzoo predict and lnzoo serve call it) unless ``class_index`` names one; the
+    caption states the call, the rule that made it and the class mapped. ``calls`` (per sample, task -> a
+    :class:`lnzoo.decision.Call`) gives calls already made (a run's held-out predictions), skipping ``ens``.
     """
-    from lnzoo.data.samples import Sample
-    from lnzoo.inference import Predictor, load
+    from lnzoo.decision import call_one
 
     if method not in METHODS:
         raise UsageError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
-    predictor = checkpoint_or_run if isinstance(checkpoint_or_run, Predictor) else \
-        load(resolve_checkpoint(checkpoint_or_run), host)
-    model, meta = predictor.model, predictor.meta
-    views = predictor.views
+    model, views = predictor.model, predictor.views
     all_tasks = list(predictor.tasks)
     chosen = list(tasks) if tasks else all_tasks
     unknown = [t for t in chosen if t not in all_tasks]
@@ -247,16 +269,13 @@ def explain(checkpoint_or_run: Any, images: Sequence[Any], out_dir: str | Path,
         raise UsageError(f"task(s) {unknown} not in this checkpoint; its tasks are {all_tasks}")
     classes = {t: list(predictor.tasks[t].classes) for t in chosen}
     targets = {t: _resolve_class(class_index, t, classes[t]) for t in chosen}
-    crop_suffix = meta.get("recipe", {}).get("data", {}).get("crop_suffix", "-crop")
-    # the samples as the model reads them for a prediction: its views, ROI crops, normalisation and covariates
-    samples = [item if isinstance(item, Sample) else
-               Sample(views_of_item(item, views, crop_suffix), "", {}, str(item)) for item in images]
+    if calls is None:
+        raw, cal, _ = ens.predict_both(list(samples))
+        calls = [{t: call_one(ens.operating_point(t), raw[t][n], cal[t][n]) for t in chosen}
+                 for n in range(len(samples))]
+    several = len(getattr(ens, "members", [])) > 1
     dataset = predictor.dataset(samples)
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    rows: list[list[Any]] = []
+    overlays: list[Overlay] = []
     occluded: list[dict[str, Any]] = []
     stems: dict[str, int] = {}
     for n, item in enumerate(samples):
@@ -273,44 +292,80 @@ def explain(checkpoint_or_run: Any, images: Sequence[Any], out_dir: str | Path,
         if stems[stem] > 1:  # two inputs with one file name must not overwrite each other's PNGs
             stem = f"{stem}-{stems[stem]}"
         for task in chosen:
+            call = calls[n][task]
+            idx = targets[task] if targets[task] is not None else classes[task].index(call.cls)
+            cls = classes[task][idx]
             if model.views:
-                cams = compute_cams(model, x, present, task, targets[task], method, inputs)
+                cams = compute_cams(model, x, present, task, idx, method, inputs)
+                p_member = float(cams["proba"][0, idx])
             else:  # no image to map: the probabilities only, for the occlusion of the other inputs
                 with torch.no_grad():
                     was = model.training
                     model.eval()
-                    p_all = model.probabilities({t: o.float() for t, o in model(x, present, inputs).items()})[task]
+                    p_member = float(model.probabilities({t: o.float() for t, o in model(x, present, inputs).items()}
+                                                         )[task][0, idx])
                     model.train(was)
-                cams = {"proba": p_all, "class_index": _class_indices(targets[task], p_all.argmax(1), p_all.shape[1])}
-            proba = cams["proba"][0]
-            idx = int(cams["class_index"][0])
-            pred = int(proba.argmax())
-            cls = classes[task][idx]
+                cams = {}
             without = {m: float(p[task][0, idx]) for m, p in changes.items()}
             for member, p in without.items():
                 occluded.append({"sample": str(first or item.origin), "task": task, "class": cls,
-                                 "p_all": f"{float(proba[idx]):.6f}", "removed": member, "p_without": f"{p:.6f}",
-                                 "change": f"{p - float(proba[idx]):+.6f}"})
+                                 "p_all": f"{p_member:.6f}", "removed": member, "p_without": f"{p:.6f}",
+                                 "change": f"{p - p_member:+.6f}"})
             for view, arr in pixels.items():
                 if arr is None:
                     continue
-                lines = [f"{task}: {classes[task][pred]} p={float(proba[pred]):.3f}",
-                         f"{method} for {cls} (p={float(proba[idx]):.3f}) | view {view}"]
+                mapped = f"{method} of {cls}" + ("" if cls == call.cls else " (not the call)")
+                lines = [*call.caption(task), f"{mapped} | {view}" + (f" | model 1 of {len(ens.members)}"
+                                                                          if several else "")]
                 if without:  # which input mattered: the probability without each one
-                    lines.append("without " + ", ".join(f"{m} {p - float(proba[idx]):+.2f}" for m, p in without.items()))
+                    lines.append("without " + ", ".join(f"{m} {p - p_member:+.2f}" for m, p in without.items()))
                 # a blank or uniform overlay must not read as a rendering failure
                 if not bool(cams[view].any()):
                     lines.append("no positive evidence for this class at the CAM layer")
                 elif bool((cams[view] == 1).all()):
                     lines.append("uniform map: CAM layer has no spatial detail")
-                png = out_dir / f"{stem}__{_safe(task)}__{_safe(cls)}__{_safe(view)}.png"
-                overlay_png(arr, cams[view][0].cpu().numpy(), lines, png)
-                written.append(png)
+                name = f"{stem}__{_safe(task)}__{_safe(cls)}__{_safe(view)}.png"
                 true = truth[n] if truth and task == chosen[0] else None
-                rows.append([str(sample[view]), task, view, cls, f"{float(proba[idx]):.6f}", classes[task][pred],
-                             f"{float(proba[pred]):.6f}", true or "", method, png.name])
-    header = ["image", "task", "view", "class", "probability", "predicted", "p_predicted", "true", "method", "png"]
-    write_atomic(out_dir / "explain.csv", csv_text(header, [dict(zip(header, r)) for r in rows]))
+                row = {"image": str(sample[view]), "task": task, "view": view, "class": cls,
+                       "probability": f"{p_member:.6f}", "predicted": call.cls, "p_predicted": f"{call.score:.6f}",
+                       "rule": call.rule, "true": true or "", "method": method, "png": name}
+                overlays.append(Overlay(n, task, view, overlay_png(arr, cams[view][0].cpu().numpy(), lines), row))
+    return overlays, occluded
+
+
+EXPLAIN_COLUMNS = ["image", "task", "view", "class", "probability", "predicted", "p_predicted", "rule", "true",
+                   "method", "png"]
+
+
+def explain(checkpoint_or_run: Any, images: Sequence[Any], out_dir: str | Path,
+            tasks: Sequence[str] | None = None, method: str = "gradcam", class_index: int | str | None = None,
+            host=None, truth: Sequence[str | None] | None = None,
+            prefixes: Sequence[str] | None = None, calls: Sequence[Mapping[str, Any]] | None = None) -> list[Path]:
+    """Write one CAM overlay PNG per sample x task x view, plus ``explain.csv``; return the PNG paths.
+
+    ``checkpoint_or_run``: a run directory, bundle or checkpoint, or a loaded Ensemble or Predictor
+    (:func:`explaining`). ``images``: one path per sample for a single-view model (or a ['full', 'crop'] model,
+    whose crop is found in the mirror folder); otherwise one list of paths per sample in the sidecar's view
+    order; or :class:`~lnzoo.data.samples.Sample` objects, whose ROI boxes or masks crop a 'roi' view.
+    Each map is of the class called (:func:`explain_samples`). PNGs are named
+    ``<image stem>__<task>__<class>__<view>.png``, class being the mapped one. ``explain.csv``: per overlay the
+    mapped class and its probability under the mapped model, the call (``predicted``), the probability it was
+    made on and its rule; ``truth`` (one true label of the first task per sample) and ``prefixes`` (one per
+    sample, starting its PNG names) as given.
+    """
+    from lnzoo.data.samples import Sample
+
+    if method not in METHODS:
+        raise UsageError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}")
+    ens, predictor = explaining(checkpoint_or_run, host)
+    crop_suffix = predictor.recipe.get("data", {}).get("crop_suffix", "-crop")
+    samples = [item if isinstance(item, Sample) else
+               Sample(views_of_item(item, predictor.views, crop_suffix), "", {}, str(item)) for item in images]
+    overlays, occluded = explain_samples(ens, predictor, samples, tasks, method, class_index, calls, truth, prefixes)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = [write_atomic(out_dir / o.row["png"], o.png) for o in overlays]
+    write_atomic(out_dir / "explain.csv", csv_text(EXPLAIN_COLUMNS, [o.row for o in overlays]))
     if occluded:
         write_atomic(out_dir / "occlusion.csv", csv_text(list(occluded[0]), occluded))
     return written
@@ -345,12 +400,17 @@ def member_occlusion(model, x: torch.Tensor, present: torch.Tensor, inputs: dict
 
 
 def explain_examples(run_dir: str | Path, n_correct: int = 2, n_wrong: int = 2, host=None) -> list[Path]:
-    """Grad-CAM of the main task on the most confident correct and wrong held-out cases of the first fold run.
+    """Grad-CAM of the main task on the most confident correctly and wrongly called held-out cases of the first
+    fold run, each called as the served model calls it (the run's operating point on the fold model's calibrated
+    probabilities) and mapped with that fold's model.
 
     Written to ``RUN_DIR/explain`` (file names start with ``correct_`` / ``wrong_``; ``explain.csv``
-    gives each case's true and predicted label), where the report picks them up. Returns the PNG
+    gives each case's true label and call), where the report picks them up. Returns the PNG
     paths (none when that fold has no labelled case).
     """
+    from lnzoo.bundle import model_info
+    from lnzoo.decision import OperatingPoint, call_one
+    from lnzoo.inference import load
     from lnzoo.rundir import RunDir
 
     rd = RunDir(run_dir)
@@ -361,22 +421,27 @@ def explain_examples(run_dir: str | Path, n_correct: int = 2, n_wrong: int = 2, 
     views = list(sidecar["views"])
     if not views:  # a model of other inputs only (report, morphology): no image to overlay
         return []
+    info = model_info(rd.path)
+    op = OperatingPoint.from_dict(classes, info["tasks"][main].get("positive"), info["thresholds"].get(main))
     rows = [r for r in rd.read_predictions()[1] if r["part"] == "cv" and r["fold"] == str(k) and r[f"{main}_true"]]
     scored = []
     for r in rows:
-        p = [float(r[f"p_{main}_{c}"]) for c in classes]
-        pred = max(range(len(p)), key=p.__getitem__)
-        scored.append((r, pred == classes.index(r[f"{main}_true"]), p[pred]))
-    picks = sorted((s for s in scored if s[1]), key=lambda s: -s[2])[:n_correct] + \
-        sorted((s for s in scored if not s[1]), key=lambda s: -s[2])[:n_wrong]
-    items, truth, verdicts = [], [], []
+        raw = [float(r[f"p_{main}_{c}"]) for c in classes]
+        cal = [float(r.get(f"cal_{main}_{c}") or r[f"p_{main}_{c}"]) for c in classes]
+        call = call_one(op, raw, cal)
+        scored.append((r, call, call.cls == r[f"{main}_true"]))
+    picks = sorted((s for s in scored if s[2]), key=lambda s: -s[1].score)[:n_correct] + \
+        sorted((s for s in scored if not s[2]), key=lambda s: -s[1].score)[:n_wrong]
+    items, truth, verdicts, calls = [], [], [], []
     cols = ["path" if v == "full" else f"path_{v}" for v in views]
-    for row, correct, _ in picks:
+    for row, call, correct in picks:
         item = [Path(row[c]) if row.get(c) else None for c in cols]
         items.append(item if len(views) > 1 else item[0])
         truth.append(row[f"{main}_true"])
         verdicts.append("correct" if correct else "wrong")
+        calls.append({main: call})
     if not items:
         return []
-    return explain(ckpt, items, rd / rd.EXPLAIN, tasks=[main], host=host, truth=truth,
-                   prefixes=verdicts)
+    predictor = load(ckpt, host)
+    return explain(predictor, items, rd / rd.EXPLAIN, tasks=[main], host=host, truth=truth,
+                   prefixes=verdicts, calls=calls)

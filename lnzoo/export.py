@@ -13,7 +13,8 @@ from typing import Any
 from lnzoo import __version__
 from lnzoo.bundle import BUNDLE_FORMAT, CARD, CONFIG, MODELS, model_info
 from lnzoo.errors import UsageError
-from lnzoo.rundir import RunDir, write_atomic
+from lnzoo.files import write_atomic
+from lnzoo.rundir import RunDir
 
 
 def export_bundle(run_dir: str | Path, out: str | Path, folds: Sequence[int] | None = None, onnx: bool = False,
@@ -89,32 +90,99 @@ def plugins_needed(recipe: Mapping[str, Any], host) -> dict[str, dict[str, Any]]
 
 
 def _fmt(value: Any, ci: Sequence[Any] | None = None) -> str:
-    if not isinstance(value, (int, float)):
+    if not isinstance(value, (int, float)) or value != value:
         return "n/a"
     text = f"{value:.3f}"
-    if ci and all(isinstance(c, (int, float)) for c in ci):
+    if ci and all(isinstance(c, (int, float)) and c == c for c in ci):
         text += f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})"
     return text
 
 
+def served_evaluation(rd: RunDir, config: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's evaluation (evaluation.json) as the served model is called: its report's, when that chose the very
+    operating thresholds config.json stores (same rows, same rule); otherwise computed here from the run's rows."""
+    from lnzoo.evaluation.evaluate import evaluate_predictions
+
+    stored = rd.read_json(rd.EVALUATION)
+
+    def agrees(evaluation: Mapping[str, Any]) -> bool:
+        for task, th in (config.get("thresholds") or {}).items():
+            if th.get("value") is None:
+                continue
+            ops = (evaluation.get("tasks", {}).get(task, {}).get("levels", {}).get("image", {})
+                   .get("operating_points", {}))
+            rule = ops.get("rules", {}).get(th.get("rule"), {})
+            if ops.get("space") != th.get("space") or rule.get("threshold") is None \
+                    or abs(rule["threshold"] - th["value"]) > 1e-6:
+                return False
+        return bool(evaluation.get("tasks"))
+
+    if stored and agrees(stored):
+        return stored
+    tasks_meta = {t: {"classes": d["classes"], "positive": d.get("positive")} for t, d in config["tasks"].items()}
+    return evaluate_predictions(rd / rd.PREDICTIONS, tasks_meta)
+
+
+def _operating_rows(config: Mapping[str, Any], evaluation: Mapping[str, Any]) -> list[str]:
+    """The card's main table: each binary task's calls at its served operating point, per data part, with CIs."""
+    from lnzoo.decision import OperatingPoint
+    from lnzoo.report.plots import part_label
+
+    lines = ["| task | data | n | sensitivity | specificity | PPV | NPV |", "|---|---|---|---|---|---|---|"]
+    notes = []
+    for task, definition in config["tasks"].items():
+        op = OperatingPoint.from_dict(definition["classes"], definition.get("positive"),
+                                      (config.get("thresholds") or {}).get(task))
+        if not op.thresholded:
+            continue
+        level = evaluation.get("tasks", {}).get(task, {}).get("levels", {}).get("image", {})
+        entry = level.get("operating_points", {}).get("rules", {}).get(op.rule, {})
+        notes.append(f"- **{task}**: called {op.positive} when {op.text()}"
+                     + (f"; the same point in raw probability: {op.raw_text()}" if op.raw_text() else ""))
+        shown = []
+        if entry.get("cv_cross_fitted"):
+            shown.append(("cross-validation, each fold's threshold chosen on the other folds (honest)",
+                          entry["cv_cross_fitted"]))
+        for part, r in (entry.get("parts") or {}).items():
+            label = part_label(part) + (" at the served threshold (optimistic: the threshold was chosen on these)"
+                                        if r.get("optimistic") else " at the served threshold")
+            shown.append((label, r))
+        for label, r in shown:
+            ci = r.get("ci") or {}
+            span = {k: [ci[k].get("lo"), ci[k].get("hi")] for k in ("sensitivity", "specificity") if k in ci}
+            lines.append(f"| {task} | {label} | {r.get('n', 'n/a')} | {_fmt(r.get('sensitivity'), span.get('sensitivity'))}"
+                         f" | {_fmt(r.get('specificity'), span.get('specificity'))} | {_fmt(r.get('ppv'))} | "
+                         f"{_fmt(r.get('npv'))} |")
+    return [*notes, "", *lines] if notes else []
+
+
 def model_card(config: Mapping[str, Any], rd: RunDir) -> str:
-    """MODEL_CARD.md: what the model is for, what it was trained on, how well it did, its known limits."""
+    """MODEL_CARD.md: what the model is for, what it was trained on, how well it did at the operating point it is
+    served at, its known limits."""
+    from lnzoo.decision import OperatingPoint
+    from lnzoo.report import what_ran
+
     run = rd.read_json(rd.RUN)
     ran = run.get("ran") or {}
     metrics = config.get("metrics") or {}
     cv = metrics.get("cross_validation") or {}
+    evaluation = served_evaluation(rd, config)
+    changed = ran.get("quick") or run.get("overrides")
     lines = [f"# Model card: {config.get('name')}", "",
-             config.get("description") or "", "",
-             "## Intended use", "",
-             "Research on cervical lymph node ultrasound: the tasks below, on images acquired and prepared like the "
-             "training data. It is not a medical device and has not been validated for clinical decisions; a "
-             "clinician's judgement comes first.", "",
-             "## Tasks", ""]
+             f"**What was trained:** {what_ran(ran)}.", ""]
+    if config.get("description"):
+        lines += [f"The recipe's description (of its own settings{', which this run changed' if changed else ''}): "
+                  f"{config['description']}", ""]
+    lines += ["## Intended use", "",
+              "Research on cervical lymph node ultrasound: the tasks below, on images acquired and prepared like the "
+              "training data. It is not a medical device and has not been validated for clinical decisions; a "
+              "clinician's judgement comes first.", "",
+              "## Tasks", ""]
     for name, task in config["tasks"].items():
         th = (config.get("thresholds") or {}).get(name) or {}
-        call = (f"positive class {th['positive']!r} when its calibrated probability ≥ {th['value']:.3f} "
-                f"({th['rule']}, chosen on {th.get('chosen_on', 'cross-validation')})" if th.get("value") is not None
-                and th.get("positive") else th.get("note", "the most probable class"))
+        op = OperatingPoint.from_dict(task["classes"], task.get("positive"), th)
+        call = (f"{op.text()}, chosen on {th.get('chosen_on', 'cross-validation')}" if op.thresholded
+                else th.get("note", "the most probable class"))
         lines.append(f"- **{name}**{' (main)' if name == config.get('main_task') else ''}: "
                      f"{', '.join(task['classes'])}; call: {call}")
     lines += ["", "## Inputs", "",
@@ -128,13 +196,17 @@ def model_card(config: Mapping[str, Any], rd: RunDir) -> str:
                                                  else "") + ")" for i in config.get("inputs") or []) or "none"),
               "", "## Training data", "",
               f"- {metrics.get('data') or 'as the recipe describes it'}",
-              f"- What ran: {ran.get('backbone', '?')}, {ran.get('image_size', '?')} px, {ran.get('epochs', '?')} "
-              f"epoch(s), folds {ran.get('folds_run', config.get('folds'))} of {ran.get('folds', '?')}"
-              + ("; a **--quick** smoke-test run, not the recipe's own settings" if ran.get("quick") else ""),
-              f"- Bundle models: folds {config.get('folds')} (their probabilities are averaged)",
-              "", "## Cross-validated performance (held-out folds, pooled)", "",
-              "Sensitivity and specificity here are at the most probable class (p ≥ 0.5 for a binary task), as "
-              "metrics.json reports them; the call served is at the operating threshold given under Tasks.", "",
+              f"- Bundle models: folds {config.get('folds')} (their calibrated probabilities are averaged)", ""]
+    served = _operating_rows(config, evaluation)
+    if served:
+        lines += ["## Performance at the operating point served", "",
+                  "What a user of this model gets: the calls lnzoo predict and lnzoo serve make. 95% CIs resample "
+                  "whole patients.", "", *served, ""]
+    lines += ["## Cross-validated performance at the most probable class (p ≥ 0.5)", "",
+              "Pooled held-out folds. Sensitivity and specificity here are at the most probable class, **not** at "
+              "the operating point served" + (" (see the table above)" if served else "") + "; the AUC does not "
+              "depend on a threshold. ECE is shown for the model's own and for the served (temperature-scaled) "
+              "probabilities.", "",
               "| task | n | AUC | balanced accuracy | sensitivity | specificity | ECE | ECE after temperature |",
               "|---|---|---|---|---|---|---|---|"]
     for task, m in cv.items():
@@ -143,9 +215,9 @@ def model_card(config: Mapping[str, Any], rd: RunDir) -> str:
                      f"{_fmt(m.get('balanced_accuracy'), ci.get('balanced_accuracy'))} | "
                      f"{_fmt(m.get('sensitivity'), ci.get('sensitivity'))} | "
                      f"{_fmt(m.get('specificity'), ci.get('specificity'))} | {_fmt(m.get('ece'))} | "
-                     f"{_fmt(m.get('ece_temperature_scaled'))} |")
+                     f"{_fmt(m.get('ece_calibrated'))} |")
     if not any((m.get("ci95") or {}) for m in cv.values()):
-        lines += ["", "95% CIs come from the run's report (lnzoo report RUN_DIR); this run had none."]
+        lines += ["", "95% CIs of this table come from the run's report (lnzoo report RUN_DIR); this run had none."]
     temps = {k: {t: T for t, T in v.items() if T} for k, v in (config.get("temperatures") or {}).items()}
     temps = {k: v for k, v in temps.items() if v}
     lines += ["", "## Calibration", "",

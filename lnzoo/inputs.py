@@ -250,7 +250,7 @@ def feature_effects(kinds: Mapping[str, tuple[Any, dict]], pool: Sequence, task)
     positive class against the rest for a binary task, each class against the rest otherwise. Descriptive only:
     nothing here reaches a model."""
     from lnzoo.contracts import input_feature_names
-    from lnzoo.data.samples import MISSING
+    from lnzoo.tasks import MISSING
     from lnzoo.evaluation.stats import standardized_mean_difference
 
     labelled = [s for s in pool if s.labels.get(task.name, MISSING) != MISSING]

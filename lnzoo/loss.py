@@ -1,7 +1,7 @@
 """The weighted multi-task loss ``L = sum_t w_t * L_t`` with per-sample masking of missing labels."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -9,9 +9,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from lnzoo.contracts import head_loss
-from lnzoo.data.samples import MISSING  # the target of a sample that has no label for a task
 from lnzoo.errors import UsageError
-from lnzoo.tasks import Task
+from lnzoo.tasks import MISSING, Task
 
 
 def balanced_class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -55,9 +54,10 @@ class MultiTaskLoss(nn.Module):
         return getattr(self, f"cw_{task}")
 
     def task_loss(self, task: str, output: torch.Tensor, target: torch.Tensor, head: nn.Module | None = None,
-                  world: int = 1) -> torch.Tensor:
+                  world: int = 1, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
         """Loss of one task over the labelled samples only (exact zero with a graph when none are). With
-        ``world`` > 1 processes (DDP, which averages their gradients) each divides by the mean labelled weight
+        ``world`` > 1 processes (DDP, which averages their gradients; ``reduce`` sums over them) each divides by
+        the mean labelled weight
         over all of them, so the update is the global batch's labelled-rows mean however labels fall."""
         labelled = target != MISSING
         weight, smoothing = self.class_weight(task), self.tasks[task].label_smoothing
@@ -70,21 +70,23 @@ class MultiTaskLoss(nn.Module):
         safe = target.clamp_min(0)
         per = F.cross_entropy(output.float(), safe, weight=weight, label_smoothing=smoothing, reduction="none")
         share = (labelled.to(per.dtype) if weight is None else weight[safe] * labelled).sum()
-        if world > 1:
-            from lnzoo.train.distributed import global_sum
-            share = global_sum(share) / world
+        if world > 1:  # ``reduce`` (the trainer's: a sum over the processes) keeps DDP out of the loss
+            if reduce is None:
+                raise ValueError("a loss over several processes needs their reduce (a global sum)")
+            share = reduce(share) / world
         total = torch.where(labelled, per, 0.0).sum()
         # no labelled weight at all (no label, or only a class weighted 0): an exact zero, never 0/0 or x/1e-12
         return torch.where(share > 0, total / share.clamp_min(1e-12), total * 0.0)
 
     def forward(self, outputs: Mapping[str, torch.Tensor], targets: Mapping[str, torch.Tensor],
-                heads: Mapping[str, nn.Module] | None = None, world: int = 1
+                heads: Mapping[str, nn.Module] | None = None, world: int = 1,
+                reduce: Callable[[torch.Tensor], torch.Tensor] | None = None
                 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """(total, parts): ``parts`` are detached 0-d tensors, read back only by a caller that logs them."""
         total: torch.Tensor | None = None
         parts: dict[str, torch.Tensor] = {}
         for name, weight in self.task_weights.items():
-            loss = self.task_loss(name, outputs[name], targets[name], (heads or {}).get(name), world) * weight
+            loss = self.task_loss(name, outputs[name], targets[name], (heads or {}).get(name), world, reduce) * weight
             parts[name] = loss.detach()
             total = loss if total is None else total + loss
         assert total is not None, "a model has at least one task"

@@ -33,7 +33,7 @@ def export_onnx(weights: Path, out: Path, host=None, batch: int = 3) -> float:
 
     from lnzoo.inference import load
     from lnzoo.model import predict_probabilities
-    from lnzoo.rundir import write_atomic
+    from lnzoo.files import write_atomic
 
     predictor = load(weights, host)
     model, tasks, views = predictor.model.eval(), list(predictor.tasks), predictor.views

@@ -99,36 +99,23 @@ def resumed_recipe(rd: RunDir, host):
 
 
 def fit_temperatures(val_pred, tasks: Mapping[str, Task]) -> dict[str, float | None]:
-    """Temperature scaling per task, fitted on the validation part (log-probabilities as logits)."""
-    from lnzoo.evaluation.metrics import fit_temperature
+    """Temperature scaling per task, fitted on the validation part (None where it has too little data)."""
+    from lnzoo.decision import fit_temperature
 
     out: dict[str, float | None] = {}
     for name in tasks:
         y = val_pred.labels(name)
         keep = y != MISSING
-        if keep.sum() < 2 or len(np.unique(y[keep])) < 2:
-            out[name] = None  # too little validation data to fit
-            continue
-        out[name] = round(fit_temperature(np.log(np.clip(val_pred.proba[name][keep], 1e-12, 1.0)), y[keep]), 6)
+        out[name] = fit_temperature(val_pred.proba[name][keep], y[keep])
     return out
 
 
-def add_calibration(metrics: dict, samples: Sequence[Sample], proba: Mapping[str, np.ndarray],
-                    temperatures: Mapping[str, float | None]) -> None:
-    """Held-out ECE and Brier after the validation-fitted temperature, beside the raw ones."""
-    from lnzoo.evaluation.metrics import apply_temperature, classification_metrics
+def calibrated_proba(proba: Mapping[str, np.ndarray], temperatures: Mapping[str, float | None]
+                     ) -> dict[str, np.ndarray]:
+    """One model's probabilities per task as served (its temperatures applied)."""
+    from lnzoo.decision import calibrate
 
-    for name, m in metrics.items():
-        T = temperatures.get(name)
-        if T is None:
-            continue
-        y = np.array([s.labels.get(name, MISSING) for s in samples])
-        keep = y != MISSING
-        scaled = apply_temperature(np.log(np.clip(proba[name][keep], 1e-12, 1.0)), T)
-        cm = classification_metrics(y[keep], scaled, [str(i) for i in range(scaled.shape[1])])
-        m["temperature"] = T
-        m["ece_temperature_scaled"] = cm["ece"]
-        m["brier_temperature_scaled"] = cm["brier"]
+    return {t: calibrate(p, temperatures.get(t)) for t, p in proba.items()}
 
 
 def what_ran(recipe, folds: Sequence[int], epochs_run: Mapping[int, int]) -> dict[str, Any]:
@@ -303,6 +290,7 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
     pred_rows: list[dict[str, str]] = []
     fold_info = []
     other_proba: dict[str, list[dict[str, np.ndarray]]] = {part: [] for part in others}
+    other_cal: dict[str, list[dict[str, np.ndarray]]] = {part: [] for part in others}
     for k in folds:
         done = rd.read_fold_result(k) if resume else None
         if done is not None:
@@ -315,10 +303,13 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
         fold_info.append(info)
         for part, p in proba.items():
             other_proba[part].append(p)
-    for part, samples in others.items():  # test and external sets: the mean probability of the fold models
+            other_cal[part].append(calibrated_proba(p, info.get("temperature") or {}))
+    for part, samples in others.items():  # test and external sets: the mean probability of the fold models,
+        # raw and as served (each fold model's calibrated probabilities averaged, as lnzoo predict does)
         ens = {t: np.mean([p[t] for p in other_proba[part]], axis=0) for t in tasks}
-        pred_rows += [prediction_row(part, None, s, {t: ens[t][i] for t in tasks}, tasks, views)
-                      for i, s in enumerate(samples)]
+        cal = {t: np.mean([p[t] for p in other_cal[part]], axis=0) for t in tasks}
+        pred_rows += [prediction_row(part, None, s, {t: ens[t][i] for t in tasks}, tasks, views,
+                                     {t: cal[t][i] for t in tasks}) for i, s in enumerate(samples)]
     rd.write_predictions(prediction_header(tasks, views), pred_rows)
     figures = run_metrics(pred_rows, prep.tasks_meta)
     cv = figures.pop("cross_validation")
@@ -453,12 +444,12 @@ def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, 
     rd.save_checkpoint(k, "last", result.last_state, {**meta, "epoch": len(result.history), "kind": "last"})
     rd.write_history(k, result.history)
     pred = predictor.predict(held)
-    rows = [prediction_row("cv", k, s, {t: pred.proba[t][i] for t in tasks}, tasks, cfg["data"]["views"])
-            for i, s in enumerate(held)]
+    cal = calibrated_proba(pred.proba, temperatures)
+    rows = [prediction_row("cv", k, s, {t: pred.proba[t][i] for t in tasks}, tasks, cfg["data"]["views"],
+                           {t: cal[t][i] for t in tasks}) for i, s in enumerate(held)]
     metrics = run_metrics(rows, tasks_meta)["cross_validation"]["pooled"]
-    add_calibration(metrics, held, pred.proba, temperatures)
     info = {"fold": k, "best_epoch": result.best_epoch, "epochs_run": len(result.history), "n_train": len(train_s),
-            "n_validation": len(val_s), "n_held_out": len(held), "metrics": metrics,
+            "n_validation": len(val_s), "n_held_out": len(held), "metrics": metrics, "temperature": temperatures,
             **({"validation_warning": small} if small else {})}
     proba = {part: predictor.predict(samples).proba for part, samples in others.items()}
     rd.write_fold_result(k, {"rows": rows, "info": info,  # what --resume keeps of a finished fold

@@ -30,6 +30,17 @@ class Ensemble:
             self.members = [load(c, host) for s in sources for c in checkpoints_of(s)]
         else:
             raise UsageError(f"--engine {engine!r}: choose torch or onnx")
+        self._settle(sources)
+
+    @classmethod
+    def of(cls, members: Sequence[Any], sources: Sequence[str | Path]) -> "Ensemble":
+        """An ensemble of models already loaded (a server's, or one Predictor): nothing is loaded again."""
+        ens = cls.__new__(cls)
+        ens.members = list(members)
+        ens._settle(sources)
+        return ens
+
+    def _settle(self, sources: Sequence[str | Path]) -> None:
         if not self.members:
             raise UsageError("an ensemble needs at least one checkpoint")
         self.sources = [Path(s) for s in sources]
@@ -50,10 +61,18 @@ class Ensemble:
         from lnzoo.bundle import served_info
         return served_info(self.sources)
 
-    def calls(self, calibrated: Mapping[str, np.ndarray]) -> dict[str, list[str]]:
-        """Per task, each case's call at the stored operating threshold (:func:`lnzoo.bundle.calls`)."""
-        from lnzoo.bundle import calls
-        return {t: calls(self.info, t, self.tasks[t], p) for t, p in calibrated.items()}
+    def operating_point(self, task: str):
+        """How this model calls ``task`` (:class:`lnzoo.decision.OperatingPoint`): its stored threshold."""
+        from lnzoo.decision import OperatingPoint
+
+        definition = (self.info.get("tasks") or {}).get(task) or {}
+        return OperatingPoint.from_dict(self.tasks[task], definition.get("positive"),
+                                        (self.info.get("thresholds") or {}).get(task))
+
+    def calls(self, raw: Mapping[str, np.ndarray], calibrated: Mapping[str, np.ndarray]) -> dict[str, list[str]]:
+        """Per task, each case's call at the stored operating point: the one rule ``lnzoo predict``, the cascade,
+        ``lnzoo serve``, ``lnzoo explain`` and the model card decide by."""
+        return {t: self.operating_point(t).calls(raw[t], calibrated[t]) for t in calibrated}
 
     def predict(self, items: Sequence[Any], calibrated: bool = False
                 ) -> tuple[dict[str, np.ndarray], list[dict[str, Path | None]]]:
@@ -65,7 +84,7 @@ class Ensemble:
     def predict_both(self, items: Sequence[Any]
                      ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], list[dict[str, Path | None]]]:
         """(raw, calibrated) probabilities per task from one pass of every member, and the views used."""
-        from lnzoo.bundle import calibrated as scale
+        from lnzoo.decision import calibrate as scale
 
         raw: dict[str, np.ndarray] = {}
         scaled: dict[str, np.ndarray] = {}
@@ -151,10 +170,10 @@ class Cascade:
                 raise UsageError(f"{src}: {cls!r} is not a class of its main task {e.main!r} ({e.tasks[e.main]})")
             self.passing.append(cls)
 
-    def calls(self, k: int, calibrated: Mapping[str, np.ndarray]) -> list[str]:
+    def calls(self, k: int, raw: Mapping[str, np.ndarray], calibrated: Mapping[str, np.ndarray]) -> list[str]:
         """Stage k's call per node: its main task's call at the stage model's stored operating threshold."""
         e = self.stages[k]
-        return e.calls({e.main: calibrated[e.main]})[e.main]
+        return e.calls({e.main: raw[e.main]}, {e.main: calibrated[e.main]})[e.main]
 
     def goes_on(self, k: int, call: str) -> bool:
         return k < len(self.passing) and call == self.passing[k]
@@ -169,13 +188,13 @@ class Cascade:
                 break
             proba, scaled, _ = e.predict_both([items[i] for i in todo])
             classes = e.tasks[e.main]
-            calls = self.calls(k, scaled)
+            calls = self.calls(k, proba, scaled)
             for j, i in enumerate(todo):
                 for c, v in zip(classes, proba[e.main][j]):
                     rows[i][f"p_{e.main}_{c}"] = round(float(v), 6)
                 for c, v in zip(classes, scaled[e.main][j]):  # what the stage's call was made on
                     rows[i][f"cal_{e.main}_{c}"] = round(float(v), 6)
-                rows[i][f"{e.main}_threshold"] = threshold_text(e.info, e.main)
+                rows[i][f"{e.main}_threshold"] = e.operating_point(e.main).text()
                 rows[i][f"stage{k + 1}"] = calls[j]
                 rows[i]["path"] = (rows[i]["path"] + " > " if rows[i]["path"] else "") + f"{e.main}:{calls[j]}"
             todo = [i for i, c in zip(todo, calls) if self.goes_on(k, c)]
@@ -205,7 +224,7 @@ def check_out(out: Path) -> None:
 
 
 def write_rows(rows: list[dict[str, Any]], out: Path) -> Path:
-    from lnzoo.rundir import csv_text, write_atomic
+    from lnzoo.files import csv_text, write_atomic
 
     check_out(out)
     columns: list[str] = []
@@ -214,13 +233,13 @@ def write_rows(rows: list[dict[str, Any]], out: Path) -> Path:
     return write_atomic(out, csv_text(columns, rows))
 
 
-def manifest_samples(models: Sequence[str | Path], manifest: Path, host=None) -> list[Any]:
-    """Read a CSV of rows to predict on with the views of all the models given and the ROI columns
-    of those with a 'roi' view. Empty masks are kept as read: each member applies its own
-    ``data.empty_roi`` when it predicts."""
+def manifest_samples(models: Sequence[str | Path] | Ensemble, manifest: Path, host=None) -> list[Any]:
+    """Read a CSV of rows to predict on with the views of all the models given (paths, or an Ensemble already
+    loaded) and the ROI columns of those with a 'roi' view. Empty masks are kept as read: each member applies
+    its own ``data.empty_roi`` when it predicts."""
     from lnzoo.data.samples import read_serving_manifest
 
-    ens = Ensemble(models, host)
+    ens = models if isinstance(models, Ensemble) else Ensemble(models, host)
     views = sorted({v for m in ens.members for v in m.views})
     with_roi = [m for m in ens.members if "roi" in m.views] or ens.members[:1]
     cfg = dict(with_roi[0].recipe["data"])
@@ -240,7 +259,7 @@ def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None,
     probability of every class of every task."""
     ens = Ensemble(models, host, engine)
     proba, scaled, resolved = ens.predict_both(list(images))
-    called = ens.calls(scaled)
+    called = ens.calls(proba, scaled)
     extra = next((m.inputs for m in ens.members if m.inputs), None)  # report, morphology, covariates...
     rows = []
     for i, image in enumerate(images):
@@ -261,15 +280,6 @@ def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None,
                 row[f"p_{task}_{c}"] = round(float(v), 6)
             for c, v in zip(classes, scaled[task][i]):
                 row[f"cal_{task}_{c}"] = round(float(v), 6)
-            row[f"{task}_threshold"] = threshold_text(ens.info, task)
+            row[f"{task}_threshold"] = ens.operating_point(task).text()
         rows.append(row)
     return rows
-
-
-def threshold_text(info: Mapping[str, Any], task: str) -> str:
-    """How a task's call is made, for a CSV column: 'cal_p(positive) >= value (rule)' or 'most probable class'."""
-    th = (info.get("thresholds") or {}).get(task) or {}
-    positive = ((info.get("tasks") or {}).get(task) or {}).get("positive")
-    if th.get("value") is None or not positive:
-        return "most probable class"
-    return f"cal_p({positive}) >= {th['value']:g} ({th.get('rule')})"

@@ -35,42 +35,13 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lnzoo.errors import LnzooError, UsageError
+from lnzoo.errors import UsageError
+from lnzoo.files import OutputError, csv_text, write_atomic  # noqa: F401  (re-exported)
 
 NAN = float("nan")
 _FOLD = re.compile(r"fold(\d+)")
 STATUSES = ("running", "interrupted", "failed", "finished", "sweeping")  # sweeping: its folds are separate jobs
 _partial = contextvars.ContextVar("lnzoo_partial_runs", default=False)
-
-
-class OutputError(LnzooError):
-    """The output folder cannot be written (read-only, full, gone): exit 1, the path and the reason."""
-
-    exit_code = 1
-
-
-def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, whole."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        if hasattr(os, "O_DIRECTORY"):  # the rename itself survives a power cut once the folder is synced
-            fd = os.open(path.parent, os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    return path
 
 
 @contextlib.contextmanager
@@ -373,30 +344,24 @@ def _read_json(path: Path, strict: bool) -> dict[str, Any]:
         return {}
 
 
-def csv_text(header: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
-    """A CSV document of ``rows`` under ``header`` (missing cells empty)."""
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=list(header), restval="")
-    w.writeheader()
-    w.writerows(rows)
-    return buf.getvalue()
-
-
 def prediction_header(tasks: Mapping[str, Any], views: Sequence[str]) -> list[str]:
-    """The columns of predictions.csv: where a row came from, its true labels, every class probability."""
+    """The columns of predictions.csv: where a row came from, its true labels, every class probability, raw
+    (``p_``: what the metrics are computed from) and calibrated (``cal_``: what calls are made on)."""
     header = ["part", "fold", *[f"path_{v}" if v != "full" else "path" for v in views], "views_used", "patient",
               "center", "source"]
     for name, task in tasks.items():
         header.append(f"{name}_true")
         header += [f"p_{name}_{c}" for c in task.classes]
+        header += [f"cal_{name}_{c}" for c in task.classes]
     return header
 
 
 def prediction_row(part: str, fold: int | None, sample: Any, proba: Mapping[str, Any], tasks: Mapping[str, Any],
-                   views: Sequence[str]) -> dict[str, str]:
+                   views: Sequence[str], calibrated: Mapping[str, Any]) -> dict[str, str]:
     """One row of predictions.csv as the strings written (probabilities with 6 decimals): the run's metrics
-    are computed from these very rows, so metrics.json and a later report agree to the last digit."""
-    from lnzoo.data.samples import MISSING
+    are computed from these very rows, so metrics.json and a later report agree to the last digit.
+    ``calibrated``: the probabilities as served (lnzoo.decision.calibrate with the model's temperature)."""
+    from lnzoo.tasks import MISSING
 
     row = {"part": part, "fold": "" if fold is None else str(fold),
            **{(f"path_{v}" if v != "full" else "path"): str(sample.views.get(v) or "") for v in views},
@@ -407,4 +372,6 @@ def prediction_row(part: str, fold: int | None, sample: Any, proba: Mapping[str,
         row[f"{name}_true"] = "" if label == MISSING else task.classes[label]
         for c, p in zip(task.classes, proba[name]):
             row[f"p_{name}_{c}"] = f"{p:.6f}"
+        for c, p in zip(task.classes, calibrated[name]):
+            row[f"cal_{name}_{c}"] = f"{p:.6f}"
     return row

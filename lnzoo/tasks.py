@@ -13,6 +13,8 @@ from typing import Any
 
 from lnzoo.errors import UsageError, did_you_mean
 
+MISSING = -1  # the label index of a sample that has no label for a task: no loss, never a class
+
 LOSSES = ("cross_entropy",)
 WEIGHTINGS = ("balanced", "none")
 _KEYS = {"name", "description", "classes", "aliases", "positive", "loss", "class_weighting",

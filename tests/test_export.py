@@ -305,3 +305,75 @@ def test_onnx_parity_is_checked_on_rows_with_a_view_missing(tmp_path, fusion, ex
         with pytest.raises(LnzooError, match="differ from torch's"):
             export_onnx(weights, out, host)
         assert not out.exists()
+
+
+def test_a_borderline_image_gets_one_answer_from_predict_serve_explain_the_report_and_the_card(bundle, tiny_run,
+                                                                                              tmp_path):
+    """The case nearest the served threshold, where the raw most-probable class and the called class can differ:
+    lnzoo predict, the server (its call and the Grad-CAM it draws), lnzoo explain, the report's operating point and
+    the model card all give one call, at one threshold."""
+    from fastapi.testclient import TestClient
+
+    from lnzoo.bundle import model_info
+    from lnzoo.decision import OperatingPoint
+    from lnzoo.explain import explain_samples, explaining
+    from lnzoo.predict import Ensemble, predict_rows
+    from lnzoo.serve import create_app
+
+    info = model_info(tiny_run)
+    op = OperatingPoint.from_dict(["benign", "malignant"], "malignant", info["thresholds"]["malignancy"])
+    assert op.thresholded and op.space == "calibrated"
+    images = [Path(p) for p in _images(tiny_run, 200)]
+    rows = predict_rows([tiny_run], images)
+    # prefer the band where the raw most probable class and the call disagree; else the nearest to the threshold
+    def key(r):
+        raw_says = "malignant" if r["p_malignancy_malignant"] > r["p_malignancy_benign"] else "benign"
+        return (raw_says == r["malignancy_pred"], abs(r["cal_malignancy_malignant"] - op.value))
+    row = min(rows, key=key)
+    image, call = Path(row["image"]), row["malignancy_pred"]
+    assert call == ("malignant" if row["cal_malignancy_malignant"] >= op.value else "benign")
+    assert row["malignancy_threshold"] == op.text()
+
+    # the server: its call, and the class its Grad-CAM maps
+    client = TestClient(create_app([tiny_run]))
+    with image.open("rb") as fh:
+        got = client.post("/api/predict", files={"full": (image.name, fh.read())}, data={"gradcam": "true"}).json()
+    assert got["tasks"]["malignancy"]["call"] == call and got["gradcam"]
+    # lnzoo explain: it explains the class called, and its caption and explain.csv say the call and the rule
+    explain_dir = tmp_path / "cams"
+    assert invoke_cli("explain", str(tiny_run), str(image), "--out", str(explain_dir), "--task",
+                      "malignancy").returncode == 0
+    with (explain_dir / "explain.csv").open(newline="") as fh:
+        cam = next(csv.DictReader(fh))
+    assert (cam["class"], cam["predicted"], cam["rule"]) == (call, call, op.text())
+    assert float(cam["p_predicted"]) == pytest.approx(row[f"cal_malignancy_{call}"], abs=1e-5)
+    ens, member = explaining(Ensemble([tiny_run]))
+    from lnzoo.data.samples import Sample
+    overlays, _ = explain_samples(ens, member, [Sample({"full": image}, "", {}, str(image))], tasks=["malignancy"])
+    assert overlays[0].row["class"] == call  # what the server draws in memory
+    # the report chose the very threshold that is served, in the same space
+    evaluation = json.loads((tiny_run / "evaluation.json").read_text())
+    ops = evaluation["tasks"]["malignancy"]["levels"]["image"]["operating_points"]
+    assert ops["space"] == "calibrated" and ops["rules"]["youden"]["threshold"] == pytest.approx(op.value, abs=1e-9)
+    # the bundle's card states that threshold, and the bundle calls the image the same
+    card = (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert op.text() in card and "## Performance at the operating point served" in card
+    assert predict_rows([bundle], [image])[0]["malignancy_pred"] == call
+
+
+def test_the_card_reports_the_served_operating_point_with_cis_and_what_ran(bundle, tiny_run):
+    card = (bundle / "MODEL_CARD.md").read_text(encoding="utf-8")
+    evaluation = json.loads((tiny_run / "evaluation.json").read_text())
+    youden = evaluation["tasks"]["malignancy"]["levels"]["image"]["operating_points"]["rules"]["youden"]
+    cv = youden["parts"]["cv"]
+    line = next(x for x in card.splitlines() if "at the served threshold (optimistic" in x)
+    assert f"{cv['sensitivity']:.3f} (95% CI {cv['ci']['sensitivity']['lo']:.3f}" in line
+    honest = next(x for x in card.splitlines() if "(honest)" in x)
+    cf = youden["cv_cross_fitted"]
+    assert f"{cf['specificity']:.3f} (95% CI" in honest
+    # the p >= 0.5 figures are labelled as such, and the calibrated ECE is given where temperatures were fitted
+    assert "at the most probable class (p ≥ 0.5)" in card and "**not** at the operating point served" in card
+    pooled = json.loads((tiny_run / "metrics.json").read_text())["cross_validation"]["pooled"]["malignancy"]
+    assert f"| {pooled['ece_calibrated']:.3f} |" in card
+    # what ran, not the recipe's description of its own settings
+    assert "**What was trained:** timm test_resnet, 48 px" in card and "QUICK run" in card

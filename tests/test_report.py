@@ -80,11 +80,11 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(fh))
 
 
-def _task_arrays(rows, task, meta, part=None, fold=None):
+def _task_arrays(rows, task, meta, part=None, fold=None, prefix="p"):
     keep = [r for r in rows if r[f"{task}_true"] and (part is None or r["part"] == part)
             and (fold is None or r["fold"] == str(fold))]
     y = np.array([meta["classes"].index(r[f"{task}_true"]) for r in keep])
-    p = np.array([[float(r[f"p_{task}_{c}"]) for c in meta["classes"]] for r in keep])
+    p = np.array([[float(r[f"{prefix}_{task}_{c}"]) for c in meta["classes"]] for r in keep])
     return y, p, [r["patient"] for r in keep]
 
 
@@ -131,8 +131,13 @@ def test_report_of_a_tiny_run_is_self_contained_and_matches_the_metrics(tiny_run
         meta = sidecar["tasks"][task]
         y, p, _ = _task_arrays(rows, task, meta, part="cv")
         pos = meta["classes"].index(meta["positive"]) if meta["positive"] else 1
-        _same(ev["tasks"][task]["levels"]["image"]["parts"]["cv"]["metrics"],
-              classification_metrics(y, p, meta["classes"], pos))
+        got = dict(ev["tasks"][task]["levels"]["image"]["parts"]["cv"]["metrics"])
+        # beside the raw figures, the calibration of the probabilities as served (the cal_ columns)
+        served = classification_metrics(y, _task_arrays(rows, task, meta, part="cv", prefix="cal")[1],
+                                        meta["classes"], pos)
+        assert (got.pop("ece_calibrated"), got.pop("brier_calibrated")) == \
+            (pytest.approx(served["ece"], abs=1e-6), pytest.approx(served["brier"], abs=1e-6))
+        _same(got, classification_metrics(y, p, meta["classes"], pos))
     assert ev["run"]["recipe"] == "stage1_aux" and ev["run"]["device"]
 
 

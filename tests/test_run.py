@@ -81,7 +81,9 @@ def test_off_a_terminal_a_run_prints_one_line_per_epoch_whole_tables_and_says_wh
     for k in (1, 2):
         assert f"fold {k}: train" in stderr
         for epoch in (1, 2):
-            assert re.search(rf"^fold {k} epoch {epoch}/2 loss \d\.\d{{3}} val_loss", stderr, re.M), stderr
+            # each plain line stamped with the time; each epoch with its seconds
+            assert re.search(rf"^\d\d:\d\d:\d\d fold {k} epoch {epoch}/2 loss \d\.\d{{3}} val_loss .*\(\d+\.\d s\)$",
+                             stderr, re.M), stderr
     assert "━" not in stderr and "\r" not in stderr  # no progress bars in a log file
     assert "…" not in stdout and "malignancy" in stdout and "enlargement" in stdout  # the table is whole
     ran = json.loads((tiny_run / "run.json").read_text())["ran"]

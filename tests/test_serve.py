@@ -17,7 +17,8 @@ pytest.importorskip("multipart")
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from lnzoo.bundle import decide, model_info  # noqa: E402
+from lnzoo.bundle import model_info  # noqa: E402
+from lnzoo.decision import OperatingPoint  # noqa: E402
 from lnzoo.data.samples import Sample  # noqa: E402
 from lnzoo.errors import LnzooError  # noqa: E402
 from lnzoo.predict import Ensemble, predict_rows, run_cascade  # noqa: E402
@@ -132,8 +133,9 @@ def test_the_call_follows_the_stored_threshold(tiny_run, image):
     res = post(client, image, data={"gradcam": "false"}).json()["tasks"]
     for task, t in res.items():
         assert t["threshold"] == info["thresholds"][task]
-        assert t["call"] == decide(info["tasks"][task], info["thresholds"][task], [t["probabilities"][c]
-                                                                                  for c in t["classes"]])
+        op = OperatingPoint.from_dict(t["classes"], info["tasks"][task]["positive"], info["thresholds"][task])
+        assert t["call"] == op.calls(np.array([[t["raw_probabilities"][c] for c in t["classes"]]]),
+                                     np.array([[t["probabilities"][c] for c in t["classes"]]]))[0]
         pos = info["tasks"][task]["positive"]
         assert (t["call"] == pos) == (t["probabilities"][pos] >= t["threshold"]["value"])
     # move the stored threshold below and above the case: the call flips with it, whatever the argmax says
@@ -160,14 +162,15 @@ def test_uploads_never_outlive_the_request(tiny_run, image, tmp_path, monkeypatc
     seen = []
     real = tempfile.TemporaryDirectory
 
-    class Spy(real):  # the request's folder, while it lives, holds the upload and the Grad-CAM output
+    class Spy(real):  # the request's folder, while it lives, holds the upload (Grad-CAM is drawn in memory)
         def cleanup(self):
             seen.append(sorted(p.name for p in Path(self.name).rglob("*")))
             super().cleanup()
 
     monkeypatch.setattr(tempfile, "TemporaryDirectory", Spy)
-    assert post(client, image).status_code == 200
-    assert seen and "full.png" in seen[0] and any(n.endswith(".png") and "__" in n for n in seen[0])
+    got = post(client, image)
+    assert got.status_code == 200 and got.json()["gradcam"]["full"]
+    assert seen == [["full.png"]]  # the overlay never touched the disk
     assert post(client, None, files={"full": ("x.png", png_bytes()[:60], "image/png")}).status_code == 422
     assert post(client, None, data={"gradcam": "false"}).status_code == 422  # fails after the folder exists
     assert list(scratch.iterdir()) == []

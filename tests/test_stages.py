@@ -176,7 +176,10 @@ def test_clinical_covariates_join_the_image_features_and_are_encoded_from_traini
     assert abs(p_given - p_bare).max() > 1e-6  # the covariates move this prediction
     explain(ens.members[0], [given], tmp_path / "cam", tasks=["metastasis"], host=HOST)
     cam = next(csv.DictReader((tmp_path / "cam" / "explain.csv").open()))
-    assert float(cam["p_predicted"]) == pytest.approx(p_given.max(), abs=1e-5)
+    one = Ensemble.of(ens.members[:1], [ens.members[0].source])  # the one model explained: its calibrated call
+    served = one.predict([given], calibrated=True)[0]["metastasis"][0]
+    assert float(cam["p_predicted"]) == pytest.approx(served.max(), abs=1e-5)
+    assert cam["predicted"] == one.tasks["metastasis"][int(served.argmax())]
 
 
 def test_linear_probe_fits_a_logistic_regression_per_fold_and_serves_it_as_a_linear_head(cache_env, tmp_path):

@@ -59,7 +59,7 @@ PartialOpt = Annotated[bool, typer.Option("--allow-partial", metavar="", help="R
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Override a recipe key: --set train.epochs=3 "
                                                     "(value parsed as TOML). Repeatable.")]
 QuickOpt = Annotated[bool, typer.Option("--quick", metavar="", help="The quick profile: small backbone and images, few "
-                                                        "epochs, one fold (see README).")]
+                                                        "epochs, one fold (see the docs: Recipes).")]
 
 
 def guarded(fn: Callable) -> Callable:

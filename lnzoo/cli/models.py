@@ -14,8 +14,9 @@ from lnzoo.errors import UsageError
 
 @app.command(cls=Command)
 @guarded
-def explain(checkpoint_or_run: Annotated[Path, typer.Argument(metavar="CHECKPOINT|RUN_DIR", help="A .safetensors checkpoint or a run directory "
-                                                                  "(its fold 0 model).")],
+def explain(checkpoint_or_run: Annotated[Path, typer.Argument(metavar="RUN_DIR|BUNDLE|CHECKPOINT", help="A run directory or bundle "
+                                                                  "(called as lnzoo predict calls it: every fold model averaged; "
+                                                                  "mapped with its first fold model) or a .safetensors checkpoint.")],
             images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAGE", help="Images; for a full+crop model the crop "
                                                                "is found through the -crop mirror folder.")] = None,
             out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder for the overlay PNGs and explain.csv.")] = Path("explain"),
@@ -24,26 +25,26 @@ def explain(checkpoint_or_run: Annotated[Path, typer.Argument(metavar="CHECKPOIN
                                                              "report text, mask).")] = None,
             task: Annotated[Optional[list[str]], typer.Option("--task", metavar="TASK", help="Explain only this head (repeatable).")] = None,
             method: Annotated[str, typer.Option("--method", metavar="gradcam|gradcam++", help="gradcam or gradcam++")] = "gradcam",
-            class_: Annotated[Optional[str], typer.Option("--class", metavar="CLASS", help="Class to explain (default: predicted).")] = None,
+            class_: Annotated[Optional[str], typer.Option("--class", metavar="CLASS", help="Class to map (default: the class "
+                                                          "called, at the model's stored operating point).")] = None,
             allow_partial: PartialOpt = False) -> None:
-    """Grad-CAM / Grad-CAM++ overlays per head, per class and per view; for a model of several inputs also which
+    """Grad-CAM / Grad-CAM++ overlays of the class each image is called (as lnzoo predict and lnzoo serve call it),
+    per head and per view, captioned with the call and its threshold; for a model of several inputs also which
     input mattered (occlusion.csv: the probability without each view, report, mask or covariates).
 
     Example: lnzoo explain runs/RUN node1.png node2.png --out cams --method gradcam++
     """
-    from lnzoo.explain import METHODS, explain as run_explain, resolve_checkpoint
+    from lnzoo.explain import METHODS, explain as run_explain
+    from lnzoo.predict import Ensemble
 
     if method not in METHODS:
         raise UsageError(f"--method {method!r}: choose one of {', '.join(METHODS)}")
     if bool(images) == bool(manifest):
         raise UsageError("give IMAGEs or --manifest CSV (one of them)")
-    source: Any = checkpoint_or_run
+    source: Any = Ensemble([checkpoint_or_run], plugin_host())
     if manifest:
-        from lnzoo.data.samples import read_serving_manifest
-        from lnzoo.inference import load
-        source = load(resolve_checkpoint(checkpoint_or_run), plugin_host())
-        images = read_serving_manifest(manifest, source.views, source.recipe["data"],
-                                       source.inputs.columns if source.inputs else ())
+        from lnzoo.predict import manifest_samples
+        images = manifest_samples(source, manifest)
     pngs = run_explain(source, images, out, tasks=task or None, method=method, class_index=class_, host=plugin_host())
     console.print(f"{len(pngs)} overlay(s) written to {out} (index: {out / 'explain.csv'})")
     if (out / "occlusion.csv").is_file():

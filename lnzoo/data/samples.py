@@ -17,9 +17,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from lnzoo.errors import DataError, UsageError
-from lnzoo.tasks import Task
+from lnzoo.tasks import MISSING, Task
 
-MISSING = -1
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".gif", ".webp", ".dcm"}
 # a manifest's view columns: "full" is the column "path", "roi" is the full image cropped on the fly
 # to its box or mask; any other view is its own column

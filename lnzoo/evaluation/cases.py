@@ -88,10 +88,18 @@ class Cases:
     part: np.ndarray
     fold: np.ndarray  # -1 where the row belongs to no fold
     center: np.ndarray | None
+    # the probabilities calls are made on (lnzoo.decision): calibrated by each row's own model where the rows
+    # carry cal_ columns (space "calibrated"), else the raw ones (space "raw")
+    cal: np.ndarray | None = None
+    space: str = "raw"
+
+    def __post_init__(self) -> None:
+        if self.cal is None:
+            self.cal = self.p
 
     def take(self, mask: np.ndarray) -> "Cases":
         return Cases(self.y[mask], self.p[mask], self.patient[mask], self.part[mask], self.fold[mask],
-                      None if self.center is None else self.center[mask])
+                     None if self.center is None else self.center[mask], self.cal[mask], self.space)
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -106,7 +114,9 @@ def task_cases(rows: Sequence[Mapping[str, str]], task: str, classes: list[str])
     if missing:
         raise UsageError(f"predictions lack the probability column(s) {missing} of task {task!r}")
     index = {c: i for i, c in enumerate(classes)}
-    ys, ps, pats, parts, folds, centers, problems = [], [], [], [], [], [], []
+    cal_cols = [f"cal_{task}_{c}" for c in classes]
+    calibrated = all(c in rows[0] for c in cal_cols)
+    ys, ps, cals, pats, parts, folds, centers, problems = [], [], [], [], [], [], [], []
     has_center = "center" in rows[0]
     for i, row in enumerate(rows):
         label = row.get(label_col, "")
@@ -116,10 +126,13 @@ def task_cases(rows: Sequence[Mapping[str, str]], task: str, classes: list[str])
             problems.append(f"row {i + 2}: label {label!r} is not a class of {task!r} ({classes})")
             continue
         try:
-            ps.append([float(row[c]) for c in cols])
+            values = [float(row[c]) for c in cols]
+            cal_values = [float(row[c]) for c in cal_cols] if calibrated else values
         except ValueError:
             problems.append(f"row {i + 2}: a probability of {task!r} is not a number")
             continue
+        ps.append(values)
+        cals.append(cal_values)
         ys.append(index[label])
         # without patient ids every image is its own resampling unit
         pats.append(row.get("patient", "") or f"row{i + 2}")
@@ -132,22 +145,28 @@ def task_cases(rows: Sequence[Mapping[str, str]], task: str, classes: list[str])
         raise UsageError(f"bad prediction rows for task {task!r}: {shown}")
     if not ys:
         return None
-    p = np.asarray(ps, dtype=float).reshape(len(ys), len(classes))
-    with np.errstate(invalid="ignore", divide="ignore"):  # the CSV's 6 decimals leave row sums a hair off 1
-        p = np.where(p.sum(1, keepdims=True) > 0, p / p.sum(1, keepdims=True), p)
+    p, cal = (_rows_summing_to_one(np.asarray(v, dtype=float).reshape(len(ys), len(classes))) for v in (ps, cals))
     return Cases(np.asarray(ys, dtype=int), p,
-                  np.asarray(pats, dtype=object), np.asarray(parts, dtype=object), np.asarray(folds, dtype=int),
-                  np.asarray(centers, dtype=object) if has_center else None)
+                 np.asarray(pats, dtype=object), np.asarray(parts, dtype=object), np.asarray(folds, dtype=int),
+                 np.asarray(centers, dtype=object) if has_center else None, cal,
+                 "calibrated" if calibrated else "raw")
+
+
+def _rows_summing_to_one(p: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):  # the CSV's 6 decimals leave row sums a hair off 1
+        return np.where(p.sum(1, keepdims=True) > 0, p / p.sum(1, keepdims=True), p)
 
 
 def aggregate_patients(c: Cases) -> Cases:
     """Mean probability per patient within each part and fold (a patient lives in one fold)."""
     keys = list(zip(c.part.tolist(), c.fold.tolist(), c.patient.tolist()))
     ids, y, p = aggregate_by_group(keys, c.y, c.p)
+    _, _, cal = aggregate_by_group(keys, c.y, c.cal)
     first = {}
     for i, k in enumerate(keys):
         first.setdefault(k, i)
     at = np.array([first[tuple(k)] for k in ids], dtype=int)
-    return Cases(y, p, c.patient[at], c.part[at], c.fold[at], None if c.center is None else c.center[at])
+    return Cases(y, p, c.patient[at], c.part[at], c.fold[at], None if c.center is None else c.center[at], cal,
+                 c.space)
 
 

@@ -7,11 +7,13 @@ functions, so every figure they share is the same number.
 from __future__ import annotations
 
 import warnings
+from dataclasses import replace
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from lnzoo.decision import THRESHOLD_RULES, choose_threshold
 from lnzoo.errors import UsageError
 from lnzoo.evaluation import N_BOOT
 from lnzoo.evaluation.cases import Cases, aggregate_patients, infer_tasks_meta, read_prediction_rows, task_cases, task_spec
@@ -19,8 +21,6 @@ from lnzoo.evaluation.metrics import (
     bootstrap_metric_fns,
     classification_metrics,
     reliability_curve,
-    threshold_for_sensitivity,
-    youden_threshold,
 )
 from lnzoo.evaluation.stats import ClusterSampler, binary_auc, bootstrap_ci, delong_ci
 
@@ -28,25 +28,11 @@ __all__ = ["evaluate_predictions", "run_metrics", "mean_sd", "choose_threshold",
 
 NAN = float("nan")
 PART_ORDER = ("cv", "test", "external")
-THRESHOLD_RULES = ("youden", "sensitivity")
 FPR_GRID = np.linspace(0.0, 1.0, 101)
 ALPHA = 0.05
 
 # ----------------------------------------------------------------------------------------------
 # thresholds
-
-def choose_threshold(y, score, rule: str = "youden", target: float = 0.95) -> float:
-    """Threshold (positive iff score >= t) chosen on validation data by ``rule`` ("youden" or "sensitivity").
-
-    Youden: max sensitivity + specificity; sensitivity: the highest t whose sensitivity reaches
-    ``target``. ``y`` is binary (1 = positive). Never choose it on the data it is then reported on.
-    """
-    if rule == "youden":
-        return youden_threshold(y, score)
-    if rule == "sensitivity":
-        return threshold_for_sensitivity(y, score, target)
-    raise UsageError(f"unknown threshold rule {rule!r}; use one of {list(THRESHOLD_RULES)}")
-
 
 def _rule_key(rule: str, target: float) -> str:
     return "youden" if rule == "youden" else f"sensitivity_{target:g}"
@@ -77,12 +63,22 @@ def _quiet_metrics(*args, **kwargs) -> dict:
         return classification_metrics(*args, **kwargs)
 
 
+def _case_metrics(c: Cases, classes: list[str], pos: int | None) -> dict:
+    """The metrics of a set of cases from their raw probabilities, with the calibration (ECE, Brier) of the
+    probabilities as served beside them where the rows carry them."""
+    m = _quiet_metrics(c.y, c.p, classes, pos)
+    if c.space == "calibrated":
+        served = _quiet_metrics(c.y, c.cal, classes, pos)
+        m["ece_calibrated"], m["brier_calibrated"] = served["ece"], served["brier"]
+    return m
+
+
 def _block(c: Cases, classes: list[str], pos: int | None, n_boot: int, seed: int, with_ci: bool = True) -> dict:
     """Metrics of one set of cases, with patient-bootstrap CIs and DeLong AUC CIs."""
     out: dict[str, Any] = {
         "n": len(c), "n_patients": int(len(set(c.patient.tolist()))),
         "class_counts": {cls: int(np.sum(c.y == j)) for j, cls in enumerate(classes)},
-        "metrics": _quiet_metrics(c.y, c.p, classes, pos),
+        "metrics": _case_metrics(c, classes, pos),
     }
     if pos is not None:
         out["auc_delong"] = auc_with_ci(c.y == pos, c.p[:, pos])
@@ -174,13 +170,16 @@ def _calls(m: Mapping[str, Any], pos: int) -> dict[str, Any]:
 
 
 def _at_threshold(c: Cases, classes: list[str], pos: int, t: float, n_boot: int, seed: int) -> dict:
+    """Calls at threshold ``t`` on the probabilities calls are made on (``c.cal``), with patient-bootstrap CIs."""
     fns = bootstrap_metric_fns(2, pos, t)
+    served = replace(c, p=c.cal)
     return {"threshold": t, "n": len(c), "n_patients": int(len(set(c.patient.tolist()))),
-            **_calls(_quiet_metrics(c.y, c.p, classes, pos, threshold=t), pos),
-            "ci": {k: _ci(fns[k], c, n_boot, seed) for k in ("sensitivity", "specificity")}}
+            **_calls(_quiet_metrics(c.y, c.cal, classes, pos, threshold=t), pos),
+            "ci": {k: _ci(fns[k], served, n_boot, seed) for k in ("sensitivity", "specificity")}}
 
 
-def _cross_fitted(cv: Cases, classes: list[str], pos: int, rule: str, target: float) -> dict | None:
+def _cross_fitted(cv: Cases, classes: list[str], pos: int, rule: str, target: float, n_boot: int,
+                  seed: int) -> dict | None:
     """Honest CV operating point: each fold's threshold is chosen on the other folds' held-out predictions."""
     folds = sorted(set(cv.fold.tolist()) - {-1})
     if len(folds) < 2:
@@ -190,41 +189,53 @@ def _cross_fitted(cv: Cases, classes: list[str], pos: int, rule: str, target: fl
     for k in folds:
         other, this = cv.fold != k, cv.fold == k
         try:
-            t = choose_threshold(cv.y[other] == pos, cv.p[other, pos], rule, target)
+            t = choose_threshold(cv.y[other] == pos, cv.cal[other, pos], rule, target)
         except ValueError:
             continue
         thresholds[str(k)] = t
-        pred[this] = np.where(cv.p[this, pos] >= t, pos, 1 - pos)
+        pred[this] = np.where(cv.cal[this, pos] >= t, pos, 1 - pos)
     done = pred >= 0
     if not done.any():
         return None
     calls = np.eye(2)[pred[done]]  # each fold's own calls, scored as 0/1 probabilities by the one metric code
+    called = replace(cv.take(done), p=calls, cal=calls)
+    fns = bootstrap_metric_fns(2, pos, 0.5)
     return {"thresholds_per_fold": thresholds, "n": int(done.sum()),
-            **_calls(_quiet_metrics(cv.y[done], calls, classes, pos), pos)}
+            **_calls(_quiet_metrics(cv.y[done], calls, classes, pos), pos),
+            "ci": {k: _ci(fns[k], called, n_boot, seed) for k in ("sensitivity", "specificity")}}
 
 
 def _operating_points(parts: Mapping[str, Cases], classes: list[str], pos: int, n_boot: int, seed: int,
                       rules: Sequence[str], target: float) -> dict:
+    """Each rule's threshold, chosen by :func:`lnzoo.decision.choose_operating_point` (the rule the served model
+    is called by) on the pooled CV, applied to every part, plus its cross-fitted CV estimate."""
+    from lnzoo.decision import choose_operating_point
+
     cv = parts.get("cv")
     out: dict[str, Any] = {"chosen_on": "cv", "rules": {}}
     if cv is None:
         out["note"] = "no cross-validation predictions: no validation data to choose a threshold on"
         return out
+    out["space"] = cv.space
     for rule in rules:
         key = _rule_key(rule, target)
         try:
-            t = choose_threshold(cv.y == pos, cv.p[:, pos], rule, target)
+            op = choose_operating_point(cv, classes, classes[pos], rule=rule, target=target)
         except ValueError as exc:
             out["rules"][key] = {"label": _rule_label(rule, target), "error": str(exc)}
             continue
-        entry: dict[str, Any] = {"label": _rule_label(rule, target), "threshold": t,
+        if op.rule != key:
+            out["rules"][key] = {"label": _rule_label(rule, target), "error": op.note}
+            continue
+        t = float(op.value)
+        entry: dict[str, Any] = {"label": _rule_label(rule, target), "threshold": t, "space": cv.space,
                                  "chosen_on": "pooled cross-validation predictions (held-out folds)", "parts": {}}
         for name, c in parts.items():
             res = _at_threshold(c, classes, pos, t, n_boot, seed)
             # on the data that chose it the operating point flatters the model
             res["optimistic"] = name == "cv"
             entry["parts"][name] = res
-        fitted = _cross_fitted(cv, classes, pos, rule, target)
+        fitted = _cross_fitted(cv, classes, pos, rule, target, n_boot, seed)
         if fitted is not None:
             entry["cv_cross_fitted"] = fitted
         out["rules"][key] = entry
@@ -253,10 +264,10 @@ def run_metrics(rows: Sequence[Mapping[str, str]], tasks_meta: Mapping[str, Any]
         for part in ordered_parts(cases.part.tolist()):
             pc = cases.take(cases.part == part)
             if part != "cv":
-                out.setdefault(part, {})[task] = _quiet_metrics(pc.y, pc.p, classes, pos)
+                out.setdefault(part, {})[task] = _case_metrics(pc, classes, pos)
                 continue
-            cv["pooled"][task] = _quiet_metrics(pc.y, pc.p, classes, pos)
-            folds = {k: _quiet_metrics(pc.y[pc.fold == k], pc.p[pc.fold == k], classes, pos)
+            cv["pooled"][task] = _case_metrics(pc, classes, pos)
+            folds = {k: _case_metrics(pc.take(pc.fold == k), classes, pos)
                      for k in sorted(set(pc.fold.tolist()) - {-1})}
             for k, m in folds.items():
                 cv["per_fold"].setdefault(k, {})[task] = m

@@ -53,7 +53,7 @@ def what_ran(ran: dict[str, Any]) -> str:
     text = (f"{ran.get('backbone', '?')}, {ran.get('image_size', '?')} px, "
             f"{epochs if isinstance(epochs, str) else f'{epochs} epoch(s)'}, "
             f"{len(folds)} of {ran.get('folds', '?')} fold(s) ({', '.join(map(str, folds))})")
-    return text + ("; QUICK run (smoke-test profile, not the recipe's own settings)" if ran.get("quick") else "")
+    return text + ("; QUICK run (lnzoo run --quick: the smoke-test profile, not the recipe's own settings)" if ran.get("quick") else "")
 
 
 def _summary_section(s: dict, evaluation: dict) -> str:
@@ -153,9 +153,32 @@ def write_report(run_dir, out_html=None, n_boot: int = N_BOOT, *, aggregate: str
     _, rows = rd.read_predictions()
     evaluation = evaluate_predictions(rows, rd.tasks_meta(), aggregate=aggregate, n_boot=n_boot, seed=seed,
                                       sensitivity_target=sensitivity_target)
+    _raw_equivalents(rd, evaluation)
     summary = _run_summary(rd)
     out = Path(out_html) if out_html else rd / rd.REPORT
     page = _render(rd, summary, evaluation)
     RunDir(out.parent).write_json(RunDir.EVALUATION, {"run": summary, **evaluation})
     write_atomic(out, page)
     return out
+
+
+def _raw_equivalents(rd: RunDir, evaluation: dict) -> None:
+    """Beside each operating threshold chosen on calibrated probabilities, the raw probability of each fold model
+    at which it is reached (lnzoo.decision.raw_equivalent): the same point, in the other space."""
+    from lnzoo.decision import raw_equivalent
+
+    temperatures: dict[str, dict[str, Any]] = {}
+    for k in rd.folds():
+        try:
+            temperatures[str(k)] = rd.sidecar(k).get("temperature") or {}
+        except UsageError:
+            continue
+    for task, entry in evaluation.get("tasks", {}).items():
+        for level in entry.get("levels", {}).values():
+            ops = level.get("operating_points") or {}
+            if ops.get("space") != "calibrated":
+                continue
+            for rule in ops.get("rules", {}).values():
+                if rule.get("threshold") is not None:
+                    rule["raw_equivalent"] = {k: raw_equivalent(rule["threshold"], t.get(task))
+                                              for k, t in temperatures.items()}

@@ -115,6 +115,13 @@ def _operating_section(level: dict) -> str:
     parts = ["<h4>Operating points</h4>"]
     if ops.get("note"):
         return parts[0] + f"<p class='note warn'>{e(ops['note'])}</p>"
+    space = ("<p class='note'>Thresholds apply to the <b>calibrated</b> probabilities (each fold model's temperature; "
+             "what lnzoo predict and lnzoo serve call on): the Youden row is the operating point the model is served "
+             "at. Beside each, the raw probability at which each fold model reaches it.</p>"
+             if ops.get("space") == "calibrated" else
+             "<p class='note'>Thresholds apply to the raw probabilities: this run predates lnzoo's calibrated "
+             "prediction columns.</p>")
+    parts.append(space)
     parts.append("<p class='note'>Each threshold is <b>chosen on the pooled cross-validation predictions</b> "
                  "(the held-out folds act as validation data) and then applied unchanged to the test and external "
                  "sets. Rows marked <span class='opt'>optimistic</span> report the threshold on the very data that "
@@ -134,16 +141,22 @@ def _operating_section(level: dict) -> str:
         if "error" in entry:
             rows.append([entry["label"], "n/a", f"not chosen: {entry['error']}"] + [""] * 7)
             continue
+        raw = entry.get("raw_equivalent") or {}
+        shown = fmt(entry["threshold"], 4) + (" (raw " + ", ".join(f"{fmt(v, 3)} fold {k}" for k, v in raw.items())
+                                              + ")" if raw else "")
         for name, r in entry["parts"].items():
             where = part_label(name) + (" (optimistic: chose the threshold)" if r.get("optimistic") else "")
-            rows.append([entry["label"], fmt(r["threshold"], 4), where, r["n"],
+            rows.append([entry["label"], shown, where, r["n"],
                          fmt_ci(r["sensitivity"], r["ci"]["sensitivity"]),
                          fmt_ci(r["specificity"], r["ci"]["specificity"]), *rest(r)])
         cf = entry.get("cv_cross_fitted")
         if cf:
             ts = ", ".join(f"fold {k}: {fmt(v, 4)}" for k, v in cf["thresholds_per_fold"].items())
-            rows.append([entry["label"], ts, "CV, cross-fitted (honest)", cf["n"], fmt(cf["sensitivity"]),
-                         fmt(cf["specificity"]), *rest(cf)])
+            ci = cf.get("ci") or {}
+            rows.append([entry["label"], ts, "CV, cross-fitted (honest)", cf["n"],
+                         fmt_ci(cf["sensitivity"], ci["sensitivity"]) if "sensitivity" in ci else fmt(cf["sensitivity"]),
+                         fmt_ci(cf["specificity"], ci["specificity"]) if "specificity" in ci else fmt(cf["specificity"]),
+                         *rest(cf)])
     parts.append(table(header, rows))
     return "".join(parts)
 

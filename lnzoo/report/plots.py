@@ -70,7 +70,8 @@ def plot_roc(level: dict, classes: list[str], binary: bool, title: str) -> str:
             fpr, tpr = 1 - num(op["specificity"]), num(op["sensitivity"])
             if math.isfinite(fpr) and math.isfinite(tpr):
                 tag = "Youden threshold (chosen here: optimistic)" if name == "cv" else "Youden threshold from CV"
-                ax.plot([fpr], [tpr], "o", ms=7, mfc="white", mec="k", label=f"{tag}, t={op['threshold']:.3f}")
+                ax.plot([fpr], [tpr], "o", ms=7, mfc="white", mec="k", label=f"{tag}, t={op['threshold']:.3f}"
+                        + (" (calibrated p: the served point)" if ops.get("space") == "calibrated" else ""))
         if not drawn:
             ax.text(0.5, 0.5, "ROC undefined:\nonly one class present", ha="center", va="center", fontsize=10)
         ax.set(xlim=(-0.01, 1.01), ylim=(-0.01, 1.01), aspect="equal",

@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import csv
 import math
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
@@ -231,7 +230,7 @@ def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb:
 # -- predicting -----------------------------------------------------------------------------------------------------
 def task_results(model: ServedModel, raw: dict, calibrated: dict) -> dict[str, Any]:
     """Per task: calibrated and raw probabilities of the one sample, and the call at the stored threshold."""
-    called = model.ensemble.calls(calibrated)
+    called = model.ensemble.calls(raw, calibrated)
     out = {}
     for task, classes in model.ensemble.tasks.items():
         out[task] = {"classes": list(classes), "main": task == model.main,
@@ -248,22 +247,21 @@ def predict_model(model: ServedModel, sample) -> tuple[dict[str, Any], list[str]
     return task_results(model, raw, calibrated), used
 
 
-def gradcam(model: ServedModel, sample, folder: Path, host, call: str) -> tuple[dict[str, str], str | None]:
-    """Grad-CAM of the main task's ``call`` (the class the page shows as called) on the model's first fold
-    member, per view present: {view: base64 PNG}."""
-    from lnzoo.explain import explain
-    from lnzoo.inference import Predictor
+def gradcam(model: ServedModel, sample, host, main: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
+    """Grad-CAM of the main task's call (``main``: its :func:`task_results` entry; the class the page shows as
+    called, captioned with the rule that called it) on the model's first fold member, per view present:
+    {view: base64 PNG}, drawn in memory."""
+    from lnzoo.decision import call_one
+    from lnzoo.explain import explain_samples, explaining
 
-    member = model.ensemble.members[0]
-    if not isinstance(member, Predictor):  # the ONNX engine: Grad-CAM needs the torch model, loaded once
-        if model.cam_model is None:
-            from lnzoo.inference import load
-            model.cam_model = load(Path(member.source).with_suffix(".safetensors"), host)
-        member = model.cam_model
-    explain(member, [sample], folder, tasks=[model.main], class_index=call, host=host)
-    with open(folder / "explain.csv", newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    return {r["view"]: base64.b64encode((folder / r["png"]).read_bytes()).decode("ascii") for r in rows}, None
+    if model.cam_model is None:  # the torch model the maps are drawn with (the ONNX engine's loaded once)
+        model.cam_model = explaining(model.ensemble, host)[1]
+    classes = main["classes"]
+    call = call_one(model.ensemble.operating_point(model.main), [main["raw_probabilities"][c] for c in classes],
+                    [main["probabilities"][c] for c in classes])
+    overlays, _ = explain_samples(model.ensemble, model.cam_model, [sample], tasks=[model.main],
+                                  calls=[{model.main: call}])
+    return {o.view: base64.b64encode(o.png).decode("ascii") for o in overlays}, None
 
 
 def stage_entry(server: Server, k: int, sample, folder: Path, with_gradcam: bool) -> dict[str, Any]:
@@ -278,7 +276,7 @@ def stage_entry(server: Server, k: int, sample, folder: Path, with_gradcam: bool
     if with_gradcam and not model.views:
         entry["gradcam"], entry["gradcam_note"] = {}, "no Grad-CAM: this model reads no image view"
     elif with_gradcam:
-        cams, note = gradcam(model, sample, folder / f"gradcam{k + 1}", server.host, tasks[model.main]["call"])
+        cams, note = gradcam(model, sample, server.host, tasks[model.main])
         entry["gradcam"] = cams
         if note:
             entry["gradcam_note"] = note

@@ -281,7 +281,8 @@ class Trainer:
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 outputs = run.forward(x, present, inputs)
             loss, _ = loss_fn({k: v.float() for k, v in outputs.items()},
-                              {t: y[:, i] for i, t in enumerate(self.tasks)}, heads, world=self.world.size)
+                              {t: y[:, i] for i, t in enumerate(self.tasks)}, heads, world=self.world.size,
+                              reduce=distributed.global_sum)
             if teacher is not None:
                 loss = loss + self.cfg["mean_teacher"]["weight"] * teacher.ramp(epoch, step, len(loader)) * \
                     teacher.loss(model, x, present, inputs, outputs[self.main], y[:, main_col])

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from lnzoo.errors import UsageError
-from lnzoo.rundir import write_atomic
+from lnzoo.files import write_atomic
 
 
 def _rng_tensors(generator: torch.Generator) -> dict[str, torch.Tensor]:

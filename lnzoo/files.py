@@ -1,0 +1,51 @@
+"""Writing files so that a reader, or a crash, sees the old file or the new one whole; CSV text."""
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from lnzoo.errors import LnzooError
+
+
+class OutputError(LnzooError):
+    """The output folder cannot be written (read-only, full, gone): exit 1, the path and the reason."""
+
+    exit_code = 1
+
+
+def write_atomic(path: Path, data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, whole."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # the rename itself survives a power cut once the folder is synced
+            fd = os.open(path.parent, os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    return path
+
+
+def csv_text(header: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+    """A CSV document of ``rows`` under ``header`` (missing cells empty)."""
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=list(header), restval="")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
