@@ -43,18 +43,18 @@ def bundle_checkpoints(path: str | Path) -> list[Path]:
     missing = [str(p) for p in found if not p.is_file()]
     if missing:
         raise UsageError(f"{path}: the bundle lacks {', '.join(missing)} that its config.json lists")
+    from lnzoo.record import ModelRecord
+
     for weights in found:  # config.json's calls and thresholds must describe these very models
-        try:
-            tasks = json.loads(weights.with_suffix(".json").read_text(encoding="utf-8"))["tasks"]
-        except (OSError, ValueError, KeyError):
-            continue  # loading the checkpoint names what is wrong with its sidecar
+        tasks = ModelRecord.read(weights).tasks
         for name, task in config["tasks"].items():
-            got = tasks.get(name) or {}
-            if list(got.get("classes") or []) != list(task["classes"]) or got.get("positive") != task.get("positive"):
+            got = tasks.get(name)
+            classes, positive = (list(got.classes), got.positive) if got is not None else (None, None)
+            if classes != list(task["classes"]) or positive != task.get("positive"):
                 raise UsageError(f"{Path(path) / CONFIG}: task {name!r} ({task['classes']}, positive "
                                  f"{task.get('positive')!r}) differs from {weights.with_suffix('.json')} "
-                                 f"({got.get('classes')}, positive {got.get('positive')!r}); the config was edited "
-                                 "or belongs to another bundle")
+                                 f"({classes}, positive {positive!r}); the config was edited or belongs to another "
+                                 "bundle")
     return found
 
 
@@ -117,28 +117,24 @@ def model_info(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if is_bundle(path):
         return {k: v for k, v in read_config(path).items() if k not in ("models", "format", "format_version")}
-    from lnzoo.checkpoint import read_sidecar
+    from lnzoo.record import ModelRecord
 
-    checkpoints = checkpoints_of(path)
-    metas = [read_sidecar(c)[1] for c in checkpoints]
-    first = metas[0]
-    recipe = first["recipe"]
-    data = recipe["data"]
+    records = [ModelRecord.read(c) for c in checkpoints_of(path)]
+    first = records[0]
+    signature = first.signature
     info: dict[str, Any] = {
-        "name": recipe.get("name"), "description": recipe.get("description", ""), "main_task": recipe["tasks"]["main"],
-        "tasks": {n: {"classes": list(t["classes"]), "positive": t.get("positive"), "aliases": t.get("aliases") or {},
-                      "passes_on": t.get("passes_on")} for n, t in first["tasks"].items()},
-        "views": list(first["views"]),
-        "preprocessing": {**first["preprocessing"], "roi_margin": data.get("roi_margin"),
-                          "empty_roi": data.get("empty_roi"), "bbox_column": data.get("bbox_column"),
-                          "mask_column": data.get("mask_column"), "crop_suffix": data.get("crop_suffix")},
+        "name": first.name, "description": first.description, "main_task": first.main,
+        "tasks": {n: {"classes": list(t.classes), "positive": t.positive,
+                      "aliases": {c: list(a) for c, a in t.aliases.items()}, "passes_on": t.passes_on}
+                  for n, t in first.tasks.items()},
+        "views": list(signature.views),
+        "preprocessing": {**first.preprocessing.as_dict(), **signature.roi_source},
         # the inputs besides the views, as the recipe named them (kind and options); their fitted state is per fold
-        "inputs": [{"name": e["name"], "kind": e["table"].get("name"),
-                    "options": {k: v for k, v in e["table"].items() if k != "name"}} for e in first.get("inputs") or []],
-        "tta": recipe.get("train", {}).get("tta", "none"),
-        "folds": [m.get("fold") for m in metas],
-        "temperatures": {str(m.get("fold")): m.get("temperature") or {} for m in metas},
-        "versions": first.get("versions") or {},
+        "inputs": [dict(i) for i in signature.inputs],
+        "tta": first.tta,
+        "folds": [r.fold for r in records],
+        "temperatures": {str(r.fold): dict(r.temperature) for r in records},
+        "versions": dict(first.versions),
     }
     info["thresholds"], info["metrics"] = {}, {}
     if path.is_dir() and not is_bundle(path):

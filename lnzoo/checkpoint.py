@@ -110,13 +110,12 @@ def verify_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], bytes]:
     return weights, meta, blob
 
 
-def read_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
-    """(weights path, sidecar, tensors) of an lnzoo checkpoint, checked as :func:`verify_checkpoint` does."""
+def tensors_of(blob: bytes, weights: Path) -> dict[str, Any]:
+    """The tensors of a safetensors file's bytes; damage is a named error."""
     from safetensors.torch import load
 
-    weights, meta, blob = verify_checkpoint(path)
     try:
-        return weights, meta, load(blob)
+        return load(blob)
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error type for every kind of damage
         raise UsageError(f"{weights}: not a readable safetensors file, truncated or corrupt ({exc})") from None
 

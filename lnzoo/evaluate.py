@@ -25,9 +25,9 @@ def evaluate_run(run_dir: Path, host) -> tuple[dict[str, Any], dict[str, Any]]:
     tasks_meta: dict[str, Any] = {}
     for ckpt in rd.checkpoints():
         predictor = load(ckpt, host, as_trained=True)  # the device and precision the run predicted with
-        recipe = resolve(predictor.recipe, host=host, source=predictor.meta.get("recipe_source"))
+        recipe = resolve(dict(predictor.recipe), host=host, source=predictor.record.recipe_source)
         data = load_run_data(recipe, predictor.tasks, host=host)
-        k = predictor.meta["fold"]
+        k = predictor.record.fold
         held = [s for s in data.pool if assignment.get(s.patient) == k]
         if not held:
             raise UsageError(f"{ckpt}: no sample of fold {k} found in the recipe's data; has the data moved?")
@@ -35,7 +35,7 @@ def evaluate_run(run_dir: Path, host) -> tuple[dict[str, Any], dict[str, Any]]:
         cal = {t: calibrate(p, predictor.temperature.get(t)) for t, p in pred.proba.items()}
         rows += [prediction_row("cv", k, s, {t: pred.proba[t][i] for t in predictor.tasks}, predictor.tasks,
                                 predictor.views, {t: cal[t][i] for t in predictor.tasks}) for i, s in enumerate(held)]
-        tasks_meta = predictor.meta["tasks"]
+        tasks_meta = {n: t.as_dict() for n, t in predictor.tasks.items()}
     cv = run_metrics(rows, tasks_meta)["cross_validation"]
     fresh = {"recipe": stored.get("recipe"), "main_task": stored.get("main_task"),
              "folds_run": stored.get("folds_run"),

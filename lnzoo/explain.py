@@ -411,33 +411,34 @@ def explain_examples(run_dir: str | Path, n_correct: int = 2, n_wrong: int = 2, 
     from lnzoo.bundle import model_info
     from lnzoo.decision import OperatingPoint, call_one
     from lnzoo.inference import load
-    from lnzoo.rundir import RunDir
+    from lnzoo.rundir import Columns, RunDir
 
     rd = RunDir(run_dir)
     k = rd.first_fold()
-    ckpt, sidecar = rd.checkpoint(k), rd.sidecar(k)
-    main = sidecar["recipe"]["tasks"]["main"]
-    classes = list(sidecar["tasks"][main]["classes"])
-    views = list(sidecar["views"])
+    ckpt, record = rd.checkpoint(k), rd.record(k)
+    main = record.main
+    classes = list(record.tasks[main].classes)
+    views = list(record.views)
     if not views:  # a model of other inputs only (report, morphology): no image to overlay
         return []
     info = model_info(rd.path)
     op = OperatingPoint.from_dict(classes, info["tasks"][main].get("positive"), info["thresholds"].get(main))
-    rows = [r for r in rd.read_predictions()[1] if r["part"] == "cv" and r["fold"] == str(k) and r[f"{main}_true"]]
+    truth_col = Columns.true(main)
+    rows = [r for r in rd.read_predictions()[1] if r["part"] == "cv" and r["fold"] == str(k) and r[truth_col]]
     scored = []
     for r in rows:
-        raw = [float(r[f"p_{main}_{c}"]) for c in classes]
-        cal = [float(r.get(f"cal_{main}_{c}") or r[f"p_{main}_{c}"]) for c in classes]
+        raw = [float(r[Columns.raw(main, c)]) for c in classes]
+        cal = [float(r.get(Columns.calibrated(main, c)) or r[Columns.raw(main, c)]) for c in classes]
         call = call_one(op, raw, cal)
-        scored.append((r, call, call.cls == r[f"{main}_true"]))
+        scored.append((r, call, call.cls == r[truth_col]))
     picks = sorted((s for s in scored if s[2]), key=lambda s: -s[1].score)[:n_correct] + \
         sorted((s for s in scored if not s[2]), key=lambda s: -s[1].score)[:n_wrong]
     items, truth, verdicts, calls = [], [], [], []
-    cols = ["path" if v == "full" else f"path_{v}" for v in views]
+    cols = [Columns.path(v) for v in views]
     for row, call, correct in picks:
         item = [Path(row[c]) if row.get(c) else None for c in cols]
         items.append(item if len(views) > 1 else item[0])
-        truth.append(row[f"{main}_true"])
+        truth.append(row[truth_col])
         verdicts.append("correct" if correct else "wrong")
         calls.append({main: call})
     if not items:

@@ -56,14 +56,15 @@ def _write_bundle(rd: RunDir, out: Path, chosen: Sequence[int], onnx: bool, lice
             write_atomic(out / MODELS / f"fold{k}{suffix}", rd.checkpoint(k).with_suffix(suffix).read_bytes())
         entry = {"fold": k, "weights": f"fold{k}.safetensors", "sidecar": f"fold{k}.json"}
         if onnx:
-            from lnzoo.onnx_engine import export_onnx
+            from lnzoo.onnx_engine import export_onnx, onnx_interface
             diff = export_onnx(out / MODELS / f"fold{k}.safetensors", out / MODELS / f"fold{k}.onnx", host)
             entry.update(onnx=f"fold{k}.onnx", onnx_max_abs_diff=diff,
+                         onnx_interface=onnx_interface(out / MODELS / f"fold{k}.safetensors", host),
                          onnx_sha256=hashlib.sha256((out / MODELS / f"fold{k}.onnx").read_bytes()).hexdigest())
             say(f"fold {k}: model.onnx checked against torch, max |p_onnx - p_torch| = {diff:.2e}")
         models.append(entry)
     config = {"format": "lnzoo-bundle", "format_version": BUNDLE_FORMAT, **info, "models": models,
-              "plugins": plugins_needed(rd.sidecar(chosen[0])["recipe"], host),
+              "plugins": plugins_needed(rd.record(chosen[0]).recipe, host),
               "licence": licence or "unspecified (set it with lnzoo export --licence)",
               "exported": {"from": str(rd.path.resolve()), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            "lnzoo": __version__}}

@@ -18,10 +18,11 @@ import torch
 from torch.utils.data import default_collate
 
 from lnzoo.data.dataset import ImageCache, NodeDataset
-from lnzoo.data.images import Preprocessing, preprocessing_of
+from lnzoo.data.images import Preprocessing
 from lnzoo.data.samples import MISSING, Sample
 from lnzoo.errors import UsageError
 from lnzoo.model import LnzooModel, predict_probabilities
+from lnzoo.record import ModelRecord
 from lnzoo.tasks import Task
 
 
@@ -48,7 +49,7 @@ class Predictor:
     inputs: Any = None                          # the fitted lnzoo.inputs.Inputs (covariates, text...), or None
     tta: str = "none"
     temperature: dict[str, float | None] = field(default_factory=dict)
-    meta: dict[str, Any] = field(default_factory=dict)  # the sidecar (empty while training)
+    record: ModelRecord | None = None           # the checkpoint's definition (None while training)
     source: Path | None = None
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     amp_dtype: torch.dtype | None = None        # the autocast dtype (device_settings decides it); None: float32
@@ -60,13 +61,13 @@ class Predictor:
             self.cache = ImageCache(self.preprocessing, keep=False)
 
     @property
-    def recipe(self) -> dict[str, Any]:
-        """The resolved recipe the checkpoint was trained with (its sidecar copy)."""
-        return self.meta.get("recipe", {})
+    def recipe(self) -> Mapping[str, Any]:
+        """The resolved recipe the checkpoint was trained with (its record's copy; empty while training)."""
+        return self.record.recipe if self.record is not None else {}
 
     @property
     def main(self) -> str:
-        return self.recipe["tasks"]["main"]
+        return self.record.main if self.record is not None else next(iter(self.tasks))
 
     def dataset(self, samples: Sequence[Sample], augment=None, view_dropout: float = 0.0) -> NodeDataset:
         return NodeDataset(samples, self.views, list(self.tasks), self.cache, augment, view_dropout=view_dropout,
@@ -117,6 +118,31 @@ def pick_device(name: str) -> torch.device:
 PREDICTOR_SETTINGS = ("device", "amp_dtype", "channels_last")  # what inference needs of device_settings
 
 
+def cpu_threads(requested: int = 0, environ: Mapping[str, str] | None = None) -> tuple[int, str]:
+    """(torch's CPU thread count, why): ``requested`` when given; otherwise the CPUs this process may run on (its
+    CPU affinity, and Slurm's SLURM_CPUS_PER_TASK when smaller), shared among the processes torchrun started on
+    this machine. Never the machine's core count: beside another busy process, threads beyond the CPUs this
+    process gets fight each other (measured here: a 2-thread run beside one busy process ran ~6x slower)."""
+    import os
+
+    env = os.environ if environ is None else environ
+    if requested:
+        return int(requested), "train.threads"
+    try:
+        cpus = len(os.sched_getaffinity(0))
+        why = f"{cpus} CPU(s) in this process's affinity"
+    except (AttributeError, OSError):  # no affinity on this platform
+        cpus = os.cpu_count() or 1
+        why = f"{cpus} CPU(s)"
+    slurm = env.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and 0 < int(slurm) < cpus:
+        cpus, why = int(slurm), f"SLURM_CPUS_PER_TASK={slurm}"
+    local = env.get("LOCAL_WORLD_SIZE", "")
+    if local.isdigit() and int(local) > 1:
+        cpus, why = max(1, cpus // int(local)), f"{why} shared by {local} local processes"
+    return max(1, cpus), why
+
+
 def device_settings(train_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Device, autocast dtype, memory layout, pinned memory and host-sync interval as a recipe's ``train``
     section asks (training, and evaluate's predictions as trained). Keys older sidecars lack mean "auto"."""
@@ -153,25 +179,27 @@ def _amp_dtype(device: torch.device, amp: Any, dtype: str) -> torch.dtype | None
 
 
 def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
-    """Rebuild the model a checkpoint's sidecar describes, load its weights, and return its Predictor.
+    """Rebuild the model a checkpoint's record describes, load its weights, and return its Predictor.
 
     On the CPU in float32 (NHWC), unless ``as_trained``: then on the device, precision and layout its recipe
     trained and evaluated with (``lnzoo evaluate`` reproduces a run's predictions that way).
     """
-    from lnzoo.checkpoint import read_checkpoint
+    from lnzoo.checkpoint import tensors_of
+    from lnzoo.inputs import Inputs, refuse_covariates_after_fusion
     from lnzoo.model import build_model
     from lnzoo.recipe import resolve
 
     if host is None:
         from lnzoo.plugins import get_host
         host = get_host()
-    weights, meta, state = read_checkpoint(path)
-    recipe = resolve(meta["recipe"], host=host, source=meta.get("recipe_source"))
+    record, blob = ModelRecord.read_verified(path)
+    weights = record.weights
+    state = tensors_of(blob, weights)
+    recipe = resolve(dict(record.recipe), host=host, source=record.recipe_source)
     recipe.data["model"]["backbone"] = {**recipe.data["model"]["backbone"], "pretrained": False}
-    tasks = {name: Task.from_dict(d, source=f"{weights} sidecar") for name, d in meta["tasks"].items()}
-    from lnzoo.inputs import Inputs, refuse_covariates_after_fusion
-    refuse_covariates_after_fusion(meta, weights)
-    inputs = Inputs.from_meta(meta.get("inputs"), host, source=str(weights))
+    tasks = dict(record.tasks)
+    refuse_covariates_after_fusion(record.meta, weights)
+    inputs = Inputs.from_meta(list(record.inputs) or None, host, source=str(weights))
     model = build_model(recipe, host, tasks, inputs)
     _check_fits(model, state, tasks, weights)
     model.load_state_dict(state)
@@ -183,9 +211,8 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     model = model.to(settings.get("device", "cpu"))
     if settings["channels_last"]:
         model = model.to(memory_format=torch.channels_last)
-    return Predictor(model, tasks, preprocessing_of(meta), list(meta["views"]), inputs,
-                     tta=meta["recipe"].get("train", {}).get("tta", "none"), temperature=meta.get("temperature") or {},
-                     meta=meta, source=weights, **settings)
+    return Predictor(model, tasks, record.preprocessing, list(record.views), inputs, tta=record.tta,
+                     temperature=dict(record.temperature), record=record, source=weights, **settings)
 
 
 def _check_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], tasks: Mapping[str, Task], weights) -> None:

@@ -154,14 +154,15 @@ def init_from_checkpoint(model: LnzooModel, source: str) -> dict[str, Any]:
     from lnzoo.checkpoint import read_weights
 
     path = Path(source)
-    if path.is_dir():  # a run directory: the first fold it ran, whichever cv.run_folds were
-        from lnzoo.rundir import RunDir
+    if path.is_dir():  # a run directory (the first fold it ran, whichever cv.run_folds were) or a bundle
+        from lnzoo.bundle import checkpoints_of
         try:
-            path = RunDir(path).first_checkpoint()
+            path = checkpoints_of(path)[0]
         except UsageError as exc:
             raise UsageError(f"model.init_from: {exc}") from None
     if not path.is_file():
-        raise UsageError(f"model.init_from: {path} not found (give a .safetensors checkpoint or a run directory)")
+        raise UsageError(f"model.init_from: {path} not found (give a .safetensors checkpoint, a run directory or a "
+                         "bundle)")
     state = read_weights(path, "model.init_from: ")
     own = model.state_dict()
     wanted: dict[str, torch.Tensor] = {}

@@ -12,16 +12,19 @@ import functools
 import contextlib
 import io
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lnzoo.data.images import Preprocessing, load_image, normalise, preprocessing_of
+from lnzoo.data.encode import encode_batch
+from lnzoo.data.images import Preprocessing, load_image
 from lnzoo.data.samples import Sample
 from lnzoo.errors import LnzooError, UsageError
+from lnzoo.record import ModelRecord
+from lnzoo.tasks import Task
 
 PARITY_TOLERANCE = 1e-4
 
@@ -98,6 +101,41 @@ def export_onnx(weights: Path, out: Path, host=None, batch: int = 3) -> float:
     return diff
 
 
+def onnx_interface(weights: Path, host=None) -> dict[str, Any]:
+    """The graph's inputs and outputs as a program without lnzoo needs them (names, shapes, dtypes, value ranges,
+    how an image becomes its input and how the probabilities are calibrated), from the checkpoint's record."""
+    from lnzoo.inputs import Inputs
+    from lnzoo.plugins import get_host
+
+    record = ModelRecord.read(weights)
+    pre = record.preprocessing
+    mean, std = (list(v) for v in pre.mean_std)
+    extra = list(Inputs.from_meta(list(record.inputs) or None, host or get_host(), source=str(weights)) or [])
+    members = [*record.views, *(item.name for item in extra)]
+    size = pre.image_size
+    inputs: list[dict[str, Any]] = [
+        {"name": v, "dtype": "float32", "shape": ["batch", 3, size, size],
+         "what": f"view {v!r}: the image as RGB, resized to {size}x{size} ({pre.resize}: "
+                 + ("stretched" if pre.resize == "squash" else "aspect kept, centred, padded with black")
+                 + ", bilinear, as PIL resizes), as uint8 pixels divided by 255, then (x - mean) / std per channel; "
+                 "all zeros when the view is absent",
+         "resize": pre.resize, "resample": "bilinear",
+         "mean": mean, "std": std, **({"roi_margin": pre.roi_margin} if v == "roi" else {})}
+        for v in record.views]
+    inputs.append({"name": "present", "dtype": "bool", "shape": ["batch", len(members)], "members": members,
+                   "what": "True where the member (a view, then each other input, in this order) is given"})
+    inputs += [{"name": item.name, "dtype": str(item.kind.dtype), "shape": ["batch", *item.shape],
+                "kind": item.table.get("name"),
+                "what": f"the {item.table.get('name')!r} input encoded with the fitted state stored in "
+                        f"{Path(weights).with_suffix('.json').name} (inputs); zeros when absent"} for item in extra]
+    outputs = [{"name": name, "dtype": "float32", "shape": ["batch", task.num_classes], "classes": list(task.classes),
+                "range": [0.0, 1.0],
+                "what": "class probabilities before calibration (each row sums to 1); calibrated as lnzoo serves "
+                        "them: softmax(log(p) / T) with T this model's temperature "
+                        f"({record.temperature.get(name)})"} for name, task in record.tasks.items()]
+    return {"inputs": inputs, "outputs": outputs, "opset_note": "dynamic batch dimension 'batch' (1 to 4096)"}
+
+
 def culprit(model, recipe: dict[str, Any], size: int) -> str:
     """The first component (backbone, fusion, head) that torch.export cannot trace on its own, named as the
     recipe names it; "one of its components" when each alone traces."""
@@ -157,95 +195,68 @@ def _session(model: bytes | str):
 
 
 @dataclass
-class OnnxTask:
-    """The part of a task definition prediction needs (no torch, no registry)."""
-
-    name: str
-    classes: list[str]
-    positive: str | None = None
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-
-@dataclass
 class OnnxPredictions:
     proba: dict[str, np.ndarray]
 
 
 @dataclass
 class OnnxPredictor:
-    """A checkpoint's .onnx beside its sidecar, run with ONNX Runtime; the same interface the ensemble uses."""
+    """A checkpoint's .onnx beside its sidecar, run with ONNX Runtime; its definition is the checkpoint's
+    :class:`~lnzoo.record.ModelRecord`, as the torch engine's is."""
 
     source: Path
-    meta: dict[str, Any]
+    record: ModelRecord
     session: Any = None
-    tasks: dict[str, OnnxTask] = field(default_factory=dict)
 
     @classmethod
     def load(cls, weights: Path) -> "OnnxPredictor":
         from lnzoo.bundle import checked_onnx
-        from lnzoo.checkpoint import verify_checkpoint
-
         from lnzoo.inputs import refuse_covariates_after_fusion
 
-        _, meta, _ = verify_checkpoint(weights)  # the same checks as the torch engine: an edited sidecar is refused
-        refuse_covariates_after_fusion(meta, weights)
+        record = ModelRecord.read(weights)  # the same checks as the torch engine: an edited sidecar is refused
+        refuse_covariates_after_fusion(record.meta, weights)
         onnx_file = checked_onnx(Path(weights))
-        tasks = {n: OnnxTask(n, list(d["classes"]), d.get("positive")) for n, d in meta["tasks"].items()}
-        return cls(onnx_file, meta, _session(str(onnx_file)), tasks)
+        return cls(onnx_file, record, _session(str(onnx_file)))
 
     @property
-    def recipe(self) -> dict[str, Any]:
-        return self.meta["recipe"]
+    def tasks(self) -> dict[str, Task]:
+        return dict(self.record.tasks)
+
+    @property
+    def recipe(self) -> Mapping[str, Any]:
+        return self.record.recipe
 
     @property
     def views(self) -> list[str]:
-        return list(self.meta["views"])
+        return list(self.record.views)
 
     @property
     def main(self) -> str:
-        return self.recipe["tasks"]["main"]
+        return self.record.main
 
     @property
     def temperature(self) -> dict[str, float | None]:
-        return self.meta.get("temperature") or {}
+        return dict(self.record.temperature)
 
     @functools.cached_property
     def inputs(self):
-        """The fitted inputs besides the views (covariates, text...), rebuilt from the sidecar."""
+        """The fitted inputs besides the views (covariates, text...), rebuilt from the record."""
         from lnzoo.inputs import Inputs
         from lnzoo.plugins import get_host
-        return Inputs.from_meta(self.meta.get("inputs"), get_host(), source=str(self.source))
+        return Inputs.from_meta(list(self.record.inputs) or None, get_host(), source=str(self.source))
 
     @property
     def preprocessing(self) -> Preprocessing:
-        return preprocessing_of(self.meta)
+        return self.record.preprocessing
 
     def feeds(self, samples: Sequence[Sample]) -> dict[str, np.ndarray]:
-        """The graph's inputs for ``samples``: normalised float32 NCHW per view, the present mask of every member,
-        each other input encoded as the model's dataset encodes it."""
+        """The graph's inputs for ``samples`` (:func:`lnzoo.data.encode.encode_batch`, as the torch engine's dataset
+        encodes them): normalised float32 NCHW per view, the present mask of every member, each other input."""
         pre = self.preprocessing
-        size = pre.image_size
-        feeds = {v: np.zeros((len(samples), 3, size, size), dtype=np.float32) for v in self.views}
-        extra = self.inputs
-        present = np.zeros((len(samples), len(self.views) + len(extra)), dtype=bool)
-        for i, s in enumerate(samples):
-            for j, view in enumerate(self.views):
-                path = s.views.get(view)
-                if path is None:
-                    continue
-                arr = load_image(path, pre, s.origin, s.rois.get(view), pre.roi_margin)
-                feeds[view][i] = normalise(arr.transpose(2, 0, 1), pre)
-                present[i, j] = True
-        if extra:
-            encoded = [extra.encode(s) for s in samples]
-            for item in extra:
-                feeds[item.name] = np.stack([arrays[item.name] for arrays, _ in encoded])
-            present[:, len(self.views):] = np.array([given for _, given in encoded], dtype=bool).reshape(len(samples), -1)
-        feeds["present"] = present
-        return feeds
+        x, present, inputs = encode_batch(samples, self.views, pre,
+                                          lambda path, origin, roi: load_image(path, pre, origin, roi, pre.roi_margin),
+                                          self.inputs)
+        return {**{v: x[:, j] for j, v in enumerate(self.views)}, **inputs, "present": present}
 
     def predict(self, samples: Sequence[Sample], batch_size: int = 32) -> OnnxPredictions:
         out: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}

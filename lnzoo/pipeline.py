@@ -253,8 +253,11 @@ def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool
     for line in host.overrides:  # a replaced built-in changes what the recipe means: say so in every run's log
         emit(events.Note(f"plugin override: {line}", "warning"))
     cfg = recipe.data
-    if cfg["train"]["threads"]:
-        torch.set_num_threads(cfg["train"]["threads"])
+    from lnzoo.inference import cpu_threads
+    threads, why = cpu_threads(cfg["train"]["threads"])
+    if threads != torch.get_num_threads():
+        torch.set_num_threads(threads)
+    emit(events.Note(f"torch CPU threads: {threads} ({why})"))
     set_deterministic()
     tasks = recipe_tasks(recipe, host)
     data, cache = _load_data(recipe, tasks, emit, host)

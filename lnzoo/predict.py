@@ -8,16 +8,45 @@ from __future__ import annotations
 import functools
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from lnzoo.data.samples import Sample, apply_empty_roi
 from lnzoo.errors import UsageError
+from lnzoo.rundir import Columns
+
+
+class Engine(Protocol):
+    """One loaded model, whichever engine runs it (:class:`lnzoo.inference.Predictor`: torch;
+    :class:`lnzoo.onnx_engine.OnnxPredictor`: ONNX Runtime): its record, and probabilities per task for samples
+    encoded by :mod:`lnzoo.data.encode`. Ensembles, the cascade and the server see only this."""
+
+    source: Path | None
+
+    @property
+    def record(self) -> Any: ...                  # lnzoo.record.ModelRecord
+
+    @property
+    def tasks(self) -> Mapping[str, Any]: ...     # name -> lnzoo.tasks.Task
+
+    @property
+    def views(self) -> list[str]: ...
+
+    @property
+    def main(self) -> str: ...
+
+    @property
+    def temperature(self) -> Mapping[str, float | None]: ...
+
+    @property
+    def inputs(self) -> Any: ...                  # lnzoo.inputs.Inputs, or None
+
+    def predict(self, samples: Sequence[Sample], batch_size: int = 32) -> Any: ...  # .proba: {task: (n, K)}
 
 
 class Ensemble:
-    """Averages the probabilities of several checkpoints per task."""
+    """Averages the calibrated (and the raw) probabilities of several models per task: each an :class:`Engine`."""
 
     def __init__(self, sources: Sequence[str | Path], host=None, engine: str = "torch"):
         from lnzoo.bundle import checkpoints_of
@@ -108,10 +137,10 @@ class Ensemble:
 
         views = m.views
         if not (items and isinstance(items[0], Sample)):
-            per_view = [views_of_item(item, views, m.recipe["data"].get("crop_suffix", "-crop")) for item in items]
+            per_view = [views_of_item(item, views, m.record.data.get("crop_suffix", "-crop")) for item in items]
             return per_view, [Sample(dict(v), "", {}, str(next(p for p in v.values() if p is not None)))
                               for v in per_view]
-        policy = m.recipe["data"].get("empty_roi", "error")  # manifest rows: views, ROI boxes/masks, covariates
+        policy = m.record.data.get("empty_roi", "error")  # manifest rows: views, ROI boxes/masks, covariates
         per_view, samples = [], []
         for item in items:  # each member applies its own data.empty_roi to an empty mask
             pv, rois = {v: item.views.get(v) for v in views}, {}
@@ -191,9 +220,9 @@ class Cascade:
             calls = self.calls(k, proba, scaled)
             for j, i in enumerate(todo):
                 for c, v in zip(classes, proba[e.main][j]):
-                    rows[i][f"p_{e.main}_{c}"] = round(float(v), 6)
+                    rows[i][Columns.raw(e.main, c)] = round(float(v), 6)
                 for c, v in zip(classes, scaled[e.main][j]):  # what the stage's call was made on
-                    rows[i][f"cal_{e.main}_{c}"] = round(float(v), 6)
+                    rows[i][Columns.calibrated(e.main, c)] = round(float(v), 6)
                 rows[i][f"{e.main}_threshold"] = e.operating_point(e.main).text()
                 rows[i][f"stage{k + 1}"] = calls[j]
                 rows[i]["path"] = (rows[i]["path"] + " > " if rows[i]["path"] else "") + f"{e.main}:{calls[j]}"
@@ -242,9 +271,9 @@ def manifest_samples(models: Sequence[str | Path] | Ensemble, manifest: Path, ho
     ens = models if isinstance(models, Ensemble) else Ensemble(models, host)
     views = sorted({v for m in ens.members for v in m.views})
     with_roi = [m for m in ens.members if "roi" in m.views] or ens.members[:1]
-    cfg = dict(with_roi[0].recipe["data"])
+    cfg = dict(with_roi[0].record.data)
     for m in with_roi[1:]:
-        other = m.recipe["data"]
+        other = m.record.data
         for key in ("mask_column", "bbox_column"):
             if other.get(key) != cfg.get(key):
                 raise UsageError(f"{m.source} reads its ROI from data.{key} = {other.get(key)!r}, "
@@ -277,9 +306,9 @@ def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None,
             classes = ens.tasks[task]
             row[f"{task}_pred"] = called[task][i]
             for c, v in zip(classes, p[i]):
-                row[f"p_{task}_{c}"] = round(float(v), 6)
+                row[Columns.raw(task, c)] = round(float(v), 6)
             for c, v in zip(classes, scaled[task][i]):
-                row[f"cal_{task}_{c}"] = round(float(v), 6)
+                row[Columns.calibrated(task, c)] = round(float(v), 6)
             row[f"{task}_threshold"] = ens.operating_point(task).text()
         rows.append(row)
     return rows

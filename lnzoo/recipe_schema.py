@@ -174,7 +174,7 @@ SCHEMA: dict[str, Any] = {
         "compile": F(bool, False, "torch.compile the model for training steps (first epoch slower while it "
                                   "compiles; checkpoints, EMA and predictions use the uncompiled module)"),
         "device": F(str, "auto", "auto, cpu, cuda or cuda:N"),
-        "threads": F(int, 0, "torch CPU threads (0: torch's default)", min=0),
+        "threads": F(int, 0, "torch CPU threads (0: the CPUs this process may use: its affinity, SLURM_CPUS_PER_TASK)", min=0),
         "tta": F(str, "none", "test-time augmentation for validation, held-out, test and served predictions: "
                               "none, or hflip (probabilities averaged over the image and its mirror)",
                  choices=("none", "hflip")),

@@ -31,7 +31,7 @@ import re
 import socket
 import time
 import tomllib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,14 +106,14 @@ class RunDir:
         self.checkpoints()  # raises when there is none
         return self.folds()[0]
 
-    def first_checkpoint(self) -> Path:
-        return self.checkpoint(self.first_fold())
+    def record(self, k: int, kind: str = "best"):
+        """Fold k's model record (:class:`lnzoo.record.ModelRecord`), verified against its weights."""
+        from lnzoo.record import ModelRecord
 
-    def sidecar(self, k: int, kind: str = "best") -> dict[str, Any]:
         path = self.checkpoint(k, kind).with_suffix(".json")
         if not path.is_file():
             raise UsageError(f"{self.path}: fold {k} has no {path.name} (was the run interrupted?)")
-        return _read_json(path, strict=True)
+        return ModelRecord.read(path)
 
     def save_checkpoint(self, k: int, kind: str, model_or_state: Any, meta: Mapping[str, Any]) -> Path:
         from lnzoo.checkpoint import save_checkpoint
@@ -123,14 +123,13 @@ class RunDir:
         """Task -> {classes, positive, aliases} from the first fold's sidecar, else from predictions.csv's columns."""
         for k in self.folds():
             try:
-                tasks = self.sidecar(k)["tasks"]
-            except (UsageError, KeyError):
+                tasks = self.record(k).tasks
+            except UsageError:
                 continue
-            return {n: {"classes": list(d["classes"]), "positive": d.get("positive"),
-                        "aliases": dict(d.get("aliases") or {})} for n, d in tasks.items()}
+            return {n: {"classes": list(t.classes), "positive": t.positive,
+                        "aliases": {c: list(a) for c, a in t.aliases.items()}} for n, t in tasks.items()}
         if (self / self.PREDICTIONS).is_file():
-            from lnzoo.evaluation.cases import infer_tasks_meta
-            return infer_tasks_meta(self.read_predictions()[0])
+            return Columns.infer_tasks(self.read_predictions()[0])
         raise UsageError(f"{self.path}: no fold*/best.json and no predictions.csv to read the tasks from")
 
     def resume_state(self, k: int) -> Path:
@@ -344,15 +343,54 @@ def _read_json(path: Path, strict: bool) -> dict[str, Any]:
         return {}
 
 
+class Columns:
+    """The names of predictions.csv's columns (and of lnzoo predict's CSV): the one place that spells them."""
+
+    @staticmethod
+    def raw(task: str, cls: str) -> str:
+        return f"p_{task}_{cls}"
+
+    @staticmethod
+    def calibrated(task: str, cls: str) -> str:
+        return f"cal_{task}_{cls}"
+
+    @staticmethod
+    def true(task: str) -> str:
+        return f"{task}_true"
+
+    @staticmethod
+    def path(view: str) -> str:
+        return "path" if view == "full" else f"path_{view}"
+
+    @staticmethod
+    def infer_tasks(columns: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """Tasks and class order from the columns (``<task>_true``, ``p_<task>_<class>``); positive: the 2nd class."""
+        cols = list(columns)
+        tasks = [c[:-5] for c in cols if c.endswith("_true") and c != "_true"]
+        out = {}
+        for t in tasks:
+            # a longer task name sharing this prefix owns its own columns (task "a" vs task "a_b")
+            longer = [u for u in tasks if u != t and u.startswith(t + "_")]
+            classes = [c[len(f"p_{t}_"):] for c in cols if c.startswith(f"p_{t}_")
+                       and not any(c.startswith(f"p_{u}_") for u in longer)]
+            if len(classes) >= 2:
+                out[t] = {"classes": classes, "positive": None}
+        return out
+
+    @staticmethod
+    def is_task_column(name: str) -> bool:
+        """A column that holds a task's label or a probability (raw or calibrated)."""
+        return name.endswith("_true") or name.startswith(("p_", "cal_"))
+
+
 def prediction_header(tasks: Mapping[str, Any], views: Sequence[str]) -> list[str]:
     """The columns of predictions.csv: where a row came from, its true labels, every class probability, raw
     (``p_``: what the metrics are computed from) and calibrated (``cal_``: what calls are made on)."""
-    header = ["part", "fold", *[f"path_{v}" if v != "full" else "path" for v in views], "views_used", "patient",
-              "center", "source"]
+    header = ["part", "fold", *[Columns.path(v) for v in views], "views_used", "patient", "center", "source"]
     for name, task in tasks.items():
-        header.append(f"{name}_true")
-        header += [f"p_{name}_{c}" for c in task.classes]
-        header += [f"cal_{name}_{c}" for c in task.classes]
+        header.append(Columns.true(name))
+        header += [Columns.raw(name, c) for c in task.classes]
+        header += [Columns.calibrated(name, c) for c in task.classes]
     return header
 
 
@@ -364,14 +402,14 @@ def prediction_row(part: str, fold: int | None, sample: Any, proba: Mapping[str,
     from lnzoo.tasks import MISSING
 
     row = {"part": part, "fold": "" if fold is None else str(fold),
-           **{(f"path_{v}" if v != "full" else "path"): str(sample.views.get(v) or "") for v in views},
+           **{Columns.path(v): str(sample.views.get(v) or "") for v in views},
            "views_used": "+".join(v for v in views if sample.views.get(v) is not None), "patient": sample.patient,
            "center": sample.center or "", "source": sample.origin}
     for name, task in tasks.items():
         label = sample.labels.get(name, MISSING)
-        row[f"{name}_true"] = "" if label == MISSING else task.classes[label]
+        row[Columns.true(name)] = "" if label == MISSING else task.classes[label]
         for c, p in zip(task.classes, proba[name]):
-            row[f"p_{name}_{c}"] = f"{p:.6f}"
+            row[Columns.raw(name, c)] = f"{p:.6f}"
         for c, p in zip(task.classes, calibrated[name]):
-            row[f"cal_{name}_{c}"] = f"{p:.6f}"
+            row[Columns.calibrated(name, c)] = f"{p:.6f}"
     return row

@@ -30,7 +30,7 @@ from typing import Any
 from lnzoo.errors import UsageError
 from lnzoo.evaluation import fmt, jsonable
 from lnzoo.evaluation.evaluate import mean_sd, run_metrics
-from lnzoo.rundir import RunDir
+from lnzoo.rundir import Columns, RunDir
 
 __all__ = ["select_runs", "format_selection"]
 
@@ -47,13 +47,13 @@ class _Candidate:
         self.folds = self.rd.read_folds()
         self.header, self.rows = self.rd.read_predictions()
         self.main = self.metrics.get("main_task")
-        self.meta: dict[int, dict[str, Any]] = {k: self.rd.sidecar(k) for k in self.metrics.get("folds_run") or []}
-        if not self.meta:
+        self.records = {k: self.rd.record(k) for k in self.metrics.get("folds_run") or []}
+        if not self.records:
             raise UsageError(f"{self.path}: no cross-validation folds were run (linear probe or test-only run?)")
 
     def inner_score(self, k: int) -> tuple[str, float]:
         """(metric name, value): the inner-validation metric of fold k's kept epoch (NaN: undefined)."""
-        monitor = self.meta[k].get("monitor") or {}
+        monitor = self.records[k].monitor
         if len(monitor) != 1:
             raise UsageError(f"{self.path}/fold{k}/best.json: no inner-validation score ('monitor') recorded")
         name, value = next(iter(monitor.items()))
@@ -64,18 +64,18 @@ class _Candidate:
 
     def inner_loss(self, k: int) -> float:
         """The inner-validation loss at the chosen epoch (breaks ties between equal scores)."""
-        value = self.meta[k].get("monitor_val_loss")
+        value = self.records[k].monitor_val_loss
         return float("inf") if value is None or not math.isfinite(float(value)) else float(value)
 
     def cv_rows(self, k: int) -> list[dict[str, str]]:
         return [r for r in self.rows if r["part"] == "cv" and r["fold"] == str(k)]
 
     def task_columns(self) -> list[str]:
-        return [c for c in self.header if c.endswith("_true") or c.startswith("p_")]
+        return [c for c in self.header if Columns.is_task_column(c)]
 
     @property
     def tasks(self) -> dict[str, dict[str, Any]]:
-        return next(iter(self.meta.values()))["tasks"]
+        return {n: t.as_dict() for n, t in next(iter(self.records.values())).tasks.items()}
 
 
 def _check_same(cands: list[_Candidate]) -> tuple[list[int], str]:
@@ -89,8 +89,8 @@ def _check_same(cands: list[_Candidate]) -> tuple[list[int], str]:
             raise UsageError(f"{c.path}/folds.csv and {first.path}/folds.csv assign patients to different folds "
                              f"(first: {differ[:3]}); give every candidate the same folds with "
                              f"--set cv.folds_file=\"{first.path / 'folds.csv'}\"")
-        if set(c.meta) != set(first.meta):
-            raise UsageError(f"{c.path} ran folds {sorted(c.meta)}, {first.path} ran {sorted(first.meta)}")
+        if set(c.records) != set(first.records):
+            raise UsageError(f"{c.path} ran folds {sorted(c.records)}, {first.path} ran {sorted(first.records)}")
         a = {n: t["classes"] for n, t in c.tasks.items()}
         b = {n: t["classes"] for n, t in first.tasks.items()}
         if a != b:
@@ -99,24 +99,24 @@ def _check_same(cands: list[_Candidate]) -> tuple[list[int], str]:
             extra = sorted(set(c.task_columns()) ^ set(first.task_columns()))
             raise UsageError(f"{c.path}/predictions.csv and {first.path}/predictions.csv differ in their task "
                              f"columns {extra}; a choice needs the same tasks")
-        for key, get in (("seed", lambda m: m["recipe"].get("seed")),
-                         ("train.val_fraction", lambda m: m["recipe"].get("train", {}).get("val_fraction"))):
-            mine, theirs = get(c.meta[min(c.meta)]), get(first.meta[min(first.meta)])
+        for key, get in (("seed", lambda m: m.recipe.get("seed")),
+                         ("train.val_fraction", lambda m: m.recipe.get("train", {}).get("val_fraction"))):
+            mine, theirs = get(c.records[min(c.records)]), get(first.records[min(first.records)])
             if mine != theirs:
                 raise UsageError(f"{c.path} has {key} = {mine}, {first.path} {theirs}: their inner-validation "
                                  "parts hold other patients, so their scores cannot choose between them")
-        for k in first.meta:
+        for k in first.records:
             held_a = {(r["patient"], r["source"]) for r in c.cv_rows(k)}
             held_b = {(r["patient"], r["source"]) for r in first.cv_rows(k)}
             if held_a != held_b:
                 diff = sorted(held_a ^ held_b)[:3]
                 raise UsageError(f"fold {k}: {c.path} and {first.path} scored other held-out images (first: {diff}); "
                                  "were rows skipped (data.skip_bad_rows, data.empty_roi) in one of them?")
-    metrics = {c.inner_score(k)[0] for c in cands for k in c.meta}
+    metrics = {c.inner_score(k)[0] for c in cands for k in c.records}
     if len(metrics) != 1:
         raise UsageError(f"the candidates picked their epochs on different metrics {sorted(metrics)}; "
                          "set the same train.monitor in every recipe")
-    return sorted(first.meta), metrics.pop()
+    return sorted(first.records), metrics.pop()
 
 
 def _fold_metrics(rows: list[dict[str, str]], tasks: dict[str, dict[str, Any]]) -> dict[str, dict]:
@@ -167,7 +167,7 @@ def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]
         metrics = held_out[winner]
         per_fold_metrics.append(metrics)
         fold_info.append({"fold": k, "chosen": winner, "chosen_path": str(chosen.path),
-                          "best_epoch": chosen.meta[k].get("best_epoch"), "metrics": metrics})
+                          "best_epoch": chosen.records[k].best_epoch, "metrics": metrics})
         table.append({"fold": k, "chosen": winner, "inner": inner, "tied": tied if len(tied) > 1 else [],
                       "held_out": held})
     all_rows = [r for k in folds for r in per_fold_rows[k]]

@@ -377,3 +377,37 @@ def test_the_card_reports_the_served_operating_point_with_cis_and_what_ran(bundl
     assert f"| {pooled['ece_calibrated']:.3f} |" in card
     # what ran, not the recipe's description of its own settings
     assert "**What was trained:** timm test_resnet, 48 px" in card and "QUICK run" in card
+
+
+def test_a_program_without_lnzoo_runs_the_bundles_onnx_from_its_config(bundle, tiny_run):
+    """config.json describes each .onnx graph's inputs and outputs well enough to run it with PIL, numpy and ONNX
+    Runtime alone, and get lnzoo's probabilities."""
+    import onnxruntime as ort
+    from PIL import Image
+
+    from lnzoo.predict import predict_rows
+
+    config = json.loads((bundle / "config.json").read_text())
+    model = config["models"][0]
+    io = model["onnx_interface"]
+    assert [i["name"] for i in io["inputs"]] == ["full", "present"]
+    assert [(o["name"], o["classes"]) for o in io["outputs"]] == [("malignancy", ["benign", "malignant"]),
+                                                                  ("enlargement", ["not_enlarged", "enlarged"])]
+    image = Path(_images(tiny_run, 1)[0])
+    feeds = {}
+    for spec in io["inputs"]:
+        if spec["name"] == "present":
+            feeds["present"] = np.ones((1, spec["shape"][1]), dtype=bool)
+            continue
+        size = spec["shape"][2]
+        assert spec["resize"] == "squash" and spec["resample"] == "bilinear"
+        rgb = np.asarray(Image.open(image).convert("RGB").resize((size, size), Image.BILINEAR), dtype=np.float32)
+        x = (rgb.transpose(2, 0, 1) / 255.0 - np.array(spec["mean"])[:, None, None]) / np.array(spec["std"])[:, None, None]
+        feeds[spec["name"]] = x[None].astype(spec["dtype"])
+    session = ort.InferenceSession(str(bundle / "models" / model["onnx"]), providers=["CPUExecutionProvider"])
+    got = dict(zip([o["name"] for o in io["outputs"]], session.run([o["name"] for o in io["outputs"]], feeds)))
+    row = predict_rows([bundle / "models" / model["weights"]], [image])[0]
+    for name, p in got.items():
+        assert p.shape == (1, 2) and 0 <= p.min() and p.max() <= 1
+        for c, v in zip(["benign", "malignant"] if name == "malignancy" else ["not_enlarged", "enlarged"], p[0]):
+            assert v == pytest.approx(row[f"p_{name}_{c}"], abs=1e-4)

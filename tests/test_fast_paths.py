@@ -246,3 +246,22 @@ def test_a_compiled_model_trains_and_its_checkpoint_loads_with_plain_key_names(t
     from lnzoo.data.samples import Sample
     proba = predictor.predict([Sample({"full": Path(row["path"])}, "P", {}, "")]).proba
     assert all(torch.isfinite(torch.as_tensor(p)).all() for p in proba.values())
+
+
+@pytest.mark.parametrize("requested, affinity, env, expected", [
+    (3, 8, {}, 3),                                          # the recipe's train.threads wins
+    (0, 8, {}, 8),                                          # the CPUs this process may run on
+    (0, 8, {"SLURM_CPUS_PER_TASK": "4"}, 4),                # Slurm's allocation when smaller
+    (0, 2, {"SLURM_CPUS_PER_TASK": "16"}, 2),               # ... never more than the affinity
+    (0, 8, {"LOCAL_WORLD_SIZE": "4"}, 2),                   # torchrun's processes share the machine's CPUs
+    (0, 2, {"LOCAL_WORLD_SIZE": "4"}, 1),                   # at least one each
+    (0, 8, {"SLURM_CPUS_PER_TASK": "x"}, 8),                # a malformed variable is ignored
+])
+def test_torch_threads_follow_the_cpus_this_process_may_use(monkeypatch, requested, affinity, env, expected):
+    import os
+
+    from lnzoo.inference import cpu_threads
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(affinity)), raising=False)
+    threads, why = cpu_threads(requested, env)
+    assert threads == expected and why

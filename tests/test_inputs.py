@@ -320,7 +320,7 @@ def test_a_text_input_can_start_from_a_local_pretrained_one(llnm_run, tmp_path):
     assert reloaded.embed.weight.shape == encoder.embed.weight.shape
     assert set(reloaded.state_dict()) == set(encoder.state_dict())
     missing = HOST.get("input", "text").build(column="report_zh", init=str(tmp_path / "nothing.safetensors"))
-    with pytest.raises(UsageError, match="no checkpoint there"):
+    with pytest.raises(UsageError, match="nothing.safetensors: expected a run directory, a model bundle"):
         missing.fit(rows)
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import csv
 import json
 import math
@@ -17,6 +18,7 @@ from lnzoo.evaluation.evaluate import choose_threshold, evaluate_predictions
 from lnzoo.report import write_report
 from lnzoo.report.html import gradcam_section
 from lnzoo.evaluation.stats import bootstrap_ci
+from tests.conftest import REPO
 
 N_BOOT = 100
 MAL = {"classes": ["benign", "malignant"], "positive": "malignant"}
@@ -123,6 +125,11 @@ def test_report_of_a_tiny_run_is_self_contained_and_matches_the_metrics(tiny_run
     for heading in HEADINGS:
         assert f">{heading}<" in page, heading
     assert "Task: malignancy" in page and "Task: enlargement" in page
+    # what a methods section needs, and the command that trains the run again (its stored, resolved recipe)
+    assert re.search(r"Training settings</td><td>adamw lr [\d.e-]+ .*cosine schedule.*loss weights malignancy 1\.0, "
+                     r"enlargement 0\.5.*48 px", page)
+    assert html.escape(f"lnzoo run {tiny_run / 'recipe.toml'} --out NEW_RUN_DIR") in page
+    assert "lnzoo run " + html.escape(str(REPO / "recipes" / "stage1_aux.toml")) + " --quick --set" in page
 
     ev = json.loads((tiny_run / "evaluation.json").read_text(encoding="utf-8"))
     rows = _rows(tiny_run / "predictions.csv")

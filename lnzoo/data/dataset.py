@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lnzoo.data.encode import encode_sample
 from lnzoo.data.images import Preprocessing, load_image, normalise
 from lnzoo.data.samples import MISSING, Sample
 from lnzoo.errors import DataError
@@ -126,23 +127,13 @@ class NodeDataset(Dataset):
 
         s = self.samples[i]
         size = self.cache.pre.image_size
-        images, present = [], []
-        for view in self.views:
-            path = s.views.get(view)
-            if path is None:
-                images.append(tv_tensors.Image(torch.zeros(3, size, size, dtype=torch.uint8)))
-                present.append(False)
-            else:
-                arr = self.cache.get(path, s.origin, s.rois.get(view))
-                images.append(tv_tensors.Image(torch.from_numpy(arr).permute(2, 0, 1).contiguous()))
-                present.append(True)
-        if self.augment is not None and images:
+        enc = encode_sample(s, self.views, self.cache.get, self.inputs)
+        images = [tv_tensors.Image(torch.zeros(3, size, size, dtype=torch.uint8) if arr is None else
+                                   torch.from_numpy(arr).permute(2, 0, 1).contiguous()) for arr in enc.pixels]
+        if self.augment is not None and images:  # one draw of random parameters for all views of the sample
             images = self.augment(images)
-        encoded: dict[str, torch.Tensor] = {}
-        if self.inputs:
-            arrays, given = self.inputs.encode(s)
-            encoded = {k: torch.from_numpy(v) for k, v in arrays.items()}
-            present += given
+        encoded = {k: torch.from_numpy(v) for k, v in enc.inputs.items()}
+        present = enc.present
         present_t = torch.tensor(present, dtype=torch.bool)
         if self.view_dropout > 0 and int(present_t.sum()) > 1:
             # modality dropout: the fused model learns to predict from whichever views and inputs it gets

@@ -41,12 +41,6 @@ def normalise(chw, pre: Preprocessing):
     return (chw.float() / 255.0 - torch.from_numpy(mean)) / torch.from_numpy(std)
 
 
-def preprocessing_of(meta) -> Preprocessing:
-    """A checkpoint sidecar's preprocessing (older sidecars lack some fields: their defaults apply)."""
-    prep = meta["preprocessing"]
-    return Preprocessing(**{f: prep[f] for f in ("image_size", "resize", "normalize", "roi_margin") if f in prep})
-
-
 def to_rgb(img: Image.Image) -> Image.Image:
     """Any mode (8/16-bit grey, palette, RGBA, CMYK) -> 8-bit RGB; grey is replicated into 3 channels."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):

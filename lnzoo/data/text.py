@@ -57,23 +57,20 @@ class TextInput:
     def _read_init(self) -> None:
         """The pretrained text input of ``init`` (a local lnzoo checkpoint or run directory; never downloaded):
         its vocabulary replaces fitting one, its architecture this one's, its weights start the encoder."""
-        from pathlib import Path
-
-        from lnzoo.checkpoint import read_sidecar
+        from lnzoo.bundle import checkpoints_of
         from lnzoo.errors import UsageError
+        from lnzoo.record import ModelRecord
 
-        path = Path(self.init)
-        if path.is_dir():
-            from lnzoo.rundir import RunDir
-            path = RunDir(path).first_checkpoint()
-        if not path.with_suffix(".safetensors").is_file():
-            raise UsageError(f"init = {self.init!r}: no checkpoint there (give a .safetensors checkpoint or a run "
-                             "directory with a text input)")
-        weights, meta = read_sidecar(path)
-        entry = next((e for e in meta.get("inputs") or [] if e["table"].get("name") == "text"), None)
+        try:  # a checkpoint, a run directory or a bundle: its first fold model
+            record = ModelRecord.read(checkpoints_of(self.init)[0])
+        except UsageError as exc:
+            raise UsageError(f"init = {self.init!r}: {exc} (give a .safetensors checkpoint, a run directory or a "
+                             "bundle with a text input)") from None
+        weights = record.weights
+        entry = record.input_entry("text")
         if entry is None:
             raise UsageError(f"init = {self.init!r}: {weights} has no text input (its inputs: "
-                             f"{[e['name'] for e in meta.get('inputs') or []]})")
+                             f"{[e['name'] for e in record.inputs]})")
         table = entry["table"]
         self.max_length = int(entry["state"]["max_length"])
         self.arch = {k: table.get(k, v) for k, v in self.arch.items()}  # the pretrained encoder's shape

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from lnzoo.errors import UsageError
+from lnzoo.rundir import Columns
 from lnzoo.evaluation.metrics import aggregate_by_group
 
 def _cell(v: Any) -> str:
@@ -47,20 +48,8 @@ def read_prediction_rows(source: Any) -> list[dict[str, str]]:
 
 
 def infer_tasks_meta(columns: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """Tasks and class order from lnzoo's columns (``<task>_true``, ``p_<task>_<class>``); positive: the 2nd class."""
-    cols = list(columns)
-    tasks = [c[:-5] for c in cols if c.endswith("_true") and c != "_true"]
-    out = {}
-    for t in tasks:
-        # a longer task name sharing this prefix owns its own columns (task "a" vs task "a_b")
-        longer = [u for u in tasks if u != t and u.startswith(t + "_")]
-        classes = [c[len(f"p_{t}_"):] for c in cols if c.startswith(f"p_{t}_")
-                   and not any(c.startswith(f"p_{u}_") for u in longer)]
-        if len(classes) >= 2:
-            out[t] = {"classes": classes, "positive": None}
-    return out
-
-
+    """Tasks and class order from lnzoo's columns (:meth:`lnzoo.rundir.Columns.infer_tasks`)."""
+    return Columns.infer_tasks(columns)
 
 
 def task_spec(meta: Any) -> tuple[list[str], int | None]:
@@ -106,15 +95,15 @@ class Cases:
 
 
 def task_cases(rows: Sequence[Mapping[str, str]], task: str, classes: list[str]) -> Cases | None:
-    cols = [f"p_{task}_{c}" for c in classes]
-    label_col = f"{task}_true"
+    cols = [Columns.raw(task, c) for c in classes]
+    label_col = Columns.true(task)
     if not rows or label_col not in rows[0]:
         return None
     missing = [c for c in cols if c not in rows[0]]
     if missing:
         raise UsageError(f"predictions lack the probability column(s) {missing} of task {task!r}")
     index = {c: i for i, c in enumerate(classes)}
-    cal_cols = [f"cal_{task}_{c}" for c in classes]
+    cal_cols = [Columns.calibrated(task, c) for c in classes]
     calibrated = all(c in rows[0] for c in cal_cols)
     ys, ps, cals, pats, parts, folds, centers, problems = [], [], [], [], [], [], [], []
     has_center = "center" in rows[0]

@@ -18,7 +18,7 @@ import numpy as np
 from lnzoo.errors import UsageError
 from lnzoo.evaluation.cases import infer_tasks_meta, read_csv
 from lnzoo.evaluation.evaluate import ordered_parts
-from lnzoo.rundir import RunDir
+from lnzoo.rundir import Columns, RunDir
 
 SCORE_COLUMNS = ("prob", "probability", "score")
 SHOW = 10  # ids named in an error message
@@ -37,7 +37,7 @@ class Source:
 
     @property
     def lnzoo_tasks(self) -> list[str]:
-        return [t for t in self.tasks_meta if f"{t}_true" in self.header]
+        return [t for t in self.tasks_meta if Columns.true(t) in self.header]
 
 
 @dataclass
@@ -114,7 +114,7 @@ def registered_task(name: str | None):
 def pick_task(a: Source, b: Source, task: str | None) -> str | None:
     if task is not None:
         for s in (a, b):
-            if f"{task}_true" not in s.header and "label" not in s.header:
+            if Columns.true(task) not in s.header and "label" not in s.header:
                 known = s.lnzoo_tasks
                 hint = f" (its tasks: {', '.join(known)})" if known else ""
                 raise UsageError(f"{s.file}: no label column for task {task!r}: expected {task + '_true'!r} or "
@@ -140,14 +140,14 @@ def extract(s: Source, task: str | None) -> Side:
     id_col = "id" if "id" in h else "path" if "path" in h else next((c for c in h if c.startswith("path_")), None)
     if id_col is None:
         raise UsageError(f"{s.file}: no case id column: expected 'id' or 'path' (columns: {', '.join(h)})")
-    label_col = f"{task}_true" if task and f"{task}_true" in h else "label" if "label" in h else None
+    label_col = Columns.true(task) if task and Columns.true(task) in h else "label" if "label" in h else None
     if label_col is None:
         raise UsageError(f"{s.file}: no label column: expected 'label' or '<task>_true' (columns: {', '.join(h)})")
     meta = s.tasks_meta.get(task or "", {}) if label_col != "label" else {}
     classes: list[str] | None
     if meta:
         classes = list(meta["classes"])
-        prob_cols = [f"p_{task}_{c}" for c in classes]
+        prob_cols = [Columns.raw(task, c) for c in classes]
     else:
         prob_cols = [c for c in h if c.startswith("p_") and len(c) > 2]
         classes = [c[2:] for c in prob_cols] or None

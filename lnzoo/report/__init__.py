@@ -24,11 +24,11 @@ def _run_summary(rd: RunDir) -> dict[str, Any]:
     best_epochs = {}
     for k in rd.folds():
         try:
-            meta = rd.sidecar(k)
+            record = rd.record(k)
         except UsageError:  # an unreadable sidecar costs this row of the summary, not the report
             continue
-        if "best_epoch" in meta:
-            best_epochs[k] = meta["best_epoch"]
+        if record.best_epoch is not None:
+            best_epochs[k] = record.best_epoch
     return {
         "run_dir": str(rd), "recipe": metrics.get("recipe") or recipe.get("name") or rd.path.name,
         "description": recipe.get("description", ""), "data": metrics.get("data", ""),
@@ -36,12 +36,57 @@ def _run_summary(rd: RunDir) -> dict[str, Any]:
         "patients_per_fold": {str(k): v for k, v in sorted(folds.items()) if k >= 0},
         "folds_run": metrics.get("folds_run"), "device": run.get("device"), "wall_seconds": run.get("wall_seconds"),
         "quick": run.get("quick"), "ran": run.get("ran") or {}, "overrides": run.get("overrides") or [],
+        "settings": training_settings(recipe), "reproduce": reproduce_commands(rd, run),
         "versions": run.get("versions") or {}, "test_note": metrics.get("test_note") or metrics.get("external_note"),
         "best_epochs": {str(k): v for k, v in sorted(best_epochs.items())}, "status": rd.status(),
         "warnings": [f"fold {f.get('fold')}: {f['validation_warning']}"
                      for f in metrics.get("cross_validation", {}).get("folds", []) if f.get("validation_warning")]
         + [f"plugin override: {line}" for line in run.get("plugin_overrides") or []],
     }
+
+
+def training_settings(recipe: dict[str, Any]) -> str:
+    """The settings a methods section needs, from the resolved recipe the run stored: optimiser, learning rate
+    and schedule, epochs, batch, loss weights, class balancing, image size and augmentation."""
+    if not recipe:
+        return "n/a"
+    train, data, tasks = recipe.get("train", {}), recipe.get("data", {}), recipe.get("tasks", {})
+    if train.get("method") == "linear_probe":
+        opt = "linear probe (logistic regression on frozen features)"
+    else:
+        opt = (f"{train.get('optimizer')} lr {train.get('lr')} (min {train.get('min_lr')}), weight decay "
+               f"{train.get('weight_decay')}, {train.get('scheduler')} schedule with {train.get('warmup_epochs')} "
+               f"warm-up epoch(s), {train.get('epochs')} epoch(s), gradient clip {train.get('grad_clip')}")
+    aug = {k: v for k, v in (data.get("augment") or {}).items() if v not in (0, 0.0, None, False)}
+    extras = []
+    if (train.get("mean_teacher") or {}).get("weight"):
+        mt = train["mean_teacher"]
+        extras.append(f"mean teacher (weight {mt['weight']}, EMA {mt['ema']}, pseudo-label confidence "
+                      f"≥ {mt['threshold']})")
+    if train.get("ema"):
+        extras.append(f"weight EMA {train['ema']}")
+    return "; ".join([opt, f"batch {data.get('batch_size')}",
+                      "loss weights " + ", ".join(f"{t} {w}" for t, w in (tasks.get("task_weights") or {}).items()),
+                      f"class balance: {data.get('sampling')}",
+                      f"images {data.get('image_size')} px ({data.get('resize')}, {data.get('normalize')} "
+                      "normalisation)",
+                      "augmentation " + (", ".join(f"{k} {v}" for k, v in aug.items()) or "none"),
+                      f"epoch kept: {train.get('keep')} by inner-validation {train.get('monitor')}",
+                      f"seed {recipe.get('seed')}", *extras])
+
+
+def reproduce_commands(rd: RunDir, run: dict[str, Any]) -> list[str]:
+    """Commands that train this run again: from the recipe file as given, and from the resolved recipe it stored."""
+    import shlex
+
+    out = []
+    if run.get("recipe_source"):
+        cmd = ["lnzoo", "run", str(run["recipe_source"])] + (["--quick"] if run.get("quick") else [])
+        for s in run.get("overrides") or []:
+            cmd += ["--set", s]
+        out.append(shlex.join([*cmd, "--out", "NEW_RUN_DIR"]))
+    out.append(shlex.join(["lnzoo", "run", str(rd / rd.RECIPE), "--out", "NEW_RUN_DIR"]))
+    return out
 
 
 def what_ran(ran: dict[str, Any]) -> str:
@@ -76,6 +121,9 @@ def _summary_section(s: dict, evaluation: dict) -> str:
     if s["quick"] and s["description"]:
         described += " (the recipe as published; this quick run trained what the next row says)"
     rows = [["Recipe", s["recipe"]], ["Description", described], ["What ran", what_ran(s["ran"])],
+            ["Training settings", s["settings"]],
+            ["Reproduce with", " or ".join(s["reproduce"]) + " (the same data, folds and seed; the second runs the "
+                                                          "resolved recipe the run stored, --quick and --set included)"],
             ["Data", s["data"] or "n/a"],
             ["Main task", s["main_task"] or "n/a"], ["Folds", folds_txt],
             ["Patients per fold", ", ".join(f"fold {k}: {v}" for k, v in s["patients_per_fold"].items()) or "n/a"],
@@ -170,7 +218,7 @@ def _raw_equivalents(rd: RunDir, evaluation: dict) -> None:
     temperatures: dict[str, dict[str, Any]] = {}
     for k in rd.folds():
         try:
-            temperatures[str(k)] = rd.sidecar(k).get("temperature") or {}
+            temperatures[str(k)] = dict(rd.record(k).temperature)
         except UsageError:
             continue
     for task, entry in evaluation.get("tasks", {}).items():
