@@ -166,17 +166,27 @@ def choose_operating_point(cases, classes: Sequence[str], positive: str | None,
 
 @dataclass(frozen=True)
 class Call:
-    """One case's call of one task: the class, the probability it was made on, and the rule that made it."""
+    """One case's call of one task: the class, the probability of that class it was made on, the rule, and why
+    (the comparison that decided it), as every caption and answer states it."""
 
     cls: str
     score: float
     rule: str
+    reason: str
 
     def caption(self, task: str) -> list[str]:
-        """Two caption lines: the call with the probability it was made on, and the rule."""
-        return [f"{task}: called {self.cls} (p={self.score:.3f})", f"rule: {self.rule}"]
+        """Two caption lines: the call, and the comparison that made it."""
+        return [f"{task}: called {self.cls}", self.reason]
 
 
 def call_one(op: OperatingPoint, raw: Sequence[float], calibrated: Sequence[float]) -> Call:
     cls = op.calls(np.asarray(raw)[None], np.asarray(calibrated)[None])[0]
-    return Call(cls, op.score_of(raw, calibrated, cls), op.text())
+    score = op.score_of(raw, calibrated, cls)
+    if op.thresholded:
+        value = op.score_of(raw, calibrated, op.positive)
+        prefix = "cal_p" if op.space == "calibrated" else "p"
+        reason = (f"{prefix}({op.positive}) = {value:.3f} {'>=' if cls == op.positive else '<'} {op.value:g} "
+                  f"({op.rule})")
+    else:
+        reason = f"most probable class ({'cal_p' if op.space == 'calibrated' else 'p'} = {score:.3f})"
+    return Call(cls, score, op.text(), reason)

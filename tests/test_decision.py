@@ -40,6 +40,9 @@ def test_the_call_is_made_in_the_operating_points_space(space, raw_row, cal_row,
     assert op.calls(np.array([raw_row]), np.array([cal_row])) == [expected]
     call = call_one(op, raw_row, cal_row)
     assert call.cls == expected and call.rule == op.text()
+    positive = (cal_row if space == "calibrated" else raw_row)[1]
+    assert call.reason.endswith(f"(malignant) = {positive:.3f} {'>=' if expected == 'malignant' else '<'} 0.28 (youden)")
+    assert call.caption("malignancy") == [f"malignancy: called {expected}", call.reason]
     assert call.score == (cal_row if space == "calibrated" else raw_row)[CLASSES.index(expected)]
 
 

@@ -339,6 +339,9 @@ def test_a_borderline_image_gets_one_answer_from_predict_serve_explain_the_repor
     with image.open("rb") as fh:
         got = client.post("/api/predict", files={"full": (image.name, fh.read())}, data={"gradcam": "true"}).json()
     assert got["tasks"]["malignancy"]["call"] == call and got["gradcam"]
+    sign = ">=" if call == "malignant" else "<"
+    assert got["tasks"]["malignancy"]["reason"] == \
+        f"cal_p(malignant) = {row['cal_malignancy_malignant']:.3f} {sign} {op.value:g} (youden)"
     # lnzoo explain: it explains the class called, and its caption and explain.csv say the call and the rule
     explain_dir = tmp_path / "cams"
     assert invoke_cli("explain", str(tiny_run), str(image), "--out", str(explain_dir), "--task",

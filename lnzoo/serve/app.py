@@ -230,13 +230,16 @@ def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb:
 # -- predicting -----------------------------------------------------------------------------------------------------
 def task_results(model: ServedModel, raw: dict, calibrated: dict) -> dict[str, Any]:
     """Per task: calibrated and raw probabilities of the one sample, and the call at the stored threshold."""
-    called = model.ensemble.calls(raw, calibrated)
+    from lnzoo.decision import call_one
+
     out = {}
     for task, classes in model.ensemble.tasks.items():
+        call = call_one(model.ensemble.operating_point(task), raw[task][0], calibrated[task][0])
         out[task] = {"classes": list(classes), "main": task == model.main,
                      "probabilities": {c: float(v) for c, v in zip(classes, calibrated[task][0])},
                      "raw_probabilities": {c: float(v) for c, v in zip(classes, raw[task][0])},
-                     "call": called[task][0], "threshold": (model.info.get("thresholds") or {}).get(task)}
+                     "call": call.cls, "reason": call.reason,
+                     "threshold": (model.info.get("thresholds") or {}).get(task)}
     return out
 
 
