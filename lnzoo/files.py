@@ -1,4 +1,5 @@
-"""Writing files so that a reader, or a crash, sees the old file or the new one whole; CSV text."""
+"""Writing files so that a reader, or a crash, sees the old file or the new one whole; CSV text; where lnzoo
+caches what it derives (decoded images, the phantom, morphology features)."""
 from __future__ import annotations
 
 import contextlib
@@ -49,3 +50,9 @@ def csv_text(header: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()
+
+
+def cache_root(kind: str = "") -> Path:
+    """``$LNZOO_CACHE`` (or ``~/.cache/lnzoo``), or its ``kind`` folder: images, phantom, morphology."""
+    root = Path(os.environ.get("LNZOO_CACHE") or Path.home() / ".cache" / "lnzoo")
+    return root / kind if kind else root

@@ -176,18 +176,8 @@ def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = 
                              "supported yet")
         if not w.writer:
             return _fit_beside_rank0(recipe, host, w.rank)
-    rd = RunDir(out_dir, writer=True)
-    rd.claim(resume=resume)
-    try:
-        metrics = _fit_folds(recipe, host, rd, emit, resume)
-    except KeyboardInterrupt:
-        rd.release("interrupted")
-        raise
-    except BaseException as exc:
-        rd.release("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    rd.release("finished")
-    return metrics
+    with RunDir(out_dir, writer=True).writing(resume=resume) as rd:
+        return _fit_folds(recipe, host, rd, emit, resume)
 
 
 def _fit_beside_rank0(recipe, host, rank: int) -> dict[str, Any]:
@@ -198,12 +188,8 @@ def _fit_beside_rank0(recipe, host, rank: int) -> dict[str, Any]:
 
     scratch = Path(tempfile.mkdtemp(prefix=f"lnzoo-rank{rank}-"))
     try:
-        rd = RunDir(scratch, writer=True)
-        rd.claim()
-        try:
+        with RunDir(scratch, writer=True).writing(done=None) as rd:
             return _fit_folds(recipe, host, rd, lambda event: None, resume=False)
-        finally:
-            rd.release()
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -340,15 +326,9 @@ def prepare_run(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None 
     recipe, the data digest and the fold assignment, status "sweeping"; returns the folds to fit. The run is
     finished by :func:`run` with ``resume=True`` once every fold has its result."""
     emit = emit or (lambda event: None)
-    rd = RunDir(out_dir, writer=True)
-    rd.claim()
-    try:
+    with RunDir(out_dir, writer=True).writing(done="sweeping") as rd:
         folds = _prepare(recipe, host, rd, emit, resume=False).folds
-    except BaseException as exc:
-        rd.release("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    rd.update_run(sweep=sweep)
-    rd.release("sweeping")
+        rd.update_run(sweep=sweep)
     return folds
 
 
@@ -397,7 +377,8 @@ def _load_data(recipe, tasks, emit, host=None):
     """The recipe's checked samples, and the image cache that decodes them once."""
     from lnzoo.data.dataset import ImageCache
     from lnzoo.data.images import Preprocessing
-    from lnzoo.data.run_data import image_cache_dir, load_run_data
+    from lnzoo.data.run_data import load_run_data
+    from lnzoo.files import cache_root
 
     d = recipe.data["data"]
     data = load_run_data(recipe, tasks, on_phantom=lambda done, total: emit(events.Progress("phantom", done, total)),
@@ -406,7 +387,7 @@ def _load_data(recipe, tasks, emit, host=None):
         emit(events.Note(f"skipped {len(data.skipped)} bad row(s)/image(s) (data.skip_bad_rows); "
                          f"first: {data.skipped[0]}", "warning"))
     cache = ImageCache(Preprocessing(d["image_size"], d["resize"], d["normalize"], d["roi_margin"]),
-                       disk_dir=image_cache_dir() if d["cache"] == "disk" else None, keep=d["cache"] != "none")
+                       disk_dir=cache_root("images") if d["cache"] == "disk" else None, keep=d["cache"] != "none")
     if d["cache"] != "none":
         cache.preload([*data.pool, *data.test, *data.external],
                       progress=lambda done, total: emit(events.Progress("decode", done, total)))

@@ -321,6 +321,21 @@ class RunDir:
         """Merge ``fields`` into run.json (atomically)."""
         self.write_json(self.RUN, {**self.read_json(self.RUN), **fields})
 
+    @contextlib.contextmanager
+    def writing(self, resume: bool = False, done: str | None = "finished") -> Iterator["RunDir"]:
+        """Hold the run directory (:meth:`claim`) for the block; its status after it: ``done`` when the block ends,
+        "interrupted" on Ctrl-C, "failed" with the error otherwise."""
+        self.claim(resume=resume)
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.release("interrupted")
+            raise
+        except BaseException as exc:
+            self.release("failed", f"{type(exc).__name__}: {exc}")
+            raise
+        self.release(done)
+
     def release(self, status: str | None = None, error: str | None = None) -> None:
         """Record the run's final status (when given) and free the lock."""
         if self._lock is None:

@@ -194,14 +194,8 @@ def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]
 def _write(out: Path, cands, names, folds, table, rows, result) -> None:
     if any(out.resolve() == c.path for c in cands):
         raise UsageError("--out must not be one of the candidates")
-    rd = RunDir(out, writer=True)
-    rd.claim()  # a new or empty folder, locked, its status in run.json
-    try:
+    with RunDir(out, writer=True).writing() as rd:  # a new or empty folder, locked, its status in run.json
         _write_chosen(rd, cands, names, folds, table, rows, result)
-    except BaseException as exc:
-        rd.release("failed", f"{type(exc).__name__}: {exc}")
-        raise
-    rd.release("finished")
 
 
 def _write_chosen(rd: RunDir, cands, names, folds, table, rows, result) -> None:

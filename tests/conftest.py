@@ -124,3 +124,18 @@ def tiny_run(tmp_path_factory, lnzoo_cache) -> Path:
     (out.parent / "stderr.txt").write_text(done.stderr, encoding="utf-8")
     assert done.returncode == 0, done.stderr
     return out
+
+
+# `pytest -m "not slow"`: the inner loop without training. A test is slow when it uses a trained run (its
+# fixtures, transitively) or lives in a module whose tests train their own models.
+SLOW_FIXTURES = {"tiny_run", "llnm_run"}
+SLOW_MODULES = {"test_accuracy_defaults", "test_distributed", "test_export", "test_radiomics_plugin", "test_run",
+                "test_safety", "test_select", "test_stages", "test_sweep", "test_train", "test_ordinal_plugin"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        module = getattr(item, "module", None)
+        name = module.__name__.rsplit(".", 1)[-1] if module is not None else ""
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or name in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)

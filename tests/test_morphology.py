@@ -1,7 +1,6 @@
 """Morphology features on synthetic nodules: each feature moves the way its definition says it should."""
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -182,19 +181,6 @@ def test_nodule_at_the_image_edge_and_whole_image():
     assert 0 < edge["shape.solidity"] <= 1 and 0 < edge["shape.convexity"] <= 1
     whole = feats(flat(), np.ones((H, W), np.uint8))
     assert whole["shape.area_fraction"] == 1.0 and whole["echo.contrast"] == 0.0
-
-
-def test_fast_enough():
-    rng = np.random.default_rng(2)
-    img = rng.integers(0, 256, (H, W), dtype=np.uint8)
-    m = ellipse_mask(100, 80)
-    extract(img, m)
-    times = []
-    for _ in range(5):
-        t = time.perf_counter()
-        extract(img, m)
-        times.append(time.perf_counter() - t)
-    assert min(times) < 0.15  # ~20 ms here; lenient for a loaded CI machine
 
 
 def save(path, array):

@@ -63,7 +63,8 @@ _LUMA = np.array([0.2125, 0.7154, 0.0721])  # the weights of skimage.color.rgb2g
 
 def cache_dir() -> Path:
     """Where the disk cache lives by default: ``$LNZOO_CACHE/morphology`` or ``~/.cache/lnzoo/morphology``."""
-    return Path(os.environ.get("LNZOO_CACHE") or Path.home() / ".cache" / "lnzoo") / "morphology"
+    from lnzoo.files import cache_root
+    return cache_root("morphology")
 
 
 def _grey(image: np.ndarray) -> np.ndarray:

@@ -301,11 +301,6 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
     return manifest
 
 
-def _default_cache_root() -> pathlib.Path:
-    env = os.environ.get("LNZOO_CACHE")
-    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "lnzoo"
-
-
 def ensure_phantom(cache_root=None, **kwargs) -> pathlib.Path:
     """Return the manifest path of a cached phantom, generating it once if absent.
 
@@ -328,7 +323,8 @@ def ensure_phantom(cache_root=None, **kwargs) -> pathlib.Path:
            "difficulty": float(args["difficulty"]), "frame_size": int(args["frame_size"]),
            "version": PHANTOM_VERSION}
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    root = pathlib.Path(cache_root) if cache_root is not None else _default_cache_root()
+    from lnzoo.files import cache_root as default_root
+    root = pathlib.Path(cache_root) if cache_root is not None else default_root()
     parent = root / "phantom"
     final = parent / f"v{PHANTOM_VERSION}-{digest}"
     manifest = final / "manifest.csv"

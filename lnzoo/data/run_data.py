@@ -138,11 +138,6 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
     return RunData(parts["cross-validation"], parts["test"], parts["external"], description, problems, kinds)
 
 
-def image_cache_dir() -> Path:
-    import os
-    return Path(os.environ.get("LNZOO_CACHE") or Path.home() / ".cache" / "lnzoo") / "images"
-
-
 def plan_folds(pool: Sequence[Sample], recipe, tasks: Mapping[str, Task]) -> dict[str, int]:
     """Patient -> fold, refusing folds that miss a class of the main task."""
     from lnzoo.data.checks import fold_class_coverage
