@@ -146,7 +146,10 @@ def cpu_threads(requested: int = 0, environ: Mapping[str, str] | None = None) ->
 def device_settings(train_cfg: Mapping[str, Any]) -> dict[str, Any]:
     """Device, autocast dtype, memory layout, pinned memory and host-sync interval as a recipe's ``train``
     section asks (training, and evaluate's predictions as trained). Keys older sidecars lack mean "auto"."""
-    device = pick_device(train_cfg["device"])
+    from lnzoo.config import as_config
+
+    train_cfg = as_config(train_cfg, "train")
+    device = pick_device(train_cfg.device)
     cuda = device.type == "cuda"
     # NHWC: oneDNN's CPU convolutions and cuDNN's tensor cores are both faster on it (measured on CPU:
     # ResNet-18 forward+backward at 96 px 5.1 s instead of 6.1 s per POCUS epoch); MPS stays NCHW
@@ -196,7 +199,7 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     weights = record.weights
     state = tensors_of(blob, weights)
     recipe = resolve(dict(record.recipe), host=host, source=record.recipe_source)
-    recipe.data["model"]["backbone"] = {**recipe.data["model"]["backbone"], "pretrained": False}
+    recipe.set("model.backbone", {**recipe.data["model"]["backbone"], "pretrained": False})
     tasks = dict(record.tasks)
     refuse_covariates_after_fusion(record.meta, weights)
     inputs = Inputs.from_meta(list(record.inputs) or None, host, source=str(weights))
@@ -206,7 +209,7 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     model.eval()
     # on the CPU in NHWC unless as trained: oneDNN's convolutions and pooling are faster on it (measured:
     # ResNet-18 at 224 px, batch 32, 1.05 s instead of 1.43 s), the layout CPU training evaluates in
-    settings = {k: v for k, v in device_settings(recipe.data["train"]).items() if k in PREDICTOR_SETTINGS} \
+    settings = {k: v for k, v in device_settings(recipe.config.train).items() if k in PREDICTOR_SETTINGS} \
         if as_trained else {"channels_last": True}
     model = model.to(settings.get("device", "cpu"))
     if settings["channels_last"]:

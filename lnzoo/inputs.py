@@ -26,7 +26,11 @@ RESERVED = frozenset({"present", "type", "training", "forward", "train", "eval",
 
 
 def input_tables(data_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any] | None = None) -> dict[str, dict[str, Any]]:
-    """The recipe's inputs besides the image views, in member order: {input name: {name = KIND, **options}}."""
+    """The recipe's inputs besides the image views, in member order: {input name: {name = KIND, **options}}, as
+    plain JSON-able tables (the checkpoint stores them)."""
+    from lnzoo.config import plain
+
+    data_cfg, model_cfg = plain(data_cfg), plain(model_cfg) if model_cfg is not None else None
     tables: dict[str, dict[str, Any]] = {}
     if data_cfg.get("covariates"):
         tables[COVARIATES] = {"name": "covariates", "columns": list(data_cfg["covariates"]),

@@ -107,10 +107,10 @@ def build_model(recipe, host, tasks: Mapping[str, Any], inputs=None) -> LnzooMod
 
     ``inputs`` are the fitted :class:`lnzoo.inputs.Inputs` (covariates, text, morphology...) when the recipe has any.
     """
-    model_cfg = recipe.data["model"]
-    views = recipe.data["data"]["views"]
-    bb_table = model_cfg["backbone"]
-    n_backbones = 0 if not views else 1 if model_cfg["shared_backbone"] else len(views)
+    model_cfg = recipe.config.model
+    views = recipe.config.data.views
+    bb_table = model_cfg.backbone
+    n_backbones = 0 if not views else 1 if model_cfg.shared_backbone else len(views)
     if n_backbones:
         bb_entry = host.get("backbone", bb_table["name"])
         backbones = nn.ModuleList(bb_entry.build(**_kwargs(bb_table)) for _ in range(n_backbones))
@@ -124,7 +124,7 @@ def build_model(recipe, host, tasks: Mapping[str, Any], inputs=None) -> LnzooMod
                          f"{backbones[0].num_features} wide; every fusion member has the backbone's width "
                          "(leave model.input_features at 0)")
     members = len(views) + (len(encoders) if encoders is not None else 0)
-    fusion_table = model_cfg["fusion"]
+    fusion_table = model_cfg.fusion
     try:
         fusion = host.get("fusion", fusion_table["name"]).build(members, width, **_kwargs(fusion_table))
     except ValueError as exc:

@@ -120,13 +120,13 @@ def calibrated_proba(proba: Mapping[str, np.ndarray], temperatures: Mapping[str,
 
 def what_ran(recipe, folds: Sequence[int], epochs_run: Mapping[int, int]) -> dict[str, Any]:
     """What was actually trained (a quick profile or --set changes it from the recipe's description)."""
-    cfg = recipe.data
-    bb = cfg["model"]["backbone"]
-    probe = cfg["train"]["method"] == "linear_probe"
+    cfg = recipe.config
+    bb = cfg.model.backbone
+    probe = cfg.train.method == "linear_probe"
     return {"backbone": " ".join(str(bb[k]) for k in ("name", "model_name") if bb.get(k)),
-            "image_size": cfg["data"]["image_size"], "views": cfg["data"]["views"],
-            "epochs": "linear probe" if probe else cfg["train"]["epochs"],
-            "epochs_run": {str(k): v for k, v in epochs_run.items()}, "folds": cfg["cv"]["folds"],
+            "image_size": cfg.data.image_size, "views": list(cfg.data.views),
+            "epochs": "linear probe" if probe else cfg.train.epochs,
+            "epochs_run": {str(k): v for k, v in epochs_run.items()}, "folds": cfg.cv.folds,
             "folds_run": list(folds), "quick": recipe.quick}
 
 
@@ -170,7 +170,7 @@ def fit_folds(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = 
     w = world()
     if w.active:  # torchrun started several processes: rank 0 writes the run, the others train beside it
         from lnzoo.train.distributed import per_rank_batch
-        per_rank_batch(recipe.data["data"]["batch_size"], w)  # refused before anything is written
+        per_rank_batch(recipe.config.data.batch_size, w)  # refused before anything is written
         if resume:
             raise UsageError("--resume continues a run in one process; resuming across torchrun processes is not "
                              "supported yet")
@@ -238,9 +238,9 @@ def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool
                       overrides=recipe.overrides)
     for line in host.overrides:  # a replaced built-in changes what the recipe means: say so in every run's log
         emit(events.Note(f"plugin override: {line}", "warning"))
-    cfg = recipe.data
+    cfg = recipe.config
     from lnzoo.inference import cpu_threads
-    threads, why = cpu_threads(cfg["train"]["threads"])
+    threads, why = cpu_threads(cfg.train.threads)
     if threads != torch.get_num_threads():
         torch.set_num_threads(threads)
     emit(events.Note(f"torch CPU threads: {threads} ({why})"))
@@ -258,11 +258,11 @@ def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool
         assignment = plan_folds(data.pool, recipe, tasks)
         rd.write_folds(assignment)
         from lnzoo.inputs import feature_effects
-        effects = feature_effects(data.inputs, data.pool, tasks[cfg["tasks"]["main"]])
+        effects = feature_effects(data.inputs, data.pool, tasks[cfg.tasks.main])
         if effects:
             rd.write_json(rd.INPUTS, effects)
         rd.update_run(data_sha256=digest)
-    folds = list(range(cfg["cv"]["folds"])) if cfg["cv"]["run_folds"] == "all" else list(cfg["cv"]["run_folds"])
+    folds = list(range(cfg.cv.folds)) if cfg.cv.run_folds == "all" else list(cfg.cv.run_folds)
     others = {part: samples for part, samples in (("test", data.test), ("external", data.external)) if samples}
     return _Prepared(recipe, host, tasks, {n: t.as_dict() for n, t in tasks.items()}, data, cache, assignment, folds,
                      environment(host), others, emit)
@@ -274,8 +274,8 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
 
     t_start = time.perf_counter()
     prep = _prepare(recipe, host, rd, emit, resume)
-    cfg, tasks, folds, others = recipe.data, prep.tasks, prep.folds, prep.others
-    views = cfg["data"]["views"]
+    cfg, tasks, folds, others = recipe.config, prep.tasks, prep.folds, prep.others
+    views = list(cfg.data.views)
     pred_rows: list[dict[str, str]] = []
     fold_info = []
     other_proba: dict[str, list[dict[str, np.ndarray]]] = {part: [] for part in others}
@@ -303,15 +303,15 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
     figures = run_metrics(pred_rows, prep.tasks_meta)
     cv = figures.pop("cross_validation")
     rd.write_json(rd.METRICS, {
-        "recipe": recipe.name, "main_task": cfg["tasks"]["main"], "data": prep.data.description, "folds_run": folds,
+        "recipe": recipe.name, "main_task": cfg.tasks.main, "data": prep.data.description, "folds_run": folds,
         "cross_validation": {"pooled": cv["pooled"], "mean_sd": cv["mean_sd"], "folds": fold_info}, **figures,
         **{f"{part}_note": f"mean probability of the {len(folds)} fold model(s)" for part in others}})
     trained = "trainer" in prep.__dict__  # a fold was fitted in this process (not a sweep's gathering)
     w = prep.trainer.world if trained else None
     if w is not None and w.active:
         rd.update_run(distributed={"processes": w.size, "backend": "nccl" if prep.trainer.device.type == "cuda"
-                                   else "gloo", "per_process_batch": cfg["data"]["batch_size"] // w.size,
-                                   "sync_bn": cfg["train"]["sync_bn"]})
+                                   else "gloo", "per_process_batch": cfg.data.batch_size // w.size,
+                                   "sync_bn": cfg.train.sync_bn})
     if trained:
         rd.update_run(device=str(prep.trainer.device))
     rd.update_run(wall_seconds=round(time.perf_counter() - t_start, 1),
@@ -380,15 +380,15 @@ def _load_data(recipe, tasks, emit, host=None):
     from lnzoo.data.run_data import load_run_data
     from lnzoo.files import cache_root
 
-    d = recipe.data["data"]
+    d = recipe.config.data
     data = load_run_data(recipe, tasks, on_phantom=lambda done, total: emit(events.Progress("phantom", done, total)),
                          host=host)
     if data.skipped:
         emit(events.Note(f"skipped {len(data.skipped)} bad row(s)/image(s) (data.skip_bad_rows); "
                          f"first: {data.skipped[0]}", "warning"))
-    cache = ImageCache(Preprocessing(d["image_size"], d["resize"], d["normalize"], d["roi_margin"]),
-                       disk_dir=cache_root("images") if d["cache"] == "disk" else None, keep=d["cache"] != "none")
-    if d["cache"] != "none":
+    cache = ImageCache(Preprocessing(d.image_size, d.resize, d.normalize, d.roi_margin),
+                       disk_dir=cache_root("images") if d.cache == "disk" else None, keep=d.cache != "none")
+    if d.cache != "none":
         cache.preload([*data.pool, *data.test, *data.external],
                       progress=lambda done, total: emit(events.Progress("decode", done, total)))
     return data, cache
@@ -402,26 +402,26 @@ def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, 
     from lnzoo.rundir import prediction_row
     from lnzoo.train.resume import remove_state
 
-    cfg = recipe.data
-    main = cfg["tasks"]["main"]
+    cfg = recipe.config
+    main = cfg.tasks.main
     held = [s for s in pool if assignment[s.patient] == k]
     rest = [s for s in pool if assignment[s.patient] != k]
-    tr_idx, va_idx = inner_validation(rest, cfg["train"]["val_fraction"], main, cfg["seed"] + k)
+    tr_idx, va_idx = inner_validation(rest, cfg.train.val_fraction, main, cfg.seed + k)
     train_s, val_s = [rest[i] for i in tr_idx], [rest[i] for i in va_idx]
     check_leakage({"train": train_s, "validation": val_s, "held-out fold": held})
-    emit(events.FoldStarted(k, n_folds, len(train_s), len(val_s), len(held), cfg["train"]["keep"]))
-    small = small_validation(val_s, tasks[main]) if cfg["train"]["keep"] == "best" else None
+    emit(events.FoldStarted(k, n_folds, len(train_s), len(val_s), len(held), cfg.train.keep))
+    small = small_validation(val_s, tasks[main]) if cfg.train.keep == "best" else None
     if small:
         emit(events.Note(f"fold {k}: {small}", "warning"))
-    result = trainer.fit(train_s, val_s, seed=cfg["seed"] + k, fold=k, state=rd.resume_state(k))
+    result = trainer.fit(train_s, val_s, seed=cfg.seed + k, fold=k, state=rd.resume_state(k))
     predictor = result.predictor
     temperatures = fit_temperatures(predictor.predict(val_s), tasks)
-    meta = {"recipe": cfg, "recipe_source": str(recipe.source) if recipe.source else None, "tasks": tasks_meta,
+    meta = {"recipe": recipe.data, "recipe_source": str(recipe.source) if recipe.source else None, "tasks": tasks_meta,
             "class_maps": {n: {str(i): c for i, c in enumerate(t.classes)} for n, t in tasks.items()},
-            "views": cfg["data"]["views"], "seed": cfg["seed"] + k, "fold": k, "best_epoch": result.best_epoch,
+            "views": list(cfg.data.views), "seed": cfg.seed + k, "fold": k, "best_epoch": result.best_epoch,
             # the metric that picked the epoch, on the inner-validation part (NaN: undefined there, e.g. one
             # class only, and the loss picked instead); lnzoo select chooses on it
-            "monitor": {cfg["train"]["monitor"]: result.best_value}, "monitor_val_loss": result.best_val_loss,
+            "monitor": {cfg.train.monitor: result.best_value}, "monitor_val_loss": result.best_val_loss,
             "temperature": temperatures, "init_from": result.init_report,
             "inputs": predictor.inputs.as_meta() if predictor.inputs else None, **env}
     rd.save_checkpoint(k, "best", predictor.model, meta)
@@ -429,7 +429,7 @@ def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, 
     rd.write_history(k, result.history)
     pred = predictor.predict(held)
     cal = calibrated_proba(pred.proba, temperatures)
-    rows = [prediction_row("cv", k, s, {t: pred.proba[t][i] for t in tasks}, tasks, cfg["data"]["views"],
+    rows = [prediction_row("cv", k, s, {t: pred.proba[t][i] for t in tasks}, tasks, list(cfg.data.views),
                            {t: cal[t][i] for t in tasks}) for i, s in enumerate(held)]
     metrics = run_metrics(rows, tasks_meta)["cross_validation"]["pooled"]
     info = {"fold": k, "best_epoch": result.best_epoch, "epochs_run": len(result.history), "n_train": len(train_s),

@@ -11,10 +11,12 @@ import re
 import inspect
 import tomllib
 from collections.abc import Mapping
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from lnzoo.config import Config
 from lnzoo.errors import RecipeError, UsageError, did_you_mean
 from lnzoo.recipe_schema import (QUICK_DEFAULTS, SCHEMA, SUPPLIED, Field, all_paths, is_plugin_marker,
                                  schema_at)
@@ -31,6 +33,21 @@ class Recipe:
 
     def __getitem__(self, key: str) -> Any:
         return get_path(self.data, key)
+
+    @functools.cached_property
+    def config(self) -> Config:
+        """The run configuration: the resolved recipe, read-only, by attribute (``recipe.config.train.lr``)."""
+        return Config(self.data)
+
+    def set(self, dotted: str, value: Any) -> None:
+        """Change one resolved value (a loaded model's backbone is never downloaded again, say); the
+        configuration is rebuilt from it on next use."""
+        *parents, key = dotted.split(".")
+        node = self.data
+        for part in parents:
+            node = node[part]
+        node[key] = value
+        self.__dict__.pop("config", None)
 
     @property
     def name(self) -> str:

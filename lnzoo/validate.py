@@ -31,7 +31,7 @@ def validate(recipe, host) -> Validation:
     data = load_run_data(recipe, tasks, host=host)
     plan_folds(data.pool, recipe, tasks)
     model = check_model(recipe, host, tasks, data)
-    bb = recipe.data["model"]["backbone"]
+    bb = recipe.config.model.backbone
     return Validation(n_images=len(data.pool), n_patients=len({s.patient for s in data.pool}),
                       n_test=len(data.test), n_external=len(data.external), description=data.description,
                       backbone=str(bb.get("model_name") or bb["name"]) if model.views else None,
@@ -47,8 +47,8 @@ def check_model(recipe, host, tasks, data) -> Any:
     from lnzoo.model import build_model, require_trainable
 
     probe = copy.deepcopy(recipe)
-    probe.data["model"]["backbone"] = {**probe.data["model"]["backbone"], "pretrained": False}
+    probe.set("model.backbone", {**probe.data["model"]["backbone"], "pretrained": False})
     model = build_model(probe, host, tasks, fit_inputs(data.inputs, data.pool) if data.inputs else None)
-    if recipe.data["train"]["method"] != "linear_probe":
+    if recipe.config.train.method != "linear_probe":
         require_trainable(model)
     return model

@@ -129,3 +129,25 @@ def test_error_messages_keep_their_brackets(capsys):
         fail()
     assert exc.value.exit_code == 2
     assert "data.views: [full, crop] and [roi] are not [bold]" in capsys.readouterr().err
+
+
+def test_the_run_configuration_is_the_resolved_recipe_read_only_by_attribute():
+    import copy
+
+    from lnzoo.config import plain
+    from lnzoo.plugins import load_plugins
+    from lnzoo.recipe import load_recipe
+
+    recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", host=load_plugins(), quick=True,
+                         sets=["train.lr=0.003"])
+    cfg = recipe.config
+    assert cfg.train.lr == 0.003 and cfg.tasks.task_weights.enlargement == 0.5 and cfg.data.views == ["full"]
+    assert cfg.model.backbone.name == recipe.data["model"]["backbone"]["name"]
+    assert cfg.model.backbone.options == {k: v for k, v in recipe.data["model"]["backbone"].items() if k != "name"}
+    with pytest.raises(AttributeError, match=r"no train\.lrr; did you mean 'lr'"):
+        cfg.train.lrr
+    with pytest.raises(AttributeError, match="read-only"):
+        cfg.train.lr = 1.0
+    assert plain(cfg) == recipe.data and copy.deepcopy(cfg) is cfg
+    recipe.set("train.lr", 0.5)  # a change goes through the recipe, and the configuration follows it
+    assert recipe.config.train.lr == 0.5 and cfg.train.lr == 0.003

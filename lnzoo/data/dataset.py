@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from lnzoo.config import as_config
 from lnzoo.data.encode import encode_sample
 from lnzoo.data.images import Preprocessing, load_image, normalise
 from lnzoo.data.samples import MISSING, Sample
@@ -26,20 +27,21 @@ def build_augment(cfg: Mapping[str, Any], size: int) -> Callable | None:
     """
     from torchvision.transforms import v2
 
+    cfg = as_config(cfg, "data.augment")
     ops: list[Any] = []
-    lo, hi = cfg["scale"]
+    lo, hi = cfg.scale
     if lo < 1.0:
         ops.append(v2.RandomResizedCrop(size, scale=(lo, hi), ratio=(0.85, 1.18), antialias=True))
-    if cfg["hflip"] > 0:
-        ops.append(v2.RandomHorizontalFlip(cfg["hflip"]))
-    if cfg["vflip"] > 0:
-        ops.append(v2.RandomVerticalFlip(cfg["vflip"]))
-    if cfg["rotation"] > 0:
-        ops.append(v2.RandomRotation(cfg["rotation"]))
-    if cfg["color_jitter"] > 0:
-        ops.append(v2.ColorJitter(brightness=cfg["color_jitter"], contrast=cfg["color_jitter"]))
-    if cfg["blur"] > 0:
-        ops.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=cfg["blur"]))
+    if cfg.hflip > 0:
+        ops.append(v2.RandomHorizontalFlip(cfg.hflip))
+    if cfg.vflip > 0:
+        ops.append(v2.RandomVerticalFlip(cfg.vflip))
+    if cfg.rotation > 0:
+        ops.append(v2.RandomRotation(cfg.rotation))
+    if cfg.color_jitter > 0:
+        ops.append(v2.ColorJitter(brightness=cfg.color_jitter, contrast=cfg.color_jitter))
+    if cfg.blur > 0:
+        ops.append(v2.RandomApply([v2.GaussianBlur(5, sigma=(0.1, 1.5))], p=cfg.blur))
     from lnzoo.data.us_augment import AUGMENT_KEYS, ultrasound_augment
     ops += ultrasound_augment({k: cfg.get(k, 0.0) for k in AUGMENT_KEYS})
     return v2.Compose(ops) if ops else None  # every augmentation off: the images as they are

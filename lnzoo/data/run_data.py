@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 
+from lnzoo.config import plain
 from lnzoo.data.samples import MISSING, Sample, load_source, read_lines
 from lnzoo.errors import DataError, UsageError
 from lnzoo.tasks import Task
@@ -31,10 +32,10 @@ def recipe_tasks(recipe, host) -> dict[str, Task]:
     tasks = {}
     from lnzoo.tasks import Task
 
-    defined = recipe.data["tasks"]["define"]
+    defined = recipe.config.tasks.define
     for name in recipe.tasks:
         task = Task.from_dict({"name": name, **defined[name]}) if name in defined else host.get("task", name).build()
-        options = {k: v for k, v in recipe.data["tasks"]["options"].get(name, {}).items() if v is not None}
+        options = {k: v for k, v in recipe.config.tasks.options.get(name, {}).items() if v is not None}
         tasks[name] = task.with_options(**options) if options else task
     return tasks
 
@@ -42,10 +43,10 @@ def recipe_tasks(recipe, host) -> dict[str, Task]:
 def _phantom_sources(recipe, tasks, on_phantom) -> tuple[Any, str | None, str]:
     from lnzoo.data.phantom import ensure_phantom
 
-    ph = recipe.data["data"]["phantom"]
-    manifest = ensure_phantom(patients=ph["patients"], seed=ph["seed"], difficulty=ph["difficulty"], progress=on_phantom)
-    description = f"synthetic phantom ({ph['patients']} patients, seed {ph['seed']}; not clinical data)"
-    if ph["source"] != "stage1_lists":
+    ph = recipe.config.data.phantom
+    manifest = ensure_phantom(patients=ph.patients, seed=ph.seed, difficulty=ph.difficulty, progress=on_phantom)
+    description = f"synthetic phantom ({ph.patients} patients, seed {ph.seed}; not clinical data)"
+    if ph.source != "stage1_lists":
         return str(manifest), None, description
     lists = manifest.parent / "lists"
     train = [{"path": str(lists / "stage1_main.txt"), "task": "malignancy"},
@@ -70,21 +71,24 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
     from lnzoo.data.images import set_max_pixels
     from lnzoo.data.splits import check_leakage
 
-    data_cfg = {**recipe.data["data"], "main_task": recipe.data["tasks"]["main"]}
-    set_max_pixels(data_cfg["max_image_pixels"])
-    train, regex, description = data_cfg["train"], None, "your data"
+    d = recipe.config.data
+    data_cfg = {**plain(d), "main_task": recipe.config.tasks.main}  # the settings the data layer's readers take
+    set_max_pixels(d.max_image_pixels)
+    train, regex, description = d.train, None, "your data"
+    sources = {"test": d.test, "external": d.external}
+    second_phantom = not train and d.phantom.external and not d.external
     if not train:
         train, regex, description = _phantom_sources(recipe, tasks, on_phantom)
-        if data_cfg["phantom"]["external"] and not data_cfg["external"]:
+        if second_phantom:
             from lnzoo.data.phantom import ensure_phantom
-            ph = data_cfg["phantom"]
-            data_cfg["external"] = str(ensure_phantom(patients=max(8, ph["patients"] // 2), seed=ph["seed"] + 7919,
-                                                      difficulty=ph["difficulty"]))
+            ph = d.phantom
+            sources["external"] = str(ensure_phantom(patients=max(8, ph.patients // 2), seed=ph.seed + 7919,
+                                                     difficulty=ph.difficulty))
             description += "; external set: a second phantom (seed + 7919), like another centre"
     problems: list[str] = []
-    parts = {"cross-validation": load_source(train, tasks, data_cfg, regex, problems)}
-    for part in ("test", "external"):
-        parts[part] = load_source(data_cfg[part], tasks, data_cfg, None, problems) if data_cfg[part] else []
+    parts = {"cross-validation": load_source(plain(train), tasks, data_cfg, regex, problems)}
+    for part, source in sources.items():
+        parts[part] = load_source(plain(source), tasks, data_cfg, None, problems) if source else []
     digests: dict[str, str] = {}
     if check_files_too:
         for part, samples in parts.items():
@@ -94,12 +98,12 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
     if host is None:
         from lnzoo.plugins import get_host
         host = get_host()
-    kinds = build_kinds(data_cfg, recipe.data["model"], host)
+    kinds = build_kinds(data_cfg, recipe.config.model, host)
     if kinds:  # every input checks every row once, on all parts (a covariate's type is never decided per fold)
         # the rows that will train or be scored: a row labelling none of the tasks is left out below anyway
         every = [s for samples in parts.values() for s in samples if any(v != MISSING for v in s.labels.values())]
         bad = check_rows(kinds, every, problems)
-        if not data_cfg["views"]:  # a model of other inputs only: a row giving none of them has nothing to show
+        if not d.views:  # a model of other inputs only: a row giving none of them has nothing to show
             from lnzoo.inputs import rows_without_input
             bad |= rows_without_input(kinds, every, bad, problems)
         drop = {id(every[i]) for i in bad}
@@ -107,27 +111,27 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
         for note in data_notes(kinds):
             description += f"; {note}"
     grouped: list[str] = []
-    if data_cfg["identical_images"] == "group":
+    if d.identical_images == "group":
         from lnzoo.data.checks import group_identical_patients
         grouped = group_identical_patients(parts["cross-validation"], digests)
     leaks = identical_content_across_patients(parts, digests)
-    if problems and not data_cfg["skip_bad_rows"]:
+    if problems and not d.skip_bad_rows:
         raise DataError(problems + leaks, "problem(s) in the data (data.skip_bad_rows = true leaves bad rows out)")
     if leaks:
         raise DataError(leaks, "leak(s): the same image under different patients or parts")
-    if data_cfg["phantom"]["external"] and not recipe.data["data"]["external"]:
+    if second_phantom:
         for smp in parts["external"]:  # the second phantom's patients are other people than the first's
             smp.patient = f"centre2-{smp.patient}"
             smp.center = "phantom-centre-2"
     for part, samples in parts.items():  # rows that label none of this recipe's tasks teach nothing
         parts[part] = [s for s in samples if any(v != MISSING for v in s.labels.values())]
-    main = recipe.data["tasks"]["main"]
+    main = recipe.config.tasks.main
     if not any(s.labels.get(main, MISSING) != MISSING for s in parts["cross-validation"]):
         raise DataError([f"no training row has a label for the main task {main!r}"])
     if grouped:
         description += f"; {len(grouped)} group(s) of patients with identical images kept together"
-    policy = data_cfg["empty_roi"]
-    if policy != "error" and "roi" in data_cfg["views"]:
+    policy = d.empty_roi
+    if policy != "error" and "roi" in d.views:
         every = [s for part in parts.values() for s in part]
         n = sum(1 for s in every if "roi" in s.views and (s.views["roi"] is None if policy == "missing"
                                                           else "roi" not in s.rois))
@@ -143,11 +147,11 @@ def plan_folds(pool: Sequence[Sample], recipe, tasks: Mapping[str, Task]) -> dic
     from lnzoo.data.checks import fold_class_coverage
     from lnzoo.data.splits import patient_folds
 
-    main = recipe.data["tasks"]["main"]
-    if recipe.data["cv"]["folds_file"]:
-        assignment = read_folds_file(Path(recipe.data["cv"]["folds_file"]), pool, recipe.data["cv"]["folds"], main)
+    main = recipe.config.tasks.main
+    if recipe.config.cv.folds_file:
+        assignment = read_folds_file(Path(recipe.config.cv.folds_file), pool, recipe.config.cv.folds, main)
     else:
-        assignment = patient_folds(pool, recipe.data["cv"]["folds"], main, recipe.data["seed"])
+        assignment = patient_folds(pool, recipe.config.cv.folds, main, recipe.config.seed)
     problems = fold_class_coverage(pool, assignment, main, tasks[main].classes)
     if problems:
         raise DataError(problems, "problem(s) with the folds")

@@ -99,11 +99,11 @@ class Trainer:
         self._unchecked = inputs is None  # no RunData: the recipe's inputs, checked on the first fit's rows
         if inputs is None:
             from lnzoo.inputs import build_kinds
-            inputs = build_kinds(recipe.data["data"], recipe.data["model"], host)
+            inputs = build_kinds(recipe.config.data, recipe.config.model, host)
         self.inputs = dict(inputs)  # input name -> (kind, table), checked on the whole data
-        self.cfg = recipe.data["train"]
-        self.data_cfg = recipe.data["data"]
-        self.main = recipe.data["tasks"]["main"]
+        self.cfg = recipe.config.train
+        self.data_cfg = recipe.config.data
+        self.main = recipe.config.tasks.main
         settings = device_settings(self.cfg)
         self.world = distributed.world()  # one process, or one of torchrun's
         self.device, self.amp_dtype, self.channels_last = distributed.rank_device(settings["device"], self.world), \
@@ -118,8 +118,8 @@ class Trainer:
         from lnzoo.data.images import Preprocessing
 
         pre = self.cache.pre if self.cache is not None else Preprocessing(
-            self.data_cfg["image_size"], self.data_cfg["resize"], self.data_cfg["normalize"], self.data_cfg["roi_margin"])
-        return Predictor(model, self.tasks, pre, list(self.data_cfg["views"]), inputs, tta=self.cfg["tta"],
+            self.data_cfg.image_size, self.data_cfg.resize, self.data_cfg.normalize, self.data_cfg.roi_margin)
+        return Predictor(model, self.tasks, pre, list(self.data_cfg.views), inputs, tta=self.cfg.tta,
                          device=self.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
                          cache=self.cache)
 
@@ -127,33 +127,33 @@ class Trainer:
         """The training loader: shuffled (or oversampled) with its own seeded generator."""
         gen = torch.Generator().manual_seed(seed)
         sampler = None
-        if self.data_cfg["sampling"] == "oversample":
+        if self.data_cfg.sampling == "oversample":
             y = ds.labels(self.main)
             counts = np.bincount(y[y != MISSING], minlength=self.tasks[self.main].num_classes).astype(float)
             inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
             w = np.where(y == MISSING, inv[inv > 0].mean(), inv[np.clip(y, 0, None)])
             sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(ds), replacement=True,
                                             generator=gen)
-        workers = self.data_cfg["num_workers"]
+        workers = self.data_cfg.num_workers
         if self.world.active:  # each process its share of every global batch, in the same global order
             from torch.utils.data import RandomSampler
             base = sampler if sampler is not None else RandomSampler(ds, generator=gen)
             shard = distributed.RankShard(base, self.world)
-            batch = distributed.per_rank_batch(self.data_cfg["batch_size"], self.world)
+            batch = distributed.per_rank_batch(self.data_cfg.batch_size, self.world)
             workers_gen = torch.Generator().manual_seed(seed + 7919 * self.world.rank)  # own augmentation draws
             return DataLoader(ds, batch_size=batch, sampler=shard, generator=workers_gen, num_workers=workers,
                               drop_last=len(shard) > batch, pin_memory=self.pin_memory, persistent_workers=workers > 0,
                               worker_init_fn=seed_worker if workers else None)
         # a trailing batch of one sample breaks BatchNorm in training; dropping a partial batch is harmless
         # when the data is shuffled anew every epoch
-        return DataLoader(ds, batch_size=self.data_cfg["batch_size"], shuffle=sampler is None, sampler=sampler,
-                          generator=gen, num_workers=workers, drop_last=len(ds) > self.data_cfg["batch_size"],
+        return DataLoader(ds, batch_size=self.data_cfg.batch_size, shuffle=sampler is None, sampler=sampler,
+                          generator=gen, num_workers=workers, drop_last=len(ds) > self.data_cfg.batch_size,
                           pin_memory=self.pin_memory, persistent_workers=workers > 0,
                           worker_init_fn=seed_worker if workers else None)
 
     def class_weights(self, ds: NodeDataset) -> dict[str, np.ndarray | None]:
         weights: dict[str, np.ndarray | None] = {}
-        sampling = self.data_cfg["sampling"]
+        sampling = self.data_cfg.sampling
         for name, task in self.tasks.items():
             balanced = task.class_weighting == "balanced" and sampling != "none"
             if name == self.main and sampling == "oversample":
@@ -168,7 +168,7 @@ class Trainer:
         from lnzoo.model import build_model, init_from_checkpoint
         from lnzoo.train import resume
 
-        if self.cfg["method"] == "linear_probe":
+        if self.cfg.method == "linear_probe":
             if self._probe is None:
                 from lnzoo.train.probe import LinearProbe
                 self._probe = LinearProbe(self)
@@ -197,41 +197,41 @@ class Trainer:
                     inputs = Inputs.from_meta(fitted, self.host)
         model = build_model(self.recipe, self.host, self.tasks, inputs)
         init_report = None
-        if self.recipe.data["model"]["init_from"]:
-            init_report = init_from_checkpoint(model, self.recipe.data["model"]["init_from"])
+        if self.recipe.config.model.init_from:
+            init_report = init_from_checkpoint(model, self.recipe.config.model.init_from)
             self.emit(events.InitLoaded(init_report))
         model = model.to(self.device)
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
         student = self.predictor(model, inputs)
-        augment = build_augment(self.data_cfg["augment"], self.data_cfg["image_size"])
-        train_ds = student.dataset(train, augment, view_dropout=self.cfg["view_dropout"])
+        augment = build_augment(self.data_cfg.augment, self.data_cfg.image_size)
+        train_ds = student.dataset(train, augment, view_dropout=self.cfg.view_dropout)
         val_ds = student.dataset(val)
         loader = self.loader(train_ds, seed)
-        loss_fn = MultiTaskLoss(self.tasks, self.recipe.data["tasks"]["task_weights"],
+        loss_fn = MultiTaskLoss(self.tasks, self.recipe.config.tasks.task_weights,
                                 self.class_weights(train_ds)).to(self.device)
         optimizer = make_optimizer(model, self.cfg)
         scheduler = make_scheduler(optimizer, self.cfg, len(loader))
         scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)  # bfloat16 cannot overflow
-        ema = ema_of(model, self.cfg["ema"]) if self.cfg["ema"] > 0 else None
+        ema = ema_of(model, self.cfg.ema) if self.cfg.ema > 0 else None
         kept = self.predictor(ema.module if ema is not None else model, inputs)  # what is evaluated and saved
-        teacher = MeanTeacher(model, self.cfg["mean_teacher"], self.main) if self.cfg["mean_teacher"]["weight"] > 0 \
+        teacher = MeanTeacher(model, self.cfg.mean_teacher, self.main) if self.cfg.mean_teacher.weight > 0 \
             else None
         run = Fit(model, ema, teacher, optimizer, scheduler, scaler, loader,
                   FoldResult(fold, kept, {}, init_report=init_report),
                   # the wrapper shares the model's parameters; everything else keeps the plain module, so its
                   # state_dict keys (checkpoints, resume, EMA) carry no _orig_mod. prefix
                   forward=self._forward(model, seed))
-        epochs = self.cfg["epochs"]
+        epochs = self.cfg.epochs
         if state is not None and resume.load_fit(state, run):  # continue after an interrupted fit's last epoch
             self.emit(events.Note(f"fold {fold}: resumed after epoch {run.epoch} of {epochs}"))
-        every = self.cfg["checkpoint_every"]
+        every = self.cfg.checkpoint_every
         while run.epoch < epochs and not run.stopped:
             loss = self._train_epoch(run, student, train_ds, loss_fn, fold)
-            val_pred = kept.predict(val_ds, loss_fn, batch_size=max(64, self.data_cfg["batch_size"]))
+            val_pred = kept.predict(val_ds, loss_fn, batch_size=max(64, self.data_cfg.batch_size))
             if val_ds.samples and not (math.isfinite(val_pred.loss)
                                        and all(np.isfinite(p).all() for p in val_pred.proba.values())):
-                raise TrainingDiverged(fold, run.epoch + 1, None, val_pred.loss, [], self.cfg["lr"])
+                raise TrainingDiverged(fold, run.epoch + 1, None, val_pred.loss, [], self.cfg.lr)
             row = self._end_epoch(run, val_pred, loss)
             if self.world.active:  # rank 0's early-stopping decision holds for every process
                 run.stopped = distributed.decided_by_rank0(run.stopped, self.device)
@@ -241,7 +241,7 @@ class Trainer:
         result = run.result
         result.last_state = {k: v.detach().clone() for k, v in kept.model.state_dict().items()}
         best_state = run.best_state
-        if self.cfg["keep"] == "last":
+        if self.cfg.keep == "last":
             best_state = result.last_state
             result.best_epoch = len(result.history)
             result.best_score, result.best_value = run.last_monitor
@@ -255,7 +255,7 @@ class Trainer:
         forward = model
         if self.world.active:
             from torch.nn.parallel import DistributedDataParallel
-            if self.cfg["sync_bn"]:
+            if self.cfg.sync_bn:
                 if self.device.type != "cuda":
                     raise LnzooError("train.sync_bn = true needs CUDA (torch's SyncBatchNorm runs on GPUs only); "
                                      "set it false on the CPU")
@@ -263,13 +263,13 @@ class Trainer:
             forward = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda"
                                               else None)
             seed_everything(seed + 7919 * self.world.rank)  # each process its own augmentation draws
-        return deterministic_compile(forward) if self.cfg["compile"] else forward
+        return deterministic_compile(forward) if self.cfg.compile else forward
 
     def _train_epoch(self, run: Fit, student: Predictor, train_ds: NodeDataset, loss_fn: MultiTaskLoss,
                      fold: int) -> float:
         """One pass over the training part, an optimizer and scheduler step per batch; the mean loss."""
         model, optimizer, loader, teacher, epoch = run.model, run.optimizer, run.loader, run.teacher, run.epoch
-        heads, main_col, epochs = dict(model.heads.items()), list(self.tasks).index(self.main), self.cfg["epochs"]
+        heads, main_col, epochs = dict(model.heads.items()), list(self.tasks).index(self.main), self.cfg.epochs
         steps, every = len(loader), self.sync_every
         model.train()
         total, seen = 0.0, 0
@@ -284,7 +284,7 @@ class Trainer:
                               {t: y[:, i] for i, t in enumerate(self.tasks)}, heads, world=self.world.size,
                               reduce=distributed.global_sum)
             if teacher is not None:
-                loss = loss + self.cfg["mean_teacher"]["weight"] * teacher.ramp(epoch, step, len(loader)) * \
+                loss = loss + self.cfg.mean_teacher.weight * teacher.ramp(epoch, step, len(loader)) * \
                     teacher.loss(model, x, present, inputs, outputs[self.main], y[:, main_col])
             pending.append((step + 1, loss.detach(), len(y), idx))
             synced = (step + 1) % every == 0 or step + 1 == steps
@@ -292,9 +292,9 @@ class Trainer:
                 total, seen = self._read_back(pending, total, seen, train_ds, fold, epoch)
                 pending = []
             run.scaler.scale(loss).backward()
-            if self.cfg["grad_clip"] > 0:
+            if self.cfg.grad_clip > 0:
                 run.scaler.unscale_(optimizer)
-                nn.utils.clip_grad_norm_(model.parameters(), self.cfg["grad_clip"])
+                nn.utils.clip_grad_norm_(model.parameters(), self.cfg.grad_clip)
             run.scaler.step(optimizer)
             run.scaler.update()
             run.scheduler.step()  # once per optimizer step
@@ -316,12 +316,12 @@ class Trainer:
                 and all(map(math.isfinite, values)):  # every process stops at this read-back, not only the one
             raise LnzooError(f"fold {fold}, epoch {epoch + 1}: the training loss became non-finite on another "
                              f"process by step {pending[-1][0]}, so every process stopped (that process names the "
-                             f"step and images). Usually train.lr ({self.cfg['lr']}) is too high for this model")
+                             f"step and images). Usually train.lr ({self.cfg.lr}) is too high for this model")
         for (step, _, n, idx), value in zip(pending, values):
             if not math.isfinite(value):
                 raise TrainingDiverged(fold, epoch + 1, step, value,
                                        [str(p) for i in idx.tolist() for p in train_ds.samples[i].views.values()
-                                        if p is not None], self.cfg["lr"], seen_at=pending[-1][0])
+                                        if p is not None], self.cfg.lr, seen_at=pending[-1][0])
             total += value * n  # the same float arithmetic, in the same order, whatever sync_every is
             seen += n
         return total, seen
@@ -332,20 +332,20 @@ class Trainer:
         score, shown = run.last_monitor = self.monitor_score(val_pred)
         run.epoch += 1
         row = {"epoch": run.epoch, "train_loss": train_loss, "val_loss": val_pred.loss,
-               f"val_{self.cfg['monitor']}": shown, "lr": run.optimizer.param_groups[0]["lr"]}
+               f"val_{self.cfg.monitor}": shown, "lr": run.optimizer.param_groups[0]["lr"]}
         result.history.append(row)
         if score > result.best_score + 1e-9 or run.best_state is None:
             result.best_score, result.best_value, result.best_epoch, run.stale = score, shown, run.epoch, 0
             run.best_state = {k: v.detach().clone() for k, v in result.predictor.model.state_dict().items()}
         else:
             run.stale += 1
-        patience = self.cfg["early_stopping_patience"]
+        patience = self.cfg.early_stopping_patience
         run.stopped = bool(patience and run.stale >= patience)
         return row
 
     def monitor_score(self, pred: Predictions) -> tuple[float, float]:
         """(score to maximise, value to report); an undefined metric falls back to minus the loss."""
-        metric = self.cfg["monitor"]
+        metric = self.cfg.monitor
         if metric == "loss":
             return -pred.loss, pred.loss
         from lnzoo.evaluation.metrics import classification_metrics

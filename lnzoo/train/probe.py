@@ -23,17 +23,17 @@ class LinearProbe:
 
         self.trainer = trainer
         recipe = trainer.recipe
-        seed_everything(recipe.data["seed"])
+        seed_everything(recipe.config.seed)
         self.model = build_model(recipe, trainer.host, trainer.tasks)
-        self.init_report = (init_from_checkpoint(self.model, recipe.data["model"]["init_from"])
-                            if recipe.data["model"]["init_from"] else None)
+        self.init_report = (init_from_checkpoint(self.model, recipe.config.model.init_from)
+                            if recipe.config.model.init_from else None)
         self.predictor = trainer.predictor(self.model.to(trainer.device).eval())
         self.features: dict[str, np.ndarray] = {}
 
     def _extract(self, samples: Sequence[Sample]) -> np.ndarray:
         todo = [s for s in samples if s.key not in self.features]
         if todo:
-            loader = DataLoader(self.predictor.dataset(todo), batch_size=max(64, self.trainer.data_cfg["batch_size"]))
+            loader = DataLoader(self.predictor.dataset(todo), batch_size=max(64, self.trainer.data_cfg.batch_size))
             with torch.no_grad():
                 for x, present, _, idx, inputs in loader:
                     x, present, inputs = self.predictor.to_device(x, present, inputs)
@@ -50,7 +50,7 @@ class LinearProbe:
         X = self._extract(samples)
         groups = np.array([s.patient for s in samples])
         model = copy.deepcopy(self.model)
-        seed, sampling = self.trainer.recipe.data["seed"], self.trainer.data_cfg["sampling"]
+        seed, sampling = self.trainer.recipe.config.seed, self.trainer.data_cfg.sampling
         history = []
         for name, task in self.trainer.tasks.items():
             y = np.array([s.labels.get(name, MISSING) for s in samples])

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lnzoo.config import as_config
 from lnzoo.errors import UsageError
 
 
@@ -52,10 +53,11 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int, base_lr: float
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], steps_per_epoch: int):
     """A LambdaLR to be stepped once per optimizer step (not per epoch, not twice)."""
-    total = cfg["epochs"] * steps_per_epoch
-    warmup = int(round(cfg["warmup_epochs"] * steps_per_epoch))
-    base, floor = cfg["lr"], cfg["min_lr"]
-    if cfg["scheduler"] == "constant":
+    cfg = as_config(cfg, "train")
+    total = cfg.epochs * steps_per_epoch
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    base, floor = cfg.lr, cfg.min_lr
+    if cfg.scheduler == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup) if warmup else 1.0)
     if base == 0:
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
@@ -70,9 +72,10 @@ def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opti
     for name, p in model.named_parameters():
         if p.requires_grad:
             (no_decay if p.ndim <= 1 else decay).append(p)  # no weight decay on biases and norms
-    groups = [{"params": decay, "weight_decay": cfg["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-    name = cfg["optimizer"]
-    cls, kwargs = {"sgd": (torch.optim.SGD, {"momentum": cfg["momentum"], "nesterov": cfg["momentum"] > 0}),
+    cfg = as_config(cfg, "train")
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    name = cfg.optimizer
+    cls, kwargs = {"sgd": (torch.optim.SGD, {"momentum": cfg.momentum, "nesterov": cfg.momentum > 0}),
                    "adam": (torch.optim.Adam, {}), "adamw": (torch.optim.AdamW, {})}[name]
     fused = cfg.get("fused", "auto")
     device = next(p.device for p in decay + no_decay)
@@ -81,12 +84,12 @@ def make_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opti
     # so CPU runs keep their single-tensor arithmetic and with it their results
     if fused is True or (fused == "auto" and device.type == "cuda"):
         try:
-            return cls(groups, lr=cfg["lr"], fused=True, **kwargs)
+            return cls(groups, lr=cfg.lr, fused=True, **kwargs)
         except (RuntimeError, TypeError, ValueError) as exc:  # this torch has no fused kernel here
             if fused is True:
                 raise UsageError(f"train.fused = true: torch {torch.__version__} has no fused {name} for parameters "
                                  f"on {device.type} ({exc}); set train.fused = \"auto\" or false") from None
-    return cls(groups, lr=cfg["lr"], **kwargs)
+    return cls(groups, lr=cfg.lr, **kwargs)
 
 
 def seed_worker(worker_id: int) -> None:
