@@ -84,11 +84,12 @@ class OperatingPoint:
 
     def call_index(self, raw: np.ndarray, calibrated: np.ndarray) -> np.ndarray:
         """The called class index per row of (n, K) probabilities: the one rule."""
+        from lnzoo.evaluation.metrics import predicted_class
+
         p = np.atleast_2d(calibrated if self.space == "calibrated" else raw)
         if not self.thresholded:
-            return p.argmax(axis=1)
-        pos = self.classes.index(self.positive)
-        return np.where(p[:, pos] >= self.value, pos, 1 - pos)
+            return predicted_class(p)
+        return predicted_class(p, self.classes.index(self.positive), self.value)
 
     def calls(self, raw: np.ndarray, calibrated: np.ndarray) -> list[str]:
         return [self.classes[i] for i in self.call_index(raw, calibrated)]

@@ -6,7 +6,7 @@ with other backbones); every member reads the images with its own stored preproc
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -207,17 +207,26 @@ class Cascade:
     def goes_on(self, k: int, call: str) -> bool:
         return k < len(self.passing) and call == self.passing[k]
 
+    def walk(self, items: Sequence[Any]) -> Iterator[tuple[int, list[int], dict, dict, list, list[str]]]:
+        """Stage by stage, the items still on their way: (stage k, their indices, raw and calibrated
+        probabilities, the views each used, stage k's calls). An item goes on while a stage calls it that
+        stage's passing class. ``run`` and the server both walk the stages through here."""
+        todo = list(range(len(items)))
+        for k, e in enumerate(self.stages):
+            if not todo:
+                return
+            raw, calibrated, resolved = e.predict_both([items[i] for i in todo])
+            calls = self.calls(k, raw, calibrated)
+            yield k, todo, raw, calibrated, resolved, calls
+            todo = [i for i, c in zip(todo, calls) if self.goes_on(k, c)]
+
     def run(self, items: Sequence[Any]) -> list[dict[str, Any]]:
         """One row per item (a path, or a Sample): the path taken through the stages and every probability."""
         rows: list[dict[str, Any]] = [{"image": str(next((p for p in i.views.values() if p is not None), i.origin))
                                        if isinstance(i, Sample) else str(i), "path": ""} for i in items]
-        todo = list(range(len(items)))
-        for k, e in enumerate(self.stages):
-            if not todo:
-                break
-            proba, scaled, _ = e.predict_both([items[i] for i in todo])
+        for k, todo, proba, scaled, _, calls in self.walk(items):
+            e = self.stages[k]
             classes = e.tasks[e.main]
-            calls = self.calls(k, proba, scaled)
             for j, i in enumerate(todo):
                 for c, v in zip(classes, proba[e.main][j]):
                     rows[i][Columns.raw(e.main, c)] = round(float(v), 6)
@@ -226,7 +235,6 @@ class Cascade:
                 rows[i][f"{e.main}_threshold"] = e.operating_point(e.main).text()
                 rows[i][f"stage{k + 1}"] = calls[j]
                 rows[i]["path"] = (rows[i]["path"] + " > " if rows[i]["path"] else "") + f"{e.main}:{calls[j]}"
-            todo = [i for i, c in zip(todo, calls) if self.goes_on(k, c)]
         return rows
 
 

@@ -26,10 +26,6 @@ class InputSignature:
     roi_source: Mapping[str, Any]               # bbox_column, mask_column, empty_roi, roi_margin, crop_suffix
     inputs: tuple[Mapping[str, Any], ...]       # each input: name, kind and options, as the recipe gave them
 
-    @property
-    def needs_image(self) -> bool:
-        return bool(self.views)
-
 
 @dataclass(frozen=True)
 class ModelRecord:

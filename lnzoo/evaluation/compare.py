@@ -14,7 +14,7 @@ import numpy as np
 from lnzoo.errors import UsageError
 from lnzoo.evaluation import N_BOOT, fmt, fmt_ci, fmt_p, jsonable, num
 from lnzoo.evaluation.evaluate import auc_with_ci, choose_threshold
-from lnzoo.evaluation.metrics import bootstrap_metric_fns, classification_metrics
+from lnzoo.evaluation.metrics import bootstrap_metric_fns, classification_metrics, predicted_class
 from lnzoo.evaluation.stats import (
     auc_difference_test,
     bootstrap_ci,
@@ -64,10 +64,10 @@ def _binary_side(side: Side, key: str, y: np.ndarray, pos: int, s: np.ndarray, t
                  groups, n_boot, seed) -> tuple[dict, np.ndarray]:
     y_bin = (y == pos).astype(int)
     t, how, optimistic = _threshold(side, key, y_bin, s, threshold, rule, target)
-    pred = (s >= t).astype(int)
-    tn, fp, fn, tp = map(int, np.bincount(2 * y_bin + pred, minlength=4))
     p = np.empty((len(s), 2))
     p[:, pos], p[:, 1 - pos] = s, 1.0 - s  # the shared metric functions read class-probability columns
+    pred = (predicted_class(p, pos, t) == pos).astype(int)
+    tn, fp, fn, tp = map(int, np.bincount(2 * y_bin + pred, minlength=4))
     fns = bootstrap_metric_fns(2, pos, t)
     d = auc_with_ci(y_bin, s)
     out = {"name": side.name, "source": str(side.file), "part": side.part,

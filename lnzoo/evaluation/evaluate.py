@@ -19,6 +19,7 @@ from lnzoo.evaluation import N_BOOT
 from lnzoo.evaluation.cases import Cases, aggregate_patients, infer_tasks_meta, read_prediction_rows, task_cases, task_spec
 from lnzoo.evaluation.metrics import (
     bootstrap_metric_fns,
+    predicted_class,
     classification_metrics,
     reliability_curve,
 )
@@ -193,7 +194,7 @@ def _cross_fitted(cv: Cases, classes: list[str], pos: int, rule: str, target: fl
         except ValueError:
             continue
         thresholds[str(k)] = t
-        pred[this] = np.where(cv.cal[this, pos] >= t, pos, 1 - pos)
+        pred[this] = predicted_class(cv.cal[this], pos, t)
     done = pred >= 0
     if not done.any():
         return None

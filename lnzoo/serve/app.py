@@ -243,13 +243,6 @@ def task_results(model: ServedModel, raw: dict, calibrated: dict) -> dict[str, A
     return out
 
 
-def predict_model(model: ServedModel, sample) -> tuple[dict[str, Any], list[str]]:
-    """(task results, the views used) of one model on one sample."""
-    raw, calibrated, resolved = model.ensemble.predict_both([sample])
-    used = [v for v, p in resolved[0].items() if p is not None]
-    return task_results(model, raw, calibrated), used
-
-
 def gradcam(model: ServedModel, sample, host, main: Mapping[str, Any]) -> tuple[dict[str, str], str | None]:
     """Grad-CAM of the main task's call (``main``: its :func:`task_results` entry; the class the page shows as
     called, captioned with the rule that called it) on the model's first fold member, per view present:
@@ -267,10 +260,12 @@ def gradcam(model: ServedModel, sample, host, main: Mapping[str, Any]) -> tuple[
     return {o.view: base64.b64encode(o.png).decode("ascii") for o in overlays}, None
 
 
-def stage_entry(server: Server, k: int, sample, folder: Path, with_gradcam: bool) -> dict[str, Any]:
-    """One model's (or cascade stage's) answer for one sample."""
+def stage_entry(server: Server, k: int, sample, raw: dict, calibrated: dict, resolved: list,
+                with_gradcam: bool) -> dict[str, Any]:
+    """One model's (or cascade stage's) answer for one sample, from its raw and calibrated probabilities."""
     model = server.stages[k]
-    tasks, used = predict_model(model, sample)
+    tasks = task_results(model, raw, calibrated)
+    used = [v for v, p in resolved[0].items() if p is not None]
     entry: dict[str, Any] = {"model": model.info.get("name"), "sources": [str(s) for s in model.sources],
                              "members": len(model.ensemble.members), "main_task": model.main, "tasks": tasks,
                              "views_used": used}
@@ -298,11 +293,12 @@ def answer(server: Server, req: Submission) -> dict[str, Any]:
         if server.required_view is None and not server.stages[0].inputs_used(sample):
             raise RequestError(422, "this model reads no image view: give at least one of its inputs (text fields "
                                     f"{server.covariates}, files {server.input_files})")
-        entries = []
-        for k in range(len(server.stages)):
-            entries.append(stage_entry(server, k, sample, Path(tmp), req.gradcam))
-            if not server.cascade or not server.chain.goes_on(k, entries[-1]["routed_as"]):
-                break
+        if server.cascade:  # the stages walked as lnzoo predict --cascade walks them
+            entries = [stage_entry(server, k, sample, raw, cal, resolved, req.gradcam)
+                       for k, _, raw, cal, resolved, _ in server.chain.walk([sample])]
+        else:
+            entries = [stage_entry(server, 0, sample, *server.stages[0].ensemble.predict_both([sample]),
+                                   req.gradcam)]
     first = entries[0]
     result = {key: first[key] for key in ("model", "members", "main_task", "tasks", "views_used", "inputs_used",
                                           "gradcam", "gradcam_note") if key in first}
