@@ -50,19 +50,24 @@ class ModelRecord:
     # -- reading ----------------------------------------------------------------------------------------------
     @classmethod
     def read(cls, path: str | Path) -> "ModelRecord":
-        """The record of a checkpoint (a .safetensors or .json path, or the stem), verified against its weights."""
-        from lnzoo.checkpoint import verify_checkpoint
-
-        weights, meta, _ = verify_checkpoint(path)
-        return cls.from_meta(weights, meta)
+        """The record of a checkpoint (a .safetensors or .json path, or the stem), verified against its weights.
+        Verified once per process while neither file changes (same size and modification time)."""
+        key = _stamp(path)
+        if key is not None and key in _VERIFIED:
+            return _VERIFIED[key]
+        return cls.read_verified(path)[0]
 
     @classmethod
     def read_verified(cls, path: str | Path) -> tuple["ModelRecord", bytes]:
         """The record and the weights file's bytes, read once and checked against each other."""
         from lnzoo.checkpoint import verify_checkpoint
 
+        key = _stamp(path)
         weights, meta, blob = verify_checkpoint(path)
-        return cls.from_meta(weights, meta), blob
+        record = cls.from_meta(weights, meta)
+        if key is not None and key == _stamp(path):  # unchanged while it was read
+            _VERIFIED[key] = record
+        return record, blob
 
     @classmethod
     def from_meta(cls, weights: Path, meta: Mapping[str, Any]) -> "ModelRecord":
@@ -116,3 +121,21 @@ class ModelRecord:
     def input_entry(self, kind: str) -> Mapping[str, Any] | None:
         """The first of its inputs of ``kind`` (its table and fitted state), or None."""
         return next((e for e in self.inputs if e["table"].get("name") == kind), None)
+
+
+_VERIFIED: dict[tuple, ModelRecord] = {}
+
+
+def _stamp(path: str | Path) -> tuple | None:
+    """What identifies a checkpoint's two files as they are now (None when one is missing): the weights file's
+    identity and times (hashing it is what the cache saves), the sidecar's whole content (it is small)."""
+    import hashlib
+
+    stem = Path(path)
+    try:
+        weights, sidecar = (stem.with_suffix(s).resolve() for s in (".safetensors", ".json"))
+        st = weights.stat()
+        return (str(weights), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
+                hashlib.sha256(sidecar.read_bytes()).hexdigest())
+    except OSError:
+        return None

@@ -116,3 +116,25 @@ def test_fitting_a_temperature_needs_two_classes():
     assert T is not None and T > 1  # over-confident on a wrong case: softened
     assert np.allclose(calibrate(np.array([[0.3, 0.7]]), None), [[0.3, 0.7]])
     assert math.isclose(raw_equivalent(0.5, 3.0), 0.5)
+
+
+def test_a_model_record_is_verified_again_once_a_file_changes(tmp_path):
+    """Reading a checkpoint's record twice hashes its weights once; an edit to either file is seen at once."""
+    import json
+
+    import torch
+
+    from lnzoo.checkpoint import save_checkpoint
+    from lnzoo.errors import UsageError
+    from lnzoo.record import ModelRecord
+
+    meta = {"recipe": {"tasks": {"main": "m"}, "data": {}}, "tasks": {"m": {"name": "m", "classes": ["a", "b"]}},
+            "views": ["full"], "preprocessing": {"image_size": 32}}
+    weights = save_checkpoint({"w": torch.zeros(3)}, tmp_path / "best", meta)
+    first = ModelRecord.read(weights)
+    assert ModelRecord.read(weights) is first  # verified once while nothing changes
+    edited = json.loads(weights.with_suffix(".json").read_text())
+    edited["tasks"]["m"]["classes"] = ["b", "a"]  # the same size: only the content tells
+    weights.with_suffix(".json").write_text(json.dumps(edited, indent=2))
+    with pytest.raises(UsageError, match="differs from the definition saved with its weights"):
+        ModelRecord.read(weights)
