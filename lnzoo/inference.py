@@ -188,7 +188,7 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     trained and evaluated with (``lnzoo evaluate`` reproduces a run's predictions that way).
     """
     from lnzoo.checkpoint import tensors_of
-    from lnzoo.inputs import Inputs, refuse_covariates_after_fusion
+    from lnzoo.inputs import Inputs
     from lnzoo.model import build_model
     from lnzoo.recipe import resolve
 
@@ -201,7 +201,7 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     recipe = resolve(dict(record.recipe), host=host, source=record.recipe_source)
     recipe.set("model.backbone", {**recipe.data["model"]["backbone"], "pretrained": False})
     tasks = dict(record.tasks)
-    refuse_covariates_after_fusion(record.meta, weights)
+    record.require_buildable()
     inputs = Inputs.from_meta(list(record.inputs) or None, host, source=str(weights))
     model = build_model(recipe, host, tasks, inputs)
     _check_fits(model, state, tasks, weights)

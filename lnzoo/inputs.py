@@ -194,14 +194,6 @@ class Inputs:
 
 
 
-def refuse_covariates_after_fusion(meta: Mapping[str, Any], weights) -> None:
-    """A checkpoint from before input kinds joined its covariates after the fusion: this lnzoo cannot rebuild it."""
-    if meta.get("covariates") and not meta.get("inputs"):
-        raise UsageError(f"{weights}: written by lnzoo {meta.get('versions', {}).get('lnzoo', '< 0.2')}, which joined "
-                         "clinical covariates after the fusion; this version fuses them as an input like a view. "
-                         "Retrain the run (lnzoo run) to use it here")
-
-
 def build_kinds(data_cfg: Mapping[str, Any], model_cfg: Mapping[str, Any] | None, host) -> dict[str, tuple[Any, dict]]:
     """{input name: (kind, table)} for a resolved recipe's inputs, in member order."""
     return {name: (build_kind(name, table, host), table) for name, table in input_tables(data_cfg, model_cfg).items()}

@@ -211,10 +211,9 @@ class OnnxPredictor:
     @classmethod
     def load(cls, weights: Path) -> "OnnxPredictor":
         from lnzoo.bundle import checked_onnx
-        from lnzoo.inputs import refuse_covariates_after_fusion
 
         record = ModelRecord.read(weights)  # the same checks as the torch engine: an edited sidecar is refused
-        refuse_covariates_after_fusion(record.meta, weights)
+        record.require_buildable()
         onnx_file = checked_onnx(Path(weights))
         return cls(onnx_file, record, _session(str(onnx_file)))
 

@@ -118,6 +118,14 @@ class ModelRecord:
                                                       "options": {k: v for k, v in e["table"].items() if k != "name"}}
                                                      for e in self.inputs))
 
+    def require_buildable(self) -> None:
+        """Refuse a checkpoint this lnzoo cannot rebuild: one from before input kinds, which joined its clinical
+        covariates after the fusion."""
+        if self.meta.get("covariates") and not self.inputs:
+            raise UsageError(f"{self.weights}: written by lnzoo {self.versions.get('lnzoo', '< 0.2')}, which joined "
+                             "clinical covariates after the fusion; this version fuses them as an input like a view. "
+                             "Retrain the run (lnzoo run) to use it here")
+
     def input_entry(self, kind: str) -> Mapping[str, Any] | None:
         """The first of its inputs of ``kind`` (its table and fitted state), or None."""
         return next((e for e in self.inputs if e["table"].get("name") == kind), None)
