@@ -129,8 +129,10 @@ def tiny_run(tmp_path_factory, lnzoo_cache) -> Path:
 # `pytest -m "not slow"`: the inner loop without training. A test is slow when it uses a trained run (its
 # fixtures, transitively) or lives in a module whose tests train their own models.
 SLOW_FIXTURES = {"tiny_run", "llnm_run"}
-SLOW_MODULES = {"test_accuracy_defaults", "test_distributed", "test_export", "test_radiomics_plugin", "test_run",
-                "test_safety", "test_select", "test_stages", "test_sweep", "test_train", "test_ordinal_plugin"}
+# (the example plugins' tests, plugins/*/tests, mark their training tests @pytest.mark.slow themselves: a copy of
+# a plugin is tested without this file)
+SLOW_MODULES = {"test_accuracy_defaults", "test_distributed", "test_export", "test_run", "test_safety", "test_select",
+                "test_stages", "test_sweep", "test_train"}
 
 
 def pytest_collection_modifyitems(items):

@@ -1,13 +1,11 @@
-"""The lnzoo-radiomics example plugin (plugins/lnzoo-radiomics): the input kind ``radiomics``.
+"""The lnzoo-radiomics plugin: the input kind ``radiomics``.
 
-Runs without the plugin being pip-installed: its ``src`` folder goes on sys.path and the module is handed to
-``load_plugins(extra=...)``, exactly as an entry point would hand it over.
+The plugin is loaded from this folder's ``src`` whether it is pip-installed or not (lnzoo.testing.plugin_host
+hands its module to lnzoo exactly as its entry point would), beside lnzoo's built-in inputs.
 """
 from __future__ import annotations
 
 import csv
-import importlib
-import importlib.metadata as md
 import json
 import subprocess
 import sys
@@ -16,31 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lnzoo.data.samples import Sample
+import lnzoo.testing as kit
 from lnzoo.errors import DataError, UsageError
-from lnzoo.plugins import load_plugins
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "plugins" / "lnzoo-radiomics" / "src"
+PROJECT = Path(__file__).resolve().parents[1]
 DIST = "lnzoo-radiomics"
+HOST = kit.plugin_host(PROJECT)  # lnzoo's built-ins and this plugin (its own entry point left out if installed)
 FEATURES = ["original_shape_MajorAxisLength", "original_shape_Elongation", "original_glcm_Contrast"]
 
 
-def _is_ours(ep: md.EntryPoint) -> bool:
-    return bool(ep.dist) and ep.dist.name.lower().replace("_", "-") == DIST
-
-
 @pytest.fixture
-def plugin(monkeypatch):
-    monkeypatch.syspath_prepend(str(SRC))
-    return importlib.import_module("lnzoo_radiomics.plugin")
-
-
-@pytest.fixture
-def host(plugin):
-    """The built-ins and this plugin (the built-in entry points, less ours in case it is installed too)."""
-    eps = [ep for ep in md.entry_points(group="lnzoo") if not _is_ours(ep)]
-    return load_plugins(extra=[(DIST, plugin)], entry_points=eps, strict=False)
+def host():
+    return HOST
 
 
 def _write(path: Path, rows, header: str = "feature,value") -> Path:
@@ -50,12 +35,12 @@ def _write(path: Path, rows, header: str = "feature,value") -> Path:
     return path
 
 
-def _sample(tmp_path: Path, line: int, cell: str | None, column: str = "radiomics") -> Sample:
-    cells = {column: cell or "", "patient": f"P{line}"}
-    return Sample({}, f"P{line}", {}, f"m.csv:{line}", cells=cells, base=tmp_path)
+def _sample(tmp_path: Path, line: int, cell: str | None, column: str = "radiomics"):
+    """Manifest line ``line`` naming a radiomics file (relative to tmp_path), or an empty cell."""
+    return kit.make_row({column: cell, "patient": f"P{line}"}, line=line, base=tmp_path)
 
 
-def _rows(tmp_path: Path, n: int = 8, empty: tuple[int, ...] = (3, 6), features=FEATURES) -> list[Sample]:
+def _rows(tmp_path: Path, n: int = 8, empty: tuple[int, ...] = (3, 6), features=FEATURES) -> list:
     """n rows (manifest lines 2..n+1); those in ``empty`` have an empty cell; files under feats/."""
     rng = np.random.default_rng(0)
     out = []
@@ -70,9 +55,21 @@ def _rows(tmp_path: Path, n: int = 8, empty: tuple[int, ...] = (3, 6), features=
 
 
 def _kind(host, **options):
-    from lnzoo.inputs import build_kind
+    """The kind as a recipe's ``data.inputs.radiomics = {name = "radiomics", **options}`` builds it."""
+    return kit.input_kind("radiomics", host=host, **options).build()
 
-    return build_kind("radiomics", {"name": "radiomics", **options}, host)
+
+def _kit_rows(folder: Path) -> list:
+    """Rows for the conformance kit: six with a file, two with an empty cell, one naming a file that is not there."""
+    return [*_rows(folder), _sample(folder, 10, "feats/gone.csv")]
+
+
+# --- lnzoo's conformance kit: one test item per check ---------------------------------------------
+
+@kit.parametrize_with_checks([kit.input_kind("radiomics", _kit_rows, host=HOST),
+                              kit.input_kind("radiomics", _kit_rows, host=HOST, features=FEATURES[::-1][:2], hidden=8)])
+def test_conforms(component, check):
+    check(component)
 
 
 # --- the plugin as lnzoo sees it -----------------------------------------------------------------
@@ -80,7 +77,8 @@ def _kind(host, **options):
 def test_plugin_module_imports_without_torch():
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import lnzoo_radiomics.plugin, lnzoo_radiomics.kind; "
             "assert 'torch' not in sys.modules, 'the plugin imported torch'")
-    done = subprocess.run([sys.executable, "-c", code, str(SRC)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code, str(PROJECT / "src")], capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
 
 
@@ -96,14 +94,6 @@ def test_listed_beside_the_builtin_inputs(host):
     params = entry.parameters()
     assert list(params) == ["column", "features", "hidden"]
     assert params["column"].default is params["column"].empty and params["hidden"].default == 64
-
-
-def test_conformance_kit(host, tmp_path):
-    from lnzoo.testing import check_input
-
-    samples = _rows(tmp_path)
-    check_input("radiomics", samples, host=host)
-    check_input("radiomics", samples, host=host, features=FEATURES[::-1][:2], hidden=8)
 
 
 def test_column_defaults_to_the_input_name_and_options_are_checked(host):
@@ -172,7 +162,7 @@ def test_features_only_some_files_have_are_left_out(host, tmp_path):
     assert state["features"] == FEATURES[:2]
     assert kind.encode(samples[2], state).shape == (2,)
     assert "2 feature(s) only some files have are left out (fewest: feats/P2.csv, 2)" in kind.data_note()
-    fresh = _kind(host)  # no check (as in check_input's own kit): the training rows' common features
+    fresh = _kind(host)  # no check first: the training rows' common features
     assert fresh.fit(samples[:2])["features"] == FEATURES
     with pytest.raises(DataError, match=r"m\.csv:4: radiomics file feats/P2\.csv: no feature "
                                         r"'original_glcm_Contrast'.*fitted with"):
@@ -337,6 +327,7 @@ def _radiomics_phantom(root: Path) -> Path:
     return out
 
 
+@pytest.mark.slow  # trains
 @pytest.mark.parametrize("views", [["full"], []], ids=["image+radiomics", "radiomics-only"])
 def test_end_to_end_run_and_checkpoint(host, tmp_path, monkeypatch, views):
     from lnzoo.data.samples import read_manifest

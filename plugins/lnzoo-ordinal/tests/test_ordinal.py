@@ -1,12 +1,11 @@
-"""The lnzoo-ordinal example plugin (plugins/lnzoo-ordinal): CORAL head + elastography_score task.
+"""The lnzoo-ordinal plugin: the CORAL head and the elastography_score task.
 
-Runs without the plugin being pip-installed: its ``src`` folder goes on sys.path and the module
-is handed to ``load_plugins(extra=...)``, exactly as an entry point would hand it over.
+The plugin is loaded from this folder's ``src`` whether it is pip-installed or not (lnzoo.testing.plugin_host
+hands its module to lnzoo exactly as its entry point would). lnzoo's conformance kit checks the contract;
+the tests below it check what CORAL means.
 """
 from __future__ import annotations
 
-import importlib
-import importlib.metadata as md
 import itertools
 import subprocess
 import sys
@@ -16,27 +15,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from lnzoo.plugins import load_plugins
+import lnzoo.testing as kit
 
-ROOT = Path(__file__).resolve().parents[1]
-SRC = ROOT / "plugins" / "lnzoo-ordinal" / "src"
+PROJECT = Path(__file__).resolve().parents[1]
 DIST = "lnzoo-ordinal"
-
-
-def _is_ours(ep: md.EntryPoint) -> bool:
-    return bool(ep.dist) and ep.dist.name.lower().replace("_", "-") == DIST
+HOST = kit.plugin_host(PROJECT, builtins=False)  # only this plugin: independent of lnzoo's built-ins
 
 
 @pytest.fixture
-def plugin(monkeypatch):
-    monkeypatch.syspath_prepend(str(SRC))
-    return importlib.import_module("lnzoo_ordinal.plugin")
-
-
-@pytest.fixture
-def host(plugin):
-    """Only this plugin: independent of what the built-ins look like today."""
-    return load_plugins(extra=[(DIST, plugin)], entry_points=[], strict=False)
+def host():
+    return HOST
 
 
 @pytest.fixture
@@ -45,6 +33,22 @@ def coral(host):
         torch.manual_seed(0)
         return host.get("head", "coral").build(in_features, num_classes, **kwargs)
     return build
+
+
+# --- lnzoo's conformance kit: one test item per check ---------------------------------------------
+
+@kit.parametrize_with_checks([kit.head("coral", host=HOST), kit.head("coral", host=HOST, hidden=8, dropout=0.1),
+                              kit.head("coral", host=HOST, num_classes=2), kit.task("elastography_score", host=HOST)])
+def test_conforms(component, check):
+    check(component)
+
+
+def test_the_kit_catches_a_broken_coral(monkeypatch):
+    from lnzoo_ordinal.heads import CoralHead
+
+    monkeypatch.setattr(CoralHead, "probabilities", lambda self, outputs: torch.sigmoid(outputs.float()))
+    with pytest.raises(AssertionError, match="probabilities_sum_to_one: probabilities must be"):
+        kit.check_head("coral", host=HOST)
 
 
 def _cum_levels(target: torch.Tensor, k: int) -> torch.Tensor:
@@ -65,13 +69,14 @@ def _hand_probs(outputs: torch.Tensor) -> torch.Tensor:
 def test_plugin_module_imports_without_torch():
     code = ("import sys; sys.path.insert(0, sys.argv[1]); import lnzoo_ordinal.plugin; "
             "assert 'torch' not in sys.modules, 'the plugin module imported torch'")
-    done = subprocess.run([sys.executable, "-c", code, str(SRC)], capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", code, str(PROJECT / "src")], capture_output=True, text=True,
+                          timeout=60)
     assert done.returncode == 0, done.stderr
 
 
-def test_host_with_builtins_lists_coral_and_task(plugin):
-    eps = [ep for ep in md.entry_points(group="lnzoo") if not _is_ours(ep)]  # in case it is installed too
-    host = load_plugins(extra=[(DIST, plugin)], entry_points=eps, strict=False)
+def test_host_with_builtins_lists_coral_and_task():
+    host = kit.plugin_host(PROJECT)  # lnzoo's built-ins too, less this plugin's entry point if it is installed
+    assert {"linear", "coral"} <= set(host.registry("head").names())
     info = next(p for p in host.plugins if p.distribution == DIST)
     assert info.error is None
     assert info.registered == {"head": ["coral"], "task": ["elastography_score"]}
@@ -243,20 +248,6 @@ def test_gradient_flows(coral):
         assert p.grad.abs().sum() > 0, name
 
 
-@pytest.mark.parametrize("k,hidden", [(2, 0), (4, 16)])
-def test_safetensors_round_trip(coral, tmp_path, k, hidden):
-    safetensors_torch = pytest.importorskip("safetensors.torch")
-    head = coral(8, k, hidden=hidden).eval()
-    with torch.no_grad():
-        head.bias_params.normal_()
-    path = tmp_path / "coral.safetensors"
-    safetensors_torch.save_file(head.state_dict(), str(path))
-    fresh = coral(8, k, hidden=hidden).eval()
-    fresh.load_state_dict(safetensors_torch.load_file(str(path)))
-    x = torch.randn(4, 8)
-    torch.testing.assert_close(fresh(x), head(x))
-
-
 # --- it learns an ordinal problem ----------------------------------------------------------------
 
 def _ordinal_data(n: int, gen: torch.Generator, k: int = 4):
@@ -266,6 +257,7 @@ def _ordinal_data(n: int, gen: torch.Generator, k: int = 4):
     return x, y
 
 
+@pytest.mark.slow  # trains
 def test_learns_synthetic_ordinal_problem(coral):
     k = 4
     gen = torch.Generator().manual_seed(0)
@@ -320,23 +312,6 @@ def test_lnzoo_resolves_the_heads_probabilities_and_loss(coral):
     assert isinstance(head, Head) and has_own_probabilities(head)
     torch.testing.assert_close(head_probabilities(head, out), _hand_probs(out.detach()), atol=1e-6, rtol=0)
     torch.testing.assert_close(head_loss(head, out, target, label_smoothing=0.1), head.task_loss(out, target))
-
-
-# --- lnzoo's conformance kit ----------------------------------------------------------------------
-
-def test_conformance_kit(host):
-    from lnzoo.testing import check_head
-    check_head("coral", host=host)
-    check_head("coral", host=host, hidden=8, dropout=0.1)
-    check_head("coral", host=host, num_classes=2)
-
-
-def test_conformance_kit_catches_a_broken_coral(host, monkeypatch):
-    from lnzoo.testing import check_head
-    from lnzoo_ordinal.heads import CoralHead
-    monkeypatch.setattr(CoralHead, "probabilities", lambda self, outputs: torch.sigmoid(outputs.float()))
-    with pytest.raises(AssertionError, match="probabilities must be"):
-        check_head("coral", host=host)
 
 
 def test_coral_is_registered_lazily(host):
