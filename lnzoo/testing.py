@@ -410,7 +410,8 @@ def _head_probabilities(c: Component) -> None:
     h, k = c.build(), c.sizes["num_classes"]
     probs = contracts.head_probabilities(h, h(_features(c)))
     assert tuple(probs.shape) == (6, k), f"probabilities must be (6, {k}), got {tuple(probs.shape)}"
-    assert torch.isfinite(probs).all() and (probs >= 0).all() and torch.allclose(probs.sum(1), torch.ones(6), atol=1e-4), \
+    sums_to_one = torch.allclose(probs.sum(1), torch.ones(6), atol=1e-4)
+    assert torch.isfinite(probs).all() and (probs >= 0).all() and sums_to_one, \
         "probabilities must be non-negative and sum to 1"
 
 
@@ -445,7 +446,8 @@ def _head_weights(c: Component) -> None:
     w = torch.arange(1.0, k + 1)
     plain, ones = (contracts.head_loss(h, out, target, weight=x) for x in (None, torch.ones(k)))
     assert torch.allclose(plain, ones, atol=1e-5), \
-        f"class weights of 1 changed the loss ({float(plain):.6g} -> {float(ones):.6g}): normalise as F.cross_entropy does"
+        (f"class weights of 1 changed the loss ({float(plain):.6g} -> {float(ones):.6g}): normalise as "
+         "F.cross_entropy does")
     scaled, once = contracts.head_loss(h, out, target, weight=5 * w), contracts.head_loss(h, out, target, weight=w)
     assert torch.allclose(scaled, once, atol=1e-5), \
         "scaling every class weight by 5 changed the loss: normalise by the weights' sum, as F.cross_entropy does"

@@ -73,7 +73,8 @@ def test_registered_component_conforms(component, check):
 
 
 def test_every_builtin_component_is_checked():
-    builtin = {(kind, e.name) for kind in kit.KINDS for e in HOST.registry(kind) if e.provenance.distribution == "lnzoo"}
+    builtin = {(kind, e.name) for kind in kit.KINDS for e in HOST.registry(kind)
+               if e.provenance.distribution == "lnzoo"}
     assert {kind for kind, _ in builtin} == set(kit.KINDS)
     checked = {(c.kind, c.name) for c in COMPONENTS} | {("backbone", n) for n in FULL_SIZE}
     assert builtin <= checked, f"not checked (an input kind needs rows in INPUTS): {sorted(builtin - checked)}"
@@ -198,8 +199,8 @@ def test_every_failure_is_reported_not_only_the_first():
     assert lines[0] == "head:acme: 4 of 10 conformance checks failed:"
     assert [line.split(":")[0].strip() for line in lines[1:]] == [
         "forward_shape", "probabilities_sum_to_one", "loss_weight_normalised", "backward_reaches_parameters"]
-    assert lines[1] == ("  forward_shape: head output is (B, 4) for 3 classes: outputs that are not one logit per class "
-                        "need the head's own probabilities() and task_loss()")
+    assert lines[1] == ("  forward_shape: head output is (B, 4) for 3 classes: outputs that are not one logit per "
+                        "class need the head's own probabilities() and task_loss()")
     assert lines[2] == "  probabilities_sum_to_one: probabilities must be (6, 3), got (6, 4)"
     assert lines[3].startswith("  loss_weight_normalised: RuntimeError: weight tensor should be defined")
     results = kit.check_component(kit.head("acme", host=_host_with("head", wide)), on_fail=None)
@@ -370,5 +371,6 @@ def test_check_task_names_a_task_registered_under_another_name():
     from lnzoo.tasks import Task
 
     host = _host_with("task", Task(name="acme", classes=("a", "b")), name="acme_v2")
-    with pytest.raises(AssertionError, match="registered_under_its_name: registered as 'acme_v2' but its name is 'acme'"):
+    with pytest.raises(AssertionError, match="registered_under_its_name: registered as 'acme_v2' but its name is "
+                                             "'acme'"):
         kit.check_task("acme_v2", host=host)
