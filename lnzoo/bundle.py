@@ -176,8 +176,11 @@ def operating_thresholds(rd: RunDir, tasks: Mapping[str, Any], temperatures: Map
     for name, task in tasks.items():
         classes = list(task["classes"])
         temps = {k: (v or {}).get(name) for k, v in temperatures.items()}
-        cases = task_cases(rows, name, classes) if len(classes) == 2 and task.get("positive") else None
-        out[name] = choose_operating_point(cases, classes, task.get("positive"), temps).as_dict()
+        # a binary task's positive class is its second unless it names one (lnzoo.tasks.Task.positive_index),
+        # as the report's operating points take it
+        positive = task.get("positive") or (classes[1] if len(classes) == 2 else None)
+        cases = task_cases(rows, name, classes) if positive else None
+        out[name] = choose_operating_point(cases, classes, positive, temps).as_dict()
     return out
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -155,13 +155,22 @@ def choose_operating_point(cases, classes: Sequence[str], positive: str | None,
     if cv is None or len(cv) < 2 or y.all() or not y.any():
         return OperatingPoint(tuple(classes), positive, 0.5, "0.5", cases.space if cases is not None else "calibrated",
                               note="too few cross-validation cases to choose on")
+    where = "each calibrated with its fold model's temperature"
+    if cv.space == "raw" and any((temperatures or {}).values()):
+        # a run from before lnzoo stored calibrated columns: each row calibrated here with its fold's temperature
+        cal = cv.p.copy()
+        for k, T in temperatures.items():
+            rows = cv.fold == int(k)
+            cal[rows] = calibrate(cv.p[rows], T)
+        cv = replace(cv, cal=cal, space="calibrated")
+        where += " (calibrated here: the run predates lnzoo's calibrated prediction columns)"
+    elif cv.space == "raw":
+        where = "raw probabilities: no temperature was fitted and the run predates lnzoo's calibrated columns"
     t = float(choose_threshold(y, cv.cal[:, pos], rule, target))
     key = "youden" if rule == "youden" else f"sensitivity_{target:g}"
-    raw = {str(k): raw_equivalent(t, T) for k, T in (temperatures or {}).items()} if cases.space == "calibrated" \
+    raw = {str(k): raw_equivalent(t, T) for k, T in (temperatures or {}).items()} if cv.space == "calibrated" \
         else {}
-    where = ("each calibrated with its fold model's temperature" if cases.space == "calibrated" else
-             "raw probabilities: the run predates lnzoo's calibrated prediction columns")
-    return OperatingPoint(tuple(classes), positive, t, key, cases.space, raw,
+    return OperatingPoint(tuple(classes), positive, t, key, cv.space, raw,
                           f"{len(cv)} pooled cross-validation predictions, {where}")
 
 

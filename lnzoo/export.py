@@ -50,6 +50,9 @@ def _write_bundle(rd: RunDir, out: Path, chosen: Sequence[int], onnx: bool, lice
     info = model_info(rd.path)
     info["folds"] = chosen
     info["temperatures"] = {str(k): info["temperatures"].get(str(k), {}) for k in chosen}
+    for th in info["thresholds"].values():  # the same point in raw probability, for the models it holds
+        if th.get("raw_equivalent"):
+            th["raw_equivalent"] = {k: v for k, v in th["raw_equivalent"].items() if int(k) in chosen}
     models = []
     for k in chosen:
         for suffix in (".safetensors", ".json"):  # byte for byte: the sidecar's checksums stay valid
@@ -124,8 +127,10 @@ def served_evaluation(rd: RunDir, config: Mapping[str, Any]) -> dict[str, Any]:
     return evaluate_predictions(rd / rd.PREDICTIONS, tasks_meta)
 
 
-def _operating_rows(config: Mapping[str, Any], evaluation: Mapping[str, Any]) -> list[str]:
-    """The card's main table: each binary task's calls at its served operating point, per data part, with CIs."""
+def _operating_rows(config: Mapping[str, Any], evaluation: Mapping[str, Any], all_folds: bool) -> list[str]:
+    """The card's main table: each binary task's calls at its served operating point, per data part, with CIs.
+    The run's test and external predictions average all its fold models: shown only when the bundle holds them
+    all."""
     from lnzoo.decision import OperatingPoint
     from lnzoo.report.plots import part_label
 
@@ -145,6 +150,8 @@ def _operating_rows(config: Mapping[str, Any], evaluation: Mapping[str, Any]) ->
             shown.append(("cross-validation, each fold's threshold chosen on the other folds (honest)",
                           entry["cv_cross_fitted"]))
         for part, r in (entry.get("parts") or {}).items():
+            if part != "cv" and not all_folds:
+                continue
             label = part_label(part) + (" at the served threshold (optimistic: the threshold was chosen on these)"
                                         if r.get("optimistic") else " at the served threshold")
             shown.append((label, r))
@@ -198,7 +205,11 @@ def model_card(config: Mapping[str, Any], rd: RunDir) -> str:
               "", "## Training data", "",
               f"- {metrics.get('data') or 'as the recipe describes it'}",
               f"- Bundle models: folds {config.get('folds')} (their calibrated probabilities are averaged)", ""]
-    served = _operating_rows(config, evaluation)
+    all_folds = sorted(config.get("folds") or []) == sorted(rd.folds())
+    served = _operating_rows(config, evaluation, all_folds)
+    if served and not all_folds:
+        served += ["", f"This bundle holds folds {config.get('folds')} of the run's {rd.folds()}: the run's test and "
+                   "external predictions average all of them, so they are not shown for this bundle."]
     if served:
         lines += ["## Performance at the operating point served", "",
                   "What a user of this model gets: the calls lnzoo predict and lnzoo serve make. 95% CIs resample "

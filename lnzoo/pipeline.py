@@ -118,6 +118,25 @@ def calibrated_proba(proba: Mapping[str, np.ndarray], temperatures: Mapping[str,
     return {t: calibrate(p, temperatures.get(t)) for t, p in proba.items()}
 
 
+def _with_calibration(rd: RunDir, k: int, rows: list[dict[str, str]], info: dict[str, Any],
+                      tasks: Mapping[str, Task]) -> tuple[list[dict[str, str]], dict[str, Any]]:
+    """A finished fold's stored rows and entry, with its temperatures and calibrated columns: a fold fitted before
+    lnzoo stored them gets them from its model's record (the temperatures it was saved with)."""
+    from lnzoo.decision import calibrate
+    from lnzoo.rundir import Columns
+
+    wanted = [Columns.calibrated(t, c) for t, task in tasks.items() for c in task.classes]
+    if "temperature" in info and all(c in row for row in rows for c in wanted):
+        return rows, info
+    temperatures = dict(rd.record(k).temperature)
+    for row in rows:
+        for t, task in tasks.items():
+            raw = np.array([[float(row[Columns.raw(t, c)]) for c in task.classes]])
+            for c, v in zip(task.classes, calibrate(raw, temperatures.get(t))[0]):
+                row[Columns.calibrated(t, c)] = f"{v:.6f}"
+    return rows, {**info, "temperature": temperatures}
+
+
 def what_ran(recipe, folds: Sequence[int], epochs_run: Mapping[int, int]) -> dict[str, Any]:
     """What was actually trained (a quick profile or --set changes it from the recipe's description)."""
     cfg = recipe.config
@@ -284,8 +303,8 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
         done = rd.read_fold_result(k) if resume else None
         if done is not None:
             emit(events.Note(f"fold {k}: already fitted (fold{k}/result.json), kept as it was"))
-            rows, info, proba = done["rows"], done["info"], {p: {t: np.asarray(v) for t, v in d.items()}
-                                                             for p, d in done["proba"].items()}
+            rows, info = _with_calibration(rd, k, done["rows"], done["info"], tasks)
+            proba = {p: {t: np.asarray(v) for t, v in d.items()} for p, d in done["proba"].items()}
         else:
             rows, info, proba = prep.fit_fold(k, rd, emit)
         pred_rows += rows

@@ -97,11 +97,18 @@ def test_the_served_threshold_is_the_reports_youden_threshold(seed):
     assert sens == pytest.approx(np.mean([c == "malignant" for c, t in zip(calls, y) if t]))
 
 
-def test_rows_without_calibrated_columns_are_called_in_the_raw_space():
-    rows = [{k: v for k, v in r.items() if not k.startswith("cal_")} for r in _rows(np.random.default_rng(0))]
-    cases = task_cases(rows, "malignancy", CLASSES)
-    op = choose_operating_point(cases, CLASSES, "malignant", {"0": 0.5})
-    assert op.space == "raw" and not op.raw and "predates" in op.chosen_on
+def test_a_run_without_calibrated_columns_is_calibrated_from_its_fold_temperatures():
+    """A run from before lnzoo stored cal_ columns keeps the call it was served with: its CV rows are calibrated
+    with each fold model's temperature, and the threshold lands where the calibrated columns would put it."""
+    full = _rows(np.random.default_rng(0))
+    rows = [{k: v for k, v in r.items() if not k.startswith("cal_")} for r in full]
+    temps = {"0": 0.5, "1": 2.0}
+    old = choose_operating_point(task_cases(rows, "malignancy", CLASSES), CLASSES, "malignant", temps)
+    new = choose_operating_point(task_cases(full, "malignancy", CLASSES), CLASSES, "malignant", temps)
+    assert old.space == "calibrated" and "predates" in old.chosen_on and old.value == pytest.approx(new.value,
+                                                                                                     abs=2e-6)
+    bare = choose_operating_point(task_cases(rows, "malignancy", CLASSES), CLASSES, "malignant", {"0": None})
+    assert bare.space == "raw" and not bare.raw  # no temperature anywhere: raw, and said so
 
 
 def test_too_few_cases_call_at_one_half_and_say_why():

@@ -330,6 +330,9 @@ def test_a_borderline_image_gets_one_answer_from_predict_serve_explain_the_repor
         raw_says = "malignant" if r["p_malignancy_malignant"] > r["p_malignancy_benign"] else "benign"
         return (raw_says == r["malignancy_pred"], abs(r["cal_malignancy_malignant"] - op.value))
     row = min(rows, key=key)
+    # the tiny run is deterministic and has such images (P0004_1: raw p(malignant) 0.539, called benign): the test
+    # holds the rule to a case where the raw most probable class would give the other answer
+    assert not key(row)[0], "no image where the raw most probable class and the call differ"
     image, call = Path(row["image"]), row["malignancy_pred"]
     assert call == ("malignant" if row["cal_malignancy_malignant"] >= op.value else "benign")
     assert row["malignancy_threshold"] == op.text()
@@ -414,3 +417,15 @@ def test_a_program_without_lnzoo_runs_the_bundles_onnx_from_its_config(bundle, t
         assert p.shape == (1, 2) and 0 <= p.min() and p.max() <= 1
         for c, v in zip(["benign", "malignant"] if name == "malignancy" else ["not_enlarged", "enlarged"], p[0]):
             assert v == pytest.approx(row[f"p_{name}_{c}"], abs=1e-4)
+
+
+def test_a_bundle_of_one_fold_describes_that_fold_only(tiny_run, tmp_path):
+    from lnzoo.export import export_bundle
+
+    out = export_bundle(tiny_run, tmp_path / "one", folds=[2])
+    config = json.loads((out / "config.json").read_text())
+    th = config["thresholds"]["malignancy"]
+    assert set(th["raw_equivalent"]) == {"2"} and set(config["temperatures"]) == {"2"}
+    card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
+    assert "This bundle holds folds [2] of the run's [1, 2]" in card
+    assert "raw p(malignant) >= " in card and "(fold 1)" not in card

@@ -1,6 +1,8 @@
 """Strict recipes: every problem at once with its dotted path, --set, extends, --quick, plugin args."""
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import pytest
@@ -134,7 +136,7 @@ def test_error_messages_keep_their_brackets(capsys):
 def test_the_run_configuration_is_the_resolved_recipe_read_only_by_attribute():
     import copy
 
-    from lnzoo.config import plain
+    from lnzoo.config import component_options, plain
     from lnzoo.plugins import load_plugins
     from lnzoo.recipe import load_recipe
 
@@ -143,11 +145,33 @@ def test_the_run_configuration_is_the_resolved_recipe_read_only_by_attribute():
     cfg = recipe.config
     assert cfg.train.lr == 0.003 and cfg.tasks.task_weights.enlargement == 0.5 and cfg.data.views == ["full"]
     assert cfg.model.backbone.name == recipe.data["model"]["backbone"]["name"]
-    assert cfg.model.backbone.options == {k: v for k, v in recipe.data["model"]["backbone"].items() if k != "name"}
+    assert component_options(cfg.model.backbone) == {k: v for k, v in recipe.data["model"]["backbone"].items()
+                                                     if k != "name"}
     with pytest.raises(AttributeError, match=r"no train\.lrr; did you mean 'lr'"):
         cfg.train.lrr
     with pytest.raises(AttributeError, match="read-only"):
         cfg.train.lr = 1.0
+    for change in (lambda: cfg.train.update(lr=1.0), lambda: cfg.data.views.append("evil"),
+                   lambda: cfg.data.__setitem__("views", []), lambda: cfg.tasks.task_weights.pop("enlargement")):
+        with pytest.raises(TypeError, match="read-only"):
+            change()
+    assert cfg.data.views == ["full"] and cfg.tasks.task_weights == {"malignancy": 1.0, "enlargement": 0.5}
+    # a section named like a dict method is still the recipe's: tasks.options holds the per-task overrides
+    assert cfg.tasks.options == recipe.data["tasks"]["options"]
+    assert json.loads(json.dumps(cfg)) == json.loads(json.dumps(recipe.data)) and isinstance(cfg.model, dict)
     assert plain(cfg) == recipe.data and copy.deepcopy(cfg) is cfg
     recipe.set("train.lr", 0.5)  # a change goes through the recipe, and the configuration follows it
     assert recipe.config.train.lr == 0.5 and cfg.train.lr == 0.003
+
+
+def test_per_task_options_reach_the_tasks_the_run_trains():
+    from lnzoo.data.run_data import recipe_tasks
+    from lnzoo.plugins import load_plugins
+    from lnzoo.recipe import load_recipe
+
+    host = load_plugins()
+    recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", host=host,
+                         sets=["tasks.options.malignancy={label_smoothing=0.1, class_weighting='none'}"])
+    tasks = recipe_tasks(recipe, host)
+    assert tasks["malignancy"].label_smoothing == 0.1 and tasks["malignancy"].class_weighting == "none"
+    assert tasks["enlargement"].label_smoothing == host.registry("task").get("enlargement").build().label_smoothing

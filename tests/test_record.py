@@ -64,3 +64,26 @@ def test_a_checkpoint_joining_covariates_after_the_fusion_cannot_be_rebuilt(tmp_
     with pytest.raises(UsageError, match="joined clinical covariates after the fusion.*Retrain"):
         old.require_buildable()
     ModelRecord.read(_saved(tmp_path / "new")).require_buildable()  # no covariates: nothing to refuse
+
+
+def test_a_fold_finished_before_calibrated_columns_is_resumed_with_them(tmp_path):
+    """--resume keeps finished folds as stored: one stored before lnzoo wrote cal_ columns and temperatures gets
+    both from its model's record, so the run's predictions.csv is whole and every reader agrees."""
+    import numpy as np
+
+    from lnzoo.decision import calibrate
+    from lnzoo.pipeline import _with_calibration
+    from lnzoo.rundir import RunDir
+    from lnzoo.tasks import Task
+
+    (tmp_path / "fold1").mkdir()
+    save_checkpoint({"w": torch.zeros(2)}, tmp_path / "fold1" / "best", META)
+    rows = [{"part": "cv", "fold": "1", "m_true": "b", "p_m_a": "0.300000", "p_m_b": "0.700000"}]
+    tasks = {"m": Task.from_dict(META["tasks"]["m"])}
+    got_rows, info = _with_calibration(RunDir(tmp_path), 1, [dict(r) for r in rows], {"fold": 1}, tasks)
+    expected = calibrate(np.array([[0.3, 0.7]]), 1.5)[0]
+    assert info["temperature"] == {"m": 1.5}
+    assert [float(got_rows[0]["cal_m_a"]), float(got_rows[0]["cal_m_b"])] == pytest.approx(expected, abs=1e-6)
+    # a fold stored with them is kept as it is
+    again, same = _with_calibration(RunDir(tmp_path), 1, got_rows, info, tasks)
+    assert again is got_rows and same is info
