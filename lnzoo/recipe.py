@@ -7,11 +7,11 @@ accept). Nothing is built before the whole recipe is valid.
 from __future__ import annotations
 
 import copy
-import re
+import functools
 import inspect
+import re
 import tomllib
 from collections.abc import Mapping
-import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,11 +42,7 @@ class Recipe:
     def set(self, dotted: str, value: Any) -> None:
         """Change one resolved value (a loaded model's backbone is never downloaded again, say); the
         configuration is rebuilt from it on next use."""
-        *parents, key = dotted.split(".")
-        node = self.data
-        for part in parents:
-            node = node[part]
-        node[key] = value
+        set_path(self.data, dotted, value)
         self.__dict__.pop("config", None)
 
     @property
