@@ -148,7 +148,8 @@ def choose_operating_point(cases, classes: Sequence[str], positive: str | None,
     :class:`lnzoo.evaluation.cases.Cases`, or None; ``temperatures``: fold -> temperature, for the raw equivalents."""
     classes = list(classes)
     if len(classes) != 2 or not positive:
-        return argmax_point(classes, positive, "more than two classes: the call is the most probable class")
+        return argmax_point(classes, positive, "more than two classes: the call is the most probable class"
+                            if len(classes) != 2 else "no positive class: the call is the most probable class")
     cv = None if cases is None else cases.take(cases.part == "cv")
     pos = classes.index(positive)
     y = None if cv is None else cv.y == pos
@@ -160,8 +161,9 @@ def choose_operating_point(cases, classes: Sequence[str], positive: str | None,
         # a run from before lnzoo stored calibrated columns: each row calibrated here with its fold's temperature
         cal = cv.p.copy()
         for k, T in temperatures.items():
-            rows = cv.fold == int(k)
-            cal[rows] = calibrate(cv.p[rows], T)
+            if str(k).lstrip("-").isdigit():
+                rows = cv.fold == int(k)
+                cal[rows] = calibrate(cv.p[rows], T)
         cv = replace(cv, cal=cal, space="calibrated")
         where += " (calibrated here: the run predates lnzoo's calibrated prediction columns)"
     elif cv.space == "raw":
