@@ -201,3 +201,17 @@ def read_folds_file(path: Path, pool: Sequence[Sample], folds: int, main: str) -
     if problems:
         raise DataError(problems, "problem(s) with cv.folds_file")
     return assignment
+
+
+def data_digest(data) -> str:
+    """A fingerprint of the run's rows: images, patients, labels, parts and the cells the inputs read (covariates,
+    reports, mask paths) (``--resume`` checks it; an edit to a column no input reads changes nothing)."""
+    import hashlib
+
+    read = sorted({c for kind, _ in data.inputs.values() for c in (getattr(kind, "columns", None) or [kind.column])})
+    h = hashlib.sha256()
+    for part, samples in (("cv", data.pool), ("test", data.test), ("external", data.external)):
+        for s in samples:
+            cells = [(c, s.cells.get(c)) for c in read]
+            h.update(f"{part}|{s.key}|{s.patient}|{sorted(s.labels.items())}|{cells}\n".encode("utf-8"))
+    return h.hexdigest()

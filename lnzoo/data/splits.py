@@ -7,6 +7,7 @@ import numpy as np
 
 from lnzoo.data.samples import MISSING, Sample
 from lnzoo.errors import DataError
+from lnzoo.tasks import Task
 
 
 def _strata(samples: Sequence[Sample], task: str) -> np.ndarray:
@@ -53,3 +54,18 @@ def check_leakage(parts: dict[str, Sequence[Sample]]) -> None:
             seen.setdefault(p, part)
     if problems:
         raise DataError(problems, "leak(s) across a train/test boundary")
+
+
+def small_validation(val: Sequence[Sample], task: Task, min_images: int = 30, min_per_class: int = 5) -> str | None:
+    """Why the inner validation part is too small to choose an epoch on, or None."""
+    counts = {c: 0 for c in task.classes}
+    for s in val:
+        label = s.labels.get(task.name, MISSING)
+        if label != MISSING:
+            counts[task.classes[label]] += 1
+    few = [f"{c} {n}" for c, n in counts.items() if n < min_per_class]
+    if len(val) >= min_images and not few:
+        return None
+    return (f"the inner validation part has {len(val)} image(s)" + (f" ({', '.join(few)})" if few else "")
+            + f"; under {min_images} images or {min_per_class} of a class, its choice of epoch is mostly noise. "
+            "Raise train.val_fraction, add data, or set train.keep = \"last\"")
