@@ -11,7 +11,9 @@ from lnzoo.errors import UsageError
 
 
 def _kwargs(table: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in table.items() if k != "name"}
+    """A component table's factory arguments as plain values: a factory may change what it is given."""
+    from lnzoo.config import component_options
+    return component_options(table)
 
 
 class LnzooModel(nn.Module):
