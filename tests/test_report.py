@@ -318,3 +318,13 @@ def test_gradcam_hook_embeds_the_explain_pngs(tmp_path):
 def test_report_needs_predictions(tmp_path):
     with pytest.raises(UsageError, match="predictions.csv"):
         write_report(tmp_path)
+
+
+def test_only_the_image_level_operating_point_is_called_the_served_one():
+    from lnzoo.report.html import _operating_section
+
+    level = {"parts": {"cv": {}}, "operating_points": {"space": "calibrated", "chosen_on": "cv", "rules": {}}}
+    assert "the Youden row is the operating point the model is served at" in _operating_section(level)
+    patients = _operating_section(level, served=False)
+    assert "served at" not in patients.replace("served at the image level", "")
+    assert "the model is served at the image level's Youden point, not these" in patients

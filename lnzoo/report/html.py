@@ -108,7 +108,7 @@ def _metrics_table(level: dict, classes: list[str], binary: bool) -> str:
     return out
 
 
-def _operating_section(level: dict) -> str:
+def _operating_section(level: dict, served: bool = True) -> str:
     ops = level.get("operating_points")
     if not ops:
         return ""
@@ -116,8 +116,11 @@ def _operating_section(level: dict) -> str:
     if ops.get("note"):
         return parts[0] + f"<p class='note warn'>{e(ops['note'])}</p>"
     space = ("<p class='note'>Thresholds apply to the <b>calibrated</b> probabilities (each fold model's temperature; "
-             "what lnzoo predict and lnzoo serve call on): the Youden row is the operating point the model is served "
-             "at. Beside each, the raw probability at which each fold model reaches it.</p>"
+             "what lnzoo predict and lnzoo serve call on)"
+             + (": the Youden row is the operating point the model is served at. " if served else
+                ", here chosen on each patient's mean: the model is served at the image level's Youden point, not "
+                "these. ")
+             + "Beside each, the raw probability at which each fold model reaches it.</p>"
              if ops.get("space") == "calibrated" else
              "<p class='note'>Thresholds apply to the raw probabilities: this run predates lnzoo's calibrated "
              "prediction columns.</p>")
@@ -210,7 +213,7 @@ def level_section(task: str, level_name: str, level: dict, entry: dict, show_lev
     out += ["<h4>Metrics (95% CI)</h4>", _metrics_table(level, classes, binary),
             "<h4>ROC curves</h4>", roc_note,
             img(plot_roc(level, classes, binary, title), f"ROC curves of {title}"),
-            _operating_section(level),
+            _operating_section(level, served=level_name == "image"),
             "<h4>Confusion matrices</h4>",
             img(plot_confusion(level, classes, title), f"confusion matrices of {title}"),
             "<h4>Calibration</h4>",
