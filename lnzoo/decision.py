@@ -29,6 +29,12 @@ def calibrate(proba: np.ndarray, temperature: float | None) -> np.ndarray:
     return apply_temperature(np.log(np.clip(proba, 1e-12, 1.0)), temperature)
 
 
+def calibrate_tasks(proba: Mapping[str, np.ndarray], temperatures: Mapping[str, float | None]
+                    ) -> dict[str, np.ndarray]:
+    """One model's probabilities per task as served: each task's temperature applied."""
+    return {t: calibrate(p, temperatures.get(t)) for t, p in proba.items()}
+
+
 def fit_temperature(proba: np.ndarray, y: np.ndarray) -> float | None:
     """The temperature minimising the NLL of ``y`` under the calibrated ``proba``; None with too little data
     (under two labelled rows or one class only)."""
@@ -62,6 +68,11 @@ def raw_equivalent(threshold: float, temperature: float | None) -> float:
         return float(threshold)
     z = float(temperature) * math.log(threshold / (1.0 - threshold))
     return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+
+
+def raw_equivalents(threshold: float, temperatures: Mapping[str, float | None]) -> dict[str, float]:
+    """Per fold model (fold -> its temperature), the raw probability at which it reaches ``threshold``."""
+    return {str(k): raw_equivalent(threshold, T) for k, T in temperatures.items()}
 
 
 @dataclass(frozen=True)
@@ -170,8 +181,7 @@ def choose_operating_point(cases, classes: Sequence[str], positive: str | None,
         where = "raw probabilities: no temperature was fitted and the run predates lnzoo's calibrated columns"
     t = float(choose_threshold(y, cv.cal[:, pos], rule, target))
     key = "youden" if rule == "youden" else f"sensitivity_{target:g}"
-    raw = {str(k): raw_equivalent(t, T) for k, T in (temperatures or {}).items()} if cv.space == "calibrated" \
-        else {}
+    raw = raw_equivalents(t, temperatures or {}) if cv.space == "calibrated" else {}
     return OperatingPoint(tuple(classes), positive, t, key, cv.space, raw,
                           f"{len(cv)} pooled cross-validation predictions, {where}")
 

@@ -11,7 +11,7 @@ from lnzoo.errors import UsageError
 def evaluate_run(run_dir: Path, host) -> tuple[dict[str, Any], dict[str, Any]]:
     """Return (stored metrics.json, recomputed metrics) for the cross-validation folds of a run."""
     from lnzoo.data.run_data import load_run_data
-    from lnzoo.decision import calibrate
+    from lnzoo.decision import calibrate_tasks
     from lnzoo.evaluation import jsonable
     from lnzoo.evaluation.evaluate import run_metrics
     from lnzoo.inference import load
@@ -32,7 +32,7 @@ def evaluate_run(run_dir: Path, host) -> tuple[dict[str, Any], dict[str, Any]]:
         if not held:
             raise UsageError(f"{ckpt}: no sample of fold {k} found in the recipe's data; has the data moved?")
         pred = predictor.predict(held)
-        cal = {t: calibrate(p, predictor.temperature.get(t)) for t, p in pred.proba.items()}
+        cal = calibrate_tasks(pred.proba, predictor.temperature)
         rows += [prediction_row("cv", k, s, {t: pred.proba[t][i] for t in predictor.tasks}, predictor.tasks,
                                 predictor.views, {t: cal[t][i] for t in predictor.tasks}) for i, s in enumerate(held)]
         tasks_meta = {n: t.as_dict() for n, t in predictor.tasks.items()}

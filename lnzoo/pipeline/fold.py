@@ -25,14 +25,6 @@ def fit_temperatures(val_pred, tasks: Mapping[str, Task]) -> dict[str, float | N
     return out
 
 
-def calibrated_proba(proba: Mapping[str, np.ndarray], temperatures: Mapping[str, float | None]
-                     ) -> dict[str, np.ndarray]:
-    """One model's probabilities per task as served (its temperatures applied)."""
-    from lnzoo.decision import calibrate
-
-    return {t: calibrate(p, temperatures.get(t)) for t, p in proba.items()}
-
-
 def _with_calibration(rd: RunDir, k: int, rows: list[dict[str, str]], info: dict[str, Any],
                       tasks: Mapping[str, Task]) -> tuple[list[dict[str, str]], dict[str, Any]]:
     """A finished fold's stored rows and entry, with its temperatures and calibrated columns: a fold fitted before
@@ -55,6 +47,7 @@ def _with_calibration(rd: RunDir, k: int, rows: list[dict[str, str]], info: dict
 def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, rd: RunDir, others, env, emit):
     """Fit fold k, save its checkpoints and curves; return its prediction rows, its metrics.json entry and
     its probabilities on the test and external sets."""
+    from lnzoo.decision import calibrate_tasks
     from lnzoo.data.splits import check_leakage, inner_validation
     from lnzoo.evaluation.evaluate import run_metrics
     from lnzoo.rundir import prediction_row
@@ -86,7 +79,7 @@ def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, 
     rd.save_checkpoint(k, "last", result.last_state, {**meta, "epoch": len(result.history), "kind": "last"})
     rd.write_history(k, result.history)
     pred = predictor.predict(held)
-    cal = calibrated_proba(pred.proba, temperatures)
+    cal = calibrate_tasks(pred.proba, temperatures)
     rows = [prediction_row("cv", k, s, {t: pred.proba[t][i] for t in tasks}, tasks, list(cfg.data.views),
                            {t: cal[t][i] for t in tasks}) for i, s in enumerate(held)]
     metrics = run_metrics(rows, tasks_meta)["cross_validation"]["pooled"]

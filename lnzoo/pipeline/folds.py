@@ -16,7 +16,8 @@ from lnzoo.data.samples import Sample
 from lnzoo.errors import UsageError
 from lnzoo.rundir import RunDir
 from lnzoo.data.run_data import data_digest
-from lnzoo.pipeline.fold import _fit_fold, _with_calibration, calibrated_proba
+from lnzoo.decision import calibrate_tasks
+from lnzoo.pipeline.fold import _fit_fold, _with_calibration
 from lnzoo.tasks import Task
 
 
@@ -165,7 +166,7 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
         fold_info.append(info)
         for part, p in proba.items():
             other_proba[part].append(p)
-            other_cal[part].append(calibrated_proba(p, info.get("temperature") or {}))
+            other_cal[part].append(calibrate_tasks(p, info.get("temperature") or {}))
     for part, samples in others.items():  # test and external sets: the mean probability of the fold models,
         # raw and as served (each fold model's calibrated probabilities averaged, as lnzoo predict does)
         ens = {t: np.mean([p[t] for p in other_proba[part]], axis=0) for t in tasks}

@@ -213,7 +213,7 @@ def write_report(run_dir, out_html=None, n_boot: int = N_BOOT, *, aggregate: str
 def _raw_equivalents(rd: RunDir, evaluation: dict) -> None:
     """Beside each operating threshold chosen on calibrated probabilities, the raw probability of each fold model
     at which it is reached (lnzoo.decision.raw_equivalent): the same point, in the other space."""
-    from lnzoo.decision import raw_equivalent
+    from lnzoo.decision import raw_equivalents
 
     temperatures: dict[str, dict[str, Any]] = {}
     for k in rd.folds():
@@ -228,5 +228,5 @@ def _raw_equivalents(rd: RunDir, evaluation: dict) -> None:
                 continue
             for rule in ops.get("rules", {}).values():
                 if rule.get("threshold") is not None:
-                    rule["raw_equivalent"] = {k: raw_equivalent(rule["threshold"], t.get(task))
-                                              for k, t in temperatures.items()}
+                    rule["raw_equivalent"] = raw_equivalents(rule["threshold"],
+                                                             {k: t.get(task) for k, t in temperatures.items()})
