@@ -5,6 +5,9 @@ For each case: the exit code, the first line lnzoo printed about it, whether the
 wrong ("named": an lnzoo error, no traceback) and whether anything was lost or left looking complete
 ("nothing lost": the files that were there are unchanged, and no unfinished run reads as finished).
 
+The last section holds the cases that gave a wrong answer with exit 0 before (issue 26); its "no wrong
+answer" column says whether what lnzoo answered (if anything) was right.
+
 Usage: python benchmarks/faults.py [--keep DIR]
 """
 from __future__ import annotations
@@ -54,9 +57,12 @@ def status(run: Path) -> str | None:
 
 class Table:
     def __init__(self):
-        self.rows: list[tuple[str, int, str, bool, bool]] = []
+        self.rows: list[tuple[str, int, str, bool, bool, bool]] = []
 
-    def add(self, case: str, done: subprocess.CompletedProcess, lost: bool, expect_ok: bool = False) -> None:
+    def add(self, case: str, done: subprocess.CompletedProcess, lost: bool, expect_ok: bool = False,
+            right: bool | None = None) -> None:
+        """``right``: whether the answer given is right (a refusal gives none, so it is never wrong): the case's
+        own check where it has one, else True for a refusal and ``expect_ok`` for a success."""
         text = (done.stderr or done.stdout).strip()
         all_lines = text.splitlines()
         keys = ("error", "interrupted") if done.returncode != 0 or not expect_ok else ("warning",)
@@ -67,17 +73,19 @@ class Table:
         first = first[:170]
         named = "Traceback" not in text and ((done.returncode != 0 and first.startswith(("error", "interrupted")))
                                              or (expect_ok and done.returncode == 0))
-        self.rows.append((case, done.returncode, first, named, not lost))
+        right = (done.returncode != 0 or expect_ok) if right is None else right
+        self.rows.append((case, done.returncode, first, named, not lost, right))
         print(f"{case}: exit {done.returncode}, {'named' if named else 'NOT NAMED'}, "
-              f"{'nothing lost' if not lost else 'LOST OR PARTIAL'}", file=sys.stderr, flush=True)
+              f"{'nothing lost' if not lost else 'LOST OR PARTIAL'}, {'right' if right else 'WRONG ANSWER'}",
+              file=sys.stderr, flush=True)
 
     def print(self) -> None:
-        print("| case | exit | message | named | nothing lost |")
-        print("|---|---|---|---|---|")
-        for case, rc, msg, named, safe in self.rows:
+        print("| case | exit | message | named | nothing lost | no wrong answer |")
+        print("|---|---|---|---|---|---|")
+        for case, rc, msg, named, safe, right in self.rows:
             msg = msg.replace("|", "\\|")
             print(f"| {case} | {rc} | {msg} | {'named' if named else '**no**'} | "
-                  f"{'nothing lost' if safe else '**lost**'} |")
+                  f"{'nothing lost' if safe else '**lost**'} | {'yes' if right else '**wrong**'} |")
 
 
 def first_image(run: Path) -> str:
@@ -291,9 +299,128 @@ def main() -> None:
     t.add("validate: a GBK-encoded list file", lnzoo("validate", RECIPE, "--quick", "--set",
           f"data.train=['{gbk.as_posix()}']", "--set", "data.patient_regex='^(P\\d+)_'"), lost=False)
 
+    silent_wrong_answers(t, work, copy, image)
     t.print()
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def silent_wrong_answers(t: Table, work: Path, copy, image: str) -> None:
+    """The cases that gave a wrong answer with exit 0 before (issue 26), and their neighbours."""
+    from safetensors.torch import load_file, save_file
+
+    # -- 1. every artefact bound to what wrote it
+    run = copy("resaved")
+    weights = run / "fold0" / "best.safetensors"
+    save_file(load_file(weights), weights)  # as a float16 conversion script would: lnzoo's header gone
+    side = weights.with_suffix(".json")
+    meta = json.loads(side.read_text())
+    meta.pop("weights_sha256"), meta.pop("definition_sha256")
+    meta["tasks"]["malignancy"]["classes"].reverse()
+    side.write_text(json.dumps(meta))
+    for extra in ([], ["--allow-modified"]):  # with it, the checkpoint's own binding is gone: its classes are used
+        out = work / f"resaved{len(extra)}.csv"
+        done = lnzoo("predict", "--model", str(weights), image, "--out", str(out), *extra)
+        said = extra and out.exists() and all(r.get("warning") for r in csv.DictReader(out.open(encoding="utf-8")))
+        t.add(f"weights re-saved plainly, checksums dropped, classes swapped; predict {' '.join(extra)}".strip(),
+              done, lost=False, expect_ok=bool(extra), right=done.returncode != 0 or bool(said))
+
+    bundle = work / "bundle"
+    lnzoo("export", str(work / "base"), "--out", str(bundle))
+    config = json.loads((bundle / "config.json").read_text())
+    config["thresholds"]["malignancy"]["value"] = 0.01
+    (bundle / "config.json").write_text(json.dumps(config))
+    t.add("a bundle's stored threshold edited; predict", lnzoo("predict", "--model", str(bundle), image, "--out",
+          str(work / "thr.csv")), lost=(work / "thr.csv").exists())
+    config["plugins"] = ["acme"]
+    (bundle / "config.json").write_text(json.dumps(config))
+    t.add("a bundle's plugin list in another shape; predict --allow-modified", lnzoo(
+        "predict", "--model", str(bundle), image, "--out", str(work / "pl.csv"), "--allow-modified"),
+        lost=(work / "pl.csv").exists())
+
+    run = copy("flipped")
+    rows = list(csv.DictReader((run / "predictions.csv").open(encoding="utf-8")))
+    swap = {"benign": "malignant", "malignant": "benign"}
+    for r in rows:
+        r["malignancy_true"] = swap.get(r["malignancy_true"], r["malignancy_true"])
+    with (run / "predictions.csv").open("w", newline="", encoding="utf-8") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    before = digest(run)
+    for args in (["report", str(run), "--n-boot", "0"], ["evaluate", str(run)],
+                 ["export", str(run), "--out", str(work / "flipped-bundle")]):
+        t.add(f"labels flipped in predictions.csv; {args[0]}", lnzoo(*args),
+              lost=digest(run) != before or (work / "flipped-bundle").exists())
+
+    run = copy("truncated-export")
+    weights = run / "fold1" / "best.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    t.add("a truncated checkpoint; export", lnzoo("export", str(run), "--out", str(work / "tb")),
+          lost=(work / "tb").exists())
+    run = copy("foreign-fold")
+    shutil.copytree(run / "fold1", run / "fold2")
+    t.add("a fold folder copied in from elsewhere; predict", lnzoo("predict", "--model", str(run), image, "--out",
+          str(work / "ff.csv")), lost=(work / "ff.csv").exists())
+    run = copy("no-manifest")
+    (run / "integrity.json").unlink()
+    t.add("integrity.json deleted; report", lnzoo("report", str(run), "--n-boot", "0"), lost=False)
+
+    # -- 2. a model never runs with another component
+    site = work / "site-linear"
+    _fake_distribution(site, "acme-linear", "acme_linear", textwrap.dedent("""
+        import lnzoo, torch
+
+        class Flipped(torch.nn.Linear):
+            def forward(self, x):
+                return -super().forward(x)
+
+        @lnzoo.hookimpl
+        def lnzoo_register_heads(register):
+            register("linear", lambda in_features, num_classes: Flipped(in_features, num_classes), override=True)
+        """))
+    plugin_run = work / "plugin-run"
+    done = lnzoo("run", RECIPE, "--quick", *sets("cv.run_folds=[0]"), "--n-boot", "0", "--out", str(plugin_run),
+                 pythonpath=site)
+    t.add("trained with a plugin's 'linear' head, predict without the plugin", lnzoo(
+        "predict", "--model", str(plugin_run), image, "--out", str(work / "pr.csv")) if done.returncode == 0 else done,
+        lost=(work / "pr.csv").exists())
+    t.add("trained with lnzoo's 'linear' head, predict with a plugin replacing it", lnzoo(
+        "predict", "--model", str(work / "base"), image, "--out", str(work / "pr2.csv"), pythonpath=site),
+        lost=(work / "pr2.csv").exists())
+    run = copy("future")
+    side = run / "fold0" / "best.json"
+    meta = json.loads(side.read_text())
+    meta["versions"]["lnzoo"] = "3.0.0"
+    side.write_text(json.dumps(meta))
+    t.add("a checkpoint written by lnzoo 3.0.0; predict --allow-modified", lnzoo(
+        "predict", "--model", str(side.with_suffix(".safetensors")), image, "--out", str(work / "fu.csv"),
+        "--allow-modified"), lost=(work / "fu.csv").exists())
+
+    # -- 3. a column's type by rule
+    comma = manifest(work, lambda rows: [{**r, "age": f"{40 + i},5"} for i, r in enumerate(rows)], "comma.csv")
+    t.add("decimal commas in a comma-delimited covariate column; validate", lnzoo(
+        "validate", RECIPE, "--quick", "--set", "data.covariates=['age']", "--set",
+        f"data.train='{comma.as_posix()}'"), lost=False)
+    units = manifest(work, lambda rows: [{**r, "age": f"{40 + i} y"} for i, r in enumerate(rows)], "units.csv")
+    t.add("units on a covariate's values ('41 y'); validate", lnzoo(
+        "validate", RECIPE, "--quick", "--set", "data.covariates=['age']", "--set",
+        f"data.train='{units.as_posix()}'"), lost=False)
+
+    # -- 4. every problem at once
+    leak_train = manifest(work, lambda rows: rows[:-2], "four-train.csv")
+    leak_test = manifest(work, lambda rows: [{**r, "patient": rows[0]["patient"]} for r in rows[-2:]], "four-test.csv")
+    done = lnzoo("validate", RECIPE, "--quick", "--set", f"data.train='{leak_train.as_posix()}'", "--set",
+                 f"data.test='{leak_test.as_posix()}'", "--set", "model.backbone={name='timm', model_name='resnet5O'}",
+                 "--set", "data.covariates=['agee']")
+    found = [w for w in ("agee", "resnet5O", rows_patient(leak_test)) if w in done.stderr]
+    t.add("validate with four problems (covariate typo, leak, unknown timm model, ...): all named?", done,
+          lost=False, right=len(found) == 3)
+
+
+def rows_patient(path: Path) -> str:
+    with path.open(newline="", encoding="utf-8") as fh:
+        return next(csv.DictReader(fh))["patient"]
 
 
 def _fake_distribution(site: Path, dist: str, module: str, code: str) -> None:

@@ -16,7 +16,6 @@ its models, and :func:`model_info` reads what a server or a person needs to know
 """
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Mapping, Sequence
 from importlib import metadata
@@ -58,26 +57,23 @@ def bundle_checkpoints(path: str | Path) -> list[Path]:
     return found
 
 
-def checked_onnx(weights: Path) -> Path:
-    """The .onnx beside a checkpoint; in a bundle, checked against the sha256 its config.json recorded."""
+def checked_onnx(weights: Path) -> tuple[Path, bytes]:
+    """The .onnx beside a checkpoint and its bytes, checked against the manifest of its bundle or run."""
+    from lnzoo.integrity import read_bytes
+
     onnx_file = weights.with_suffix(".onnx")
     if not onnx_file.is_file():
         raise UsageError(f"{weights}: no {onnx_file.name} beside it; export with lnzoo export RUN --onnx")
-    bundle = weights.parent.parent
-    if is_bundle(bundle):
-        entry = next((m for m in read_config(bundle)["models"] if m.get("weights") == weights.name), {})
-        expected = entry.get("onnx_sha256")
-        if expected and hashlib.sha256(onnx_file.read_bytes()).hexdigest() != expected:
-            raise UsageError(f"{onnx_file}: its sha256 differs from the one {bundle / CONFIG} recorded at export; "
-                             "the file was replaced or damaged. Export the bundle again")
-    return onnx_file
+    return onnx_file, read_bytes(onnx_file)
 
 
 def read_config(path: str | Path) -> dict[str, Any]:
+    from lnzoo.integrity import read_text
+
     file = Path(path) / CONFIG
     try:
-        config = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        config = json.loads(read_text(file))
+    except ValueError as exc:
         raise UsageError(f"{file}: not a readable bundle config ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != "lnzoo-bundle" or not config.get("models"):
         raise UsageError(f"{file}: not an lnzoo bundle config (format 'lnzoo-bundle' with a models list expected)")
@@ -85,16 +81,24 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 
 def require_plugins(config: Mapping[str, Any], where: Path) -> None:
-    """Every distribution that provides a component of the model must be installed."""
+    """Every distribution that provides a component of the model must be installed (each model's record is checked
+    in full when it is loaded: :meth:`lnzoo.record.ModelRecord.require_components`)."""
+    plugins = config.get("plugins", {})
+    if not isinstance(plugins, Mapping) or not all(
+            isinstance(d, str) and isinstance(i, Mapping) and isinstance(i.get("provides"), list)
+            for d, i in plugins.items()):
+        raise UsageError(f"{where / CONFIG}: its 'plugins' entry is not the {{distribution: {{version, provides}}}} "
+                         "table lnzoo export writes; the config was edited. Export the bundle again")
     missing = []
-    for dist, info in (config.get("plugins") or {}).items():
+    for dist, info in plugins.items():
         try:
             metadata.version(dist)
         except metadata.PackageNotFoundError:
-            missing.append(f"{dist} (it provides {', '.join(info['provides'])}; exported with {info['version']})")
+            missing.append((dist, f"{dist} (it provides {', '.join(map(str, info['provides']))}; exported with "
+                                  f"{info.get('version')})"))
     if missing:
-        raise UsageError(f"{where}: this model needs the plugin distribution(s) {'; '.join(missing)}. Install them, "
-                         f"e.g. pip install {' '.join(d.split(' ')[0] for d in missing)}")
+        raise UsageError(f"{where}: this model needs the plugin distribution(s) {'; '.join(m for _, m in missing)}. "
+                         f"Install them, e.g. pip install {' '.join(d for d, _ in missing)}")
 
 
 def checkpoints_of(path: str | Path) -> list[Path]:

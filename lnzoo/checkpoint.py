@@ -16,8 +16,9 @@ from lnzoo import __version__
 from lnzoo.errors import UsageError
 
 
-def environment(host) -> dict[str, Any]:
-    """Versions that produced a checkpoint: lnzoo, torch, timm, and every plugin distribution."""
+def environment(host, recipe=None) -> dict[str, Any]:
+    """Versions that produced a checkpoint: lnzoo, torch, timm, every plugin distribution, and (given the recipe)
+    the provider of each component the model is built from (:func:`lnzoo.record.component_providers`)."""
     versions = {"lnzoo": __version__, "python": platform.python_version()}
     for dist in ("torch", "torchvision", "timm"):
         try:
@@ -25,13 +26,18 @@ def environment(host) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             pass
     plugins = {p.distribution: p.version for p in host.plugins if not p.error}
-    return {"versions": versions, "plugins": plugins}
+    out: dict[str, Any] = {"versions": versions, "plugins": plugins}
+    if recipe is not None:
+        from lnzoo.record import component_providers
+        out["components"] = component_providers(recipe, host)
+    return out
 
 
 # What a checkpoint's predictions depend on besides its tensors. The weights file carries a copy in its
 # safetensors header, so an edited sidecar (say, two class names swapped) is refused, not served.
-DEFINITION_KEYS = ("tasks", "class_maps", "views", "recipe", "preprocessing", "covariates", "temperature", "inputs")
-_SINCE_0_2 = ("inputs",)  # defined only where a sidecar has them, so older checkpoints still verify
+DEFINITION_KEYS = ("tasks", "class_maps", "views", "recipe", "preprocessing", "covariates", "temperature", "inputs",
+                   "components")
+_SINCE_0_2 = ("inputs", "components")  # defined only where a sidecar has them, so older checkpoints still verify
 
 
 def _definition(meta: dict[str, Any]) -> str:
@@ -66,9 +72,10 @@ def read_sidecar(path: str | Path) -> tuple[Path, dict[str, Any]]:
         raise UsageError(f"checkpoint weights not found: {weights}")
     if not sidecar.is_file():
         raise UsageError(f"checkpoint sidecar not found: {sidecar} (it holds the recipe and class maps)")
+    from lnzoo.integrity import read_text
     try:
-        meta = json.loads(sidecar.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        meta = json.loads(read_text(sidecar))
+    except json.JSONDecodeError as exc:
         raise UsageError(f"{sidecar}: not valid JSON: {exc}") from None
     if not isinstance(meta, dict) or not all(k in meta for k in ("recipe", "tasks", "views", "preprocessing")):
         raise UsageError(f"{sidecar}: not an lnzoo checkpoint sidecar (recipe, tasks, views, preprocessing expected)")
@@ -92,12 +99,11 @@ def verify_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], bytes]:
     """(weights path, sidecar, the weights file's bytes), checked against each other without torch: the weights'
     sha256 and the definition saved in their header must match the sidecar (older checkpoints without them
     are read as they are)."""
+    from lnzoo.integrity import allowing_modified, note_modified, read_bytes
+
     weights, meta = read_sidecar(path)
     sidecar = weights.with_suffix(".json")
-    try:
-        blob = weights.read_bytes()
-    except OSError as exc:
-        raise UsageError(f"{weights}: cannot be read ({exc.strerror or exc})") from None
+    blob = read_bytes(weights)
     expected = meta.get("weights_sha256")
     if expected and hashlib.sha256(blob).hexdigest() != expected:
         raise UsageError(f"{weights}: its sha256 differs from the one {sidecar.name} was written with: the weights "
@@ -107,6 +113,15 @@ def verify_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], bytes]:
     if saved is not None and saved != _definition(meta):
         raise UsageError(f"{sidecar}: differs from the definition saved with its weights ({_what_differs(saved, meta)}); "
                          "it was edited or copied from another checkpoint. Restore it, or retrain")
+    if saved is None or not expected:  # re-saved by another tool (a float16 conversion), or an edited sidecar
+        missing = " and ".join(w for w, gone in (("its weights carry no lnzoo definition", saved is None),
+                                                ("its sidecar no weights_sha256", not expected)) if gone)
+        why = (f"{weights}: {missing}, so nothing binds {sidecar.name} (class order, tasks, preprocessing) to these "
+               "weights; they were re-saved by another tool, or written by an lnzoo before 0.2")
+        if not allowing_modified():
+            raise UsageError(f"{why}. If {sidecar.name} is their definition, pass --allow-modified to take it "
+                             "as such (every output then says so)")
+        note_modified(weights, why)
     return weights, meta, blob
 
 

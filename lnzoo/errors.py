@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 
 
 class LnzooError(Exception):
@@ -62,3 +62,32 @@ def did_you_mean(name: str, known: Iterable[str]) -> str:
         return "; none are registered"
     shown = ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
     return f"; known: {shown}"
+
+
+class ValidationError(DataError):
+    """Every problem a check found, grouped by stage (recipe, data, leakage, folds, model), all at once.
+
+    ``stages`` maps each stage, in order, to its problems (an empty list: the stage passed) or to a string saying
+    why it was not checked (a stage never runs on what an earlier one found broken). ``notes`` adds a remark to
+    a stage's heading. ``problems`` is every problem in one list, as a DataError's is.
+    """
+
+    def __init__(self, stages: Mapping[str, Sequence[str] | str], notes: Mapping[str, str] | None = None,
+                 source: str | None = None):
+        self.stages = {k: (v if isinstance(v, str) else list(v)) for k, v in stages.items()}
+        self.notes, self.source = dict(notes or {}), source
+        self.problems = [p for v in self.stages.values() if not isinstance(v, str) for p in v]
+        self.summary = "problem(s)"
+        head = f"{source}: " if source else ""
+        lines = [f"{head}{len(self.problems)} problem(s), by stage:"]
+        for stage, found in self.stages.items():
+            note = f" ({self.notes[stage]})" if stage in self.notes else ""
+            if isinstance(found, str):
+                lines.append(f"{stage}: {found}{note}")
+            elif not found:
+                lines.append(f"{stage}: ok{note}")
+            else:
+                lines.append(f"{stage}: {len(found)} problem(s){note}")
+                lines += [f"  - {p}" for p in found[:50]]
+                lines += [f"  ... and {len(found) - 50} more"] if len(found) > 50 else []
+        UsageError.__init__(self, "\n".join(lines))

@@ -19,6 +19,7 @@ def evaluate_run(run_dir: Path, host) -> tuple[dict[str, Any], dict[str, Any]]:
     from lnzoo.rundir import RunDir, prediction_row
 
     rd = RunDir(run_dir)
+    rd.check_files()  # "reproduced" speaks of the run as lnzoo wrote it: every file of it, not only those read here
     stored = rd.metrics()
     assignment = rd.read_folds()
     rows: list[dict[str, str]] = []

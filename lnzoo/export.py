@@ -2,7 +2,6 @@
 with a model card written from the run, and optionally each model as ONNX."""
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -13,7 +12,7 @@ from typing import Any
 from lnzoo import __version__
 from lnzoo.bundle import BUNDLE_FORMAT, CARD, CONFIG, MODELS, model_info
 from lnzoo.errors import UsageError
-from lnzoo.files import write_atomic
+from lnzoo.files import OutputError, write_atomic
 from lnzoo.rundir import RunDir
 
 
@@ -53,43 +52,54 @@ def _write_bundle(rd: RunDir, out: Path, chosen: Sequence[int], onnx: bool, lice
     for th in info["thresholds"].values():  # the same point in raw probability, for the models it holds
         if th.get("raw_equivalent"):
             th["raw_equivalent"] = {k: v for k, v in th["raw_equivalent"].items() if int(k) in chosen}
+    from lnzoo.integrity import LOCK, modified, modified_note, read_bytes, start, verify_tree
+    from lnzoo.record import ModelRecord
+
+    start(out)  # every file written below is bound to the bundle's integrity.json
     models = []
     for k in chosen:
-        for suffix in (".safetensors", ".json"):  # byte for byte: the sidecar's checksums stay valid
-            write_atomic(out / MODELS / f"fold{k}{suffix}", rd.checkpoint(k).with_suffix(suffix).read_bytes())
+        # byte for byte, as read and checked (weights against the sidecar, both against the run's manifest)
+        _, blob = ModelRecord.read_verified(rd.checkpoint(k))
+        write_atomic(out / MODELS / f"fold{k}.safetensors", blob)
+        write_atomic(out / MODELS / f"fold{k}.json", read_bytes(rd.checkpoint(k).with_suffix(".json")))
+        ModelRecord.read_verified(out / MODELS / f"fold{k}.safetensors")  # the copy, as a reader will see it
         entry = {"fold": k, "weights": f"fold{k}.safetensors", "sidecar": f"fold{k}.json"}
         if onnx:
             from lnzoo.onnx_engine import export_onnx, onnx_interface
             diff = export_onnx(out / MODELS / f"fold{k}.safetensors", out / MODELS / f"fold{k}.onnx", host)
             entry.update(onnx=f"fold{k}.onnx", onnx_max_abs_diff=diff,
-                         onnx_interface=onnx_interface(out / MODELS / f"fold{k}.safetensors", host),
-                         onnx_sha256=hashlib.sha256((out / MODELS / f"fold{k}.onnx").read_bytes()).hexdigest())
+                         onnx_interface=onnx_interface(out / MODELS / f"fold{k}.safetensors", host))
             say(f"fold {k}: model.onnx checked against torch, max |p_onnx - p_torch| = {diff:.2e}")
         models.append(entry)
     config = {"format": "lnzoo-bundle", "format_version": BUNDLE_FORMAT, **info, "models": models,
-              "plugins": plugins_needed(rd.record(chosen[0]).recipe, host),
+              "plugins": plugins_needed([rd.record(k) for k in chosen]),
               "licence": licence or "unspecified (set it with lnzoo export --licence)",
               "exported": {"from": str(rd.path.resolve()), "at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            "lnzoo": __version__}}
+    card = model_card(config, rd)
+    note = modified_note()  # exported under --allow-modified from files that are not as lnzoo wrote them
+    if note:
+        config["modified"] = modified()
+        card = f"> **{note}**\n\n{card}"
     write_atomic(out / CONFIG, json.dumps(config, indent=1, ensure_ascii=False))
-    write_atomic(out / CARD, model_card(config, rd))
+    write_atomic(out / CARD, card)
+    (out / LOCK).unlink(missing_ok=True)  # a bundle has one writer, done now
+    problems = verify_tree(out)  # what was written is what a reader will find
+    if problems:
+        raise OutputError(f"the bundle written to {out} does not read back as written: {'; '.join(problems)}")
 
 
-def plugins_needed(recipe: Mapping[str, Any], host) -> dict[str, dict[str, Any]]:
-    """The distributions other than lnzoo that registered a component the model is built from."""
-    model = recipe["model"]
-    wanted = [("backbone", model["backbone"]["name"]), ("fusion", (model.get("fusion") or {}).get("name"))]
-    wanted += [("head", (model["heads"].get(t) or model["head"] or {}).get("name")) for t in recipe["tasks"]
-               ["task_weights"]]
-    wanted += [("task", t) for t in recipe["tasks"]["task_weights"]]
+def plugins_needed(records: Sequence[Any]) -> dict[str, dict[str, Any]]:
+    """The distributions other than lnzoo that provided a component of the models, as their records say (never
+    what happens to be installed on the machine exporting them)."""
     out: dict[str, dict[str, Any]] = {}
-    for kind, name in wanted:
-        if not name or name not in host.registry(kind):
-            continue
-        prov = host.get(kind, name).provenance
-        if prov.distribution != "lnzoo":
-            entry = out.setdefault(prov.distribution, {"version": prov.version, "provides": []})
-            entry["provides"].append(f"{kind} {name!r}")
+    for record in records:
+        for c in record.components:
+            if c.get("distribution") not in (None, "lnzoo"):
+                entry = out.setdefault(c["distribution"], {"version": c["version"], "provides": []})
+                what = f"{c['kind']} {c['name']!r}"
+                if what not in entry["provides"]:
+                    entry["provides"].append(what)
     return out
 
 

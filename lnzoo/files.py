@@ -20,13 +20,28 @@ class OutputError(LnzooError):
 
 
 def write_atomic(path: Path, data: str | bytes) -> Path:
-    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, whole."""
+    """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, whole; a file
+    of a run directory or bundle is bound to its manifest as it is written (:func:`lnzoo.integrity.bind`)."""
+    from lnzoo.integrity import bind
+
+    path = Path(path)
+    blob = data.encode("utf-8") if isinstance(data, str) else data
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    with bind(path, blob):
+        return replace_atomic(path, blob)
+
+
+def replace_atomic(path: Path, blob: bytes) -> Path:
+    """Replace ``path`` by ``blob`` through a synced temporary file and a rename (no manifest binding)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
+            fh.write(blob)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -40,6 +55,10 @@ def write_atomic(path: Path, data: str | bytes) -> Path:
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:  # Ctrl-C or a signal mid-write: no temporary file left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
     return path
 
 

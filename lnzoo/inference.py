@@ -202,6 +202,7 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     recipe.set("model.backbone", {**recipe.data["model"]["backbone"], "pretrained": False})
     tasks = dict(record.tasks)
     record.require_buildable()
+    record.require_components(host)
     inputs = Inputs.from_meta(list(record.inputs) or None, host, source=str(weights))
     model = build_model(recipe, host, tasks, inputs)
     _check_fits(model, state, tasks, weights)

@@ -214,8 +214,10 @@ class OnnxPredictor:
 
         record = ModelRecord.read(weights)  # the same checks as the torch engine: an edited sidecar is refused
         record.require_buildable()
-        onnx_file = checked_onnx(Path(weights))
-        return cls(onnx_file, record, _session(str(onnx_file)))
+        from lnzoo.plugins import get_host
+        record.require_components(get_host(), kinds=("input",))  # the rest is inside the graph
+        onnx_file, blob = checked_onnx(Path(weights))
+        return cls(onnx_file, record, _session(blob))
 
     @property
     def tasks(self) -> dict[str, Task]:

@@ -262,8 +262,12 @@ def check_out(out: Path) -> None:
 
 def write_rows(rows: list[dict[str, Any]], out: Path) -> Path:
     from lnzoo.files import csv_text, write_atomic
+    from lnzoo.integrity import modified_note
 
     check_out(out)
+    note = modified_note()
+    if note:  # the calls were made from files that are not as lnzoo wrote them: every row says so
+        rows = [{**r, "warning": note} for r in rows]
     columns: list[str] = []
     for r in rows:
         columns += [k for k in r if k not in columns]

@@ -409,6 +409,17 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
 def resolve(raw: Mapping[str, Any], host=None, source: str | Path | None = None,
             sets: list[str] | None = None, quick: bool = False) -> Recipe:
     """Validate ``raw`` (after --quick and --set), fill defaults; raise RecipeError listing every problem."""
+    recipe, problems, _ = resolve_all(raw, host, source, sets, quick)
+    if problems:
+        raise RecipeError(problems, str(source) if source else None)
+    return recipe
+
+
+def resolve_all(raw: Mapping[str, Any], host=None, source: str | Path | None = None,
+                sets: list[str] | None = None, quick: bool = False) -> tuple[Recipe, list[str], bool]:
+    """:func:`resolve` without raising: the recipe as filled (a wrong value kept as given, a missing one
+    defaulted), every problem, and whether the whole-recipe checks ran to their end (they may stop early on a
+    recipe that already has problems). ``lnzoo validate`` goes on with the checks whose sections are sound."""
     if host is None:
         from lnzoo.plugins import get_host
         host = get_host()
@@ -433,18 +444,17 @@ def resolve(raw: Mapping[str, Any], host=None, source: str | Path | None = None,
             continue
         _apply(raw, key, parse_value(text.strip()))
     out = _fill_section("", raw, SCHEMA, problems, host)
+    whole = True
     if not problems:
         _semantic_checks(out, problems, host)
     else:
         try:
             _semantic_checks(out, problems, host)
-        except Exception:  # earlier type errors can make later checks meaningless
-            pass
+        except Exception:  # noqa: BLE001 - earlier type errors can make later checks meaningless
+            whole = False
     if out.get("name") is None:
         out["name"] = Path(source).stem if source else "recipe"
-    if problems:
-        raise RecipeError(problems, str(source) if source else None)
-    return Recipe(out, Path(source) if source else None, list(sets or []), quick)
+    return Recipe(out, Path(source) if source else None, list(sets or []), quick), problems, whole
 
 
 def _flatten_quick(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -77,7 +77,8 @@ SCHEMA: dict[str, Any] = {
         "covariates": F(list, [], "manifest columns joined to the image features as clinical covariates, e.g. "
                                   "['age', 'sex', 'axis_ratio', 'elasto_score', 'flow_pattern', 'hilum']"),
         "covariate_types": F(dict, {}, "declare a covariate numeric or categorical, e.g. {grade = \"categorical\"}; "
-                                       "otherwise a column is numeric when most of its cells are numbers"),
+                                       "otherwise a column is numeric when every cell is a number, categorical "
+                                       "when none is or starts like one, and an error naming the cells between"),
         "skip_bad_rows": F(bool, False, "leave out bad rows and unreadable images (reported) instead of failing"),
         "cache": F(str, "memory", "decoded, resized images: memory (this run), disk (also across runs, under "
                                   "$LNZOO_CACHE/images) or none", choices=("memory", "disk", "none")),

@@ -7,7 +7,7 @@ definition saved in their header against the sidecar before anything is built fr
 """
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,9 +126,100 @@ class ModelRecord:
                              "clinical covariates after the fusion; this version fuses them as an input like a view. "
                              "Retrain the run (lnzoo run) to use it here")
 
+    def require_components(self, host, kinds: Sequence[str] = ("backbone", "fusion", "head", "input")) -> None:
+        """Refuse to run this model with a component other than the one it was trained with: every component it
+        records (``kinds`` of them) must come here from the same distribution, at the same major version, with the
+        same factory and the same code; and the model must not come from a newer lnzoo than this one."""
+        from lnzoo import __version__
+        from lnzoo.errors import LnzooError
+        from lnzoo.integrity import allowing_modified, note_modified
+
+        problems, changed = [], []
+        written = str(self.versions.get("lnzoo") or "0")
+        if _version(written) > _version(__version__) and _compatible(written) != _compatible(__version__):
+            problems.append(f"it was written by lnzoo {written}, newer than this lnzoo {__version__}: "
+                            f"pip install 'lnzoo>={written}'")
+        for c in self.components:
+            try:
+                kind, name, dist, version = c["kind"], c["name"], c["distribution"], str(c["version"])
+            except (KeyError, TypeError):
+                problems.append(f"its component record {c!r} is not one lnzoo wrote")
+                continue
+            if kind not in kinds:  # a task is stored whole in the record: its provider computes nothing here
+                continue
+            install = f"pip install '{dist}=={version}'" if dist != "lnzoo" else f"pip install 'lnzoo=={version}'"
+            try:
+                here = host.get(kind, name).identity()
+            except LnzooError as exc:
+                problems.append(f"{kind} {name!r} came from {dist} {version}, which is not installed here "
+                                f"({exc}): {install}")
+                continue
+            if here["distribution"] != dist or here["factory"] != c.get("factory"):
+                problems.append(f"{kind} {name!r} came from {dist} {version} ({c.get('factory')}); here it is "
+                                f"{here['factory']} from {here['distribution']} {here['version']}: {install}"
+                                + (f", or uninstall {here['distribution']}" if here["distribution"] != "lnzoo"
+                                   else ""))
+            elif _compatible(here["version"]) != _compatible(version):
+                problems.append(f"{kind} {name!r} came from {dist} {version}; here {dist} is {here['version']}, "
+                                f"another major version: {install}")
+            elif c.get("definition_sha256") and here["definition_sha256"] not in (None, c["definition_sha256"]):
+                changed.append(f"{kind} {name!r} ({dist} {version} then, {here['version']} now): its code changed "
+                               "since the model was trained")
+        where = self.weights
+        if problems:
+            raise UsageError(f"{where}: this model cannot run here, {'; '.join(problems)}")
+        if changed:
+            why = "; ".join(changed)
+            if not allowing_modified():
+                raise UsageError(f"{where}: {why}. It may compute something else than it did in training; install "
+                                 "the versions it was trained with, or pass --allow-modified to run it with these "
+                                 "(every output then says so)")
+            note_modified(where, why)
+
+    @property
+    def components(self) -> tuple[Mapping[str, Any], ...]:
+        """The provider of each component the model is built from, as recorded at training (none for older
+        checkpoints, which recorded only the plugin distributions installed)."""
+        found = self.meta.get("components")
+        return tuple(found) if isinstance(found, list) else ()
+
     def input_entry(self, kind: str) -> Mapping[str, Any] | None:
         """The first of its inputs of ``kind`` (its table and fitted state), or None."""
         return next((e for e in self.inputs if e["table"].get("name") == kind), None)
+
+
+def components_of(recipe: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(kind, name) of every registered component a resolved recipe builds its model from: the backbone (when it
+    has image views), the fusion, each task's head, each registered task, each input kind."""
+    model, data, tasks = recipe["model"], recipe["data"], recipe["tasks"]
+    out = [("backbone", model["backbone"]["name"])] if data.get("views") else []
+    out.append(("fusion", model["fusion"]["name"]))
+    for task in tasks["task_weights"]:
+        out.append(("head", ((model.get("heads") or {}).get(task) or model["head"])["name"]))
+    out += [("task", t) for t in tasks["task_weights"] if t not in (tasks.get("define") or {})]
+    from lnzoo.inputs import input_tables
+
+    out += [("input", table["name"]) for table in input_tables(data, model).values()]
+    return list(dict.fromkeys(out))
+
+
+def component_providers(recipe, host) -> list[dict[str, Any]]:
+    """Who provides each component of a recipe's model (:meth:`lnzoo.registry.Entry.identity`), for its checkpoints."""
+    data = recipe.data if hasattr(recipe, "data") and not isinstance(recipe, Mapping) else recipe
+    return [host.get(kind, name).identity() for kind, name in components_of(data)]
+
+
+def _version(version: str) -> tuple[int, int, int]:
+    import re
+
+    parts = [int(p) for p in re.findall(r"\d+", str(version))[:3]]
+    return tuple(parts + [0] * (3 - len(parts)))  # type: ignore[return-value]
+
+
+def _compatible(version: str) -> tuple[int, ...]:
+    """What must match for two releases to be compatible: the major version (for 0.x, the minor, as semver has it)."""
+    major, minor, _ = _version(version)
+    return (0, minor) if major == 0 else (major,)
 
 
 _VERIFIED: dict[tuple, ModelRecord] = {}
@@ -139,11 +230,16 @@ def _stamp(path: str | Path) -> tuple | None:
     identity and times (hashing it is what the cache saves), the sidecar's whole content (it is small)."""
     import hashlib
 
+    from lnzoo.integrity import MANIFEST, allowing_modified, root_of
+
     stem = Path(path)
     try:
         weights, sidecar = (stem.with_suffix(s).resolve() for s in (".safetensors", ".json"))
         st = weights.stat()
+        root = root_of(weights)  # the manifest that binds them, as it is now (an edit of it is seen)
+        manifest = (root / MANIFEST).stat() if root is not None and (root / MANIFEST).is_file() else None
         return (str(weights), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns,
-                hashlib.sha256(sidecar.read_bytes()).hexdigest())
+                hashlib.sha256(sidecar.read_bytes()).hexdigest(),
+                manifest and (manifest.st_ino, manifest.st_size, manifest.st_mtime_ns), allowing_modified())
     except OSError:
         return None

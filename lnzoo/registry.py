@@ -1,6 +1,7 @@
 """Name -> factory registries with provenance (which distribution registered what)."""
 from __future__ import annotations
 
+import hashlib
 import importlib
 import inspect
 from collections.abc import Callable, Iterator
@@ -57,6 +58,20 @@ class Entry:
             raise PluginError(f"{self.kind} {self.name!r} registered by {self.provenance}: cannot load its "
                               f"factory {self.target!r} ({type(exc).__name__}: {exc})") from None
         return obj
+
+    def identity(self) -> dict[str, Any]:
+        """Who provides this entry, as a checkpoint records it: the distribution and its version, the factory's
+        qualified name, and the sha256 of the factory's source where Python can read it."""
+        factory = self.factory
+        name = self.target if isinstance(self.target, str) else \
+            f"{getattr(factory, '__module__', '?')}:{getattr(factory, '__qualname__', type(factory).__name__)}"
+        try:
+            source = inspect.getsource(factory)
+        except (OSError, TypeError):
+            source = None
+        return {"kind": self.kind, "name": self.name, "distribution": self.provenance.distribution,
+                "version": self.provenance.version, "factory": name,
+                "definition_sha256": hashlib.sha256(source.encode("utf-8")).hexdigest() if source else None}
 
     def build(self, *args: Any, **kwargs: Any) -> Any:
         return self.factory(*args, **kwargs)

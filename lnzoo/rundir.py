@@ -9,6 +9,7 @@
       report.html         the self-contained report          explain/        Grad-CAM examples of the report
       selection.json      (lnzoo select only)
       fold{k}/best.safetensors + best.json, last.*, history.csv
+      integrity.json      the sha256 of every file above: readers refuse one that differs (lnzoo.integrity)
 
 A run with any ``cv.run_folds`` is read the same way: the folds are the ``fold{k}`` folders that hold
 a best checkpoint, never assumed to start at 0.
@@ -37,6 +38,7 @@ from typing import Any
 
 from lnzoo.errors import UsageError
 from lnzoo.files import OutputError, csv_text, write_atomic  # noqa: F401  (re-exported)
+from lnzoo.integrity import read_text
 
 NAN = float("nan")
 _FOLD = re.compile(r"fold(\d+)")
@@ -162,8 +164,7 @@ class RunDir:
             m = _FOLD.fullmatch(path.parent.name)
             if not m:
                 continue
-            with path.open(newline="", encoding="utf-8") as fh:
-                rows = list(csv.DictReader(fh))
+            rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
             cols: dict[str, list[float]] = {}
             for key in rows[0] if rows else []:
                 try:
@@ -179,10 +180,12 @@ class RunDir:
         write_atomic(self / self.RECIPE, toml_text)
 
     def read_recipe(self) -> dict[str, Any]:
-        try:
-            return tomllib.loads((self / self.RECIPE).read_text(encoding="utf-8"))
-        except (OSError, tomllib.TOMLDecodeError):
+        if not (self / self.RECIPE).is_file():
             return {}
+        try:
+            return tomllib.loads(read_text(self / self.RECIPE))
+        except tomllib.TOMLDecodeError as exc:
+            raise UsageError(f"{self / self.RECIPE}: not valid TOML ({exc})") from None
 
     def write_folds(self, assignment: Mapping[str, int]) -> None:
         buf = io.StringIO(newline="")
@@ -194,8 +197,11 @@ class RunDir:
 
     def read_folds(self) -> dict[str, int]:
         self.require(self.FOLDS)
-        with (self / self.FOLDS).open(newline="", encoding="utf-8") as fh:
-            return {row["patient"]: int(row["fold"]) for row in csv.DictReader(fh)}
+        try:
+            return {row["patient"]: int(row["fold"])
+                    for row in csv.DictReader(io.StringIO(read_text(self / self.FOLDS), newline=""))}
+        except (KeyError, TypeError, ValueError) as exc:
+            raise UsageError(f"{self / self.FOLDS}: not a patient,fold table ({exc})") from None
 
     def write_predictions(self, header: Sequence[str], rows: Sequence[Mapping[str, str]]) -> None:
         write_atomic(self / self.PREDICTIONS, csv_text(header, rows))
@@ -203,9 +209,8 @@ class RunDir:
     def read_predictions(self) -> tuple[list[str], list[dict[str, str]]]:
         self.check_finished()
         self.require(self.PREDICTIONS)
-        with (self / self.PREDICTIONS).open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            return list(reader.fieldnames or []), list(reader)
+        reader = csv.DictReader(io.StringIO(read_text(self / self.PREDICTIONS), newline=""))
+        return list(reader.fieldnames or []), list(reader)
 
     def write_json(self, name: str, obj: Any) -> Path:
         from lnzoo.evaluation import jsonable
@@ -219,6 +224,12 @@ class RunDir:
         self.check_finished()
         self.require(self.METRICS)
         return _read_json(self / self.METRICS, strict=True)
+
+    def check_files(self) -> None:
+        """Every file of the run as lnzoo wrote it (:func:`lnzoo.integrity.check_tree`), all at once."""
+        from lnzoo.integrity import check_tree
+        self.check_finished()
+        check_tree(self.path)
 
     def require(self, *names: str) -> None:
         for name in names:
@@ -314,6 +325,8 @@ class RunDir:
                 with contextlib.suppress(OSError):
                     (self / self.LOCK).unlink()
             raise
+        from lnzoo.integrity import start
+        start(self.path)  # from here every file written into the run is bound (lnzoo.integrity)
         self.update_run(status="running", pid=os.getpid(), host=socket.gethostname(),
                         started=time.strftime("%Y-%m-%dT%H:%M:%S%z"), error=None)
 
@@ -350,9 +363,13 @@ class RunDir:
 
 
 def _read_json(path: Path, strict: bool) -> dict[str, Any]:
+    """A JSON file of the run, checked against the run's manifest; unless ``strict``, {} when missing or not
+    JSON (a modified file is refused either way)."""
+    if not strict and not path.is_file():
+        return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        return json.loads(read_text(path))
+    except ValueError as exc:
         if strict:
             raise UsageError(f"{path}: not readable JSON ({exc})") from None
         return {}

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -124,11 +123,17 @@ def _fold_metrics(rows: list[dict[str, str]], tasks: dict[str, dict[str, Any]]) 
 
 
 def _place(src: Path, dst: Path) -> None:
+    """``src`` (checked against its run's manifest) at ``dst``, bound to the new run's manifest."""
+    from lnzoo.files import replace_atomic
+    from lnzoo.integrity import bind, read_bytes
+
+    data = read_bytes(src)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        os.link(src, dst)  # no second copy of the weights where the file system allows
-    except OSError:
-        shutil.copy2(src, dst)
+    with bind(dst, data):
+        try:
+            os.link(src, dst)  # no second copy of the weights where the file system allows
+        except OSError:
+            replace_atomic(dst, data)
 
 
 def select_runs(runs: Sequence[Path], out: Path | None = None) -> dict[str, Any]:

@@ -16,9 +16,14 @@ requeued by submitit (:class:`FoldJob` is checkpointable) and continues after it
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
+import signal
 import socket
+import subprocess
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -61,6 +66,8 @@ class FoldJob(submitit.helpers.Checkpointable if submitit else object):
 
         if RunDir(run_dir).read_fold_result(fold) is not None:
             return False
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGINT, _interrupt_once) if main else None  # also if started ignoring it
         try:
             _write_state(Path(state), state="running")
             fitted = fit_fold_job(Path(run_dir), fold)
@@ -72,8 +79,19 @@ class FoldJob(submitit.helpers.Checkpointable if submitit else object):
         except BaseException:  # pre-empted, timed out (submitit requeues it) or stopped: not a failure
             _write_state(Path(state), state="interrupted")
             raise
+        finally:
+            if main and previous is not None:  # None: a handler not set from Python, which cannot be put back
+                signal.signal(signal.SIGINT, previous)
         _write_state(Path(state), state="done")
         return fitted
+
+
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """A fold job's SIGINT: the fold unwinds as on Ctrl-C (its last finished epoch is saved); the next SIGINTs
+    (a terminal's Ctrl-C reaches the job, submitit's controller and lnzoo sweep, and both forward theirs) must not
+    cut that short."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
 
 
 # -- the plan -------------------------------------------------------------------------------------------------------
@@ -104,13 +122,24 @@ def plan_sweep(recipes: Sequence[Path], seeds: Sequence[int], out: Path, executo
     if len(set(names)) != len(names):
         raise UsageError(f"two recipes share the name {next(n for n in names if names.count(n) > 1)!r}; give "
                          "each its own `name`")
-    runs = []
-    for (path, seed, recipe), name in zip(loaded, names):
-        folds = prepare_run(recipe, host, out / name, emit, sweep=str(out))
-        runs.append({"name": name, "recipe": str(path), "seed": seed, "folds": folds})
-    plan = {"format": "lnzoo-sweep", "recipes": [str(r) for r in recipes], "seeds": list(seeds), "sets": list(sets),
-            "quick": quick, "executor": executor, "runs": runs, "submitted": {}, "gathered": []}
-    write_plan(out, plan)
+    runs: list[dict[str, Any]] = []
+    made_out = not out.exists()
+    try:
+        for (path, seed, recipe), name in zip(loaded, names):
+            runs.append({"name": name, "recipe": str(path), "seed": seed})  # named before its folder is begun
+            runs[-1]["folds"] = prepare_run(recipe, host, out / name, emit, sweep=str(out))
+        plan = {"format": "lnzoo-sweep", "recipes": [str(r) for r in recipes], "seeds": list(seeds),
+                "sets": list(sets), "quick": quick, "executor": executor, "runs": runs, "submitted": {},
+                "gathered": []}
+        write_plan(out, plan)
+    except BaseException:  # stopped or failed while preparing: a sweep without sweep.json cannot be resumed, and
+        # its folder would refuse a new start (not empty), so what this call made goes; out was new or empty
+        for run in runs:
+            shutil.rmtree(out / run["name"], ignore_errors=True)
+        if made_out:
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     return plan
 
 
@@ -225,7 +254,8 @@ def run_sweep(sweep_dir: Path, retries: int = 1, max_parallel: int = 0, host=Non
         key = f"{st.run}/fold{st.fold}"
         state = state_file(sweep_dir, st.run, st.fold)
         state.unlink(missing_ok=True)
-        job = executor.submit(FoldJob(), str(sweep_dir / st.run), st.fold, str(state))
+        with _controller_started() if plan["executor"]["kind"] == "local" else contextlib.nullcontext():
+            job = executor.submit(FoldJob(), str(sweep_dir / st.run), st.fold, str(state))
         held[key] = job
         plan["submitted"][key] = {"job_id": str(job.job_id), "attempts": st.attempts + 1,
                                   "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
@@ -281,12 +311,112 @@ def run_sweep(sweep_dir: Path, retries: int = 1, max_parallel: int = 0, host=Non
                                      for n in runs):
                 break
             time.sleep(poll_seconds)
-    except KeyboardInterrupt:
-        if plan["executor"]["kind"] == "local":
-            for job in held.values():
-                job.cancel(check=False)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: local jobs are stopped and waited for; Slurm's keep running
+        if plan["executor"]["kind"] == "local" and held:
+            with contextlib.suppress(KeyboardInterrupt):  # a second signal must not leave the jobs running
+                say(f"stopping {len(held)} local job(s): each keeps its last finished epoch (a second Ctrl-C "
+                    "stops them at once)")
+            stop_local_jobs(sweep_dir, held)
         raise
     return summary(sweep_dir, plan, resubmitted, failed)
+
+
+STOP_GRACE_S = 60.0  # how long a stopped local job may take to leave its fold at the last finished epoch
+
+
+def stop_local_jobs(sweep_dir: Path, held: dict[str, Any], grace: float = STOP_GRACE_S) -> None:
+    """Stop the local fold jobs of this sweep and wait for every process of theirs.
+
+    Each fold's process gets SIGINT and unwinds as on Ctrl-C: its last finished epoch stays saved and its state
+    file says 'interrupted'; a job still starting (no state yet, nothing to save) is stopped through its submitit
+    controller. What still lives after ``grace`` seconds, or at once after a second signal, is killed. A job left
+    'running' in its state file is then marked 'interrupted': pending for ``lnzoo sweep --resume``, never lost,
+    and no process of it is left. (The controllers were started with SIGINT ignored, :func:`_controller_started`:
+    they end by themselves once their fold's process has.)"""
+    sweep_dir = Path(sweep_dir)
+    jobs = {key: job._process for key, job in held.items() if getattr(job, "_process", None) is not None}
+    where = {key: key.rsplit("/fold", 1) for key in jobs}
+    deadline, forced, told = time.monotonic() + grace, False, set()
+    while any(proc.poll() is None for proc in jobs.values()):
+        try:
+            for key, proc in jobs.items():
+                if proc.poll() is not None:
+                    continue
+                task = _fold_process(sweep_dir, where[key][0], int(where[key][1]))
+                if forced:  # the fold's process, and whatever the controller still runs
+                    for pid in {task, *_children(proc.pid)} - {None}:
+                        _signal(pid, signal.SIGKILL)
+                elif (key, task) not in told:
+                    told.add((key, task))
+                    if task is not None:
+                        _signal(task, signal.SIGINT)
+                    else:  # still starting: the controller's SIGTERM reaches it (submitit ignores it once begun)
+                        _signal(proc.pid, signal.SIGTERM)
+            if time.monotonic() > deadline:
+                if forced:
+                    for proc in jobs.values():
+                        if proc.poll() is None:
+                            proc.kill()
+                else:
+                    forced, deadline = True, time.monotonic() + 10.0
+            alive = next((proc for proc in jobs.values() if proc.poll() is None), None)
+            if alive is not None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    alive.wait(timeout=0.2)
+        except KeyboardInterrupt:  # a second signal: stop them now, but still wait for them
+            forced, deadline = True, time.monotonic() + 10.0
+    for run, fold in where.values():
+        path = state_file(sweep_dir, run, int(fold))
+        try:
+            st = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue  # never begun: pending anyway
+        if st.get("state") == "running":  # killed before it could say so itself
+            write_atomic(path, json.dumps({**st, "state": "interrupted", "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
+                                          indent=1))
+
+
+@contextlib.contextmanager
+def _controller_started():
+    """Around submitting a local job: the submitit controller it starts inherits SIGINT ignored. A Ctrl-C at the
+    terminal reaches every process of the terminal's group; the controller would die of it with a traceback on
+    lnzoo sweep's terminal and kill its fold a second later, before the fold has unwound. lnzoo sweep stops the
+    folds itself (:func:`stop_local_jobs`). A Ctrl-C in the few milliseconds of the start itself is lost."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
+def _fold_process(sweep_dir: Path, run: str, fold: int) -> int | None:
+    """The id of the process fitting this fold on this host, as its state file says (None: not begun)."""
+    try:
+        st = json.loads(state_file(sweep_dir, run, fold).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    pid = int(st.get("pid") or 0)
+    if st.get("state") != "running" or st.get("host") != socket.gethostname() or not pid or not _alive(pid):
+        return None
+    return pid
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is ``pid`` (Linux: /proc; elsewhere none are found)."""
+    found = set()
+    for entry in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(entry.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.add(int(entry.parent.name))
+    return found
+
+
+def _signal(pid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, sig)
 
 
 def _job_error(job) -> str:
@@ -328,5 +458,5 @@ def check_options(executor: str, gpus_per_job: int, timeout_min: int, retries: i
         raise UsageError("; ".join(problems))
 
 
-__all__ = ["FoldJob", "JobState", "job_states", "plan_sweep", "read_plan", "run_sweep",
+__all__ = ["FoldJob", "JobState", "job_states", "plan_sweep", "read_plan", "run_sweep", "stop_local_jobs",
            "summary", "parse_seeds", "make_executor", "check_options"]

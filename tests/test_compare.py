@@ -179,6 +179,68 @@ def test_explicit_thresholds_and_the_youden_rule(tmp_path, cases):
     assert r["a"]["threshold_optimistic"] and any("optimistic" in n for n in r["notes"])
 
 
+# a reader's scores that are not probabilities: a BI-RADS-like 2-5 rating, a 0-100 confidence, a logit
+READER_SCALES = {
+    "birads_2_to_5": lambda z: np.clip(np.round(3.5 + 1.2 * z), 2, 5).astype(int),
+    "percent_0_to_100": lambda z: np.round(100 / (1 + np.exp(-2 * z))).astype(int),
+    "logit": lambda z: np.round(2 * z, 3),
+}
+
+
+@pytest.mark.parametrize("threshold_b", [None, "middle"], ids=["no threshold", "threshold given"])
+@pytest.mark.parametrize("scale", list(READER_SCALES))
+def test_a_readers_rating_gets_auc_and_delong_without_a_threshold(tmp_path, cases, scale, threshold_b):
+    """AUC and DeLong need no threshold; only the operating-point rows and McNemar do, and they say so."""
+    y = cases["y"]
+    rng = np.random.default_rng(7)
+    rating = READER_SCALES[scale](0.9 * (2 * y - 1) + rng.normal(0, 0.8, y.size))
+    assert rating.min() < 0 or rating.max() > 1  # not probabilities: the 0.5 rule cannot apply
+    t = None if threshold_b is None else float(np.median(rating))
+    a = _lnzoo_csv(tmp_path / "predictions.csv", cases, cases["sa"])
+    reader = _write(tmp_path / "reader.csv", ["id", "patient", "label", "score"],
+                    [[i, p, CLASSES[c], v] for i, p, c, v in zip(cases["ids"], cases["patients"], y, rating)])
+    r = compare(a, reader, n_boot=N_BOOT, threshold_b=t)
+    assert r["b"]["auc"] == pytest.approx(delong_ci(y, rating.astype(float))[0], abs=1e-12)
+    d = auc_difference_test(y, cases["sa"], rating.astype(float), groups=cases["patients"])
+    assert r["delong"]["p_value"] == pytest.approx(d["p_value"], abs=1e-12)
+    assert r["a"]["threshold"] == 0.5 and r["a"]["sensitivity"]["value"] is not None  # A keeps its operating point
+    text = _render(r)
+    assert "AUC (95% DeLong CI)" in text
+    if t is None:
+        assert r["b"]["threshold"] is None and r["mcnemar"] is None
+        assert all(r["b"][k] is None for k in ("accuracy", "sensitivity", "specificity", "ppv", "tp"))
+        why = next(n for n in r["notes"] if "0.5 rule does not apply" in n)
+        assert f"from {rating.min():g} to {rating.max():g}" in why and "--threshold-b" in why
+        assert "none (see below)" in text and "needs both sides' calls" in text
+        json.loads(as_json(r))
+    else:
+        calls = (rating >= t).astype(int)
+        assert r["b"]["threshold"] == t and r["b"]["threshold_rule"] == "given"
+        assert r["b"]["sensitivity"]["value"] == pytest.approx(np.mean(calls[y == 1] == 1))
+        assert r["b"]["specificity"]["value"] == pytest.approx(np.mean(calls[y == 0] == 0))
+        assert r["mcnemar"] == mcnemar_test(y, (cases["sa"] >= 0.5).astype(int), calls)
+        assert not any("0.5 rule does not apply" in n for n in r["notes"])
+    if scale == "birads_2_to_5":
+        assert any("4 score levels (2, 3, 4, 5)" in n and "3 operating points" in n for n in r["notes"])
+
+
+def test_lnzoo_compare_with_a_birads_reader_prints_auc_and_delong(tmp_path, cases):
+    from tests.conftest import invoke_cli
+
+    y = cases["y"]
+    rating = np.clip(np.round(3.5 + 1.2 * (2 * y - 1) + np.random.default_rng(3).normal(0, 0.9, y.size)), 2, 5)
+    a = _lnzoo_csv(tmp_path / "predictions.csv", cases, cases["sa"])
+    reader = _write(tmp_path / "reader.csv", ["id", "label", "score"],
+                    [[i, CLASSES[c], int(v)] for i, c, v in zip(cases["ids"], y, rating)])
+    done = invoke_cli("compare", a, reader, "--n-boot", "50")
+    assert done.returncode == 0, done.stderr
+    assert "AUC (95% DeLong CI)" in done.stdout and "--threshold-b" in done.stdout.replace("\n", " ")
+    done = invoke_cli("compare", a, reader, "--n-boot", "50", "--threshold-b", "4", "--json")
+    assert done.returncode == 0, done.stderr
+    got = json.loads(done.stdout)
+    assert got["b"]["threshold"] == 4 and got["mcnemar"] is not None
+
+
 @pytest.mark.filterwarnings("ignore:The y_prob values do not sum to one")
 def test_multiclass_per_class_delong_and_mcnemar_on_argmax(tmp_path):
     rng = np.random.default_rng(2)

@@ -53,7 +53,8 @@ def _mask_rows(folder):
 
 INPUTS = {"text": kit.input_kind("text", kit.make_rows({"report": t} for t in REPORTS * 2), host=HOST, column="report",
                                   max_length=16, dim=16, heads=2, layers=1),
-          "covariates": kit.input_kind("covariates", kit.make_rows(COVARIATES), host=HOST, columns=["age", "sex"]),
+          "covariates": kit.input_kind("covariates", kit.make_rows(COVARIATES), host=HOST, columns=["age", "sex"],
+                                       types={"age": "numeric"}),
           "morphology": kit.input_kind("morphology", _mask_rows, host=HOST)}
 
 COMPONENTS = [

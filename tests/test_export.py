@@ -33,7 +33,7 @@ def bundle(tiny_run, tmp_path_factory) -> Path:
 
 def test_the_bundle_holds_the_models_config_and_card_and_nothing_else(bundle, tiny_run):
     assert sorted(p.relative_to(bundle).as_posix() for p in bundle.rglob("*") if p.is_file()) == [
-        "MODEL_CARD.md", "config.json", "models/fold1.json", "models/fold1.onnx", "models/fold1.safetensors",
+        "MODEL_CARD.md", "config.json", "integrity.json", "models/fold1.json", "models/fold1.onnx", "models/fold1.safetensors",
         "models/fold2.json", "models/fold2.onnx", "models/fold2.safetensors"]
     config = json.loads((bundle / "config.json").read_text())
     assert config["tasks"]["malignancy"]["classes"] == ["benign", "malignant"]
@@ -100,7 +100,16 @@ def test_a_bundle_whose_plugin_is_missing_names_the_distribution_to_install(bund
     config["plugins"] = {"acme-lnzoo-heads": {"version": "2.3", "provides": ["head 'coral'"]}}
     (copy / "config.json").write_text(json.dumps(config))
     out = invoke_cli("predict", "--model", str(copy), _images(tiny_run)[0], "--out", str(tmp_path / "p.csv"))
+    assert out.returncode == 2 and "config.json differs from the file lnzoo wrote" in out.stderr  # edited
+    out = invoke_cli("predict", "--model", str(copy), _images(tiny_run)[0], "--out", str(tmp_path / "p.csv"),
+                     "--allow-modified")
     assert out.returncode == 2 and "pip install acme-lnzoo-heads" in out.stderr and "head 'coral'" in out.stderr
+    for shape in ([], {"acme": "2.3"}, {"acme": {"version": "2.3"}}, "acme"):  # not the table export writes
+        config["plugins"] = shape
+        (copy / "config.json").write_text(json.dumps(config))
+        out = invoke_cli("predict", "--model", str(copy), _images(tiny_run)[0], "--out", str(tmp_path / "p.csv"),
+                         "--allow-modified")
+        assert out.returncode == 2 and "'plugins' entry is not the" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_export_refuses_a_used_folder_and_a_failed_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
@@ -203,12 +212,12 @@ def test_the_onnx_engine_refuses_what_the_torch_engine_refuses(bundle, tiny_run,
     config["tasks"]["malignancy"]["positive"] = "benign"
     (config_edit / "config.json").write_text(json.dumps(config))
     out = predict_onnx(config_edit)
-    assert out.returncode == 2 and "config was edited" in out.stderr
+    assert out.returncode == 2 and "config.json differs from the file lnzoo wrote" in out.stderr
     swapped = tmp_path / "swapped"
     shutil.copytree(bundle, swapped)
     shutil.copy(swapped / "models" / "fold2.onnx", swapped / "models" / "fold1.onnx")
     out = predict_onnx(swapped)
-    assert out.returncode == 2 and "fold1.onnx: its sha256 differs" in out.stderr
+    assert out.returncode == 2 and "fold1.onnx differs from the file lnzoo wrote" in out.stderr
 
 
 def test_serving_several_models_calls_the_most_probable_class(tiny_run):
@@ -235,11 +244,9 @@ def test_a_request_without_content_length_is_refused(tiny_run):
 @pytest.mark.parametrize("value, called", [(0.0, "malignant"), (1.01, "benign")])
 def test_predict_the_cascade_and_the_server_all_call_at_the_stored_threshold(bundle, tiny_run, tmp_path, value,
                                                                               called):
-    """One rule for every call: the calibrated probability against the bundle's operating threshold."""
-    from fastapi.testclient import TestClient
-
-    from lnzoo.predict import predict_rows, run_cascade
-    from lnzoo.serve import create_app
+    """One rule for every call: the calibrated probability against the bundle's operating threshold (edited here on
+    purpose, so it is read with --allow-modified)."""
+    from lnzoo.integrity import modified_allowed, modified_note
 
     edited = tmp_path / "edited"
     shutil.copytree(bundle, edited)
@@ -247,6 +254,17 @@ def test_predict_the_cascade_and_the_server_all_call_at_the_stored_threshold(bun
     config["thresholds"]["malignancy"]["value"] = value  # every node at or above it, or none
     (edited / "config.json").write_text(json.dumps(config))
     images = [Path(p) for p in _images(tiny_run, 4)]
+    with modified_allowed():
+        _calls_agree(edited, images, value, called)
+        assert "config.json" in modified_note()
+
+
+def _calls_agree(edited, images, value, called):
+    from fastapi.testclient import TestClient
+
+    from lnzoo.predict import predict_rows, run_cascade
+    from lnzoo.serve import create_app
+
     rows = predict_rows([edited], images)
     assert {r["malignancy_pred"] for r in rows} == {called}
     assert rows[0]["malignancy_threshold"] == f"cal_p(malignant) >= {value:g} (youden)"

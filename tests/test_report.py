@@ -28,15 +28,23 @@ HEADINGS = ("Run summary", "Metrics (95% CI)", "ROC curves", "Operating points",
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> Path:
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        w = csv.writer(fh)
-        w.writerow(header)
-        w.writerows(rows)
-    return path
+    """Written as lnzoo writes a run's files (bound to its integrity.json), not by hand."""
+    import io
+
+    from lnzoo.files import write_atomic
+
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(header)
+    w.writerows(rows)
+    return write_atomic(path, buf.getvalue())
 
 
 def make_run(out: Path, folds: int = 3, seed: int = 0, external_one_class: bool = True) -> Path:
     """A run directory written by hand: binary + 4-class task, 3 folds, test, a one-class external set, centers."""
+    from lnzoo.files import write_atomic
+    from lnzoo.integrity import start
+
     rng = np.random.default_rng(seed)
     header = ["part", "fold", "path", "patient", "source", "center", "malignancy_true", "p_malignancy_benign",
               "p_malignancy_malignant", "origin_true", *[f"p_origin_{c}" for c in ORIGIN["classes"]]]
@@ -63,17 +71,18 @@ def make_run(out: Path, folds: int = 3, seed: int = 0, external_one_class: bool 
     for j in range(5):
         patient("external", None, f"E{j:03d}", "C", benign_only=external_one_class)
     out.mkdir(parents=True, exist_ok=True)
+    start(out)  # a run directory: every file below is bound to its manifest as lnzoo binds them
     _write_csv(out / "predictions.csv", header, rows)
     _write_csv(out / "folds.csv", ["patient", "fold"], sorted(assignment.items()))
     for k in range(folds):
         (out / f"fold{k}").mkdir(exist_ok=True)
-        (out / f"fold{k}" / "best.json").write_text(json.dumps(
+        write_atomic(out / f"fold{k}" / "best.json", json.dumps(
             {"tasks": {"malignancy": MAL, "origin": ORIGIN}, "fold": k, "best_epoch": 2}))
         _write_csv(out / f"fold{k}" / "history.csv", ["epoch", "train_loss", "val_loss", "val_auc", "lr"],
                    [[e, 1 / e, 1.1 / e, 0.6 + 0.05 * e, 0.01] for e in (1, 2, 3)])
-    (out / "metrics.json").write_text(json.dumps({"recipe": "handmade", "main_task": "malignancy",
-                                                  "data": "hand-written rows", "folds_run": list(range(folds))}))
-    (out / "run.json").write_text(json.dumps({"wall_seconds": 3.5, "device": "cpu", "quick": True, "overrides": []}))
+    write_atomic(out / "metrics.json", json.dumps({"recipe": "handmade", "main_task": "malignancy",
+                                                   "data": "hand-written rows", "folds_run": list(range(folds))}))
+    write_atomic(out / "run.json", json.dumps({"wall_seconds": 3.5, "device": "cpu", "quick": True, "overrides": []}))
     return out
 
 

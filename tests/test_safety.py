@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from lnzoo.rundir import RunDir
+from lnzoo.files import write_atomic
 from tests.conftest import REPO, TINY, invoke_cli, run_cli
 
 RECIPE = str(REPO / "recipes" / "stage1_aux.toml")
@@ -57,6 +58,10 @@ def test_a_sidecar_with_swapped_class_names_is_refused_instead_of_served(tiny_ru
     out = invoke_cli("predict", "--model", str(run / "fold1" / "best.safetensors"), _first_image(run),
                      "--out", str(tmp_path / "calls.csv"))
     assert out.returncode == 2, out.stdout
+    assert "best.json differs from the file lnzoo wrote" in out.stderr  # the run's manifest sees the edit
+    out = invoke_cli("predict", "--model", str(run / "fold1" / "best.safetensors"), _first_image(run),
+                     "--out", str(tmp_path / "calls.csv"), "--allow-modified")  # and so do the weights themselves
+    assert out.returncode == 2, out.stdout
     assert "best.json" in out.stderr and "tasks.malignancy" in out.stderr and "edited" in out.stderr
     assert not (tmp_path / "calls.csv").exists()
 
@@ -71,7 +76,8 @@ def test_replaced_or_truncated_weights_are_refused_naming_the_file(tiny_run, tmp
     _as_older_checkpoint(run / "fold2" / "best.safetensors")
     older = run / "fold2" / "best.safetensors"
     older.write_bytes(older.read_bytes()[:5000])
-    out = invoke_cli("predict", "--model", str(older), _first_image(run), "--out", str(tmp_path / "c.csv"))
+    out = invoke_cli("predict", "--model", str(older), _first_image(run), "--out", str(tmp_path / "c.csv"),
+                     "--allow-modified")
     assert out.returncode == 2 and str(older) in out.stderr and "truncated or corrupt" in out.stderr
 
 
@@ -83,7 +89,8 @@ def test_a_class_count_that_disagrees_with_the_weights_names_the_task(tiny_run, 
     meta = json.loads(sidecar.read_text())
     meta["tasks"]["malignancy"]["classes"].append("uncertain")
     sidecar.write_text(json.dumps(meta))
-    out = invoke_cli("predict", "--model", str(weights), _first_image(run), "--out", str(tmp_path / "c.csv"))
+    out = invoke_cli("predict", "--model", str(weights), _first_image(run), "--out", str(tmp_path / "c.csv"),
+                     "--allow-modified")
     assert out.returncode == 2
     assert "heads.malignancy" in out.stderr and "3 classes" in out.stderr and "uncertain" in out.stderr
 
@@ -102,7 +109,7 @@ def test_predict_never_writes_into_a_run_directory(tiny_run, tmp_path, monkeypat
 def test_readers_refuse_a_run_that_did_not_finish_unless_allowed(tiny_run, tmp_path):
     run = _copy(tiny_run, tmp_path)
     info = json.loads((run / "run.json").read_text())
-    (run / "run.json").write_text(json.dumps({**info, "status": "failed", "error": "OSError: disk full"}))
+    write_atomic(run / "run.json", json.dumps({**info, "status": "failed", "error": "OSError: disk full"}))
     image = _first_image(run)
     for args in (["predict", "--model", str(run), image, "--out", str(tmp_path / "c.csv")], ["evaluate", str(run)],
                  ["report", str(run)], ["compare", str(run), str(run)]):
@@ -111,7 +118,7 @@ def test_readers_refuse_a_run_that_did_not_finish_unless_allowed(tiny_run, tmp_p
     out = invoke_cli("predict", "--model", str(run), image, "--out", str(tmp_path / "c.csv"), "--allow-partial")
     assert out.returncode == 0, out.stderr
     # killed outright, a run cannot record it: "running" with its lock free reads as interrupted
-    (run / "run.json").write_text(json.dumps({**info, "status": "running", "pid": 1}))
+    write_atomic(run / "run.json", json.dumps({**info, "status": "running", "pid": 1}))
     out = invoke_cli("evaluate", str(run))
     assert out.returncode == 2 and "interrupted" in out.stderr and "--resume" in out.stderr
 
@@ -403,8 +410,8 @@ def test_a_run_stopped_before_its_folds_were_planned_resumes_from_the_start(tmp_
     for name in ("metrics.json", "predictions.csv", "folds.csv"):
         (out / name).unlink()
     shutil.rmtree(out / "fold0")
-    (out / "run.json").write_text(json.dumps({k: v for k, v in info.items() if k not in ("data_sha256",)}
-                                             | {"status": "failed", "error": "DataError: ..."}))
+    write_atomic(out / "run.json", json.dumps({k: v for k, v in info.items() if k not in ("data_sha256",)}
+                                              | {"status": "failed", "error": "DataError: ..."}))
     resumed = invoke_cli("run", "--resume", str(out), "--n-boot", "0")
     assert resumed.returncode == 0, resumed.stderr
     assert RunDir(out).status() == "finished" and (out / "fold0" / "best.safetensors").is_file()

@@ -16,6 +16,7 @@ from lnzoo.evaluate import evaluate_run
 from lnzoo.plugins import load_plugins
 from lnzoo.predict import Ensemble
 from lnzoo.select import select_runs
+from lnzoo.files import csv_text, write_atomic
 from tests.conftest import invoke_cli
 from tests.test_run import _run
 
@@ -44,7 +45,7 @@ def _set_inner(run: Path, fold: int, value: float) -> None:
     f = run / f"fold{fold}" / "best.json"
     meta = json.loads(f.read_text())
     meta["monitor"] = {"auc": value}
-    f.write_text(json.dumps(meta))
+    write_atomic(f, json.dumps(meta))  # as lnzoo writes it: bound to the run's integrity.json
 
 
 def _perfect_on_fold(run: Path, fold: int) -> None:
@@ -54,10 +55,7 @@ def _perfect_on_fold(run: Path, fold: int) -> None:
         if r["part"] == "cv" and r["fold"] == str(fold) and r["malignancy_true"]:
             m = r["malignancy_true"] == "malignant"
             r["p_malignancy_malignant"], r["p_malignancy_benign"] = ("0.99", "0.01") if m else ("0.01", "0.99")
-    with (run / "predictions.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=header)
-        w.writeheader()
-        w.writerows(rows)
+    write_atomic(run / "predictions.csv", csv_text(header, rows))
 
 
 def test_each_fold_goes_to_the_best_inner_score_never_to_the_best_held_out_fold(base_run, tmp_path):
@@ -118,10 +116,7 @@ def test_runs_on_other_folds_or_unfinished_runs_are_refused_with_a_reason(base_r
     with (b / "folds.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     rows[0]["fold"] = str((int(rows[0]["fold"]) + 1) % 3)
-    with (b / "folds.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=["patient", "fold"])
-        w.writeheader()
-        w.writerows(rows)
+    write_atomic(b / "folds.csv", csv_text(["patient", "fold"], rows))
     with pytest.raises(UsageError, match="different folds.*cv.folds_file"):
         select_runs([base_run, b])
     with pytest.raises(UsageError, match="at least two"):
@@ -143,14 +138,14 @@ def test_equal_scores_go_to_the_lower_inner_loss_and_a_loss_monitor_is_minimised
         for k in (1, 2):
             meta = json.loads((run / f"fold{k}" / "best.json").read_text())
             meta["monitor"], meta["monitor_val_loss"] = {"auc": 1.0}, loss
-            (run / f"fold{k}" / "best.json").write_text(json.dumps(meta))
+            write_atomic(run / f"fold{k}" / "best.json", json.dumps(meta))
     result = select_runs([a, b])
     assert [f["chosen"] for f in result["folds"]] == ["b", "b"] and result["folds"][0]["tied"] == ["a", "b"]
     for run, loss in ((a, 0.3), (b, 0.5)):
         for k in (1, 2):
             meta = json.loads((run / f"fold{k}" / "best.json").read_text())
             meta["monitor"] = {"loss": loss}
-            (run / f"fold{k}" / "best.json").write_text(json.dumps(meta))
+            write_atomic(run / f"fold{k}" / "best.json", json.dumps(meta))
     assert [f["chosen"] for f in select_runs([a, b])["folds"]] == ["a", "a"]
 
 
@@ -169,9 +164,6 @@ def test_candidates_whose_inner_parts_or_held_out_images_differ_are_refused(base
     shutil.copytree(base_run, c)
     header, rows = _rows(c)
     dropped = next(i for i, r in enumerate(rows) if r["part"] == "cv" and r["fold"] == "1")
-    with (c / "predictions.csv").open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=header)
-        w.writeheader()
-        w.writerows(rows[:dropped] + rows[dropped + 1:])
+    write_atomic(c / "predictions.csv", csv_text(header, rows[:dropped] + rows[dropped + 1:]))
     with pytest.raises(UsageError, match="fold 1: .*other held-out images"):
         select_runs([base_run, c])

@@ -269,6 +269,40 @@ def test_unknown_routes_are_json_errors(client):
     assert error_of(client.get("/nothing"), 404) == "Not Found"
 
 
+PART = (b"--B\r\nContent-Disposition: form-data; name=\"full\"; filename=\"n.png\"\r\nContent-Type: image/png\r\n\r\n"
+        + png_bytes())
+
+
+@pytest.mark.parametrize("arrived", [b"", PART[:20], PART[:90], PART[:-30], PART + b"\r\n--B\r\nContent-Disp"],
+                         ids=["nothing", "in a part's headers", "at the file's start", "mid file", "between fields"])
+def test_a_client_gone_mid_upload_is_one_log_line_not_a_traceback(client, caplog, arrived):
+    """The client closes the connection before its body arrives whole (a closed tab, a lost network): the
+    server's log gets one line, the app raises nothing (uvicorn would print a traceback), nothing is predicted."""
+    import asyncio
+    import logging
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": "/api/predict", "raw_path": b"/api/predict", "query_string": b"", "root_path": "",
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 8000),
+             "headers": [(b"host", b"x"), (b"content-type", b"multipart/form-data; boundary=B"),
+                         (b"content-length", str(len(PART) + 1000).encode())]}
+    inbox = [{"type": "http.request", "body": arrived, "more_body": True}, {"type": "http.disconnect"}]
+    sent: list[dict] = []
+
+    async def receive():
+        return inbox.pop(0) if inbox else {"type": "http.disconnect"}
+
+    async def send(message):
+        sent.append(message)
+
+    with caplog.at_level(logging.INFO, logger="uvicorn.error"):
+        asyncio.run(client.app(scope, receive, send))  # an exception here is uvicorn's traceback
+    said = [r.getMessage() for r in caplog.records if "disconnected" in r.getMessage()]
+    assert said == [("POST /api/predict: the client disconnected before its request arrived whole; nothing was "
+                     "predicted")]
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 400
+
+
 # -- ROI boxes -------------------------------------------------------------------------------------------------------
 def test_parse_box_takes_four_ordered_numbers_inside_the_image():
     assert parse_box("1, 2, 30, 40", (64, 48)) == (1.0, 2.0, 30.0, 40.0)

@@ -108,7 +108,9 @@ def test_cascade_routes_malignant_nodes_to_stage2_and_metastatic_to_stage3(stage
         weights = sidecar.with_suffix(".safetensors")
         save_file(load_file(weights), weights)
     two = run_cascade([stage_runs["s1"], stage_runs["s2"]], images, HOST)
-    assert run_cascade([old, stage_runs["s2"]], images, HOST) == two
+    from lnzoo.integrity import modified_allowed
+    with modified_allowed():  # checkpoints from before the checksums are read only when the user says so
+        assert run_cascade([old, stage_runs["s2"]], images, HOST) == two
     with pytest.raises(UsageError, match="names no class that passes on"):
         run_cascade([stage_runs["s3"], stage_runs["s2"]], images, HOST)
     with pytest.raises(UsageError, match="'lymph' is not a class"):

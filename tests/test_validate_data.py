@@ -4,6 +4,7 @@ from __future__ import annotations
 import shutil
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from tests.conftest import REPO, invoke_cli
@@ -71,7 +72,7 @@ def test_skip_bad_rows_reports_how_many_and_goes_on(tmp_path):
 
 def test_a_class_missing_from_a_fold_is_reported(tmp_path):
     lines = _dataset(tmp_path, n_patients=4)
-    lines = [ln.replace("恶性", "良性") if ln.startswith("img/P00") or ln.startswith("img/P02") else ln for ln in lines]
+    lines = [ln.replace("恶性", "良性") if ln.startswith(("img/P00", "img/P02")) else ln for ln in lines]
     lines = [ln if not ln.startswith("img/P02") else ln.replace("良性", "恶性") for ln in lines]
     out = invoke_cli("validate", str(_recipe(tmp_path, lines)))
     assert out.returncode == 2 and "has no malignancy label of class(es) ['malignant']" in out.stderr
@@ -102,3 +103,30 @@ def test_a_recipe_defines_its_own_task_and_reads_a_manifest_with_other_column_na
     out = invoke_cli("validate", str(recipe))
     assert out.returncode == 0, out.stderr
     assert "8 images of 8 patients" in out.stdout  # unlabelled rows teach nothing and are left out
+
+
+# a list row's every problem is named, never only the first found (issue 26): (extra lines, what each line must say)
+ROW_PROBLEMS = [
+    (["img/P04_0.png,maligant"], {21: ["duplicate row, 'img/P04_0.png' is already on line 9", "label 'maligant'"]}),
+    (["img/P99_0.png,maligant"], {21: ["label 'maligant'", "P99_0.png: file not found"]}),
+    (["img/P04_0.png,良性", "img/P04_0.png,maligant"],
+     {21: ["duplicate row, 'img/P04_0.png' is already on line 9"],
+      22: ["duplicate row, 'img/P04_0.png' is already on line 9", "label 'maligant'"]}),
+    (["img/Q04_0.png,maligant"], {21: ["label 'maligant'", "does not match 'Q04_0.png'", "Q04_0.png: file not found"]}),
+    (["img/P98_0.png,良性", "img/P98_0.png,maligant"],  # a repeat of a missing image: the image is named once
+     {21: ["P98_0.png: file not found"], 22: ["duplicate row", "label 'maligant'"]}),
+]
+
+
+@pytest.mark.parametrize("extra, expected", ROW_PROBLEMS)
+def test_a_list_rows_every_problem_is_named(tmp_path, extra, expected):
+    lines = _dataset(tmp_path) + extra
+    out = invoke_cli("validate", str(_recipe(tmp_path, lines)))
+    assert out.returncode == 2, out.stdout
+    main = tmp_path / "main.txt"
+    said = [ln.strip()[2:] for ln in out.stderr.splitlines() if ln.strip().startswith(f"- {main}:")]
+    for line, reasons in expected.items():
+        mine = [s for s in said if s.startswith(f"{main}:{line}: ")]
+        assert all(any(r in s for s in mine) for r in reasons), (line, mine)
+        assert len(mine) == len(reasons), (line, mine)  # each reason once, nothing else
+    assert not [s for s in said if int(s[len(str(main)) + 1:].split(":")[0]) not in expected]

@@ -8,7 +8,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lnzoo.cli._common import Command, PartialOpt, app, console, err, guarded, plugin_host
+from lnzoo.cli._common import Command, ModifiedOpt, PartialOpt, app, console, err, guarded, plugin_host
 from lnzoo.errors import UsageError
 
 
@@ -27,7 +27,7 @@ def explain(checkpoint_or_run: Annotated[Path, typer.Argument(metavar="RUN_DIR|B
             method: Annotated[str, typer.Option("--method", metavar="gradcam|gradcam++", help="gradcam or gradcam++")] = "gradcam",
             class_: Annotated[Optional[str], typer.Option("--class", metavar="CLASS", help="Class to map (default: the class "
                                                           "called, at the model's stored operating point).")] = None,
-            allow_partial: PartialOpt = False) -> None:
+            allow_partial: PartialOpt = False, allow_modified: ModifiedOpt = False) -> None:
     """Grad-CAM / Grad-CAM++ overlays of the class each image is called (as lnzoo predict and lnzoo serve call it),
     per head and per view, captioned with the call and its threshold; for a model of several inputs also which
     input mattered (occlusion.csv: the probability without each view, report, mask or covariates).
@@ -70,7 +70,7 @@ def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAG
                                               "directory).")] = Path("predictions.csv"),
             engine: Annotated[str, typer.Option("--engine", metavar="torch|onnx", help="Run the models with torch, "
                                                 "or with ONNX Runtime (a bundle exported with --onnx).")] = "torch",
-            allow_partial: PartialOpt = False) -> None:
+            allow_partial: PartialOpt = False, allow_modified: ModifiedOpt = False) -> None:
     """Predict with one model, an ensemble (averaged probabilities) or the three-stage cascade.
 
     Example: lnzoo predict --model runs/RUN node1.png node2.png --out calls.csv
@@ -116,7 +116,8 @@ def export_cmd(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="
                onnx: Annotated[bool, typer.Option("--onnx", metavar="", help="Also write each model as ONNX, "
                                                   "checked against torch.")] = False,
                licence: Annotated[Optional[str], typer.Option("--licence", metavar="TEXT", help="Licence for the "
-                                                              "model card, e.g. 'CC-BY-NC-4.0'.")] = None) -> None:
+                                                              "model card, e.g. 'CC-BY-NC-4.0'.")] = None,
+               allow_modified: ModifiedOpt = False) -> None:
     """Write a portable model bundle: weights, config.json (tasks, views, preprocessing, calibration,
     thresholds, versions, plugins), MODEL_CARD.md, and with --onnx one model.onnx per fold.
 
@@ -144,7 +145,8 @@ def serve(models: Annotated[Optional[list[Path]], typer.Argument(metavar="MODEL"
           max_side: Annotated[int, typer.Option("--max-side", metavar="PX", help="Largest accepted image side in "
                                                 "pixels.")] = 8000,
           engine: Annotated[str, typer.Option("--engine", metavar="torch|onnx", help="Run the models with torch, or "
-                                              "with ONNX Runtime (bundles exported with --onnx).")] = "torch") -> None:
+                                              "with ONNX Runtime (bundles exported with --onnx).")] = "torch",
+          allow_modified: ModifiedOpt = False) -> None:
     """Serve a model as a web page and a JSON API (FastAPI + uvicorn): upload a node's images, get every
     task's calibrated probabilities, the call at the stored threshold and Grad-CAM overlays.
 

@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from lnzoo.cli._common import (Command, JsonOpt, PartialOpt, app, console, err, guarded, plugin_host,
+from lnzoo.cli._common import (Command, JsonOpt, ModifiedOpt, PartialOpt, app, console, err, guarded, plugin_host,
                                summary_table)
 from lnzoo.errors import UsageError
 from lnzoo.evaluation import N_BOOT
@@ -16,7 +16,7 @@ from lnzoo.evaluation import N_BOOT
 @app.command(cls=Command)
 @guarded
 def evaluate(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A run directory written by lnzoo run.")],
-             allow_partial: PartialOpt = False) -> None:
+             allow_partial: PartialOpt = False, allow_modified: ModifiedOpt = False) -> None:
     """Reload each fold's best checkpoint, recompute the held-out metrics and compare with metrics.json.
 
     Example: lnzoo evaluate runs/stage1_aux-20261201-101500
@@ -38,7 +38,8 @@ def select_cmd(runs: Annotated[list[Path], typer.Argument(metavar="RUN_DIR", hel
                                                               "folds (e.g. with cv.folds_file).")],
                out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Write the chosen folds as a run "
                                                                           "directory here.")] = None,
-               as_json: JsonOpt = False, allow_partial: PartialOpt = False) -> None:
+               as_json: JsonOpt = False, allow_partial: PartialOpt = False,
+               allow_modified: ModifiedOpt = False) -> None:
     """Nested choice between runs: per fold, the run with the best inner-validation score (training
     patients only) wins; its held-out predictions give an honest estimate of choosing that way.
 
@@ -61,7 +62,7 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A ru
            out: Annotated[Optional[Path], typer.Option("--out", metavar="FILE.html", help="HTML file (default RUN_DIR/report.html).")] = None,
            n_boot: Annotated[int, typer.Option("--n-boot", metavar="N", help="Patient bootstrap resamples for the CIs.")] = N_BOOT,
            aggregate: Annotated[Optional[str], typer.Option(metavar="patient", help="'patient': also score mean probability per patient.")] = None,
-           allow_partial: PartialOpt = False) -> None:
+           allow_partial: PartialOpt = False, allow_modified: ModifiedOpt = False) -> None:
     """Write a self-contained HTML report (plots embedded) and evaluation.json for a run.
 
     Example: lnzoo report runs/RUN --aggregate patient
@@ -80,14 +81,23 @@ def compare_cmd(a: Annotated[Path, typer.Argument(metavar="A", help="Run directo
                 b: Annotated[Path, typer.Argument(metavar="B", help="Run directory or prediction CSV (e.g. a reader's calls).")],
                 task: Annotated[Optional[str], typer.Option("--task", metavar="TASK", help="Task to compare (default: the main one).")] = None,
                 part: Annotated[Optional[str], typer.Option("--part", metavar="cv|test|external", help="cv, test or external.")] = None,
-                rule: Annotated[str, typer.Option("--threshold-rule", metavar="0.5|youden|sensitivity", help="0.5, youden or sensitivity.")] = "0.5",
-                threshold_a: Annotated[Optional[float], typer.Option("--threshold-a", metavar="T")] = None,
-                threshold_b: Annotated[Optional[float], typer.Option("--threshold-b", metavar="T")] = None,
+                rule: Annotated[str, typer.Option(
+                    "--threshold-rule", metavar="0.5|youden|sensitivity",
+                    help="How a side without --threshold-a/-b is called, for the operating-point rows and McNemar "
+                         "only (AUC and DeLong need no threshold): 0.5 (probabilities; scores such as a 2-5 rating "
+                         "get no operating point), youden or sensitivity.")] = "0.5",
+                threshold_a: Annotated[Optional[float], typer.Option(
+                    "--threshold-a", metavar="T", help="A's calls: positive if its score >= T.")] = None,
+                threshold_b: Annotated[Optional[float], typer.Option(
+                    "--threshold-b", metavar="T",
+                    help="B's calls: positive if its score >= T (e.g. 4 for a BI-RADS 2-5 rating).")] = None,
                 positive: Annotated[Optional[str], typer.Option("--positive", metavar="CLASS", help="Positive class of a binary task.")] = None,
                 intersect: Annotated[bool, typer.Option("--intersect", metavar="", help="Compare on the common cases only.")] = False,
                 n_boot: Annotated[int, typer.Option("--n-boot", metavar="N")] = N_BOOT, as_json: JsonOpt = False,
                 allow_partial: PartialOpt = False) -> None:
     """Compare two models (or a model and a reader): paired DeLong for AUC, McNemar at the operating points.
+    A reader's rating (BI-RADS 2-5, say) gets its AUC and DeLong test as it is; its operating point needs
+    --threshold-b or a rule.
 
     Example: lnzoo compare runs/A runs/B --threshold-rule youden
     """

@@ -8,8 +8,8 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from lnzoo.cli._common import (Command, QuickOpt, SetOpt, app, console, err, guarded, load, plugin_host,
-                               summary_table)
+from lnzoo.cli._common import (Command, QuickOpt, SetOpt, app, console, err, guarded, load, on_interrupt,
+                               plugin_host, summary_table)
 from lnzoo.errors import UsageError
 from lnzoo.evaluation import N_BOOT
 
@@ -18,15 +18,19 @@ from lnzoo.evaluation import N_BOOT
 @guarded
 def validate(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Recipe TOML file.")], set_: SetOpt = None,
              quick: QuickOpt = False) -> None:
-    """Check a recipe and its data without training; every problem is listed, exit 2 if any.
+    """Check a recipe, its data and its model without training; every problem is listed, exit 2 if any.
+
+    The checks run in stages (recipe, data, leakage, folds, model) and the problems of all of them are
+    listed together, by stage; a stage that cannot run on what an earlier one found broken says so.
 
     Example: lnzoo validate recipes/stage1_aux.toml --set data.train=my_nodes.csv
     """
+    from lnzoo.data.samples import delimiter_name
     from lnzoo.validate import validate as validate_recipe
 
-    r = load(recipe, set_, quick)
-    console.print(f"[green]recipe ok[/]: {recipe} ({r.name}; tasks {', '.join(r.tasks)})")
-    v = validate_recipe(r, plugin_host())
+    v = validate_recipe(recipe, plugin_host(), sets=list(set_ or []), quick=quick)
+    console.print(f"[green]recipe ok[/]: {escape(str(recipe))} ({escape(v.name)}; tasks {', '.join(v.tasks)})",
+                  highlight=False)
     backbone = escape(v.backbone) if v.backbone is not None else "no image backbone (no view)"
     console.print(f"[green]model ok[/]: {backbone} builds with the recipe's heads and fusion; fusion members "
                   f"{', '.join(v.members)}", highlight=False)
@@ -35,7 +39,12 @@ def validate(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Reci
                   + "\n".join(f"  - {escape(p)}" for p in v.skipped[:50]))
     console.print(f"[green]data ok[/]: {v.n_images} images of {v.n_patients} patients for cross-validation"
                   + (f", {v.n_test} test" if v.n_test else "")
-                  + (f", {v.n_external} external" if v.n_external else "") + f" ({v.description})")
+                  + (f", {v.n_external} external" if v.n_external else "") + f" ({escape(v.description)})",
+                  highlight=False)
+    for path, delimiter in v.delimiters.items():
+        console.print(f"  {escape(path)}: delimiter {escape(delimiter_name(delimiter))}", highlight=False)
+    if v.columns:
+        console.print(f"  covariates: {escape(', '.join(v.columns))}", highlight=False)
 
 
 @app.command(cls=Command)
@@ -56,8 +65,6 @@ def run(recipe: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help=
 
     Example: lnzoo run recipes/stage1_aux.toml --quick --set train.epochs=3
     """
-    import signal
-
     from lnzoo.pipeline import default_out, resumed_recipe, run as run_pipeline
     from lnzoo.rundir import RunDir
     from lnzoo.train.distributed import world
@@ -87,24 +94,34 @@ def run(recipe: Annotated[Optional[Path], typer.Argument(metavar="RECIPE", help=
     console.print(f"[bold]lnzoo run[/] {escape(str(recipe or r.source))}{' --quick' if r.quick else ''}"
                   f"{' (resumed)' if resume else ''} -> {escape(str(out))}", highlight=False)
 
-    def stop(signum, frame):  # a batch scheduler's SIGTERM ends the run like Ctrl-C: saved, resumable
-        raise KeyboardInterrupt
-    previous = signal.signal(signal.SIGTERM, stop)
-    try:
-        with RunView(err) as view:
-            result = run_pipeline(r, out, on_event=view, host=plugin_host(), n_boot=n_boot, resume=resume is not None)
-    except KeyboardInterrupt:
+    def stopped() -> str:  # Ctrl-C or a batch scheduler's SIGTERM (lnzoo.cli._common.guarded): saved, resumable
         if RunDir(out).status() == "finished":  # stopped while writing the examples or the report
-            err.print(f"[bold yellow]interrupted[/]: the run itself finished; `lnzoo report {escape(str(out))}` writes "
-                      "its report.", highlight=False, soft_wrap=True)
-        else:
-            err.print(f"[bold yellow]interrupted[/]: every finished epoch is saved; `lnzoo run --resume "
-                      f"{escape(str(out))}` continues from the last one.", highlight=False, soft_wrap=True)
-        raise typer.Exit(130) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+            return f"the run itself finished; `lnzoo report {out}` writes its report."
+        return f"every finished epoch is saved; `lnzoo run --resume {out}` continues from the last one."
+    with on_interrupt(stopped), RunView(err) as view:
+        result = _run_or_list_every_problem(r, out, view, n_boot, resume is not None)
     summary_table(result.metrics)
     console.print(f"run directory: {out}\nreport: {result.report}", highlight=False)
+
+
+def _run_or_list_every_problem(r, out: Path, view, n_boot: int, resume: bool):
+    """``lnzoo.run`` on a recipe; refused for its data before any fold was planned (a DataError), the refusal
+    lists every problem of every stage, as ``lnzoo validate`` does, not only the first stage's."""
+    from lnzoo.errors import DataError, ValidationError
+    from lnzoo.pipeline import run as run_pipeline
+    from lnzoo.rundir import RunDir
+    from lnzoo.validate import validate as validate_recipe
+
+    try:
+        return run_pipeline(r, out, on_event=view, host=plugin_host(), n_boot=n_boot, resume=resume)
+    except DataError as exc:
+        if resume or RunDir(out).read_json(RunDir.RUN).get("data_sha256") is not None:
+            raise  # the folds were planned: the problem arose in training, and it is the one to name
+        try:
+            validate_recipe(r, plugin_host())
+        except ValidationError as every:
+            raise every from None
+        raise exc from None
 
 
 def _launch_torchrun(nproc: int) -> None:

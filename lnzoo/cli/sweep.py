@@ -9,7 +9,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from lnzoo.cli._common import Command, QuickOpt, SetOpt, app, console, err, guarded, plugin_host
+from lnzoo.cli._common import Command, QuickOpt, SetOpt, app, console, err, guarded, on_interrupt, plugin_host
 from lnzoo.errors import UsageError
 
 STATE_STYLE = {"done": "green", "running": "cyan", "pending": "yellow", "failed": "red"}
@@ -64,19 +64,18 @@ def sweep(recipes: Annotated[Optional[list[Path]], typer.Argument(metavar="RECIP
         parallel = (1 if executor == "local" else 0) if max_parallel is None else max_parallel
         settings = {"kind": executor, "partition": partition, "gpus_per_job": gpus_per_job,
                     "timeout_min": timeout_min, "max_parallel": parallel}
-        plan = sw.plan_sweep(list(recipes or []), sw.parse_seeds(seeds), folder, settings, list(set_ or []), quick,
-                             plugin_host())
+        with on_interrupt(lambda: f"nothing was submitted and nothing of the sweep is left in {folder}; start it "
+                                  "again"):
+            plan = sw.plan_sweep(list(recipes or []), sw.parse_seeds(seeds), folder, settings, list(set_ or []),
+                                 quick, plugin_host())
         jobs = sum(len(r["folds"]) for r in plan["runs"])
         err.print(f"sweep {folder}: {len(plan['runs'])} run(s), {jobs} fold job(s) on {executor}", highlight=False)
-    try:
+    where = "the local jobs were stopped, each fold at its last finished epoch" \
+        if plan["executor"]["kind"] == "local" else "the Slurm jobs keep running"
+    with on_interrupt(lambda: f"{where}; `lnzoo sweep --resume {folder}` continues, `lnzoo sweep --status {folder}` "
+                              "shows where each job stands."):
         result = sw.run_sweep(folder, retries=retries, max_parallel=parallel, host=plugin_host(),
                               say=lambda line: err.print(escape(line), highlight=False, soft_wrap=True))
-    except KeyboardInterrupt:
-        where = "the local jobs were stopped" if plan["executor"]["kind"] == "local" else \
-            "the Slurm jobs keep running"
-        err.print(f"interrupted: {where}; `lnzoo sweep --resume {folder}` continues, `lnzoo sweep --status "
-                  f"{folder}` shows where each job stands.", highlight=False)
-        raise typer.Exit(130) from None
     table = Table(title=f"sweep {folder}", title_justify="left")
     for col in ("run", "seed", "status", "folds", "AUC (pooled CV)"):
         table.add_column(col)

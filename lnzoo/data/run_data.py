@@ -1,16 +1,14 @@
 """A recipe's data: its tasks, the checked samples of every part (or the phantom), and the patient folds."""
 from __future__ import annotations
 
-import csv
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-
 from lnzoo.config import plain
-from lnzoo.data.samples import MISSING, Sample, load_source, read_lines
-from lnzoo.errors import DataError, UsageError
+from lnzoo.data.samples import MISSING, Sample, csv_reader, load_source
+from lnzoo.errors import DataError, UsageError, ValidationError
 from lnzoo.tasks import Task
 
 PHANTOM_PATIENT_REGEX = r"^(P\d+)_"
@@ -26,6 +24,34 @@ class RunData:
     description: str
     skipped: list[str] = field(default_factory=list)
     inputs: dict[str, Any] = field(default_factory=dict)  # input name -> (kind, table), checked on all rows
+    delimiters: dict[str, str] = field(default_factory=dict)  # each CSV file read -> the delimiter detected
+
+
+@dataclass
+class DataCheck:
+    """Everything :func:`check_run_data` found, by kind: what a run would refuse, and the rows it would use."""
+
+    data: RunData               # the good rows of every part
+    rows: list[str]             # bad rows and images: left out under data.skip_bad_rows
+    fatal: list[str]            # data problems no skipping hides (a file not read, a covariate no row has)
+    leaks: list[str]            # a patient or the same image on both sides of a boundary: never skipped
+    skip: bool                  # data.skip_bad_rows
+    inputs_checked: bool = True  # every input kind checked the rows, so their state can be fitted
+
+    @property
+    def stages(self) -> dict[str, list[str]]:
+        """The problems a run refuses, by stage: data (bad rows, unless skipped, and the rest) and leakage."""
+        return {"data": [*self.fatal, *([] if self.skip else self.rows)], "leakage": list(self.leaks)}
+
+    @property
+    def notes(self) -> dict[str, str]:
+        return {"data": "data.skip_bad_rows = true leaves bad rows out"} if self.rows and not self.skip else {}
+
+    def result(self) -> RunData:
+        """The data, or a ValidationError listing every data and leakage problem at once."""
+        if any(self.stages.values()):
+            raise ValidationError(self.stages, self.notes)
+        return self.data
 
 
 def recipe_tasks(recipe, host) -> dict[str, Task]:
@@ -62,14 +88,26 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
                   check_files_too: bool = True, host=None) -> RunData:
     """Read and check the recipe's data (or the built-in phantom when it names none).
 
-    Every problem is collected: bad rows, missing/empty/corrupt images, duplicate rows, identical
-    image content under two patients. With ``data.skip_bad_rows`` bad rows and images are left
-    out and listed in ``RunData.skipped``; leakage is never skipped.
+    Every problem is collected (:func:`check_run_data`) and raised at once, by stage (a ValidationError, a
+    DataError): bad rows, missing/empty/corrupt images, duplicate rows, identical image content under two
+    patients, a patient in two parts. With ``data.skip_bad_rows`` bad rows and images are left out and listed
+    in ``RunData.skipped``; leakage is never skipped.
+    """
+    return check_run_data(recipe, tasks, on_phantom, check_files_too, host).result()
+
+
+def check_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, int], None] | None = None,
+                   check_files_too: bool = True, host=None) -> DataCheck:
+    """Read and check the recipe's data without raising for what it finds: every source, every row (each row's
+    every problem: a row left out for its label still has its image and covariates checked), every image, every
+    input, identical images and patients across parts, all reported together in a :class:`DataCheck`.
+
+    Only what leaves nothing to check raises (the phantom cannot be made, an input kind cannot be built).
     """
     from lnzoo.data.checks import check_files, identical_content_across_patients
-
     from lnzoo.data.images import set_max_pixels
-    from lnzoo.data.splits import check_leakage
+    from lnzoo.data.splits import leakage_problems
+    from lnzoo.inputs import build_kinds, check_rows, data_notes
 
     d = recipe.config.data
     data_cfg = {**plain(d), "main_task": recipe.config.tasks.main}  # the settings the data layer's readers take
@@ -86,39 +124,56 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
                                                      difficulty=ph.difficulty))
             description += "; external set: a second phantom (seed + 7919), like another centre"
     problems: list[str] = []
-    parts = {"cross-validation": load_source(plain(train), tasks, data_cfg, regex, problems)}
+    fatal: list[str] = []
+    rejected: list[Sample] = []  # rows left out for a label or patient: their images and inputs are checked too
+    delimiters: dict[str, str] = {}
+    reading = {"fatal": fatal, "rejected": rejected, "delimiters": delimiters}
+    parts = {"cross-validation": load_source(plain(train), tasks, data_cfg, regex, problems, **reading)}
     for part, source in sources.items():
-        parts[part] = load_source(plain(source), tasks, data_cfg, None, problems) if source else []
+        parts[part] = load_source(plain(source), tasks, data_cfg, None, problems, **reading) if source else []
     digests: dict[str, str] = {}
+    unreadable: list[Sample] = []  # rows whose image is missing or corrupt: their cells are still checked
     if check_files_too:
         for part, samples in parts.items():
             bad = check_files(samples, problems, digests)
+            unreadable += [s for i, s in enumerate(samples)
+                           if i in bad and any(v != MISSING for v in s.labels.values())]
             parts[part] = [s for i, s in enumerate(samples) if i not in bad]
-    from lnzoo.inputs import build_kinds, check_rows, data_notes
+        bad = check_files(rejected, problems, {})
+        unreadable += [s for i, s in enumerate(rejected) if i in bad]
+        rejected = [s for i, s in enumerate(rejected) if i not in bad]
     if host is None:
         from lnzoo.plugins import get_host
         host = get_host()
     kinds = build_kinds(data_cfg, recipe.config.model, host)
+    inputs_checked = True
     if kinds:  # every input checks every row once, on all parts (a covariate's type is never decided per fold)
-        # the rows that will train or be scored: a row labelling none of the tasks is left out below anyway
+        # the rows that will train or be scored (a row labelling none of the tasks is left out below anyway),
+        # then the rows left out for a label, a patient or an image: their cells are named too, and count for a
+        # column's type; an input that reads files (a mask) reads none of a row whose image was not readable
         every = [s for samples in parts.values() for s in samples if any(v != MISSING for v in s.labels.values())]
-        bad = check_rows(kinds, every, problems)
-        if not d.views:  # a model of other inputs only: a row giving none of them has nothing to show
+        bad = set()
+        for name, entry in kinds.items():  # one input's mistake does not hide another's
+            cells_only = getattr(entry[0], "reads", "file") == "text"
+            try:
+                bad |= check_rows({name: entry}, [*every, *rejected, *(unreadable if cells_only else [])], problems)
+            except DataError as exc:  # a recipe-level mistake (a column no row has): never skipped
+                fatal += exc.problems
+                inputs_checked = False
+        bad = {i for i in bad if i < len(every)}
+        if not d.views and inputs_checked:  # a model of other inputs only: a row giving none has nothing to show
             from lnzoo.inputs import rows_without_input
             bad |= rows_without_input(kinds, every, bad, problems)
         drop = {id(every[i]) for i in bad}
         parts = {part: [s for s in samples if id(s) not in drop] for part, samples in parts.items()}
-        for note in data_notes(kinds):
-            description += f"; {note}"
+        if inputs_checked:
+            for note in data_notes(kinds):
+                description += f"; {note}"
     grouped: list[str] = []
     if d.identical_images == "group":
         from lnzoo.data.checks import group_identical_patients
         grouped = group_identical_patients(parts["cross-validation"], digests)
     leaks = identical_content_across_patients(parts, digests)
-    if problems and not d.skip_bad_rows:
-        raise DataError(problems + leaks, "problem(s) in the data (data.skip_bad_rows = true leaves bad rows out)")
-    if leaks:
-        raise DataError(leaks, "leak(s): the same image under different patients or parts")
     if second_phantom:
         for smp in parts["external"]:  # the second phantom's patients are other people than the first's
             smp.patient = f"centre2-{smp.patient}"
@@ -126,8 +181,9 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
     for part, samples in parts.items():  # rows that label none of this recipe's tasks teach nothing
         parts[part] = [s for s in samples if any(v != MISSING for v in s.labels.values())]
     main = recipe.config.tasks.main
-    if not any(s.labels.get(main, MISSING) != MISSING for s in parts["cross-validation"]):
-        raise DataError([f"no training row has a label for the main task {main!r}"])
+    if (not problems or d.skip_bad_rows) and not fatal and \
+            not any(s.labels.get(main, MISSING) != MISSING for s in parts["cross-validation"]):
+        fatal.append(f"no training row has a label for the main task {main!r}")
     if grouped:
         description += f"; {len(grouped)} group(s) of patients with identical images kept together"
     policy = d.empty_roi
@@ -138,8 +194,10 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
         if n:
             description += (f"; {n} image(s) with an empty mask: their 'roi' view "
                             f"{'is the whole image' if policy == 'whole_image' else 'is missing'} (data.empty_roi)")
-    check_leakage(parts)  # a patient in the CV data and a test set: refused by validate as by run
-    return RunData(parts["cross-validation"], parts["test"], parts["external"], description, problems, kinds)
+    leaks += leakage_problems(parts)  # a patient in the CV data and a test set: refused by validate as by run
+    data = RunData(parts["cross-validation"], parts["test"], parts["external"], description, problems, kinds,
+                   delimiters)
+    return DataCheck(data, problems, fatal, leaks, bool(d.skip_bad_rows), inputs_checked)
 
 
 def plan_folds(pool: Sequence[Sample], recipe, tasks: Mapping[str, Task]) -> dict[str, int]:
@@ -169,10 +227,11 @@ def read_folds_file(path: Path, pool: Sequence[Sample], folds: int, main: str) -
         raise UsageError(f"cv.folds_file: {path} not found")
     given: dict[str, int] = {}
     problems: list[str] = []
-    reader = csv.DictReader(read_lines(path))
+    reader, _ = csv_reader(path)
     if not reader.fieldnames or not {"patient", "fold"} <= set(reader.fieldnames):
         raise DataError([f"{path}:1: needs the columns 'patient' and 'fold', found {reader.fieldnames}"])
-    for line, row in enumerate(reader, start=2):
+    for row in reader:
+        line = reader.line_num
         p, f = (row["patient"] or "").strip(), (row["fold"] or "").strip()
         try:
             k = int(f)
@@ -213,5 +272,5 @@ def data_digest(data) -> str:
     for part, samples in (("cv", data.pool), ("test", data.test), ("external", data.external)):
         for s in samples:
             cells = [(c, s.cells.get(c)) for c in read]
-            h.update(f"{part}|{s.key}|{s.patient}|{sorted(s.labels.items())}|{cells}\n".encode("utf-8"))
+            h.update(f"{part}|{s.key}|{s.patient}|{sorted(s.labels.items())}|{cells}\n".encode())
     return h.hexdigest()

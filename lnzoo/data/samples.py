@@ -7,6 +7,7 @@ error can point at the row that caused it.
 from __future__ import annotations
 
 import csv
+import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ class Sample:
     cells: dict[str, str] = field(default_factory=dict)  # the row's cells: covariates, report text, mask paths
     rois: dict[str, tuple[float, float, float, float] | Path] = field(default_factory=dict)  # view -> box or mask
     base: Path | None = None  # the folder relative paths in ``cells`` resolve against (the manifest's)
+    delimiter: str | None = None  # the delimiter of the CSV file the row came from (None: not a CSV row)
 
     @property
     def key(self) -> str:
@@ -56,9 +58,16 @@ class Sample:
 
 
 def read_lines(path: Path) -> list[str]:
-    """The lines of a text file the user gave; a missing or non-UTF-8 file is a named DataError."""
+    """The lines of a text file the user gave, split at line ends only (a form feed or U+2028 inside a cell
+    is text, not a new row); a missing or non-UTF-8 file is a named DataError."""
+    lines = read_text(path).split("\n")
+    return lines[:-1] if lines[-1] == "" else lines
+
+
+def read_text(path: Path) -> str:
+    """A text file the user gave, with ``\n`` line ends; a missing or non-UTF-8 file is a named DataError."""
     try:
-        return path.read_text(encoding="utf-8-sig").splitlines()  # tolerates a BOM and CRLF
+        return path.read_text(encoding="utf-8-sig")  # tolerates a BOM; CRLF and CR read as LF
     except FileNotFoundError:
         raise DataError([f"{path}: file not found"], "problem(s) with the data sources") from None
     except UnicodeDecodeError as exc:
@@ -69,6 +78,74 @@ def read_lines(path: Path) -> list[str]:
                 f"{path.name} > {path.stem}-utf8{path.suffix}" if guess else "; save it as UTF-8")
         raise DataError([f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start}){hint}"],
                         "problem(s) with the data sources") from None
+
+
+# the delimiters a user's CSV file may use, and how messages name them
+DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
+
+
+def delimiter_name(delimiter: str) -> str:
+    return f"{delimiter!r} ({DELIMITERS.get(delimiter, 'other')})"
+
+
+def _outside_quotes(line: str) -> str:
+    """The characters of a CSV line that are not inside double quotes."""
+    out, quoted = [], False
+    for ch in line:
+        if ch == '"':
+            quoted = not quoted
+        elif not quoted:
+            out.append(ch)
+    return "".join(out)
+
+
+def detect_delimiter(lines: Sequence[str], path: Path | str) -> str:
+    """The delimiter of a user's CSV file (manifest, serving manifest, folds file), by one rule for every reader.
+
+    The header (the first non-blank line) decides: the one of comma, semicolon and tab that it holds outside
+    quotes; a header holding none of them is a one-column file (comma). A header holding several is decided by
+    the rows: the one delimiter that splits the header and every row into the same number of fields. When none
+    or several do, the file is refused (a DataError naming it and the candidates), never read with a guess: a
+    ``;`` file read with ``,`` would be one column whose name holds every other, and each row one cell.
+    """
+    header = next((line for line in lines if line.strip()), "")
+    found = [d for d in DELIMITERS if d in _outside_quotes(header)]
+    if len(found) <= 1:
+        return found[0] if found else ","
+    text = "\n".join(lines)  # parsed as a whole: a quoted cell may span lines
+
+    def widths(d: str) -> set[int]:
+        return {len(r) for r in csv.reader(io.StringIO(text, newline=""), delimiter=d) if r}
+    fits = [d for d in found if len(widths(d)) == 1]
+    if len(fits) == 1:
+        return fits[0]
+    names = " and ".join(delimiter_name(d) for d in found)
+    why = "every row splits evenly with each" if fits else "no one of them splits every row into the header's fields"
+    raise DataError([(f"{path}:1: the header holds {names} and {why}, so the delimiter is ambiguous; save the "
+                      "file with one delimiter (a comma, or a semicolon for a decimal-comma spreadsheet) and quote "
+                      "cells that contain it")], "problem(s) with the data sources")
+
+
+def csv_reader(path: Path) -> tuple[csv.DictReader, str]:
+    """A DictReader over a user's CSV file, with the delimiter :func:`detect_delimiter` finds, and that delimiter."""
+    text = read_text(path)
+    delimiter = detect_delimiter(text.split("\n"), path)
+    return csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter), delimiter
+
+
+def _list_delimiter_problem(path: Path, lines: Sequence[str]) -> str | None:
+    """A list file is ``path,label`` lines (split at the last comma, so a path may hold commas): one whose lines
+    hold no comma but a semicolon or tab is told so, once, instead of one 'expected path,label' per line."""
+    rows = [(n, line) for n, line in enumerate(lines, start=1) if line.strip() and not line.lstrip().startswith("#")]
+    if not rows or any("," in line for _, line in rows):
+        return None
+    for n, line in rows:
+        other = next((d for d in DELIMITERS if d != "," and d in line), None)
+        if other is not None:
+            return (f"{path}:{n}: this list file separates path and label with {delimiter_name(other)} "
+                    f"({line.strip()!r}); list files are 'path,label' lines: write a comma there, or give the "
+                    "images as a CSV manifest (whose delimiter is detected)")
+    return None
 
 
 def _decodes(raw: bytes, encoding: str) -> bool:
@@ -96,7 +173,11 @@ def infer_list_task(path: Path, tasks: Mapping[str, Task]) -> str:
 
     Rows whose label that task does not know are then reported one by one, with their line.
     """
-    labels = [line.rsplit(",", 1)[1].strip() for line in read_lines(path) if line.strip() and "," in line]
+    lines = read_lines(path)
+    told = _list_delimiter_problem(path, lines)
+    if told:
+        raise DataError([told], "problem(s) with the data sources")
+    labels = [line.rsplit(",", 1)[1].strip() for line in lines if line.strip() and "," in line]
     known = {name: sum(task.try_index(lb) is not None for lb in labels) for name, task in tasks.items()}
     best = max(known.values(), default=0)
     fits = [name for name, n in known.items() if n == best and n > 0]
@@ -104,18 +185,34 @@ def infer_list_task(path: Path, tasks: Mapping[str, Task]) -> str:
         return fits[0]
     hint = f"name the task: {{path = \"{path.name}\", task = \"...\"}}"
     if not fits:
-        raise DataError([f"{path}: its labels {sorted(set(labels))[:8]} fit none of the recipe's tasks "
-                         f"{list(tasks)}; {hint}"], "problem(s) with the data sources")
+        raise DataError([(f"{path}: its labels {sorted(set(labels))[:8]} fit none of the recipe's tasks "
+                          f"{list(tasks)}; {hint}")], "problem(s) with the data sources")
     raise DataError([f"{path}: its labels fit several tasks {fits}; {hint}"], "problem(s) with the data sources")
 
 
 def read_list_file(path: Path, task: Task, views: Sequence[str], crop_suffix: str,
-                   patient_regex: str | None, problems: list[str]) -> list[Sample]:
-    """``path,<label>`` lines (the seed's format); relative paths resolve against the list's folder."""
+                   patient_regex: str | None, problems: list[str], rejected: list[Sample] | None = None,
+                   fatal: list[str] | None = None) -> list[Sample]:
+    """``path,<label>`` lines (the seed's format); relative paths resolve against the list's folder.
+
+    Every problem of a line is named (a repeated path with an unknown label is both). A line left out for
+    its label or patient, but whose image is known, goes to ``rejected`` when given, so that the image
+    checks can name that image's problems too. A problem of the whole file goes to ``fatal`` when given."""
     regex = re.compile(patient_regex) if patient_regex else None
+    lines = read_lines(path)
+    file_level = fatal if fatal is not None else problems
+    told = _list_delimiter_problem(path, lines)
+    if told:
+        file_level.append(told)
+        return []
+    other = [v for v in views if v not in ("full", "crop")]
+    if other:
+        file_level.append(f"{path}: list files give views 'full' and 'crop' only, not {other}; use a CSV manifest "
+                        f"with a column per view")
+        return []
     samples = []
     first_seen: dict[str, int] = {}
-    for lineno, line in enumerate(read_lines(path), start=1):
+    for lineno, line in enumerate(lines, start=1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
         where = f"{path}:{lineno}"
@@ -123,33 +220,29 @@ def read_list_file(path: Path, task: Task, views: Sequence[str], crop_suffix: st
             problems.append(f"{where}: expected 'path,label', got {line.strip()!r}")
             continue
         rel, label = (s.strip() for s in line.rsplit(",", 1))
-        if rel in first_seen:
-            problems.append(f"{where}: duplicate row, {rel!r} is already on line {first_seen[rel]}")
-            continue
-        first_seen[rel] = lineno
+        reasons: list[str] = []
+        repeated = rel in first_seen
+        if repeated:
+            reasons.append(f"{where}: duplicate row, {rel!r} is already on line {first_seen[rel]}")
+        else:
+            first_seen[rel] = lineno
         idx = task.try_index(label)
         if idx is None:
             try:
                 task.index_of(label)
             except UsageError as exc:
-                problems.append(f"{where}: {exc}")
-            continue
-        image = user_path(rel, path.parent, where, problems)
-        if image is None:
-            continue
+                reasons.append(f"{where}: {exc}")
+        image = user_path(rel, path.parent, where, reasons)
+        patient = _patient_of(image, regex) if image is not None else None
+        if image is not None and regex is not None and patient is None:
+            reasons.append(f"{where}: data.patient_regex {regex.pattern!r} does not match {image.name!r}")
         view_paths: dict[str, Path | None] = {}
-        for view in views:
-            if view == "full":
-                view_paths[view] = image
-            elif view == "crop":
-                view_paths[view] = _crop_path(image, crop_suffix)
-            else:
-                problems.append(f"{where}: list files give views 'full' and 'crop' only, not {view!r}; "
-                                f"use a CSV manifest with a {view!r} column")
-                return samples
-        patient = _patient_of(image, regex)
-        if regex is not None and patient is None:
-            problems.append(f"{where}: data.patient_regex {regex.pattern!r} does not match {image.name!r}")
+        if image is not None:
+            view_paths = {v: image if v == "full" else _crop_path(image, crop_suffix) for v in views}
+        if reasons:
+            problems += reasons
+            if rejected is not None and image is not None and not repeated:  # a repeat's image is its first's
+                rejected.append(Sample(view_paths, patient or image.stem, {}, where))
             continue
         samples.append(Sample(view_paths, patient or image.stem, {task.name: idx}, where))
     return samples
@@ -165,13 +258,16 @@ def user_path(rel: str, base: Path, where: str, problems: list[str]) -> Path | N
 
 def _row_views(row: Mapping[str, str], columns: Mapping[str, str], base: Path, cfg: Mapping[str, Any],
                where: str, problems: list[str]):
-    """A manifest row's {view: path or None} and its ROI ({} or {'roi': box/mask}); None if the row is bad."""
+    """A manifest row's {view: path or None} and its ROI ({} or {'roi': box/mask}); None if the row is bad
+    (every reason appended to ``problems``)."""
     view_paths: dict[str, Path | None] = {}
+    unusable = False
     for view, col in columns.items():
         rel = (row.get(col) or "").strip()
         view_paths[view] = user_path(rel, base, where, problems) if rel else None
-        if rel and view_paths[view] is None:
-            return None
+        unusable |= bool(rel) and view_paths[view] is None
+    if unusable:
+        return None
     if columns and all(p is None for p in view_paths.values()):  # (a model without image views reads none)
         problems.append(f"{where}: no image path in any view column {sorted(set(columns.values()))}")
         return None
@@ -228,69 +324,83 @@ def _parse_roi(row: Mapping[str, str], base: Path, cfg: Mapping[str, Any], where
 
 
 def _data_rows(reader, path: Path, problems: list[str]):
-    """(file:line, row) of each data row of a CSV; a row with more fields than the header is reported instead."""
-    for lineno, row in enumerate(reader, start=2):
+    """(file:line, row) of each data row of a CSV; a row with more fields than the header is reported instead.
+
+    The line is the row's first, counted by the reader itself, so blank lines skipped and quoted cells spanning
+    lines are counted."""
+    for row in reader:
+        breaks = sum(v.count("\n") for v in row.values() if isinstance(v, str))
+        breaks += sum(v.count("\n") for v in row.get(None) or [])  # the cells beyond the header
+        where = f"{path}:{reader.line_num - breaks}"
         if None in row:
-            problems.append(f"{path}:{lineno}: more fields than the header has")
+            problems.append(f"{where}: more fields than the header has ({len(reader.fieldnames or [])}; the file's "
+                            f"delimiter is {delimiter_name(reader.reader.dialect.delimiter)})")
         else:
-            yield f"{path}:{lineno}", row
+            yield where, row
 
 
 def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], problems: list[str],
-                  label_columns: Mapping[str, str] | None = None, cfg: Mapping[str, Any] | None = None
-                  ) -> list[Sample]:
+                  label_columns: Mapping[str, str] | None = None, cfg: Mapping[str, Any] | None = None,
+                  rejected: list[Sample] | None = None, delimiters: dict[str, str] | None = None,
+                  fatal: list[str] | None = None) -> list[Sample]:
     """A CSV manifest: view columns, ``patient``, optional ``split``/``center``, one column per task.
 
-    A task's column is named after the task unless ``label_columns`` maps it to another column.
+    A task's column is named after the task unless ``label_columns`` maps it to another column. The delimiter
+    is :func:`detect_delimiter`'s (recorded in ``delimiters`` when given, and on each row). Every problem of a
+    row is named; a row left out for its labels or patient whose images are known goes to ``rejected`` when
+    given, so that the image and input checks can name its other problems too. A problem of the whole file (a
+    missing column) goes to ``fatal`` when given, else to ``problems``.
     """
     label_col = {t: (label_columns or {}).get(t, t) for t in tasks}
-    lines = read_lines(path)
-    reader = csv.DictReader(lines)
+    reader, delimiter = csv_reader(path)
+    if delimiters is not None:
+        delimiters[str(path)] = delimiter
     header = reader.fieldnames or []
     columns = {v: VIEW_COLUMN.get(v, v) for v in views}
-    missing_cols = [c for c in columns.values() if c not in header]
-    if missing_cols:
-        problems.append(f"{path}:1: missing view column(s) {missing_cols}; header has {header}")
-        return []
     patient_col = (cfg or {}).get("patient_column", "patient")
-    missing_values = {str(v).strip().casefold() for v in (cfg or {}).get("missing_labels", [])}
+    missing_cols = [c for c in columns.values() if c not in header]
+    said = f"header has {header} (read with the delimiter {delimiter_name(delimiter)})"
+    file_level = fatal if fatal is not None else problems
+    if missing_cols:
+        file_level.append(f"{path}:1: missing view column(s) {missing_cols}; {said}")
     if patient_col not in header:
-        problems.append(f"{path}:1: no {patient_col!r} column (data.patient_column): patient-level splits need one")
+        file_level.append(f"{path}:1: no {patient_col!r} column (data.patient_column): patient-level splits need "
+                          f"one; {said}")
+    if not any(label_col[t] in header for t in tasks):
+        file_level.append(f"{path}:1: no column for any of the recipe's tasks {list(label_col.values())}; "
+                          f"map one with data.label_columns; {said}")
+    if missing_cols or patient_col not in header or not any(label_col[t] in header for t in tasks):
         return []
-    task_cols = [t for t in tasks if label_col[t] in header]
-    if not task_cols:
-        problems.append(f"{path}:1: no column for any of the recipe's tasks {list(label_col.values())}; "
-                        f"map one with data.label_columns")
-        return []
+    missing_values = {str(v).strip().casefold() for v in (cfg or {}).get("missing_labels", [])}
     samples = []
     for where, row in _data_rows(reader, path, problems):
-        labels, bad = {}, False
+        reasons: list[str] = []
+        labels = {}
         for t in tasks:
             value = (row.get(label_col[t]) or "").strip()
-            if not value or value.casefold() in missing_values:
-                labels[t] = MISSING
-                continue
-            idx = tasks[t].try_index(value)
-            if idx is None:
+            idx = None if not value or value.casefold() in missing_values else tasks[t].try_index(value)
+            if value and value.casefold() not in missing_values and idx is None:
                 try:
                     tasks[t].index_of(value)
                 except UsageError as exc:
-                    problems.append(f"{where}: column {label_col[t]!r}: {exc}")
-                bad = True
+                    reasons.append(f"{where}: column {label_col[t]!r}: {exc}")
             labels[t] = MISSING if idx is None else idx
-        if bad:
-            continue
         patient = (row.get(patient_col) or "").strip()
         if not patient:
-            problems.append(f"{where}: empty patient id")
+            reasons.append(f"{where}: empty patient id")
+        parsed = _row_views(row, columns, path.parent, cfg or {}, where, reasons)
+        sample = None
+        if parsed is not None:
+            view_paths, rois = parsed
+            sample = Sample(view_paths, patient, labels, where, center=(row.get("center") or None),
+                            split=(row.get("split") or None), cells={k: v for k, v in row.items() if v is not None},
+                            rois=rois, base=path.parent, delimiter=delimiter)
+        if reasons:
+            problems += reasons
+            if rejected is not None and sample is not None:
+                rejected.append(sample)
             continue
-        parsed = _row_views(row, columns, path.parent, cfg or {}, where, problems)
-        if parsed is None:
-            continue
-        view_paths, rois = parsed
-        samples.append(Sample(view_paths, patient, labels, where, center=(row.get("center") or None),
-                              split=(row.get("split") or None),
-                              cells={k: v for k, v in row.items() if v is not None}, rois=rois, base=path.parent))
+        samples.append(sample)
     return samples
 
 
@@ -299,20 +409,23 @@ def read_serving_manifest(path: Path, views: Sequence[str], cfg: Mapping[str, An
     """Rows to predict on (no labels, no patient needed): the model's view columns, the box or mask
     of a 'roi' view, and the columns its other inputs read (covariates, report text, masks), which must be in the
     header (an empty cell is a missing input; an absent column would silently be one for every row).
-    Every bad row is reported at once (DataError)."""
+    The delimiter is :func:`detect_delimiter`'s. Every bad row is reported at once (DataError)."""
     path = Path(path)
-    reader = csv.DictReader(read_lines(path))
+    reader, delimiter = csv_reader(path)
     header = reader.fieldnames or []
     columns = {v: VIEW_COLUMN.get(v, v) for v in views}
     problems: list[str] = []
+    said = f"header has {header} (read with the delimiter {delimiter_name(delimiter)})"
     missing_cols = sorted({c for c in columns.values() if c not in header})
     if missing_cols:
-        raise DataError([f"{path}:1: missing view column(s) {missing_cols} that the model's views {list(views)} "
-                         f"need; header has {header}"], "problem(s) with the manifest")
+        problems.append(f"{path}:1: missing view column(s) {missing_cols} that the model's views {list(views)} "
+                        f"need; {said}")
     missing_inputs = [c for c in input_columns if c not in header]
     if missing_inputs:
-        raise DataError([f"{path}:1: missing column(s) {missing_inputs} that the model's inputs read (leave a cell "
-                         f"empty where a row lacks it); header has {header}"], "problem(s) with the manifest")
+        problems.append(f"{path}:1: missing column(s) {missing_inputs} that the model's inputs read (leave a cell "
+                        f"empty where a row lacks it); {said}")
+    if problems:
+        raise DataError(problems, "problem(s) with the manifest")
     samples = []
     for where, row in _data_rows(reader, path, problems):
         parsed = _row_views(row, columns, path.parent, cfg, where, problems)
@@ -326,7 +439,8 @@ def read_serving_manifest(path: Path, views: Sequence[str], cfg: Mapping[str, An
             problems.append(f"{where}: {'; '.join(missing)}")
             continue
         samples.append(Sample(view_paths, (row.get("patient") or "").strip(), {}, where,
-                              cells={k: v for k, v in row.items() if v is not None}, rois=rois, base=path.parent))
+                              cells={k: v for k, v in row.items() if v is not None}, rois=rois, base=path.parent,
+                              delimiter=delimiter))
     if problems:
         raise DataError(problems, "problem(s) with the manifest")
     if not samples:
@@ -341,7 +455,7 @@ def merge_by_image(samples: list[Sample], task_names: Sequence[str], problems: l
         key = s.key
         if key not in merged:
             merged[key] = Sample(dict(s.views), s.patient, {t: MISSING for t in task_names}, s.origin,
-                                 s.center, s.split, dict(s.cells), dict(s.rois), s.base)
+                                 s.center, s.split, dict(s.cells), dict(s.rois), s.base, s.delimiter)
         target = merged[key]
         for task, idx in s.labels.items():
             if idx == MISSING:
@@ -412,15 +526,21 @@ def read_npz(spec: str, task: Task, problems: list[str]) -> list[Sample]:
 
 
 def load_source(spec: Any, tasks: Mapping[str, Task], data_cfg: Mapping[str, Any],
-                patient_regex: str | None = None, problems: list[str] | None = None) -> list[Sample]:
+                patient_regex: str | None = None, problems: list[str] | None = None, *,
+                fatal: list[str] | None = None, rejected: list[Sample] | None = None,
+                delimiters: dict[str, str] | None = None) -> list[Sample]:
     """Read one ``data.train`` / ``data.test`` / ``data.external`` value into samples.
 
     Every bad row is reported at once: raised as a DataError, or appended to ``problems`` when
-    the caller passes a list (and then skipped).
+    the caller passes a list (and then skipped). With ``fatal`` given, what no skipping may hide (a file
+    that cannot be read, a missing column, no usable row at all) is appended there instead of raised, and
+    the other files are still read; ``rejected`` and ``delimiters`` are as :func:`read_manifest`'s.
     """
     items = spec if isinstance(spec, list) else [spec]
     collect = problems is not None
     problems = problems if problems is not None else []
+    file_level = fatal if fatal is not None else problems
+    n_fatal = len(fatal) if fatal is not None else 0
     samples: list[Sample] = []
     views = data_cfg["views"]
     regex = patient_regex if patient_regex is not None else data_cfg.get("patient_regex")
@@ -429,36 +549,47 @@ def load_source(spec: Any, tasks: Mapping[str, Task], data_cfg: Mapping[str, Any
         if isinstance(item, dict):
             task_name, item = item.get("task"), item.get("path")
         if not isinstance(item, str) or not item:
-            problems.append(f"data source {item!r}: expected a path, or {{path = ..., task = ...}}")
+            file_level.append(f"data source {item!r}: expected a path, or {{path = ..., task = ...}}")
             continue
         path = Path(item)
-        if path.is_dir() or ".npz" in path.name:
-            name = task_name or data_cfg.get("main_task") or next(iter(tasks))
-            if name not in tasks:
-                problems.append(f"{path}: task {name!r} is not one of the recipe's tasks {list(tasks)}")
-            elif path.is_dir():
-                samples += read_class_folders(path, tasks[name], regex, problems)
+        try:
+            if path.is_dir() or ".npz" in path.name:
+                name = task_name or data_cfg.get("main_task") or next(iter(tasks))
+                if name not in tasks:
+                    file_level.append(f"{path}: task {name!r} is not one of the recipe's tasks {list(tasks)}")
+                elif path.is_dir():
+                    samples += read_class_folders(path, tasks[name], regex, problems)
+                else:
+                    samples += read_npz(item, tasks[name], problems)
+            elif path.suffix.lower() == ".csv":
+                if task_name is not None and task_name not in tasks:
+                    file_level.append(f"{path}: task {task_name!r} is not one of the recipe's tasks {list(tasks)}")
+                    continue
+                # {path, task}: this manifest labels that task only (one dataset of a multi-dataset recipe)
+                only = {task_name: tasks[task_name]} if task_name else tasks
+                samples += read_manifest(path, only, views, problems, data_cfg.get("label_columns"), data_cfg,
+                                         rejected=rejected, delimiters=delimiters, fatal=fatal)
+            elif path.is_file():
+                name = task_name or infer_list_task(path, tasks)
+                if name not in tasks:
+                    file_level.append(f"{path}: task {name!r} is not one of the recipe's tasks {list(tasks)}")
+                    continue
+                samples += read_list_file(path, tasks[name], views, data_cfg["crop_suffix"], regex, problems,
+                                          rejected=rejected, fatal=fatal)
             else:
-                samples += read_npz(item, tasks[name], problems)
-        elif path.suffix.lower() == ".csv":
-            if task_name is not None and task_name not in tasks:
-                problems.append(f"{path}: task {task_name!r} is not one of the recipe's tasks {list(tasks)}")
-                continue
-            # {path, task}: this manifest labels that task only (one dataset of a multi-dataset recipe)
-            only = {task_name: tasks[task_name]} if task_name else tasks
-            samples += read_manifest(path, only, views, problems, data_cfg.get("label_columns"), data_cfg)
-        elif path.is_file():
-            name = task_name or infer_list_task(path, tasks)
-            if name not in tasks:
-                problems.append(f"{path}: task {name!r} is not one of the recipe's tasks {list(tasks)}")
-                continue
-            samples += read_list_file(path, tasks[name], views, data_cfg["crop_suffix"], regex, problems)
-        else:
-            problems.append(f"{path}: file not found")
+                file_level.append(f"{path}: file not found")
+        except DataError as exc:  # the file cannot be read at all (not UTF-8, an ambiguous delimiter)
+            if fatal is None:
+                raise
+            fatal += exc.problems
     merged = merge_by_image(samples, list(tasks), problems)
     if problems and not collect:
         raise DataError(problems, "problem(s) in the data")
     if not merged:  # say why: the collected problems (a missing column, say) come first
+        if fatal is not None:
+            if len(fatal) == n_fatal:  # nothing said yet why this source gave nothing
+                fatal.append(f"{', '.join(map(str, items))}: no usable rows")
+            return []
         raise DataError([*problems, f"{', '.join(map(str, items))}: no usable rows"], "problem(s) in the data")
     return merged
 

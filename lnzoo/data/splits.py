@@ -37,21 +37,30 @@ def inner_validation(samples: Sequence[Sample], fraction: float, main_task: str,
     from sklearn.model_selection import StratifiedGroupKFold
 
     groups = np.array([s.patient for s in samples])
-    n_splits = max(2, min(int(round(1.0 / fraction)), len(set(groups))))
+    n_splits = max(2, min(round(1.0 / fraction), len(set(groups))))
     cv = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed + 1000)
     train_idx, val_idx = next(cv.split(np.zeros(len(groups)), _strata(samples, main_task), groups))
     return sorted(train_idx.tolist()), sorted(val_idx.tolist())
 
 
-def check_leakage(parts: dict[str, Sequence[Sample]]) -> None:
-    """Refuse a patient that sits in two parts of a train/test boundary, naming the offenders."""
-    seen: dict[str, str] = {}
+def leakage_problems(parts: dict[str, Sequence[Sample]]) -> list[str]:
+    """A patient that sits in two parts of a train/test boundary, one line per offender (with a row of each)."""
+    seen: dict[str, tuple[str, str]] = {}
     problems = []
     for part, samples in parts.items():
-        for p in sorted({s.patient for s in samples}):
-            if p in seen and seen[p] != part:
-                problems.append(f"patient {p!r} is in both {seen[p]!r} and {part!r}")
-            seen.setdefault(p, part)
+        first = {}
+        for s in samples:
+            first.setdefault(s.patient, s.origin)
+        for p in sorted(first):
+            if p in seen and seen[p][0] != part:
+                problems.append(f"patient {p!r} is in both {seen[p][0]!r} and {part!r} ({seen[p][1]}, {first[p]})")
+            seen.setdefault(p, (part, first[p]))
+    return problems
+
+
+def check_leakage(parts: dict[str, Sequence[Sample]]) -> None:
+    """Refuse a patient that sits in two parts of a train/test boundary, naming the offenders."""
+    problems = leakage_problems(parts)
     if problems:
         raise DataError(problems, "leak(s) across a train/test boundary")
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -24,14 +25,15 @@ def _cell(v: Any) -> str:
 
 def read_csv(path: Path) -> tuple[list[str], list[dict[str, str]]]:
     """The header and rows of a CSV file, column names and cells stripped."""
+    from lnzoo.integrity import read_text  # a run's predictions.csv is checked against the run's manifest
+
     try:
-        with path.open(newline="", encoding="utf-8-sig") as fh:
-            reader = csv.DictReader(fh)
-            header = [h.strip() for h in reader.fieldnames or []]
-            # a row's cells beyond the header (key None) belong to no column
-            rows = [{k.strip(): _cell(v) for k, v in row.items() if k is not None}
-                    for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+        header = [h.strip() for h in reader.fieldnames or []]
+        # a row's cells beyond the header (key None) belong to no column
+        rows = [{k.strip(): _cell(v) for k, v in row.items() if k is not None}
+                for row in reader]
+    except csv.Error as exc:
         raise UsageError(f"{path}: cannot read the CSV: {exc}") from None
     return header, rows
 

@@ -45,38 +45,54 @@ def _ci(fn, y, p, groups, n_boot, seed) -> dict[str, float]:
     return {"value": r["value"], "lo": r["lo"], "hi": r["hi"]}
 
 
-def _threshold(side: Side, key: str, y_bin, s, explicit, rule: str, target: float) -> tuple[float, str, bool]:
-    """(threshold, how it was set, optimistic?) for one side."""
+OPERATING_POINT = ("accuracy", "sensitivity", "specificity")
+
+
+def _threshold(side: Side, key: str, y_bin, s, explicit, rule: str, target: float
+               ) -> tuple[float | None, str, bool, str | None]:
+    """(threshold, how it was set, optimistic?, why there is none) for one side. Scores that are not probabilities
+    (a reader's 2-5 rating) have no threshold under the 0.5 rule: the side still gets its AUC and DeLong test, which
+    need none, and only its operating-point rows and McNemar wait for a threshold or another rule."""
     if explicit is not None:
-        return float(explicit), "given", False
+        return float(explicit), "given", False, None
     if rule == "0.5":
         if s.min() < 0.0 or s.max() > 1.0:
-            raise UsageError(f"{side.file}: scores run outside [0, 1] ({s.min():g} to {s.max():g}), so the 0.5 rule "
-                             f"does not apply: pass threshold_{key}=... (--threshold-{key}) or a rule")
-        return 0.5, "0.5", False
+            return None, "none", False, (
+                f"{side.name}'s scores run from {s.min():g} to {s.max():g}, not probabilities in [0, 1], so the 0.5 "
+                f"rule does not apply: its AUC and the DeLong test need no threshold; for its accuracy, "
+                f"sensitivity, specificity and McNemar pass threshold_{key}=... (--threshold-{key} T: positive if "
+                "score ≥ T) or a rule (--threshold-rule youden or sensitivity)")
+        return 0.5, "0.5", False, None
     try:
-        return choose_threshold(y_bin, s, rule, target), rule if rule == "youden" else f"sensitivity>={target:g}", True
+        chosen = choose_threshold(y_bin, s, rule, target)
     except ValueError as exc:
         raise UsageError(f"cannot choose a {rule} threshold for {side.name}: {exc}") from None
+    return chosen, rule if rule == "youden" else f"sensitivity>={target:g}", True, None
 
 
 def _binary_side(side: Side, key: str, y: np.ndarray, pos: int, s: np.ndarray, threshold, rule, target,
-                 groups, n_boot, seed) -> tuple[dict, np.ndarray]:
+                 groups, n_boot, seed) -> tuple[dict, np.ndarray | None]:
+    """One side of a binary comparison: its AUC with the DeLong CI, and at its threshold (None: no operating point,
+    see :func:`_threshold`) the calls, accuracy, sensitivity, specificity, PPV and NPV."""
     y_bin = (y == pos).astype(int)
-    t, how, optimistic = _threshold(side, key, y_bin, s, threshold, rule, target)
+    t, how, optimistic, why_none = _threshold(side, key, y_bin, s, threshold, rule, target)
+    d = auc_with_ci(y_bin, s)
+    levels = np.unique(s)
+    out = {"name": side.name, "source": str(side.file), "part": side.part,
+           "auc": d["auc"], "auc_ci": [d["lo"], d["hi"]],
+           "threshold": t, "threshold_rule": how, "threshold_optimistic": optimistic, "no_threshold": why_none,
+           "hard_calls": bool(np.isin(s, (0.0, 1.0)).all()),
+           "score_levels": [float(v) for v in levels] if len(levels) <= 10 else None}
+    if t is None:
+        return {**out, "tp": None, "fn": None, "fp": None, "tn": None, **dict.fromkeys(OPERATING_POINT),
+                "ppv": None, "npv": None}, None
     p = np.empty((len(s), 2))
     p[:, pos], p[:, 1 - pos] = s, 1.0 - s  # the shared metric functions read class-probability columns
     pred = (predicted_class(p, pos, t) == pos).astype(int)
     tn, fp, fn, tp = map(int, np.bincount(2 * y_bin + pred, minlength=4))
     fns = bootstrap_metric_fns(2, pos, t)
-    d = auc_with_ci(y_bin, s)
-    out = {"name": side.name, "source": str(side.file), "part": side.part,
-           "auc": d["auc"], "auc_ci": [d["lo"], d["hi"]],
-           "threshold": t, "threshold_rule": how, "threshold_optimistic": optimistic,
-           "hard_calls": bool(np.isin(s, (0.0, 1.0)).all()),
-           "tp": tp, "fn": fn, "fp": fp, "tn": tn,
-           **{k: _ci(fns[k], y, p, groups, n_boot, seed) for k in ("accuracy", "sensitivity", "specificity")},
-           "ppv": tp / (tp + fp) if tp + fp else NAN, "npv": tn / (tn + fn) if tn + fn else NAN}
+    out.update(tp=tp, fn=fn, fp=fp, tn=tn, **{k: _ci(fns[k], y, p, groups, n_boot, seed) for k in OPERATING_POINT},
+               ppv=tp / (tp + fp) if tp + fp else NAN, npv=tn / (tn + fn) if tn + fn else NAN)
     return out, pred
 
 
@@ -153,7 +169,7 @@ def compare(a, b, task: str | None = None, threshold_rule: str = "0.5", n_boot: 
         result.update(a=ra, b=rb, delong={**auc_difference_test(y_bin, s_a, s_b, groups=groups), "test": test},
                       auc_diff_bootstrap={**paired_bootstrap_auc_diff(y_bin, s_a, s_b, groups=groups, n_boot=n_boot,
                                                                       seed=seed), "resampling_unit": unit},
-                      mcnemar=mcnemar_test(y_bin, pred_a, pred_b))
+                      mcnemar=None if pred_a is None or pred_b is None else mcnemar_test(y_bin, pred_a, pred_b))
         for r in (ra, rb):
             if r["threshold_optimistic"]:
                 notes.append(f"{r['name']}'s threshold ({r['threshold_rule']}) was chosen on the compared cases: "
@@ -161,6 +177,13 @@ def compare(a, b, task: str | None = None, threshold_rule: str = "0.5", n_boot: 
             if r["hard_calls"]:
                 notes.append(f"{r['name']} gives hard 0/1 calls: its ROC has a single operating point and its AUC "
                              "is (sensitivity + specificity) / 2")
+            elif r["score_levels"] is not None and len(r["score_levels"]) > 2:
+                levels = r["score_levels"]
+                notes.append(f"{r['name']} gives {len(levels)} score levels ({fmt_levels(levels)}): its ROC "
+                             f"has {len(levels) - 1} operating points and tied cases count half in its AUC and the "
+                             "DeLong test")
+            if r["no_threshold"]:
+                notes.append(r["no_threshold"])
     else:
         if threshold_a is not None or threshold_b is not None:
             raise UsageError(f"thresholds apply to binary tasks only; {task or 'this task'} has {len(classes)} "
@@ -199,7 +222,13 @@ def as_json(result: Mapping[str, Any]) -> str:
     return json.dumps(jsonable(result), indent=2, ensure_ascii=False, allow_nan=False)
 
 
-def _mcnemar_cell(m: Mapping[str, Any]) -> str:
+def fmt_levels(levels) -> str:
+    return ", ".join(f"{v:g}" for v in levels)
+
+
+def _mcnemar_cell(m: Mapping[str, Any] | None) -> str:
+    if m is None:
+        return "n/a: needs both sides' calls (a threshold for each)"
     kind = "exact" if m["exact"] else "χ²"
     return f"A right/B wrong {m['b']}, A wrong/B right {m['c']}; {kind} p={fmt_p(m['p_value'])}"
 
@@ -230,11 +259,12 @@ def format_table(result: Mapping[str, Any]):
         table.add_row(f"AUC Δ ({bd['resampling_unit']} bootstrap)", "", "",
                       f"{fmt_ci(bd['diff'], bd)}, p={fmt_p(bd['p_value'])}")
         thr = [f"{fmt(r['threshold'])} ({r['threshold_rule']}{', optimistic' if r['threshold_optimistic'] else ''})"
-               for r in (a, b)]
+               if r["threshold"] is not None else "none (see below)" for r in (a, b)]
         table.add_row("Threshold (positive if ≥)", *thr, "")
         for key, label in (("accuracy", "Accuracy"), ("sensitivity", "Sensitivity"), ("specificity", "Specificity")):
-            diff = fmt(num(a[key]["value"]) - num(b[key]["value"]))
-            table.add_row(f"{label} (95% CI)", fmt_ci(a[key]["value"], a[key]), fmt_ci(b[key]["value"], b[key]),
+            ka, kb = a[key] or {"value": None}, b[key] or {"value": None}  # None: no threshold on that side
+            diff = fmt(num(ka["value"]) - num(kb["value"]))
+            table.add_row(f"{label} (95% CI)", fmt_ci(ka["value"], ka), fmt_ci(kb["value"], kb),
                           "" if diff == "n/a" else f"Δ {diff}")
         table.add_row("PPV / NPV", *[f"{fmt(r['ppv'])} / {fmt(r['npv'])}" for r in (a, b)], "")
     else:

@@ -8,7 +8,17 @@ from typing import Any
 
 from lnzoo.errors import UsageError
 from lnzoo.evaluation import N_BOOT
-from lnzoo.report.html import CSS, e, effects_section, gradcam_section, img, level_section, slug, table
+from lnzoo.integrity import modified, modified_note
+from lnzoo.report.html import (
+    CSS,
+    e,
+    effects_section,
+    gradcam_section,
+    img,
+    level_section,
+    slug,
+    table,
+)
 from lnzoo.report.plots import part_label, plot_training
 from lnzoo.rundir import RunDir, write_atomic
 
@@ -205,6 +215,10 @@ def write_report(run_dir, out_html=None, n_boot: int = N_BOOT, *, aggregate: str
     summary = _run_summary(rd)
     out = Path(out_html) if out_html else rd / rd.REPORT
     page = _render(rd, summary, evaluation)
+    note = modified_note()  # read under --allow-modified from files that are not as lnzoo wrote them
+    if note:
+        page = page.replace("<main>", f"<main><p class='warn'><b>{e(note)}</b></p>", 1)
+        summary = {**summary, "modified": modified()}
     RunDir(out.parent).write_json(RunDir.EVALUATION, {"run": summary, **evaluation})
     write_atomic(out, page)
     return out

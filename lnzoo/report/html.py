@@ -228,17 +228,19 @@ def gradcam_section(root: Path) -> str:
     """Grad-CAM examples: every PNG under ``root`` (a run's ``explain/``), captioned from ``explain.csv`` with
     the case's true label, the predicted label and its probability; "" when there are none."""
     import csv
+    import io
+
+    from lnzoo.integrity import read_bytes, read_text
 
     pngs = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() == ".png") if root.is_dir() else []
     if not pngs:
         return ""
     index: dict[str, dict[str, str]] = {}
     if (root / "explain.csv").is_file():
-        with (root / "explain.csv").open(newline="", encoding="utf-8") as fh:
-            index = {r.get("png", ""): r for r in csv.DictReader(fh)}
+        index = {r.get("png", ""): r for r in csv.DictReader(io.StringIO(read_text(root / "explain.csv"), newline=""))}
     figs = []
     for p in pngs[:MAX_GRADCAM]:
-        b64 = base64.b64encode(p.read_bytes()).decode("ascii")
+        b64 = base64.b64encode(read_bytes(p)).decode("ascii")
         r = index.get(p.name)
         if r and r.get("predicted"):
             true = f"true {r['true']}, " if r.get("true") else ""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import math
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from lnzoo.errors import LnzooError, UsageError
 from lnzoo.serve.uploads import (IMAGE_FORMATS, RequestError, Submission, check_declared_size, check_input_files,
@@ -357,6 +359,14 @@ def error_response(status: int, message: str) -> JSONResponse:
 
 
 def add_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ClientDisconnect)
+    async def _client_gone(request: Request, exc: ClientDisconnect):
+        # the client closed the connection before its request arrived whole (a closed tab, a lost network): there
+        # is no one to answer and nothing was predicted; starlette has closed the partial upload's files
+        logging.getLogger("uvicorn.error").info("%s %s: the client disconnected before its request arrived whole; "
+                                                "nothing was predicted", request.method, request.url.path)
+        return error_response(400, "the client disconnected before its request arrived whole")
+
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError):
         return error_response(exc.status, str(exc))
@@ -420,7 +430,11 @@ def create_app(models: Sequence[Path], cascade: Sequence[Path] = (), max_upload_
 def run_server(models: list[Path], cascade: list[Path], host: str = "127.0.0.1", port: int = 8000,
                max_upload_mb: float = 20.0, max_side: int = 8000, plugin_host=None, console=None,
                engine: str = "torch") -> None:
-    """Load the models (stopping with their error if one fails), print the URL and serve until interrupted."""
+    """Load the models (stopping with their error if one fails), print the URL and serve until SIGINT or SIGTERM.
+
+    uvicorn catches the signal, stops listening and answers the requests it has begun, then raises the signal
+    again with the handler it found (``lnzoo serve``'s: the one 'interrupted' line and exit code of every
+    command). ``uvicorn.run`` would swallow that as a KeyboardInterrupt, so its Server runs here directly."""
     import uvicorn
 
     app = create_app(models, cascade, max_upload_mb=max_upload_mb, max_side=max_side, plugin_host=plugin_host,
@@ -433,4 +447,7 @@ def run_server(models: list[Path], cascade: list[Path], host: str = "127.0.0.1",
         console.print(line, highlight=False, soft_wrap=True, markup=False)
     else:
         print(line, file=sys.stderr, flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="info")
+    try:
+        uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info")).run()
+    finally:  # the prediction thread: a prediction in progress finishes, none waiting starts
+        app.state.server.worker.shutdown(wait=True, cancel_futures=True)

@@ -65,10 +65,11 @@ def load_state(stem: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | N
     side, weights = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
     if not side.is_file() or not weights.is_file():
         return None
+    from lnzoo.integrity import read_bytes, read_text
     try:
-        meta = json.loads(side.read_text(encoding="utf-8"))
-        blob = weights.read_bytes()
-    except (OSError, ValueError) as exc:
+        meta = json.loads(read_text(side))
+        blob = read_bytes(weights)
+    except ValueError as exc:
         raise UsageError(f"{side}: the resumable state cannot be read ({exc})") from None
     if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
         raise UsageError(f"{weights}: does not match {side.name} (written by another epoch, or damaged); remove both "
@@ -122,9 +123,10 @@ def saved_inputs(stem: Path) -> list[dict[str, Any]] | None:
     side = stem.with_suffix(".json")
     if not side.is_file() or not stem.with_suffix(".safetensors").is_file():
         return None
+    from lnzoo.integrity import read_text
     try:
-        return json.loads(side.read_text(encoding="utf-8")).get("inputs")
-    except (OSError, ValueError) as exc:
+        return json.loads(read_text(side)).get("inputs")
+    except ValueError as exc:
         raise UsageError(f"{side}: the resumable state cannot be read ({exc})") from None
 
 
