@@ -77,7 +77,37 @@ def read_config(path: str | Path) -> dict[str, Any]:
         raise UsageError(f"{file}: not a readable bundle config ({exc})") from None
     if not isinstance(config, dict) or config.get("format") != "lnzoo-bundle" or not config.get("models"):
         raise UsageError(f"{file}: not an lnzoo bundle config (format 'lnzoo-bundle' with a models list expected)")
+    problems = _config_problems(config)
+    if problems:
+        raise UsageError(f"{file}: not the bundle config lnzoo export writes: {'; '.join(problems)}. Export the "
+                         "bundle again")
     return config
+
+
+def _config_problems(config: Mapping[str, Any]) -> list[str]:
+    """What in a config.json is not of the shape its readers (predict, serve, explain, the card) take."""
+    def strings(v: Any) -> bool:
+        return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+    problems = []
+    models, tasks = config.get("models"), config.get("tasks")
+    if not isinstance(models, list) or not all(isinstance(m, dict) and isinstance(m.get("weights"), str)
+                                               and isinstance(m.get("fold"), int) for m in models):
+        problems.append("'models' is not a list of {fold, weights, sidecar}")
+    if not isinstance(tasks, dict) or not tasks or not all(
+            isinstance(t, dict) and strings(t.get("classes")) and len(t["classes"]) >= 2
+            and t.get("positive") in (None, *t["classes"]) for t in tasks.values()):
+        problems.append("'tasks' is not a table of tasks, each with its classes (and positive class among them)")
+    for key, kind in (("thresholds", dict), ("temperatures", dict), ("preprocessing", dict), ("metrics", dict),
+                      ("views", list), ("inputs", list)):
+        if key in config and not isinstance(config[key], kind):
+            problems.append(f"{key!r} is not a {'table' if kind is dict else 'list'}")
+    if isinstance(config.get("thresholds"), dict) and not all(isinstance(v, dict)
+                                                               for v in config["thresholds"].values()):
+        problems.append("'thresholds' is not a table of operating points")
+    if isinstance(config.get("views"), list) and not strings(config["views"]):
+        problems.append("'views' is not a list of view names")
+    return problems
 
 
 def require_plugins(config: Mapping[str, Any], where: Path) -> None:

@@ -82,8 +82,18 @@ class ModelRecord:
                          meta.get("seed"), meta.get("best_epoch"), dict(meta.get("monitor") or {}),
                          meta.get("monitor_val_loss"), dict(meta.get("versions") or {}), meta.get("recipe_source"),
                          dict(meta))
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise UsageError(f"{where}: not an lnzoo checkpoint sidecar ({type(exc).__name__}: {exc})") from None
+        wrong = [name for name, value, kinds in (
+            ("recipe", record.recipe, dict), ("recipe_source", record.recipe_source, (str, type(None))),
+            ("fold", record.fold, (int, type(None))), ("seed", record.seed, (int, type(None))),
+            ("best_epoch", record.best_epoch, (int, type(None)))) if not isinstance(value, kinds) or value is True
+            or value is False]
+        wrong += ["views"] * (not all(isinstance(v, str) for v in record.views))
+        wrong += ["temperature"] * (not all(isinstance(t, (int, float, type(None))) for t in record.temperature.values()))
+        wrong += ["inputs"] * (not all(isinstance(e, dict) and isinstance(e.get("table"), dict) for e in record.inputs))
+        if wrong or not isinstance(record.recipe.get("tasks"), dict) or not isinstance(record.recipe.get("data"), dict):
+            raise UsageError(f"{where}: not an lnzoo checkpoint sidecar (unexpected {', '.join(wrong) or 'recipe'})")
         if record.main not in record.tasks:
             raise UsageError(f"{where}: its main task {record.main!r} is not one of its tasks {list(record.tasks)}")
         return record

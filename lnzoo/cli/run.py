@@ -158,6 +158,8 @@ def synth(out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder
 
     from lnzoo.data.phantom import generate_phantom
 
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; the phantom goes into a folder (new, or one it wrote before)")
     with Progress(console=err) as progress:
         bar = progress.add_task("phantom", total=patients)
         try:

@@ -117,10 +117,13 @@ def task_cases(rows: Sequence[Mapping[str, str]], task: str, classes: list[str])
             problems.append(f"row {i + 2}: label {label!r} is not a class of {task!r} ({classes})")
             continue
         try:
-            values = [float(row[c]) for c in cols]
-            cal_values = [float(row[c]) for c in cal_cols] if calibrated else values
-        except ValueError:
-            problems.append(f"row {i + 2}: a probability of {task!r} is not a number")
+            values = [_probability(row[c]) for c in cols]
+            cal_values = [_probability(row[c]) for c in cal_cols] if calibrated else values
+            fold = row.get("fold", "")
+            fold = _whole(fold) if fold not in ("", None) else -1
+        except (ValueError, TypeError):
+            problems.append(f"row {i + 2}: a probability of {task!r} is not a number in [0, 1], or its fold is not "
+                            "a whole number")
             continue
         ps.append(values)
         cals.append(cal_values)
@@ -128,8 +131,7 @@ def task_cases(rows: Sequence[Mapping[str, str]], task: str, classes: list[str])
         # without patient ids every image is its own resampling unit
         pats.append(row.get("patient", "") or f"row{i + 2}")
         parts.append(row.get("part", "") or "all")
-        fold = row.get("fold", "")
-        folds.append(int(float(fold)) if fold not in ("", None) else -1)
+        folds.append(fold)
         centers.append(row.get("center", "") or "unknown")
     if problems:
         shown = "; ".join(problems[:10]) + (f"; ... and {len(problems) - 10} more" if len(problems) > 10 else "")
@@ -141,6 +143,22 @@ def task_cases(rows: Sequence[Mapping[str, str]], task: str, classes: list[str])
                  np.asarray(pats, dtype=object), np.asarray(parts, dtype=object), np.asarray(folds, dtype=int),
                  np.asarray(centers, dtype=object) if has_center else None, cal,
                  "calibrated" if calibrated else "raw")
+
+
+def _probability(cell: Any) -> float:
+    """A probability cell: a finite number in [0, 1] (the CSV's rounding allowed for), else ValueError."""
+    value = float(cell)
+    if not -1e-6 <= value <= 1 + 1e-6:  # also false for NaN
+        raise ValueError(cell)
+    return min(max(value, 0.0), 1.0)
+
+
+def _whole(cell: Any) -> int:
+    """A fold cell: a whole number ('2', or '2.0' as a spreadsheet writes it), else ValueError."""
+    value = float(cell)
+    if not value.is_integer():
+        raise ValueError(cell)
+    return int(value)
 
 
 def _rows_summing_to_one(p: np.ndarray) -> np.ndarray:
