@@ -176,6 +176,23 @@ def test_allow_modified_uses_the_edit_and_every_output_says_so(run_copy, tmp_pat
     assert "modified" in done.stderr.lower()
 
 
+def test_a_server_of_modified_files_says_so_in_every_answer(run_copy):
+    from fastapi.testclient import TestClient
+
+    from lnzoo.serve import create_app
+
+    side = run_copy / "fold1" / "best.json"
+    side.write_text(side.read_text() + "\n")
+    with pytest.raises(ModifiedError):
+        create_app([run_copy])
+    with modified_allowed():
+        client = TestClient(create_app([run_copy]))
+        assert "fold1/best.json" in client.get("/api/model").json()["warning"]
+        image = Path(_images(run_copy)[0])
+        got = client.post("/api/predict", files={"full": (image.name, image.read_bytes())}, data={"gradcam": "false"})
+        assert got.status_code == 200 and "MODIFIED" in got.json()["warning"]
+
+
 def test_an_edited_bundle_threshold_is_refused(tiny_run, tmp_path):
     bundle = tmp_path / "bundle"
     assert invoke_cli("export", tiny_run, "--out", bundle).returncode == 0

@@ -307,7 +307,15 @@ def answer(server: Server, req: Submission) -> dict[str, Any]:
     if server.cascade:
         result["path"] = " > ".join(f"{e['main_task']}:{e['routed_as']}" for e in entries)
         result["stages"] = entries
-    return finite(result)
+    return finite(_warned(result))
+
+
+def _warned(out: dict[str, Any]) -> dict[str, Any]:
+    """Served under --allow-modified from files that are not as lnzoo wrote them: every answer says so."""
+    from lnzoo.integrity import modified_note
+
+    note = modified_note()
+    return {**out, "warning": note} if note else out
 
 
 def finite(value: Any) -> Any:
@@ -333,7 +341,7 @@ def model_description(server: Server) -> dict[str, Any]:
         out["passes_on"] = server.chain.passing
     else:
         out.update(one(server.stages[0]))
-    return finite(out)
+    return finite(_warned(out))
 
 
 def openapi_form(server: Server) -> dict[str, Any]:
