@@ -16,9 +16,8 @@ from lnzoo import __version__
 from lnzoo.errors import UsageError
 
 
-def environment(host, recipe=None) -> dict[str, Any]:
-    """Versions that produced a checkpoint: lnzoo, torch, timm, every plugin distribution, and (given the recipe)
-    the provider of each component the model is built from (:func:`lnzoo.record.component_providers`)."""
+def environment(host) -> dict[str, Any]:
+    """Versions that produced a checkpoint: lnzoo, torch, timm, and every plugin distribution."""
     versions = {"lnzoo": __version__, "python": platform.python_version()}
     for dist in ("torch", "torchvision", "timm"):
         try:
@@ -26,11 +25,7 @@ def environment(host, recipe=None) -> dict[str, Any]:
         except metadata.PackageNotFoundError:
             pass
     plugins = {p.distribution: p.version for p in host.plugins if not p.error}
-    out: dict[str, Any] = {"versions": versions, "plugins": plugins}
-    if recipe is not None:
-        from lnzoo.record import component_providers
-        out["components"] = component_providers(recipe, host)
-    return out
+    return {"versions": versions, "plugins": plugins}
 
 
 # What a checkpoint's predictions depend on besides its tensors. The weights file carries a copy in its
@@ -56,8 +51,9 @@ def save_checkpoint(model_or_state, stem: Path, meta: dict[str, Any]) -> Path:
     state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
     definition = _definition(meta)
     blob = save(state, metadata={"format": "lnzoo", "lnzoo_version": __version__, "lnzoo_definition": definition})
-    weights = write_atomic(stem.with_suffix(".safetensors"), blob)
-    meta = {**meta, "weights_sha256": hashlib.sha256(blob).hexdigest(),
+    digest = hashlib.sha256(blob).hexdigest()
+    weights = write_atomic(stem.with_suffix(".safetensors"), blob, digest)
+    meta = {**meta, "weights_sha256": digest,
             "definition_sha256": hashlib.sha256(definition.encode("utf-8")).hexdigest()}
     write_atomic(stem.with_suffix(".json"), json.dumps(meta, indent=2, ensure_ascii=False))
     return weights
@@ -99,13 +95,13 @@ def verify_checkpoint(path: str | Path) -> tuple[Path, dict[str, Any], bytes]:
     """(weights path, sidecar, the weights file's bytes), checked against each other without torch: the weights'
     sha256 and the definition saved in their header must match the sidecar (older checkpoints without them
     are read as they are)."""
-    from lnzoo.integrity import allowing_modified, note_modified, read_bytes
+    from lnzoo.integrity import allowing_modified, note_modified, read_digest
 
     weights, meta = read_sidecar(path)
     sidecar = weights.with_suffix(".json")
-    blob = read_bytes(weights)
+    blob, digest = read_digest(weights)
     expected = meta.get("weights_sha256")
-    if expected and hashlib.sha256(blob).hexdigest() != expected:
+    if expected and digest != expected:
         raise UsageError(f"{weights}: its sha256 differs from the one {sidecar.name} was written with: the weights "
                          "were replaced, damaged or truncated after saving, or the sidecar belongs to another "
                          "checkpoint")

@@ -91,3 +91,9 @@ class ValidationError(DataError):
                 lines += [f"  - {p}" for p in found[:50]]
                 lines += [f"  ... and {len(found) - 50} more"] if len(found) > 50 else []
         UsageError.__init__(self, "\n".join(lines))
+
+
+class OutputError(LnzooError):
+    """The output folder cannot be written (read-only, full, gone): exit 1, the path and the reason."""
+
+    exit_code = 1

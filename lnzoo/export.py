@@ -59,8 +59,8 @@ def _write_bundle(rd: RunDir, out: Path, chosen: Sequence[int], onnx: bool, lice
     models = []
     for k in chosen:
         # byte for byte, as read and checked (weights against the sidecar, both against the run's manifest)
-        _, blob = ModelRecord.read_verified(rd.checkpoint(k))
-        write_atomic(out / MODELS / f"fold{k}.safetensors", blob)
+        record, blob = ModelRecord.read_verified(rd.checkpoint(k))
+        write_atomic(out / MODELS / f"fold{k}.safetensors", blob, record.meta.get("weights_sha256"))
         write_atomic(out / MODELS / f"fold{k}.json", read_bytes(rd.checkpoint(k).with_suffix(".json")))
         ModelRecord.read_verified(out / MODELS / f"fold{k}.safetensors")  # the copy, as a reader will see it
         entry = {"fold": k, "weights": f"fold{k}.safetensors", "sidecar": f"fold{k}.json"}

@@ -2,7 +2,6 @@
 caches what it derives (decoded images, the phantom, morphology features)."""
 from __future__ import annotations
 
-import contextlib
 import csv
 import io
 import os
@@ -10,56 +9,22 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from lnzoo.errors import LnzooError
+from lnzoo.errors import OutputError  # noqa: F401  (re-exported: where lnzoo writes, it is raised)
+from lnzoo.integrity import bind, replace_atomic
 
 
-class OutputError(LnzooError):
-    """The output folder cannot be written (read-only, full, gone): exit 1, the path and the reason."""
-
-    exit_code = 1
-
-
-def write_atomic(path: Path, data: str | bytes) -> Path:
+def write_atomic(path: Path, data: str | bytes, digest: str | None = None) -> Path:
     """Write ``data`` to ``path`` so that a reader (or a crash) sees the old file or the new one, whole; a file
-    of a run directory or bundle is bound to its manifest as it is written (:func:`lnzoo.integrity.bind`)."""
-    from lnzoo.integrity import bind
-
+    of a run directory or bundle is bound to its manifest as it is written (:func:`lnzoo.integrity.bind`).
+    ``digest``: the data's sha256 when the caller has it already (a checkpoint's), so it is not hashed twice."""
     path = Path(path)
     blob = data.encode("utf-8") if isinstance(data, str) else data
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    with bind(path, blob):
+    with bind(path, blob, digest):
         return replace_atomic(path, blob)
-
-
-def replace_atomic(path: Path, blob: bytes) -> Path:
-    """Replace ``path`` by ``blob`` through a synced temporary file and a rename (no manifest binding)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(blob)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        if hasattr(os, "O_DIRECTORY"):  # the rename itself survives a power cut once the folder is synced
-            fd = os.open(path.parent, os.O_DIRECTORY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
-    except BaseException:  # Ctrl-C or a signal mid-write: no temporary file left behind
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    return path
 
 
 def csv_text(header: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:

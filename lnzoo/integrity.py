@@ -26,7 +26,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from lnzoo.errors import UsageError
+from lnzoo.errors import OutputError, UsageError
 
 MANIFEST = "integrity.json"
 LOCK = ".integrity.lock"
@@ -119,7 +119,6 @@ def _read_manifest(root: Path) -> dict[str, list[str]] | None:
 
 def _write_manifest(root: Path, files: dict[str, list[str]]) -> None:
     from lnzoo import __version__
-    from lnzoo.files import replace_atomic
 
     doc = {"format": _FORMAT, "version": 1, "written_by": f"lnzoo {__version__}",
            "files": {name: {"sha256": digests} for name, digests in sorted(files.items())}}
@@ -132,7 +131,7 @@ def _rel(root: Path, path: Path) -> str:
 
 # -- writing ----------------------------------------------------------------------------------------------------
 @contextlib.contextmanager
-def bind(path: str | Path, data: bytes) -> Iterator[None]:
+def bind(path: str | Path, data: bytes, digest: str | None = None) -> Iterator[None]:
     """Around the replacement of ``path`` by ``data``: record the new digest under the file's root (if any),
     accepting the old one too until the block ends, so a crash inside it leaves a file that still matches."""
     path = Path(path)
@@ -142,9 +141,7 @@ def bind(path: str | Path, data: bytes) -> Iterator[None]:
         return
     from filelock import FileLock
 
-    from lnzoo.files import OutputError
-
-    digest, rel = sha256(data), _rel(root, path)
+    digest, rel = digest or sha256(data), _rel(root, path)
     lock = FileLock(str(root / LOCK), is_singleton=False)
     try:
         lock.acquire()
@@ -173,15 +170,21 @@ def _read_manifest_for_write(root: Path) -> dict[str, list[str]]:
 # -- reading ----------------------------------------------------------------------------------------------------
 def read_bytes(path: str | Path) -> bytes:
     """The bytes of a file lnzoo wrote, checked against its root's manifest (:func:`check`)."""
+    return read_digest(path)[0]
+
+
+def read_digest(path: str | Path) -> tuple[bytes, str]:
+    """:func:`read_bytes` and the bytes' sha256 (computed once, for a caller that checks it too)."""
     path = Path(path)
     for attempt in (0, 1):
         try:
             data = path.read_bytes()
         except OSError as exc:
             raise UsageError(f"{path}: cannot be read ({exc.strerror or exc})") from None
+        digest = sha256(data)
         try:
-            check(path, data)
-            return data
+            check(path, data, digest)
+            return data, digest
         except ModifiedError:
             if attempt:  # once more: a writer may have replaced the file between our two reads
                 raise
@@ -197,7 +200,7 @@ def read_text(path: str | Path) -> str:
         raise UsageError(f"{path}: not UTF-8 text ({exc})") from None
 
 
-def check(path: str | Path, data: bytes) -> None:
+def check(path: str | Path, data: bytes, digest: str | None = None) -> None:
     """Refuse ``data`` (the bytes read from ``path``) unless they are what lnzoo wrote there: a file under an
     artefact root must be listed in its manifest with this digest. Under ``--allow-modified``: recorded, used."""
     path = Path(path)
@@ -205,14 +208,14 @@ def check(path: str | Path, data: bytes) -> None:
     if root is None:
         return
     files = _read_manifest(root) if not _allow.get() else _lenient_manifest(root)
-    rel = _rel(root, path)
+    rel, digest = _rel(root, path), digest or sha256(data)
     if files is None:
         why = (f"{root} holds no {MANIFEST} (written by an lnzoo without integrity manifests, or it was removed), so "
                f"{path} cannot be checked against what lnzoo wrote")
     elif rel not in files:
         why = f"{path} is not among the files lnzoo wrote in {root} ({MANIFEST} does not list it)"
-    elif sha256(data) not in files[rel]:
-        why = (f"{path} differs from the file lnzoo wrote there (sha256 {sha256(data)[:12]}…, expected "
+    elif digest not in files[rel]:
+        why = (f"{path} differs from the file lnzoo wrote there (sha256 {digest[:12]}…, expected "
                f"{files[rel][-1][:12]}…): it was edited, replaced or damaged after it was written")
     else:
         return
@@ -263,6 +266,34 @@ def check_tree(root: str | Path) -> None:
     for problem in problems:
         path, _, why = problem.partition(": ")
         note_modified(path, why or problem)
+
+
+def replace_atomic(path: Path, blob: bytes) -> Path:
+    """Replace ``path`` by ``blob`` through a synced temporary file and a rename (no manifest binding)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as fh:
+            fh.write(blob)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        if hasattr(os, "O_DIRECTORY"):  # the rename itself survives a power cut once the folder is synced
+            fd = os.open(path.parent, os.O_DIRECTORY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+    except BaseException:  # Ctrl-C or a signal mid-write: no temporary file left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    return path
 
 
 def stamp(path: str | Path) -> tuple | None:

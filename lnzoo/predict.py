@@ -12,8 +12,9 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from lnzoo.data.samples import Sample, apply_empty_roi
-from lnzoo.errors import UsageError
+from lnzoo.data.samples import VIEW_COLUMN, Sample, apply_empty_roi, data_rows, row_views
+from lnzoo.data.tables import csv_reader, delimiter_name
+from lnzoo.errors import DataError, UsageError
 from lnzoo.rundir import Columns
 
 
@@ -278,7 +279,6 @@ def manifest_samples(models: Sequence[str | Path] | Ensemble, manifest: Path, ho
     """Read a CSV of rows to predict on with the views of all the models given (paths, or an Ensemble already
     loaded) and the ROI columns of those with a 'roi' view. Empty masks are kept as read: each member applies
     its own ``data.empty_roi`` when it predicts."""
-    from lnzoo.data.samples import read_serving_manifest
 
     ens = models if isinstance(models, Ensemble) else Ensemble(models, host)
     views = sorted({v for m in ens.members for v in m.views})
@@ -324,3 +324,47 @@ def predict_rows(models: Sequence[str | Path], images: Sequence[Any], host=None,
             row[f"{task}_threshold"] = ens.operating_point(task).text()
         rows.append(row)
     return rows
+
+
+def read_serving_manifest(path: Path, views: Sequence[str], cfg: Mapping[str, Any],
+                          input_columns: Sequence[str] = ()) -> list[Sample]:
+    """Rows to predict on (no labels, no patient needed): the model's view columns, the box or mask
+    of a 'roi' view, and the columns its other inputs read (covariates, report text, masks), which must be in the
+    header (an empty cell is a missing input; an absent column would silently be one for every row).
+    The delimiter is :func:`detect_delimiter`'s. Every bad row is reported at once (DataError)."""
+    path = Path(path)
+    reader, delimiter = csv_reader(path)
+    header = reader.fieldnames or []
+    columns = {v: VIEW_COLUMN.get(v, v) for v in views}
+    problems: list[str] = []
+    said = f"header has {header} (read with the delimiter {delimiter_name(delimiter)})"
+    missing_cols = sorted({c for c in columns.values() if c not in header})
+    if missing_cols:
+        problems.append(f"{path}:1: missing view column(s) {missing_cols} that the model's views {list(views)} "
+                        f"need; {said}")
+    missing_inputs = [c for c in input_columns if c not in header]
+    if missing_inputs:
+        problems.append(f"{path}:1: missing column(s) {missing_inputs} that the model's inputs read (leave a cell "
+                        f"empty where a row lacks it); {said}")
+    if problems:
+        raise DataError(problems, "problem(s) with the manifest")
+    samples = []
+    for where, row in data_rows(reader, path, problems):
+        parsed = row_views(row, columns, path.parent, cfg, where, problems)
+        if parsed is None:
+            continue
+        view_paths, rois = parsed
+        # served rows are not run through the training checks: say here what is missing
+        missing = [f"image not found: {p}" for p in view_paths.values() if p is not None and not p.is_file()]
+        missing += [f"mask not found: {m}" for m in rois.values() if isinstance(m, Path) and not m.is_file()]
+        if missing:
+            problems.append(f"{where}: {'; '.join(missing)}")
+            continue
+        samples.append(Sample(view_paths, (row.get("patient") or "").strip(), {}, where,
+                              cells={k: v for k, v in row.items() if v is not None}, rois=rois, base=path.parent,
+                              delimiter=delimiter))
+    if problems:
+        raise DataError(problems, "problem(s) with the manifest")
+    if not samples:
+        raise DataError([f"{path}: no rows"], "problem(s) with the manifest")
+    return samples

@@ -445,13 +445,12 @@ def resolve_all(raw: Mapping[str, Any], host=None, source: str | Path | None = N
         _apply(raw, key, parse_value(text.strip()))
     out = _fill_section("", raw, SCHEMA, problems, host)
     whole = True
-    if not problems:
+    try:
         _semantic_checks(out, problems, host)
-    else:
-        try:
-            _semantic_checks(out, problems, host)
-        except Exception:  # noqa: BLE001 - earlier type errors can make later checks meaningless
-            whole = False
+    except Exception:  # noqa: BLE001 - earlier type errors can make later checks meaningless
+        if not problems:
+            raise
+        whole = False
     if out.get("name") is None:
         out["name"] = Path(source).stem if source else "recipe"
     return Recipe(out, Path(source) if source else None, list(sets or []), quick), problems, whole
@@ -470,16 +469,14 @@ def _flatten_quick(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 def _apply(raw: dict[str, Any], key: str, value: Any) -> None:
-    if isinstance(value, dict) and "name" in value:  # a plugin table replaces the old one whole
-        set_path(raw, key, copy.deepcopy(value))
-    else:
-        set_path(raw, key, value)
+    """Set ``key``; a plugin table (one with a name) replaces the old table whole."""
+    set_path(raw, key, copy.deepcopy(value) if isinstance(value, dict) and "name" in value else value)
 
 
 def _unknown_path(key: str, raw: dict[str, Any], host) -> str | None:
     """Why ``--set key`` names no recipe key (None: it names one)."""
     if schema_at(key) is None:
-        return f"no such recipe key{_suggest_path(key)}"
+        return f"no such recipe key{did_you_mean(key, all_paths())}"
     parts = key.split(".")
     for i in range(1, len(parts)):  # an argument of a plugin table must be one its factory takes
         parent = schema_at(".".join(parts[:i]))
@@ -488,17 +485,13 @@ def _unknown_path(key: str, raw: dict[str, Any], host) -> str | None:
             for p in parts[:i]:
                 table = table.get(p, {}) if isinstance(table, dict) else {}
             name = table.get("name") if isinstance(table, dict) else None
-            if parts[i] == "name" or name is None or name not in host.registry(parent[1]):
+            if parts[i] == "name" or name is None or name not in host.registry(parent[1]):  # checked elsewhere
                 return None
             params = host.get(parent[1], name).parameters()
             if parts[i] in params or any(p.kind == p.VAR_KEYWORD for p in params.values()):
                 return None
             return f"{parent[1]} {name!r} takes no argument {parts[i]!r}{did_you_mean(parts[i], params)}"
     return None
-
-
-def _suggest_path(key: str) -> str:
-    return did_you_mean(key, all_paths())
 
 
 def load_recipe(path: str | Path, sets: list[str] | None = None, quick: bool = False, host=None) -> Recipe:

@@ -214,9 +214,9 @@ def components_of(recipe: Mapping[str, Any]) -> list[tuple[str, str]]:
 
 
 def component_providers(recipe, host) -> list[dict[str, Any]]:
-    """Who provides each component of a recipe's model (:meth:`lnzoo.registry.Entry.identity`), for its checkpoints."""
-    data = recipe.data if hasattr(recipe, "data") and not isinstance(recipe, Mapping) else recipe
-    return [host.get(kind, name).identity() for kind, name in components_of(data)]
+    """Who provides each component of a resolved recipe's model (:meth:`lnzoo.registry.Entry.identity`), for its
+    checkpoints."""
+    return [host.get(kind, name).identity() for kind, name in components_of(recipe.data)]
 
 
 def _version(version: str) -> tuple[int, int, int]:

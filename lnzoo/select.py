@@ -124,8 +124,7 @@ def _fold_metrics(rows: list[dict[str, str]], tasks: dict[str, dict[str, Any]]) 
 
 def _place(src: Path, dst: Path) -> None:
     """``src`` (checked against its run's manifest) at ``dst``, bound to the new run's manifest."""
-    from lnzoo.files import replace_atomic
-    from lnzoo.integrity import bind, read_bytes
+    from lnzoo.integrity import bind, read_bytes, replace_atomic
 
     data = read_bytes(src)
     dst.parent.mkdir(parents=True, exist_ok=True)

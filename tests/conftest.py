@@ -141,3 +141,19 @@ def pytest_collection_modifyitems(items):
         name = module.__name__.rsplit(".", 1)[-1] if module is not None else ""
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or name in SLOW_MODULES:
             item.add_marker(pytest.mark.slow)
+
+
+def phantom_rows(patients: int = 24) -> list[dict[str, str]]:
+    """The phantom's manifest rows (seed 0) with absolute image paths, for a test to edit and write."""
+    import csv
+
+    from lnzoo.data.phantom import ensure_phantom
+
+    src = ensure_phantom(patients=patients, seed=0)
+    with src.open(newline="", encoding="utf-8") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:
+        for key, value in row.items():
+            if value.startswith("images/"):
+                row[key] = str(src.parent / value)
+    return rows

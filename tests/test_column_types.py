@@ -1,5 +1,5 @@
 """A covariate column's type follows one rule a user can read (lnzoo.data.covariates.column_type), never a vote;
-a CSV file's delimiter is detected by one rule too (lnzoo.data.samples.detect_delimiter). Issue 26, class 3."""
+a CSV file's delimiter is detected by one rule too (lnzoo.data.tables.detect_delimiter). Issue 26, class 3."""
 from __future__ import annotations
 
 import csv
@@ -17,10 +17,11 @@ from lnzoo.data.covariates import (
     covariate_types,
     parse_number,
 )
-from lnzoo.data.samples import Sample, detect_delimiter, load_source, read_manifest
+from lnzoo.data.samples import Sample, load_source, read_manifest
+from lnzoo.data.tables import detect_delimiter
 from lnzoo.errors import DataError
 from lnzoo.plugins import load_plugins
-from tests.conftest import REPO, invoke_cli
+from tests.conftest import REPO, invoke_cli, phantom_rows
 
 TASKS = {"malignancy": load_plugins().get("task", "malignancy").build()}
 RECIPE = str(REPO / "recipes" / "stage1_aux.toml")
@@ -240,7 +241,8 @@ NAMES = st.lists(st.text("abcdefghijklmnopqrstuvwxyz_", min_size=1, max_size=6),
 def test_any_csv_reads_back_its_cells_with_its_own_delimiter(tmp_path, names, data, delimiter):
     """Whatever the delimiter and whatever the cells hold (other delimiters, quotes, line ends, U+2028), the rows
     read are the rows written, each named by the line it starts on."""
-    from lnzoo.data.samples import _data_rows, csv_reader
+    from lnzoo.data.samples import data_rows
+    from lnzoo.data.tables import csv_reader
 
     cell = st.text(st.characters(blacklist_categories=("Cs",)), max_size=6)
     rows = data.draw(st.lists(st.lists(cell, min_size=len(names), max_size=len(names)), max_size=6))
@@ -252,7 +254,7 @@ def test_any_csv_reads_back_its_cells_with_its_own_delimiter(tmp_path, names, da
     path = tmp_path / "m.csv"
     path.write_text(buf.getvalue(), encoding="utf-8", newline="")
     reader, found = csv_reader(path)
-    read = list(_data_rows(reader, path, problems := []))
+    read = list(data_rows(reader, path, problems := []))
     assert found == delimiter and reader.fieldnames == names and not problems
     assert [[row[n] for n in names] for _, row in read] == [[_as_read(c) for c in r] for r in rows]
     starts, line = [], 2
@@ -264,16 +266,7 @@ def test_any_csv_reads_back_its_cells_with_its_own_delimiter(tmp_path, names, da
 
 # -- end to end ---------------------------------------------------------------------------------------------------
 def _phantom_rows(tmp_path: Path, patients: int = 24) -> list[dict[str, str]]:
-    from lnzoo.data.phantom import ensure_phantom
-
-    src = ensure_phantom(patients=patients, seed=0)
-    with src.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows:
-        for key, value in row.items():
-            if value.startswith("images/"):
-                row[key] = str(src.parent / value)
-    return rows
+    return phantom_rows(patients)
 
 
 def _write(path: Path, rows: list[dict[str, str]], delimiter: str = ",") -> Path:

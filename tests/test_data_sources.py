@@ -174,7 +174,7 @@ def test_data_checks_report_an_empty_or_missing_roi_mask_before_training(tmp_pat
 
 def test_empty_masks_follow_the_recipe_policy_whole_image_or_missing_view(tmp_path):
     from lnzoo.data.checks import check_files
-    from lnzoo.data.samples import read_serving_manifest
+    from lnzoo.predict import read_serving_manifest
 
     _image_with_masks(tmp_path)
     (tmp_path / "m.csv").write_text("path,patient,malignancy,mask\na.png,p1,benign,ok_mask.png\n"

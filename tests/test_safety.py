@@ -15,7 +15,7 @@ import pytest
 
 from lnzoo.rundir import RunDir
 from lnzoo.files import write_atomic
-from tests.conftest import REPO, TINY, invoke_cli, run_cli
+from tests.conftest import REPO, TINY, invoke_cli, phantom_rows, run_cli
 
 RECIPE = str(REPO / "recipes" / "stage1_aux.toml")
 
@@ -189,15 +189,7 @@ def test_a_small_inner_validation_part_is_warned_about(tiny_run):
 # -- covariates --------------------------------------------------------------------------------------------------
 def _manifest_with(tmp_path: Path, edits: dict[int, dict[str, str]]) -> Path:
     """The phantom's manifest with absolute image paths and some cells changed (row index -> column -> text)."""
-    from lnzoo.data.phantom import ensure_phantom
-
-    src = ensure_phantom(patients=24, seed=0)
-    with src.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows:
-        for key, value in row.items():
-            if value.startswith("images/"):
-                row[key] = str(src.parent / value)
+    rows = phantom_rows(24)
     for i, cells in edits.items():
         rows[i].update(cells)
     out = tmp_path / "nodes.csv"

@@ -12,7 +12,7 @@ import pytest
 from lnzoo.errors import ValidationError
 from lnzoo.plugins import load_plugins
 from lnzoo.validate import validate
-from tests.conftest import REPO, TINY, invoke_cli
+from tests.conftest import REPO, TINY, invoke_cli, phantom_rows
 
 RECIPE = REPO / "recipes" / "stage1_aux.toml"
 HOST = load_plugins()
@@ -20,16 +20,7 @@ HOST = load_plugins()
 
 def _rows() -> list[dict[str, str]]:
     """The phantom's manifest (24 patients) with absolute paths."""
-    from lnzoo.data.phantom import ensure_phantom
-
-    src = ensure_phantom(patients=24, seed=0)
-    with src.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows:
-        for key, value in row.items():
-            if value.startswith("images/"):
-                row[key] = str(src.parent / value)
-    return rows
+    return phantom_rows(24)
 
 
 def _write(path: Path, rows: list[dict[str, str]]) -> Path:

@@ -25,7 +25,7 @@ def validate(recipe: Annotated[Path, typer.Argument(metavar="RECIPE", help="Reci
 
     Example: lnzoo validate recipes/stage1_aux.toml --set data.train=my_nodes.csv
     """
-    from lnzoo.data.samples import delimiter_name
+    from lnzoo.data.tables import delimiter_name
     from lnzoo.validate import validate as validate_recipe
 
     v = validate_recipe(recipe, plugin_host(), sets=list(set_ or []), quick=quick)

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from lnzoo.config import plain
-from lnzoo.data.samples import MISSING, Sample, csv_reader, load_source
+from lnzoo.data.samples import MISSING, Sample, load_source
+from lnzoo.data.tables import csv_reader
 from lnzoo.errors import DataError, UsageError, ValidationError
 from lnzoo.tasks import Task
 

@@ -6,8 +6,6 @@ error can point at the row that caused it.
 """
 from __future__ import annotations
 
-import csv
-import io
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,6 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from lnzoo.data.tables import _list_delimiter_problem, csv_reader, delimiter_name, read_lines
 from lnzoo.errors import DataError, UsageError
 from lnzoo.tasks import MISSING, Task
 
@@ -55,105 +54,6 @@ class Sample:
             return None
         path = Path(text)
         return path if path.is_absolute() or self.base is None else (self.base / path).resolve()
-
-
-def read_lines(path: Path) -> list[str]:
-    """The lines of a text file the user gave, split at line ends only (a form feed or U+2028 inside a cell
-    is text, not a new row); a missing or non-UTF-8 file is a named DataError."""
-    lines = read_text(path).split("\n")
-    return lines[:-1] if lines[-1] == "" else lines
-
-
-def read_text(path: Path) -> str:
-    """A text file the user gave, with ``\n`` line ends; a missing or non-UTF-8 file is a named DataError."""
-    try:
-        return path.read_text(encoding="utf-8-sig")  # tolerates a BOM; CRLF and CR read as LF
-    except FileNotFoundError:
-        raise DataError([f"{path}: file not found"], "problem(s) with the data sources") from None
-    except UnicodeDecodeError as exc:
-        raw = path.read_bytes()
-        line = raw[:exc.start].count(b"\n") + 1
-        guess = next((enc for enc in ("gb18030", "big5", "shift_jis", "cp1252") if _decodes(raw, enc)), None)
-        hint = (f"; it reads as {guess.upper()}: re-encode it, e.g. iconv -f {guess.upper()} -t UTF-8 "
-                f"{path.name} > {path.stem}-utf8{path.suffix}" if guess else "; save it as UTF-8")
-        raise DataError([f"{path}:{line}: not UTF-8 text ({exc.reason} at byte {exc.start}){hint}"],
-                        "problem(s) with the data sources") from None
-
-
-# the delimiters a user's CSV file may use, and how messages name them
-DELIMITERS = {",": "comma", ";": "semicolon", "\t": "tab"}
-
-
-def delimiter_name(delimiter: str) -> str:
-    return f"{delimiter!r} ({DELIMITERS.get(delimiter, 'other')})"
-
-
-def _outside_quotes(line: str) -> str:
-    """The characters of a CSV line that are not inside double quotes."""
-    out, quoted = [], False
-    for ch in line:
-        if ch == '"':
-            quoted = not quoted
-        elif not quoted:
-            out.append(ch)
-    return "".join(out)
-
-
-def detect_delimiter(lines: Sequence[str], path: Path | str) -> str:
-    """The delimiter of a user's CSV file (manifest, serving manifest, folds file), by one rule for every reader.
-
-    The header (the first non-blank line) decides: the one of comma, semicolon and tab that it holds outside
-    quotes; a header holding none of them is a one-column file (comma). A header holding several is decided by
-    the rows: the one delimiter that splits the header and every row into the same number of fields. When none
-    or several do, the file is refused (a DataError naming it and the candidates), never read with a guess: a
-    ``;`` file read with ``,`` would be one column whose name holds every other, and each row one cell.
-    """
-    header = next((line for line in lines if line.strip()), "")
-    found = [d for d in DELIMITERS if d in _outside_quotes(header)]
-    if len(found) <= 1:
-        return found[0] if found else ","
-    text = "\n".join(lines)  # parsed as a whole: a quoted cell may span lines
-
-    def widths(d: str) -> set[int]:
-        return {len(r) for r in csv.reader(io.StringIO(text, newline=""), delimiter=d) if r}
-    fits = [d for d in found if len(widths(d)) == 1]
-    if len(fits) == 1:
-        return fits[0]
-    names = " and ".join(delimiter_name(d) for d in found)
-    why = "every row splits evenly with each" if fits else "no one of them splits every row into the header's fields"
-    raise DataError([(f"{path}:1: the header holds {names} and {why}, so the delimiter is ambiguous; save the "
-                      "file with one delimiter (a comma, or a semicolon for a decimal-comma spreadsheet) and quote "
-                      "cells that contain it")], "problem(s) with the data sources")
-
-
-def csv_reader(path: Path) -> tuple[csv.DictReader, str]:
-    """A DictReader over a user's CSV file, with the delimiter :func:`detect_delimiter` finds, and that delimiter."""
-    text = read_text(path)
-    delimiter = detect_delimiter(text.split("\n"), path)
-    return csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter), delimiter
-
-
-def _list_delimiter_problem(path: Path, lines: Sequence[str]) -> str | None:
-    """A list file is ``path,label`` lines (split at the last comma, so a path may hold commas): one whose lines
-    hold no comma but a semicolon or tab is told so, once, instead of one 'expected path,label' per line."""
-    rows = [(n, line) for n, line in enumerate(lines, start=1) if line.strip() and not line.lstrip().startswith("#")]
-    if not rows or any("," in line for _, line in rows):
-        return None
-    for n, line in rows:
-        other = next((d for d in DELIMITERS if d != "," and d in line), None)
-        if other is not None:
-            return (f"{path}:{n}: this list file separates path and label with {delimiter_name(other)} "
-                    f"({line.strip()!r}); list files are 'path,label' lines: write a comma there, or give the "
-                    "images as a CSV manifest (whose delimiter is detected)")
-    return None
-
-
-def _decodes(raw: bytes, encoding: str) -> bool:
-    try:
-        raw.decode(encoding)
-    except UnicodeDecodeError:
-        return False
-    return True
 
 
 def _crop_path(path: Path, suffix: str) -> Path:
@@ -256,7 +156,7 @@ def user_path(rel: str, base: Path, where: str, problems: list[str]) -> Path | N
     return (base / rel).resolve() if not Path(rel).is_absolute() else Path(rel)
 
 
-def _row_views(row: Mapping[str, str], columns: Mapping[str, str], base: Path, cfg: Mapping[str, Any],
+def row_views(row: Mapping[str, str], columns: Mapping[str, str], base: Path, cfg: Mapping[str, Any],
                where: str, problems: list[str]):
     """A manifest row's {view: path or None} and its ROI ({} or {'roi': box/mask}); None if the row is bad
     (every reason appended to ``problems``)."""
@@ -323,7 +223,7 @@ def _parse_roi(row: Mapping[str, str], base: Path, cfg: Mapping[str, Any], where
     return None
 
 
-def _data_rows(reader, path: Path, problems: list[str]):
+def data_rows(reader, path: Path, problems: list[str]):
     """(file:line, row) of each data row of a CSV; a row with more fields than the header is reported instead.
 
     The line is the row's first, counted by the reader itself, so blank lines skipped and quoted cells spanning
@@ -373,7 +273,7 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
         return []
     missing_values = {str(v).strip().casefold() for v in (cfg or {}).get("missing_labels", [])}
     samples = []
-    for where, row in _data_rows(reader, path, problems):
+    for where, row in data_rows(reader, path, problems):
         reasons: list[str] = []
         labels = {}
         for t in tasks:
@@ -388,7 +288,7 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
         patient = (row.get(patient_col) or "").strip()
         if not patient:
             reasons.append(f"{where}: empty patient id")
-        parsed = _row_views(row, columns, path.parent, cfg or {}, where, reasons)
+        parsed = row_views(row, columns, path.parent, cfg or {}, where, reasons)
         sample = None
         if parsed is not None:
             view_paths, rois = parsed
@@ -401,50 +301,6 @@ def read_manifest(path: Path, tasks: Mapping[str, Task], views: Sequence[str], p
                 rejected.append(sample)
             continue
         samples.append(sample)
-    return samples
-
-
-def read_serving_manifest(path: Path, views: Sequence[str], cfg: Mapping[str, Any],
-                          input_columns: Sequence[str] = ()) -> list[Sample]:
-    """Rows to predict on (no labels, no patient needed): the model's view columns, the box or mask
-    of a 'roi' view, and the columns its other inputs read (covariates, report text, masks), which must be in the
-    header (an empty cell is a missing input; an absent column would silently be one for every row).
-    The delimiter is :func:`detect_delimiter`'s. Every bad row is reported at once (DataError)."""
-    path = Path(path)
-    reader, delimiter = csv_reader(path)
-    header = reader.fieldnames or []
-    columns = {v: VIEW_COLUMN.get(v, v) for v in views}
-    problems: list[str] = []
-    said = f"header has {header} (read with the delimiter {delimiter_name(delimiter)})"
-    missing_cols = sorted({c for c in columns.values() if c not in header})
-    if missing_cols:
-        problems.append(f"{path}:1: missing view column(s) {missing_cols} that the model's views {list(views)} "
-                        f"need; {said}")
-    missing_inputs = [c for c in input_columns if c not in header]
-    if missing_inputs:
-        problems.append(f"{path}:1: missing column(s) {missing_inputs} that the model's inputs read (leave a cell "
-                        f"empty where a row lacks it); {said}")
-    if problems:
-        raise DataError(problems, "problem(s) with the manifest")
-    samples = []
-    for where, row in _data_rows(reader, path, problems):
-        parsed = _row_views(row, columns, path.parent, cfg, where, problems)
-        if parsed is None:
-            continue
-        view_paths, rois = parsed
-        # served rows are not run through the training checks: say here what is missing
-        missing = [f"image not found: {p}" for p in view_paths.values() if p is not None and not p.is_file()]
-        missing += [f"mask not found: {m}" for m in rois.values() if isinstance(m, Path) and not m.is_file()]
-        if missing:
-            problems.append(f"{where}: {'; '.join(missing)}")
-            continue
-        samples.append(Sample(view_paths, (row.get("patient") or "").strip(), {}, where,
-                              cells={k: v for k, v in row.items() if v is not None}, rois=rois, base=path.parent,
-                              delimiter=delimiter))
-    if problems:
-        raise DataError(problems, "problem(s) with the manifest")
-    if not samples:
-        raise DataError([f"{path}: no rows"], "problem(s) with the manifest")
     return samples
 
 

@@ -103,6 +103,7 @@ def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool
     import torch
 
     from lnzoo.checkpoint import environment
+    from lnzoo.record import component_providers
     from lnzoo.data.run_data import plan_folds, recipe_tasks
     from lnzoo.train.schedule import set_deterministic
 
@@ -139,7 +140,7 @@ def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool
     folds = list(range(cfg.cv.folds)) if cfg.cv.run_folds == "all" else list(cfg.cv.run_folds)
     others = {part: samples for part, samples in (("test", data.test), ("external", data.external)) if samples}
     return _Prepared(recipe, host, tasks, {n: t.as_dict() for n, t in tasks.items()}, data, cache, assignment, folds,
-                     environment(host, recipe), others, emit)
+                     {**environment(host), "components": component_providers(recipe, host)}, others, emit)
 
 
 def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool) -> dict[str, Any]:

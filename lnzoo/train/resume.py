@@ -54,7 +54,7 @@ def save_state(stem: Path, parts: dict[str, dict[str, torch.Tensor] | None], opt
             "optimizer": {"param_groups": optim["param_groups"], "state": optim_rest},
             "rng": {"numpy": [int(pos), int(has_gauss), float(gauss)], "python": [version, list(state), gauss_next]},
             "tensors_sha256": hashlib.sha256(blob).hexdigest()}
-    write_atomic(stem.with_suffix(".safetensors"), blob)
+    write_atomic(stem.with_suffix(".safetensors"), blob, meta["tensors_sha256"])
     write_atomic(stem.with_suffix(".json"), json.dumps(meta))
 
 
@@ -65,13 +65,13 @@ def load_state(stem: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]] | N
     side, weights = stem.with_suffix(".json"), stem.with_suffix(".safetensors")
     if not side.is_file() or not weights.is_file():
         return None
-    from lnzoo.integrity import read_bytes, read_text
+    from lnzoo.integrity import read_digest, read_text
     try:
         meta = json.loads(read_text(side))
-        blob = read_bytes(weights)
+        blob, digest = read_digest(weights)
     except ValueError as exc:
         raise UsageError(f"{side}: the resumable state cannot be read ({exc})") from None
-    if hashlib.sha256(blob).hexdigest() != meta.get("tensors_sha256"):
+    if digest != meta.get("tensors_sha256"):
         raise UsageError(f"{weights}: does not match {side.name} (written by another epoch, or damaged); remove both "
                          "to restart this fold from its first epoch")
     return meta, load(blob)
