@@ -27,10 +27,10 @@ def write_atomic(path: Path, data: str | bytes, digest: str | None = None) -> Pa
         return replace_atomic(path, blob)
 
 
-def csv_text(header: Sequence[str], rows: Sequence[Mapping[str, Any]]) -> str:
+def csv_text(header: Sequence[str], rows: Sequence[Mapping[str, Any]], line_end: str = "\r\n") -> str:
     """A CSV document of ``rows`` under ``header`` (missing cells empty)."""
     buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=list(header), restval="")
+    w = csv.DictWriter(buf, fieldnames=list(header), restval="", lineterminator=line_end)
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()

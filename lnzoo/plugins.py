@@ -109,7 +109,7 @@ def load_plugins(extra: list[tuple[str, object]] | None = None, strict: bool | N
         infos.append(info)
         try:
             candidates.append((info, ep.load()))
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:  # a broken plugin must not take the others down
+        except (Exception, SystemExit) as exc:  # a broken plugin must not take the others down; Ctrl-C stops all
             info.error = f"failed to import: {_describe(exc)}"
     for name, module in extra or []:
         info = PluginInfo(name, getattr(module, "__name__", repr(module)), name, "local")
@@ -119,7 +119,7 @@ def load_plugins(extra: list[tuple[str, object]] | None = None, strict: bool | N
     for info, module in candidates:
         try:
             _load_one(pm, registries, info, module)
-        except (Exception, SystemExit, KeyboardInterrupt) as exc:
+        except (Exception, SystemExit) as exc:
             info.error = _describe(exc) if not isinstance(exc, PluginError) else str(exc)
         if info.error is None and not any(info.registered.values()):
             info.registered = {}

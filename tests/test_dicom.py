@@ -101,8 +101,8 @@ def test_validate_names_every_broken_dicom_file_and_why(tmp_path):
     done = invoke_cli("validate", RECIPE, "--quick", "--set", f"data.train='{manifest.as_posix()}'")
     assert done.returncode == 2 and "Traceback" not in done.stderr
     text = done.stderr.replace("\n", " ")
-    for name, path in broken.items():
-        assert f"{path}: {BROKEN[name][1]}" in " ".join(text.split()), (name, done.stderr)
+    for line, (name, path) in enumerate(broken.items(), start=3):  # the header, then the good file's row
+        assert f"{manifest}:{line}: {path}: {BROKEN[name][1]}" in " ".join(text.split()), (name, done.stderr)
     assert f"{good}:" not in text  # the good DICOM file reads
 
 

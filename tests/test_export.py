@@ -447,3 +447,50 @@ def test_a_bundle_of_one_fold_describes_that_fold_only(tiny_run, tmp_path):
     card = (out / "MODEL_CARD.md").read_text(encoding="utf-8")
     assert "This bundle holds folds [2] of the run's [1, 2]" in card
     assert "raw p(malignant) >= " in card and "(fold 1)" not in card
+
+
+WIDE = """
+import torch
+import lnzoo
+
+class Wide(torch.nn.Module):
+    def __init__(self, in_features, num_classes):
+        super().__init__()
+        self.in_features = in_features
+        self.fc = torch.nn.Linear(in_features, num_classes)
+
+    def forward(self, x):
+        return self.fc(x)
+
+@lnzoo.hookimpl
+def lnzoo_register_heads(register):
+    register("wide", Wide)
+"""
+
+
+def _plugin(name: str, code: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    exec(compile(code, name, "exec"), module.__dict__)
+    return module
+
+
+def test_a_bundle_lists_the_plugins_its_models_were_trained_with_and_only_those(tmp_path):
+    """config.json's ``plugins`` comes from the models' records: the distribution whose head the model uses is
+    listed with what it provides; a plugin merely installed where the bundle is exported is not. Without that
+    plugin the bundle is refused, naming it."""
+    from lnzoo.export import export_bundle
+    from lnzoo.pipeline import fit_folds
+    from lnzoo.recipe import load_recipe
+
+    unrelated = _plugin("acme_other", WIDE.replace('"wide"', '"other"'))
+    host = load_plugins(extra=[("acme-heads", _plugin("acme_heads", WIDE)), ("acme-other", unrelated)],
+                        entry_points=None)
+    recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", host=host,
+                         sets=[*TINY, "cv.run_folds=[0]", "train.epochs=1", "model.heads.malignancy={name='wide'}"])
+    fit_folds(recipe, host, tmp_path / "run")
+    export_bundle(tmp_path / "run", tmp_path / "bundle", host=host)
+    config = json.loads((tmp_path / "bundle" / "config.json").read_text())
+    assert config["plugins"] == {"acme-heads": {"version": "local", "provides": ["head 'wide'"]}}
+    done = invoke_cli("predict", "--model", str(tmp_path / "bundle"), *_images(tmp_path / "run")[:1],
+                      "--out", str(tmp_path / "calls.csv"))
+    assert done.returncode == 2 and "acme-heads" in done.stderr and "Traceback" not in done.stderr, done.stderr

@@ -74,6 +74,24 @@ def test_plugin_whose_hook_raises_is_skipped_atomically_and_others_still_work():
     assert "mlp" in host.registry("head")
 
 
+class _Stopped:  # an entry point being imported when the user presses Ctrl-C
+    name, value, dist = "slow", "slow_mod", None
+
+    def load(self):
+        raise KeyboardInterrupt
+
+
+def test_ctrl_c_while_a_plugin_loads_stops_the_command_not_the_plugin():
+    """Ctrl-C (or SIGTERM, lnzoo.cli._common.Interrupted) during a plugin's import or hook is the user stopping
+    lnzoo: it goes on up to the command's one 'interrupted' line; the plugin is not recorded as broken."""
+    def heads(register):
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        load_plugins(entry_points=[_Stopped()], strict=False)
+    with pytest.raises(KeyboardInterrupt):
+        load_plugins(extra=[("slow", _module("slow", lnzoo_register_heads=heads))], entry_points=[], strict=False)
+
+
 def test_strict_mode_makes_a_broken_plugin_fatal():
     def heads(register):
         raise RuntimeError("boom")

@@ -384,3 +384,21 @@ def test_run_stopped_by_sigterm_is_resumable_and_exits_143(tmp_path):
     stderr = started.interrupt(signal.SIGTERM)
     assert f"`lnzoo run --resume {out}` continues" in stderr.replace("\n", "")
     assert json.loads((out / "run.json").read_text())["status"] == "interrupted" and leftovers(out) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, group", [pytest.param(signal.SIGINT, True, id="Ctrl-C at a terminal"),
+                                        pytest.param(signal.SIGTERM, False, id="SIGTERM to lnzoo run")])
+def test_run_on_two_processes_stops_as_one_command(tmp_path, sig, group):
+    """``lnzoo run --nproc 2``: the signal reaches torchrun's agent and both training processes; rank 0 alone
+    says what is left, torchrun prints no traceback, and no process of the run is left running."""
+    out = tmp_path / "r"
+    started = Started(tmp_path, ["run", RECIPE, "--quick", "--nproc", "2",
+                                 *_sets("train.epochs=1000", "cv.run_folds=[0]", "train.threads=1",
+                                        "data.phantom.external=false"), "--n-boot", "20", "--out", out], session=group)
+    started.wait_until(lambda: (out / "fold0" / "resume.json").is_file(), "one epoch in")
+    assert len(descendants(started.proc.pid)) >= 3  # the agent and its two processes
+    stderr = started.interrupt(sig, group=group)
+    assert f"`lnzoo run --resume {out}` continues" in stderr.replace("\n", "")
+    assert "SignalException" not in stderr and "FAILED" not in stderr, stderr
+    assert json.loads((out / "run.json").read_text())["status"] == "interrupted" and leftovers(out) == []

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import signal
 import threading
 from pathlib import Path
@@ -144,9 +145,13 @@ LEFT_BEHIND: dict[str, Callable[[dict[str, Any]], str]] = {
 def stopped(exc: KeyboardInterrupt, command: str = "", kwargs: dict[str, Any] | None = None) -> int:
     """Print the one 'interrupted' line for ``exc`` and return the exit code: 128 + the signal's number (130 for
     SIGINT, Ctrl-C; 143 for SIGTERM)."""
+    from lnzoo.train.distributed import world
+
     _STOPPING.set()  # a second Ctrl-C while this prints is not a traceback
     try:
         signum = getattr(exc, "signum", int(signal.SIGINT))
+        if "RANK" in os.environ and not world().writer:  # a torchrun process beside rank 0: rank 0 says it
+            return 128 + signum
         said = getattr(exc, "lnzoo_said", None)
         if said is None:
             left = LEFT_BEHIND.get(command)
@@ -177,6 +182,10 @@ def guarded(fn: Callable) -> Callable:
             except KeyboardInterrupt as exc:  # Ctrl-C, or a signal through signals_interrupt
                 raise typer.Exit(stopped(exc, fn.__name__, kwargs)) from None
             except LnzooError as exc:
+                from lnzoo.train.distributed import world
+
+                if "RANK" in os.environ and not world().writer:  # beside torchrun's rank 0, which says the same
+                    raise typer.Exit(exc.exit_code) from None
                 # escaped: messages quote lists such as [full, crop], which rich would read as markup and drop
                 err.print(f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
                 raise typer.Exit(exc.exit_code) from None

@@ -125,9 +125,11 @@ def _run_or_list_every_problem(r, out: Path, view, n_boot: int, resume: bool):
 
 
 def _launch_torchrun(nproc: int) -> None:
-    """``lnzoo run --nproc N ...``: the same command under torchrun, N processes on this machine."""
+    """``lnzoo run --nproc N ...``: the same command under torchrun, N processes on this machine
+    (:mod:`lnzoo.train.launch`: a signal stops them all, rank 0 says what is left)."""
     import os
-    import subprocess
+
+    from lnzoo.train.launch import start
 
     if nproc < 1:
         raise UsageError(f"--nproc {nproc}: give 1 or more processes")
@@ -139,9 +141,7 @@ def _launch_torchrun(nproc: int) -> None:
             skip = arg == "--nproc"
             continue
         rest.append(arg)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "lnzoo",
-           *rest]
-    raise typer.Exit(subprocess.call(cmd))
+    raise typer.Exit(start(nproc, rest))
 
 
 @app.command(cls=Command)

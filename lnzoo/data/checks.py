@@ -43,8 +43,8 @@ def check_files(samples: Sequence[Sample], problems: list[str], digests: dict[st
                 continue
             try:
                 read_pixels(path).close()  # decoded whole: a truncated file fails here, not in training
-            except DataError as exc:
-                problems += exc.problems
+            except DataError as exc:  # it names the file and why; the row that gave it goes first
+                problems += [f"{s.origin}: {p}" for p in exc.problems]
                 bad.add(i)
                 continue
             except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:

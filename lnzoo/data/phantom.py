@@ -71,7 +71,6 @@ generated.
 """
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 import math
@@ -94,6 +93,7 @@ from lnzoo.data.phantom_render import (  # noqa: F401 - FIELD_DEPTH_MM and CROP_
     _make_template,
     _render,
 )
+from lnzoo.files import csv_text, write_atomic
 
 __all__ = [
     "PHANTOM_VERSION",
@@ -257,12 +257,6 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
             if progress is not None:
                 progress(idx, patients)
 
-    manifest = out / "manifest.csv"
-    with open(manifest, "w", encoding="utf-8", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(MANIFEST_COLUMNS), lineterminator="\n")
-        w.writeheader()
-        w.writerows(rows)
-
     for list_name, (column, zh) in LIST_FILES.items():
         lines = [f"../{row['path']},{zh[row[column]]}\n" for row in rows
                  if row[column] and in_list.get(list_name, {}).get(row["patient"], True)]
@@ -298,7 +292,8 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
         f"  wrong pathology impression  {_reports.P_WRONG_IMPRESSION:.0%} of the impressions given\n"
     )
     (out / "README.txt").write_text(readme, encoding="utf-8", newline="\n")
-    return manifest
+    # written last and whole: a phantom with its manifest is complete (phantom_manifest)
+    return write_atomic(out / "manifest.csv", csv_text(MANIFEST_COLUMNS, rows, line_end="\n"))
 
 
 def ensure_phantom(cache_root=None, **kwargs) -> pathlib.Path:
