@@ -27,7 +27,7 @@ def evaluate_run(run_dir: Path, host) -> tuple[dict[str, Any], dict[str, Any]]:
     for ckpt in rd.checkpoints():
         predictor = load(ckpt, host, as_trained=True)  # the device and precision the run predicted with
         recipe = resolve(dict(predictor.recipe), host=host, source=predictor.record.recipe_source)
-        data = load_run_data(recipe, predictor.tasks, host=host)
+        data = load_run_data(recipe, predictor.tasks, host)
         k = predictor.record.fold
         held = [s for s in data.pool if assignment.get(s.patient) == k]
         if not held:

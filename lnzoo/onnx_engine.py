@@ -101,16 +101,15 @@ def export_onnx(weights: Path, out: Path, host=None, batch: int = 3) -> float:
     return diff
 
 
-def onnx_interface(weights: Path, host=None) -> dict[str, Any]:
+def onnx_interface(weights: Path, host) -> dict[str, Any]:
     """The graph's inputs and outputs as a program without lnzoo needs them (names, shapes, dtypes, value ranges,
     how an image becomes its input and how the probabilities are calibrated), from the checkpoint's record."""
     from lnzoo.inputs import Inputs
-    from lnzoo.plugins import get_host
 
     record = ModelRecord.read(weights)
     pre = record.preprocessing
     mean, std = (list(v) for v in pre.mean_std)
-    extra = list(Inputs.from_meta(list(record.inputs) or None, host or get_host(), source=str(weights)) or [])
+    extra = list(Inputs.from_meta(list(record.inputs) or None, host, source=str(weights)) or [])
     members = [*record.views, *(item.name for item in extra)]
     size = pre.image_size
     inputs: list[dict[str, Any]] = [
@@ -207,17 +206,17 @@ class OnnxPredictor:
     source: Path
     record: ModelRecord
     session: Any = None
+    host: Any = None  # the plugin host the record's inputs are rebuilt with
 
     @classmethod
-    def load(cls, weights: Path) -> "OnnxPredictor":
+    def load(cls, weights: Path, host) -> "OnnxPredictor":
         from lnzoo.bundle import checked_onnx
 
         record = ModelRecord.read(weights)  # the same checks as the torch engine: an edited sidecar is refused
         record.require_buildable()
-        from lnzoo.plugins import get_host
-        record.require_components(get_host(), kinds=("input",))  # the rest is inside the graph
+        record.require_components(host, kinds=("input",))  # the rest is inside the graph
         onnx_file, blob = checked_onnx(Path(weights))
-        return cls(onnx_file, record, _session(blob))
+        return cls(onnx_file, record, _session(blob), host)
 
     @property
     def tasks(self) -> dict[str, Task]:
@@ -243,8 +242,7 @@ class OnnxPredictor:
     def inputs(self):
         """The fitted inputs besides the views (covariates, text...), rebuilt from the record."""
         from lnzoo.inputs import Inputs
-        from lnzoo.plugins import get_host
-        return Inputs.from_meta(list(self.record.inputs) or None, get_host(), source=str(self.source))
+        return Inputs.from_meta(list(self.record.inputs) or None, self.host, source=str(self.source))
 
     @property
     def preprocessing(self) -> Preprocessing:

@@ -50,11 +50,14 @@ class Ensemble:
     """Averages the calibrated (and the raw) probabilities of several models per task: each an :class:`Engine`."""
 
     def __init__(self, sources: Sequence[str | Path], host=None, engine: str = "torch"):
+        """``host``: the plugins the models' components come from (default: those installed)."""
         from lnzoo.bundle import checkpoints_of
+        from lnzoo.plugins import get_host
 
+        host = host if host is not None else get_host()
         if engine == "onnx":  # ONNX Runtime runs the models: torch is not imported for them
             from lnzoo.onnx_engine import OnnxPredictor
-            self.members = [OnnxPredictor.load(c) for s in sources for c in checkpoints_of(s)]
+            self.members = [OnnxPredictor.load(c, host) for s in sources for c in checkpoints_of(s)]
         elif engine == "torch":
             from lnzoo.inference import load
             self.members = [load(c, host) for s in sources for c in checkpoints_of(s)]
@@ -167,9 +170,7 @@ def _passes_on(task, host) -> str | None:
     registered task of that name, when its classes are the same."""
     if task.passes_on is not None:
         return task.passes_on
-    from lnzoo.plugins import get_host
-
-    registry = (host or get_host()).registry("task")
+    registry = host.registry("task")
     if task.name in registry:
         registered = registry.get(task.name).build()
         if registered.classes == task.classes:
@@ -185,6 +186,9 @@ class Cascade:
                  engine: str = "torch"):
         if len(stages) < 2:
             raise UsageError("--cascade takes two or more models, in stage order")
+        from lnzoo.plugins import get_host
+
+        host = host if host is not None else get_host()
         self.sources = [Path(s) for s in stages]
         self.stages = [Ensemble([s], host, engine) for s in stages]
         given = list(passes_on or [None] * (len(stages) - 1))

@@ -159,7 +159,7 @@ def _data_stage(recipe, tasks, host, stages, notes, unchecked):
         stages["leakage"] = unchecked("leakage") or "not checked: the data was not read"
         return None
     try:
-        check = check_run_data(recipe, tasks, host=host)
+        check = check_run_data(recipe, tasks, host)
     except LnzooError as exc:  # nothing to check: the phantom cannot be made, an input kind cannot be built
         stages["data"] = _messages(exc)
         stages["leakage"] = "not checked: no data was read"

@@ -189,5 +189,5 @@ def test_example_recipes_read_the_real_sets(name, images, patients):
 
     host = load_plugins()
     recipe = load_recipe(REPO / "recipes" / "examples" / f"{name}.toml", host=host)
-    data = load_run_data(recipe, recipe_tasks(recipe, host))
+    data = load_run_data(recipe, recipe_tasks(recipe, host), host)
     assert len(data.pool) == images and len({s.patient for s in data.pool}) == patients

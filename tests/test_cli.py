@@ -30,7 +30,7 @@ def _commands(help_text: str) -> list[str]:
 
 def test_help_lists_run_first_then_the_workflow_and_the_listings_last():
     names = _commands(_help())
-    assert names[:3] == ["run", "validate", "synth"]
+    assert names[:4] == ["run", "validate", "ingest", "synth"]
     listings = [n for n in names if n.startswith("list-")]
     assert listings and names[-len(listings):] == listings  # after every other command
     assert {"evaluate", "report", "predict", "export", "serve", "sweep", "plugins"} <= set(names)

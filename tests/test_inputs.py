@@ -132,7 +132,7 @@ def test_llnm_predictions_reproduce_from_the_rows_and_a_missing_report_still_pre
     rows = list(csv.DictReader((llnm_run / "predictions.csv").open()))[:6]
     member = load(llnm_run / "fold0" / "best.safetensors", HOST)
     recipe = load_recipe(llnm_run / "recipe.toml", host=HOST)
-    pool = load_run_data(recipe, recipe_tasks(recipe, HOST), host=HOST).pool
+    pool = load_run_data(recipe, recipe_tasks(recipe, HOST), HOST).pool
     by_path = {str(s.views["full"]): s for s in pool}
     samples = [by_path[r["path"]] for r in rows]
     got = member.predict(samples).proba["lnm"][:, 1]
@@ -156,7 +156,7 @@ def test_a_model_without_image_views_trains_on_its_other_inputs(lnzoo_cache, tmp
     assert len(predictor.model.backbones) == 0 and predictor.model.members == ["report", "morphology"]
     # explain: no image to map, but which input mattered
     from lnzoo.data.run_data import load_run_data, recipe_tasks
-    pool = load_run_data(recipe, recipe_tasks(recipe, HOST), host=HOST).pool
+    pool = load_run_data(recipe, recipe_tasks(recipe, HOST), HOST).pool
     from lnzoo.explain import explain
     assert explain(predictor, pool[:2], tmp_path / "x", host=HOST) == []
     assert {r["removed"] for r in csv.DictReader((tmp_path / "x" / "occlusion.csv").open())} == {"report", "morphology"}
@@ -224,7 +224,7 @@ def test_explain_says_which_input_mattered(llnm_run, tmp_path):
 
     member = load(llnm_run / "fold0" / "best.safetensors", HOST)
     recipe = load_recipe(llnm_run / "recipe.toml", host=HOST)
-    sample = next(s for s in load_run_data(recipe, recipe_tasks(recipe, HOST), host=HOST).pool
+    sample = next(s for s in load_run_data(recipe, recipe_tasks(recipe, HOST), HOST).pool
                   if s.cells.get("report_zh"))
     explain(member, [sample], tmp_path / "x", host=HOST)
     rows = list(csv.DictReader((tmp_path / "x" / "occlusion.csv").open()))
@@ -270,7 +270,7 @@ def test_predict_from_a_manifest_reads_every_input_and_says_which_were_given(lln
     rows = list(csv.DictReader((llnm_run / "predictions.csv").open()))[:4]
     recipe = load_recipe(llnm_run / "recipe.toml", host=HOST)
     from lnzoo.data.run_data import load_run_data, recipe_tasks
-    pool = {str(s.views["full"]): s for s in load_run_data(recipe, recipe_tasks(recipe, HOST), host=HOST).pool}
+    pool = {str(s.views["full"]): s for s in load_run_data(recipe, recipe_tasks(recipe, HOST), HOST).pool}
     samples = [pool[r["path"]] for r in rows]
     # the rows with absolute paths: the manifest lives elsewhere
     cells = [{**s.cells, "path": str(s.views["full"]), "mask": str(s.cell_path("mask"))} for s in samples]
@@ -344,7 +344,7 @@ def _llnm_rows(llnm_run, n=4):
     from lnzoo.data.run_data import load_run_data, recipe_tasks
 
     recipe = load_recipe(llnm_run / "recipe.toml", host=HOST)
-    pool = load_run_data(recipe, recipe_tasks(recipe, HOST), host=HOST).pool
+    pool = load_run_data(recipe, recipe_tasks(recipe, HOST), HOST).pool
     return [s for s in pool if s.cells.get("report_zh") and np.asarray(Image.open(s.cell_path("mask"))).any()][:n]
 
 

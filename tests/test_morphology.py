@@ -282,3 +282,31 @@ def test_cache_dir(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "morphology"
     monkeypatch.delenv("LNZOO_CACHE")
     assert cache_dir().parts[-3:] == (".cache", "lnzoo", "morphology")
+
+
+@pytest.mark.parametrize("cells, long_mm, area_mm2", [
+    ({"pixel_mm_x": "0.1"}, 6.0, 0.01 * np.pi * 30 * 15),  # square pixels: the x size alone
+    ({"pixel_mm_x": "0.1", "pixel_mm_y": "0.4"}, 12.0, 0.04 * np.pi * 30 * 15),  # the geometric mean, 0.2 mm
+])
+def test_with_the_pixel_size_the_nodes_size_is_in_millimetres(tmp_path, cells, long_mm, area_mm2):
+    """An ingested manifest's pixel_mm_x/_y turn the node's axes and area into mm: three more features."""
+    from lnzoo.data.morphology_input import MorphologyInput
+    from lnzoo.data.samples import Sample
+
+    mask = np.zeros((100, 120), np.uint8)
+    mask[ellipse(50, 60, 15, 30)] = 255  # semi-axes 15 and 30 px: axes 30 and 60 px
+    Image.fromarray(mask).save(tmp_path / "m.png")
+    Image.fromarray(np.full((100, 120), 90, np.uint8)).save(tmp_path / "i.png")
+    row = Sample({"full": tmp_path / "i.png"}, "P1", {}, "rows.csv:2", cells={"mask": "m.png", "path": "i.png", **cells},
+                 base=tmp_path)
+    plain, sized = MorphologyInput(cache="memory"), MorphologyInput(cache="memory", pixel_mm="pixel_mm_x")
+    assert len(plain.raw(row)) == len(FEATURES)
+    got = sized.raw(row)
+    assert np.array_equal(got[:len(FEATURES)], plain.raw(row))  # the rest unchanged
+    assert got[len(FEATURES)] == pytest.approx(long_mm, rel=0.03)
+    assert got[len(FEATURES) + 1] == pytest.approx(long_mm / 2, rel=0.03)
+    assert got[len(FEATURES) + 2] == pytest.approx(area_mm2, rel=0.03)
+    assert sized.fit([row])["features"][-3:] == ["size.long_axis_mm", "size.short_axis_mm", "size.area_mm2"]
+    row.cells["pixel_mm_x"] = ""
+    problems: list[str] = []
+    assert sized.check([row], problems) == {0} and "is not a positive number of mm" in problems[0]

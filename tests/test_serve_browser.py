@@ -163,7 +163,7 @@ def test_the_page_takes_a_report_and_a_mask_for_a_model_with_those_inputs(llnm_r
 
     host = load_plugins()
     recipe = load_recipe(llnm_run / "recipe.toml", host=host)
-    sample = next(s for s in load_run_data(recipe, recipe_tasks(recipe, host), host=host).pool
+    sample = next(s for s in load_run_data(recipe, recipe_tasks(recipe, host), host).pool
                   if s.cells.get("report_zh") and np.asarray(Image.open(s.cell_path("mask"))).any())
     expected = float(predict_rows([llnm_run], [sample], host)[0]["p_lnm_N1"])
     with serving(llnm_run) as url:

@@ -57,7 +57,7 @@ def test_fit_returns_its_results_and_never_accumulates_gradients_across_steps():
     tr = _trainer(["model.backbone={name='timm', model_name='test_resnet'}", "data.image_size=32",
                    "data.phantom.patients=24", "train.epochs=2", "data.batch_size=4", "train.ema=0.5"])
     tr.cache = ImageCache(Preprocessing(32))
-    pool = load_run_data(tr.recipe, tr.tasks).pool
+    pool = load_run_data(tr.recipe, tr.tasks, HOST).pool
     seen = []
     tr.emit = seen.append
     result = tr.fit(pool[:12], pool[12:18], seed=0, fold=3)
@@ -103,7 +103,7 @@ def test_channels_last_is_on_for_cpu_by_default_and_changes_no_prediction():
             "data.phantom.patients=24"]
     auto, off = _trainer(sets), _trainer([*sets, "train.channels_last=false"])
     assert auto.channels_last and not off.channels_last
-    samples = load_run_data(auto.recipe, auto.tasks).pool[:6]
+    samples = load_run_data(auto.recipe, auto.tasks, HOST).pool[:6]
     cache = ImageCache(Preprocessing(48))
     torch.manual_seed(0)
     model = build_model(auto.recipe, HOST, auto.tasks).eval()

@@ -21,8 +21,8 @@ from lnzoo.errors import LnzooError
 from lnzoo.ui import wide_console
 
 # the order of ``lnzoo --help``: the workflow from a recipe to a served model; the list-* commands come last
-ORDER = ("run", "validate", "synth", "sweep", "evaluate", "report", "compare", "select", "predict", "explain",
-         "export", "serve", "plugins")
+ORDER = ("run", "validate", "ingest", "synth", "sweep", "evaluate", "report", "compare", "select", "predict",
+         "explain", "export", "serve", "plugins")
 
 
 def _flags_without_metavar(params: list) -> list:
@@ -136,6 +136,8 @@ LEFT_BEHIND: dict[str, Callable[[dict[str, Any]], str]] = {
     "explain": lambda kw: f"the overlays are written last and each whole; {kw.get('out')} may hold some without "
     "explain.csv: run lnzoo explain again",
     "export_cmd": lambda kw: f"no bundle was written (the partial one is removed; {kw.get('out')} is as it was)",
+    "ingest": lambda kw: f"manifest.csv and ingest_log.csv in {kw.get('out')} list every frame written so far; "
+    "the same command adds the rest",
     "synth": lambda kw: f"the phantom in {kw.get('out')} is incomplete (manifest.csv is written last); "
     f"`lnzoo synth --out {kw.get('out')}` again writes it whole",
     "serve": lambda kw: "the server stopped after answering the requests it had begun",

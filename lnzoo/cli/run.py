@@ -149,22 +149,39 @@ def _launch_torchrun(nproc: int) -> None:
 def synth(out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder to write the phantom into.")],
           patients: Annotated[int, typer.Option(metavar="N", help="Number of patients.")] = 160,
           seed: Annotated[int, typer.Option(metavar="N", help="Seed; the same seed writes the same files.")] = 0,
-          difficulty: Annotated[float, typer.Option(metavar="0..1", help="0 easy ... 1 heavily overlapping classes.")] = 0.5) -> None:
+          difficulty: Annotated[float, typer.Option(metavar="0..1", help="0 easy ... 1 heavily overlapping classes.")] = 0.5,
+          dicom: Annotated[bool, typer.Option("--dicom", help="Write the phantom as ultrasound DICOM scanner screens "
+                                              "(fake PHI burned in, calipers, cine, compressed syntaxes) with "
+                                              "labels.csv and truth.json, to try `lnzoo ingest` on.")] = False) -> None:
     """Write the synthetic lymph node phantom (development/demo data, NOT clinical data).
 
     Example: lnzoo synth --out phantom --patients 80 --seed 1
+    Example: lnzoo synth --dicom --out dicom_phantom --patients 24
     """
     from rich.progress import Progress
 
-    from lnzoo.data.phantom import generate_phantom
-
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; the phantom goes into a folder (new, or one it wrote before)")
-    with Progress(console=err) as progress:
-        bar = progress.add_task("phantom", total=patients)
+    if dicom:
         try:
-            manifest = generate_phantom(out, patients=patients, seed=seed, difficulty=difficulty,
-                                        progress=lambda d, t: progress.update(bar, completed=d, total=t))
-        except ValueError as exc:  # the phantom refuses an argument (too few patients, difficulty out of 0..1)
-            raise UsageError(str(exc)) from None
-    console.print(f"phantom written: {manifest} (+ lists/ with the seed-style list files)")
+            from lnzoo.data.phantom_dicom import check_dicom_support, generate_dicom_phantom
+
+            check_dicom_support()
+        except ImportError as exc:
+            raise UsageError(f"lnzoo synth --dicom: {exc}") from None
+        write, what = generate_dicom_phantom, "DICOM phantom"
+    else:
+        from lnzoo.data.phantom import generate_phantom as write
+        what = "phantom"
+    with Progress(console=err) as progress:
+        bar = progress.add_task(what, total=patients)
+        try:
+            written = write(out, patients=patients, seed=seed, difficulty=difficulty,
+                            progress=lambda d, t: progress.update(bar, completed=d, total=t))
+        except (ValueError, FileExistsError) as exc:  # a refused argument (too few patients, difficulty out of
+            raise UsageError(str(exc)) from None       # 0..1), or a dicom/ folder the DICOM phantom did not write
+    if dicom:
+        console.print(f"DICOM phantom written (SYNTHETIC, NOT CLINICAL DATA): {out / 'dicom'}\n"
+                      f"labels: {out / 'labels.csv'}\ntruth: {written}", highlight=False)
+    else:
+        console.print(f"phantom written: {written} (+ lists/ with the seed-style list files)")

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import re
-import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -85,8 +84,9 @@ def read_pixels(path: Path) -> Image.Image:
     if m:
         arr = npz_arrays(Path(m["file"]))[f"{m['split']}_images"][int(m["index"])]
         return Image.fromarray(np.asarray(arr).astype(np.uint8) if arr.dtype != np.uint16 else arr)
-    if path.suffix.lower() == ".dcm":
-        return _read_dicom(path)
+    if path.suffix.lower() == ".dcm":  # the first frame, cut to its ultrasound region, as lnzoo ingest does
+        from lnzoo.ingest.dicom import read_dicom_image
+        return read_dicom_image(path)
     img = Image.open(path)
     if img.width * img.height > MAX_PIXELS[0]:
         img.close()
@@ -95,53 +95,6 @@ def read_pixels(path: Path) -> Image.Image:
                          "that large may be a decompression bomb)"])
     img.load()
     return ImageOps.exif_transpose(img)
-
-
-def _read_dicom(path: Path) -> Image.Image:
-    """The first frame of a DICOM file as an 8-bit image; a file pydicom cannot read or decode (not DICOM, no
-    pixel data, truncated, a compression no installed decoder reads) is a DataError naming it and the reason."""
-    try:
-        import pydicom
-        from pydicom.errors import InvalidDicomError
-    except ImportError:
-        raise DataError([f"{path}: reading DICOM needs pydicom: pip install 'lnzoo[dicom]'"]) from None
-    try:
-        with warnings.catch_warnings():  # pydicom's notes on odd values: the image reads, or the error says why
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(str(path))
-    except InvalidDicomError:
-        raise DataError([f"{path}: not a DICOM file (no DICOM header); is it another format named .dcm?"]) from None
-    except OSError:
-        raise  # the file itself (missing, unreadable): the caller names it
-    except Exception as exc:  # noqa: BLE001 - pydicom reports a damaged file with many exception types
-        raise DataError([f"{path}: corrupt or truncated DICOM file ({_first_line(exc)})"]) from None
-    if not any(key in ds for key in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
-        why = "its header describes an image but the file ends before the pixel data: truncated?" \
-            if "Rows" in ds and "Columns" in ds else "no image in it: truncated, or not an image, e.g. a report"
-        raise DataError([f"{path}: a DICOM file without pixel data ({why})"])
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            arr = ds.pixel_array
-        if int(getattr(ds, "NumberOfFrames", 1) or 1) > 1:
-            arr = arr[0]  # a cine loop: its first frame
-        if arr.size == 0:
-            raise ValueError("the image has no pixels")
-    except Exception as exc:  # noqa: BLE001 - the pixel handlers raise whatever their decoder raises
-        why = f"truncated, or its size, bit depth or compression is not what the header says ({_first_line(exc)})"
-        raise DataError([f"{path}: DICOM pixel data that cannot be decoded: {why}"]) from None
-    if getattr(ds, "PhotometricInterpretation", "") == "MONOCHROME1":
-        arr = arr.max() - arr
-    if arr.ndim == 2:
-        arr = arr.astype(np.float64)
-        lo, hi = float(arr.min()), float(arr.max())
-        arr = ((arr - lo) / max(hi - lo, 1e-9) * 255).astype(np.uint8)
-    return Image.fromarray(arr.astype(np.uint8))
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
 def roi_box(roi, size: tuple[int, int], margin: float, origin: str = "") -> tuple[int, int, int, int]:

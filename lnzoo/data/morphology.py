@@ -52,6 +52,12 @@ DESCRIPTIONS: dict[str, str] = {
     "texture.entropy": "entropy (bits) of the normalised GLCM inside the mask",
 }
 FEATURES: tuple[str, ...] = tuple(DESCRIPTIONS)
+# with the pixel size (``pixel_mm``, e.g. from lnzoo ingest), the node's size in millimetres, after these
+SIZE_DESCRIPTIONS: dict[str, str] = {
+    "size.long_axis_mm": "major axis length of the fitted ellipse, mm",
+    "size.short_axis_mm": "minor axis length of the fitted ellipse, mm (the short-axis diameter sonographers read)",
+    "size.area_mm2": "area of the largest connected component, mm^2",
+}
 
 _LEVELS = 32
 _DISTANCES = (1, 2)
@@ -145,10 +151,7 @@ def extract(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
     c0, c1 = max(cols[0] - pad, 0), min(cols[-1] + pad + 1, width)
     g, mm = grey[r0:r1, c0:c1], m[r0:r1, c0:c1]
 
-    labels = label(mm, connectivity=2)
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    comp = labels == int(sizes.argmax())
+    comp = _largest(mm)
     region = regionprops(comp.astype(np.uint8))[0]
     area = float(region.area)
     major, minor = float(region.axis_major_length), float(region.axis_minor_length)
@@ -203,6 +206,24 @@ def extract(image: np.ndarray, mask: np.ndarray) -> np.ndarray | None:
 
     out = np.array(shape + echo + margin + texture, dtype=np.float64)
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def _largest(mask: np.ndarray) -> np.ndarray:
+    """The largest 8-connected component of a boolean mask that marks something."""
+    labels = label(mask, connectivity=2)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(sizes.argmax())
+
+
+def size_px(mask_path: Path | str) -> tuple[float, float, float] | None:
+    """The major and minor axis of the fitted ellipse and the area, in pixels, of the largest region of the mask
+    file (as :func:`extract` measures it); None when the mask marks nothing."""
+    m = _decode(_read_bytes(mask_path, "mask"), mask_path, "mask", as_mask=True)
+    if not m.any():
+        return None
+    region = regionprops(_largest(m).astype(np.uint8))[0]
+    return float(region.axis_major_length), float(region.axis_minor_length), float(region.area)
 
 
 def _read_bytes(path: Path | str, what: str) -> bytes:

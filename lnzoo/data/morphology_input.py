@@ -4,6 +4,10 @@ Computed from the mask a manifest column names and the image it outlines (:mod:`
 once per file pair and cached (in memory for the run, on disk across runs), then standardised with the
 training part's mean and sd per fold. An empty mask is a missing input for that row; an unreadable mask
 or one that does not fit its image is a bad row, named with its file and line.
+
+With ``pixel_mm`` (the column of millimetres per pixel: ``pixel_mm_x`` of an ``lnzoo ingest`` manifest, whose
+``pixel_mm_y`` is then used too, as the geometric mean), the node's long and short axis (mm) and area (mm^2) are
+three more features; every row with a mask must then give its pixel size.
 """
 from __future__ import annotations
 
@@ -24,17 +28,19 @@ class MorphologyInput:
 
     dtype = "float32"
 
-    def __init__(self, column: str = "mask", image: str = "path", hidden: int = 64, cache: str = "disk"):
+    def __init__(self, column: str = "mask", image: str = "path", hidden: int = 64, cache: str = "disk",
+                 pixel_mm: str | None = None):
         if cache not in ("memory", "disk"):
             raise ValueError(f"cache = {cache!r}: use \"memory\" (this run) or \"disk\" (also across runs)")
         self.column, self.image, self.hidden, self.cache_kind = column, image, int(hidden), cache
+        self.pixel_mm = pixel_mm or None
         self._cache = None
         self._seen: tuple[int, int, float, int] | None = None  # rows with a mask, empty masks, seconds, cache hits
 
     @property
     def columns(self) -> list[str]:
-        """The mask column and the column of the image it outlines."""
-        return [self.column, self.image]
+        """The mask column and the column of the image it outlines (and of the pixel size, when sizes are in mm)."""
+        return [self.column, self.image, *([self.pixel_mm] if self.pixel_mm else [])]
 
     def keep_in_memory(self) -> None:
         """Served: features of uploaded masks are cached in memory only, never written to disk."""
@@ -60,7 +66,30 @@ class MorphologyInput:
             return None
         if image is None:
             raise ValueError(f"no image for the mask {mask} (column {self.image!r} is empty)")
-        return self.cache.get(image, mask)
+        features = self.cache.get(image, mask)
+        if features is None or not self.pixel_mm:
+            return features
+        from lnzoo.data.morphology import size_px
+
+        major, minor, area = size_px(mask)  # type: ignore[misc] # the mask marks something: features exist
+        mm = self._mm_per_pixel(sample)
+        return np.concatenate([features, [major * mm, minor * mm, area * mm * mm]])
+
+    def _mm_per_pixel(self, sample: Sample) -> float:
+        values = []
+        for column in dict.fromkeys([self.pixel_mm, self.pixel_mm.removesuffix("_x") + "_y"]):
+            text = str(sample.cells.get(column, "") or "").strip()
+            if not text and column != self.pixel_mm:
+                continue  # no y column: square pixels
+            try:
+                value = float(text)
+            except ValueError:
+                value = float("nan")
+            if not (value > 0 and np.isfinite(value)):
+                raise ValueError(f"pixel size {text!r} in column {column!r} is not a positive number of mm "
+                                 f"(sizes in mm, morphology's pixel_mm, need it on every row with a mask)")
+            values.append(value)
+        return float(np.sqrt(np.prod(values))) if len(values) == 2 else values[0]
 
     def check(self, samples: Sequence[Sample], problems: list[str]) -> set[int]:
         if samples and not any(self.column in s.cells for s in samples):
@@ -87,14 +116,15 @@ class MorphologyInput:
                 f"{given - hits} computed in {seconds:.1f} s, {hits} read from the cache")
 
     def fit(self, samples: Sequence[Sample]) -> dict[str, Any]:
-        from lnzoo.data.morphology import FEATURE_VERSION, FEATURES
+        from lnzoo.data.morphology import FEATURE_VERSION, FEATURES, SIZE_DESCRIPTIONS
 
         rows = [r for s in samples if (r := self.raw(s)) is not None]
         if not rows:
             raise DataError([f"the training part has no non-empty mask in column {self.column!r}"])
         arr = np.stack(rows)
         sd = arr.std(0)
-        return {"features": list(FEATURES), "version": FEATURE_VERSION, "mean": arr.mean(0).tolist(),
+        return {"features": [*FEATURES, *(SIZE_DESCRIPTIONS if self.pixel_mm else [])], "version": FEATURE_VERSION,
+                "mean": arr.mean(0).tolist(),
                 "sd": np.where(sd > 1e-12, sd, 1.0).tolist(), "n": len(rows), "hidden": self.hidden}
 
     def shape(self, state: Mapping[str, Any]) -> tuple[int, ...]:

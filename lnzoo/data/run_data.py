@@ -85,8 +85,8 @@ def _phantom_sources(recipe, tasks, on_phantom) -> tuple[Any, str | None, str]:
     return train, PHANTOM_PATIENT_REGEX, description
 
 
-def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, int], None] | None = None,
-                  check_files_too: bool = True, host=None) -> RunData:
+def load_run_data(recipe, tasks: Mapping[str, Task], host, on_phantom: Callable[[int, int], None] | None = None,
+                  check_files_too: bool = True) -> RunData:
     """Read and check the recipe's data (or the built-in phantom when it names none).
 
     Every problem is collected (:func:`check_run_data`) and raised at once, by stage (a ValidationError, a
@@ -94,11 +94,11 @@ def load_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, 
     patients, a patient in two parts. With ``data.skip_bad_rows`` bad rows and images are left out and listed
     in ``RunData.skipped``; leakage is never skipped.
     """
-    return check_run_data(recipe, tasks, on_phantom, check_files_too, host).result()
+    return check_run_data(recipe, tasks, host, on_phantom, check_files_too).result()
 
 
-def check_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int, int], None] | None = None,
-                   check_files_too: bool = True, host=None) -> DataCheck:
+def check_run_data(recipe, tasks: Mapping[str, Task], host, on_phantom: Callable[[int, int], None] | None = None,
+                   check_files_too: bool = True) -> DataCheck:
     """Read and check the recipe's data without raising for what it finds: every source, every row (each row's
     every problem: a row left out for its label still has its image and covariates checked), every image, every
     input, identical images and patients across parts, all reported together in a :class:`DataCheck`.
@@ -143,9 +143,6 @@ def check_run_data(recipe, tasks: Mapping[str, Task], on_phantom: Callable[[int,
         bad = check_files(rejected, problems, {})
         unreadable += [s for i, s in enumerate(rejected) if i in bad]
         rejected = [s for i, s in enumerate(rejected) if i not in bad]
-    if host is None:
-        from lnzoo.plugins import get_host
-        host = get_host()
     kinds = build_kinds(data_cfg, recipe.config.model, host)
     inputs_checked = True
     if kinds:  # every input checks every row once, on all parts (a covariate's type is never decided per fold)

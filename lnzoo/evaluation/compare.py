@@ -30,6 +30,7 @@ from lnzoo.evaluation.sides import (
     groups_of,
     open_side,
     pick_task,
+    registered_task,
     resolve_classes,
     true_labels,
 )
@@ -112,7 +113,7 @@ def _multi_side(side: Side, y: np.ndarray, classes: list[str], groups, n_boot, s
 def compare(a, b, task: str | None = None, threshold_rule: str = "0.5", n_boot: int = N_BOOT, *,
             threshold_a: float | None = None, threshold_b: float | None = None, intersect: bool = False,
             part: str | None = None, positive: str | None = None, sensitivity_target: float = 0.95,
-            seed: int = 0) -> dict:
+            seed: int = 0, host=None) -> dict:
     """Compare A and B (run directories or prediction CSVs) on the same cases of one task.
 
     Cases are matched by id/path (by file name when no full id matches); sides covering different
@@ -132,8 +133,12 @@ def compare(a, b, task: str | None = None, threshold_rule: str = "0.5", n_boot: 
     side_a = choose_part(side_a, side_b, part)
     side_b = choose_part(side_b, side_a, part)
     side_a, side_b, matching = align(side_a, side_b, intersect)
-    classes, pos = resolve_classes(side_a, side_b, task, positive)
-    y = true_labels(side_a, side_b, classes, pos, task)
+    if host is None:  # the registered task of that name gives label aliases and the positive class
+        from lnzoo.plugins import get_host
+        host = get_host()
+    shipped = registered_task(task, host)
+    classes, pos = resolve_classes(side_a, side_b, task, positive, shipped)
+    y = true_labels(side_a, side_b, classes, pos, shipped)
     n = int(y.size)
     groups, unit = groups_of(side_a, side_b)
     notes: list[str] = []

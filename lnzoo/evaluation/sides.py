@@ -98,13 +98,12 @@ def open_side(src: Any) -> Source:
     return Source(name, file, header, rows, meta, main)
 
 
-def registered_task(name: str | None):
-    """The task registered under that name (shipped or a plugin's: positive class, label aliases), or None."""
+def registered_task(name: str | None, host):
+    """The task registered under that name with ``host`` (shipped or a plugin's: positive class, label aliases),
+    or None."""
     if not name:
         return None
-    from lnzoo.plugins import get_host
-
-    registry = get_host().registry("task")
+    registry = host.registry("task")
     try:
         return registry.get(name).build() if name in registry else None
     except Exception:  # a broken task plugin only costs the aliases
@@ -265,10 +264,9 @@ def align(a: Side, b: Side, intersect: bool) -> tuple[Side, Side, dict]:
     return a.take(ia), b.take(ib), info
 
 
-def _label_indexer(classes: list[str], aliases: Mapping[str, Sequence[str]], task: str | None):
+def _label_indexer(classes: list[str], aliases: Mapping[str, Sequence[str]], shipped):
     """label string -> class index: class name, then alias (sidecar or shipped task), then integer index."""
     index = {c: i for i, c in enumerate(classes)}
-    shipped = registered_task(task)
     same = shipped is not None and set(shipped.classes) == set(classes)
     for table in (aliases, shipped.aliases if same else {}):
         for cls, names in table.items():
@@ -288,13 +286,14 @@ def _label_indexer(classes: list[str], aliases: Mapping[str, Sequence[str]], tas
     return lookup
 
 
-def resolve_classes(a: Side, b: Side, task: str | None, positive: str | None) -> tuple[list[str], int | None]:
+def resolve_classes(a: Side, b: Side, task: str | None, positive: str | None, shipped=None
+                    ) -> tuple[list[str], int | None]:
+    """The classes both sides name and the positive one's index; ``shipped``: the registered task of that name."""
     ca, cb = a.classes, b.classes
     if ca is not None and cb is not None and set(ca) != set(cb):
         raise UsageError(f"the two sides name different classes: {a.name} has {ca}, {b.name} has {cb}")
     classes = list(ca or cb or [])
     if not classes:
-        shipped = registered_task(task)
         values = sorted(set(a.labels) | set(b.labels))
         if shipped is not None and len(shipped.classes) == 2:
             classes = list(shipped.classes)
@@ -319,7 +318,6 @@ def resolve_classes(a: Side, b: Side, task: str | None, positive: str | None) ->
     if positive is None:
         positive = next((s.positive for s in (a, b) if s.positive), None)
     if positive is None:
-        shipped = registered_task(task)
         positive = shipped.positive if shipped is not None and list(shipped.classes) == classes else None
     if positive is None:
         if not (a.classes or b.classes) and classes != ["0", "1"]:
@@ -330,10 +328,10 @@ def resolve_classes(a: Side, b: Side, task: str | None, positive: str | None) ->
     return classes, classes.index(positive)
 
 
-def true_labels(a: Side, b: Side, classes: list[str], pos: int | None, task: str | None) -> np.ndarray:
+def true_labels(a: Side, b: Side, classes: list[str], pos: int | None, shipped=None) -> np.ndarray:
     ys = []
     for s in (a, b):
-        look = _label_indexer(classes, s.aliases, task)
+        look = _label_indexer(classes, s.aliases, shipped)
         if s.proba is None and pos is not None:
             # beside a single positive-class score, 0/1 labels mean negative/positive, not class indices
             y = [pos if lab == "1" else 1 - pos if lab == "0" else look(lab) for lab in s.labels]

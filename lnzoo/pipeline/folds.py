@@ -195,7 +195,7 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
     return rd.metrics()
 
 
-def _load_data(recipe, tasks, emit, host=None):
+def _load_data(recipe, tasks, emit, host):
     """The recipe's checked samples, and the image cache that decodes them once."""
     from lnzoo.data.dataset import ImageCache
     from lnzoo.data.images import Preprocessing

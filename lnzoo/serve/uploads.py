@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING
 from fastapi import Request
 from starlette.datastructures import FormData, UploadFile
 
+from lnzoo.ingest.dicom import is_dicom
+
 if TYPE_CHECKING:
     from lnzoo.serve.app import Server
 
 # MPO: the multi-picture JPEG many cameras and phones write; its first picture reads as a JPEG
 IMAGE_FORMATS = {"PNG": ".png", "JPEG": ".jpg", "MPO": ".jpg", "BMP": ".bmp", "TIFF": ".tif", "GIF": ".gif",
-                 "WEBP": ".webp"}
+                 "WEBP": ".webp"}  # and DICOM (a .dcm upload: lnzoo.ingest.dicom)
 FORM_SLACK = 1 << 20             # bytes a request may carry beyond its files (field names, text fields)
 
 
@@ -66,15 +68,17 @@ def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int) -> 
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     check_size(data, name, max_upload_mb)
+    if is_dicom(data):
+        return _check_dicom(data, name, max_side)
     try:
         img = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, ValueError):
         raise RequestError(415, f"{name}: not an image file of a known format; accepted formats: "
-                                f"{', '.join(sorted(IMAGE_FORMATS))}") from None
+                                f"{', '.join(sorted(IMAGE_FORMATS))}, DICOM") from None
     with img:
         if img.format not in IMAGE_FORMATS:
             raise RequestError(415, f"{name}: {img.format} images are not accepted; accepted formats: "
-                                    f"{', '.join(sorted(IMAGE_FORMATS))}")
+                                    f"{', '.join(sorted(IMAGE_FORMATS))}, DICOM")
         if max(img.size) > max_side:
             raise RequestError(413, f"{name}: {img.width}x{img.height} pixels, over the limit of {max_side} pixels "
                                     "a side (lnzoo serve --max-side)")
@@ -84,6 +88,24 @@ def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int) -> 
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise RequestError(422, f"{name}: corrupt or truncated {img.format} image ({exc})") from None
     return Upload(data, IMAGE_FORMATS[img.format], size)
+
+
+def _check_dicom(data: bytes, name: str, max_side: int) -> Upload:
+    """A DICOM upload, read as every DICOM file is (:mod:`lnzoo.ingest.dicom`: the first frame, cut to the
+    ultrasound region); its size is the crop's, where a box is drawn. Nothing of its header is answered."""
+    from lnzoo.errors import DataError
+    from lnzoo.ingest.dicom import open_dicom
+
+    try:
+        image = open_dicom(name, data)
+        if max(int(image.ds.Rows), int(image.ds.Columns)) > max_side:
+            raise RequestError(413, f"{name}: {image.ds.Columns}x{image.ds.Rows} pixels, over the limit of "
+                                    f"{max_side} pixels a side (lnzoo serve --max-side)")
+        x0, y0, x1, y1 = image.region().box
+        image.frame(0)  # decodes whole, or the error names why
+    except DataError as exc:
+        raise RequestError(422, "; ".join(exc.problems)) from None
+    return Upload(data, ".dcm", (x1 - x0, y1 - y0))
 
 
 def check_input_file(data: bytes, filename: str | None, name: str, max_upload_mb: float) -> Upload:
