@@ -20,7 +20,7 @@ from pydicom.data import get_testdata_file  # noqa: E402
 from pydicom.dataset import Dataset, FileMetaDataset  # noqa: E402
 from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid  # noqa: E402
 
-from lnzoo.errors import DataError  # noqa: E402
+from lnzoo.errors import DataError, UsageError  # noqa: E402
 from lnzoo.ingest.dataset import ingest  # noqa: E402
 from lnzoo.ingest.dicom import frame_indices, open_dicom  # noqa: E402
 from tests.conftest import invoke_cli  # noqa: E402
@@ -472,10 +472,10 @@ def test_masking_fills_the_calipers_and_leaves_the_rest_of_the_image(dicom_phant
 
 
 @pytest.mark.slow
-def test_a_run_trains_on_the_ingested_phantom(dicom_phantom, tmp_path):
+def test_a_run_trains_on_the_ingested_phantom_and_no_identity_reaches_the_run_or_its_bundle(dicom_phantom, tmp_path):
     from tests.conftest import REPO, TINY
 
-    src, _ = dicom_phantom
+    src, truth = dicom_phantom
     ingest([src], tmp_path / "ds", frames="max:2")
     sets = [x for s in [*TINY, "cv.run_folds=[0]", "train.epochs=1", f"data.train='{(tmp_path / 'ds' / 'manifest.csv').as_posix()}'"]
             for x in ("--set", s)]
@@ -483,3 +483,34 @@ def test_a_run_trains_on_the_ingested_phantom(dicom_phantom, tmp_path):
                       "--out", tmp_path / "run")
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "run" / "run.json").read_text())["status"] == "finished"
+    exported = invoke_cli("export", tmp_path / "run", "--out", tmp_path / "bundle")
+    assert exported.returncode == 0, exported.stderr
+    phi = {v for t in truth.values() for v in t["phi"].values() if v}
+    for folder in ("run", "bundle"):  # reports, predictions, sidecars, the model card
+        no_identifier_in(tmp_path / folder, phi, family_names=False)
+
+
+def test_a_mapping_only_when_asked_never_inside_the_dataset_and_study_days_without_dates(tmp_path):
+    us_file(tmp_path / "in" / "a.dcm", _screen(seed=1), extra={"StudyDate": "20240101"})
+    us_file(tmp_path / "in" / "b.dcm", _screen(seed=2), extra={"StudyDate": "20240111",
+                                                               "StudyInstanceUID": "1.2.3.9"})
+    with pytest.raises(UsageError, match="re-identifies"):
+        ingest([tmp_path / "in"], tmp_path / "ds", mapping=tmp_path / "ds" / "map.csv")
+    done = ingest([tmp_path / "in"], tmp_path / "ds", mapping=tmp_path / "map.csv", study_days=True)
+    assert done.counts == {"ingested": 2}
+    rows = rows_of(tmp_path / "ds")
+    assert sorted(r["study_day"] for r in rows) == ["0", "10"]
+    (pair,) = rows_of(tmp_path, "map.csv")
+    assert pair == {"patient": rows[0]["patient"], "patient_id": PHI["PatientID"]}
+    no_identifier_in(tmp_path / "ds", [*PHI.values(), "20240101", "20240111", "2024-01-01"])
+    with pytest.raises(UsageError, match="needs every study in one ingest"):
+        ingest([tmp_path / "in"], tmp_path / "ds", study_days=True)
+
+
+def test_overlay_planes_are_not_drawn_and_the_log_says_so(tmp_path):
+    src = tmp_path / "in" / "overlay.dcm"
+    src.parent.mkdir()
+    shutil.copy(get_testdata_file("examples_overlay.dcm"), src)
+    ingest([src.parent], tmp_path / "ds", any_modality=True)
+    (entry,) = rows_of(tmp_path / "ds", "ingest_log.csv")
+    assert entry["status"] == "ingested" and "overlay plane(s)" in entry["reason"]

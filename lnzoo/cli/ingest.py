@@ -33,7 +33,13 @@ def ingest(sources: Annotated[list[Path], typer.Argument(metavar="DICOM_DIR", he
                                                              "DATASET_DIR.ingest-key beside the dataset, created "
                                                              "on first use).")] = None,
            any_modality: Annotated[bool, typer.Option("--any-modality", help="Take DICOM images of modalities "
-                                                      "other than ultrasound too.")] = False) -> None:
+                                                      "other than ultrasound too.")] = False,
+           mapping: Annotated[Optional[Path], typer.Option("--mapping", metavar="FILE.csv", help="Also write which "
+                                                           "PatientID each patient pseudonym stands for (outside "
+                                                           "the dataset; it re-identifies).")] = None,
+           study_days: Annotated[bool, typer.Option("--study-days", help="Add study_day: days since the "
+                                                    "patient's first study (the dates are not written).")] = False
+           ) -> None:
     """Turn DICOM ultrasound (single frames and cine loops) into PNG frames and a manifest `lnzoo run` reads.
 
     Each frame is cut to its ultrasound region; patients, studies and loops become keyed pseudonyms; of the header only modality, manufacturer, model, transducer and frame time are written; every file that cannot be read is named with its reason in ingest_log.csv.
@@ -48,7 +54,7 @@ def ingest(sources: Annotated[list[Path], typer.Argument(metavar="DICOM_DIR", he
                   transient=True) as progress:
         bar = progress.add_task("ingest", total=None)
         done = run_ingest(sources, out, labels=labels, frames=frames, inside_marks=inside_marks, key_file=key_file,
-                          any_modality=any_modality,
+                          any_modality=any_modality, mapping=mapping, study_days=study_days,
                           progress=lambda d, t: progress.update(bar, completed=d, total=t))
     table = Table(title=f"lnzoo ingest -> {escape(str(out))}", title_justify="left")
     table.add_column("files")

@@ -58,10 +58,19 @@ class Ingested:
 
 def ingest(sources: Sequence[str | Path], out: str | Path, labels: str | Path | None = None, frames: str = "all",
            inside_marks: str = "flag", key_file: str | Path | None = None, any_modality: bool = False,
+           mapping: str | Path | None = None, study_days: bool = False,
            progress: Callable[[int, int], None] | None = None) -> Ingested:
-    """Ingest every DICOM file under ``sources`` into ``out`` (see the module's docstring)."""
+    """Ingest every DICOM file under ``sources`` into ``out`` (see the module's docstring).
+
+    ``mapping``: a CSV of each patient pseudonym and the PatientID it stands for, written only when asked, and
+    never inside ``out``. ``study_days``: a ``study_day`` column, the days since the patient's first study in this
+    ingest (the dates themselves never leave it); every study of a patient must then come in one ingest."""
     started = time.perf_counter()
     out = Path(out)
+    if mapping is not None and (Path(mapping).resolve() == out.resolve() or out.resolve() in
+                                Path(mapping).resolve().parents):
+        raise UsageError(f"--mapping {mapping} lies inside the dataset {out}: the mapping re-identifies patients; "
+                         "keep it apart from the data you share")
     if inside_marks not in MARKS:
         raise UsageError(f"--inside-marks {inside_marks!r}: give one of {', '.join(MARKS)}")
     frame_indices(2, frames)  # the rule is checked before any file is read
@@ -75,6 +84,9 @@ def ingest(sources: Sequence[str | Path], out: str | Path, labels: str | Path | 
     names = Pseudonyms(key)
     table = _Labels.read(Path(labels), names) if labels else _Labels.beside(roots, names)
     rows = _read_rows(out / MANIFEST)
+    if study_days and rows:
+        raise UsageError(f"--study-days counts from each patient's first study, so it needs every study in one "
+                         f"ingest; {out} already holds {len(rows)} frame(s): ingest into a new folder")
     kept = [c for c in (rows[0] if rows else {}) if c not in COLUMNS]  # label columns of an earlier ingest
     done = {r["loop"] for r in rows}
     log: list[dict[str, Any]] = []
@@ -100,7 +112,15 @@ def ingest(sources: Sequence[str | Path], out: str | Path, labels: str | Path | 
     finally:  # whole tables, also when a signal stops the loop: they list exactly the frames on disk
         if rows or log:
             out.mkdir(parents=True, exist_ok=True)
-            header = list(dict.fromkeys([*COLUMNS, *kept, *[c for c in table.columns if c not in COLUMNS]]))
+            extra = [*(["study_day"] if study_days else []), *table.columns]
+            header = list(dict.fromkeys([*COLUMNS, *kept, *[c for c in extra if c not in COLUMNS]]))
+            if study_days:
+                _study_days(rows)
+            if mapping is not None:
+                pairs = {(r["patient"], r["_patient_id"]) for r in rows if r.get("_patient_id")}
+                pairs |= {(r["patient"], r["patient_id"]) for r in _read_rows(Path(mapping))}  # an earlier ingest's
+                write_atomic(Path(mapping), csv_text(("patient", "patient_id"),
+                                                     [{"patient": p, "patient_id": i} for p, i in sorted(pairs)]))
             if table.columns:
                 for row in rows:
                     table.join(row)
@@ -126,7 +146,8 @@ def _one(path: Path, name: str, out: Path, names: Pseudonyms, frames: str, insid
     if modality not in ULTRASOUND and not any_modality:
         raise DataError([f"{path}: modality {modality or 'not given'}, not ultrasound (US); --any-modality takes "
                          "it anyway"])
-    patient = names("patient", ds.get("PatientID") or ds.get("PatientName"))
+    patient_id = str(ds.get("PatientID") or ds.get("PatientName") or "").strip()
+    patient = names("patient", patient_id)
     if not patient:
         raise DataError([f"{path}: no PatientID or PatientName, so its frames could not be kept together in "
                          "cross-validation"])
@@ -141,7 +162,7 @@ def _one(path: Path, name: str, out: Path, names: Pseudonyms, frames: str, insid
             "width": x1 - x0, "height": y1 - y0, "burned_in": burned,
             "pixel_mm_x": f"{region.pixel_mm[0]:.6g}" if region.pixel_mm else "",
             "pixel_mm_y": f"{region.pixel_mm[1]:.6g}" if region.pixel_mm else "",
-            "_file": name}
+            "_file": name, "_patient_id": patient_id, "_date": str(ds.get("StudyDate") or "").strip()}
     rows = []
     for index in chosen:
         rgb = image.frame(index)[y0:y1, x0:x1]
@@ -162,8 +183,33 @@ def _one(path: Path, name: str, out: Path, names: Pseudonyms, frames: str, insid
             row["_unlabelled"] = not table.join(row, ds)
         rows.append(row)
     done.add(loop)
+    overlays = sum(1 for group in range(0x6000, 0x6020, 2) if (group, 0x3000) in ds)
+    if overlays:
+        image.warnings.append(f"{overlays} overlay plane(s) (graphics stored beside the pixels, possibly text) "
+                              "were not drawn into the frames")
     reason = "; ".join(image.warnings)
     return {"status": "ingested", "reason": reason, "rows": rows, "burned_in": int(burned == "YES")}
+
+
+def _study_days(rows: list[dict[str, Any]]) -> None:
+    """``study_day``: days from the patient's first study date to this row's (empty where a date is missing or not
+    a date); the dates are read here and written nowhere."""
+    import datetime
+
+    def day(text: str) -> datetime.date | None:
+        try:
+            return datetime.datetime.strptime(text[:8], "%Y%m%d").date()
+        except ValueError:
+            return None
+
+    first: dict[str, datetime.date] = {}
+    for r in rows:
+        d = day(r.get("_date", ""))
+        if d is not None and (r["patient"] not in first or d < first[r["patient"]]):
+            first[r["patient"]] = d
+    for r in rows:
+        d = day(r.get("_date", ""))
+        r["study_day"] = (d - first[r["patient"]]).days if d is not None else ""
 
 
 def _png(rgb: np.ndarray) -> bytes:
