@@ -21,7 +21,7 @@ from lnzoo.errors import LnzooError
 from lnzoo.ui import wide_console
 
 # the order of ``lnzoo --help``: the workflow from a recipe to a served model; the list-* commands come last
-ORDER = ("run", "validate", "ingest", "synth", "sweep", "evaluate", "report", "compare", "select", "predict",
+ORDER = ("run", "validate", "ingest", "synth", "sweep", "evaluate", "report", "audit", "compare", "select", "predict",
          "explain", "export", "serve", "plugins")
 
 
@@ -136,6 +136,7 @@ LEFT_BEHIND: dict[str, Callable[[dict[str, Any]], str]] = {
     "explain": lambda kw: f"the overlays are written last and each whole; {kw.get('out')} may hold some without "
     "explain.csv: run lnzoo explain again",
     "export_cmd": lambda kw: f"no bundle was written (the partial one is removed; {kw.get('out')} is as it was)",
+    "audit": lambda kw: "audit.json and audit.html are each whole, as before or new",
     "ingest": lambda kw: f"manifest.csv and ingest_log.csv in {kw.get('out')} list every frame written so far; "
     "the same command adds the rest",
     "synth": lambda kw: f"the phantom in {kw.get('out')} is incomplete (manifest.csv is written last); "

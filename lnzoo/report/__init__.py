@@ -6,6 +6,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from lnzoo.audit import AUDIT_JSON, audit_section
 from lnzoo.errors import UsageError
 from lnzoo.evaluation import N_BOOT
 from lnzoo.integrity import modified, modified_note
@@ -196,6 +197,8 @@ def _render(rd: RunDir, summary: dict, evaluation: dict) -> str:
     body.append(_training_section(rd, summary))
     body.append(effects_section(rd.read_json(rd.INPUTS) if (rd / rd.INPUTS).is_file() else {}))
     body.append(gradcam_section(rd / rd.EXPLAIN))
+    if (rd / AUDIT_JSON).is_file():  # lnzoo audit ran on this run: its verdicts, as audit.html shows them
+        body.append(audit_section(rd.read_json(AUDIT_JSON)))
     title = e(f"lnzoo report: {summary['recipe']}")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{title}</title>"

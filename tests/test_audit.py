@@ -1,0 +1,76 @@
+"""``lnzoo audit``: the lesion blanked and alone, each check's verdict and its reason when it cannot run, and the
+planted shortcut of the phantom flagged where the clean phantom is not."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from lnzoo.audit import blank_lesion, lesion_alone
+from tests.conftest import invoke_cli
+
+
+def _image(h: int = 60, w: int = 80, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    img = rng.integers(60, 120, (h, w, 3)).astype(np.uint8)
+    return img
+
+
+@given(x0=st.integers(0, 70), y0=st.integers(0, 50), bw=st.integers(1, 40), bh=st.integers(1, 40))
+@settings(max_examples=60, deadline=None)
+def test_blanking_changes_only_the_grown_box_and_fills_it_from_the_tissue_beside_it(x0, y0, bw, bh):
+    img = _image()
+    box = (x0, y0, min(80, x0 + bw), min(60, y0 + bh))
+    img[box[1]:box[3], box[0]:box[2]] = 255  # the lesion: brighter than anything around it
+    out = blank_lesion(img, box)
+    gx, gy = 0.1 * (box[2] - box[0]), 0.1 * (box[3] - box[1])
+    gx0, gy0 = max(0, int(box[0] - gx)), max(0, int(box[1] - gy))
+    gx1, gy1 = min(80, int(np.ceil(box[2] + gx))), min(60, int(np.ceil(box[3] + gy)))
+    outside = np.ones((60, 80), bool)
+    outside[gy0:gy1, gx0:gx1] = False
+    assert np.array_equal(out[outside], img[outside])
+    if (gx1 - gx0, gy1 - gy0) != (80, 60):
+        assert (out[gy0:gy1, gx0:gx1] < 255).all()  # no lesion pixel left: the fill is the tissue beside it
+    alone = lesion_alone(img, box)
+    assert np.array_equal(alone[gy0:gy1, gx0:gx1], img[gy0:gy1, gx0:gx1])
+    if outside.any():
+        assert len(np.unique(alone[outside].reshape(-1, 3), axis=0)) == 1  # one flat colour around it
+
+
+def test_the_audit_of_a_run_without_rois_or_metadata_says_why_those_checks_did_not_run(tiny_run, tmp_path):
+    done = invoke_cli("audit", tiny_run, "--out", tmp_path / "a")
+    assert done.returncode == 0, done.stderr
+    audit = json.loads((tmp_path / "a" / "audit.json").read_text())
+    verdicts = {c["name"]: c for c in audit["checks"]}
+    assert verdicts["outside"]["verdict"] == "not run" and "no row has an ROI" in verdicts["outside"]["sentence"]
+    assert verdicts["marks"]["verdict"] == "ok" and "detector" in verdicts["marks"]["source"]  # the clean phantom
+    assert verdicts["metadata"]["verdict"] in ("not run", "ok")
+    assert audit["task"] == "malignancy" and audit["images"] > 0 and audit["flagged"] == []
+    assert "Shortcut audit" in (tmp_path / "a" / "audit.html").read_text()
+    assert "Marks against labels" in done.stdout and "Outside the lesion" in done.stdout
+
+
+def test_an_unfinished_run_is_refused_as_every_reader_refuses_it(tiny_run, tmp_path):
+    from lnzoo.rundir import RunDir
+
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    RunDir(copy, writer=True).update_run(status="interrupted")
+    done = invoke_cli("audit", copy, "--out", tmp_path / "a")
+    assert done.returncode == 2 and "not a finished run" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "a").exists()
+
+
+def test_the_audit_becomes_a_section_of_the_runs_report(tiny_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(tiny_run, copy)
+    assert invoke_cli("audit", copy).returncode == 0
+    assert (copy / "audit.json").is_file() and (copy / "audit.html").is_file()
+    done = invoke_cli("report", copy, "--n-boot", "20")
+    assert done.returncode == 0, done.stderr
+    html = (copy / "report.html").read_text(encoding="utf-8")
+    assert "id='audit'" in html and "Marks against labels" in html
