@@ -92,6 +92,13 @@ SCHEMA: dict[str, Any] = {
                         choices=("manifest", "stage1_lists")),
             "external": F(bool, False, "also generate a second phantom (another seed, half the patients) as "
                                        "the external test set, like a second centre"),
+            "shortcut": F(list, [], "plant spurious cues that correlate with malignancy, to test whether a model "
+                                    "looks at the node (lnzoo audit): \"KIND:STRENGTH\" items, KIND one of calipers "
+                                    "(burned-in calipers and readout), doppler_box (a Doppler box outline), scanner "
+                                    "(a brighter scanner B with a logo); STRENGTH s in [0, 1]: present on a malignant "
+                                    "image with probability (1+s)/2, on a benign one (1-s)/2; e.g. "
+                                    "[\"calipers:0.8\"]. Adds the manifest columns marks_caliper, doppler_box, "
+                                    "scanner; the external phantom gets none"),
         },
         "augment": {
             "rotation": F(NUM, 15.0, "max rotation in degrees", min=0.0, max=180.0),

@@ -74,3 +74,27 @@ def test_the_audit_becomes_a_section_of_the_runs_report(tiny_run, tmp_path):
     assert done.returncode == 0, done.stderr
     html = (copy / "report.html").read_text(encoding="utf-8")
     assert "id='audit'" in html and "Marks against labels" in html
+
+
+@pytest.mark.slow
+def test_a_planted_caliper_shortcut_is_flagged_and_the_clean_phantom_is_not(tmp_path):
+    """The phantom draws calipers on 95% of malignant and 5% of benign images (data.phantom.shortcut): the audit
+    says the marks carry the label; on the same phantom without the shortcut no mark is found."""
+    from tests.conftest import REPO, TINY
+
+    def trained(name: str, *extra: str):
+        sets = [*TINY, "cv.run_folds=[0]", "train.epochs=2", "data.phantom.source='manifest'", *extra]
+        done = invoke_cli("run", REPO / "recipes" / "stage1_aux.toml", "--quick",
+                          *[x for s in sets for x in ("--set", s)], "--n-boot", "20", "--out", tmp_path / name)
+        assert done.returncode == 0, done.stderr
+        audited = invoke_cli("audit", tmp_path / name)
+        assert audited.returncode == 0, audited.stderr
+        return {c["name"]: c for c in json.loads((tmp_path / name / "audit.json").read_text())["checks"]}
+
+    cheat = trained("cheat", "data.phantom.shortcut=['calipers:0.9']")
+    assert cheat["marks"]["verdict"] == "flag" and cheat["marks"]["marks_auc"]["ci"][0] > 0.6
+    assert cheat["marks"]["source"].startswith("the manifest's columns marks_caliper")
+    assert cheat["marks"]["rate"]["positive"] > 0.8 > 0.2 > cheat["marks"]["rate"]["negative"]
+    assert cheat["outside"]["verdict"] in ("flag", "ok") and cheat["outside"]["images"] > 0  # bbox: it ran
+    clean = trained("clean")
+    assert clean["marks"]["verdict"] == "ok" and clean["marks"].get("images_with_marks", 0) == 0

@@ -148,13 +148,14 @@ LEFT_BEHIND: dict[str, Callable[[dict[str, Any]], str]] = {
 def stopped(exc: KeyboardInterrupt, command: str = "", kwargs: dict[str, Any] | None = None) -> int:
     """Print the one 'interrupted' line for ``exc`` and return the exit code: 128 + the signal's number (130 for
     SIGINT, Ctrl-C; 143 for SIGTERM)."""
-    from lnzoo.train.distributed import world
-
     _STOPPING.set()  # a second Ctrl-C while this prints is not a traceback
     try:
         signum = getattr(exc, "signum", int(signal.SIGINT))
-        if "RANK" in os.environ and not world().writer:  # a torchrun process beside rank 0: rank 0 says it
-            return 128 + signum
+        if "RANK" in os.environ:  # imported only then: the signal may have cut an import (numpy's) short
+            from lnzoo.train.distributed import world
+
+            if not world().writer:  # a torchrun process beside rank 0: rank 0 says it
+                return 128 + signum
         said = getattr(exc, "lnzoo_said", None)
         if said is None:
             left = LEFT_BEHIND.get(command)

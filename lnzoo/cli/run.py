@@ -152,16 +152,33 @@ def synth(out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder
           difficulty: Annotated[float, typer.Option(metavar="0..1", help="0 easy ... 1 heavily overlapping classes.")] = 0.5,
           dicom: Annotated[bool, typer.Option("--dicom", help="Write the phantom as ultrasound DICOM scanner screens "
                                               "(fake PHI burned in, calipers, cine, compressed syntaxes) with "
-                                              "labels.csv and truth.json, to try `lnzoo ingest` on.")] = False) -> None:
+                                              "labels.csv and truth.json, to try `lnzoo ingest` on.")] = False,
+          shortcut: Annotated[Optional[list[str]], typer.Option(
+              "--shortcut", metavar="KIND:STRENGTH",
+              help="Plant a spurious cue that correlates with malignancy (repeatable): calipers (burned-in "
+                   "calipers + readout), doppler_box (a Doppler box outline) or scanner (a brighter scanner B "
+                   "with a logo). STRENGTH s in 0..1: present on a malignant image with probability (1+s)/2, on a "
+                   "benign one (1-s)/2. Adds manifest columns marks_caliper / doppler_box / scanner.")] = None) -> None:
     """Write the synthetic lymph node phantom (development/demo data, NOT clinical data).
 
     Example: lnzoo synth --out phantom --patients 80 --seed 1
     Example: lnzoo synth --dicom --out dicom_phantom --patients 24
+    Example: lnzoo synth --out cheat --shortcut calipers:0.8 --shortcut scanner:0.7
     """
     from rich.progress import Progress
 
+    from lnzoo.data.phantom_shortcuts import describe_shortcuts, parse_shortcuts, shortcut_columns
+
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; the phantom goes into a folder (new, or one it wrote before)")
+    try:
+        shortcuts = parse_shortcuts(shortcut)
+    except ValueError as exc:
+        raise UsageError(f"--shortcut: {exc}") from None
+    if shortcuts and dicom:
+        raise UsageError("--shortcut plants cues in the PNG phantom; the DICOM phantom (--dicom) draws its own "
+                         "calipers on 40% of its files at random, so the two do not combine: leave one out")
+    options = {"shortcuts": shortcuts} if shortcuts else {}
     if dicom:
         try:
             from lnzoo.data.phantom_dicom import check_dicom_support, generate_dicom_phantom
@@ -177,7 +194,7 @@ def synth(out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder
         bar = progress.add_task(what, total=patients)
         try:
             written = write(out, patients=patients, seed=seed, difficulty=difficulty,
-                            progress=lambda d, t: progress.update(bar, completed=d, total=t))
+                            progress=lambda d, t: progress.update(bar, completed=d, total=t), **options)
         except (ValueError, FileExistsError) as exc:  # a refused argument (too few patients, difficulty out of
             raise UsageError(str(exc)) from None       # 0..1), or a dicom/ folder the DICOM phantom did not write
     if dicom:
@@ -185,3 +202,6 @@ def synth(out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder
                       f"labels: {out / 'labels.csv'}\ntruth: {written}", highlight=False)
     else:
         console.print(f"phantom written: {written} (+ lists/ with the seed-style list files)")
+        if shortcuts:
+            console.print(f"planted shortcuts: {describe_shortcuts(shortcuts)} (see README.txt; manifest columns "
+                          f"{', '.join(shortcut_columns(shortcuts))})", highlight=False)

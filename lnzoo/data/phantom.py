@@ -65,9 +65,17 @@ labels, one, or none; the other lists hold every image their task applies to
 (``stage2_metastasis``: malignant, ``stage3_origin``: metastatic, ``lymphoma_subtype``:
 lymphoma, ``pathology3``: all).
 
+**Planted shortcuts** (:mod:`lnzoo.data.phantom_shortcuts`, only on request: ``shortcuts=["calipers:0.8"]``,
+``lnzoo synth --shortcut``, a recipe's ``data.phantom.shortcut``): burned-in calipers, a Doppler box outline or a
+second scanner's look, present more often on malignant images than on benign ones, to test whether a model looks
+at the node. Each planted kind appends its column to the manifest (``marks_caliper``, ``doppler_box``,
+``scanner``, in that order, after ``report_en``) and a paragraph to README.txt; the shortcuts draw from their own
+random streams, so images without a mark are byte-identical to the clean phantom's. Without shortcuts nothing of
+this exists: the files, the manifest and the cache folder are the clean phantom's.
+
 Output is byte-identical for identical arguments (same numpy/pillow/zlib), and patient
-``i`` depends only on ``(seed, i, difficulty, frame_size)``, not on how many patients are
-generated.
+``i`` depends only on ``(seed, i, difficulty, frame_size)`` (and the shortcuts planted), not on
+how many patients are generated.
 """
 from __future__ import annotations
 
@@ -85,6 +93,7 @@ import numpy as np
 from PIL import Image
 
 from lnzoo.data import phantom_reports as _reports
+from lnzoo.data import phantom_shortcuts as _shortcuts
 from lnzoo.data.phantom_nodes import ORIGINS, _draw_node  # noqa: F401 - ORIGINS is part of this API
 from lnzoo.data.phantom_render import (  # noqa: F401 - FIELD_DEPTH_MM and CROP_MARGIN are part of this API
     CROP_MARGIN,
@@ -190,14 +199,20 @@ def _validate(patients, seed, difficulty, frame_size) -> None:
 
 
 def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: float = 0.5,
-                     frame_size: int = 256, progress=None) -> pathlib.Path:
+                     frame_size: int = 256, progress=None, shortcuts=None) -> pathlib.Path:
     """Write the phantom into out_dir; return the path of manifest.csv. `progress` optional callable(done:int, total:int).
 
     Synthetic data for development and demos, not clinical data. Existing files with the same
-    names are overwritten; nothing else in ``out_dir`` is touched.
+    names are overwritten; nothing else in ``out_dir`` is touched. ``shortcuts`` plants spurious
+    cues (:mod:`lnzoo.data.phantom_shortcuts`): "KIND:STRENGTH" strings or ``{kind: strength}``;
+    None or empty writes the clean phantom. A bad one raises ValueError naming it.
     """
     _validate(patients, seed, difficulty, frame_size)
+    planted = _shortcuts.normalize_shortcuts(shortcuts)
     patients, seed, S, difficulty = int(patients), int(seed), int(frame_size), float(difficulty)
+    columns = MANIFEST_COLUMNS + _shortcuts.shortcut_columns(planted)
+    # kind -> class -> [marked, images], for the README
+    counts = {kind: {"malignant": [0, 0], "benign": [0, 0]} for kind in planted}
     out = pathlib.Path(out_dir)
     img_root = out / "images"
     for folder in [*MODALITIES, *(f"{mod}-crop" for mod in MODALITIES), "mask"]:
@@ -247,10 +262,22 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
                 grey, cd, el, mask, bbox = _render(rng_acq, tpl, node, S, base_angle)
                 cx0, cy0, cx1, cy1 = _crop_box(bbox, S)
                 row = {"mask": f"images/mask/{name}", "bbox": " ".join(map(str, bbox)), **labels}
+                if planted:  # drawn into the full frames; the crops below are cut from them
+                    marks = _shortcuts.plan_image(planted, seed, idx, k, malignant, mask, bbox)
+                    drawn = _shortcuts.apply_planted(marks, dict(zip(MODALITIES, (grey, cd, el))))
+                    grey, cd, el = (drawn[mod] for mod in MODALITIES)
+                    row.update(marks.cells)
+                    for kind in planted:
+                        tally = counts[kind][labels["malignancy"]]
+                        tally[0] += marks.cells[_shortcuts.COLUMNS[kind]] in ("1", "B")
+                        tally[1] += 1
                 for mod, arr in zip(MODALITIES, (grey, cd, el)):
                     col, crop_col = _COLUMNS[mod]
+                    crop = arr[cy0:cy1, cx0:cx1]
+                    if planted and mod == "2d":  # a mark outside the crop leaves it the clean greyscale crop
+                        crop = _shortcuts.grey_if_grey(crop)
                     writer.save(arr, img_root / mod / name)
-                    writer.save(arr[cy0:cy1, cx0:cx1], img_root / f"{mod}-crop" / name)
+                    writer.save(crop, img_root / f"{mod}-crop" / name)
                     row[col], row[crop_col] = f"images/{mod}/{name}", f"images/{mod}-crop/{name}"
                 writer.save(mask.astype(np.uint8) * 255, img_root / "mask" / name)
                 rows.append(row)
@@ -291,23 +318,27 @@ def generate_phantom(out_dir, patients: int = 160, seed: int = 0, difficulty: fl
         f"  no impression line          {_reports.P_NO_IMPRESSION:.0%}\n"
         f"  wrong pathology impression  {_reports.P_WRONG_IMPRESSION:.0%} of the impressions given\n"
     )
+    if planted:
+        readme += _shortcuts.readme_section(planted, {k: {c: tuple(v) for c, v in by.items()}
+                                                      for k, by in counts.items()})
     (out / "README.txt").write_text(readme, encoding="utf-8", newline="\n")
     # written last and whole: a phantom with its manifest is complete (phantom_manifest)
-    return write_atomic(out / "manifest.csv", csv_text(MANIFEST_COLUMNS, rows, line_end="\n"))
+    return write_atomic(out / "manifest.csv", csv_text(columns, rows, line_end="\n"))
 
 
 def ensure_phantom(cache_root=None, **kwargs) -> pathlib.Path:
     """Return the manifest path of a cached phantom, generating it once if absent.
 
     ``kwargs`` are :func:`generate_phantom`'s (``patients``, ``seed``, ``difficulty``,
-    ``frame_size``, ``progress``); the cache folder is
-    ``<cache_root>/phantom/v{PHANTOM_VERSION}-<hash of the effective arguments>/`` where
+    ``frame_size``, ``progress``, ``shortcuts``); the cache folder is
+    ``<cache_root>/phantom/v{PHANTOM_VERSION}-<hash of the effective arguments>/`` (the
+    shortcuts are part of the hash only when some are planted: none is the clean phantom's folder) where
     ``cache_root`` defaults to ``$LNZOO_CACHE`` or ``~/.cache/lnzoo``. The phantom is written
     into a temporary sibling folder and renamed into place, so an interrupted run never
     leaves a half-written phantom behind.
     """
     progress = kwargs.pop("progress", None)
-    allowed = {"patients": 160, "seed": 0, "difficulty": 0.5, "frame_size": 256}
+    allowed = {"patients": 160, "seed": 0, "difficulty": 0.5, "frame_size": 256, "shortcuts": None}
     unknown = sorted(set(kwargs) - set(allowed))
     if unknown:
         raise TypeError(f"ensure_phantom() got unexpected argument(s): {', '.join(unknown)}; "
@@ -317,6 +348,9 @@ def ensure_phantom(cache_root=None, **kwargs) -> pathlib.Path:
     key = {"patients": int(args["patients"]), "seed": int(args["seed"]),
            "difficulty": float(args["difficulty"]), "frame_size": int(args["frame_size"]),
            "version": PHANTOM_VERSION}
+    planted = _shortcuts.normalize_shortcuts(args["shortcuts"])
+    if planted:
+        key["shortcuts"] = planted
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
     from lnzoo.files import cache_root as default_root
     root = pathlib.Path(cache_root) if cache_root is not None else default_root()
@@ -330,7 +364,7 @@ def ensure_phantom(cache_root=None, **kwargs) -> pathlib.Path:
     try:
         generate_phantom(tmp, patients=key["patients"], seed=key["seed"],
                          difficulty=key["difficulty"], frame_size=key["frame_size"],
-                         progress=progress)
+                         progress=progress, shortcuts=planted or None)
         os.chmod(tmp, 0o755)  # mkdtemp makes it private; the cache is an ordinary folder
         if final.exists() and not manifest.is_file():
             shutil.rmtree(final)  # a damaged entry (e.g. its manifest deleted by hand)

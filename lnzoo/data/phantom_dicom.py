@@ -40,19 +40,19 @@ import csv
 import hashlib
 import io
 import json
-import math
 import shutil
 import tempfile
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from lnzoo.data.phantom import FIELD_DEPTH_MM, PHANTOM_VERSION, ensure_phantom
+from lnzoo.data.phantom_shortcuts import draw_caliper_plan, plan_calipers
+from lnzoo.data.phantom_shortcuts import draw_text as _text, text_size as _text_size
 from lnzoo.files import csv_text, write_atomic
 
 __all__ = ["DICOM_PHANTOM_VERSION", "LABEL_COLUMNS", "check_dicom_support", "generate_dicom_phantom"]
@@ -75,7 +75,7 @@ _CANVAS_W = (640, 656, 672, 704)
 _CANVAS_H = (480, 496, 512)
 _SCALES = (1.0, 1.25, 1.5)
 _SPECTRAL_H, _GAP, _EDGE = 110, 10, 6  # spectral strip height, gap under the image, free canvas edge
-_YELLOW, _GREEN, _WHITE, _GREY = (255, 255, 0), (0, 255, 0), (255, 255, 255), (200, 200, 200)
+_WHITE, _GREY = (255, 255, 255), (200, 200, 200)
 
 # transfer syntax keyword -> how its pixel data is written
 _SYNTAXES = ("ExplicitVRLittleEndian", "RLELossless", "JPEGBaseline8Bit", "JPEG2000Lossless")
@@ -116,14 +116,6 @@ def check_dicom_support():
                           "pip install 'lnzoo[dicom]'")
     return pydicom
 
-
-@lru_cache(maxsize=None)
-def _font(size: int):
-    """Pillow's bundled scalable font at ``size`` px; the old bitmap font where FreeType is missing."""
-    try:
-        return ImageFont.load_default(size=size)
-    except (TypeError, OSError, ImportError):
-        return ImageFont.load_default()
 
 
 def _phi(seed: int, idx: int, patient_row: dict) -> dict:
@@ -179,28 +171,7 @@ def _plan(n: int, row: dict, instance: int, rng: np.random.Generator) -> _File:
                  photometric=photometric, spectral=spectral, calipers=calipers, scale=scale, canvas=canvas)
 
 
-def _text(draw: ImageDraw.ImageDraw, xy: tuple[int, int], text: str, size: int, fill, anchor: str = "la") -> list[int]:
-    """Draw ``text`` and return its box (x1/y1 exclusive)."""
-    font = _font(size)
-    draw.text(xy, text, fill=fill, font=font, anchor=anchor)
-    x0, y0, x1, y1 = draw.textbbox(xy, text, font=font, anchor=anchor)
-    return [int(x0), int(y0), int(x1), int(y1)]
 
-
-def _text_size(text: str, size: int) -> tuple[int, int]:
-    x0, y0, x1, y1 = ImageDraw.Draw(Image.new("L", (1, 1))).textbbox((0, 0), text, font=_font(size))
-    return int(x1), int(y1)
-
-
-def _long_axis(mask: np.ndarray) -> tuple[tuple[float, float], tuple[float, float]]:
-    """The two mask pixels farthest apart along the node's principal axis, as (x, y) frame pixels."""
-    ys, xs = np.nonzero(mask)
-    pts = np.stack([xs, ys], axis=1).astype(np.float64)
-    centred = pts - pts.mean(axis=0)
-    _, vecs = np.linalg.eigh(centred.T @ centred)
-    proj = centred @ vecs[:, -1]
-    a, b = pts[int(np.argmin(proj))], pts[int(np.argmax(proj))]
-    return (float(a[0]), float(a[1])), (float(b[0]), float(b[1]))
 
 
 def _spectrum(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
@@ -299,54 +270,22 @@ def _screen(f: _File, phi: dict, frame: np.ndarray, mask: np.ndarray, rng: np.ra
         img = img.resize((rw, rh), Image.BILINEAR)
     content = _cine(np.asarray(img), f.frames, rng)
 
-    overlay: list[tuple] = []  # static drawing inside the region, redrawn on every frame
+    # the calipers (shared with the phantom's planted shortcuts): decided once, redrawn on every frame
+    plan = None
     if f.calipers:
-        a, b = _long_axis(mask)
-        k = rw / S
-        ends = [(int(round((p[0] + 0.5) * k - 0.5)) + x0, int(round((p[1] + 0.5) * k - 0.5)) + y0) for p in (a, b)]
-        colour = _YELLOW if rng.random() < 0.5 else _GREEN
-        stroke = 1 + int(rng.random() < 0.5)
-        boxes = [[cx - 5, cy - 5, cx + 6, cy + 6] for cx, cy in ends]
-        if all(bx[0] >= region[0] and bx[1] >= region[1] and bx[2] <= region[2] and bx[3] <= region[3]
-               for bx in boxes):
-            mm = math.dist(a, b) * FIELD_DEPTH_MM / S
-            readout = f"D1 {mm:.1f} mm"
-            tw, th = _text_size(readout, size - 1)
-            corners = [(x0 + 6, y0 + 6), (region[2] - 6 - tw, y0 + 6), (x0 + 6, region[3] - 6 - th),
-                       (region[2] - 6 - tw, region[3] - 6 - th)]
-            start = int(rng.integers(0, 4))
-            for c in range(4):
-                cx, cy = corners[(start + c) % 4]
-                box = [cx, cy, cx + tw, cy + th]
-                if not any(box[0] < bx[2] + 4 and bx[0] - 4 < box[2] and box[1] < bx[3] + 4 and bx[1] - 4 < box[3]
-                           for bx in boxes):
-                    break
-            text_colour = _YELLOW if rng.random() < 0.5 else _WHITE
-            overlay = [("calipers", ends, colour, stroke), ("text", (cx, cy), readout, size - 1, text_colour)]
-            f.caliper_boxes = boxes
-            f.measure_lines = [[ends[0][0], ends[0][1], ends[1][0], ends[1][1]]]
+        plan = plan_calipers(mask, rng, size - 1, region=(region[0], region[1], region[2], region[3]), scale=rw / S)
+        if plan is not None:
+            f.caliper_boxes = [list(b) for b in plan.boxes]
+            f.measure_lines = [list(plan.line)]
 
     frames = []
     for arr in content:
         im = base.copy()
         im.paste(Image.fromarray(arr), (x0, y0))
-        d = ImageDraw.Draw(im)
-        for item in overlay:
-            if item[0] == "calipers":
-                _, ends, colour, stroke = item
-                (xa, ya), (xb, yb) = ends
-                steps = int(math.dist(ends[0], ends[1]) // 4)
-                for s in range(2, steps - 1):  # dotted line, clear of the crosses
-                    px, py = xa + (xb - xa) * s / steps, ya + (yb - ya) * s / steps
-                    d.point((int(round(px)), int(round(py))), fill=colour)
-                for cx, cy in ends:
-                    d.line([(cx - 4, cy), (cx + 4, cy)], fill=colour, width=stroke)
-                    d.line([(cx, cy - 4), (cx, cy + 4)], fill=colour, width=stroke)
-            else:
-                _, xy, text, tsize, colour = item
-                box = _text(d, xy, text, tsize, colour)
-                if len(f.text_inside) == 0:
-                    f.text_inside.append(box)
+        if plan is not None:
+            box = draw_caliper_plan(ImageDraw.Draw(im), plan)
+            if len(f.text_inside) == 0:
+                f.text_inside.append(box)
         frames.append(np.asarray(im))
     return frames, region, spectral
 

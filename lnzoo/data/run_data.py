@@ -69,10 +69,18 @@ def recipe_tasks(recipe, host) -> dict[str, Task]:
 
 def _phantom_sources(recipe, tasks, on_phantom) -> tuple[Any, str | None, str]:
     from lnzoo.data.phantom import ensure_phantom
+    from lnzoo.data.phantom_shortcuts import describe_shortcuts, parse_shortcuts
 
     ph = recipe.config.data.phantom
-    manifest = ensure_phantom(patients=ph.patients, seed=ph.seed, difficulty=ph.difficulty, progress=on_phantom)
+    try:
+        shortcuts = parse_shortcuts(plain(ph.shortcut))
+    except ValueError as exc:
+        raise UsageError(f"data.phantom.shortcut: {exc}") from None
+    manifest = ensure_phantom(patients=ph.patients, seed=ph.seed, difficulty=ph.difficulty, progress=on_phantom,
+                              shortcuts=shortcuts or None)
     description = f"synthetic phantom ({ph.patients} patients, seed {ph.seed}; not clinical data)"
+    if shortcuts:
+        description += f"; planted shortcuts: {describe_shortcuts(shortcuts)}"
     if ph.source != "stage1_lists":
         return str(manifest), None, description
     lists = manifest.parent / "lists"
