@@ -19,6 +19,10 @@ predicted by the fold model that did not train on it), with DeLong CIs.
   depth's brightness stay), and with everything outside that box filled with the image's mean colour (the lesion
   alone). Flagged when the model still separates the classes without the lesion: the blanked AUC's CI lies wholly
   above 0.6 and it is within 0.1 of the full image's AUC.
+- **Attention outside the lesion** (``attention``): per image with an ROI, the share of the positive class's
+  Grad-CAM mass (on the full-frame view, at the model's input size) that falls inside the lesion's box, beside the
+  box's share of the image (what a uniform map would give); the three images with the lowest share are shown as
+  overlays. Flagged when the median share is below one half: most of the evidence lies outside the lesion.
 """
 from __future__ import annotations
 
@@ -52,6 +56,9 @@ class Held:
     blanked: list[float] = field(default_factory=list)  # NaN where the row has no ROI
     alone: list[float] = field(default_factory=list)
     pool: list[tuple[Any, int, int]] = field(default_factory=list)  # every labelled image: sample, fold, label
+    attention: list[float] = field(default_factory=list)  # share of Grad-CAM mass inside the ROI (NaN: no ROI)
+    roi_area: list[float] = field(default_factory=list)  # the ROI's share of the image: a uniform map's share
+    lowest: list[tuple[float, bytes]] = field(default_factory=list)  # overlays of the lowest shares
 
 
 def auc_ci(y: Sequence[int], score: Sequence[float]) -> dict[str, Any]:
@@ -82,7 +89,7 @@ def audit_run(run_dir: str | Path, host, data: str | Path | None = None,
     rd.check_files()
     assignment = rd.read_folds()
     held, task = _predict_held(rd, assignment, host, data, say)
-    checks = [_marks_check(held, task, say), _metadata_check(held), _outside_check(held)]
+    checks = [_marks_check(held, task, say), _metadata_check(held), _outside_check(held), _attention_check(held)]
     return {"run": str(rd.path), "task": task.name, "positive": task.classes[task.positive_index or 1],
             "images": len(held.y), "patients": len({s.patient for s in held.samples}),
             "data": str(data) if data else None, "checks": checks,
@@ -126,6 +133,9 @@ def _predict_held(rd, assignment: Mapping[str, int], host, data, say) -> tuple[H
             if with_roi:
                 blanked[with_roi] = predictor.predict([variants[i][0] for i in with_roi]).proba[task.name][:, pos]
                 alone[with_roi] = predictor.predict([variants[i][1] for i in with_roi]).proba[task.name][:, pos]
+            shares = _attention(predictor, samples, task, pos, held)
+            held.attention += [shares.get(i, (np.nan, np.nan))[0] for i in range(len(samples))]
+            held.roi_area += [shares.get(i, (np.nan, np.nan))[1] for i in range(len(samples))]
             held.samples += samples
             held.folds += [k] * len(samples)
             held.y += [int(s.labels[task.name] == pos) for s in samples]
@@ -133,6 +143,49 @@ def _predict_held(rd, assignment: Mapping[str, int], host, data, say) -> tuple[H
             held.blanked += blanked.tolist()
             held.alone += alone.tolist()
     return held, task
+
+
+def _attention(predictor, samples: Sequence[Any], task, pos: int, held: Held) -> dict[int, tuple[float, float]]:
+    """Per sample with an ROI (index -> (share, area)): the share of the Grad-CAM mass of the positive class that
+    falls inside the ROI's box, on the full-frame view, and the box's share of the image. The three lowest shares
+    are kept as overlays."""
+    from PIL import Image
+
+    from lnzoo.explain import compute_cams, overlay_png
+
+    view = next((v for v in predictor.views if "crop" not in v and v != "roi"), None)
+    if view is None or not predictor.model.views:
+        return {}
+    dataset = predictor.dataset(samples)
+    out: dict[int, tuple[float, float]] = {}
+    for i, sample in enumerate(samples):
+        box, path = lesion_box(sample), sample.views.get(view)
+        if box is None or path is None:
+            continue
+        with Image.open(path) as img:
+            w, h = img.size
+        x, present, _, _, inputs = dataset[i]
+        cams = compute_cams(predictor.model, x[None], present[None], task.name, pos, "gradcam",
+                            {k: v[None] for k, v in inputs.items()})
+        cam = cams[view][0].detach().cpu().numpy().astype(np.float64)
+        size = cam.shape[0]
+        scale_x, scale_y, off_x, off_y = size / w, size / h, 0.0, 0.0
+        if predictor.preprocessing.resize == "letterbox":  # one scale, the image centred
+            scale_x = scale_y = size / max(w, h)
+            off_x, off_y = (size - w * scale_x) / 2, (size - h * scale_y) / 2
+        x0, y0, x1, y1 = box
+        c0, r0 = int(np.floor(x0 * scale_x + off_x)), int(np.floor(y0 * scale_y + off_y))
+        c1, r1 = int(np.ceil(x1 * scale_x + off_x)), int(np.ceil(y1 * scale_y + off_y))
+        total = cam.sum()
+        share = float(cam[max(r0, 0):r1, max(c0, 0):c1].sum() / total) if total > 0 else float("nan")
+        area = (min(x1, w) - max(x0, 0)) * (min(y1, h) - max(y0, 0)) / (w * h)
+        out[i] = (share, float(area))
+        if np.isfinite(share) and (len(held.lowest) < 3 or share < max(v for v, _ in held.lowest)):
+            pixels = predictor.cache.get(path, sample.origin, None)
+            png = overlay_png(pixels, cam, [f"{task.classes[pos]}: {100 * share:.0f}% of the Grad-CAM mass inside the "
+                                            f"ROI (the ROI is {100 * area:.0f}% of the image)", str(path.name)])
+            held.lowest = sorted([*held.lowest, (share, png)], key=lambda t: t[0])[:3]
+    return out
 
 
 # -- the lesion, blanked and alone ----------------------------------------------------------------------------------
@@ -354,6 +407,37 @@ def _outside_check(held: Held) -> dict[str, Any]:
                   blanked_auc=without, lesion_alone_auc=only, images=int(ok.sum()))
 
 
+def _attention_check(held: Held) -> dict[str, Any]:
+    share, area, y = np.asarray(held.attention), np.asarray(held.roi_area), np.asarray(held.y)
+    ok = np.isfinite(share)
+    if not ok.any():
+        return _check("attention", "Attention outside the lesion", "not run", "Not run: no row has an ROI (or the "
+                      "model has no full-frame image view), so there is no lesion to compare the Grad-CAM with.")
+    per_class = {name: float(np.median(share[ok & (y == v)])) if (ok & (y == v)).any() else None
+                 for v, name in ((1, "positive"), (0, "negative"))}
+    median, median_area = float(np.median(share[ok])), float(np.median(area[ok]))
+    empty = int((np.isfinite(area) & ~ok).sum())  # an all-zero map: no positive evidence at the CAM layer
+    flag = median < 0.5
+    sentence = (f"On {int(ok.sum())} image(s) with an ROI" + (f" and a non-empty map ({empty} had none)" if empty
+                                                                 else "") + ", a median {100 * median:.0f}% of the Grad-CAM mass of the "
+                f"positive class lies inside the lesion's box (positive images {_pct(per_class['positive'])}, "
+                f"negative {_pct(per_class['negative'])}); the box covers a median {100 * median_area:.0f}% of "
+                "the image.")
+    if flag:
+        sentence += " Most of the model's evidence lies outside the lesion."
+    import base64
+
+    overlays = [base64.b64encode(png).decode("ascii") for _, png in held.lowest]
+    return _check("attention", "Attention outside the lesion", "flag" if flag else "ok", sentence,
+                  median_share=median, median_roi_area=median_area, share_by_class=per_class, images=int(ok.sum()),
+                  empty_maps=empty,
+                  overlays_png_base64=overlays)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.0f}%"
+
+
 def _number(text: str) -> float | None:
     try:
         value = float(text)
@@ -377,6 +461,11 @@ def audit_section(audit: Mapping[str, Any]) -> str:
     colour = {"flag": "#b3261e", "ok": "#1b6e3a", "not run": "#666"}
     rows = "".join(f"<tr><td>{e(c['title'])}</td><td style='color:{colour[c['verdict']]};font-weight:600'>"
                    f"{e(c['verdict'])}</td><td>{e(c['sentence'])}</td></tr>" for c in audit["checks"])
+    for c in audit["checks"]:  # the images where the least of the evidence lies in the lesion
+        if c.get("overlays_png_base64"):
+            rows += ("<tr><td colspan='3'>Lowest shares inside the ROI: " + "".join(
+                f"<img alt='Grad-CAM overlay' style='max-width:30%;margin:4px' src='data:image/png;base64,{b}'>"
+                for b in c["overlays_png_base64"]) + "</td></tr>")
     flagged = audit.get("flagged") or []
     head = (f"<p><b>{len(flagged)} check(s) flagged</b>: {e(', '.join(flagged))}.</p>" if flagged else
             "<p>No check flagged a shortcut.</p>")

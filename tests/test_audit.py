@@ -47,6 +47,7 @@ def test_the_audit_of_a_run_without_rois_or_metadata_says_why_those_checks_did_n
     audit = json.loads((tmp_path / "a" / "audit.json").read_text())
     verdicts = {c["name"]: c for c in audit["checks"]}
     assert verdicts["outside"]["verdict"] == "not run" and "no row has an ROI" in verdicts["outside"]["sentence"]
+    assert verdicts["attention"]["verdict"] == "not run" and "no row has an ROI" in verdicts["attention"]["sentence"]
     assert verdicts["marks"]["verdict"] == "ok" and "detector" in verdicts["marks"]["source"]  # the clean phantom
     assert verdicts["metadata"]["verdict"] in ("not run", "ok")
     assert audit["task"] == "malignancy" and audit["images"] > 0 and audit["flagged"] == []
@@ -96,5 +97,10 @@ def test_a_planted_caliper_shortcut_is_flagged_and_the_clean_phantom_is_not(tmp_
     assert cheat["marks"]["source"].startswith("the manifest's columns marks_caliper")
     assert cheat["marks"]["rate"]["positive"] > 0.8 > 0.2 > cheat["marks"]["rate"]["negative"]
     assert cheat["outside"]["verdict"] in ("flag", "ok") and cheat["outside"]["images"] > 0  # bbox: it ran
+    attention = cheat["attention"]
+    assert attention["images"] + attention["empty_maps"] == cheat["outside"]["images"]  # every ROI image mapped
+    assert 0 <= attention["median_share"] <= 1
+    assert 0 < attention["median_roi_area"] < 1 and len(attention["overlays_png_base64"]) == 3
+    assert "data:image/png;base64," in (tmp_path / "cheat" / "audit.html").read_text()
     clean = trained("clean")
     assert clean["marks"]["verdict"] == "ok" and clean["marks"].get("images_with_marks", 0) == 0
