@@ -19,10 +19,11 @@ predicted by the fold model that did not train on it), with DeLong CIs.
   depth's brightness stay), and with everything outside that box filled with the image's mean colour (the lesion
   alone). Flagged when the model still separates the classes without the lesion: the blanked AUC's CI lies wholly
   above 0.6 and it is within 0.1 of the full image's AUC.
-- **Attention outside the lesion** (``attention``): per image with an ROI, the share of the positive class's
+- **Attention outside the lesion** (``attention``): per image with an ROI, the share of its true class's
   Grad-CAM mass (on the full-frame view, at the model's input size) that falls inside the lesion's box, beside the
   box's share of the image (what a uniform map would give); the three images with the lowest share are shown as
-  overlays. Flagged when the median share is below one half: most of the evidence lies outside the lesion.
+  overlays. Flagged when the median of share / box area is below 1.5: the evidence is hardly more on the lesion
+  than anywhere else.
 """
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ METADATA_COLUMNS = ("center", "centre", "site", "scanner", "manufacturer", "mode
                     "pixel_mm_x", "pixel_mm_y", "region_kind", "frame", "frames", "frame_time_ms")
 FLAG_AUC = 0.6  # a CI wholly beyond 0.6 (or below 0.4) is a flag
 CLOSE = 0.1  # "barely drops": the blanked AUC within this of the full image's
+ENRICHED = 1.5  # attention: the median share inside the ROI over the ROI's area, below this is a flag
 GROW = 0.1  # the lesion box grows by this fraction of its size on each side before blanking
 
 
@@ -133,7 +135,7 @@ def _predict_held(rd, assignment: Mapping[str, int], host, data, say) -> tuple[H
             if with_roi:
                 blanked[with_roi] = predictor.predict([variants[i][0] for i in with_roi]).proba[task.name][:, pos]
                 alone[with_roi] = predictor.predict([variants[i][1] for i in with_roi]).proba[task.name][:, pos]
-            shares = _attention(predictor, samples, task, pos, held)
+            shares = _attention(predictor, samples, task, held)
             held.attention += [shares.get(i, (np.nan, np.nan))[0] for i in range(len(samples))]
             held.roi_area += [shares.get(i, (np.nan, np.nan))[1] for i in range(len(samples))]
             held.samples += samples
@@ -145,10 +147,10 @@ def _predict_held(rd, assignment: Mapping[str, int], host, data, say) -> tuple[H
     return held, task
 
 
-def _attention(predictor, samples: Sequence[Any], task, pos: int, held: Held) -> dict[int, tuple[float, float]]:
-    """Per sample with an ROI (index -> (share, area)): the share of the Grad-CAM mass of the positive class that
-    falls inside the ROI's box, on the full-frame view, and the box's share of the image. The three lowest shares
-    are kept as overlays."""
+def _attention(predictor, samples: Sequence[Any], task, held: Held) -> dict[int, tuple[float, float]]:
+    """Per sample with an ROI (index -> (share, area)): the share of the Grad-CAM mass of the image's true class
+    (the evidence the model should find in the node) that falls inside the ROI's box, on the full-frame view, and
+    the box's share of the image. The three lowest shares are kept as overlays."""
     from PIL import Image
 
     from lnzoo.explain import compute_cams, overlay_png
@@ -165,7 +167,8 @@ def _attention(predictor, samples: Sequence[Any], task, pos: int, held: Held) ->
         with Image.open(path) as img:
             w, h = img.size
         x, present, _, _, inputs = dataset[i]
-        cams = compute_cams(predictor.model, x[None], present[None], task.name, pos, "gradcam",
+        true = sample.labels[task.name]
+        cams = compute_cams(predictor.model, x[None], present[None], task.name, true, "gradcam",
                             {k: v[None] for k, v in inputs.items()})
         cam = cams[view][0].detach().cpu().numpy().astype(np.float64)
         size = cam.shape[0]
@@ -182,7 +185,7 @@ def _attention(predictor, samples: Sequence[Any], task, pos: int, held: Held) ->
         out[i] = (share, float(area))
         if np.isfinite(share) and (len(held.lowest) < 3 or share < max(v for v, _ in held.lowest)):
             pixels = predictor.cache.get(path, sample.origin, None)
-            png = overlay_png(pixels, cam, [f"{task.classes[pos]}: {100 * share:.0f}% of the Grad-CAM mass inside the "
+            png = overlay_png(pixels, cam, [f"{task.classes[true]}: {100 * share:.0f}% of the Grad-CAM mass inside the "
                                             f"ROI (the ROI is {100 * area:.0f}% of the image)", str(path.name)])
             held.lowest = sorted([*held.lowest, (share, png)], key=lambda t: t[0])[:3]
     return out
@@ -416,20 +419,21 @@ def _attention_check(held: Held) -> dict[str, Any]:
     per_class = {name: float(np.median(share[ok & (y == v)])) if (ok & (y == v)).any() else None
                  for v, name in ((1, "positive"), (0, "negative"))}
     median, median_area = float(np.median(share[ok])), float(np.median(area[ok]))
+    enrichment = float(np.median(share[ok] / np.maximum(area[ok], 1e-9)))  # 1: no more than a uniform map
     empty = int((np.isfinite(area) & ~ok).sum())  # an all-zero map: no positive evidence at the CAM layer
-    flag = median < 0.5
+    flag = enrichment < ENRICHED
     sentence = (f"On {int(ok.sum())} image(s) with an ROI" + (f" and a non-empty map ({empty} had none)" if empty
-                                                                 else "") + ", a median {100 * median:.0f}% of the Grad-CAM mass of the "
-                f"positive class lies inside the lesion's box (positive images {_pct(per_class['positive'])}, "
+                                                                 else "") + f", a median {100 * median:.0f}% of the Grad-CAM mass of "
+                f"each image's true class lies inside the lesion's box (positive images {_pct(per_class['positive'])}, "
                 f"negative {_pct(per_class['negative'])}); the box covers a median {100 * median_area:.0f}% of "
-                "the image.")
+                f"the image: {enrichment:.1f}x what a uniform map would put there.")
     if flag:
-        sentence += " Most of the model's evidence lies outside the lesion."
+        sentence += " The model's evidence is hardly more on the lesion than anywhere else."
     import base64
 
     overlays = [base64.b64encode(png).decode("ascii") for _, png in held.lowest]
     return _check("attention", "Attention outside the lesion", "flag" if flag else "ok", sentence,
-                  median_share=median, median_roi_area=median_area, share_by_class=per_class, images=int(ok.sum()),
+                  median_share=median, median_roi_area=median_area, median_enrichment=enrichment, share_by_class=per_class, images=int(ok.sum()),
                   empty_maps=empty,
                   overlays_png_base64=overlays)
 

@@ -68,6 +68,10 @@ SCHEMA: dict[str, Any] = {
         "max_image_pixels": F(int, 100_000_000, "an image with more pixels is refused, naming the file (guards "
                                                 "against decompression bombs)", min=1),
         "resize": F(str, "squash", "how images reach image_size", choices=("squash", "letterbox")),
+        "mask_marks": F(bool, False, "find burned-in calipers and measurement text in every image (lnzoo's mark "
+                                     "detector, as lnzoo ingest --inside-marks mask) and fill them from around them "
+                                     "before training and prediction: a mitigation for the shortcut lnzoo audit "
+                                     "flags; stored with the model, so serving masks too"),
         "normalize": F(str, "imagenet", "input normalisation", choices=("imagenet", "half")),
         "batch_size": F(int, 32, min=1),
         "num_workers": F(int, 0, "DataLoader worker processes (0: load in the main process)", min=0),

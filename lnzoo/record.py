@@ -75,7 +75,8 @@ class ModelRecord:
         try:
             tasks = {name: Task.from_dict(d, source=f"{where} sidecar") for name, d in meta["tasks"].items()}
             prep = meta["preprocessing"]
-            preprocessing = Preprocessing(**{f: prep[f] for f in ("image_size", "resize", "normalize", "roi_margin")
+            preprocessing = Preprocessing(**{f: prep[f] for f in ("image_size", "resize", "normalize", "roi_margin",
+                                                                  "mask_marks")
                                              if f in prep})  # older sidecars lack some: their defaults apply
             record = cls(Path(weights), meta["recipe"], tasks, tuple(meta["views"]), preprocessing,
                          dict(meta.get("temperature") or {}), tuple(meta.get("inputs") or ()), meta.get("fold"),

@@ -104,3 +104,33 @@ def test_a_planted_caliper_shortcut_is_flagged_and_the_clean_phantom_is_not(tmp_
     assert "data:image/png;base64," in (tmp_path / "cheat" / "audit.html").read_text()
     clean = trained("clean")
     assert clean["marks"]["verdict"] == "ok" and clean["marks"].get("images_with_marks", 0) == 0
+    masked = trained("masked", "data.phantom.shortcut=['calipers:0.9']", "data.mask_marks=true")
+    assert masked["marks"]["verdict"] == "flag"  # the data still carries the marks; the model no longer sees them
+    from lnzoo.record import ModelRecord
+
+    record = ModelRecord.read(tmp_path / "masked" / "fold0" / "best.safetensors")
+    assert record.preprocessing.mask_marks is True  # predict and serve mask as training did
+
+
+def test_mask_marks_fills_the_calipers_before_the_model_sees_the_image_and_travels_with_the_model(tmp_path):
+    """data.mask_marks: the mitigation for a caliper shortcut. The decoded image has no caliper colour left, the
+    rest is as it was, and the preprocessing stored with the model asks for it (so predict and serve mask too)."""
+    from PIL import Image, ImageDraw
+
+    from lnzoo.data.images import Preprocessing, load_image
+
+    rng = np.random.default_rng(0)
+    img = np.repeat(rng.integers(50, 140, (128, 128, 1)), 3, axis=2).astype(np.uint8)
+    drawn = Image.fromarray(img)
+    draw = ImageDraw.Draw(drawn)
+    for cx, cy in ((40, 60), (90, 70)):  # two yellow calipers, as a sonographer's measurement
+        draw.line([(cx - 5, cy), (cx + 5, cy)], fill=(255, 255, 0), width=1)
+        draw.line([(cx, cy - 5), (cx, cy + 5)], fill=(255, 255, 0), width=1)
+    drawn.save(tmp_path / "node.png")
+    plain = load_image(tmp_path / "node.png", Preprocessing(128))
+    masked = load_image(tmp_path / "node.png", Preprocessing(128, mask_marks=True))
+    yellow = lambda a: (a[..., 0] > 200) & (a[..., 1] > 200) & (a[..., 2] < 80)  # noqa: E731
+    assert yellow(plain).sum() > 30 and not yellow(masked).any()
+    far = np.ones((128, 128), bool)
+    far[50:80, 30:100] = False
+    assert np.array_equal(plain[far], masked[far])  # nothing else changed

@@ -22,6 +22,13 @@ class Preprocessing:
     resize: str = "squash"          # squash | letterbox
     normalize: str = "imagenet"
     roi_margin: float = 0.1         # margin per side when a 'roi' view crops to its box or mask
+    mask_marks: bool = False        # burned-in calipers and text found and filled before anything else
+
+    @classmethod
+    def of(cls, data_cfg) -> "Preprocessing":
+        """The preprocessing a recipe's ``[data]`` section asks for."""
+        return cls(data_cfg.image_size, data_cfg.resize, data_cfg.normalize, data_cfg.roi_margin,
+                   bool(getattr(data_cfg, "mask_marks", False)))
 
     @property
     def mean_std(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -140,6 +147,13 @@ def load_image(path: Path, pre: Preprocessing, origin: str = "", roi=None, margi
         raise DataError([f"{where}{path}: file not found"]) from None
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise DataError([f"{where}{path}: unreadable or corrupt image ({exc})"]) from None
+    if pre.mask_marks:  # data.mask_marks: what lnzoo ingest --inside-marks mask does, at training and prediction
+        from lnzoo.ingest.marks import fill, find_marks
+
+        arr = np.asarray(rgb)
+        found = find_marks(arr)
+        if found.mask.any():
+            rgb = Image.fromarray(fill(arr, found.mask))
     if roi is not None:
         rgb = rgb.crop(roi_box(roi, rgb.size, margin, origin or str(path)))
     size = pre.image_size

@@ -208,7 +208,7 @@ def _load_data(recipe, tasks, emit, host):
     if data.skipped:
         emit(events.Note(f"skipped {len(data.skipped)} bad row(s)/image(s) (data.skip_bad_rows); "
                          f"first: {data.skipped[0]}", "warning"))
-    cache = ImageCache(Preprocessing(d.image_size, d.resize, d.normalize, d.roi_margin),
+    cache = ImageCache(Preprocessing.of(d),
                        disk_dir=cache_root("images") if d.cache == "disk" else None, keep=d.cache != "none")
     if d.cache != "none":
         cache.preload([*data.pool, *data.test, *data.external],

@@ -117,8 +117,7 @@ class Trainer:
         """The model as the one inference path sees it, reading images through this run's cache."""
         from lnzoo.data.images import Preprocessing
 
-        pre = self.cache.pre if self.cache is not None else Preprocessing(
-            self.data_cfg.image_size, self.data_cfg.resize, self.data_cfg.normalize, self.data_cfg.roi_margin)
+        pre = self.cache.pre if self.cache is not None else Preprocessing.of(self.data_cfg)
         return Predictor(model, self.tasks, pre, list(self.data_cfg.views), inputs, tta=self.cfg.tta,
                          device=self.device, amp_dtype=self.amp_dtype, channels_last=self.channels_last,
                          cache=self.cache)
