@@ -88,6 +88,10 @@ SCHEMA: dict[str, Any] = {
                                   "$LNZOO_CACHE/images) or none", choices=("memory", "disk", "none")),
         "sampling": F(str, "class_weights", "class balance for the main task",
                       choices=("class_weights", "oversample", "none")),
+        "balance_by": F(OPT_STR, None, "a manifest column holding a confounder (e.g. \"scanner\", \"center\"): "
+                                       "training draws every value of it equally often within each class, so it no "
+                                       "longer tells the classes apart (the mitigation for what lnzoo audit's "
+                                       "metadata check flags)"),
         "phantom": {
             "patients": F(int, 160, "phantom patients", min=8),
             "seed": F(int, 0, "phantom seed"),

@@ -134,3 +134,15 @@ def test_mask_marks_fills_the_calipers_before_the_model_sees_the_image_and_trave
     far = np.ones((128, 128), bool)
     far[50:80, 30:100] = False
     assert np.array_equal(plain[far], masked[far])  # nothing else changed
+
+
+def test_balance_by_names_a_column_the_data_lacks_and_takes_one_it_has():
+    from tests.conftest import REPO
+
+    recipe = REPO / "recipes" / "stage1_aux.toml"
+    missing = invoke_cli("validate", recipe, "--quick", "--set", "data.balance_by='scanner'")
+    assert missing.returncode == 2 and "data.balance_by = 'scanner': no training row has a column 'scanner'" \
+        in " ".join(missing.stderr.split())
+    given = invoke_cli("validate", recipe, "--quick", "--set", "data.balance_by='scanner'", "--set",
+                       "data.phantom.source='manifest'", "--set", "data.phantom.shortcut=['scanner:0.9']")
+    assert given.returncode == 0, given.stderr

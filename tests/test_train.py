@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from lnzoo.train import Trainer
@@ -127,3 +128,28 @@ def test_a_recipe_with_every_augmentation_off_trains_on_the_images_as_they_are(t
     assert build_augment(recipe.data["data"]["augment"], 48) is None
     metrics = fit_folds(recipe, load_plugins(), tmp_path / "run")
     assert metrics["folds_run"] == [0]
+
+
+@pytest.mark.parametrize("y, values, oversample, expect", [
+    # a scanner confounded with the class: within each class, each scanner drawn equally often
+    ([0, 0, 0, 1, 1, 1], ["A", "A", "B", "B", "B", "A"], False, [0.75, 0.75, 1.5, 0.75, 0.75, 1.5]),
+    # one value in a class: nothing to balance there
+    ([0, 0, 1, 1], ["A", "A", "A", "B"], False, [1.0, 1.0, 1.0, 1.0]),
+    # with oversampling the classes are balanced too: 2 of class 0, 4 of class 1
+    ([0, 0, 1, 1, 1, 1], ["A", "A", "A", "B", "B", "B"], True, [0.5, 0.5, 0.5, 1 / 6, 1 / 6, 1 / 6]),
+    # no confounder: oversampling alone; an unlabelled image gets the mean weight
+    ([0, 1, 1, -1], None, True, [1.0, 0.5, 0.5, 2 / 3]),
+])
+def test_sampling_weights_balance_a_confounder_within_each_class(y, values, oversample, expect):
+    from lnzoo.data.samples import MISSING
+    from lnzoo.train.loop import sampling_weights
+
+    y = np.asarray([MISSING if v == -1 else v for v in y])
+    w = sampling_weights(y, 2, oversample, values)
+    np.testing.assert_allclose(w, expect)
+    if values is not None and not oversample:
+        v = np.asarray(values)
+        for c in (0, 1):  # each class keeps its total weight, split evenly over its values
+            assert w[y == c].sum() == pytest.approx((y == c).sum())
+            totals = {k: w[(y == c) & (v == k)].sum() for k in set(v[y == c])}
+            assert len(set(np.round(list(totals.values()), 9))) == 1

@@ -187,6 +187,9 @@ def check_run_data(recipe, tasks: Mapping[str, Task], host, on_phantom: Callable
     for part, samples in parts.items():  # rows that label none of this recipe's tasks teach nothing
         parts[part] = [s for s in samples if any(v != MISSING for v in s.labels.values())]
     main = recipe.config.tasks.main
+    by = getattr(d, "balance_by", None)
+    if by and not any(by in s.cells for s in parts["cross-validation"]):  # a recipe-level mistake
+        fatal.append(f"data.balance_by = {by!r}: no training row has a column {by!r} to balance")
     if (not problems or d.skip_bad_rows) and not fatal and \
             not any(s.labels.get(main, MISSING) != MISSING for s in parts["cross-validation"]):
         fatal.append(f"no training row has a label for the main task {main!r}")

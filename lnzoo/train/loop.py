@@ -90,6 +90,33 @@ class TrainingDiverged(LnzooError):
         self.fold, self.epoch, self.step, self.seen_at, self.paths = fold, epoch, step, seen_at, list(paths)
 
 
+def sampling_weights(y: np.ndarray, num_classes: int, oversample: bool, values: Sequence[str] | None = None
+                     ) -> np.ndarray:
+    """Per-image sampling weights for the main task's labels ``y`` (MISSING: unlabelled).
+
+    ``oversample``: every class drawn equally often. ``values`` (``data.balance_by``: a confounder such as the
+    scanner, per image): within each class, every value drawn equally often, so the confounder no longer tells
+    the classes apart; each class keeps its total weight. An unlabelled image gets the mean weight."""
+    y = np.asarray(y)
+    labelled = y != MISSING
+    counts = np.bincount(y[labelled], minlength=num_classes).astype(float)
+    w = np.ones(len(y))
+    if values is not None:
+        v = np.asarray(values, dtype=object)
+        for c in range(num_classes):
+            in_class = labelled & (y == c)
+            kinds = sorted(set(v[in_class].tolist()))
+            for kind in kinds:
+                cell = in_class & (v == kind)
+                w[cell] = in_class.sum() / (cell.sum() * len(kinds))
+    if oversample:
+        inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
+        w[labelled] *= inv[y[labelled]]
+    if labelled.any() and not labelled.all():
+        w[~labelled] = w[labelled].mean()
+    return w
+
+
 class Trainer:
     """Fits models for one recipe, fold after fold; ``on_event`` receives :mod:`lnzoo.events` as it goes."""
 
@@ -126,11 +153,11 @@ class Trainer:
         """The training loader: shuffled (or oversampled) with its own seeded generator."""
         gen = torch.Generator().manual_seed(seed)
         sampler = None
-        if self.data_cfg.sampling == "oversample":
-            y = ds.labels(self.main)
-            counts = np.bincount(y[y != MISSING], minlength=self.tasks[self.main].num_classes).astype(float)
-            inv = np.where(counts > 0, 1.0 / np.maximum(counts, 1), 0.0)
-            w = np.where(y == MISSING, inv[inv > 0].mean(), inv[np.clip(y, 0, None)])
+        by = getattr(self.data_cfg, "balance_by", None)
+        if self.data_cfg.sampling == "oversample" or by:
+            values = [str(s.cells.get(by, "") or "") for s in ds.samples] if by else None
+            w = sampling_weights(ds.labels(self.main), self.tasks[self.main].num_classes,
+                                 self.data_cfg.sampling == "oversample", values)
             sampler = WeightedRandomSampler(torch.as_tensor(w, dtype=torch.double), len(ds), replacement=True,
                                             generator=gen)
         workers = self.data_cfg.num_workers
