@@ -463,20 +463,24 @@ def audit_section(audit: Mapping[str, Any]) -> str:
     from html import escape as e
 
     colour = {"flag": "#b3261e", "ok": "#1b6e3a", "not run": "#666"}
-    rows = "".join(f"<tr><td>{e(c['title'])}</td><td style='color:{colour[c['verdict']]};font-weight:600'>"
-                   f"{e(c['verdict'])}</td><td>{e(c['sentence'])}</td></tr>" for c in audit["checks"])
+    left = "text-align:left"
+    rows = "".join(f"<tr><td style='{left}'>{e(c['title'])}</td><td style='{left};color:{colour[c['verdict']]};"
+                   f"font-weight:600'>{e(c['verdict'])}</td><td style='{left}'>{e(c['sentence'])}</td></tr>"
+                   for c in audit["checks"])
+    shown = ""
     for c in audit["checks"]:  # the images where the least of the evidence lies in the lesion
         if c.get("overlays_png_base64"):
-            rows += ("<tr><td colspan='3'>Lowest shares inside the ROI: " + "".join(
-                f"<img alt='Grad-CAM overlay' style='max-width:30%;margin:4px' src='data:image/png;base64,{b}'>"
-                for b in c["overlays_png_base64"]) + "</td></tr>")
+            shown += ("<h3>Where the least of the evidence lies in the lesion</h3><div>" + "".join(
+                f"<img alt='Grad-CAM overlay' style='max-width:32%;margin:4px' src='data:image/png;base64,{b}'>"
+                for b in c["overlays_png_base64"]) + "</div>")
     flagged = audit.get("flagged") or []
     head = (f"<p><b>{len(flagged)} check(s) flagged</b>: {e(', '.join(flagged))}.</p>" if flagged else
             "<p>No check flagged a shortcut.</p>")
     return (f"<h2 id='audit'>Shortcut audit</h2><p class='note'>Main task {e(audit['task'])} (positive: "
             f"{e(audit['positive'])}); {audit['images']} held-out image(s) of {audit['patients']} patient(s). "
             "What each check does and when it flags: the docs, Audit your model.</p>"
-            f"{head}<table><tr><th>check</th><th>verdict</th><th>what it found</th></tr>{rows}</table>")
+            f"{head}<table><tr><th style='{left}'>check</th><th style='{left}'>verdict</th><th style='{left}'>what it "
+            f"found</th></tr>{rows}</table>{shown}")
 
 
 def write_audit(audit: Mapping[str, Any], out: Path) -> tuple[Path, Path]:
@@ -490,6 +494,6 @@ def write_audit(audit: Mapping[str, Any], out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_path = write_atomic(out / AUDIT_JSON, json.dumps(audit, indent=2) + "\n")
     html = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>lnzoo audit</title>"
-            f"<style>{CSS}</style></head><body><main><h1>Shortcut audit: {e(audit['run'])}</h1>"
+            f"<style>{CSS}</style></head><body><main><h1>lnzoo audit: {e(audit['run'])}</h1>"
             f"{audit_section(audit)}</main></body></html>")
     return json_path, write_atomic(out / AUDIT_HTML, html)
