@@ -514,3 +514,33 @@ def test_overlay_planes_are_not_drawn_and_the_log_says_so(tmp_path):
     ingest([src.parent], tmp_path / "ds", any_modality=True)
     (entry,) = rows_of(tmp_path / "ds", "ingest_log.csv")
     assert entry["status"] == "ingested" and "overlay plane(s)" in entry["reason"]
+
+
+def test_predict_and_serve_read_the_frame_of_a_loop_they_are_asked_for(tiny_run, tmp_path):
+    from fastapi.testclient import TestClient
+
+    from lnzoo.serve import create_app
+
+    loop = np.stack([_screen(seed=s) for s in range(3)])
+    loop[2] = 0  # the last frame is black: its call must differ from the first's probabilities
+    loop[2, 20:100, 30:130] = 255
+    path = us_file(tmp_path / "in" / "loop.dcm", loop, regions=[{"format": 1, "type": 1, "box": (30, 20, 130, 100)}])
+    calls = {}
+    for frame in ("0", "2"):
+        done = invoke_cli("predict", "--model", tiny_run, path, "--frame", frame, "--out", tmp_path / f"f{frame}.csv")
+        assert done.returncode == 0, done.stderr
+        calls[frame] = rows_of(tmp_path, f"f{frame}.csv")[0]
+    key = next(k for k in calls["0"] if k.startswith("p_malignancy_"))
+    assert calls["0"][key] != calls["2"][key]
+    beyond = invoke_cli("predict", "--model", tiny_run, path, "--frame", "5", "--out", tmp_path / "f5.csv")
+    assert beyond.returncode == 2 and "frame 5 asked for, the file has 3" in beyond.stderr
+    client = TestClient(create_app([tiny_run]))
+    for frame in ("0", "2"):
+        got = client.post("/api/predict", files={"full": ("loop.dcm", path.read_bytes(), "application/dicom")},
+                          data={"gradcam": "false", "frame": frame})
+        assert got.status_code == 200, got.text
+        served = got.json()["tasks"]["malignancy"]["raw_probabilities"]
+        assert served[key.removeprefix("p_malignancy_")] == pytest.approx(float(calls[frame][key]), abs=1e-5)
+    bad = client.post("/api/predict", files={"full": ("loop.dcm", path.read_bytes(), "application/dicom")},
+                      data={"frame": "x"})
+    assert bad.status_code == 422 and "frame 'x'" in bad.json()["error"]

@@ -87,14 +87,14 @@ def test_api_model_is_model_info_with_the_form_it_takes(client, tiny_run):
     assert got["tasks"]["malignancy"]["classes"] == ["benign", "malignant"]
     assert got["members"] == 2 and got["kind"] == "model"
     assert got["form"]["files"] == ["full"] and got["form"]["required_view"] == "full"
-    assert got["form"]["accepted_fields"] == ["full", "gradcam"]
+    assert got["form"]["accepted_fields"] == ["full", "gradcam", "frame"]  # frame: of a DICOM loop
 
 
 def test_docs_and_openapi_describe_the_upload_fields(client):
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     body = spec["paths"]["/api/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    assert body["required"] == ["full"] and set(body["properties"]) == {"full", "gradcam"}
+    assert body["required"] == ["full"] and set(body["properties"]) == {"full", "gradcam", "frame"}
     assert {"/healthz", "/api/model"} <= set(spec["paths"])
 
 
@@ -247,7 +247,7 @@ def test_a_missing_required_view_names_the_views(client):
 
 def test_an_unknown_field_names_the_accepted_ones(client, image):
     msg = error_of(post(client, image, data={"cdfi_score": "3"}), 422)
-    assert "cdfi_score" in msg and "['full', 'gradcam']" in msg
+    assert "cdfi_score" in msg and "['full', 'gradcam', 'frame']" in msg
     # a box for a model without a 'roi' view is unknown too
     assert "'box'" in error_of(post(client, image, data={"box": "1,2,3,4"}), 422)
 

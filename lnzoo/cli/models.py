@@ -70,6 +70,9 @@ def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAG
                                               "directory).")] = Path("predictions.csv"),
             engine: Annotated[str, typer.Option("--engine", metavar="torch|onnx", help="Run the models with torch, "
                                                 "or with ONNX Runtime (a bundle exported with --onnx).")] = "torch",
+            frame: Annotated[int, typer.Option("--frame", metavar="N", help="DICOM cine loops: the frame to read "
+                                               "(0, the first, by default); cut to the ultrasound region as lnzoo "
+                                               "ingest does.")] = 0,
             allow_partial: PartialOpt = False, allow_modified: ModifiedOpt = False) -> None:
     """Predict with one model, an ensemble (averaged probabilities) or the three-stage cascade.
 
@@ -94,8 +97,11 @@ def predict(images: Annotated[Optional[list[Path]], typer.Argument(metavar="IMAG
         items = images
     if engine != "torch" and cascade:
         raise UsageError("--engine onnx works with --model; the cascade runs with torch")
-    rows = run_cascade(cascade, items, plugin_host(), passes_on) if cascade else \
-        predict_rows(model, items, plugin_host(), engine)
+    from lnzoo.ingest.dicom import reading_frame
+
+    with reading_frame(frame):
+        rows = run_cascade(cascade, items, plugin_host(), passes_on) if cascade else \
+            predict_rows(model, items, plugin_host(), engine)
     write_rows(rows, out)
     table = Table(title=f"{len(rows)} image(s) -> {out}", title_justify="left")
     table.add_column("image")

@@ -18,6 +18,8 @@
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from lnzoo.errors import DataError
+from lnzoo.errors import DataError, UsageError
 
 EXTRA = "pip install 'lnzoo[dicom]'"
 IMAGE_DATA_TYPES = {1: "tissue", 2: "color flow"}  # RegionDataType of a region that is the image
@@ -262,12 +264,31 @@ def frame_indices(n: int, rule: str) -> list[int]:
     return sorted(set(np.linspace(0, n - 1, k).round().astype(int).tolist()))
 
 
-def read_dicom_image(path: str | Path, index: int = 0):
-    """A DICOM file as lnzoo's models read it (:func:`lnzoo.data.images.read_pixels`): frame ``index`` (the
-    first, by default), cut to the ultrasound region, RGB, as a PIL image."""
+# the frame of a cine loop lnzoo's models read (lnzoo predict --frame); 0, the first, unless a command sets it
+FRAME: contextvars.ContextVar[int] = contextvars.ContextVar("lnzoo_dicom_frame", default=0)
+
+
+@contextlib.contextmanager
+def reading_frame(index: int):
+    """Within the block, a DICOM loop given to a model is read at frame ``index`` (a one-frame file at 0)."""
+    if index < 0:
+        raise UsageError(f"--frame {index}: give a frame number, 0 for the first")
+    token = FRAME.set(index)
+    try:
+        yield
+    finally:
+        FRAME.reset(token)
+
+
+def read_dicom_image(path: str | Path, index: int | None = None):
+    """A DICOM file as lnzoo's models read it (:func:`lnzoo.data.images.read_pixels`): frame ``index`` (default:
+    :data:`FRAME`, the first unless a command chose another; a single-frame file always its one), cut to the
+    ultrasound region, RGB, as a PIL image."""
     from PIL import Image
 
-    return Image.fromarray(open_dicom(path).cropped(index))
+    image = open_dicom(path)
+    index = FRAME.get() if index is None else index
+    return Image.fromarray(image.cropped(index if image.n_frames > 1 else 0))
 
 
 def _pixel_mm(item: Any) -> tuple[float, float] | None:

@@ -190,7 +190,7 @@ class Server:
     @property
     def accepted(self) -> list[str]:
         text = ["box"] if self.roi_source else []
-        return [*self.file_fields, *self.input_files, *text, "gradcam", *self.covariates]
+        return [*self.file_fields, *self.input_files, *text, "gradcam", "frame", *self.covariates]
 
     def form_description(self) -> dict[str, Any]:
         return {"files": self.file_fields, "required_view": self.required_view, "box_view": self.roi_source,
@@ -352,6 +352,7 @@ def openapi_form(server: Server) -> dict[str, Any]:
         props["box"] = {"type": "string", "example": "40,30,200,180",
                         "description": f"the ROI box x0,y0,x1,y1 in pixels of the {server.roi_source!r} image"}
     props["gradcam"] = {"type": "boolean", "default": True, "description": "Grad-CAM overlays in the answer"}
+    props["frame"] = {"type": "integer", "default": 0, "description": "for a DICOM cine loop: the frame to read"}
     props.update({c: {"type": "string", "format": "binary", "description": "the file an input of the model reads "
                       "(a nodule mask for its morphology), optional"} for c in server.input_files})
     props.update({c: {"type": "string", "description": "a text input of the model (a clinical covariate or report "

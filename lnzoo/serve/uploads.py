@@ -63,13 +63,14 @@ def check_size(data: bytes, name: str, max_upload_mb: float) -> None:
                                 "(lnzoo serve --max-upload-mb)")
 
 
-def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int) -> Upload:
-    """Decode an upload with PIL: an image of a supported format, within the limits, that decodes whole."""
+def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int, frame: int = 0) -> Upload:
+    """Decode an upload with PIL: an image of a supported format, within the limits, that decodes whole (a DICOM
+    file: its frame ``frame``)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
 
     check_size(data, name, max_upload_mb)
     if is_dicom(data):
-        return _check_dicom(data, name, max_side)
+        return _check_dicom(data, name, max_side, frame)
     try:
         img = Image.open(io.BytesIO(data))
     except (UnidentifiedImageError, OSError, ValueError):
@@ -90,9 +91,12 @@ def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int) -> 
     return Upload(data, IMAGE_FORMATS[img.format], size)
 
 
-def _check_dicom(data: bytes, name: str, max_side: int) -> Upload:
-    """A DICOM upload, read as every DICOM file is (:mod:`lnzoo.ingest.dicom`: the first frame, cut to the
-    ultrasound region); its size is the crop's, where a box is drawn. Nothing of its header is answered."""
+def _check_dicom(data: bytes, name: str, max_side: int, frame: int) -> Upload:
+    """A DICOM upload, read as every DICOM file is (:mod:`lnzoo.ingest.dicom`: the frame asked for, the first by
+    default, cut to the ultrasound region) and kept as that PNG: the model reads the pixels lnzoo predict reads, and
+    nothing of the header goes further (or into an answer); a box is drawn on the crop."""
+    from PIL import Image
+
     from lnzoo.errors import DataError
     from lnzoo.ingest.dicom import open_dicom
 
@@ -101,11 +105,12 @@ def _check_dicom(data: bytes, name: str, max_side: int) -> Upload:
         if max(int(image.ds.Rows), int(image.ds.Columns)) > max_side:
             raise RequestError(413, f"{name}: {image.ds.Columns}x{image.ds.Rows} pixels, over the limit of "
                                     f"{max_side} pixels a side (lnzoo serve --max-side)")
-        x0, y0, x1, y1 = image.region().box
-        image.frame(0)  # decodes whole, or the error names why
+        rgb = image.cropped(frame if image.n_frames > 1 else 0)
     except DataError as exc:
         raise RequestError(422, "; ".join(exc.problems)) from None
-    return Upload(data, ".dcm", (x1 - x0, y1 - y0))
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return Upload(buf.getvalue(), ".png", (rgb.shape[1], rgb.shape[0]))
 
 
 def check_input_file(data: bytes, filename: str | None, name: str, max_upload_mb: float) -> Upload:
@@ -160,6 +165,9 @@ async def read_form(form: FormData, server: Server) -> Submission:
     files: dict[str, Upload] = {}
     inputs: dict[str, Upload] = {}
     text: dict[str, str] = {}
+    frame_text = str(form.get("frame") or "0").strip()
+    if not frame_text.isdigit():
+        raise RequestError(422, f"frame {frame_text!r}: expected a frame number, 0 for the first")
     for name, value in form.multi_items():
         if name in files or name in text or name in inputs:
             raise RequestError(422, f"form field {name!r} is given twice")
@@ -173,7 +181,7 @@ async def read_form(form: FormData, server: Server) -> Submission:
             if not isinstance(value, UploadFile):
                 raise RequestError(422, f"form field {name!r} must be an image file, not text")
             files[name] = check_image(await value.read(server.max_bytes + 1), name, server.max_upload_mb,
-                                      server.max_side)
+                                      server.max_side, int(frame_text))
         elif isinstance(value, UploadFile):
             raise RequestError(422, f"form field {name!r} takes text, not a file")
         else:
