@@ -337,11 +337,12 @@ def test_labels_join_by_accession_study_series_or_file_and_identifying_columns_a
                                                                                           value):
     us_file(tmp_path / "in" / "a.dcm", _screen())
     labels = tmp_path / "labels.csv"
-    labels.write_text(f"{key_column},malignancy,patient_name,mrn\n{value},malignant,{PHI['PatientName']},"
-                      f"{PHI['PatientID']}\n", encoding="utf-8")
+    labels.write_text(f"{key_column},malignancy,patient_name,mrn,path\n{value},malignant,{PHI['PatientName']},"
+                      f"{PHI['PatientID']},elsewhere.png\n", encoding="utf-8")
     done = ingest([tmp_path / "in"], tmp_path / "ds", labels=labels)
     (row,) = rows_of(tmp_path / "ds")
     assert row["malignancy"] == "malignant" and done.unlabelled == 0
+    assert row["path"].startswith("images/")  # a label column named like one ingest writes does not replace it
     assert "patient_name" not in row and "mrn" not in row and value not in row.values()
     assert key_column in ("study", "series") or key_column not in row  # those two are the pseudonym columns
     no_identifier_in(tmp_path / "ds", PHI.values())

@@ -281,7 +281,8 @@ class _Labels:
             raise DataError([f"{path}: no column to join on; give one of {', '.join(LABEL_KEYS)}"])
         key_col = next(h for h in header if h.lower() == key)
         kind = LABEL_KEYS[key][0]
-        columns = [h for h in header if h.lower() not in IDENTIFYING and h.lower() not in LABEL_KEYS and h]
+        columns = [h for h in header  # never a person's identifier, a join key, or a column ingest writes itself
+                   if h and h.lower() not in IDENTIFYING and h.lower() not in LABEL_KEYS and h not in COLUMNS]
         by: dict[str, dict[str, str]] = {}
         for line, row in enumerate(reader, start=2):
             value = (row.get(key_col) or "").strip()
