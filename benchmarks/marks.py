@@ -20,9 +20,16 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from lnzoo.ingest.marks import fill, find_marks, image_area  # noqa: E402
-from tests.test_marks import (BACKGROUNDS, background, dilated, jpeg, random_scene,  # noqa: E402
-                              screen)
+from lnzoo.ingest.area import image_area  # noqa: E402
+from lnzoo.ingest.marks import fill, find_marks  # noqa: E402
+from tests.test_marks import (  # noqa: E402
+    BACKGROUNDS,
+    background,
+    dilated,
+    jpeg,
+    random_scene,
+    screen,
+)
 
 
 def rates(n: int, size: int, seed: int) -> None:

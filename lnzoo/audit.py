@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from lnzoo.errors import UsageError
+from lnzoo.errors import DataError, UsageError
 
 AUDIT_JSON, AUDIT_HTML = "audit.json", "audit.html"
 MARK_COLUMNS = ("marks_caliper", "marks_text", "doppler_box")
@@ -151,8 +151,7 @@ def _attention(predictor, samples: Sequence[Any], task, held: Held) -> dict[int,
     """Per sample with an ROI (index -> (share, area)): the share of the Grad-CAM mass of the image's true class
     (the evidence the model should find in the node) that falls inside the ROI's box, on the full-frame view, and
     the box's share of the image. The three lowest shares are kept as overlays."""
-    from PIL import Image
-
+    from lnzoo.data.images import read_pixels
     from lnzoo.explain import compute_cams, overlay_png
 
     view = next((v for v in predictor.views if "crop" not in v and v != "roi"), None)
@@ -161,11 +160,14 @@ def _attention(predictor, samples: Sequence[Any], task, held: Held) -> dict[int,
     dataset = predictor.dataset(samples)
     out: dict[int, tuple[float, float]] = {}
     for i, sample in enumerate(samples):
-        box, path = lesion_box(sample), sample.views.get(view)
-        if box is None or path is None:
+        path = sample.views.get(view)
+        if path is None:
             continue
-        with Image.open(path) as img:
+        with read_pixels(path) as img:  # as the model reads it (a DICOM file: its region)
             w, h = img.size
+        box = lesion_box(sample, (w, h))
+        if box is None:
+            continue
         x, present, _, _, inputs = dataset[i]
         true = sample.labels[task.name]
         cams = compute_cams(predictor.model, x[None], present[None], task.name, true, "gradcam",
@@ -192,26 +194,22 @@ def _attention(predictor, samples: Sequence[Any], task, held: Held) -> dict[int,
 
 
 # -- the lesion, blanked and alone ----------------------------------------------------------------------------------
-def lesion_box(sample) -> tuple[int, int, int, int] | None:
-    """The lesion's box in the full image: the recipe's ROI, else the row's ``bbox`` (x0 y0 x1 y1) or the extent of
-    its ``mask``; None when the row has none."""
-    from PIL import Image
+def lesion_box(sample, size: tuple[int, int]) -> tuple[int, int, int, int] | None:
+    """The lesion's pixel box in the full image of ``size`` (w, h): the recipe's ROI, else the row's ``bbox`` or the
+    extent of its ``mask``, read as every ROI is (:func:`lnzoo.data.samples.parse_roi`,
+    :func:`lnzoo.data.images.roi_box`); None when the row has none or it marks nothing."""
+    from lnzoo.data.images import roi_box
+    from lnzoo.data.samples import parse_roi
 
     roi = next(iter(sample.rois.values()), None)
-    if roi is None and str(sample.cells.get("bbox", "") or "").strip():
-        try:
-            roi = tuple(float(v) for v in str(sample.cells["bbox"]).replace(",", " ").split())
-        except ValueError:
-            roi = None
-    if roi is None and str(sample.cells.get("mask", "") or "").strip():
-        roi = sample.cell_path("mask")
-    if isinstance(roi, Path):
-        with Image.open(roi) as m:
-            ys, xs = np.nonzero(np.asarray(m.convert("L")) > 0)
-        return (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1) if xs.size else None
-    if roi is None or len(roi) != 4:
+    if roi is None:
+        roi = parse_roi(sample.cells, sample.base or Path("."), {}, sample.origin, [])
+    if roi is None:
         return None
-    return tuple(int(round(v)) for v in roi)  # type: ignore[return-value]
+    try:
+        return roi_box(roi, size, 0.0, sample.origin)
+    except DataError:  # an empty mask, a box outside the image: no lesion to blank
+        return None
 
 
 def blank_lesion(rgb: np.ndarray, box: tuple[int, int, int, int]) -> np.ndarray:
@@ -264,7 +262,11 @@ def _variants(sample, folder: Path):
 
     from lnzoo.data.images import read_pixels, to_rgb
 
-    box = lesion_box(sample)
+    full = next((p for v, p in sample.views.items() if p is not None and "crop" not in v and v != "roi"), None)
+    if full is None:
+        return None
+    with read_pixels(full) as img:
+        box = lesion_box(sample, img.size)
     if box is None:
         return None
     folder.mkdir(parents=True)

@@ -20,7 +20,7 @@ from pydicom.uid import (  # noqa: E402
     generate_uid,
 )
 
-from tests.conftest import REPO, invoke_cli  # noqa: E402
+from tests.conftest import REPO, invoke_cli, phantom_rows  # noqa: E402
 
 RECIPE = str(REPO / "recipes" / "stage1_aux.toml")
 
@@ -81,13 +81,7 @@ def test_a_good_dicom_file_is_read(tmp_path):
 
 
 def test_validate_names_every_broken_dicom_file_and_why(tmp_path):
-    from lnzoo.data.phantom import ensure_phantom
-
-    src = ensure_phantom(patients=24, seed=0)
-    with src.open(newline="", encoding="utf-8") as fh:
-        rows = list(csv.DictReader(fh))
-    for row in rows:
-        row.update({k: str(src.parent / v) for k, v in row.items() if v.startswith("images/")})
+    rows = phantom_rows(24)
     broken = {name: _write(tmp_path, name) for name in BROKEN}
     good = tmp_path / "good.dcm"
     good.write_bytes(dicom())

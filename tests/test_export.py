@@ -17,6 +17,12 @@ from lnzoo.plugins import load_plugins
 from tests.conftest import REPO, TINY, invoke_cli
 
 
+def _plugin(name: str, code: str) -> types.ModuleType:
+    module = types.ModuleType(name)
+    exec(compile(code, name, "exec"), module.__dict__)
+    return module
+
+
 def _images(run: Path, n: int = 3) -> list[str]:
     with (run / "predictions.csv").open(newline="", encoding="utf-8") as fh:
         return [r["path"] for r in csv.DictReader(fh)][:n]
@@ -158,9 +164,7 @@ def test_a_head_that_cannot_be_exported_is_named(tmp_path):
     from lnzoo.pipeline import fit_folds
     from lnzoo.recipe import load_recipe
 
-    module = types.ModuleType("acme_branchy")
-    exec(compile(BRANCHY, "acme_branchy", "exec"), module.__dict__)
-    host = load_plugins(extra=[("acme-branchy", module)])
+    host = load_plugins(extra=[("acme-branchy", _plugin("acme_branchy", BRANCHY))])
     recipe = load_recipe(REPO / "recipes" / "stage1_aux.toml", host=host,
                          sets=[*TINY, "cv.run_folds=[0]", "train.epochs=1", "model.heads.malignancy={name='branchy'}"])
     fit_folds(recipe, host, tmp_path / "run")
@@ -310,9 +314,7 @@ def test_onnx_parity_is_checked_on_rows_with_a_view_missing(tmp_path, fusion, ex
     from lnzoo.pipeline import fit_folds
     from lnzoo.recipe import load_recipe
 
-    module = types.ModuleType("acme_maskless")
-    exec(compile(MASKLESS, "acme_maskless", "exec"), module.__dict__)
-    host = load_plugins(extra=[("acme-maskless", module)])
+    host = load_plugins(extra=[("acme-maskless", _plugin("acme_maskless", MASKLESS))])
     recipe = load_recipe(REPO / "recipes" / "multimodal_3class.toml", host=host,
                          sets=[*TINY, "cv.run_folds=[0]", "train.epochs=1", f"model.fusion={{name='{fusion}'}}"])
     fit_folds(recipe, host, tmp_path / "run")
@@ -466,12 +468,6 @@ class Wide(torch.nn.Module):
 def lnzoo_register_heads(register):
     register("wide", Wide)
 """
-
-
-def _plugin(name: str, code: str) -> types.ModuleType:
-    module = types.ModuleType(name)
-    exec(compile(code, name, "exec"), module.__dict__)
-    return module
 
 
 def test_a_bundle_lists_the_plugins_its_models_were_trained_with_and_only_those(tmp_path):

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageDraw, ImageFont
 from scipy import ndimage
 
-from lnzoo.ingest.marks import Marks, fill, find_marks, image_area
+from lnzoo.ingest.area import image_area
+from lnzoo.ingest.marks import Marks, fill, find_marks
 
 COLOURS = {"yellow": (255, 255, 0), "green": (0, 255, 0), "cyan": (0, 255, 255), "white": (255, 255, 255)}
 READOUTS = ("D1 12.3 mm", "D2 0.84 cm", "LT NECK", "Dist 1.23cm", "RT LEVEL II", "Area 0.52 cm2")

@@ -51,6 +51,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from lnzoo.data.phantom import FIELD_DEPTH_MM, PHANTOM_VERSION, ensure_phantom
+from lnzoo.data.phantom_identities import fake_identity
+from lnzoo.data.phantom_render import spectral_strip
 from lnzoo.data.phantom_shortcuts import draw_caliper_plan, plan_calipers
 from lnzoo.data.phantom_shortcuts import draw_text as _text, text_size as _text_size
 from lnzoo.files import csv_text, write_atomic
@@ -62,14 +64,6 @@ DICOM_PHANTOM_VERSION = 1  # bump when the written files change
 LABEL_COLUMNS = ("malignancy", "enlargement", "metastasis", "origin", "lymphoma_subtype", "pathology3",
                  "age", "sex")
 
-# clearly fake PHI; names combine a surname and a given name (144 pairs, then a middle initial)
-_SURNAMES = ("DOE", "ROE", "POE", "MOE", "NOONE", "NOBODY", "PHANTOM", "SYNTHETIC", "TESTCASE", "DUMMY",
-             "FAKENAME", "NEMO")
-_GIVEN = ("ALEX", "SAM", "KIM", "LEE", "ROBIN", "JORDAN", "CASEY", "TAYLOR", "MORGAN", "RILEY", "JAMIE",
-          "AVERY")
-_HOSPITALS = ("ST ELSEWHERE HOSPITAL", "NOWHERE GENERAL HOSPITAL", "PHANTOM COUNTY MEDICAL CTR",
-              "FICTIONAL UNIVERSITY HOSPITAL")
-_REFERRERS = ("DOE^JOHN^^DR", "ROE^RICHARD^^DR", "NEMO^NOBODY^^DR")
 _PROBE = "L12-5"
 _CANVAS_W = (640, 656, 672, 704)
 _CANVAS_H = (480, 496, 512)
@@ -118,36 +112,6 @@ def check_dicom_support():
 
 
 
-def _phi(seed: int, idx: int, patient_row: dict) -> dict:
-    """The fake identity, study and probe settings of patient ``idx`` (the same for all of its files)."""
-    rng = np.random.default_rng([seed, idx, 8])
-    pairs = np.random.default_rng([seed, 9]).permutation(len(_SURNAMES) * len(_GIVEN))
-    k = idx - 1
-    pair = int(pairs[k % len(pairs)])
-    name = f"{_SURNAMES[pair // len(_GIVEN)]}^{_GIVEN[pair % len(_GIVEN)]}"
-    if k >= len(pairs):  # beyond 144 patients: a middle initial keeps names distinct
-        name += "^" + "ABCDEFGHIJKLMNOPQRSTUVWXYZ"[(k // len(pairs) - 1) % 26]
-        if k >= len(pairs) * 27:
-            name += str(k // (len(pairs) * 27))
-    year, month, day = 2019 + int(rng.integers(0, 6)), 1 + int(rng.integers(0, 12)), 1 + int(rng.integers(0, 28))
-    b_month, b_day = 1 + int(rng.integers(0, 12)), 1 + int(rng.integers(0, 28))
-    age = int(patient_row["age"]) if patient_row.get("age", "").isdigit() else 50
-    b_year = year - age - (1 if (b_month, b_day) > (month, day) else 0)  # age at the study = the label
-    hh, mm, ss = 8 + int(rng.integers(0, 10)), int(rng.integers(0, 60)), int(rng.integers(0, 60))
-    return {
-        "name": name,
-        "id": f"PID{int(rng.integers(100, 1000))}{idx:04d}",
-        "birth_date": f"{b_year:04d}{b_month:02d}{b_day:02d}",
-        "accession": f"ACC{int(rng.integers(10, 100))}{idx:05d}",
-        "institution": _HOSPITALS[int(rng.integers(0, len(_HOSPITALS)))],
-        "study_date": f"{year:04d}{month:02d}{day:02d}",
-        "study_time": f"{hh:02d}{mm:02d}{ss:02d}",
-        "referrer": _REFERRERS[int(rng.integers(0, len(_REFERRERS)))],
-        "age": age,
-        "gain": int(rng.integers(40, 66)),
-    }
-
-
 def _plan(n: int, row: dict, instance: int, rng: np.random.Generator) -> _File:
     """Which frame, how many frames, which syntax and overlays file ``n`` gets: fixed patterns over the
     running number so every kind appears in a phantom of a few patients, the rest from ``rng``."""
@@ -172,26 +136,6 @@ def _plan(n: int, row: dict, instance: int, rng: np.random.Generator) -> _File:
 
 
 
-
-
-def _spectrum(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
-    """A PW Doppler strip (h x w grey): arterial waveforms above a baseline, speckled, with scale ticks."""
-    img = np.zeros((h, w), np.float32)
-    base = int(h * 0.72)
-    t = np.arange(w) / w * 2.6  # seconds across the strip
-    period = 60.0 / float(rng.uniform(62, 84))
-    phase = (t + float(rng.uniform(0, period))) % period / period
-    peak, diastole = float(rng.uniform(0.7, 0.9)), float(rng.uniform(0.15, 0.3))
-    env = diastole + (peak - diastole) * np.exp(-((phase - 0.14) / 0.08) ** 2) \
-        + 0.08 * np.exp(-((phase - 0.32) / 0.05) ** 2)
-    top = (base - env * (base - 6)).astype(int)
-    rows = np.arange(h)[:, None]
-    inside = (rows >= top[None, :]) & (rows < base)
-    depth = np.clip((rows - top[None, :]) / np.maximum(base - top[None, :], 1), 0, 1)
-    img[inside] = (200 - 110 * depth)[inside] * rng.uniform(0.55, 1.0, size=(h, w)).astype(np.float32)[inside]
-    img[base, :] = 170  # baseline
-    img[:, w - 4:w - 1][::12] = 150  # velocity scale ticks on the right edge
-    return np.clip(img, 0, 255).astype(np.uint8)
 
 
 def _shifted(img: np.ndarray, dy: int, dx: int) -> np.ndarray:
@@ -261,7 +205,7 @@ def _screen(f: _File, phi: dict, frame: np.ndarray, mask: np.ndarray, rng: np.ra
     if f.spectral:
         sy0 = region[3] + _GAP
         spectral = [x0, sy0, x0 + rw, sy0 + _SPECTRAL_H]
-        strip = _spectrum(rw, _SPECTRAL_H, rng)
+        strip = spectral_strip(rw, _SPECTRAL_H, rng)
         base.paste(Image.fromarray(np.repeat(strip[..., None], 3, axis=2)), (x0, sy0))
 
     # region content at display size, then the cine frames made from it
@@ -486,7 +430,7 @@ def generate_dicom_phantom(out: Path, patients: int = 24, seed: int = 0, difficu
     try:
         for idx, pid in enumerate(sorted(by_patient), start=1):
             prows = by_patient[pid]
-            phi = _phi(seed, idx, prows[0])
+            phi = fake_identity(seed, idx, prows[0])
             folder = hashlib.sha256(f"lnzoo-dicom-{seed}-{difficulty}-{idx}".encode()).hexdigest()[:10].upper()
             (tmp / folder).mkdir()
             uids = {"study": _uid(seed, difficulty, pid, "study"), "series": _uid(seed, difficulty, pid, "series")}

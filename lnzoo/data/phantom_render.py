@@ -465,3 +465,23 @@ def _crop_box(bbox, S: int) -> tuple[int, int, int, int]:
     mx = int(round(CROP_MARGIN * (x1 - x0)))
     my = int(round(CROP_MARGIN * (y1 - y0)))
     return max(0, x0 - mx), max(0, y0 - my), min(S, x1 + mx), min(S, y1 + my)
+
+
+def spectral_strip(w: int, h: int, rng: np.random.Generator) -> np.ndarray:
+    """A PW Doppler strip (h x w grey): arterial waveforms above a baseline, speckled, with scale ticks."""
+    img = np.zeros((h, w), np.float32)
+    base = int(h * 0.72)
+    t = np.arange(w) / w * 2.6  # seconds across the strip
+    period = 60.0 / float(rng.uniform(62, 84))
+    phase = (t + float(rng.uniform(0, period))) % period / period
+    peak, diastole = float(rng.uniform(0.7, 0.9)), float(rng.uniform(0.15, 0.3))
+    env = diastole + (peak - diastole) * np.exp(-((phase - 0.14) / 0.08) ** 2) \
+        + 0.08 * np.exp(-((phase - 0.32) / 0.05) ** 2)
+    top = (base - env * (base - 6)).astype(int)
+    rows = np.arange(h)[:, None]
+    inside = (rows >= top[None, :]) & (rows < base)
+    depth = np.clip((rows - top[None, :]) / np.maximum(base - top[None, :], 1), 0, 1)
+    img[inside] = (200 - 110 * depth)[inside] * rng.uniform(0.55, 1.0, size=(h, w)).astype(np.float32)[inside]
+    img[base, :] = 170  # baseline
+    img[:, w - 4:w - 1][::12] = 150  # velocity scale ticks on the right edge
+    return np.clip(img, 0, 255).astype(np.uint8)

@@ -172,7 +172,7 @@ def row_views(row: Mapping[str, str], columns: Mapping[str, str], base: Path, cf
         problems.append(f"{where}: no image path in any view column {sorted(set(columns.values()))}")
         return None
     if "roi" in view_paths and view_paths["roi"] is not None:
-        roi = _parse_roi(row, base, cfg, where, problems)
+        roi = parse_roi(row, base, cfg, where, problems)
         if roi is None:
             return None
         return apply_empty_roi(view_paths, roi, cfg.get("empty_roi", "error"), where, problems)
@@ -204,7 +204,9 @@ def _mask_is_empty(mask: Path) -> bool:
         return False
 
 
-def _parse_roi(row: Mapping[str, str], base: Path, cfg: Mapping[str, Any], where: str, problems: list[str]):
+def parse_roi(row: Mapping[str, str], base: Path, cfg: Mapping[str, Any], where: str, problems: list[str]):
+    """A row's ROI: its ``bbox`` (x0 y0 x1 y1) or the path of its ``mask`` (column names from ``cfg``); None, with
+    the problem said, when it has neither or a box that is not one."""
     box_text = (row.get(cfg.get("bbox_column", "bbox")) or "").strip()
     if box_text:
         try:

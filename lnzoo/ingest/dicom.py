@@ -12,7 +12,7 @@
 - **The ultrasound region** (:meth:`DicomImage.region`): of ``SequenceOfUltrasoundRegions``, the largest 2-D
   region (RegionSpatialFormat 1) showing tissue or colour flow (RegionDataType 1 or 2); a spectral Doppler strip,
   an M-mode or a trace is never taken for the image. Without such a region, or with one that does not fit the
-  frame, the image area is found from the pixels (:func:`lnzoo.ingest.marks.image_area`: what moves in a loop,
+  frame, the image area is found from the pixels (:func:`lnzoo.ingest.area.image_area`: what moves in a loop,
   else the largest bright area once text and thin marks are removed); failing that, the whole frame, with a
   warning. The physical pixel size (PhysicalDeltaX/Y, in mm) comes with a header region.
 """
@@ -188,12 +188,10 @@ class DicomImage:
         return best[1] if best else None
 
     def _found_region(self) -> Region:
-        from lnzoo.ingest.marks import image_area
+        from lnzoo.ingest.area import image_area
 
-        sample = sorted({0, self.n_frames // 2, self.n_frames - 1}) if self.n_frames > 1 else [0]
-        if self.n_frames > 1:  # what moves between frames: several frames spread over the loop
-            sample = sorted(set(np.linspace(0, self.n_frames - 1, min(self.n_frames, 8)).round().astype(int)))
-        box, how = image_area(self.frames([int(i) for i in sample]))
+        # a loop: up to 8 frames spread over it, for what moves between them (the rule is frame_indices' max:8)
+        box, how = image_area(self.frames(frame_indices(self.n_frames, "max:8")))
         if box is None:
             self.warnings.append(f"no ultrasound region in the header and none found in the pixels ({how}): "
                                  "the whole frame is kept")
