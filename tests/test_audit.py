@@ -146,3 +146,53 @@ def test_balance_by_names_a_column_the_data_lacks_and_takes_one_it_has():
     given = invoke_cli("validate", recipe, "--quick", "--set", "data.balance_by='scanner'", "--set",
                        "data.phantom.source='manifest'", "--set", "data.phantom.shortcut=['scanner:0.9']")
     assert given.returncode == 0, given.stderr
+
+
+@pytest.mark.slow
+def test_the_control_model_trains_on_the_blanked_images_on_the_runs_folds_and_is_reused(tmp_path):
+    """--retrain-control: the recipe trained again on every image with its lesion blanked (the rows' other cells
+    kept), on the run's own folds; its held-out AUC is the audit's control figure, and the next audit reuses it."""
+    import csv
+    from pathlib import Path
+
+    from lnzoo.audit.control import CONTROL_DIR
+    from tests.conftest import REPO, TINY
+
+    def rows(path):
+        with open(path, newline="", encoding="utf-8") as f:
+            return list(csv.DictReader(f))
+
+    sets = [*TINY, "cv.run_folds=[1]", "data.phantom.source='manifest'", "data.phantom.shortcut=['scanner:0.8']"]
+    done = invoke_cli("run", REPO / "recipes" / "stage1_aux.toml", "--quick", *[x for s in sets for x in ("--set", s)],
+                      "--n-boot", "20", "--out", tmp_path / "run")
+    assert done.returncode == 0, done.stderr
+    audited = invoke_cli("audit", tmp_path / "run", "--retrain-control", "--out", tmp_path / "a")
+    assert audited.returncode == 0, audited.stderr
+    control = {c["name"]: c for c in json.loads((tmp_path / "a" / "audit.json").read_text())["checks"]}["control"]
+    assert control["verdict"] in ("ok", "flag") and control["left_out"] == 0
+    folder = tmp_path / "a" / CONTROL_DIR
+    run_folds = {r["patient"]: r["fold"] for r in rows(tmp_path / "run" / "folds.csv")}
+    control_folds = {r["patient"]: r["fold"] for r in rows(folder / "run" / "folds.csv")}
+    assert len(control_folds) > 10 and all(run_folds[p] == k for p, k in control_folds.items())
+    held = [r for r in rows(folder / "run" / "predictions.csv") if r["part"] == "cv"]
+    assert {r["fold"] for r in held} == {"1"} and control["control_auc"]["n"] == len(held)
+    assert {r["patient"] for r in held} == {p for p, k in run_folds.items() if k == "1"}  # the run's held-out fold
+    manifest = rows(folder / "manifest.csv")
+    assert len(manifest) == control["images"] and {r["scanner"] for r in manifest} == {"A", "B"}  # cells travel
+    assert all(Path(r["path"]).is_relative_to(folder) and Path(r["path"]).name == "blanked-full.png" for r in manifest)
+    assert "bbox" not in manifest[0]  # the lesion is gone, and so is its box
+    again = invoke_cli("audit", tmp_path / "run", "--retrain-control", "--out", tmp_path / "a")
+    assert again.returncode == 0 and "reusing the finished control run" in again.stderr
+    assert "Control model (lesion blanked)" in again.stdout
+
+
+def test_a_recipe_that_sees_the_lesion_another_way_gets_no_control_model_and_says_why():
+    from lnzoo.audit.control import _unsupported
+    from lnzoo.recipe import load_recipe
+    from tests.conftest import REPO
+
+    assert _unsupported(load_recipe(REPO / "recipes" / "stage1_aux.toml", quick=True).config) is None
+    crop = _unsupported(load_recipe(REPO / "recipes" / "stage3_origin_fusion.toml", quick=True).config)
+    assert crop and "crop" in crop
+    llnm = _unsupported(load_recipe(REPO / "recipes" / "llnm_multimodal.toml", quick=True).config)
+    assert llnm and "inputs beside the images" in llnm

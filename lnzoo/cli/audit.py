@@ -21,16 +21,21 @@ def audit(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A fin
           out: Annotated[Optional[Path], typer.Option("--out", metavar="DIR", help="Folder for audit.json and "
                                                       "audit.html (default: the run directory, where the report "
                                                       "shows it).")] = None,
+          retrain_control: Annotated[bool, typer.Option("--retrain-control", help="Also train the recipe again on "
+                                                        "the images with the lesion blanked, on the run's folds (costs "
+                                                        "one training; kept in OUT/audit-control and reused): its "
+                                                        "held-out AUC should be near 0.5.")] = False,
           allow_partial: PartialOpt = False, allow_modified: ModifiedOpt = False) -> None:
     """Is the model looking at the node? Burned-in marks against the labels, the metadata alone, the model without the lesion.
 
     Each check prints its figure with a 95% CI and a verdict (flag / ok / not run, with why); audit.json and audit.html are written, and the run's report shows the audit once `lnzoo report` runs again.
 
-    Example: lnzoo audit runs/stage1 --data dataset/manifest.csv
+    Example: lnzoo audit runs/stage1 --data dataset/manifest.csv --retrain-control
     """
     from lnzoo.audit import audit_run, write_audit
 
-    result = audit_run(run_dir, plugin_host(), data, say=lambda text: err.print(escape(text), highlight=False))
+    result = audit_run(run_dir, plugin_host(), data, say=lambda text: err.print(escape(text), highlight=False),
+                       retrain_control=retrain_control, out=out)
     table = Table(title=f"lnzoo audit {escape(str(run_dir))}: main task {escape(result['task'])}", title_justify="left",
                   show_lines=True)
     table.add_column("check", style="bold")

@@ -58,6 +58,8 @@ class Held:
     blanked: list[float] = field(default_factory=list)  # NaN where the row has no ROI
     alone: list[float] = field(default_factory=list)
     pool: list[tuple[Any, int, int]] = field(default_factory=list)  # every labelled image: sample, fold, label
+    tasks: dict[str, Any] = field(default_factory=dict)  # the run's tasks, the main one first
+    masks_marks: bool = False  # the models fill burned-in marks before they see an image (data.mask_marks)
     attention: list[float] = field(default_factory=list)  # share of Grad-CAM mass inside the ROI (NaN: no ROI)
     roi_area: list[float] = field(default_factory=list)  # the ROI's share of the image: a uniform map's share
     lowest: list[tuple[float, bytes]] = field(default_factory=list)  # overlays of the lowest shares
@@ -81,8 +83,12 @@ def _beyond(entry: Mapping[str, Any]) -> bool:
 
 
 def audit_run(run_dir: str | Path, host, data: str | Path | None = None,
-              say: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Run every check on ``run_dir`` (its recipe's data, or the manifest ``data``); the audit as a dict."""
+              say: Callable[[str], None] | None = None, retrain_control: bool = False,
+              out: str | Path | None = None, on_event: Callable[[Any], None] | None = None) -> dict[str, Any]:
+    """Run every check on ``run_dir`` (its recipe's data, or the manifest ``data``); the audit as a dict.
+
+    ``retrain_control``: also train the control model (:mod:`lnzoo.audit.control`) into ``out`` (default: the
+    run directory) / audit-control; ``on_event`` receives its training events."""
     from lnzoo.rundir import RunDir
 
     say = say or (lambda text: None)
@@ -92,6 +98,10 @@ def audit_run(run_dir: str | Path, host, data: str | Path | None = None,
     assignment = rd.read_folds()
     held, task = _predict_held(rd, assignment, host, data, say)
     checks = [_marks_check(held, task, say), _metadata_check(held), _outside_check(held), _attention_check(held)]
+    if retrain_control:
+        from lnzoo.audit.control import control_check
+
+        checks.append(control_check(rd, held.pool, held.tasks, host, Path(out) if out else rd.path, say, on_event))
     return {"run": str(rd.path), "task": task.name, "positive": task.classes[task.positive_index or 1],
             "images": len(held.y), "patients": len({s.patient for s in held.samples}),
             "data": str(data) if data else None, "checks": checks,
@@ -113,6 +123,8 @@ def _predict_held(rd, assignment: Mapping[str, int], host, data, say) -> tuple[H
                 raw["data"] = {**raw.get("data", {}), "train": str(Path(data).resolve())}
             recipe = resolve(raw, host=host, source=predictor.record.recipe_source)
             task = predictor.tasks[predictor.main]
+            held.tasks = {task.name: task, **predictor.tasks}
+            held.masks_marks = bool(predictor.preprocessing.mask_marks)
             pos = task.positive_index
             if pos is None:
                 raise UsageError(f"the audit compares two groups; the main task {task.name!r} has "
@@ -253,9 +265,9 @@ def _grown(box, w: int, h: int) -> tuple[int, int, int, int]:
     return (max(0, int(x0 - gx)), max(0, int(y0 - gy)), min(w, int(np.ceil(x1 + gx))), min(h, int(np.ceil(y1 + gy))))
 
 
-def _variants(sample, folder: Path):
-    """(lesion blanked, lesion alone) copies of ``sample``: every full-frame view changed, a crop or ROI view (the
-    lesion itself) left as it is; None without an ROI."""
+def _variants(sample, folder: Path, kinds: Sequence[str] = ("blanked", "alone")):
+    """Copies of ``sample`` for each of ``kinds`` ("blanked": the lesion blanked, "alone": the lesion alone): every
+    full-frame view changed, a crop or ROI view (the lesion itself) left as it is; None without an ROI."""
     import dataclasses
 
     from PIL import Image
@@ -271,7 +283,9 @@ def _variants(sample, folder: Path):
         return None
     folder.mkdir(parents=True)
     out = []
-    for kind, change in (("blanked", blank_lesion), ("alone", lesion_alone)):
+    changes = {"blanked": blank_lesion, "alone": lesion_alone}
+    for kind in kinds:
+        change = changes[kind]
         views = {}
         for view, path in sample.views.items():
             if path is None or "crop" in view or view == "roi":
@@ -324,7 +338,10 @@ def _marks_check(held: Held, task, say) -> dict[str, Any]:
     sentence = (f"Marks are on {pct['positive']} of {task.classes[task.positive_index]} and {pct['negative']} of "
                 f"the other images; marks alone predict the label with AUC {_fmt(marks_auc)}. The model's AUC is "
                 f"{_fmt(with_)} on images with marks and {_fmt(without)} without.")
-    if flag:
+    if flag and held.masks_marks:
+        sentence += (" The marks carry the label in the data; this model masks them before it sees an image "
+                     "(data.mask_marks): compare the other checks with those of a run without it.")
+    elif flag:
         sentence += " The marks carry the label: the model may be reading them, not the node."
     return _check("marks", "Marks against labels", "flag" if flag else "ok", sentence, source=source, rate=rate,
                   marks_auc=marks_auc, model_auc_with_marks=with_, model_auc_without_marks=without,
