@@ -240,6 +240,8 @@ def model_card(config: Mapping[str, Any], rd: RunDir) -> str:
                      f"{_fmt(m.get('ece_calibrated'))} |")
     if not any((m.get("ci95") or {}) for m in cv.values()):
         lines += ["", "95% CIs of this table come from the run's report (lnzoo report RUN_DIR); this run had none."]
+    if all_folds:
+        lines += evidence_lines(evaluation)
     temps = {k: {t: T for t, T in v.items() if T} for k, v in (config.get("temperatures") or {}).items()}
     temps = {k: v for k, v in temps.items() if v}
     lines += ["", "## Calibration", "",
@@ -264,3 +266,48 @@ def model_card(config: Mapping[str, Any], rd: RunDir) -> str:
                                                 for d, i in config["plugins"].items()) or "none"),
               f"- Licence: {config['licence']}", ""]
     return "\n".join(lines)
+
+
+def evidence_lines(evaluation: Mapping[str, Any]) -> list[str]:
+    """The card's clinical utility (decision curve summary) and subgroup tables, from the run's evaluation."""
+    from lnzoo.evaluation import fmt, fmt_ci
+    from lnzoo.report.plots import part_label
+
+    utility, groups = [], []
+    for task, entry in (evaluation.get("tasks") or {}).items():
+        level = (entry.get("levels") or {}).get("image") or {}
+        for part, dc in (level.get("decision_curve") or {}).items():
+            if not dc or not dc.get("n"):
+                continue
+            useful, at = dc.get("useful_range"), dc.get("at_operating_point") or {}
+            utility.append(f"| {task} | {part_label(part)} | {dc['n']} | {fmt(dc['prevalence'])} | "
+                           + (f"{useful[0]:.2f}–{useful[1]:.2f}" if useful else "none") + f" | "
+                           f"{fmt(at.get('threshold'))} | {fmt(at.get('model'))} | {fmt(at.get('treat_all'))} |")
+        for part, columns in (level.get("subgroups") or {}).items():
+            for column, sub in columns.items():
+                for value, g in sub["groups"].items():
+                    auc = g.get("auc")
+                    figures = (f"{fmt_ci(auc['auc'], auc)} | {fmt(g.get('sensitivity'))} | "
+                               f"{fmt(g.get('specificity'))} | {fmt(g.get('calibration_slope'))}" if auc
+                               else f"{g.get('too_few') or 'n/a'} | | |")
+                    groups.append(f"| {task} | {part_label(part)} | {column} | {value} | {g['n']} | "
+                                  f"{fmt(g['prevalence'])} | {figures} |")
+                gap = sub.get("largest_gap")
+                if gap:
+                    groups.append(f"| {task} | {part_label(part)} | {column} | largest AUC gap: {gap['between'][0]} "
+                                  f"vs {gap['between'][1]} | | | {gap['gap']:.3f} | | | |")
+    lines: list[str] = []
+    if utility:
+        lines += ["", "## Clinical utility (decision curve)", "",
+                  "Net benefit of acting on the calibrated probability at a threshold probability t (true positives "
+                  "minus false positives weighted by t/(1−t), per case), against treating every case; the model is "
+                  "useful where it beats both treat-all and treat-none.", "",
+                  "| task | part | n | prevalence | useful thresholds | served threshold | net benefit | treat all |",
+                  "|---|---|---|---|---|---|---|---|", *utility]
+    if groups:
+        lines += ["", "## Subgroups", "",
+                  "AUC with a 95% CI resampling whole patients; sensitivity and specificity at the served operating "
+                  "point; calibration slope (1 is ideal). Fewer than 5 cases of a class: counts only.", "",
+                  "| task | part | column | value | n | prevalence | AUC | sensitivity | specificity | calibration "
+                  "slope |", "|---|---|---|---|---|---|---|---|---|---|", *groups]
+    return lines

@@ -322,6 +322,8 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
         except UsageError as exc:
             problems.append(str(exc))
     task_names = host.registry("task").names() + list(defined)
+    from lnzoo.evaluation.subgroups import band_problems
+    problems += band_problems(out["data"]["subgroups"], out["data"]["subgroup_bands"])
     for name in list(weights) + list(tasks["options"]) + list(out["model"]["heads"]) + list(out["data"]["label_columns"]):
         if name not in task_names:
             problems.append(f"tasks: unknown task {name!r}{did_you_mean(name, task_names)}")

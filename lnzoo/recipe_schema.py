@@ -83,6 +83,12 @@ SCHEMA: dict[str, Any] = {
         "covariate_types": F(dict, {}, "declare a covariate numeric or categorical, e.g. {grade = \"categorical\"}; "
                                        "otherwise a column is numeric when every cell is a number, categorical "
                                        "when none is or starts like one, and an error naming the cells between"),
+        "subgroups": F(list, [], "columns whose values split the evaluation into subgroups (TRIPOD+AI): per value n, "
+                                 "prevalence, AUC with a patient-bootstrap CI, sensitivity/specificity at the operating "
+                                 "point and calibration slope, in evaluation.json, the report and the model card; e.g. "
+                                 "[\"center\", \"scanner\", \"sex\", \"age_band\"]"),
+        "subgroup_bands": F(dict, {}, "subgroups cut from a numeric column at declared points, e.g. {age_band = "
+                                      "{column = \"age\", cuts = [40, 60]}}: < 40, 40 to < 60, >= 60"),
         "skip_bad_rows": F(bool, False, "leave out bad rows and unreadable images (reported) instead of failing"),
         "cache": F(str, "memory", "decoded, resized images: memory (this run), disk (also across runs, under "
                                   "$LNZOO_CACHE/images) or none", choices=("memory", "disk", "none")),

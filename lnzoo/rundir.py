@@ -395,6 +395,16 @@ class Columns:
         return "path" if view == "full" else f"path_{view}"
 
     @staticmethod
+    def group(name: str) -> str:
+        """A subgroup's column (data.subgroups): the row's value of it."""
+        return f"group_{name}"
+
+    @staticmethod
+    def group_name(column: str) -> str | None:
+        """The subgroup a column holds, or None."""
+        return column[len("group_"):] or None if column.startswith("group_") else None
+
+    @staticmethod
     def infer_tasks(columns: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Tasks and class order from the columns (``<task>_true``, ``p_<task>_<class>``); positive: the 2nd class."""
         cols = list(columns)
@@ -415,10 +425,12 @@ class Columns:
         return name.endswith("_true") or name.startswith(("p_", "cal_"))
 
 
-def prediction_header(tasks: Mapping[str, Any], views: Sequence[str]) -> list[str]:
-    """The columns of predictions.csv: where a row came from, its true labels, every class probability, raw
-    (``p_``: what the metrics are computed from) and calibrated (``cal_``: what calls are made on)."""
-    header = ["part", "fold", *[Columns.path(v) for v in views], "views_used", "patient", "center", "source"]
+def prediction_header(tasks: Mapping[str, Any], views: Sequence[str], groups: Sequence[str] = ()) -> list[str]:
+    """The columns of predictions.csv: where a row came from, its subgroups (``group_``), its true labels, every
+    class probability, raw (``p_``: what the metrics are computed from) and calibrated (``cal_``: what calls are
+    made on)."""
+    header = ["part", "fold", *[Columns.path(v) for v in views], "views_used", "patient", "center", "source",
+              *[Columns.group(g) for g in groups]]
     for name, task in tasks.items():
         header.append(Columns.true(name))
         header += [Columns.raw(name, c) for c in task.classes]
@@ -427,16 +439,19 @@ def prediction_header(tasks: Mapping[str, Any], views: Sequence[str]) -> list[st
 
 
 def prediction_row(part: str, fold: int | None, sample: Any, proba: Mapping[str, Any], tasks: Mapping[str, Any],
-                   views: Sequence[str], calibrated: Mapping[str, Any]) -> dict[str, str]:
+                   views: Sequence[str], calibrated: Mapping[str, Any],
+                   groups: Mapping[str, str] | None = None) -> dict[str, str]:
     """One row of predictions.csv as the strings written (probabilities with 6 decimals): the run's metrics
     are computed from these very rows, so metrics.json and a later report agree to the last digit.
-    ``calibrated``: the probabilities as served (lnzoo.decision.calibrate with the model's temperature)."""
+    ``calibrated``: the probabilities as served (lnzoo.decision.calibrate with the model's temperature);
+    ``groups``: the row's subgroup values (lnzoo.evaluation.subgroups.row_groups)."""
     from lnzoo.tasks import MISSING
 
     row = {"part": part, "fold": "" if fold is None else str(fold),
            **{Columns.path(v): str(sample.views.get(v) or "") for v in views},
            "views_used": "+".join(v for v in views if sample.views.get(v) is not None), "patient": sample.patient,
-           "center": sample.center or "", "source": sample.origin}
+           "center": sample.center or "", "source": sample.origin,
+           **{Columns.group(g): v for g, v in (groups or {}).items()}}
     for name, task in tasks.items():
         label = sample.labels.get(name, MISSING)
         row[Columns.true(name)] = "" if label == MISSING else task.classes[label]

@@ -21,8 +21,8 @@ from lnzoo.errors import LnzooError
 from lnzoo.ui import wide_console
 
 # the order of ``lnzoo --help``: the workflow from a recipe to a served model; the list-* commands come last
-ORDER = ("run", "validate", "ingest", "synth", "sweep", "evaluate", "report", "audit", "compare", "select", "predict",
-         "explain", "export", "serve", "plugins")
+ORDER = ("run", "validate", "ingest", "synth", "sweep", "evaluate", "report", "audit", "compare", "reader-study",
+         "select", "predict", "explain", "export", "serve", "plugins")
 
 
 def _flags_without_metavar(params: list) -> list:

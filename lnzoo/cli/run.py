@@ -158,12 +158,17 @@ def synth(out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder
               help="Plant a spurious cue that correlates with malignancy (repeatable): calipers (burned-in "
                    "calipers + readout), doppler_box (a Doppler box outline) or scanner (a brighter scanner B "
                    "with a logo). STRENGTH s in 0..1: present on a malignant image with probability (1+s)/2, on a "
-                   "benign one (1-s)/2. Adds manifest columns marks_caliper / doppler_box / scanner.")] = None) -> None:
+                   "benign one (1-s)/2. Adds manifest columns marks_caliper / doppler_box / scanner.")] = None,
+          readers: Annotated[int, typer.Option("--readers", metavar="N", help="Also write reads.csv: a simulated "
+                                               "reader study of every image by N readers of different skill, "
+                                               "unaided and AI-aided, on a 5-point scale (for lnzoo "
+                                               "reader-study).")] = 0) -> None:
     """Write the synthetic lymph node phantom (development/demo data, NOT clinical data).
 
     Example: lnzoo synth --out phantom --patients 80 --seed 1
     Example: lnzoo synth --dicom --out dicom_phantom --patients 24
     Example: lnzoo synth --out cheat --shortcut calipers:0.8 --shortcut scanner:0.7
+    Example: lnzoo synth --out phantom --readers 5
     """
     from rich.progress import Progress
 
@@ -175,6 +180,9 @@ def synth(out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder
         shortcuts = parse_shortcuts(shortcut)
     except ValueError as exc:
         raise UsageError(f"--shortcut: {exc}") from None
+    if readers and (readers < 2 or dicom):
+        raise UsageError(f"--readers {readers}: " + ("a reader study needs at least 2 readers" if readers < 2 else
+                                                     "the simulated reads are of the PNG phantom, not --dicom"))
     if shortcuts and dicom:
         raise UsageError("--shortcut plants cues in the PNG phantom; the DICOM phantom (--dicom) draws its own "
                          "calipers on 40% of its files at random, so the two do not combine: leave one out")
@@ -202,6 +210,12 @@ def synth(out: Annotated[Path, typer.Option("--out", metavar="DIR", help="Folder
                       f"labels: {out / 'labels.csv'}\ntruth: {written}", highlight=False)
     else:
         console.print(f"phantom written: {written} (+ lists/ with the seed-style list files)")
+        if readers:
+            from lnzoo.data.phantom_readers import write_reads
+
+            reads = write_reads(Path(written).parent, readers, seed)
+            console.print(f"simulated reader study (SYNTHETIC reads): {reads} ({readers} readers, unaided and "
+                          "AI-aided); analyse it with lnzoo reader-study", highlight=False)
         if shortcuts:
             console.print(f"planted shortcuts: {describe_shortcuts(shortcuts)} (see README.txt; manifest columns "
                           f"{', '.join(shortcut_columns(shortcuts))})", highlight=False)

@@ -190,6 +190,12 @@ def check_run_data(recipe, tasks: Mapping[str, Task], host, on_phantom: Callable
     by = getattr(d, "balance_by", None)
     if by and not any(by in s.cells for s in parts["cross-validation"]):  # a recipe-level mistake
         fatal.append(f"data.balance_by = {by!r}: no training row has a column {by!r} to balance")
+    bands = getattr(d, "subgroup_bands", None) or {}
+    for name in getattr(d, "subgroups", None) or []:  # a subgroup column no row has: a typo, said before training
+        column = bands[name]["column"] if isinstance(bands.get(name), dict) else name
+        if column not in ("center", "centre") and not any(column in s.cells for part in parts.values() for s in part):
+            fatal.append(f"data.subgroups: {name!r}" + (f" (data.subgroup_bands.{name}.column)" if column != name
+                                                        else "") + f": no row has a column {column!r}")
     if (not problems or d.skip_bad_rows) and not fatal and \
             not any(s.labels.get(main, MISSING) != MISSING for s in parts["cross-validation"]):
         fatal.append(f"no training row has a label for the main task {main!r}")

@@ -83,6 +83,8 @@ class Cases:
     # carry cal_ columns (space "calibrated"), else the raw ones (space "raw")
     cal: np.ndarray | None = None
     space: str = "raw"
+    # subgroup column -> each row's value (predictions.csv's group_<name> columns; lnzoo.evaluation.subgroups)
+    groups: dict[str, np.ndarray] | None = None
 
     def __post_init__(self) -> None:
         if self.cal is None:
@@ -90,7 +92,8 @@ class Cases:
 
     def take(self, mask: np.ndarray) -> "Cases":
         return Cases(self.y[mask], self.p[mask], self.patient[mask], self.part[mask], self.fold[mask],
-                     None if self.center is None else self.center[mask], self.cal[mask], self.space)
+                     None if self.center is None else self.center[mask], self.cal[mask], self.space,
+                     None if self.groups is None else {k: v[mask] for k, v in self.groups.items()})
 
     def __len__(self) -> int:
         return int(self.y.shape[0])
@@ -109,6 +112,8 @@ def task_cases(rows: Sequence[Mapping[str, str]], task: str, classes: list[str])
     calibrated = all(c in rows[0] for c in cal_cols)
     ys, ps, cals, pats, parts, folds, centers, problems = [], [], [], [], [], [], [], []
     has_center = "center" in rows[0]
+    group_cols = {Columns.group_name(c): c for c in rows[0] if Columns.group_name(c)}
+    groups: dict[str, list[str]] = {name: [] for name in group_cols}
     for i, row in enumerate(rows):
         label = row.get(label_col, "")
         if label == "":
@@ -133,6 +138,8 @@ def task_cases(rows: Sequence[Mapping[str, str]], task: str, classes: list[str])
         parts.append(row.get("part", "") or "all")
         folds.append(fold)
         centers.append(row.get("center", "") or "unknown")
+        for name, col in group_cols.items():
+            groups[name].append(row.get(col) or "missing")
     if problems:
         shown = "; ".join(problems[:10]) + (f"; ... and {len(problems) - 10} more" if len(problems) > 10 else "")
         raise UsageError(f"bad prediction rows for task {task!r}: {shown}")
@@ -142,7 +149,8 @@ def task_cases(rows: Sequence[Mapping[str, str]], task: str, classes: list[str])
     return Cases(np.asarray(ys, dtype=int), p,
                  np.asarray(pats, dtype=object), np.asarray(parts, dtype=object), np.asarray(folds, dtype=int),
                  np.asarray(centers, dtype=object) if has_center else None, cal,
-                 "calibrated" if calibrated else "raw")
+                 "calibrated" if calibrated else "raw",
+                 {name: np.asarray(v, dtype=object) for name, v in groups.items()} if groups else None)
 
 
 def _probability(cell: Any) -> float:
@@ -176,6 +184,6 @@ def aggregate_patients(c: Cases) -> Cases:
         first.setdefault(k, i)
     at = np.array([first[tuple(k)] for k in ids], dtype=int)
     return Cases(y, p, c.patient[at], c.part[at], c.fold[at], None if c.center is None else c.center[at], cal,
-                 c.space)
+                 c.space, None if c.groups is None else {k: v[at] for k, v in c.groups.items()})
 
 

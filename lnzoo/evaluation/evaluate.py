@@ -24,6 +24,8 @@ from lnzoo.evaluation.metrics import (
     reliability_curve,
 )
 from lnzoo.evaluation.stats import ClusterSampler, binary_auc, bootstrap_ci, delong_ci
+from lnzoo.evaluation.subgroups import subgroup_analysis
+from lnzoo.evaluation.utility import decision_curve
 
 __all__ = ["evaluate_predictions", "run_metrics", "mean_sd", "choose_threshold", "PART_ORDER"]
 
@@ -108,7 +110,7 @@ def mean_sd(per_fold: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]
 # ----------------------------------------------------------------------------------------------
 # ROC curves with a patient-bootstrap band
 
-def _roc(y_bin: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def roc_points(y_bin: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """ROC points (fpr, tpr) from (0, 0) to (1, 1), one per distinct score."""
     order = np.argsort(-s, kind="mergesort")
     ss, yy = s[order], y_bin[order]
@@ -138,7 +140,7 @@ def _roc_data(c: Cases, classes: list[str], pos: int | None, n_boot: int, seed: 
         if yb.all() or not yb.any():
             curves[classes[j]] = None  # undefined with one class
             continue
-        fpr, tpr = _roc(yb, c.p[:, j])
+        fpr, tpr = roc_points(yb, c.p[:, j])
         curves[classes[j]] = {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "auc": binary_auc(yb, c.p[:, j])}
         todo.append(j)
     if todo and n_boot > 0:
@@ -151,7 +153,7 @@ def _roc_data(c: Cases, classes: list[str], pos: int | None, n_boot: int, seed: 
                 yb = y == j
                 if yb.all() or not yb.any():
                     continue
-                bands[j].append(_tpr_on_grid(*_roc(yb, p[:, j])))
+                bands[j].append(_tpr_on_grid(*roc_points(yb, p[:, j])))
         for j in todo:
             if len(bands[j]) >= 2:
                 lo, hi = np.quantile(np.vstack(bands[j]), [ALPHA / 2, 1 - ALPHA / 2], axis=0)
@@ -296,8 +298,15 @@ def _evaluate_level(c: Cases, classes: list[str], pos: int | None, n_boot: int, 
                                                     with_ci=False)
                                    for ctr in sorted(set(pc.center.tolist()))}
                             for name, pc in parts.items()}
+    served = None
     if pos is not None:
         level["operating_points"] = _operating_points(parts, classes, pos, n_boot, seed, rules, target)
+        # the point lnzoo predict and serve call at: the Youden rule (lnzoo.bundle, choose_operating_point's default)
+        served = (level["operating_points"].get("rules", {}).get("youden") or {}).get("threshold")
+        level["decision_curve"] = {name: decision_curve(pc.y == pos, pc.cal[:, pos], served, pc.space)
+                                   for name, pc in parts.items()}
+    if c.groups:
+        level["subgroups"] = {name: subgroup_analysis(pc, pos, served, n_boot, seed) for name, pc in parts.items()}
     return level
 
 

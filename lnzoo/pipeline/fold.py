@@ -50,6 +50,7 @@ def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, 
     from lnzoo.decision import calibrate_tasks
     from lnzoo.data.splits import check_leakage, inner_validation
     from lnzoo.evaluation.evaluate import run_metrics
+    from lnzoo.evaluation.subgroups import row_groups
     from lnzoo.rundir import prediction_row
     from lnzoo.train.resume import remove_state
 
@@ -81,7 +82,7 @@ def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, 
     pred = predictor.predict(held)
     cal = calibrate_tasks(pred.proba, temperatures)
     rows = [prediction_row("cv", k, s, {t: pred.proba[t][i] for t in tasks}, tasks, list(cfg.data.views),
-                           {t: cal[t][i] for t in tasks}) for i, s in enumerate(held)]
+                           {t: cal[t][i] for t in tasks}, row_groups(s, cfg.data)) for i, s in enumerate(held)]
     metrics = run_metrics(rows, tasks_meta)["cross_validation"]["pooled"]
     info = {"fold": k, "best_epoch": result.best_epoch, "epochs_run": len(result.history), "n_train": len(train_s),
             "n_validation": len(val_s), "n_held_out": len(held), "metrics": metrics, "temperature": temperatures,

@@ -145,6 +145,7 @@ def _prepare(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool
 
 def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bool) -> dict[str, Any]:
     from lnzoo.evaluation.evaluate import run_metrics
+    from lnzoo.evaluation.subgroups import row_groups
     from lnzoo.rundir import prediction_header, prediction_row
 
     t_start = time.perf_counter()
@@ -173,8 +174,9 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
         ens = {t: np.mean([p[t] for p in other_proba[part]], axis=0) for t in tasks}
         cal = {t: np.mean([p[t] for p in other_cal[part]], axis=0) for t in tasks}
         pred_rows += [prediction_row(part, None, s, {t: ens[t][i] for t in tasks}, tasks, views,
-                                     {t: cal[t][i] for t in tasks}) for i, s in enumerate(samples)]
-    rd.write_predictions(prediction_header(tasks, views), pred_rows)
+                                     {t: cal[t][i] for t in tasks}, row_groups(s, cfg.data))
+                      for i, s in enumerate(samples)]
+    rd.write_predictions(prediction_header(tasks, views, cfg.data.subgroups), pred_rows)
     figures = run_metrics(pred_rows, prep.tasks_meta)
     cv = figures.pop("cross_validation")
     rd.write_json(rd.METRICS, {

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from lnzoo.audit import AUDIT_JSON, audit_section
+from lnzoo.reader_study import READER_STUDY_JSON, reader_study_section
+from lnzoo.report.tripod import TRIPOD_MD, tripod_checklist, tripod_section
 from lnzoo.errors import UsageError
 from lnzoo.evaluation import N_BOOT
 from lnzoo.integrity import modified, modified_note
@@ -199,6 +201,8 @@ def _render(rd: RunDir, summary: dict, evaluation: dict) -> str:
     body.append(gradcam_section(rd / rd.EXPLAIN))
     if (rd / AUDIT_JSON).is_file():  # lnzoo audit ran on this run: its verdicts, as audit.html shows them
         body.append(audit_section(rd.read_json(AUDIT_JSON)))
+    if (rd / READER_STUDY_JSON).is_file():  # lnzoo reader-study --model this run: the study, as its html shows it
+        body.append(reader_study_section(rd.read_json(READER_STUDY_JSON)))
     title = e(f"lnzoo report: {summary['recipe']}")
     return ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
             f"<meta name='viewport' content='width=device-width, initial-scale=1'><title>{title}</title>"
@@ -218,11 +222,14 @@ def write_report(run_dir, out_html=None, n_boot: int = N_BOOT, *, aggregate: str
     summary = _run_summary(rd)
     out = Path(out_html) if out_html else rd / rd.REPORT
     page = _render(rd, summary, evaluation)
+    checklist = tripod_checklist(rd, evaluation)  # TRIPOD+AI and CLAIM, filled from what the run knows
+    page = page.replace("</main>", tripod_section(checklist) + "</main>", 1)
     note = modified_note()  # read under --allow-modified from files that are not as lnzoo wrote them
     if note:
         page = page.replace("<main>", f"<main><p class='warn'><b>{e(note)}</b></p>", 1)
         summary = {**summary, "modified": modified()}
     RunDir(out.parent).write_json(RunDir.EVALUATION, {"run": summary, **evaluation})
+    write_atomic(out.parent / TRIPOD_MD, checklist)
     write_atomic(out, page)
     return out
 

@@ -9,7 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from lnzoo.evaluation import fmt, fmt_ci
-from lnzoo.report.plots import part_label, plot_confusion, plot_folds, plot_reliability, plot_roc
+from lnzoo.report.plots import (
+    part_label,
+    plot_confusion,
+    plot_decision_curve,
+    plot_folds,
+    plot_reliability,
+    plot_roc,
+)
 
 MAX_GRADCAM = 60  # embedded images inflate the page; the rest stay in explain/
 # ----------------------------------------------------------------------------------------------
@@ -220,8 +227,54 @@ def level_section(task: str, level_name: str, level: dict, entry: dict, show_lev
             table(["Part", "ECE (top-label, 15 bins)", "Brier score", "Log loss"], calibration),
             img(plot_reliability(level, f"Reliability: {title}"), 
                 f"reliability diagram of {title}"),
-            _folds_section(level, binary, title), _centers_section(level)]
+            _folds_section(level, binary, title), _centers_section(level),
+            _decision_section(level, title), _subgroups_section(level)]
     return "".join(out)
+
+
+def _decision_section(level: dict, title: str) -> str:
+    curves = level.get("decision_curve")
+    if not curves or not any(dc and dc.get("n") for dc in curves.values()):
+        return ""
+    rows = []
+    for part, dc in curves.items():
+        useful = dc.get("useful_range")
+        at = dc.get("at_operating_point") or {}
+        rows.append([part_label(part), dc["n"], fmt(dc["prevalence"]),
+                     f"{useful[0]:.2f}–{useful[1]:.2f}" if useful else "none",
+                     fmt(at.get("threshold")), fmt(at.get("model")), fmt(at.get("treat_all"))])
+    return ("<h4 id='decision-curve'>Decision curve (clinical utility)</h4><p class='note'>Net benefit of calling "
+            "a case positive when its calibrated probability reaches the threshold probability: true positives "
+            "minus false positives weighted by t/(1−t), per case (Vickers &amp; Elkin 2006). The model is useful "
+            "where its curve lies above both treat-all and treat-none (shaded: the widest such range).</p>"
+            + img(plot_decision_curve(level, title), f"decision curve of {title}")
+            + table(["Part", "Cases", "Prevalence", "Useful thresholds", "Served threshold",
+                     "Net benefit (model)", "Net benefit (treat all)"], rows))
+
+
+def _subgroups_section(level: dict) -> str:
+    subgroups = level.get("subgroups")
+    if not subgroups:
+        return ""
+    rows, gaps = [], []
+    for part, columns in subgroups.items():
+        for column, entry in columns.items():
+            for value, g in entry["groups"].items():
+                auc = g.get("auc")
+                figures = ([fmt_ci(auc["auc"], auc), fmt(g.get("sensitivity")), fmt(g.get("specificity")),
+                            fmt(g.get("calibration_slope"))] if auc else [g.get("too_few") or "n/a", "", "", ""])
+                rows.append([part_label(part), column, value, g["n"], g["n_patients"], fmt(g["prevalence"]), *figures])
+            gap = entry.get("largest_gap")
+            if gap:
+                gaps.append(f"{part_label(part)}, {column}: AUC {gap['between'][0]} vs {gap['between'][1]}, a gap "
+                            f"of {gap['gap']:.3f}")
+    note = ("<p class='note'>AUC with a 95% CI resampling whole patients; sensitivity and specificity at the served "
+            "operating point; calibration slope of the calibrated probabilities (1 is ideal; below 1 too extreme). "
+            "A subgroup with fewer than 5 cases of a class gets counts only.</p>")
+    largest = ("<p><b>Largest gaps</b>: " + e("; ".join(gaps)) + ".</p>") if gaps else ""
+    return ("<h4 id='subgroups'>Subgroups</h4>" + note + largest
+            + table(["Part", "Column", "Value", "Images", "Patients", "Prevalence", "AUC (95% CI)", "Sensitivity",
+                     "Specificity", "Calibration slope"], rows))
 
 
 def gradcam_section(root: Path) -> str:

@@ -216,3 +216,79 @@ def plot_effects(features: list[str], effects: dict[str, list], title: str, top:
     if len(effects) > 1:
         ax.legend(fontsize=7, loc="lower right")
     return png(fig)
+
+
+def plot_decision_curve(level: dict, title: str) -> str:
+    """Net benefit of the model against treat-all and treat-none per part, with the served operating point."""
+    plt = plt_module()
+    curves = {k: v for k, v in level["decision_curve"].items() if v and v.get("n")}
+    fig, axes = plt.subplots(1, len(curves), figsize=(4.6 * len(curves), 4.2), squeeze=False, layout="constrained")
+    for ax, (i, (name, dc)) in zip(axes[0], enumerate(curves.items())):
+        t = np.asarray(dc["thresholds"], float)
+        model, everyone = (np.array([num(v) for v in dc[k]]) for k in ("model", "treat_all"))
+        prevalence = num(dc["prevalence"])
+        ax.plot(t, model, color=part_color(name, i), lw=1.8, label="model")
+        ax.plot(t, everyone, color="0.45", lw=1.0, ls="--", label="treat all")
+        ax.axhline(0.0, color="0.2", lw=1.0, ls=":", label="treat none")
+        at = dc.get("at_operating_point")
+        if at:
+            ax.plot([at["threshold"]], [num(at["model"])], "o", color="black", ms=5,
+                    label=f"served point ({at['threshold']:.2f})")
+        useful = dc.get("useful_range")
+        if useful:
+            ax.axvspan(useful[0], useful[1], color=part_color(name, i), alpha=0.08, lw=0)
+        top = max(prevalence, float(np.nanmax(model)) if np.isfinite(model).any() else 0.0)
+        ax.set(xlim=(0, 1), ylim=(-0.05 - 0.1 * top, top * 1.15 + 0.02), xlabel="Threshold probability",
+               ylabel="Net benefit")
+        ax.set_title(f"{title}: {part_label(name)} (n={dc['n']}, prevalence {prevalence:.2f})", fontsize=10)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right")
+    return png(fig)
+
+
+def plot_reader_rocs(result: dict) -> str:
+    """Each reader's empirical ROC curve, one panel per modality of a reader study."""
+    plt = plt_module()
+    modalities = list(result["modalities"])
+    fig, axes = plt.subplots(1, len(modalities), figsize=(4.0 * len(modalities), 4.0), squeeze=False,
+                             layout="constrained")
+    colour = {r: f"C{i % 10}" for i, r in enumerate(result["readers"])}
+    auc = {(a["modality"], a["reader"]): a["auc"] for a in result["reader_auc"]}
+    for ax, modality in zip(axes[0], modalities):
+        ax.plot([0, 1], [0, 1], ls="--", lw=0.8, color="0.6")
+        for curve in result["roc"]:
+            if curve["modality"] != modality:
+                continue
+            key = (modality, curve["reader"])
+            ax.plot(curve["fpr"], curve["tpr"], "-o", ms=2.5, lw=1.2, color=colour[curve["reader"]],
+                    label=f"{curve['reader']} ({num(auc[key]):.3f})")
+        ai = result.get("ai")
+        if ai:
+            ax.plot(ai["fpr"], ai["tpr"], "-", lw=2.0, color="black", label=f"model ({num(ai['auc']):.3f})")
+        ax.set(xlim=(0, 1), ylim=(0, 1.01), xlabel="1 − specificity", ylabel="Sensitivity", title=modality)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right", title="reader (AUC)", title_fontsize=7)
+    return png(fig)
+
+
+def plot_reader_aucs(result: dict) -> str:
+    """The readers' AUCs side by side per modality (one line per reader), with each modality's mean and CI."""
+    plt = plt_module()
+    modalities = list(result["modalities"])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.5 * len(modalities), 4.0), layout="constrained")
+    x = np.arange(len(modalities))
+    for i, reader in enumerate(result["readers"]):
+        values = [next(num(a["auc"]) for a in result["reader_auc"] if a["reader"] == reader and a["modality"] == m)
+                  for m in modalities]
+        ax.plot(x, values, "-o", ms=4, lw=1.0, alpha=0.8, color=f"C{i % 10}", label=reader)
+    for j, m in enumerate(result["modality_auc"]):
+        lo, hi = num(m["lo"]), num(m["hi"])
+        ax.errorbar([j + 0.12], [num(m["auc"])], yerr=[[num(m["auc"]) - lo], [hi - num(m["auc"])]], fmt="s",
+                    color="black", ms=6, capsize=4, label="mean (CI)" if j == 0 else None)
+    if result.get("ai"):
+        ax.axhline(num(result["ai"]["auc"]), color="black", lw=1.5, ls="--", label="model")
+    ax.set_xticks(x, modalities, rotation=15 if len(modalities) > 2 else 0)
+    ax.set(ylabel="AUC", xlim=(-0.4, len(modalities) - 0.4), title="Each reader's AUC per modality")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=7, loc="lower right", ncol=2)
+    return png(fig)
