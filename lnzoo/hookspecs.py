@@ -54,3 +54,17 @@ def lnzoo_register_tasks(register: "Register") -> None:
 @hookspec
 def lnzoo_register_inputs(register: "Register") -> None:
     """Register input kinds: ``factory(column=..., **kw) -> contracts.InputKind``; fires once at start-up."""
+
+
+# --- runs -------------------------------------------------------------------------------------
+
+@hookspec
+def lnzoo_register_trackers(register: "Register") -> None:
+    """Register experiment trackers: ``factory(run_dir, recipe, **kw) -> contracts.Tracker``, a subscriber of a
+    run's events (:mod:`lnzoo.events`) named in ``train.track``; fires once at start-up."""
+
+
+@hookspec
+def lnzoo_register_pretrainers(register: "Register") -> None:
+    """Register self-supervised pretraining methods: ``factory(backbone, **kw) -> contracts.Pretrainer``, named
+    by a pretraining recipe's ``pretrain.method``; fires once at start-up."""

@@ -197,6 +197,9 @@ SCHEMA: dict[str, Any] = {
                                   "compiles; checkpoints, EMA and predictions use the uncompiled module)"),
         "device": F(str, "auto", "auto, cpu, cuda or cuda:N"),
         "threads": F(int, 0, "torch CPU threads (0: the CPUs this process may use: its affinity, SLURM_CPUS_PER_TASK)", min=0),
+        "track": F(list, [], "experiment trackers that follow the run (registered trackers, e.g. [\"mlflow\"], "
+                             "[\"tensorboard\"]): the recipe as parameters, per-epoch metrics as they come, the final "
+                             "metrics and the report; a tracker that fails warns and never stops the run"),
         "tta": F(str, "none", "test-time augmentation for validation, held-out, test and served predictions: "
                               "none, or hflip (probabilities averaged over the image and its mirror)",
                  choices=("none", "hflip")),

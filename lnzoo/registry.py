@@ -10,7 +10,7 @@ from typing import Any
 
 from lnzoo.errors import PluginError, UnknownNameError
 
-KINDS = ("backbone", "head", "fusion", "task", "input")
+KINDS = ("backbone", "head", "fusion", "task", "input", "tracker", "pretrainer")
 
 
 @dataclass(frozen=True)
