@@ -7,6 +7,8 @@ A page asks for a generated part with an HTML comment on a line of its own:
     <!-- lnzoo:recipes -->             every recipe file under recipes/: description, parent, the keys it sets
     <!-- lnzoo:tasks -->               the shipped task definitions, tasks/*.toml
     <!-- lnzoo:predictions-header -->  the columns of predictions.csv (``lnzoo.rundir.prediction_header``)
+    <!-- lnzoo:zoo-models -->          the models of the shipped zoo index, zoo/*.toml (``lnzoo.zoo.read_index``)
+    <!-- lnzoo:zoo-keys -->            every key of a zoo metafile (``lnzoo.zoo.SCHEMA``)
     <!-- lnzoo:include PATH -->        a Markdown file of the repository (a plugin's README), headings one level down
 
 An unknown marker, or a generator that fails (the code it reads was renamed, say), stops the build with the
@@ -366,6 +368,69 @@ def predictions_header() -> str:
     return "```text\n" + ",".join(header) + "\n```\n\n" + table(["column", "meaning"], rows)
 
 
+# --- the model zoo --------------------------------------------------------------------------------
+
+def zoo_models() -> str:
+    """The shipped zoo index: one row per metafile (a metafile with a problem stops the build, naming file and
+    key), then each model's metrics with their CIs."""
+    from lnzoo.zoo import read_index
+
+    entries, problems = read_index(ROOT / "zoo")
+    if problems:
+        raise PluginError("the zoo index has problems:\n" + "\n".join(f"  - {p}" for p in problems))
+    if not entries:
+        raise FileNotFoundError(f"no metafile under {ROOT / 'zoo'}")
+    rows, details = [], []
+    for e in entries:
+        m = e.meta
+        main = m["tasks"][0]
+        auc = m["metrics"].get(main, {}).get("auc")
+        ci = m["metrics"].get(main, {}).get("ci95", {}).get("auc")
+        name = code(m["name"]) + (" **(demo)**" if m.get("demo") else "")
+        rows.append([name, ", ".join(code(t) for t in m["tasks"]), code(m["backbone"]), text(m["data"]["name"]),
+                     f"{main}: {auc:.3f}" + (f" ({ci[0]:.3f}–{ci[1]:.3f})" if ci else "") if auc is not None else "",
+                     ", ".join(str(f) for f in m["metrics"]["folds"]), f"{m['bundle']['size'] / 1e6:.1f} MB",
+                     text(m["licence"])])
+        metric_rows = []
+        for task in m["tasks"]:
+            t = m["metrics"].get(task, {})
+            cis = t.get("ci95", {})
+            metric_rows += [[code(task), code(k), f"{v:g}", f"{cis[k][0]:g}–{cis[k][1]:g}" if k in cis else ""]
+                            for k, v in t.items() if k != "ci95"]
+        overrides = " ".join(f"--set {code(o)}" for o in m["recipe"].get("overrides", []))
+        details.append("\n\n".join([
+            f"### `{m['name']}`", text(m["summary"]),
+            f"Recipe {code(m['recipe']['path'])}{' --quick' if m['recipe'].get('quick') else ''} {overrides}; "
+            f"data: {text(m['data']['description'])} (licence: {text(m['data']['licence'])}); exported with "
+            f"lnzoo {text(m['lnzoo_version'])}; archive sha256 {code(m['bundle']['sha256'])}."
+            + (f" Cite: {text(m['citation'])}" if m.get("citation") else ""),
+            f"Metrics pooled over the held-out fold(s) {m['metrics']['folds']}"
+            + (f" ({text(m['metrics']['source'])})" if m["metrics"].get("source") else "") + ":",
+            table(["task", "metric", "value", "95% CI"], metric_rows)]))
+    head = table(["name", "task(s)", "backbone", "data", "AUC (95% CI)", "folds", "size", "licence"], rows)
+    return head + "\n\n" + "\n\n".join(details)
+
+
+def zoo_keys() -> str:
+    """Every key of a zoo metafile: dotted key, type, required or not, meaning."""
+    from lnzoo.zoo import SCHEMA, Key
+
+    rows: list[list[str]] = []
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, spec in node.items():
+            if isinstance(spec, Key):
+                rows.append([code(prefix + key), " or ".join(TYPE_NAMES.get(t, t.__name__) for t in spec.types),
+                             "required" if spec.required else "optional", text(spec.doc)])
+            elif key == "<task>":
+                rows.append([code(prefix + key), "table", "optional", text(
+                    f"per task: {', '.join(k for k in spec if k != 'ci95')} (numbers) and ci95 = {{metric = [lo, hi]}}")])
+            else:
+                walk(spec, f"{prefix}{key}.")
+    walk(SCHEMA, "")
+    return table(["key", "type", "", "meaning"], rows)
+
+
 # --- included files -------------------------------------------------------------------------------
 
 def include(rel: str) -> str:
@@ -391,4 +456,5 @@ def include(rel: str) -> str:
 
 
 GENERATORS = {"cli": cli_reference, "recipe-keys": recipe_keys, "recipes": recipes, "tasks": tasks,
-              "predictions-header": predictions_header, "include": include}
+              "predictions-header": predictions_header, "zoo-models": zoo_models, "zoo-keys": zoo_keys,
+              "include": include}

@@ -1,4 +1,4 @@
-"""What a backbone, fusion, head and input kind must provide (torch-free), and the one place a head's optional methods resolve.
+"""What a backbone, fusion, head, input kind and tracker must provide (torch-free); where a head's optional methods resolve.
 
 Components are ``torch.nn.Module``s built by the factories of :mod:`lnzoo.hookspecs`. Factory attributes:
 ``max_views`` (a fusion's view limit), ``lnzoo_check_kwargs`` (small arguments for :mod:`lnzoo.testing`).
@@ -84,6 +84,44 @@ class InputKind(Protocol):
 
     def encoder(self, state: Mapping[str, Any], out_features: int) -> nn.Module:
         """The module mapping a batch (B, *shape) to features (B, out_features)."""
+
+
+@runtime_checkable
+class Tracker(Protocol):
+    """A subscriber of one run's :mod:`lnzoo.events` (an experiment tracker), named in ``train.track``.
+
+    Built by ``factory(run_dir, recipe, **kw)`` before training (raise ``lnzoo.track.TrackerUnavailable`` when a
+    package it needs is missing). Lifecycle, all in the process that writes the run (rank 0 under torchrun):
+    ``start(resume)`` once the run directory is claimed and its recipe written, before the first event;
+    ``event(e)`` for every event in order (:class:`lnzoo.events.RunEnded` last, after the report); ``finish(status)``
+    once at the end, ``status`` "finished", "failed" or "interrupted". A tracker that raises anywhere is reported
+    once (a warning Note) and gets no more events (one that had started is still finished, its errors then
+    unreported); the run goes on. ``lnzoo.track`` has the shared helpers: the recipe as flat parameters, the final
+    metrics of a run, its report files, state kept in run.json for --resume.
+    """
+
+    def start(self, resume: bool) -> None:
+        """Open (or, on ``--resume``, reopen) whatever the tracker records into."""
+
+    def event(self, event: Any) -> None:
+        """One event of the run."""
+
+    def finish(self, status: str) -> None:
+        """Close; ``status`` is how the run ended."""
+
+
+@runtime_checkable
+class Pretrainer(Protocol):
+    """A self-supervised pretraining method, named by ``pretrain.method``: ``factory(backbone, **options)`` wraps
+    an lnzoo :class:`Backbone` (kept as ``self.backbone``: what is saved for ``model.init_from``). ``forward(view0,
+    view1)`` returns the scalar loss of a batch of two augmented views of the same images; ``after_step(progress)``
+    runs after each optimiser step (``progress`` in [0, 1], for momentum schedules). See :mod:`lnzoo.pretrain`."""
+
+    backbone: Any
+
+    def forward(self, view0: Any, view1: Any) -> Any: ...
+
+    def after_step(self, progress: float) -> None: ...
 
 
 def input_note(kind: Any) -> str | None:

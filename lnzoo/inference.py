@@ -199,7 +199,9 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     weights = record.weights
     state = tensors_of(blob, weights)
     recipe = resolve(dict(record.recipe), host=host, source=record.recipe_source)
-    recipe.set("model.backbone", {**recipe.data["model"]["backbone"], "pretrained": False})
+    backbone = recipe.data["model"]["backbone"]  # the weights come from the checkpoint: no hub, no weight file
+    recipe.set("model.backbone", {**backbone, "pretrained": False,
+                                  **({"pretrained_file": None} if "pretrained_file" in backbone else {})})
     tasks = dict(record.tasks)
     record.require_buildable()
     record.require_components(host)

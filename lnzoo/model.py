@@ -114,8 +114,7 @@ def build_model(recipe, host, tasks: Mapping[str, Any], inputs=None) -> LnzooMod
     bb_table = model_cfg.backbone
     n_backbones = 0 if not views else 1 if model_cfg.shared_backbone else len(views)
     if n_backbones:
-        bb_entry = host.get("backbone", bb_table["name"])
-        backbones = nn.ModuleList(bb_entry.build(**_kwargs(bb_table)) for _ in range(n_backbones))
+        backbones = nn.ModuleList(build_backbone(host, bb_table) for _ in range(n_backbones))
         width = backbones[0].num_features
     else:
         backbones, width = nn.ModuleList(), DEFAULT_MEMBER_FEATURES
@@ -138,6 +137,25 @@ def build_model(recipe, host, tasks: Mapping[str, Any], inputs=None) -> LnzooMod
     return LnzooModel(backbones, fusion, heads, views, encoders, width)
 
 
+def build_backbone(host, table: Mapping[str, Any]) -> nn.Module:
+    """The backbone a recipe's ``model.backbone`` table names. ``pretrained_file`` (any backbone; lnzoo's own
+    option, never passed to the factory) loads a weight file of that very architecture downloaded elsewhere, a
+    hub's ``model.safetensors`` (:func:`lnzoo.nn.backbones.load_pretrained_file`: strict, named mismatches) into
+    the backbone's body, for machines without the hub."""
+    from lnzoo.nn.backbones import load_pretrained_file
+
+    options = _kwargs(table)
+    weights = options.pop("pretrained_file", None)
+    if weights and options.get("pretrained") not in (None, False, ""):
+        raise UsageError(f"model.backbone: give pretrained = {options['pretrained']!r} or pretrained_file = "
+                         f"{weights!r}, not both")
+    backbone = host.get("backbone", table["name"]).build(**options)
+    if weights:
+        load_pretrained_file(getattr(backbone, "body", backbone), weights, f"backbone {table['name']!r}"
+                             + (f" {table['model_name']!r}" if table.get("model_name") else ""))
+    return backbone
+
+
 def require_trainable(model: nn.Module) -> None:
     """A model whose every parameter is frozen would 'train' into the untrained model: refuse it."""
     if not any(p.requires_grad for p in model.parameters()):
@@ -147,15 +165,19 @@ def require_trainable(model: nn.Module) -> None:
 
 def init_from_checkpoint(model: LnzooModel, source: str) -> dict[str, Any]:
     """Start ``model``'s backbones (and fusion, when it fits) from another run's checkpoint; heads stay new.
+    ``source``: a checkpoint, a run directory, a bundle, a self-supervised pretraining run (its backbone), or
+    ``zoo:NAME`` (a model of the zoo index).
 
     A shared pretraining backbone fills every branch of a model with separate branches. Returns what
     was loaded and what was not, for the run's log and the checkpoint sidecar.
     """
-    from pathlib import Path
-
     from lnzoo.checkpoint import read_weights
+    from lnzoo.zoo import resolve_source
 
-    path = Path(source)
+    path = resolve_source(source)  # "zoo:NAME": the zoo's bundle, pulled on first use
+    from lnzoo.pretrain.images import RESULT, pretraining_of
+    if path.is_dir() and pretraining_of(path) is not None:  # a self-supervised pretraining run: its backbone
+        path = path / RESULT
     if path.is_dir():  # a run directory (the first fold it ran, whichever cv.run_folds were) or a bundle
         from lnzoo.bundle import checkpoints_of
         try:

@@ -50,11 +50,14 @@ class Ensemble:
     """Averages the calibrated (and the raw) probabilities of several models per task: each an :class:`Engine`."""
 
     def __init__(self, sources: Sequence[str | Path], host=None, engine: str = "torch"):
-        """``host``: the plugins the models' components come from (default: those installed)."""
+        """``host``: the plugins the models' components come from (default: those installed). A source is a run
+        directory, a bundle, a checkpoint or ``zoo:NAME`` (the zoo's bundle, pulled on first use)."""
         from lnzoo.bundle import checkpoints_of
         from lnzoo.plugins import get_host
+        from lnzoo.zoo import resolve_source
 
         host = host if host is not None else get_host()
+        sources = [resolve_source(s) for s in sources]  # the one place --model sources are opened
         if engine == "onnx":  # ONNX Runtime runs the models: torch is not imported for them
             from lnzoo.onnx_engine import OnnxPredictor
             self.members = [OnnxPredictor.load(c, host) for s in sources for c in checkpoints_of(s)]

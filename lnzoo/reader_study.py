@@ -196,7 +196,9 @@ def reader_study(reads_path: str | Path, model: str | Path | None = None, task: 
         host = get_host()
     task_name, ens = task, None
     if model is not None:
-        model = Path(model)
+        from lnzoo.zoo import resolve_source
+
+        model = resolve_source(model)  # zoo:NAME: the zoo's bundle, pulled on first use
         if model.is_file() and model.suffix == ".safetensors" or (model / "config.json").is_file():
             from lnzoo.predict import Ensemble
 

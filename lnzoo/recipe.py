@@ -18,7 +18,7 @@ from typing import Any
 
 from lnzoo.config import Config
 from lnzoo.errors import RecipeError, UsageError, did_you_mean
-from lnzoo.recipe_schema import (QUICK_DEFAULTS, SCHEMA, SUPPLIED, Field, all_paths, is_plugin_marker,
+from lnzoo.recipe_schema import (LNZOO_OPTIONS, QUICK_DEFAULTS, SCHEMA, SUPPLIED, Field, all_paths, is_plugin_marker,
                                  schema_at)
 
 
@@ -148,17 +148,20 @@ def _absolutise_data_paths(raw: dict[str, Any], folder: Path) -> None:
     """Data paths in a recipe are relative to the recipe file, whatever the working directory."""
     data = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     model = raw.get("model")
-    if isinstance(model, dict) and isinstance(model.get("init_from"), str) and not Path(model["init_from"]).is_absolute():
+    if isinstance(model, dict) and isinstance(model.get("init_from"), str) and not Path(model["init_from"]).is_absolute() \
+            and not model["init_from"].startswith("zoo:"):  # a zoo model's name is no path
         model["init_from"] = str((folder / model["init_from"]).resolve())
     cv = raw.get("cv")
     if isinstance(cv, dict) and isinstance(cv.get("folds_file"), str) and not Path(cv["folds_file"]).is_absolute():
         cv["folds_file"] = str((folder / cv["folds_file"]).resolve())
-    for key in ("train", "test", "external"):
-        value = data.get(key)
+    pretrain = raw.get("pretrain") if isinstance(raw.get("pretrain"), dict) else {}
+    sources = [(data, key) for key in ("train", "test", "external")] + [(pretrain, "data")]
+    for section, key in sources:
+        value = section.get(key)
         if isinstance(value, str) and value:
-            data[key] = str((folder / value).resolve()) if not Path(value).is_absolute() else value
+            section[key] = str((folder / value).resolve()) if not Path(value).is_absolute() else value
         elif isinstance(value, list):
-            data[key] = [_absolute(v, folder) for v in value]
+            section[key] = [_absolute(v, folder) for v in value]
 
 
 def _absolute(item: Any, folder: Path) -> Any:
@@ -271,10 +274,13 @@ def _check_plugin_table(path: str, raw: Any, kind: str, problems: list[str], hos
     takes_any = any(p.kind == p.VAR_KEYWORD for p in sig.parameters.values())
     kwargs = {k: v for k, v in raw.items() if k != "name"}
     for key, value in kwargs.items():
-        if key in SUPPLIED[kind]:
+        if key in LNZOO_OPTIONS.get(kind, {}):  # lnzoo's own option of every component of the kind
+            if not isinstance(value, LNZOO_OPTIONS[kind][key]):
+                problems.append(f"{path}.{key}: expected a path, got {value!r}")
+        elif key in SUPPLIED[kind]:
             problems.append(f"{path}.{key}: set by lnzoo, not by the recipe")
         elif key not in params and not takes_any:
-            allowed = [k for k in params if k not in SUPPLIED[kind]]
+            allowed = [k for k in params if k not in SUPPLIED[kind]] + list(LNZOO_OPTIONS.get(kind, {}))
             problems.append(f"{path}.{key}: {kind} {name!r} takes no argument {key!r}"
                             f"{did_you_mean(key, allowed)}")
         elif key in params:
@@ -322,6 +328,12 @@ def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:
         except UsageError as exc:
             problems.append(str(exc))
     task_names = host.registry("task").names() + list(defined)
+    from lnzoo.track import track_problems
+    problems += track_problems(out["train"]["track"], host.registry("tracker").names())
+    if out["pretrain"]["method"] is not None and out["pretrain"]["method"] not in host.registry("pretrainer"):
+        names = host.registry("pretrainer").names()
+        problems.append(f"pretrain.method: unknown pretrainer {out['pretrain']['method']!r}"
+                        f"{did_you_mean(out['pretrain']['method'], names)}; registered: {', '.join(names)}")
     from lnzoo.evaluation.subgroups import band_problems
     problems += band_problems(out["data"]["subgroups"], out["data"]["subgroup_bands"])
     for name in list(weights) + list(tasks["options"]) + list(out["model"]["heads"]) + list(out["data"]["label_columns"]):

@@ -211,6 +211,24 @@ SCHEMA: dict[str, Any] = {
                                        "paper's published split) fixing each patient's fold instead of drawing "
                                        "them; path relative to the recipe"),
     },
+    "pretrain": {
+        "method": F(OPT_STR, None, "self-supervised pretraining: the recipe trains its backbone without labels (a "
+                                   "registered pretrainer: simclr, byol) instead of the tasks' models, for "
+                                   "model.init_from; empty: an ordinary run"),
+        "data": F(SOURCE, None, "unlabelled images to pretrain on: folders (every image below them), list files, "
+                                "CSV manifests (their path column), an lnzoo ingest or synth folder; labels are "
+                                "ignored. Empty: the images of data.train"),
+        "options": F(dict, {}, "the method's own options, e.g. {temperature = 0.2, projection_dim = 128}"),
+        "augment": F(dict, {}, "changes to the two views' augmentation (keys of data.augment); the defaults: crops of "
+                               "30-100% of the image, rotation 10, colour jitter 0.4, blur 0.3, speckle 0.5, gain "
+                               "0.5, depth attenuation 0.4, shadow 0.2, and no horizontal flip (laterality)"),
+        "probe_every": F(int, 1, "epochs between k-NN probes of the backbone on the recipe's labelled data (its main "
+                                 "task, patient-grouped folds): the health signal of a pretraining; 0: never", min=0),
+        "probe_k": F(int, 10, "neighbours of the k-NN probe", min=1),
+        "transductive": F(bool, False, "the pretraining images may include images a fine-tuned model is evaluated "
+                                       "on; without this, validate and run refuse a model.init_from whose "
+                                       "pretraining saw them (by image digest)"),
+    },
     "quick": (TASK_TABLE, None),  # free-form dotted overrides; validated after they are applied
 }
 
@@ -229,6 +247,9 @@ QUICK_DEFAULTS: dict[str, Any] = {
     "train.early_stopping_patience": 0,
     "cv.run_folds": [0],
 }
+
+# options every component of a kind takes, handled by lnzoo rather than passed to the factory (lnzoo.model.build_backbone)
+LNZOO_OPTIONS: dict[str, dict[str, tuple[type, ...]]] = {"backbone": {"pretrained_file": (str, type(None))}}
 
 # factory parameters lnzoo supplies itself; a recipe may not set them
 SUPPLIED = {"backbone": set(), "head": {"in_features", "num_classes"}, "fusion": {"num_views", "in_features"},

@@ -21,14 +21,15 @@ def wide_console(stderr: bool = False) -> Console:
 
 def _epoch_text(e: events.EpochEnded, seconds: float | None = None) -> str:
     row = e.row
-    metric = next((k for k in row if k.startswith("val_") and k != "val_loss"), "val_loss")
+    # the monitored metric (a pretraining: its k-NN probe, when this epoch was probed)
+    metric = next((k for k in row if (k.startswith("val_") and k != "val_loss") or k.startswith("knn_")), "val_loss")
     value = row.get(metric)
     shown = "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
     best = f" (best {e.best:.3f})" if math.isfinite(e.best) else ""
     monitored = "" if metric == "val_loss" else f" {metric} {shown}"  # the loss as monitor: shown once
     took = "" if seconds is None else f" ({seconds:.1f} s)"
-    return (f"epoch {row['epoch']}/{e.epochs} loss {row['train_loss']:.3f} val_loss {row['val_loss']:.3f}{monitored}"
-            f"{best}{took}")
+    val = f" val_loss {row['val_loss']:.3f}" if "val_loss" in row else ""
+    return f"epoch {row['epoch']}/{e.epochs} loss {row['train_loss']:.3f}{val}{monitored}{best}{took}"
 
 
 class RunView:
@@ -89,6 +90,9 @@ class RunView:
 
     def _on_FoldStarted(self, e: events.FoldStarted) -> None:
         self._since[e.fold] = self._clock()
+        if e.n_validation == 0 and e.n_held_out == 0:  # a self-supervised pretraining: no labels, no folds
+            self._print(f"[bold]pretraining[/]: {e.n_train} unlabelled images")
+            return
         role = "picks the epoch" if e.keep == "best" else "curves only: the last epoch is kept"
         self._print(f"[bold]fold {e.fold}[/]: train {e.n_train} images, validation {e.n_validation} ({role}), "
                     f"held-out {e.n_held_out}")

@@ -166,6 +166,13 @@ def _data_stage(recipe, tasks, host, stages, notes, unchecked):
         return None
     stages.update(check.stages)
     notes.update(check.notes)
+    if recipe.config.pretrain.method and recipe.config.pretrain.data:  # the unlabelled images of a pretraining
+        from lnzoo.pretrain.images import source_images
+        try:
+            n = len(source_images(recipe.config.pretrain.data))
+            notes["data"] = "; ".join(filter(None, [notes.get("data"), f"{n} pretraining image(s) (pretrain.data)"]))
+        except LnzooError as exc:
+            stages["data"] = [*stages.get("data", []), *_messages(exc)]
     return check
 
 
@@ -227,14 +234,15 @@ def _model_message(where: str, exc: Exception) -> str:
 
 
 def _backbone_problems(recipe, host) -> list[str]:
-    """The backbone built alone (no weights downloaded), as the model would build it: its problem, or []."""
-    from lnzoo.config import component_options
+    """The backbone built alone (no weights downloaded; a pretrained_file is loaded), as the model would build
+    it: its problem, or []."""
+    from lnzoo.model import build_backbone
 
     if not recipe.config.data.views:
         return []
     backbone = recipe.config.model.backbone
     try:
-        host.get("backbone", backbone["name"]).build(**{**component_options(backbone), "pretrained": False})
+        build_backbone(host, {**backbone, "pretrained": False})
     except Exception as exc:  # noqa: BLE001 - a plugin's factory may fail in any way
         return [_model_message("model.backbone", exc)]
     return []

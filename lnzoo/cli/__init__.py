@@ -10,7 +10,7 @@ import sys
 
 from rich.markup import escape
 
-from lnzoo.cli import audit, ingest, listing, models, reader_study, results, run, sweep  # noqa: F401 - each registers its commands on ``app``
+from lnzoo.cli import audit, ingest, listing, models, reader_study, results, run, sweep, zoo  # noqa: F401 - each registers its commands on ``app``
 from lnzoo.cli._common import app, err, guarded
 from lnzoo.errors import LnzooError
 

@@ -22,7 +22,7 @@ from lnzoo.ui import wide_console
 
 # the order of ``lnzoo --help``: the workflow from a recipe to a served model; the list-* commands come last
 ORDER = ("run", "validate", "ingest", "synth", "sweep", "evaluate", "report", "audit", "compare", "reader-study",
-         "select", "predict", "explain", "export", "serve", "plugins")
+         "select", "predict", "explain", "export", "serve", "zoo", "plugins")
 
 
 def _flags_without_metavar(params: list) -> list:
@@ -238,7 +238,16 @@ def load(recipe: Path, sets: list[str] | None, quick: bool):
 
 
 def summary_table(metrics: dict) -> None:
-    """Print a run's held-out metrics: pooled CV (and mean ± sd over folds), test and external."""
+    """Print a run's held-out metrics: pooled CV (and mean ± sd over folds), test and external; a pretraining's
+    summary."""
+    if metrics.get("kind") == "pretrain":
+        knn = metrics["knn_balanced_accuracy"]
+        shown = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+        console.print(f"pretrained {metrics['method']} on {metrics['images']} image(s), {metrics['epochs']} epoch(s) "
+                      f"({metrics['seconds_per_epoch']} s each): loss {shown(metrics['final_loss'])}; k-NN probe "
+                      f"({knn['task']}) balanced accuracy {shown(knn['first'])} after the first epoch, "
+                      f"{shown(knn['last'])} at the end", highlight=False)
+        return
     pooled = metrics.get("cross_validation", {}).get("pooled", {})
     mean_sd = metrics.get("cross_validation", {}).get("mean_sd", {})
     cols = ["auc", "accuracy", "balanced_accuracy", "f1_macro", "mcc"]

@@ -42,7 +42,9 @@ LISTS = {"backbone": "the registered backbones ('timm' takes any timm model name
          "head": "the registered task heads; the default is marked",
          "fusion": "the registered view-fusion strategies; the default is marked",
          "task": "the registered tasks with their classes and the label aliases (e.g. 良性, 肿大) each accepts",
-         "input": "the registered input kinds besides the image views (data.inputs.NAME = {name = KIND, ...})"}
+         "input": "the registered input kinds besides the image views (data.inputs.NAME = {name = KIND, ...})",
+         "tracker": "the registered experiment trackers (train.track = [NAME, ...])",
+         "pretrainer": "the registered self-supervised pretraining methods (pretrain.method = NAME)"}
 
 
 def _lister(kind: str, what: str) -> Callable:

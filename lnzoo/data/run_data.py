@@ -180,6 +180,8 @@ def check_run_data(recipe, tasks: Mapping[str, Task], host, on_phantom: Callable
         from lnzoo.data.checks import group_identical_patients
         grouped = group_identical_patients(parts["cross-validation"], digests)
     leaks = identical_content_across_patients(parts, digests)
+    from lnzoo.pretrain.images import pretraining_leaks  # a self-supervised pretraining that saw evaluation images
+    leaks += pretraining_leaks(recipe.config.model.init_from, parts, digests)
     if second_phantom:
         for smp in parts["external"]:  # the second phantom's patients are other people than the first's
             smp.patient = f"centre2-{smp.patient}"

@@ -1,6 +1,7 @@
 """Backbones: an image batch (B, 3, H, W) in, pooled features (B, num_features) out (``lnzoo.contracts.Backbone``)."""
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,58 @@ def load_local_weights(model: nn.Module, path: str | Path, what: str) -> dict[st
     model.load_state_dict(usable, strict=False)
     return {"loaded": sorted(usable), "missing": sorted(set(own) - set(usable)),
             "unused": sorted(set(state) - set(usable))}
+
+
+HEAD_KEYS = ("fc.", "head.", "classifier.", "last_linear.", "head_dist.")  # classifier heads of hub weight files
+
+
+def load_pretrained_file(model: nn.Module, path: str | Path, what: str, head: Sequence[str] = ()) -> dict[str, Any]:
+    """Load a weight file downloaded elsewhere (a model hub's ``model.safetensors``) into the headless ``model``.
+
+    Every tensor of the model must come from the file with its shape: a missing or unexpected key or a shape
+    mismatch is an error naming the file, the model and the first few of each (a file of another architecture
+    is refused, never loaded in part). The file's classifier-head keys (``head``, a timm model's own classifier
+    and :data:`HEAD_KEYS` prefixes), which a backbone has no use for, are ignored: a warning says so, and the
+    returned report lists them.
+    """
+    from lnzoo.checkpoint import read_weights
+
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UsageError(f"model.backbone.pretrained_file: {path} not found (the weights of {what})")
+    if path.suffix != ".safetensors":
+        raise UsageError(f"model.backbone.pretrained_file: {path}: give a .safetensors file (no pickles); a hub's "
+                         "model.safetensors is one")
+    state = read_weights(path, "model.backbone.pretrained_file: ")
+    own = model.state_dict()
+    for prefix in ("module.", "model.", "backbones.0.body.", "backbone.body.", "body."):  # saved from a wrapper
+        if not any(k in own for k in state) and any(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()  # timm names its own
+    head = [*head, *([classifier] if isinstance(classifier, str) else classifier)]
+    heads = (*(f"{h}." for h in head if h), *HEAD_KEYS)
+    ignored = sorted(k for k in state if k not in own and k.startswith(heads))
+    unexpected = sorted(k for k in state if k not in own and k not in ignored)
+    missing = sorted(k for k in own if k not in state and not k.endswith("num_batches_tracked"))
+    shapes = [f"{k} (file {list(state[k].shape)} vs model {list(own[k].shape)})" for k in sorted(own)
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        def few(keys: list[str]) -> str:
+            return ", ".join(keys[:4]) + (f", ... ({len(keys)} in all)" if len(keys) > 4 else "")
+        found = [f"{len(missing)} key(s) of the model missing from the file: {few(missing)}" if missing else "",
+                 f"{len(unexpected)} unexpected key(s) in the file: {few(unexpected)}" if unexpected else "",
+                 f"{len(shapes)} shape mismatch(es): {few(shapes)}" if shapes else ""]
+        raise UsageError(f"model.backbone.pretrained_file: {path} does not hold the weights of {what} (another "
+                         f"architecture or variant?): {'; '.join(f for f in found if f)}. Give the weight file of "
+                         "this very model, or the model_name the file belongs to")
+    model.load_state_dict({k: v for k, v in state.items() if k in own}, strict=False)
+    report = {"file": str(path), "loaded": sum(k in own for k in state), "ignored_head": ignored}
+    if ignored:
+        import warnings
+        warnings.warn(f"model.backbone.pretrained_file {path}: loaded {report['loaded']} tensors into {what}; "
+                      f"ignored its classifier head ({', '.join(ignored[:4])}): the model's own heads are new",
+                      stacklevel=3)
+    return report
 
 
 def _hub_error(what: str, exc: Exception) -> LnzooError:

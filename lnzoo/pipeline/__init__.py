@@ -47,7 +47,8 @@ def run(recipe, out: str | Path | None = None, on_event: Callable[[Any], None] |
         n_boot: int | None = None, resume: bool = False) -> RunResult:
     """Train and evaluate a recipe (a path or a loaded :class:`lnzoo.recipe.Recipe`) into the run directory
     ``out`` (default :func:`default_out`): every fold, calibration, predictions, metrics, the Grad-CAM
-    examples and the HTML report. ``on_event`` receives the :mod:`lnzoo.events` as the run goes.
+    examples and the HTML report. ``on_event`` receives the :mod:`lnzoo.events` as the run goes, and so do the
+    trackers the recipe names in ``train.track`` (:mod:`lnzoo.track`), after it.
 
     ``resume=True`` continues the interrupted run in ``out`` with the recipe it started with (pass
     ``recipe=None``): finished folds are kept, the unfinished one goes on after its last finished epoch."""
@@ -64,7 +65,21 @@ def run(recipe, out: str | Path | None = None, on_event: Callable[[Any], None] |
         recipe = load_recipe(Path(recipe), sets=list(sets or []), quick=quick, host=host)
     emit = on_event or (lambda event: None)
     out = Path(out) if out is not None else default_out(recipe)
+    from lnzoo.track import open_tracking
+    tracking = open_tracking(recipe, out, emit, host, resume)  # train.track: checked and built before training
+    if tracking is None:
+        return _run(recipe, out, emit, host, report, n_boot, resume)
+    with tracking.following():  # the trackers see every event after the caller; finished however the run ends
+        return _run(recipe, out, tracking, host, report, n_boot, resume)
+
+
+def _run(recipe, out: Path, emit: Callable[[Any], None], host, report: bool, n_boot: int | None,
+         resume: bool) -> RunResult:
     t0 = time.perf_counter()
+    if recipe.config.pretrain.method:  # a self-supervised pretraining: a backbone, no folds (lnzoo.pretrain)
+        from lnzoo.pretrain import pretrain
+        summary = pretrain(recipe, host, out, emit, resume=resume)
+        return RunResult(out, summary, out / RunDir.REPORT, [], round(time.perf_counter() - t0, 1))
     metrics = fit_folds(recipe, host, out, emit, resume=resume)
     from lnzoo.train import distributed
     if distributed.world().active:
