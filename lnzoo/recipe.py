@@ -18,8 +18,8 @@ from typing import Any
 
 from lnzoo.config import Config
 from lnzoo.errors import RecipeError, UsageError, did_you_mean
-from lnzoo.recipe_schema import (LNZOO_OPTIONS, QUICK_DEFAULTS, SCHEMA, SUPPLIED, Field, all_paths, is_plugin_marker,
-                                 schema_at)
+from lnzoo.recipe_schema import (LNZOO_OPTIONS, QUICK_DEFAULTS, SCHEMA, SUPPLIED, Field, all_paths, check_annotation,
+                                 check_value, is_plugin_marker, schema_at)
 
 
 @dataclass
@@ -173,34 +173,6 @@ def _absolute(item: Any, folder: Path) -> Any:
     return item
 
 
-def _type_name(types: tuple[type, ...]) -> str:
-    names = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list",
-             dict: "table", type(None): "nothing"}
-    return " or ".join(names.get(t, t.__name__) for t in types)
-
-
-def _check_value(path: str, value: Any, spec: Field, problems: list[str]) -> Any:
-    if value is None:
-        if spec.required:
-            problems.append(f"{path}: required")
-        return value
-    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
-    if not ok and float in spec.types and isinstance(value, int) and not isinstance(value, bool):
-        ok = True
-    if not ok:
-        problems.append(f"{path}: expected {_type_name(spec.types)}, got {type(value).__name__} {value!r}")
-        return value
-    if spec.choices is not None and value not in spec.choices:
-        problems.append(f"{path}: {value!r} is not one of {[c for c in spec.choices if c is not None]}"
-                        f"{did_you_mean(str(value), [str(c) for c in spec.choices if c is not None])}")
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        if spec.min is not None and value < spec.min:
-            problems.append(f"{path}: must be >= {spec.min}, got {value}")
-        if spec.max is not None and value > spec.max:
-            problems.append(f"{path}: must be <= {spec.max}, got {value}")
-    return value
-
-
 def _fill_section(path: str, raw: Any, schema: dict[str, Any], problems: list[str], host) -> dict[str, Any]:
     if raw is None:
         raw = {}
@@ -216,7 +188,7 @@ def _fill_section(path: str, raw: Any, schema: dict[str, Any], problems: list[st
         where = f"{path}.{key}" if path else key
         value = raw.get(key)
         if isinstance(spec, Field):
-            out[key] = _check_value(where, value, spec, problems) if key in raw else copy.deepcopy(spec.default)
+            out[key] = check_value(where, value, spec, problems) if key in raw else copy.deepcopy(spec.default)
             if key not in raw and spec.required:
                 problems.append(f"{where}: required")
         elif isinstance(spec, dict):
@@ -240,7 +212,7 @@ def _fill_task_table(path: str, raw: Any, inner: Any, problems: list[str], host)
     for key, value in raw.items():
         where = f"{path}.{key}"
         if isinstance(inner, Field):
-            out[key] = _check_value(where, value, inner, problems)
+            out[key] = check_value(where, value, inner, problems)
         elif isinstance(inner, dict):
             out[key] = _fill_section(where, value, inner, problems, host)
         else:
@@ -284,34 +256,12 @@ def _check_plugin_table(path: str, raw: Any, kind: str, problems: list[str], hos
             problems.append(f"{path}.{key}: {kind} {name!r} takes no argument {key!r}"
                             f"{did_you_mean(key, allowed)}")
         elif key in params:
-            _check_annotation(f"{path}.{key}", value, params[key].annotation, problems)
+            check_annotation(f"{path}.{key}", value, params[key].annotation, problems)
     for key, p in params.items():
         if p.default is p.empty and key not in SUPPLIED[kind] and key not in kwargs and \
                 not (kind == "input" and key == "column"):  # an input's column defaults to its name
             problems.append(f"{path}.{key}: required by {kind} {name!r}")
     return dict(raw)
-
-
-def _check_annotation(path: str, value: Any, annotation: Any, problems: list[str]) -> None:
-    """Check simple annotations (int, float, bool, str and unions of them); others are trusted."""
-    import types
-    import typing
-
-    if annotation is inspect.Parameter.empty:
-        return
-    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
-        typing.get_origin(annotation) is typing.Union else (annotation,)
-    simple = {int, float, bool, str, type(None), list, dict}
-    if not all(a in simple for a in args):
-        return
-    if isinstance(value, bool):
-        ok = bool in args
-    elif isinstance(value, int):
-        ok = int in args or float in args
-    else:
-        ok = isinstance(value, tuple(a for a in args if a is not bool))
-    if not ok:
-        problems.append(f"{path}: expected {_type_name(tuple(args))}, got {type(value).__name__} {value!r}")
 
 
 def _semantic_checks(out: dict[str, Any], problems: list[str], host) -> None:

@@ -1,8 +1,11 @@
 """The recipe schema: every key, its types, default, allowed values and one-line doc; the --quick profile."""
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Any
+
+from lnzoo.errors import did_you_mean
 
 
 @dataclass(frozen=True)
@@ -284,3 +287,54 @@ def all_paths(node: Any = SCHEMA, prefix: str = "") -> list[str]:
         for key, value in node.items():
             paths += [f"{prefix}{key}"] + all_paths(value, f"{prefix}{key}.")
     return paths
+
+
+# -- checking a value against its field or a factory's annotation ------------------------------------------------
+def type_name(types: tuple[type, ...]) -> str:
+    names = {int: "integer", float: "number", str: "string", bool: "true/false", list: "list",
+             dict: "table", type(None): "nothing"}
+    return " or ".join(names.get(t, t.__name__) for t in types)
+
+
+def check_value(path: str, value: Any, spec: Field, problems: list[str]) -> Any:
+    if value is None:
+        if spec.required:
+            problems.append(f"{path}: required")
+        return value
+    ok = isinstance(value, spec.types) and not (isinstance(value, bool) and bool not in spec.types)
+    if not ok and float in spec.types and isinstance(value, int) and not isinstance(value, bool):
+        ok = True
+    if not ok:
+        problems.append(f"{path}: expected {type_name(spec.types)}, got {type(value).__name__} {value!r}")
+        return value
+    if spec.choices is not None and value not in spec.choices:
+        problems.append(f"{path}: {value!r} is not one of {[c for c in spec.choices if c is not None]}"
+                        f"{did_you_mean(str(value), [str(c) for c in spec.choices if c is not None])}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if spec.min is not None and value < spec.min:
+            problems.append(f"{path}: must be >= {spec.min}, got {value}")
+        if spec.max is not None and value > spec.max:
+            problems.append(f"{path}: must be <= {spec.max}, got {value}")
+    return value
+
+
+def check_annotation(path: str, value: Any, annotation: Any, problems: list[str]) -> None:
+    """Check simple annotations (int, float, bool, str and unions of them); others are trusted."""
+    import types
+    import typing
+
+    if annotation is inspect.Parameter.empty:
+        return
+    args = typing.get_args(annotation) if isinstance(annotation, types.UnionType) or \
+        typing.get_origin(annotation) is typing.Union else (annotation,)
+    simple = {int, float, bool, str, type(None), list, dict}
+    if not all(a in simple for a in args):
+        return
+    if isinstance(value, bool):
+        ok = bool in args
+    elif isinstance(value, int):
+        ok = int in args or float in args
+    else:
+        ok = isinstance(value, tuple(a for a in args if a is not bool))
+    if not ok:
+        problems.append(f"{path}: expected {type_name(tuple(args))}, got {type(value).__name__} {value!r}")

@@ -315,14 +315,7 @@ def safe_unpack(archive: Path, dest: Path) -> None:
             bad = [(i.filename, _member_problem(i.filename) or ("a link" if (i.external_attr >> 16) & 0o170000
                                                                 == 0o120000 else None)) for i in infos]
             _refuse(archive, bad)
-            for info in infos:
-                target = dest / info.filename
-                if info.is_dir():
-                    target.mkdir(parents=True, exist_ok=True)
-                    continue
-                target.parent.mkdir(parents=True, exist_ok=True)
-                with zf.open(info) as src, target.open("wb") as out:
-                    shutil.copyfileobj(src, out, CHUNK)
+            _write_members(dest, [(i.filename, i.is_dir(), lambda i=i: zf.open(i)) for i in infos])
         return
     try:
         tf = tarfile.open(archive)
@@ -332,14 +325,19 @@ def safe_unpack(archive: Path, dest: Path) -> None:
         members = tf.getmembers()
         _refuse(archive, [(m.name, _member_problem(m.name) or (None if m.isfile() or m.isdir() else
                                                                 "a link or device")) for m in members])
-        for m in members:
-            target = dest / m.name
-            if m.isdir():
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            with tf.extractfile(m) as src, target.open("wb") as out:
-                shutil.copyfileobj(src, out, CHUNK)
+        _write_members(dest, [(m.name, m.isdir(), lambda m=m: tf.extractfile(m)) for m in members])
+
+
+def _write_members(dest: Path, members) -> None:
+    """Write checked archive members (name, is a folder, opener of its bytes) under ``dest``."""
+    for name, is_dir, opened in members:
+        target = dest / name
+        if is_dir:
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with opened() as src, target.open("wb") as out:
+            shutil.copyfileobj(src, out, CHUNK)
 
 
 def _refuse(archive: Path, found: list[tuple[str, str | None]]) -> None:

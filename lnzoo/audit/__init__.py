@@ -83,12 +83,12 @@ def _beyond(entry: Mapping[str, Any]) -> bool:
 
 
 def audit_run(run_dir: str | Path, host, data: str | Path | None = None,
-              say: Callable[[str], None] | None = None, retrain_control: bool = False,
-              out: str | Path | None = None, on_event: Callable[[Any], None] | None = None) -> dict[str, Any]:
+              say: Callable[[str], None] | None = None,
+              more: Sequence[Callable[[Any, "Held"], dict[str, Any]]] = ()) -> dict[str, Any]:
     """Run every check on ``run_dir`` (its recipe's data, or the manifest ``data``); the audit as a dict.
 
-    ``retrain_control``: also train the control model (:mod:`lnzoo.audit.control`) into ``out`` (default: the
-    run directory) / audit-control; ``on_event`` receives its training events."""
+    ``more``: further checks, each called with the run directory and the held-out images once the built-in
+    checks ran, e.g. the control model (:func:`lnzoo.audit.control.control_check`)."""
     from lnzoo.rundir import RunDir
 
     say = say or (lambda text: None)
@@ -98,10 +98,7 @@ def audit_run(run_dir: str | Path, host, data: str | Path | None = None,
     assignment = rd.read_folds()
     held, task = _predict_held(rd, assignment, host, data, say)
     checks = [_marks_check(held, task, say), _metadata_check(held), _outside_check(held), _attention_check(held)]
-    if retrain_control:
-        from lnzoo.audit.control import control_check
-
-        checks.append(control_check(rd, held.pool, held.tasks, host, Path(out) if out else rd.path, say, on_event))
+    checks += [check(rd, held) for check in more]
     return {"run": str(rd.path), "task": task.name, "positive": task.classes[task.positive_index or 1],
             "images": len(held.y), "patients": len({s.patient for s in held.samples}),
             "data": str(data) if data else None, "checks": checks,
@@ -476,43 +473,4 @@ def _fmt(entry: Mapping[str, Any]) -> str:
     return f"{entry['auc']:.3f}" + (f" (95% CI {ci[0]:.3f}–{ci[1]:.3f})" if ci else "")
 
 
-# -- writing --------------------------------------------------------------------------------------------------------
-def audit_section(audit: Mapping[str, Any]) -> str:
-    """The audit as an HTML section (audit.html and the run's report)."""
-    from html import escape as e
-
-    colour = {"flag": "#b3261e", "ok": "#1b6e3a", "not run": "#666"}
-    left = "text-align:left"
-    rows = "".join(f"<tr><td style='{left}'>{e(c['title'])}</td><td style='{left};color:{colour[c['verdict']]};"
-                   f"font-weight:600'>{e(c['verdict'])}</td><td style='{left}'>{e(c['sentence'])}</td></tr>"
-                   for c in audit["checks"])
-    shown = ""
-    for c in audit["checks"]:  # the images where the least of the evidence lies in the lesion
-        if c.get("overlays_png_base64"):
-            shown += ("<h3>Where the least of the evidence lies in the lesion</h3><div>" + "".join(
-                f"<img alt='Grad-CAM overlay' style='max-width:32%;margin:4px' src='data:image/png;base64,{b}'>"
-                for b in c["overlays_png_base64"]) + "</div>")
-    flagged = audit.get("flagged") or []
-    head = (f"<p><b>{len(flagged)} check(s) flagged</b>: {e(', '.join(flagged))}.</p>" if flagged else
-            "<p>No check flagged a shortcut.</p>")
-    return (f"<h2 id='audit'>Shortcut audit</h2><p class='note'>Main task {e(audit['task'])} (positive: "
-            f"{e(audit['positive'])}); {audit['images']} held-out image(s) of {audit['patients']} patient(s). "
-            "What each check does and when it flags: the docs, Audit your model.</p>"
-            f"{head}<table><tr><th style='{left}'>check</th><th style='{left}'>verdict</th><th style='{left}'>what it "
-            f"found</th></tr>{rows}</table>{shown}")
-
-
-def write_audit(audit: Mapping[str, Any], out: Path) -> tuple[Path, Path]:
-    """audit.json and a self-contained audit.html into ``out``."""
-    import json
-    from html import escape as e
-
-    from lnzoo.files import write_atomic
-    from lnzoo.report.html import CSS
-
-    out.mkdir(parents=True, exist_ok=True)
-    json_path = write_atomic(out / AUDIT_JSON, json.dumps(audit, indent=2) + "\n")
-    html = ("<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>lnzoo audit</title>"
-            f"<style>{CSS}</style></head><body><main><h1>lnzoo audit: {e(audit['run'])}</h1>"
-            f"{audit_section(audit)}</main></body></html>")
-    return json_path, write_atomic(out / AUDIT_HTML, html)
+from lnzoo.audit.write import audit_section, write_audit  # noqa: E402,F401 - the audit's files and its section

@@ -43,6 +43,15 @@ def _unsupported(config) -> str | None:
     return None
 
 
+def control(host, out: str | Path | None, say: Callable[[str], None],
+            on_event: Callable[[Any], None] | None = None) -> Callable[[Any, Any], dict[str, Any]]:
+    """The control model as one of :func:`lnzoo.audit.audit_run`'s further checks: trained into ``out`` (default:
+    the run directory) / audit-control; ``on_event`` receives its training events."""
+    def check(rd, held) -> dict[str, Any]:
+        return control_check(rd, held.pool, held.tasks, host, Path(out) if out else rd.path, say, on_event)
+    return check
+
+
 def control_check(rd, pool: Sequence[tuple[Any, int, int]], tasks: Mapping[str, Any], host, out: Path,
                   say: Callable[[str], None], on_event: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Train the control model into ``out / audit-control`` and return the audit's "control" check. ``pool``: the

@@ -34,8 +34,13 @@ def audit(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A fin
     """
     from lnzoo.audit import audit_run, write_audit
 
-    result = audit_run(run_dir, plugin_host(), data, say=lambda text: err.print(escape(text), highlight=False),
-                       retrain_control=retrain_control, out=out)
+    say = lambda text: err.print(escape(text), highlight=False)  # noqa: E731
+    host = plugin_host()
+    more = []
+    if retrain_control:
+        from lnzoo.audit.control import control
+        more.append(control(host, out, say))
+    result = audit_run(run_dir, host, data, say=say, more=more)
     table = Table(title=f"lnzoo audit {escape(str(run_dir))}: main task {escape(result['task'])}", title_justify="left",
                   show_lines=True)
     table.add_column("check", style="bold")
