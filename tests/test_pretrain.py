@@ -92,6 +92,9 @@ def test_a_pretraining_run_then_a_stage_run_that_starts_from_it_and_the_leakage_
     history = (ssl / "history.csv").read_text().splitlines()
     assert history[0].startswith("epoch,train_loss,lr,seconds,knn_balanced_accuracy") and len(history) == 3
     assert "Pretraining report" in (ssl / "report.html").read_text()
+    (ssl / "report.html").unlink()
+    again = invoke_cli("report", ssl)  # lnzoo report on a pretraining run: its curves again, no evaluation
+    assert again.returncode == 0 and "Pretraining report" in (ssl / "report.html").read_text()
     from safetensors.torch import load_file
 
     keys = list(load_file(ssl / "backbone.safetensors"))

@@ -72,7 +72,8 @@ def report(run_dir: Annotated[Path, typer.Argument(metavar="RUN_DIR", help="A ru
     if aggregate not in (None, "patient"):
         raise UsageError(f"--aggregate {aggregate!r}: the only level is 'patient'")
     path = write_report(run_dir, out, n_boot=n_boot, aggregate=aggregate)
-    console.print(f"report: {path}\nnumbers: {path.parent / 'evaluation.json'}")
+    numbers = path.parent / "evaluation.json"
+    console.print(f"report: {path}" + (f"\nnumbers: {numbers}" if numbers.is_file() else ""))
 
 
 @app.command(cls=Command, name="compare")

@@ -43,3 +43,13 @@ def write_pretrain_report(rd, summary: Mapping[str, Any], history: Sequence[Mapp
     page = (f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>lnzoo pretraining</title>"
             f"<style>{CSS}</style></head><body><main>{body}</main></body></html>")
     return write_atomic(rd / rd.REPORT, page)
+
+
+def rewrite_pretrain_report(rd, summary: Mapping[str, Any]):
+    """``lnzoo report`` on a pretraining run: its report again, from its history.csv."""
+    import csv
+
+    with open(rd / "history.csv", newline="", encoding="utf-8") as f:
+        history = [{k: (float(v) if k != "epoch" else int(v)) for k, v in row.items() if v not in ("", None)}
+                   for row in csv.DictReader(f)]
+    return write_pretrain_report(rd, summary, history)

@@ -215,6 +215,11 @@ def write_report(run_dir, out_html=None, n_boot: int = N_BOOT, *, aggregate: str
     from lnzoo.evaluation.evaluate import evaluate_predictions
 
     rd = RunDir(run_dir)
+    from lnzoo.pretrain import pretrain_summary
+    pretrained = pretrain_summary(rd)
+    if pretrained is not None:  # a self-supervised pretraining: its curves, no predictions to evaluate
+        from lnzoo.pretrain.report import rewrite_pretrain_report
+        return rewrite_pretrain_report(rd, pretrained)
     _, rows = rd.read_predictions()
     evaluation = evaluate_predictions(rows, rd.tasks_meta(), aggregate=aggregate, n_boot=n_boot, seed=seed,
                                       sensitivity_target=sensitivity_target)
