@@ -104,14 +104,19 @@ def pretrain(recipe, host, out_dir: Path, emit: Callable[[Any], None] | None = N
         return _pretrain(recipe, host, rd, emit, resume)
 
 
-def _images(recipe, host, emit) -> list[Path]:
+def _labelled(recipe, host, emit):
+    """The recipe's own data, read and checked once: the probe's labelled images, and the pretraining's images
+    when pretrain.data is empty."""
+    from lnzoo.data.run_data import load_run_data, recipe_tasks
+
+    return load_run_data(recipe, recipe_tasks(recipe, host),
+                         on_phantom=lambda done, total: emit(events.Progress("phantom", done, total)), host=host)
+
+
+def _images(recipe, data) -> list[Path]:
     """The pretraining images: pretrain.data, else every image of the recipe's data (its phantom by default)."""
     if recipe.config.pretrain.data:
         return source_images(recipe.config.pretrain.data)
-    from lnzoo.data.run_data import load_run_data, recipe_tasks
-
-    data = load_run_data(recipe, recipe_tasks(recipe, host),
-                         on_phantom=lambda done, total: emit(events.Progress("phantom", done, total)), host=host)
     return list(dict.fromkeys(p for s in [*data.pool, *data.test, *data.external]
                               for p in s.views.values() if p is not None))
 
@@ -140,7 +145,8 @@ def _pretrain(recipe, host, rd: RunDir, emit, resume: bool) -> dict[str, Any]:
     emit(events.Note(f"torch CPU threads: {threads} ({why})"))
     seed_everything(cfg.seed)
     augment = view_augment(recipe)
-    paths = _images(recipe, host, emit)
+    data = _labelled(recipe, host, emit) if p.probe_every or not p.data else None
+    paths = _images(recipe, data)
     w = world()
     batch = per_rank_batch(cfg.data.batch_size, w) if w.active else cfg.data.batch_size
     check_usable(paths, cfg.data.batch_size)
@@ -180,7 +186,7 @@ def _pretrain(recipe, host, rd: RunDir, emit, resume: bool) -> dict[str, Any]:
     steps = len(loader)
     optimizer = make_optimizer(method, cfg.train)
     scheduler = make_scheduler(optimizer, cfg.train, steps)
-    probe = KnnProbe(recipe, host, cache, p.probe_k) if p.probe_every else None
+    probe = KnnProbe(recipe, data, cache, p.probe_k) if p.probe_every else None
     history: list[dict[str, Any]] = []
     first = 0
     saved = load_state(rd / STATE) if resume else None

@@ -12,12 +12,11 @@ import numpy as np
 
 
 class KnnProbe:
-    def __init__(self, recipe, host, cache, k: int):
-        from lnzoo.data.run_data import load_run_data, recipe_tasks
+    def __init__(self, recipe, data, cache, k: int):
+        """``data``: the recipe's data as :func:`lnzoo.data.run_data.load_run_data` read it."""
         from lnzoo.tasks import MISSING
 
         main = recipe.config.tasks.main
-        data = load_run_data(recipe, recipe_tasks(recipe, host), host=host)
         view = next(iter(recipe.config.data.views), "full")
         self.samples = [s for s in data.pool if s.labels.get(main, MISSING) != MISSING and s.views.get(view)]
         self.paths = [s.views[view] for s in self.samples]
