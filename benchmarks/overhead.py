@@ -5,6 +5,7 @@ training waits for data, and the start of its CLI.
                                   [--images N] [--device auto|cpu|cuda] [--workers 0 2] [--profile]
     python benchmarks/overhead.py --quick          # smoke run: timm's test_resnet at 64 px, 2 rounds
     python benchmarks/overhead.py --ddp            # also 1 against 2 torchrun processes (gloo on the CPU)
+    python benchmarks/overhead.py --predict-only   # only the predict rows (and the CLI start)
 
 Everything runs in this one process on the built-in phantom (``data.phantom.patients``, 160 by default),
 decoded and resized into memory first (lnzoo's own ImageCache, as ``lnzoo run`` fills it), with the recipe's
@@ -425,8 +426,7 @@ def verdict(ok: bool) -> str:
 def measure_size(args, size: int, host, events: Events, rows: list, notes: list) -> None:
     from lnzoo.data.run_data import recipe_tasks
     from lnzoo.data.samples import MISSING
-    from lnzoo.pipeline import _load_data, fit_folds
-    from lnzoo.predict import Ensemble
+    from lnzoo.pipeline import _load_data
     from lnzoo.recipe import load_recipe
 
     base = [f"model.backbone={{name='timm', model_name='{args.model}', pretrained=false}}",
@@ -451,6 +451,11 @@ def measure_size(args, size: int, host, events: Events, rows: list, notes: list)
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor([s.labels[main] for s in train], dtype=torch.long)
 
+    if args.predict_only:
+        dev = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                           ("cpu" if args.device == "auto" else args.device))
+        predict_rows_of(args, size, host, data, base, mean_std, {"device": dev}, syncer(dev), rows, notes)
+        return
     # 1, 2 and 4: every training side in the same rounds
     det = not args.no_deterministic
     lnzoo_fit = LnzooFit(solo, host, cache, train, val, recipe["seed"], events, det)
@@ -492,7 +497,20 @@ def measure_size(args, size: int, host, events: Events, rows: list, notes: list)
     del sides
     gc.collect()
 
-    # 3: predict, on a one-epoch one-fold run of the recipe
+    predict_rows_of(args, size, host, data, base, mean_std, settings, sync, rows, notes)
+    del cache, x, pixels
+    gc.collect()
+    if settings["device"].type == "cuda":
+        torch.cuda.empty_cache()
+
+
+def predict_rows_of(args, size: int, host, data, base: list[str], mean_std, settings: dict, sync, rows: list,
+                    notes: list) -> None:
+    """3: predict, on a one-epoch one-fold run of the recipe."""
+    from lnzoo.pipeline import fit_folds
+    from lnzoo.predict import Ensemble
+    from lnzoo.recipe import load_recipe
+
     with tempfile.TemporaryDirectory(prefix="lnzoo-overhead-") as tmp:
         run = Path(tmp) / "run"
         fit_folds(load_recipe(args.recipe, sets=[*base, "train.epochs=1", "cv.folds=2", "cv.run_folds=[0]"],
@@ -523,10 +541,6 @@ def measure_size(args, size: int, host, events: Events, rows: list, notes: list)
                          f"{ips(other):.1f} images/s (lnzoo / it {ips(got['lnzoo']) / ips(other):.3f}x)")
         for side in pred.values():
             side.close()
-    del cache, x, pixels
-    gc.collect()
-    if settings["device"].type == "cuda":
-        torch.cuda.empty_cache()
 
 
 def ddp_rows(args, size: int, rows: list, notes: list) -> None:
@@ -585,6 +599,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smoke run: test_resnet at 64 px, 2 rounds, batch 16")
     ap.add_argument("--ddp", action="store_true", help="also 1 against 2 torchrun processes on one fold's fit")
     ap.add_argument("--ddp-only", action="store_true", help="only the 1 against 2 processes rows")
+    ap.add_argument("--predict-only", action="store_true", help="only the predict_rows rows (and the CLI start)")
     ap.add_argument("--ddp-epochs", type=int, default=2)
     args = ap.parse_args()
     quick = {"sizes": [64], "model": "test_resnet", "rounds": 2, "batch_size": 16}

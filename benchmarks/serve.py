@@ -133,18 +133,21 @@ def measure(model: Path, engine: str, port: int, bodies: list[tuple[bytes, str]]
         post(url, *bodies[0])  # warm-up
         served = decode = forward = 0.0
         latencies: list[float] = []
+        ratios: list[float] = []  # served / forward-only throughput, round by round: how noisy the machine was
         per_round = max(len(bodies) // rounds, 1)
         for r in range(rounds):
             part = bodies[r * per_round:(r + 1) * per_round]
             start = time.perf_counter()
             latencies += [post(url, *b) for b in part]
-            served += time.perf_counter() - start
+            took = time.perf_counter() - start
+            served += took
             d, f = reference.rounds(len(part))
             decode, forward = decode + d, forward + f
+            ratios.append(f / took)
         n = per_round * rounds
         q = statistics.quantiles(sorted(latencies), n=100, method="inclusive")
         one = {"rps": n / served, "p50": q[49] * 1e3, "p95": q[94] * 1e3,
-               "ref_decode": n / decode, "ref_forward": n / forward}
+               "ref_decode": n / decode, "ref_forward": n / forward, "round_ratios": (min(ratios), max(ratios))}
         levels = {c: load_level(url, bodies, c) for c in clients if c != 1}
         return {"one": one, "levels": {1: one, **levels}, "loaded": loaded, "after": memory_of(proc.pid)}
     finally:
@@ -188,7 +191,8 @@ def main() -> None:
         print(f"{e}: one client {one['rps']:.1f} req/s against the first fold model's torch forward pass at batch 1 "
               f"in alternating rounds: {one['ref_forward']:.1f} images/s forward only "
               f"({one['rps'] / one['ref_forward']:.2f}x), {one['ref_decode']:.1f} images/s with decoding "
-              f"({one['rps'] / one['ref_decode']:.2f}x)")
+              f"({one['rps'] / one['ref_decode']:.2f}x); forward-only ratio per round "
+              f"{one['round_ratios'][0]:.2f}-{one['round_ratios'][1]:.2f}x")
         print(f"{e}: server memory VmRSS {r['loaded']['VmRSS']:.0f} MiB loaded, {r['after']['VmRSS']:.0f} MiB after "
               f"the load test (peak {r['after']['VmHWM']:.0f} MiB)")
     if len(results) == 2:

@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import default_collate
 
 from lnzoo.data.dataset import ImageCache, NodeDataset
+from lnzoo.data.encode import encode_batch
 from lnzoo.data.images import Preprocessing
 from lnzoo.data.samples import MISSING, Sample
 from lnzoo.errors import UsageError
@@ -85,15 +85,23 @@ class Predictor:
 
     @torch.no_grad()
     def predict(self, samples: Sequence[Sample] | NodeDataset, loss_fn=None, batch_size: int = 64) -> Predictions:
-        """Class probabilities of every task for ``samples`` (and the mean loss when ``loss_fn`` is given)."""
-        ds = samples if isinstance(samples, NodeDataset) else self.dataset(samples)
+        """Class probabilities of every task for ``samples`` (and the mean loss when ``loss_fn`` is given).
+
+        Batches are encoded by the one batch encoder the ONNX engine uses (:func:`lnzoo.data.encode.encode_batch`),
+        in this thread and in order: no loader machinery and no per-sample tensors per call."""
+        cache = samples.cache if isinstance(samples, NodeDataset) else self.cache  # a training set's own cache
+        samples = list(samples.samples if isinstance(samples, NodeDataset) else samples)
         if self.model.training:  # .eval() walks every module: a server predicting one image at a time skips it
             self.model.eval()
         probs: dict[str, list[np.ndarray]] = {t: [] for t in self.tasks}
         total, seen = 0.0, 0
-        for start in range(0, len(ds), batch_size):  # in this thread, in order: no loader machinery per call
-            x, present, y, _, inputs = default_collate([ds[i] for i in range(start, min(start + batch_size, len(ds)))])
-            x, present, y, inputs = self.to_device(x, present, y, inputs)
+        for start in range(0, len(samples), batch_size):
+            part = samples[start:start + batch_size]
+            x, present, inputs = encode_batch(part, self.views, cache.pre, cache.get, self.inputs)
+            y = torch.tensor([[s.labels.get(t, MISSING) for t in self.tasks] for s in part],
+                             dtype=torch.long).reshape(len(part), len(self.tasks))
+            x, present, y, inputs = self.to_device(torch.from_numpy(x), torch.from_numpy(present), y,
+                                                   {k: torch.from_numpy(v) for k, v in inputs.items()})
             with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 outputs, batch_probs = predict_probabilities(self.model, x, present, inputs, self.tta)
             if loss_fn is not None:
@@ -103,8 +111,8 @@ class Predictor:
             for t, p in batch_probs.items():
                 p = p.double().cpu().numpy()
                 probs[t].append(p / p.sum(1, keepdims=True))  # exact row sums for metric libraries
-        return Predictions(list(ds.samples), {t: np.concatenate(v) if v else np.zeros((0, self.tasks[t].num_classes))
-                                              for t, v in probs.items()}, total / seen if seen else float("nan"))
+        return Predictions(samples, {t: np.concatenate(v) if v else np.zeros((0, self.tasks[t].num_classes))
+                                     for t, v in probs.items()}, total / seen if seen else float("nan"))
 
 
 def pick_device(name: str) -> torch.device:
@@ -206,9 +214,7 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
     record.require_buildable()
     record.require_components(host)
     inputs = Inputs.from_meta(list(record.inputs) or None, host, source=str(weights))
-    model = build_model(recipe, host, tasks, inputs)
-    _check_fits(model, state, tasks, weights)
-    model.load_state_dict(state)
+    model = _built_for(state, lambda: build_model(recipe, host, tasks, inputs), tasks, weights)
     model.eval()
     # on the CPU in NHWC unless as trained: oneDNN's convolutions and pooling are faster on it (measured:
     # ResNet-18 at 224 px, batch 32, 1.05 s instead of 1.43 s), the layout CPU training evaluates in
@@ -219,6 +225,41 @@ def load(path: str | Path, host=None, as_trained: bool = False) -> Predictor:
         model = model.to(memory_format=torch.channels_last)
     return Predictor(model, tasks, record.preprocessing, list(record.views), inputs, tta=record.tta,
                      temperature=dict(record.temperature), record=record, source=weights, **settings)
+
+
+def _built_for(state: Mapping[str, torch.Tensor], build, tasks: Mapping[str, Task], weights) -> torch.nn.Module:
+    """``build()``'s model holding the checkpoint's ``state``.
+
+    Built on the meta device first, which skips the random initialisation the weights replace (for a ResNet-18
+    most of the load). That is only right when ``state`` sets every tensor the model has; a model with anything
+    else (a non-persistent buffer, a tensor kept as a plain attribute, a build that fails without real tensors) is
+    built again the ordinary way, initialised and then loaded."""
+    try:
+        with torch.device("meta"):
+            model = build()
+    except Exception:  # noqa: BLE001 - whatever a component does without real tensors: the ordinary build decides
+        model = None
+    if model is not None and _all_in_state(model):
+        _check_fits(model, state, tasks, weights)
+        model = model.to_empty(device="cpu")
+        model.load_state_dict(state)
+        return model
+    model = build()
+    _check_fits(model, state, tasks, weights)
+    model.load_state_dict(state)
+    return model
+
+
+def _all_in_state(model: torch.nn.Module) -> bool:
+    """Whether the model's state dict covers every tensor it holds: each parameter and buffer is saved, and no
+    module keeps a tensor as a plain attribute."""
+    saved = set(model.state_dict())
+    held = {n for n, _ in model.named_parameters(remove_duplicate=False)} | \
+        {n for n, _ in model.named_buffers(remove_duplicate=False)}
+    if not held <= saved:
+        return False
+    return not any(isinstance(v, torch.Tensor) and not isinstance(v, torch.nn.Parameter)
+                   for m in model.modules() for v in vars(m).values())
 
 
 def _check_fits(model: torch.nn.Module, state: Mapping[str, torch.Tensor], tasks: Mapping[str, Task], weights) -> None:

@@ -87,3 +87,54 @@ def test_a_fold_finished_before_calibrated_columns_is_resumed_with_them(tmp_path
     # a fold stored with them is kept as it is
     again, same = _with_calibration(RunDir(tmp_path), 1, got_rows, info, tasks)
     assert again is got_rows and same is info
+
+
+def test_weights_replaced_after_a_first_read_are_refused_on_the_next(tmp_path):
+    """A record verified once is not hashed again while its files are unchanged; a same-size replacement of the
+    weights changes them, and the next read (the next load) verifies again and refuses it."""
+    from safetensors.torch import save
+
+    weights = _saved(tmp_path)
+    first, blob = ModelRecord.read_verified(weights)
+    again, blob_again = ModelRecord.read_verified(weights)
+    assert again is first and blob_again == blob  # unchanged: the record of the first verification
+    weights.write_bytes(save({"w": torch.ones(2)}))  # other weights, as another tool would write them
+    with pytest.raises(UsageError, match="sha256 differs"):
+        ModelRecord.read_verified(weights)
+
+
+class _Saved(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 4, 3)
+        self.norm = torch.nn.BatchNorm2d(4)
+
+
+class _NonPersistent(_Saved):
+    def __init__(self):
+        super().__init__()
+        self.register_buffer("positions", torch.arange(5.0), persistent=False)
+
+
+class _PlainTensor(_Saved):
+    def __init__(self):
+        super().__init__()
+        self.scale = torch.full((2,), 3.0)
+
+
+@pytest.mark.parametrize("kind", [_Saved, _NonPersistent, _PlainTensor])
+def test_a_loaded_model_holds_its_weights_and_whatever_they_do_not_save(kind):
+    """A checkpoint's model is built without the random initialisation its weights replace, unless it holds a
+    tensor the weights do not set: then it is built as usual, so that tensor is what its module makes."""
+    from lnzoo.inference import _built_for
+
+    torch.manual_seed(0)
+    state = {k: torch.randn_like(v) if v.is_floating_point() else v + 7 for k, v in kind().state_dict().items()}
+    model = _built_for(state, kind, {}, "w.safetensors")
+    got = model.state_dict()
+    assert set(got) == set(state) and all(torch.equal(got[k], v) for k, v in state.items())
+    assert all(t.device.type == "cpu" for t in [*model.parameters(), *model.buffers()])
+    if kind is _NonPersistent:
+        assert torch.equal(model.positions, torch.arange(5.0))
+    if kind is _PlainTensor:
+        assert torch.equal(model.scale, torch.full((2,), 3.0))

@@ -228,6 +228,46 @@ def test_a_multi_picture_jpeg_from_a_camera_is_read_as_its_first_picture(client,
     assert got.json()["tasks"] == plain["tasks"]
 
 
+def _encoded(image: Path, kind: str) -> tuple[str, bytes]:
+    """The phantom image as another kind of file: (suffix, bytes)."""
+    base = Image.open(image).convert("RGB")
+    buf = io.BytesIO()
+    if kind == "grey png":
+        base.convert("L").save(buf, format="PNG")
+    elif kind == "rgba png":
+        rgba = base.convert("RGBA")
+        rgba.putalpha(Image.linear_gradient("L").resize(base.size))
+        rgba.save(buf, format="PNG")
+    elif kind == "16-bit png":
+        Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257).save(buf, format="PNG")
+    elif kind == "rotated jpeg":  # EXIF orientation 6: the model reads it upright, as a file
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        base.save(buf, format="JPEG", exif=exif)
+    elif kind == "palette gif":
+        base.convert("P").save(buf, format="GIF")
+    return {"grey png": ".png", "rgba png": ".png", "16-bit png": ".png", "rotated jpeg": ".jpg",
+            "palette gif": ".gif"}[kind], buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", ["grey png", "rgba png", "16-bit png", "rotated jpeg", "palette gif"])
+def test_an_upload_is_decoded_once_and_read_as_lnzoo_predict_reads_its_file(client, tiny_run, image, tmp_path,
+                                                                           monkeypatch, kind):
+    suffix, data = _encoded(image, kind)
+    file = tmp_path / f"upload{suffix}"
+    file.write_bytes(data)
+    expected = predict_rows([tiny_run], [file])[0]
+    decodes = []
+    real = Image._getdecoder
+    monkeypatch.setattr(Image, "_getdecoder", lambda *a, **k: decodes.append(a[0]) or real(*a, **k))
+    got = post(client, files={"full": (file.name, data)}, data={"gradcam": "false"})
+    assert got.status_code == 200, got.text
+    assert len(decodes) == 1  # by the upload's check; the model reads those pixels
+    for task, res in got.json()["tasks"].items():
+        for cls in res["classes"]:
+            assert abs(res["raw_probabilities"][cls] - expected[f"p_{task}_{cls}"]) <= 1e-6
+
+
 def test_a_corrupt_or_empty_image_is_422(client):
     assert "corrupt" in error_of(post(client, files={"full": ("a.png", png_bytes()[:80])}), 422)
     assert "empty" in error_of(post(client, files={"full": ("a.png", b"")}), 422)

@@ -52,7 +52,7 @@ def encode_batch(samples: Sequence[Sample], views: Sequence[str], pre: Preproces
         enc = encode_sample(s, views, pixels, inputs)
         for j, img in enumerate(enc.pixels):
             if img is not None:
-                x[i, j] = normalise(img.transpose(2, 0, 1), pre)
+                normalise(img.transpose(2, 0, 1), pre, out=x[i, j])
         present.append(enc.present)
         arrays.append(enc.inputs)
     names = list(arrays[0]) if arrays else []

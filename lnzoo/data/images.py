@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -38,14 +41,22 @@ class Preprocessing:
         return {**asdict(self), "mean": list(self.mean_std[0]), "std": list(self.mean_std[1]), "channels": "RGB"}
 
 
-def normalise(chw, pre: Preprocessing):
+def normalise(chw, pre: Preprocessing, out: np.ndarray | None = None):
     """uint8 pixels (..., 3, H, W), a numpy array or a torch tensor, -> float32 model input in the
-    checkpoint's normalisation: the one place training, serving (torch or ONNX) and Grad-CAM scale images."""
+    checkpoint's normalisation: the one place training, serving (torch or ONNX) and Grad-CAM scale images.
+
+    One float copy scaled in place (``out``: a numpy array to write it into); the same float32 operations in the
+    same order on both kinds, so both give the same bits."""
     mean, std = (np.asarray(v, dtype=np.float32).reshape(3, 1, 1) for v in pre.mean_std)
     if isinstance(chw, np.ndarray):
-        return (chw.astype(np.float32) / np.float32(255.0) - mean) / std
+        x = np.empty(chw.shape, dtype=np.float32) if out is None else out
+        x[...] = chw
+        x /= np.float32(255.0)
+        x -= mean
+        x /= std
+        return x
     import torch  # only a torch caller passes a tensor
-    return (chw.float() / 255.0 - torch.from_numpy(mean)) / torch.from_numpy(std)
+    return chw.to(torch.float32, copy=True).div_(255.0).sub_(torch.from_numpy(mean)).div_(torch.from_numpy(std))
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -85,6 +96,21 @@ def set_max_pixels(limit: int) -> None:
     MAX_PIXELS[0] = int(limit)
 
 
+_DECODED: ContextVar[Mapping[str, Image.Image]] = ContextVar("lnzoo_decoded", default={})
+
+
+@contextmanager
+def decoded(images: Mapping[Path, Image.Image]) -> Iterator[None]:
+    """Files whose pixels are already decoded (an upload ``lnzoo serve`` checked by decoding it, as
+    :func:`read_pixels` decodes a file): inside this block :func:`read_pixels` takes them instead of decoding the
+    file again. Per thread and task (a context variable): another request's files are never seen."""
+    token = _DECODED.set({str(p): img for p, img in images.items()})
+    try:
+        yield
+    finally:
+        _DECODED.reset(token)
+
+
 def read_pixels(path: Path) -> Image.Image:
     """Open any supported image: a file PIL reads, a DICOM file (with pydicom), or ``file.npz#split[i]``."""
     m = _NPZ_ITEM.match(str(path))
@@ -100,6 +126,10 @@ def read_pixels(path: Path) -> Image.Image:
         raise DataError([f"{path}: {img.width}x{img.height} = {img.width * img.height:,} pixels, over "
                          f"data.max_image_pixels ({MAX_PIXELS[0]:,}); raise it if the image is genuine (a file "
                          "that large may be a decompression bomb)"])
+    known = _DECODED.get().get(str(path))
+    if known is not None:  # decoded already (a checked upload): its header read, its pixels not decoded again
+        img.close()
+        return known
     img.load()
     return ImageOps.exif_transpose(img)
 

@@ -288,19 +288,23 @@ def stage_entry(server: Server, k: int, sample, raw: dict, calibrated: dict, res
 
 
 def answer(server: Server, req: Submission) -> dict[str, Any]:
-    """Predict on one checked request inside a temporary folder removed on return."""
+    """Predict on one checked request inside a temporary folder removed on return; each image is decoded once
+    (by its check: :func:`lnzoo.data.images.decoded` hands those pixels to every reader of the written file)."""
+    from lnzoo.data.images import decoded
+
     with tempfile.TemporaryDirectory(prefix="lnzoo-serve-") as tmp:
-        sample = write_sample(req, Path(tmp), server)
-        check_input_files(sample, req, server)
-        if server.required_view is None and not server.stages[0].inputs_used(sample):
-            raise RequestError(422, "this model reads no image view: give at least one of its inputs (text fields "
-                                    f"{server.covariates}, files {server.input_files})")
-        if server.cascade:  # the stages walked as lnzoo predict --cascade walks them
-            entries = [stage_entry(server, k, sample, raw, cal, resolved, req.gradcam)
-                       for k, _, raw, cal, resolved, _ in server.chain.walk([sample])]
-        else:
-            entries = [stage_entry(server, 0, sample, *server.stages[0].ensemble.predict_both([sample]),
-                                   req.gradcam)]
+        sample, pixels = write_sample(req, Path(tmp), server)
+        with decoded(pixels):
+            check_input_files(sample, req, server)
+            if server.required_view is None and not server.stages[0].inputs_used(sample):
+                raise RequestError(422, "this model reads no image view: give at least one of its inputs (text "
+                                        f"fields {server.covariates}, files {server.input_files})")
+            if server.cascade:  # the stages walked as lnzoo predict --cascade walks them
+                entries = [stage_entry(server, k, sample, raw, cal, resolved, req.gradcam)
+                           for k, _, raw, cal, resolved, _ in server.chain.walk([sample])]
+            else:
+                entries = [stage_entry(server, 0, sample, *server.stages[0].ensemble.predict_both([sample]),
+                                       req.gradcam)]
     first = entries[0]
     result = {key: first[key] for key in ("model", "members", "main_task", "tasks", "views_used", "inputs_used",
                                           "gradcam", "gradcam_note") if key in first}

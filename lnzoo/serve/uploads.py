@@ -11,11 +11,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fastapi import Request
+from PIL import Image
 from starlette.datastructures import FormData, UploadFile
 
 from lnzoo.ingest.dicom import is_dicom
 
 if TYPE_CHECKING:
+    from lnzoo.data.samples import Sample
     from lnzoo.serve.app import Server
 
 # MPO: the multi-picture JPEG many cameras and phones write; its first picture reads as a JPEG
@@ -35,11 +37,13 @@ class RequestError(Exception):
 # -- reading and checking a request -------------------------------------------------------------------------------
 @dataclass
 class Upload:
-    """One checked upload: its bytes, its file suffix and, for an image, its (width, height)."""
+    """One checked upload: its bytes, its file suffix and, for an image, its (width, height) and its pixels as
+    :func:`lnzoo.data.images.read_pixels` reads the file written from it (decoded once, by the check)."""
 
     data: bytes
     suffix: str
     size: tuple[int, int] | None = None
+    image: Image.Image | None = None
 
 
 @dataclass
@@ -66,7 +70,7 @@ def check_size(data: bytes, name: str, max_upload_mb: float) -> None:
 def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int, frame: int = 0) -> Upload:
     """Decode an upload with PIL: an image of a supported format, within the limits, that decodes whole (a DICOM
     file: its frame ``frame``)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps, UnidentifiedImageError
 
     check_size(data, name, max_upload_mb)
     if is_dicom(data):
@@ -85,18 +89,16 @@ def check_image(data: bytes, name: str, max_upload_mb: float, max_side: int, fra
                                     "a side (lnzoo serve --max-side)")
         try:
             img.load()
-            size = ImageOps.exif_transpose(img).size  # as the model reads it (lnzoo.data.images.read_pixels)
+            pixels = ImageOps.exif_transpose(img)  # as the model reads the file (lnzoo.data.images.read_pixels)
         except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             raise RequestError(422, f"{name}: corrupt or truncated {img.format} image ({exc})") from None
-    return Upload(data, IMAGE_FORMATS[img.format], size)
+    return Upload(data, IMAGE_FORMATS[img.format], pixels.size, pixels)
 
 
 def _check_dicom(data: bytes, name: str, max_side: int, frame: int) -> Upload:
     """A DICOM upload, read as every DICOM file is (:mod:`lnzoo.ingest.dicom`: the frame asked for, the first by
     default, cut to the ultrasound region) and kept as that PNG: the model reads the pixels lnzoo predict reads, and
     nothing of the header goes further (or into an answer); a box is drawn on the crop."""
-    from PIL import Image
-
     from lnzoo.errors import DataError
     from lnzoo.ingest.dicom import open_dicom
 
@@ -109,8 +111,9 @@ def _check_dicom(data: bytes, name: str, max_side: int, frame: int) -> Upload:
     except DataError as exc:
         raise RequestError(422, "; ".join(exc.problems)) from None
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG")
-    return Upload(buf.getvalue(), ".png", (rgb.shape[1], rgb.shape[0]))
+    pixels = Image.fromarray(rgb)
+    pixels.save(buf, format="PNG")  # lossless: the PNG decodes to these pixels
+    return Upload(buf.getvalue(), ".png", (rgb.shape[1], rgb.shape[0]), pixels)
 
 
 def check_input_file(data: bytes, filename: str | None, name: str, max_upload_mb: float) -> Upload:
@@ -194,8 +197,9 @@ async def read_form(form: FormData, server: Server) -> Submission:
                       parse_flag(text.get("gradcam", "true"), "gradcam"), inputs)
 
 
-def write_sample(req: Submission, folder: Path, server: Server):
-    """The uploads written into ``folder`` (a request's temporary one), as one Sample of every view."""
+def write_sample(req: Submission, folder: Path, server: Server) -> tuple[Sample, dict[Path, Image.Image]]:
+    """The uploads written into ``folder`` (a request's temporary one), as one Sample of every view; and each
+    written image's pixels as its check decoded them."""
     from lnzoo.data.samples import VIEW_COLUMN, Sample
 
     paths = {}
@@ -225,7 +229,8 @@ def write_sample(req: Submission, folder: Path, server: Server):
     for k, (column, upload) in enumerate(req.inputs.items()):
         cells[column] = (folder / f"input{k}{upload.suffix}").name
         (folder / cells[column]).write_bytes(upload.data)
-    return Sample(views, "", {}, "upload", cells=cells, rois=rois, base=folder)
+    pixels = {paths[v]: up.image for v, up in req.files.items() if up.image is not None}
+    return Sample(views, "", {}, "upload", cells=cells, rois=rois, base=folder), pixels
 
 
 def check_input_files(sample, req: Submission, server: Server) -> None:
