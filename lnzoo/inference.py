@@ -97,7 +97,8 @@ class Predictor:
         total, seen = 0.0, 0
         for start in range(0, len(samples), batch_size):
             part = samples[start:start + batch_size]
-            x, present, inputs = encode_batch(part, self.views, cache.pre, cache.get, self.inputs)
+            x, present, inputs = encode_batch(part, self.views, cache.pre, cache.get, self.inputs,
+                                              channels_last=self.channels_last and self.device.type == "cpu")
             y = torch.tensor([[s.labels.get(t, MISSING) for t in self.tasks] for s in part],
                              dtype=torch.long).reshape(len(part), len(self.tasks))
             x, present, y, inputs = self.to_device(torch.from_numpy(x), torch.from_numpy(present), y,

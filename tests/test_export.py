@@ -282,6 +282,10 @@ def _calls_agree(edited, images, value, called):
         task = got.json()["tasks"]["malignancy"]
         assert task["call"] == row["malignancy_pred"] == called
         assert task["probabilities"]["malignant"] == pytest.approx(row["cal_malignancy_malignant"], abs=1e-6)
+    # Grad-CAM loads its torch model on the predicting thread, in the request's context (--allow-modified too)
+    with images[0].open("rb") as fh:
+        got = client.post("/api/predict", files={"full": (images[0].name, fh.read())}, data={"gradcam": "true"})
+    assert got.status_code == 200 and got.json()["gradcam"]["full"], got.text
 
 
 MASKLESS = """

@@ -43,10 +43,16 @@ def encode_sample(sample: Sample, views: Sequence[str], pixels: PixelSource, inp
 
 
 def encode_batch(samples: Sequence[Sample], views: Sequence[str], pre: Preprocessing, pixels: PixelSource,
-                 inputs=None) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
-    """(x float32 (B, V, 3, H, W) normalised, zero where absent; present bool (B, V + K); inputs {name: (B, ...)})."""
+                 inputs=None, channels_last: bool = False) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray]]:
+    """(x float32 (B, V, 3, H, W) normalised, zero where absent; present bool (B, V + K); inputs {name: (B, ...)}).
+
+    ``channels_last``: x is laid out (B, V, H, W, 3) in memory, seen as (B, V, 3, H, W), as a channels-last model
+    takes it (torch needs no copy); the values are the same."""
     size = pre.image_size
-    x = np.zeros((len(samples), len(views), 3, size, size), dtype=np.float32)
+    if channels_last:
+        x = np.zeros((len(samples), len(views), size, size, 3), dtype=np.float32).transpose(0, 1, 4, 2, 3)
+    else:
+        x = np.zeros((len(samples), len(views), 3, size, size), dtype=np.float32)
     present, arrays = [], []
     for i, s in enumerate(samples):
         enc = encode_sample(s, views, pixels, inputs)
