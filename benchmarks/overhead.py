@@ -440,7 +440,7 @@ def measure_size(args, size: int, host, events: Events, rows: list, notes: list)
     solo = load_recipe(args.recipe, sets=[*base, f"tasks.task_weights={{{main} = 1.0}}"], host=host)
     tasks = recipe_tasks(recipe, host)
     aux = [t for t in tasks if t != main]
-    data, cache = _load_data(recipe, tasks, lambda e: None)  # the phantom, decoded into memory as lnzoo run does
+    data, cache = _load_data(recipe, tasks, lambda e: None, host)  # the phantom, decoded into memory as lnzoo run does
     labelled = [s for s in data.pool if s.labels.get(main, MISSING) != MISSING]
     n = args.images
     train = (labelled * math.ceil(n / len(labelled)))[:n]  # repeated when the phantom is smaller than --images
