@@ -116,6 +116,60 @@ def test_a_pretraining_run_then_a_stage_run_that_starts_from_it_and_the_leakage_
     assert refused.returncode == 2 and "its self-supervised pretraining" in refused.stderr.replace("\n", " ")
 
 
+def _backbone_file(path: Path, read: list[str], transductive: bool = False) -> Path:
+    """A backbone file as lnzoo's pretraining writes it, having read the images of digests ``read``."""
+    from safetensors.torch import save_file
+
+    from lnzoo.pretrain.images import result_metadata
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"backbones.0.body.w": torch.zeros(2)}, str(path), metadata=result_metadata(read, transductive))
+    return path
+
+
+@pytest.mark.parametrize("where", ["its run directory", "the file in it", "a copy elsewhere", "a renamed copy"])
+@pytest.mark.parametrize("key", ["model.init_from", "model.backbone.pretrained_file"])
+def test_a_pretrained_backbone_says_what_it_read_wherever_it_is_copied(tmp_path, where, key):
+    """The leakage rule reads the images a pretraining saw from the backbone file's own header: a copy of the file
+    (without its run directory) started from by either key is refused when it read an image the run evaluates on."""
+    import shutil
+
+    from lnzoo.data.samples import Sample
+    from lnzoo.pretrain.images import pretraining_leaks
+
+    run = tmp_path / "ssl"
+    weights = _backbone_file(run / "backbone.safetensors", ["aa" * 20, "bb" * 20])
+    (run / "pretrain_images.csv").write_text("path,digest\n")  # the run's own list (its header is what counts)
+    source = {"its run directory": run, "the file in it": weights,
+              "a copy elsewhere": tmp_path / "elsewhere" / "backbone.safetensors",
+              "a renamed copy": tmp_path / "weights" / "us_simclr.safetensors"}[where]
+    if where.startswith("a "):
+        source.parent.mkdir()
+        shutil.copy(weights, source)
+    seen = Sample({"full": Path("/data/seen.png")}, "P1", {}, "row 2")
+    unseen = Sample({"full": Path("/data/unseen.png")}, "P2", {}, "row 3")
+    digests = {Path("/data/seen.png"): "bb" * 20, Path("/data/unseen.png"): "cc" * 20}
+    problems = pretraining_leaks([(key, source)], {"cross-validation": [seen, unseen], "test": []}, digests)
+    assert len(problems) == 1 and problems[0].startswith(f"{key} = {source}: its self-supervised pretraining")
+    assert "1 of the cross-validation images (e.g. /data/seen.png)" in problems[0]
+    assert pretraining_leaks([(key, source)], {"cross-validation": [unseen]}, digests) == []
+
+
+def test_a_declared_transductive_pretraining_and_other_weights_are_not_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    from lnzoo.data.samples import Sample
+    from lnzoo.pretrain.images import pretraining_leaks
+
+    seen = Sample({"full": Path("/data/seen.png")}, "P1", {}, "row 2")
+    digests = {Path("/data/seen.png"): "bb" * 20}
+    transductive = _backbone_file(tmp_path / "t" / "backbone.safetensors", ["bb" * 20], transductive=True)
+    hub = tmp_path / "model.safetensors"  # a hub's weights: no pretraining header
+    save_file({"w": torch.zeros(2)}, str(hub))
+    for source in (transductive, hub, "zoo:phantom-stage1-tiny", tmp_path / "missing.safetensors", None):
+        assert pretraining_leaks([("model.init_from", source)], {"test": [seen]}, digests) == []
+
+
 @pytest.mark.slow
 def test_a_resumed_pretraining_ends_with_the_weights_of_an_uninterrupted_one(tmp_path):
     from lnzoo import events

@@ -181,7 +181,10 @@ def check_run_data(recipe, tasks: Mapping[str, Task], host, on_phantom: Callable
         grouped = group_identical_patients(parts["cross-validation"], digests)
     leaks = identical_content_across_patients(parts, digests)
     from lnzoo.pretrain.images import pretraining_leaks  # a self-supervised pretraining that saw evaluation images
-    leaks += pretraining_leaks(recipe.config.model.init_from, parts, digests)
+    model_cfg = recipe.config.model
+    leaks += pretraining_leaks([("model.init_from", model_cfg.init_from),
+                                ("model.backbone.pretrained_file", model_cfg.backbone.get("pretrained_file"))],
+                               parts, digests)
     if second_phantom:
         for smp in parts["external"]:  # the second phantom's patients are other people than the first's
             smp.patient = f"centre2-{smp.patient}"

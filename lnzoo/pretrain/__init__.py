@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +33,7 @@ from lnzoo.pretrain.images import (
     check_usable,
     digest,
     image_listing,
+    result_metadata,
     source_images,
     write_image_list,
 )
@@ -226,7 +227,7 @@ def _pretrain(recipe, host, rd: RunDir, emit, resume: bool) -> dict[str, Any]:
         emit(events.EpochEnded(0, cfg.train.epochs, row, best))
         save_state(rd / STATE, {"method": method.state_dict()}, optimizer, generator,
                    {"epoch": epoch + 1, "history": history, "scheduler": scheduler.state_dict()})
-    summary = _write_result(rd, recipe, method.backbone, history, len(paths), time.perf_counter() - t0,
+    summary = _write_result(rd, recipe, method.backbone, history, digests, time.perf_counter() - t0,
                             float(np.mean([r["seconds"] for r in history])) if history else math.nan)
     from lnzoo.train.resume import remove_state
     remove_state(rd / STATE)
@@ -234,9 +235,10 @@ def _pretrain(recipe, host, rd: RunDir, emit, resume: bool) -> dict[str, Any]:
     return summary
 
 
-def _write_result(rd: RunDir, recipe, backbone, history, n_images: int, seconds: float,
+def _write_result(rd: RunDir, recipe, backbone, history, digests: Sequence[str], seconds: float,
                   epoch_seconds: float) -> dict[str, Any]:
-    """The backbone under lnzoo's model keys (what model.init_from loads), its sidecar, history, metrics, report."""
+    """The backbone under lnzoo's model keys (what model.init_from loads), with the images it read in its header
+    (the leakage rule: :func:`lnzoo.pretrain.images.pretraining_leaks`), its sidecar, history, metrics, report."""
     from safetensors.torch import save
 
     from lnzoo import __version__
@@ -244,11 +246,12 @@ def _write_result(rd: RunDir, recipe, backbone, history, n_images: int, seconds:
 
     cfg = recipe.config
     state = {f"backbones.0.{k}": v.detach().cpu().contiguous() for k, v in backbone.state_dict().items()}
-    blob = save(state, metadata={"format": "lnzoo-pretrained-backbone", "lnzoo_version": __version__})
+    blob = save(state, metadata={**result_metadata(digests, bool(cfg.pretrain.transductive)),
+                                 "lnzoo_version": __version__})
     write_atomic(rd / RESULT, blob)
     probes = [r["knn_balanced_accuracy"] for r in history if "knn_balanced_accuracy" in r]
     summary = {"kind": "pretrain", "method": cfg.pretrain.method, "options": dict(cfg.pretrain.options or {}),
-               "backbone": dict(cfg.model.backbone), "image_size": cfg.data.image_size, "images": n_images,
+               "backbone": dict(cfg.model.backbone), "image_size": cfg.data.image_size, "images": len(digests),
                "epochs": len(history), "transductive": bool(cfg.pretrain.transductive),
                "final_loss": history[-1]["train_loss"] if history else None,
                "knn_balanced_accuracy": {"first": probes[0] if probes else None, "last": probes[-1] if probes else None,
