@@ -65,6 +65,7 @@ COMPONENTS = [
     kit.fusion("attention", host=HOST, num_views=3, view_embedding=False),
     *(INPUTS[n] for n in HOST.registry("input").names() if n in INPUTS),
     *(kit.task(n, host=HOST) for n in HOST.registry("task").names()),
+    *(kit.pretrainer(n, host=HOST) for n in HOST.registry("pretrainer").names()),
 ]
 
 
@@ -110,7 +111,7 @@ def test_builtin_components_satisfy_their_protocols():
 def test_the_plugin_guide_lists_every_check():
     guide = (Path(__file__).resolve().parents[1] / "docs" / "plugins" / "index.md").read_text(encoding="utf-8")
     for kind, label in [("backbone", "backbone"), ("head", "head"), ("fusion", "fusion"), ("input", "input kind"),
-                        ("task", "task")]:
+                        ("task", "task"), ("pretrainer", "pretrainer")]:
         row = next(line for line in guide.splitlines() if line.startswith(f"| {label} |"))
         assert re.findall(r"`(\w+)`", row) == kit.check_names(kind), f"docs/plugins/index.md: the {label} row"
 

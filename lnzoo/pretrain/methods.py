@@ -142,3 +142,6 @@ def byol(backbone: nn.Module, **options) -> BYOL:
 
 def dino(backbone: nn.Module, **options) -> DINO:
     return DINO(backbone, **options)
+
+
+dino.lnzoo_check_kwargs = {"output_dim": 64, "hidden_dim": 32, "bottleneck_dim": 16}  # small, for the kit

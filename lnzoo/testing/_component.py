@@ -11,11 +11,13 @@ from lnzoo import contracts
 from lnzoo.errors import did_you_mean
 from lnzoo.plugins import PluginHost, get_host
 
-KINDS = ("backbone", "head", "fusion", "input", "task")
+KINDS = ("backbone", "head", "fusion", "input", "task", "pretrainer")
 # the sizes the kit builds components at, unless a component asks for others
 SIZES: dict[str, dict[str, int]] = {"backbone": {"image_size": 64}, "head": {"in_features": 32, "num_classes": 3},
                                     "fusion": {"num_views": 2, "in_features": 16}, "input": {"out_features": 16},
-                                    "task": {}}
+                                    "task": {}, "pretrainer": {"image_size": 32}}
+# the backbone a pretrainer wraps unless it names another: timm's tiny test model
+TEST_BACKBONE: dict[str, Any] = {"name": "timm", "model_name": "test_resnet"}
 
 
 @dataclass(frozen=True)
@@ -31,6 +33,7 @@ class Component:
     host: PluginHost | Callable[[], PluginHost] | None = None
     rows: Sequence[Any] | Callable[[Path], Sequence[Any]] | None = None
     obj: Any = None  # a task given as an object rather than by its registered name
+    wraps: Mapping[str, Any] | None = None  # the backbone table a pretrainer wraps (TEST_BACKBONE when None)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -85,7 +88,16 @@ class Component:
             return self.entry().build(s["in_features"], s["num_classes"], **self.factory_options())
         if self.kind == "fusion":
             return self.entry().build(self.num_views, s["in_features"], **self.factory_options())
+        if self.kind == "pretrainer":
+            return self.build_pretrainer()[1]
         return self.entry().build(**self.factory_options())
+
+    def build_pretrainer(self) -> tuple[Any, Any]:
+        """(the backbone, the pretrainer wrapping it), built as ``pretrain.method`` builds them."""
+        table = dict(self.wraps or TEST_BACKBONE)
+        name = table.pop("name")
+        wrapped = self.resolved_host().get("backbone", name).build(**table)
+        return wrapped, self.entry().build(wrapped, **self.factory_options())
 
     def rows_in(self, folder: Path) -> list[Any]:
         """An input kind's rows (a callable gets ``folder``, a fresh temporary folder, to write its files in)."""
@@ -133,9 +145,17 @@ def task(name_or_task: Any, *, host: Any = None) -> Component:
     return Component("task", str(getattr(name_or_task, "name", "?")), host=host, obj=name_or_task)
 
 
+def pretrainer(name: str, *, host: Any = None, image_size: int = 32, wraps: Mapping[str, Any] | None = None,
+               **options: Any) -> Component:
+    """A self-supervised pretraining method (``pretrain.method``), built as ``factory(backbone, **options)`` around
+    the backbone table ``wraps`` (default timm's tiny ``test_resnet``), checked on two views of (4, 3,
+    image_size, image_size) images."""
+    return Component("pretrainer", name, options, {"image_size": image_size}, host, wraps=wraps)
+
+
 # the describers by kind, for check_component(kind, name, ...)
 DESCRIBE: dict[str, Callable[..., Component]] = {"backbone": backbone, "head": head, "fusion": fusion, "task": task,
-                                                 "input": input_kind}
+                                                 "input": input_kind, "pretrainer": pretrainer}
 
 
 def as_component(c: Any) -> Component:

@@ -11,7 +11,8 @@ from typing import Any
 
 from lnzoo.errors import did_you_mean
 from lnzoo.plugins import PluginHost
-from lnzoo.testing._component import DESCRIBE, Component, as_component, backbone, fusion, head, input_kind, task
+from lnzoo.testing._component import (DESCRIBE, Component, as_component, backbone, fusion, head, input_kind,
+                                      pretrainer, task)
 from lnzoo.testing._registry import CHECKS, NotApplicable
 
 
@@ -221,3 +222,12 @@ def check_task(name_or_task: Any, host: PluginHost | None = None, *,
                expected_failed: Mapping[str, str] | None = None, on_fail: str | None = "raise") -> list[CheckResult]:
     """Every task check, on a registered task's name or a ``lnzoo.tasks.Task``; every failure reported at once."""
     return check_component(task(name_or_task, host=host), expected_failed=expected_failed, on_fail=on_fail)
+
+
+def check_pretrainer(name: str, host: PluginHost | None = None, image_size: int = 32, *,
+                     wraps: Mapping[str, Any] | None = None, expected_failed: Mapping[str, str] | None = None,
+                     on_fail: str | None = "raise", **options: Any) -> list[CheckResult]:
+    """Every pretrainer check, the method wrapping the backbone table ``wraps`` (timm's tiny test model by
+    default); every failure reported at once."""
+    return check_component(pretrainer(name, host=host, image_size=image_size, wraps=wraps, **options),
+                           expected_failed=expected_failed, on_fail=on_fail)
