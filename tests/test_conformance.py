@@ -376,3 +376,37 @@ def test_check_task_names_a_task_registered_under_another_name():
     with pytest.raises(AssertionError, match="registered_under_its_name: registered as 'acme_v2' but its name is "
                                              "'acme'"):
         kit.check_task("acme_v2", host=host)
+
+
+@pytest.mark.parametrize("fault, failed", [
+    ("copies the backbone", {"keeps_the_backbone", "backward_reaches_the_backbone", "trainable_after_step"}),
+    ("detaches the features", {"backward_reaches_the_backbone", "trainable_after_step"}),
+    ("returns a loss per image", {"loss_is_a_finite_scalar", "backward_reaches_the_backbone", "trainable_after_step"}),
+    ("freezes the backbone after a step", {"trainable_after_step"}),
+])
+def test_kit_names_a_pretrainer_that_would_not_train_what_it_saves(fault, failed):
+    import copy
+
+    import torch
+
+    def method(backbone):
+        class Broken(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.backbone = copy.deepcopy(backbone) if fault == "copies the backbone" else backbone
+                self.proj = torch.nn.Linear(backbone.num_features, 8)
+
+            def forward(self, view0, view1):
+                f0, f1 = self.backbone(view0), self.backbone(view1)
+                if fault == "detaches the features":
+                    f0, f1 = f0.detach(), f1.detach()
+                loss = (self.proj(f0) - self.proj(f1)).pow(2).mean(1) + self.proj(f0).pow(2).mean(1)
+                return loss if fault == "returns a loss per image" else loss.mean()
+
+            def after_step(self, progress):
+                if fault == "freezes the backbone after a step":
+                    self.backbone.requires_grad_(False)
+        return Broken()
+
+    results = kit.check_pretrainer("acme", host=_host_with("pretrainer", method), on_fail=None)
+    assert {r.check for r in results if not r.ok} == failed, [(r.check, r.message) for r in results if not r.ok]

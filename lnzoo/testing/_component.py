@@ -93,10 +93,14 @@ class Component:
         return self.entry().build(**self.factory_options())
 
     def build_pretrainer(self) -> tuple[Any, Any]:
-        """(the backbone, the pretrainer wrapping it), built as ``pretrain.method`` builds them."""
+        """(the backbone, the pretrainer wrapping it), built as ``pretrain.method`` builds them; the backbone from
+        the component's host, or lnzoo's own when that host does not register it (a host of one plugin)."""
         table = dict(self.wraps or TEST_BACKBONE)
         name = table.pop("name")
-        wrapped = self.resolved_host().get("backbone", name).build(**table)
+        host = self.resolved_host()
+        if name not in host.registry("backbone").names():
+            host = get_host()
+        wrapped = host.get("backbone", name).build(**table)
         return wrapped, self.entry().build(wrapped, **self.factory_options())
 
     def rows_in(self, folder: Path) -> list[Any]:
