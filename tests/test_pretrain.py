@@ -116,6 +116,22 @@ def test_a_pretraining_run_then_a_stage_run_that_starts_from_it_and_the_leakage_
     assert refused.returncode == 2 and "its self-supervised pretraining" in refused.stderr.replace("\n", " ")
 
 
+@pytest.mark.slow
+def test_a_pretraining_runs_under_torchrun_on_two_processes(tmp_path):
+    """`lnzoo run --nproc 2` on a pretraining recipe: each process a share of every batch, one result written by
+    rank 0, its k-NN probe and history as a single process writes them."""
+    from tests.conftest import run_cli
+
+    sets = [x for s in SMALL if not s.startswith("train.threads") for x in ("--set", s)]  # the CPUs split
+    done = run_cli("run", str(RECIPE), "--quick", "--nproc", "2", *sets, "--out", str(tmp_path / "ssl"))
+    assert done.returncode == 0, done.stderr
+    assert "shared by 2 local processes" in done.stderr + done.stdout
+    summary = json.loads((tmp_path / "ssl" / "backbone.json").read_text())
+    assert summary["epochs"] == 2 and summary["images"] == 48 and summary["knn_balanced_accuracy"]["last"] is not None
+    assert len((tmp_path / "ssl" / "history.csv").read_text().splitlines()) == 3
+    assert (tmp_path / "ssl" / "backbone.safetensors").stat().st_size > 0
+
+
 def _backbone_file(path: Path, read: list[str], transductive: bool = False) -> Path:
     """A backbone file as lnzoo's pretraining writes it, having read the images of digests ``read``."""
     from safetensors.torch import save_file
