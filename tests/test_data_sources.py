@@ -220,3 +220,30 @@ def test_a_mask_larger_than_its_image_crops_to_its_scaled_extent_even_when_tiny(
     half[:, 40:] = 255
     Image.fromarray(half).save(tmp_path / "half_mask.png")
     assert roi_box(tmp_path / "half_mask.png", (40, 40), margin=0.0) == (20, 0, 40, 40)
+
+
+@pytest.mark.parametrize("normalize", ["imagenet", "half"])
+def test_every_way_an_image_is_normalised_gives_the_same_bits(normalize):
+    """Training (torch tensors), predicting, serving and ONNX (numpy, by table lookup, into a channels-last batch)
+    scale pixels by one rule, to the bit: a model never sees other inputs than it was trained on."""
+    import torch
+
+    from lnzoo.data.encode import encode_batch
+    from lnzoo.data.images import normalise
+    from lnzoo.data.samples import Sample
+
+    pre = Preprocessing(16, normalize=normalize)
+    rng = np.random.default_rng(0)
+    images = {v: rng.integers(0, 256, (16, 16, 3), dtype=np.uint8) for v in "ab"}
+    every_level = np.broadcast_to(np.arange(256, dtype=np.uint8).reshape(16, 16), (3, 16, 16)).copy()
+    mean, std = (np.asarray(v, dtype=np.float32).reshape(3, 1, 1) for v in pre.mean_std)
+    expected = (every_level.astype(np.float32) / np.float32(255.0) - mean) / std
+    assert np.array_equal(normalise(every_level, pre), expected)
+    assert np.array_equal(normalise(torch.from_numpy(every_level), pre).numpy(), expected)
+    assert np.array_equal(normalise(every_level.astype(np.float64), pre), expected)  # not uint8: computed, not looked up
+    samples = [Sample({"full": "a", "roi": None}, "P1", {}, "r1"), Sample({"full": "b", "roi": "a"}, "P2", {}, "r2")]
+    plain, present, _ = encode_batch(samples, ["full", "roi"], pre, lambda p, o, r: images[p])
+    last, _, _ = encode_batch(samples, ["full", "roi"], pre, lambda p, o, r: images[p], channels_last=True)
+    assert np.array_equal(plain, last) and present.tolist() == [[True, False], [True, True]]
+    assert np.array_equal(plain[1, 0], normalise(images["b"].transpose(2, 0, 1), pre)) and not plain[0, 1].any()
+    assert torch.from_numpy(last).flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
