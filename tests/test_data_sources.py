@@ -240,7 +240,7 @@ def test_every_way_an_image_is_normalised_gives_the_same_bits(normalize):
     expected = (every_level.astype(np.float32) / np.float32(255.0) - mean) / std
     assert np.array_equal(normalise(every_level, pre), expected)
     assert np.array_equal(normalise(torch.from_numpy(every_level), pre).numpy(), expected)
-    assert np.array_equal(normalise(every_level.astype(np.float64), pre), expected)  # not uint8: computed, not looked up
+    assert np.array_equal(normalise(every_level.astype(np.float64), pre), expected)  # not uint8: computed
     samples = [Sample({"full": "a", "roi": None}, "P1", {}, "r1"), Sample({"full": "b", "roi": "a"}, "P2", {}, "r2")]
     plain, present, _ = encode_batch(samples, ["full", "roi"], pre, lambda p, o, r: images[p])
     last, _, _ = encode_batch(samples, ["full", "roi"], pre, lambda p, o, r: images[p], channels_last=True)
