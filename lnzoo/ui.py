@@ -48,6 +48,7 @@ class RunView:
         self._bars: dict[str, Any] = {}
         self._clock = clock
         self._since: dict[int, float] = {}  # fold -> when its current epoch began
+        self._labels: dict[int, str] = {}  # fold -> what its lines say it is ("fold 2"; a pretraining: "pretraining")
 
     def _print(self, text: str) -> None:
         """A message for people: on a terminal above the bars; in a log every line starts with the time of day
@@ -91,6 +92,7 @@ class RunView:
     def _on_FoldStarted(self, e: events.FoldStarted) -> None:
         self._since[e.fold] = self._clock()
         if e.n_validation == 0 and e.n_held_out == 0:  # a self-supervised pretraining: no labels, no folds
+            self._labels[e.fold] = "pretraining"
             self._print(f"[bold]pretraining[/]: {e.n_train} unlabelled images")
             return
         role = "picks the epoch" if e.keep == "best" else "curves only: the last epoch is kept"
@@ -105,7 +107,7 @@ class RunView:
 
     def _on_StepEnded(self, e: events.StepEnded) -> None:
         if self.live:
-            bar = self._bar(f"fold{e.fold}", f"fold {e.fold}", e.epochs * e.steps)
+            bar = self._bar(f"fold{e.fold}", self._labels.get(e.fold, f"fold {e.fold}"), e.epochs * e.steps)
             self.progress.update(bar, completed=e.epoch * e.steps + e.step,
                                  info=f"epoch {e.epoch + 1}/{e.epochs} loss {e.loss:.3f}")
 
@@ -116,7 +118,7 @@ class RunView:
         if self.live and f"fold{e.fold}" in self._bars:
             self.progress.update(self._bars[f"fold{e.fold}"], info=text)
         elif not self.live:
-            self._print(f"fold {e.fold} {text}")
+            self._print(f"{self._labels.get(e.fold, f'fold {e.fold}')} {text}")
 
     def _on_FoldEnded(self, e: events.FoldEnded) -> None:
         bar = self._bars.get(f"fold{e.fold}")

@@ -125,7 +125,9 @@ def test_a_pretraining_runs_under_torchrun_on_two_processes(tmp_path):
     sets = [x for s in SMALL if not s.startswith("train.threads") for x in ("--set", s)]  # the CPUs split
     done = run_cli("run", str(RECIPE), "--quick", "--nproc", "2", *sets, "--out", str(tmp_path / "ssl"))
     assert done.returncode == 0, done.stderr
-    assert "shared by 2 local processes" in done.stderr + done.stdout
+    said = done.stderr + done.stdout
+    assert "shared by 2 local processes" in said
+    assert "pretraining epoch 2/2 loss" in said and "fold 0" not in said  # no folds in a pretraining
     summary = json.loads((tmp_path / "ssl" / "backbone.json").read_text())
     assert summary["epochs"] == 2 and summary["images"] == 48 and summary["knn_balanced_accuracy"]["last"] is not None
     assert len((tmp_path / "ssl" / "history.csv").read_text().splitlines()) == 3
