@@ -13,7 +13,8 @@ fine-tuning compute (the set's example recipe, ``recipes/examples/ddti_tirads.to
    (``recipes/examples/ssl_for_ddti.toml`` / ``ssl_for_pocus.toml``); the leakage rule of ``lnzoo validate`` makes
    sure it never read an image the fine-tuned model is evaluated on.
 
-The pretrainings run once per set (seed 0) and are reused by every seed. It prints, per arm, the mean AUC and
+The pretrainings run once per set (seed 0) and are reused by every seed. Run again with the same ``--out``, it
+continues where it stopped: finished runs are kept, an interrupted one is resumed. It prints, per arm, the mean AUC and
 balanced accuracy over the held-out folds, the pooled out-of-fold AUC and the paired DeLong test of each
 pretrained arm against scratch (clustered by patient), the wall times and the pretraining's seconds per epoch,
 and writes the Markdown table to ``<out>/ssl.md``. It prints figures; it asserts nothing; it picks nothing on the
@@ -43,6 +44,20 @@ def lnzoo(*args: str) -> float:
     return time.perf_counter() - t0
 
 
+def run_into(out: Path, *args: str) -> float:
+    """``lnzoo run ARGS --out OUT``, continuing where an earlier call stopped: a run finished there is kept (its
+    wall time from run.json), an interrupted one resumed (``--resume``; the minutes then count this part only)."""
+    from lnzoo.rundir import RunDir
+
+    status = RunDir(out).status() if (out / "run.json").is_file() else None
+    if status == "finished":
+        return float(json.loads((out / "run.json").read_text()).get("wall_seconds") or 0.0)
+    if status is not None:
+        print(f"resuming {out} ({status})", file=sys.stderr, flush=True)
+        return lnzoo("run", "--resume", str(out))
+    return lnzoo("run", *args, "--out", str(out))
+
+
 def figures(run: Path, scratch: Path | None) -> dict:
     import numpy as np
 
@@ -58,9 +73,10 @@ def figures(run: Path, scratch: Path | None) -> dict:
     out = {"auc": folds["auc"]["mean"], "auc_sd": folds["auc"]["sd"],
            "bacc": folds["balanced_accuracy"]["mean"], "pooled": metrics["cross_validation"]["pooled"][main]["auc"]}
     if scratch is not None:  # the same held-out images in both runs, in the same order (by path)
-        def cases(r: Path):
-            rows = sorted((x for x in RunDir(r).read_predictions()[1] if x["part"] == "cv"), key=lambda x: x["path"])
-            return [x["path"] for x in rows], task_cases(rows, main, meta["classes"])
+        def cases(r: Path):  # by the file each row read (a data folder reached through a link is the same folder)
+            rows = sorted((x for x in RunDir(r).read_predictions()[1] if x["part"] == "cv"),
+                          key=lambda x: str(Path(x["path"]).resolve()))
+            return [str(Path(x["path"]).resolve()) for x in rows], task_cases(rows, main, meta["classes"])
 
         (paths_a, a), (paths_b, b) = cases(run), cases(scratch)
         if paths_a != paths_b or not np.array_equal(a.y, b.y):
@@ -87,16 +103,15 @@ def main() -> None:
         pre = {"supervised": base / "pretrain_supervised", "ssl": base / "pretrain_ssl"}
         pre_s = {}
         for arm, toml in (("supervised", supervised), ("ssl", ssl)):
-            if not (pre[arm] / "run.json").is_file():
-                pre_s[arm] = lnzoo("run", str(EXAMPLES / toml), "--out", str(pre[arm]))
+            pre_s[arm] = run_into(pre[arm], str(EXAMPLES / toml))
         ssl_info = json.loads((pre["ssl"] / "backbone.json").read_text())
         for seed in args.seeds.split(","):
             scratch = base / f"scratch-s{seed}"
-            t = {"scratch": lnzoo("run", str(EXAMPLES / recipe), "--set", f"seed={seed}", *extra, "--out", str(scratch))}
+            t = {"scratch": run_into(scratch, str(EXAMPLES / recipe), "--set", f"seed={seed}", *extra)}
             folds = ["--set", f"cv.folds_file='{scratch / 'folds.csv'}'"]
             for arm in ("supervised", "ssl"):
-                t[arm] = lnzoo("run", str(EXAMPLES / recipe), "--set", f"seed={seed}", *folds, *extra,
-                               "--set", f"model.init_from='{pre[arm]}'", "--out", str(base / f"{arm}-s{seed}"))
+                t[arm] = run_into(base / f"{arm}-s{seed}", str(EXAMPLES / recipe), "--set", f"seed={seed}", *folds,
+                                  *extra, "--set", f"model.init_from='{pre[arm]}'")
             for arm in ("scratch", "supervised", "ssl"):
                 run = base / f"{arm}-s{seed}"
                 f = figures(run, None if arm == "scratch" else scratch)
