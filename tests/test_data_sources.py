@@ -247,3 +247,27 @@ def test_every_way_an_image_is_normalised_gives_the_same_bits(normalize):
     assert np.array_equal(plain, last) and present.tolist() == [[True, False], [True, True]]
     assert np.array_equal(plain[1, 0], normalise(images["b"].transpose(2, 0, 1), pre)) and not plain[0, 1].any()
     assert torch.from_numpy(last).flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize("resize", ["squash", "letterbox"])
+def test_a_grey_image_kept_one_band_until_the_end_gives_the_pixels_of_three(tmp_path, resize):
+    """Grey images are cropped and resized as one band and replicated last (a third of the work): for sizes up
+    and down, odd shapes and ROI boxes, the pixels are those of replicating first, to the bit."""
+    from PIL import ImageOps
+
+    rng = np.random.default_rng(1)
+    for k in range(40):
+        h, w = (int(v) for v in rng.integers(9, 400, 2))
+        grey = rng.integers(0, 256, (h, w), dtype=np.uint8) if k % 2 else \
+            (np.add.outer(np.arange(h), 3 * np.arange(w)) % 256).astype(np.uint8)
+        path = tmp_path / f"g{k}.png"
+        Image.fromarray(grey, "L").save(path)
+        size = int(rng.choice([16, 48, 96, 224]))
+        roi = None if k % 3 == 0 else (0.1 * w, 0.2 * h, 0.9 * w, 0.7 * h)
+        pre = Preprocessing(size, resize=resize)
+        rgb = Image.fromarray(grey, "L").convert("RGB")  # the order before: replicate, then crop and resize
+        if roi is not None:
+            rgb = rgb.crop(roi_box(roi, rgb.size, pre.roi_margin))
+        rgb = ImageOps.pad(rgb, (size, size), method=Image.BILINEAR, color=(0, 0, 0)) if resize == "letterbox" \
+            else rgb.resize((size, size), Image.BILINEAR)
+        assert np.array_equal(load_image(path, pre, roi=roi), np.asarray(rgb)), (k, h, w, size, roi)

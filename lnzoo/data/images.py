@@ -77,8 +77,11 @@ def _levels(mean_std: tuple[tuple[float, ...], tuple[float, ...]]) -> np.ndarray
     return table
 
 
-def to_rgb(img: Image.Image) -> Image.Image:
-    """Any mode (8/16-bit grey, palette, RGBA, CMYK) -> 8-bit RGB; grey is replicated into 3 channels."""
+def to_rgb(img: Image.Image, keep_grey: bool = False) -> Image.Image:
+    """Any mode (8/16-bit grey, palette, RGBA, CMYK) -> 8-bit RGB; grey is replicated into 3 channels.
+
+    ``keep_grey``: a grey image stays one 8-bit band ("L"), to be replicated last: cropping, resizing and padding
+    one band give the very pixels of three equal bands (tested), in a third of the time."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
         lo, hi = np.percentile(arr, (0.5, 99.5)) if arr.size else (0.0, 1.0)
@@ -88,7 +91,7 @@ def to_rgb(img: Image.Image) -> Image.Image:
         img = img.convert("RGBA")
         background = Image.new("RGBA", img.size, (0, 0, 0, 255))
         img = Image.alpha_composite(background, img)
-    return img.convert("RGB")
+    return img if keep_grey and img.mode == "L" else img.convert("RGB")
 
 
 _NPZ: dict[str, dict[str, np.ndarray]] = {}
@@ -186,7 +189,7 @@ def load_image(path: Path, pre: Preprocessing, origin: str = "", roi=None, margi
     try:
         if not _NPZ_ITEM.match(str(path)) and path.stat().st_size == 0:
             raise DataError([f"{where}{path}: empty file"])
-        rgb = to_rgb(read_pixels(path))
+        rgb = to_rgb(read_pixels(path), keep_grey=not pre.mask_marks)  # marks are found in RGB
     except DataError as exc:  # named by read_pixels (a DICOM file, the pixel limit): the row it came from too
         if not where:
             raise
@@ -206,7 +209,7 @@ def load_image(path: Path, pre: Preprocessing, origin: str = "", roi=None, margi
         rgb = rgb.crop(roi_box(roi, rgb.size, margin, origin or str(path)))
     size = pre.image_size
     if pre.resize == "letterbox":
-        rgb = ImageOps.pad(rgb, (size, size), method=Image.BILINEAR, color=(0, 0, 0))
+        rgb = ImageOps.pad(rgb, (size, size), method=Image.BILINEAR, color=0 if rgb.mode == "L" else (0, 0, 0))
     else:
         rgb = rgb.resize((size, size), Image.BILINEAR)
-    return np.array(rgb, dtype=np.uint8)  # a writable copy: torch wraps it without copying again
+    return np.array(rgb.convert("RGB") if rgb.mode != "RGB" else rgb, dtype=np.uint8)  # writable: torch wraps it
