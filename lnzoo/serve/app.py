@@ -243,6 +243,7 @@ def build_server(models: Sequence[Path], cascade: Sequence[Path], max_upload_mb:
     fields = [*server.file_fields, *TEXT_FIELDS, *server.covariates]
     clash = sorted({c for c in server.input_files if c in fields})
     if clash:  # one form field cannot be two things
+        worker.shutdown(wait=False)
         raise UsageError(f"the input file column(s) {clash} of the model share a name with its views or text fields "
                          f"{fields}; the server cannot tell them apart in a form")
     return server
