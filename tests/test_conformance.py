@@ -2,6 +2,7 @@
 check), and the kit itself: every failure reported by its check's name, expected failures as xfail."""
 from __future__ import annotations
 
+import json
 import re
 import types
 import warnings
@@ -66,7 +67,16 @@ COMPONENTS = [
     *(INPUTS[n] for n in HOST.registry("input").names() if n in INPUTS),
     *(kit.task(n, host=HOST) for n in HOST.registry("task").names()),
     *(kit.pretrainer(n, host=HOST) for n in HOST.registry("pretrainer").names()),
+    *(kit.tracker(n, host=HOST) for n in HOST.registry("tracker").names()),
 ]
+
+
+@pytest.fixture(autouse=True)
+def _no_mlflow_server(monkeypatch):
+    """The mlflow tracker's checks record into the kit's own store; MLflow sends no usage data from the tests."""
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
 
 
 @parametrize_with_checks(COMPONENTS)
@@ -111,7 +121,7 @@ def test_builtin_components_satisfy_their_protocols():
 def test_the_plugin_guide_lists_every_check():
     guide = (Path(__file__).resolve().parents[1] / "docs" / "plugins" / "index.md").read_text(encoding="utf-8")
     for kind, label in [("backbone", "backbone"), ("head", "head"), ("fusion", "fusion"), ("input", "input kind"),
-                        ("task", "task"), ("pretrainer", "pretrainer")]:
+                        ("task", "task"), ("pretrainer", "pretrainer"), ("tracker", "tracker")]:
         row = next(line for line in guide.splitlines() if line.startswith(f"| {label} |"))
         assert re.findall(r"`(\w+)`", row) == kit.check_names(kind), f"docs/plugins/index.md: the {label} row"
 
@@ -410,3 +420,105 @@ def test_kit_names_a_pretrainer_that_would_not_train_what_it_saves(fault, failed
 
     results = kit.check_pretrainer("acme", host=_host_with("pretrainer", method), on_fail=None)
     assert {r.check for r in results if not r.ok} == failed, [(r.check, r.message) for r in results if not r.ok]
+
+
+# --- trackers ---------------------------------------------------------------------------------------------------
+
+class _Recorder:
+    """A tracker that keeps what it is told in a JSON file of its own in the run directory, broken by ``fault``."""
+
+    def __init__(self, run_dir, recipe, fault=""):
+        self.run_dir, self.fault, self.lines = Path(run_dir), fault, None
+
+    def start(self, resume):
+        from lnzoo.track import recall, remember
+
+        if resume and self.fault == "keeps its state in memory only":
+            self.lines.append("resumed")  # None in a new process: the state was never kept in run.json
+        if resume and not recall(self.run_dir, "recorder"):
+            raise RuntimeError("resumed a run it never started")
+        remember(self.run_dir, "recorder", started=True)
+        self.lines = []
+
+    def event(self, event):
+        from lnzoo import events
+
+        if self.fault == "fails on events it does not know":
+            {events.EpochEnded: 1, events.FoldEnded: 2, events.RunEnded: 3, events.StepEnded: 4,
+             events.FoldStarted: 5, events.Note: 6, events.Progress: 7, events.InitLoaded: 8}[type(event)]
+        if isinstance(event, events.EpochEnded):
+            values = [v for v in event.row.values() if isinstance(v, float)]
+            if self.fault == "refuses undefined values" and any(v != v for v in values):
+                raise ValueError("metric is NaN")
+            self.lines.append(event.row)
+        elif isinstance(event, events.RunEnded) and self.fault == "writes into metrics.json":
+            metrics = json.loads((self.run_dir / "metrics.json").read_text())
+            (self.run_dir / "metrics.json").write_text(json.dumps({**metrics, "tracked": True}))
+        elif isinstance(event, events.RunEnded) and self.fault == "rewrites run.json":
+            run = json.loads((self.run_dir / "run.json").read_text())
+            (self.run_dir / "run.json").write_text(json.dumps({**run, "status": "tracked"}))
+
+    def finish(self, status):
+        if self.fault == "knows only finished runs":
+            {"finished": "FINISHED"}[status]
+        (self.run_dir / "recorder.json").write_text(json.dumps({"status": status, "rows": self.lines}, default=str))
+
+
+@pytest.mark.parametrize("fault, failed", [
+    ("", set()),
+    ("refuses undefined values", {"takes_undefined_values"}),
+    ("fails on events it does not know", {"passes_over_unknown_events"}),
+    ("knows only finished runs", {"finishes_with_every_status", "resumes_in_a_new_tracker"}),
+    ("keeps its state in memory only", {"resumes_in_a_new_tracker"}),
+    ("writes into metrics.json", {"leaves_the_run_alone"}),
+    # lnzoo itself refuses a run.json changed behind its back: every check that ends a run fails
+    ("rewrites run.json", {"follows_a_run", "takes_undefined_values", "passes_over_unknown_events",
+                           "resumes_in_a_new_tracker", "leaves_the_run_alone"}),
+])
+def test_kit_names_a_tracker_that_would_stop_or_spoil_a_run(fault, failed):
+    def factory(run_dir, recipe):
+        return _Recorder(run_dir, recipe, fault)
+
+    results = kit.check_tracker("acme", host=_host_with("tracker", factory), on_fail=None)
+    assert [r.check for r in results] == kit.check_names("tracker")
+    assert {r.check for r in results if not r.ok} == failed, [(r.check, r.message) for r in results if not r.ok]
+
+
+def test_kit_names_a_tracker_factory_that_returns_nothing_or_half_a_tracker():
+    results = kit.check_tracker("acme", host=_host_with("tracker", lambda run_dir, recipe: None), on_fail=None)
+    assert {r.check: r.status for r in results}["builds"] == "failed"
+
+    class Half:
+        def __init__(self, run_dir, recipe):
+            pass
+
+        def start(self, resume):
+            pass
+
+    with pytest.raises(kit.ConformanceError, match=r"(?s)satisfies_protocol: .*missing \['event', 'finish'\]"):
+        kit.check_tracker("acme", host=_host_with("tracker", Half))
+
+
+def test_a_tracker_whose_package_is_missing_is_skipped_saying_what_to_install():
+    from lnzoo.track import missing_extra
+
+    def factory(run_dir, recipe):
+        raise missing_extra("acmetrack", "acme")
+
+    results = kit.check_tracker("acme", host=_host_with("tracker", factory), on_fail=None)
+    assert {r.status for r in results} == {"skipped"}
+    assert all("pip install" in r.message and "acmetrack" in r.message for r in results)
+
+
+def test_the_kits_run_sends_every_kind_of_event(tmp_path):
+    """A tracker checked by the kit has seen every event lnzoo emits: a new kind of event joins the kit's run."""
+    import dataclasses
+
+    from lnzoo import events
+    from lnzoo.testing._tracker import run_events
+
+    emitted = {cls for cls in vars(events).values()
+               if dataclasses.is_dataclass(cls) and cls.__module__ == events.__name__}
+    (tmp_path / "run").mkdir()
+    sent = {type(e) for e in run_events(tmp_path / "run")}
+    assert emitted and emitted == sent, f"not in the kit's run: {sorted(c.__name__ for c in emitted - sent)}"

@@ -1,5 +1,6 @@
 """What the kit checks: a registered component (its kind, name, factory arguments, sizes, plugin host and, for an
-input kind, rows), described with :func:`backbone`, :func:`head`, :func:`fusion`, :func:`input_kind` or :func:`task`."""
+input kind, rows), described with :func:`backbone`, :func:`head`, :func:`fusion`, :func:`input_kind`, :func:`task`,
+:func:`pretrainer` or :func:`tracker`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
@@ -11,11 +12,11 @@ from lnzoo import contracts
 from lnzoo.errors import did_you_mean
 from lnzoo.plugins import PluginHost, get_host
 
-KINDS = ("backbone", "head", "fusion", "input", "task", "pretrainer")
+KINDS = ("backbone", "head", "fusion", "input", "task", "pretrainer", "tracker")
 # the sizes the kit builds components at, unless a component asks for others
 SIZES: dict[str, dict[str, int]] = {"backbone": {"image_size": 64}, "head": {"in_features": 32, "num_classes": 3},
                                     "fusion": {"num_views": 2, "in_features": 16}, "input": {"out_features": 16},
-                                    "task": {}, "pretrainer": {"image_size": 32}}
+                                    "task": {}, "pretrainer": {"image_size": 32}, "tracker": {}}
 # the backbone a pretrainer wraps unless it names another: timm's tiny test model
 TEST_BACKBONE: dict[str, Any] = {"name": "timm", "model_name": "test_resnet"}
 
@@ -90,6 +91,8 @@ class Component:
             return self.entry().build(self.num_views, s["in_features"], **self.factory_options())
         if self.kind == "pretrainer":
             return self.build_pretrainer()[1]
+        if self.kind == "tracker":
+            raise TypeError("a tracker is built for a run: factory(run_dir, recipe); its checks build it so")
         return self.entry().build(**self.factory_options())
 
     def build_pretrainer(self) -> tuple[Any, Any]:
@@ -157,9 +160,16 @@ def pretrainer(name: str, *, host: Any = None, image_size: int = 32, wraps: Mapp
     return Component("pretrainer", name, options, {"image_size": image_size}, host, wraps=wraps)
 
 
+def tracker(name: str, *, host: Any = None, **options: Any) -> Component:
+    """An experiment tracker (``train.track``), built as ``factory(run_dir, recipe, **options)`` for a run directory
+    the kit claims in a temporary folder, and run for real through a small run's events."""
+    return Component("tracker", name, options, host=host)
+
+
 # the describers by kind, for check_component(kind, name, ...)
 DESCRIBE: dict[str, Callable[..., Component]] = {"backbone": backbone, "head": head, "fusion": fusion, "task": task,
-                                                 "input": input_kind, "pretrainer": pretrainer}
+                                                 "input": input_kind, "pretrainer": pretrainer,
+                                                 "tracker": tracker}
 
 
 def as_component(c: Any) -> Component:

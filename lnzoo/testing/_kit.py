@@ -12,7 +12,7 @@ from typing import Any
 from lnzoo.errors import did_you_mean
 from lnzoo.plugins import PluginHost
 from lnzoo.testing._component import (DESCRIBE, Component, as_component, backbone, fusion, head, input_kind,
-                                      pretrainer, task)
+                                      pretrainer, task, tracker)
 from lnzoo.testing._registry import CHECKS, NotApplicable
 
 
@@ -231,3 +231,10 @@ def check_pretrainer(name: str, host: PluginHost | None = None, image_size: int 
     default); every failure reported at once."""
     return check_component(pretrainer(name, host=host, image_size=image_size, wraps=wraps, **options),
                            expected_failed=expected_failed, on_fail=on_fail)
+
+
+def check_tracker(name: str, host: PluginHost | None = None, *, expected_failed: Mapping[str, str] | None = None,
+                  on_fail: str | None = "raise", **options: Any) -> list[CheckResult]:
+    """Every tracker check, the tracker following a small run in a temporary folder; every failure reported at
+    once (a tracker whose package is missing: every check skipped, saying what to install)."""
+    return check_component(tracker(name, host=host, **options), expected_failed=expected_failed, on_fail=on_fail)
