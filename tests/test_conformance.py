@@ -124,6 +124,10 @@ def test_the_plugin_guide_lists_every_check():
                         ("task", "task"), ("pretrainer", "pretrainer"), ("tracker", "tracker")]:
         row = next(line for line in guide.splitlines() if line.startswith(f"| {label} |"))
         assert re.findall(r"`(\w+)`", row) == kit.check_names(kind), f"docs/plugins/index.md: the {label} row"
+    tracking = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "tracking.md").read_text(encoding="utf-8")
+    table = tracking[tracking.index("| check | what it asks of the tracker |"):].split("\n\n")[0]
+    named = [name for line in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", line.split("|")[1])]
+    assert named == kit.check_names("tracker"), "docs/guide/tracking.md: the tracker checks' table"
 
 
 # --- the kit itself: components broken on purpose ---------------------------------------------------
