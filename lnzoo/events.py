@@ -64,6 +64,17 @@ class FoldEnded:
 
 
 @dataclass(frozen=True)
+class FoldKept:
+    """A fold fitted before this process (by a job of ``lnzoo sweep``, or before a resumed run was interrupted),
+    kept as it was. ``replay``: the events its fitting emitted, rebuilt from what it kept (FoldStarted, each
+    EpochEnded from its history.csv, FoldEnded), which :mod:`lnzoo.track` sends to a tracker that did not follow
+    that fitting."""
+
+    fold: int
+    replay: tuple[Any, ...] = ()
+
+
+@dataclass(frozen=True)
 class RunEnded:
     out: str
     metrics: dict[str, Any]

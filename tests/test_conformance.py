@@ -515,7 +515,8 @@ def test_a_tracker_whose_package_is_missing_is_skipped_saying_what_to_install():
 
 
 def test_the_kits_run_sends_every_kind_of_event(tmp_path):
-    """A tracker checked by the kit has seen every event lnzoo emits: a new kind of event joins the kit's run."""
+    """A tracker checked by the kit has seen every event lnzoo sends trackers: a new kind of event joins the kit's
+    run (FoldKept never reaches a tracker: lnzoo.track replays the events inside it)."""
     import dataclasses
 
     from lnzoo import events
@@ -524,5 +525,6 @@ def test_the_kits_run_sends_every_kind_of_event(tmp_path):
     emitted = {cls for cls in vars(events).values()
                if dataclasses.is_dataclass(cls) and cls.__module__ == events.__name__}
     (tmp_path / "run").mkdir()
+    emitted.discard(events.FoldKept)
     sent = {type(e) for e in run_events(tmp_path / "run")}
     assert emitted and emitted == sent, f"not in the kit's run: {sorted(c.__name__ for c in emitted - sent)}"

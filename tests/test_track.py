@@ -347,12 +347,12 @@ def test_resume_continues_the_same_mlflow_run(tmp_path):
     class Stop(KeyboardInterrupt):
         pass
 
-    def stop_in_epoch_2(event):  # Ctrl-C in fold 1's second epoch: its first epoch is saved and tracked
-        if isinstance(event, events.StepEnded) and event.epoch == 1:
+    def stop_in_epoch_2(event):  # Ctrl-C in fold 1's second epoch: fold 0 is done, fold 1's first epoch saved
+        if isinstance(event, events.StepEnded) and event.fold == 1 and event.epoch == 1:
             raise Stop
 
     out = tmp_path / "run"
-    sets = [*TINY, "cv.run_folds=[1]", "train.track=['mlflow']"]
+    sets = [*TINY, "cv.run_folds=[0, 1]", "train.track=['mlflow']"]
     with pytest.raises(Stop):
         run(RECIPE, out, stop_in_epoch_2, quick=True, sets=sets, host=get_host(), n_boot=0)
     client, run_id = _client(out)
@@ -365,4 +365,59 @@ def test_resume_continues_the_same_mlflow_run(tmp_path):
     finished = client.get_run(run_id)
     assert finished.info.status == "FINISHED" and "final/malignancy/image/cv/auc" in finished.data.metrics
     assert _steps(client, run_id, "fold1/train_loss") == [1, 2]
+    assert _steps(client, run_id, "fold0/train_loss") == [1, 2]  # the fold done before is not sent again
     assert len(client.search_runs([finished.info.experiment_id])) == 1
+    assert json.loads((out / "run.json").read_text())["tracked_folds"] == {"mlflow": [0, 1]}
+
+
+def test_folds_fitted_by_sweep_jobs_reach_the_tracker_when_the_run_is_gathered(tmp_path):
+    """lnzoo sweep fits each fold in a job of its own, untracked; gathering the run replays each fold's curves (from
+    its history.csv), held-out figures and end to the trackers, then the final metrics, as a run in one process."""
+    import csv
+
+    from lnzoo.pipeline import fit_fold_job, prepare_run, run
+    from lnzoo.plugins import get_host
+    from lnzoo.recipe import load_recipe
+
+    host = get_host()
+    recipe = load_recipe(RECIPE, sets=[*TINY, "cv.run_folds=[0, 2]", "train.track=['mlflow']"], quick=True,
+                         host=host)
+    out = tmp_path / "run"
+    folds = prepare_run(recipe, host, out)
+    for k in folds:  # what each sweep job does, here in turn
+        assert fit_fold_job(out, k, host)
+    assert "tracking" not in json.loads((out / "run.json").read_text())  # a fold job tracks nothing
+    seen = []
+    run(None, out, seen.append, host=host, resume=True, n_boot=0)
+    assert not [e.text for e in seen if isinstance(e, events.Note) and "tracker" in e.text]
+    client, run_id = _client(out)
+    for k in folds:
+        rows = list(csv.DictReader((out / f"fold{k}" / "history.csv").open()))
+        history = sorted(client.get_metric_history(run_id, f"fold{k}/val_loss"), key=lambda m: m.step)
+        assert [m.step for m in history] == [int(r["epoch"]) for r in rows] == [1, 2]
+        assert [m.value for m in history] == pytest.approx([float(r["val_loss"]) for r in rows])
+        assert f"fold{k}/held_out/auc" in client.get_run(run_id).data.metrics
+    finished = client.get_run(run_id)
+    assert finished.info.status == "FINISHED" and "final/malignancy/image/cv/auc" in finished.data.metrics
+    assert json.loads((out / "run.json").read_text())["tracked_folds"] == {"mlflow": folds}
+
+
+def test_a_kept_folds_replay_rebuilds_the_events_of_its_fitting(tiny_run):
+    """The events a fold's fitting emitted, rebuilt from its record: the history rows, the best value so far as the
+    fit picked it, and the held-out figures of its metrics.json entry."""
+    from lnzoo.pipeline.fold import kept_fold_events
+    from lnzoo.pipeline.folds import resumed_recipe
+    from lnzoo.plugins import get_host
+    from lnzoo.rundir import RunDir
+
+    rd = RunDir(tiny_run)
+    recipe = resumed_recipe(rd, get_host())
+    info = next(f for f in rd.metrics()["cross_validation"]["folds"] if f["fold"] == 1)
+    started, *epochs, ended = kept_fold_events(rd, 1, info, recipe)
+    assert isinstance(started, events.FoldStarted) and (started.fold, started.n_train, started.n_held_out) == (
+        1, info["n_train"], info["n_held_out"])
+    assert [e.row["epoch"] for e in epochs] == list(range(1, info["epochs_run"] + 1))
+    monitor = f"val_{recipe.config.train.monitor}"
+    best_row = epochs[info["best_epoch"] - 1].row
+    assert epochs[-1].best == pytest.approx(best_row[monitor], nan_ok=True)
+    assert isinstance(ended, events.FoldEnded) and ended.metrics == info["metrics"]["malignancy"]

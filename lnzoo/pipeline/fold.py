@@ -44,6 +44,22 @@ def _with_calibration(rd: RunDir, k: int, rows: list[dict[str, str]], info: dict
     return rows, {**info, "temperature": temperatures}
 
 
+def kept_fold_events(rd: RunDir, k: int, info: Mapping[str, Any], recipe) -> tuple[Any, ...]:
+    """The events the fitting of fold ``k`` emitted, rebuilt from what it kept (its history.csv, as saved, and its
+    metrics.json entry ``info``): FoldStarted, each EpochEnded, FoldEnded."""
+    from lnzoo.train.loop import best_so_far
+
+    cfg = recipe.config
+    columns = rd.read_histories().get(k, {})
+    rows = [{c: (int(v) if c == "epoch" else v) for c, v in zip(columns, values)}
+            for values in zip(*columns.values())]
+    best = best_so_far(rows, cfg.train.monitor)
+    return (events.FoldStarted(k, cfg.cv.folds, info.get("n_train", 0), info.get("n_validation", 0),
+                               info.get("n_held_out", 0), cfg.train.keep),
+            *(events.EpochEnded(k, cfg.train.epochs, row, b) for row, b in zip(rows, best)),
+            events.FoldEnded(k, dict((info.get("metrics") or {}).get(cfg.tasks.main, {}))))
+
+
 def _fit_fold(k, n_folds, recipe, tasks, tasks_meta, pool, assignment, trainer, rd: RunDir, others, env, emit):
     """Fit fold k, save its checkpoints and curves; return its prediction rows, its metrics.json entry and
     its probabilities on the test and external sets."""

@@ -17,7 +17,7 @@ from lnzoo.errors import UsageError
 from lnzoo.rundir import RunDir
 from lnzoo.data.run_data import data_digest
 from lnzoo.decision import calibrate_tasks
-from lnzoo.pipeline.fold import _fit_fold, _with_calibration
+from lnzoo.pipeline.fold import _fit_fold, _with_calibration, kept_fold_events
 from lnzoo.tasks import Task
 
 
@@ -161,6 +161,7 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
         if done is not None:
             emit(events.Note(f"fold {k}: already fitted (fold{k}/result.json), kept as it was"))
             rows, info = _with_calibration(rd, k, done["rows"], done["info"], tasks)
+            emit(events.FoldKept(k, kept_fold_events(rd, k, info, recipe)))  # for trackers that did not see it
             proba = {p: {t: np.asarray(v) for t, v in d.items()} for p, d in done["proba"].items()}
         else:
             rows, info, proba = prep.fit_fold(k, rd, emit)

@@ -4,7 +4,9 @@ A tracker is a plugin (kind "tracker", hook ``lnzoo_register_trackers``; the bui
 ``tensorboard``) whose factory ``factory(run_dir, recipe, **kw)`` returns a :class:`lnzoo.contracts.Tracker`.
 :func:`open_tracking` checks the names and builds the trackers before anything is trained; :class:`Tracking`
 stands between the pipeline and the caller's ``on_event``: every event goes to the caller first, then to each
-tracker. A tracker is started on the run's first event (the run directory is claimed and its recipe written by
+tracker; a fold fitted where a tracker was not (a job of ``lnzoo sweep``; :class:`lnzoo.events.FoldKept`) is replayed
+to it from the fold's record, once (run.json's ``tracked_folds`` says which folds each tracker has). A tracker is
+started on the run's first event (the run directory is claimed and its recipe written by
 then), and finished when the run ends. A tracker that raises, when built, started, on an event or at the end, is
 reported once by a warning Note and records nothing more; the run itself never stops for it.
 
@@ -81,9 +83,12 @@ class Tracking:
     """``on_event`` for the pipeline when the recipe names trackers: the caller's ``emit`` sees every event first,
     then each tracker that still works; :meth:`close` finishes them with how the run ended."""
 
-    def __init__(self, trackers: Mapping[str, Any], emit: Callable[[Any], None], resume: bool = False):
+    def __init__(self, trackers: Mapping[str, Any], emit: Callable[[Any], None], resume: bool = False,
+                 run_dir: str | Path | None = None):
         self._emit = emit
         self._resume = resume
+        self._run_dir = Path(run_dir) if run_dir is not None else None
+        self._followed: dict[str, set[int]] | None = None  # tracker -> the folds whose FoldEnded it took
         self._waiting = dict(trackers)  # built, not started yet
         self._live: dict[str, Any] = {}  # started, receiving events
         self._open: dict[str, Any] = {}  # started, to be finished (a tracker that failed on an event too)
@@ -100,7 +105,35 @@ class Tracking:
             if self._call(name, "when it started", tracker.start, self._resume):
                 self._live[name] = self._open[name] = tracker
         for name, tracker in list(self._live.items()):
-            self._call(name, f"on {type(event).__name__}", tracker.event, event)
+            if not isinstance(event, events.FoldKept):
+                self._deliver(name, tracker, event)
+            elif event.fold not in self.followed().get(name, set()):  # fitted where this tracker was not
+                for kept in event.replay:
+                    if not self._deliver(name, tracker, kept):
+                        break
+
+    def followed(self) -> dict[str, set[int]]:
+        """Tracker -> the folds it was given whole (their FoldEnded taken), in this process or one before it
+        (run.json's ``tracked_folds``): a fold kept from elsewhere (:class:`lnzoo.events.FoldKept`) is replayed to
+        a tracker only when it is not among them."""
+        if self._followed is None:
+            from lnzoo.rundir import RunDir
+
+            kept = RunDir(self._run_dir).read_json(RunDir.RUN).get("tracked_folds") if self._run_dir else None
+            self._followed = {n: set(map(int, f)) for n, f in (kept or {}).items() if isinstance(f, list)}
+        return self._followed
+
+    def _deliver(self, name: str, tracker: Any, event: Any) -> bool:
+        if not self._call(name, f"on {type(event).__name__}", tracker.event, event):
+            return False
+        if isinstance(event, events.FoldEnded):
+            self.followed().setdefault(name, set()).add(event.fold)
+            if self._run_dir is not None:
+                from lnzoo.rundir import RunDir
+
+                RunDir(self._run_dir, writer=True).update_run(
+                    tracked_folds={n: sorted(f) for n, f in self.followed().items()})
+        return True
 
     @contextlib.contextmanager
     def following(self) -> Iterator["Tracking"]:
@@ -172,7 +205,7 @@ def open_tracking(recipe, out: str | Path, emit: Callable[[Any], None], host, re
                              f"{type(tracker).__name__} without {', '.join(missing)}", "warning"))
             continue
         built[name] = tracker
-    return Tracking(built, emit, resume)
+    return Tracking(built, emit, resume, out)
 
 
 # --- what trackers record ------------------------------------------------------------------------------------

@@ -117,6 +117,31 @@ def sampling_weights(y: np.ndarray, num_classes: int, oversample: bool, values: 
     return w
 
 
+def epoch_score(monitor: str, value: float, loss: float) -> float:
+    """The score an epoch is picked by, higher being better: minus its validation loss when the loss is monitored
+    or the monitored metric is undefined there (NaN: one class only), else the metric's ``value``."""
+    return -loss if monitor == "loss" or not math.isfinite(value) else value
+
+
+def improves(score: float, best: float) -> bool:
+    """Whether an epoch's score beats the best so far (by more than rounding)."""
+    return score > best + 1e-9
+
+
+def best_so_far(history: Sequence[Mapping[str, Any]], monitor: str) -> list[float]:
+    """For each row of a fold's history, the monitored value at the best epoch up to it (``EpochEnded.best``), as
+    the fit picked it."""
+    out: list[float] = []
+    best_score, best_value = -math.inf, math.nan
+    for i, row in enumerate(history):
+        value = float(row.get("val_loss" if monitor == "loss" else f"val_{monitor}", math.nan))
+        score = epoch_score(monitor, value, float(row.get("val_loss", math.nan)))
+        if i == 0 or improves(score, best_score):
+            best_score, best_value = score, value
+        out.append(best_value)
+    return out
+
+
 class Trainer:
     """Fits models for one recipe, fold after fold; ``on_event`` receives :mod:`lnzoo.events` as it goes."""
 
@@ -360,7 +385,7 @@ class Trainer:
         row = {"epoch": run.epoch, "train_loss": train_loss, "val_loss": val_pred.loss,
                f"val_{self.cfg.monitor}": shown, "lr": run.optimizer.param_groups[0]["lr"]}
         result.history.append(row)
-        if score > result.best_score + 1e-9 or run.best_state is None:
+        if improves(score, result.best_score) or run.best_state is None:
             result.best_score, result.best_value, result.best_epoch, run.stale = score, shown, run.epoch, 0
             run.best_state = {k: v.detach().clone() for k, v in result.predictor.model.state_dict().items()}
         else:
@@ -373,16 +398,15 @@ class Trainer:
         """(score to maximise, value to report); an undefined metric falls back to minus the loss."""
         metric = self.cfg.monitor
         if metric == "loss":
-            return -pred.loss, pred.loss
+            return epoch_score(metric, pred.loss, pred.loss), pred.loss
         from lnzoo.evaluation.metrics import classification_metrics
 
         task = self.tasks[self.main]
         y = pred.labels(self.main)
         keep = y != MISSING
-        if keep.sum() == 0 or len(np.unique(y[keep])) < 2:
-            return -pred.loss, float("nan")
-        m = classification_metrics(y[keep], pred.proba[self.main][keep], list(task.classes), task.positive_index)
-        value = m.get(metric)
-        if value is None or not np.isfinite(value):
-            return -pred.loss, float("nan")
-        return float(value), float(value)
+        value = float("nan")
+        if keep.sum() and len(np.unique(y[keep])) >= 2:
+            m = classification_metrics(y[keep], pred.proba[self.main][keep], list(task.classes), task.positive_index)
+            if m.get(metric) is not None and np.isfinite(m[metric]):
+                value = float(m[metric])
+        return epoch_score(metric, value, pred.loss), value
