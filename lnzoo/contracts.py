@@ -101,7 +101,9 @@ class Tracker(Protocol):
     """
 
     def start(self, resume: bool) -> None:
-        """Open (or, on ``--resume``, reopen) whatever the tracker records into."""
+        """Open whatever the tracker records into; ``resume``: this tracker followed this run before (``lnzoo run
+        --resume``), so reopen it. A run gathered by ``lnzoo sweep`` is new to its trackers (False): its folds, fitted
+        by untracked jobs, then arrive as replayed events."""
 
     def event(self, event: Any) -> None:
         """One event of the run."""

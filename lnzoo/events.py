@@ -1,6 +1,7 @@
 """Typed progress events of a run. The pipeline emits them to ``on_event``; only the CLI renders them."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,13 +66,13 @@ class FoldEnded:
 
 @dataclass(frozen=True)
 class FoldKept:
-    """A fold fitted before this process (by a job of ``lnzoo sweep``, or before a resumed run was interrupted),
-    kept as it was. ``replay``: the events its fitting emitted, rebuilt from what it kept (FoldStarted, each
-    EpochEnded from its history.csv, FoldEnded), which :mod:`lnzoo.track` sends to a tracker that did not follow
-    that fitting."""
+    """A fold fitted before this process (by a job of ``lnzoo sweep``, or before a resumed run stopped), kept as it
+    was. ``replay()`` rebuilds, from what the fold kept, the events trackers take of a fitting: FoldStarted, an
+    EpochEnded per row of its history.csv (values as saved there), FoldEnded. :mod:`lnzoo.track` sends a tracker
+    the part of it that tracker has not had; it reads the fold's files only then."""
 
     fold: int
-    replay: tuple[Any, ...] = ()
+    replay: Callable[[], tuple[Any, ...]] = field(default=tuple, repr=False)
 
 
 @dataclass(frozen=True)

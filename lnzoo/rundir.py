@@ -157,23 +157,25 @@ class RunDir:
             w.writerow({key: (f"{v:.6g}" if isinstance(v, float) else v) for key, v in row.items()})
         write_atomic(self.fold_dir(k) / "history.csv", buf.getvalue())
 
+    def read_history(self, k: int) -> dict[str, list[float]]:
+        """Column -> values (numeric columns only) of fold ``k``'s history.csv; {} when it has none."""
+        path = self.fold_dir(k) / "history.csv"
+        if not path.is_file():
+            return {}
+        rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
+        cols: dict[str, list[float]] = {}
+        for key in rows[0] if rows else []:
+            try:
+                cols[key] = [float(r[key]) if r[key] not in ("", None) else NAN for r in rows]
+            except ValueError:
+                continue
+        return cols
+
     def read_histories(self) -> dict[int, dict[str, list[float]]]:
         """Fold -> column -> values (numeric columns only) of every fold's history.csv."""
-        out: dict[int, dict[str, list[float]]] = {}
-        for path in self.path.glob("fold*/history.csv"):
-            m = _FOLD.fullmatch(path.parent.name)
-            if not m:
-                continue
-            rows = list(csv.DictReader(io.StringIO(read_text(path), newline="")))
-            cols: dict[str, list[float]] = {}
-            for key in rows[0] if rows else []:
-                try:
-                    cols[key] = [float(r[key]) if r[key] not in ("", None) else NAN for r in rows]
-                except ValueError:
-                    continue
-            if cols:
-                out[int(m.group(1))] = cols
-        return dict(sorted(out.items()))
+        folds = sorted(int(m.group(1)) for path in self.path.glob("fold*/history.csv")
+                       if (m := _FOLD.fullmatch(path.parent.name)))
+        return {k: cols for k in folds if (cols := self.read_history(k))}
 
     # -- recipe, folds, predictions, JSON files ----------------------------------------------------
     def write_recipe(self, toml_text: str) -> None:

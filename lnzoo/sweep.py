@@ -297,7 +297,7 @@ def run_sweep(sweep_dir: Path, retries: int = 1, max_parallel: int = 0, host=Non
                     if RunDir(sweep_dir / name).status() != "finished":
                         say(f"{name}: every fold fitted; writing its predictions, metrics and report")
                         try:
-                            run_pipeline(None, sweep_dir / name, host=host, resume=True)
+                            run_pipeline(None, sweep_dir / name, _warnings_to(say, name), host=host, resume=True)
                         except Exception as exc:  # noqa: BLE001 - one run's failure must not stop the others
                             failed[f"{name}/gather"] = f"{type(exc).__name__}: {exc}"
                             say(f"{name}: gathering failed ({type(exc).__name__}: {exc}); its folds are kept, "
@@ -319,6 +319,16 @@ def run_sweep(sweep_dir: Path, retries: int = 1, max_parallel: int = 0, host=Non
             stop_local_jobs(sweep_dir, held)
         raise
     return summary(sweep_dir, plan, resubmitted, failed)
+
+
+def _warnings_to(say: Callable[[str], None], run: str) -> Callable[[Any], None]:
+    """``on_event`` for gathering a run: its warnings (a tracker that failed or is off, say) are said, named by run."""
+    from lnzoo import events
+
+    def on_event(event: Any) -> None:
+        if isinstance(event, events.Note) and event.level == "warning":
+            say(f"{run}: warning: {event.text}")
+    return on_event
 
 
 STOP_GRACE_S = 60.0  # how long a stopped local job may take to leave its fold at the last finished epoch

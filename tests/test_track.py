@@ -367,7 +367,8 @@ def test_resume_continues_the_same_mlflow_run(tmp_path):
     assert _steps(client, run_id, "fold1/train_loss") == [1, 2]
     assert _steps(client, run_id, "fold0/train_loss") == [1, 2]  # the fold done before is not sent again
     assert len(client.search_runs([finished.info.experiment_id])) == 1
-    assert json.loads((out / "run.json").read_text())["tracked_folds"] == {"mlflow": [0, 1]}
+    given = json.loads((out / "run.json").read_text())["given_to_trackers"]
+    assert given == {"mlflow": {"epochs": {"0": 2, "1": 2}, "whole": [0, 1]}}
 
 
 def test_folds_fitted_by_sweep_jobs_reach_the_tracker_when_the_run_is_gathered(tmp_path):
@@ -399,25 +400,159 @@ def test_folds_fitted_by_sweep_jobs_reach_the_tracker_when_the_run_is_gathered(t
         assert f"fold{k}/held_out/auc" in client.get_run(run_id).data.metrics
     finished = client.get_run(run_id)
     assert finished.info.status == "FINISHED" and "final/malignancy/image/cv/auc" in finished.data.metrics
-    assert json.loads((out / "run.json").read_text())["tracked_folds"] == {"mlflow": folds}
+    given = json.loads((out / "run.json").read_text())["given_to_trackers"]
+    assert given == {"mlflow": {"epochs": {str(k): 2 for k in folds}, "whole": folds}}
+    assert finished.data.params["train.epochs"] == "2"  # started as a new run (not resumed): the recipe is there
 
 
 def test_a_kept_folds_replay_rebuilds_the_events_of_its_fitting(tiny_run):
-    """The events a fold's fitting emitted, rebuilt from its record: the history rows, the best value so far as the
-    fit picked it, and the held-out figures of its metrics.json entry."""
+    """The events trackers take of a fold's fitting, rebuilt from its record: its start, its history.csv rows, and
+    the held-out figures of its metrics.json entry."""
+    import csv
+
     from lnzoo.pipeline.fold import kept_fold_events
     from lnzoo.pipeline.folds import resumed_recipe
     from lnzoo.plugins import get_host
     from lnzoo.rundir import RunDir
+    from lnzoo.train.loop import best_so_far
 
     rd = RunDir(tiny_run)
     recipe = resumed_recipe(rd, get_host())
     info = next(f for f in rd.metrics()["cross_validation"]["folds"] if f["fold"] == 1)
     started, *epochs, ended = kept_fold_events(rd, 1, info, recipe)
-    assert isinstance(started, events.FoldStarted) and (started.fold, started.n_train, started.n_held_out) == (
-        1, info["n_train"], info["n_held_out"])
-    assert [e.row["epoch"] for e in epochs] == list(range(1, info["epochs_run"] + 1))
-    monitor = f"val_{recipe.config.train.monitor}"
-    best_row = epochs[info["best_epoch"] - 1].row
-    assert epochs[-1].best == pytest.approx(best_row[monitor], nan_ok=True)
-    assert isinstance(ended, events.FoldEnded) and ended.metrics == info["metrics"]["malignancy"]
+    assert isinstance(started, events.FoldStarted) and (started.fold, started.n_folds, started.n_train,
+                                                        started.n_validation, started.n_held_out) == (
+        1, 3, info["n_train"], info["n_validation"], info["n_held_out"])
+    rows = list(csv.DictReader((tiny_run / "fold1" / "history.csv").open()))
+    assert len(epochs) == len(rows) == info["epochs_run"]
+    for event, row in zip(epochs, rows):
+        assert (event.fold, event.epochs) == (1, recipe.config.train.epochs)
+        assert event.row == pytest.approx({k: int(v) if k == "epoch" else float(v) for k, v in row.items()},
+                                          nan_ok=True)
+    assert [e.best for e in epochs] == pytest.approx(best_so_far([e.row for e in epochs],
+                                                                 recipe.config.train.monitor), nan_ok=True)
+    assert isinstance(ended, events.FoldEnded) and ended.fold == 1 and ended.metrics == info["metrics"]["malignancy"]
+
+
+NAN = float("nan")
+
+
+@pytest.mark.parametrize("monitor, rows, best", [
+    ("auc", [(0.6, 1.0), (0.7, 0.9), (0.65, 0.8)], [0.6, 0.7, 0.7]),
+    ("auc", [(0.7, 1.0), (0.7 + 1e-12, 0.9)], [0.7, 0.7]),  # a tie does not move the best epoch
+    ("auc", [(NAN, 1.0), (NAN, 0.8), (0.55, 0.9)], [NAN, NAN, 0.55]),  # undefined: minus the loss picks
+    ("auc", [(NAN, 0.5), (0.6, 1.0)], [NAN, 0.6]),  # -0.5 for the undefined epoch, beaten by an AUC of 0.6
+    ("auc", [(0.6, 1.0), (NAN, 0.5)], [0.6, 0.6]),  # and never beats a defined AUC
+    ("loss", [(1.0, 1.0), (0.8, 0.8), (0.9, 0.9)], [1.0, 0.8, 0.8]),
+])
+def test_the_best_so_far_is_what_the_fit_picks(monitor, rows, best):
+    """EpochEnded.best of a replayed fold: the monitored value at the best epoch so far, by the fit's own rule."""
+    from lnzoo.train.loop import best_so_far
+
+    history = [{"epoch": i + 1, "train_loss": 1.0, "val_loss": loss, f"val_{monitor}": value}
+               for i, (value, loss) in enumerate(rows)]
+    assert best_so_far(history, monitor) == pytest.approx(best, nan_ok=True)
+
+
+# -- what each tracker was given, across processes ----------------------------------------------------------------
+
+class _Fake:
+    """A tracker that keeps, in memory, what it was given: ("start", resume), (fold, epoch) per epoch, ("end", fold)."""
+
+    def __init__(self, fail_on_epoch=None):
+        self.seen, self.fail_on_epoch = [], fail_on_epoch
+
+    def start(self, resume):
+        self.seen.append(("start", resume))
+
+    def event(self, event):
+        if isinstance(event, events.EpochEnded):
+            if (event.fold, event.row["epoch"]) == self.fail_on_epoch:
+                raise RuntimeError("store unreachable")
+            self.seen.append((event.fold, event.row["epoch"]))
+        elif isinstance(event, events.FoldStarted):
+            self.seen.append(("fold", event.fold))
+        elif isinstance(event, events.FoldEnded):
+            self.seen.append(("end", event.fold))
+
+    def finish(self, status):
+        self.seen.append(("finish", status))
+
+
+def _fold_events(fold, epochs):
+    return [events.FoldStarted(fold, 3, 10, 2, 4, "best"),
+            *(events.EpochEnded(fold, 3, {"epoch": e, "val_loss": 1.0 / e}, 1.0) for e in epochs),
+            events.FoldEnded(fold, {"auc": 0.7})]
+
+
+def _kept(fold, epochs=(1, 2, 3)):
+    return events.FoldKept(fold, lambda: tuple(_fold_events(fold, epochs)))
+
+
+def test_each_tracker_is_replayed_only_what_it_lacks_of_each_kept_fold(tmp_path):
+    """A process that stopped in fold 1's second epoch; then a resumed one with a second tracker added: the first
+    tracker is sent fold 1's third epoch and end only, the new one everything; a gather retried sends nothing."""
+    from lnzoo.rundir import RunDir
+    from lnzoo.track import Tracking
+
+    notes = []
+    with RunDir(tmp_path, writer=True).writing(done="interrupted") as rd:
+        rd.write_recipe("name = 'kept'\n")
+        first = _Fake()
+        tracking = Tracking({"a": first}, notes.append, run_dir=tmp_path)
+        for event in [*_fold_events(0, (1, 2, 3)), *_fold_events(1, (1, 2))[:-1]]:
+            tracking(event)
+        tracking.close("interrupted")
+    assert json.loads((tmp_path / "run.json").read_text())["given_to_trackers"] == {
+        "a": {"epochs": {"0": 3, "1": 2}, "whole": [0]}}
+
+    with RunDir(tmp_path, writer=True).writing(resume=True, done="interrupted"):
+        again, new, broken = _Fake(), _Fake(), _Fake(fail_on_epoch=(0, 2))
+        tracking = Tracking({"a": again, "new": new, "broken": broken}, notes.append, resume=True, run_dir=tmp_path)
+        for event in (events.Note("resuming"), _kept(0), _kept(1), *_fold_events(2, (1,))):
+            tracking(event)
+        tracking.close("finished")
+    assert again.seen == [("start", True), (1, 3), ("end", 1), ("fold", 2), (2, 1), ("end", 2), ("finish", "finished")]
+    assert new.seen == [("start", False), ("fold", 0), (0, 1), (0, 2), (0, 3), ("end", 0), ("fold", 1), (1, 1),
+                        (1, 2), (1, 3), ("end", 1), ("fold", 2), (2, 1), ("end", 2), ("finish", "finished")]
+    assert broken.seen == [("start", False), ("fold", 0), (0, 1), ("finish", "finished")]  # stopped at its failure
+    warnings = [n.text for n in notes if isinstance(n, events.Note) and n.level == "warning"]
+    assert len(warnings) == 1 and "tracker 'broken' failed on EpochEnded" in warnings[0]
+
+    with RunDir(tmp_path, writer=True).writing(resume=True):  # lnzoo sweep --resume gathers once more
+        last = _Fake()
+        tracking = Tracking({"a": last}, notes.append, resume=True, run_dir=tmp_path)
+        for event in (_kept(0), _kept(1), _kept(2, (1,))):
+            tracking(event)
+        tracking.close("finished")
+    assert last.seen == [("start", True), ("finish", "finished")]
+
+
+def test_a_kept_fold_whose_record_cannot_be_read_is_a_warning_not_a_stop(tmp_path):
+    from lnzoo.rundir import RunDir
+    from lnzoo.track import Tracking
+
+    def unreadable():
+        raise ValueError("fold0/history.csv: not valid UTF-8")
+
+    notes, tracker = [], _Fake()
+    with RunDir(tmp_path, writer=True).writing():
+        tracking = Tracking({"a": tracker}, notes.append, run_dir=tmp_path)
+        for event in (events.FoldKept(0, unreadable), _kept(1, (1,))):
+            tracking(event)
+        tracking.close("finished")
+    assert tracker.seen == [("start", False), ("fold", 1), (1, 1), ("end", 1), ("finish", "finished")]
+    assert [n.text for n in notes if isinstance(n, events.Note)] == [
+        "fold 0 could not be replayed to the trackers (ValueError: fold0/history.csv: not valid UTF-8); they lack "
+        "its curves and held-out figures"]
+
+
+def test_a_sweep_says_the_warnings_of_gathering_a_run():
+    from lnzoo.sweep import _warnings_to
+
+    said = []
+    on_event = _warnings_to(said.append, "stage1-seed0")
+    for event in (events.Note("fold 0: already fitted"), events.Note("tracker 'mlflow' failed", "warning"),
+                  events.EpochEnded(0, 2, {"epoch": 1}, 0.5)):
+        on_event(event)
+    assert said == ["stage1-seed0: warning: tracker 'mlflow' failed"]

@@ -45,12 +45,12 @@ def _with_calibration(rd: RunDir, k: int, rows: list[dict[str, str]], info: dict
 
 
 def kept_fold_events(rd: RunDir, k: int, info: Mapping[str, Any], recipe) -> tuple[Any, ...]:
-    """The events the fitting of fold ``k`` emitted, rebuilt from what it kept (its history.csv, as saved, and its
-    metrics.json entry ``info``): FoldStarted, each EpochEnded, FoldEnded."""
+    """The events trackers take of fold ``k``'s fitting, rebuilt from what it kept (its history.csv, values as saved,
+    and its metrics.json entry ``info``): FoldStarted, each EpochEnded, FoldEnded (:class:`lnzoo.events.FoldKept`)."""
     from lnzoo.train.loop import best_so_far
 
     cfg = recipe.config
-    columns = rd.read_histories().get(k, {})
+    columns = rd.read_history(k)
     rows = [{c: (int(v) if c == "epoch" else v) for c, v in zip(columns, values)}
             for values in zip(*columns.values())]
     best = best_so_far(rows, cfg.train.monitor)

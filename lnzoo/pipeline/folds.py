@@ -161,7 +161,7 @@ def _fit_folds(recipe, host, rd: RunDir, emit: Callable[[Any], None], resume: bo
         if done is not None:
             emit(events.Note(f"fold {k}: already fitted (fold{k}/result.json), kept as it was"))
             rows, info = _with_calibration(rd, k, done["rows"], done["info"], tasks)
-            emit(events.FoldKept(k, kept_fold_events(rd, k, info, recipe)))  # for trackers that did not see it
+            emit(events.FoldKept(k, functools.partial(kept_fold_events, rd, k, info, recipe)))
             proba = {p: {t: np.asarray(v) for t, v in d.items()} for p, d in done["proba"].items()}
         else:
             rows, info, proba = prep.fit_fold(k, rd, emit)

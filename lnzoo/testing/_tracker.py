@@ -99,6 +99,7 @@ def _fold(fold: int, epochs: range = range(1, EPOCHS + 1), defined: bool = True)
 
 def _end(run_dir: Path) -> events.RunEnded:
     """The run's end: metrics.json and report.html written, as lnzoo writes them before RunEnded."""
+    from lnzoo.files import write_atomic
     from lnzoo.rundir import RunDir
 
     metrics = {"recipe": RECIPE["name"], "main_task": "malignancy", "folds_run": list(range(FOLDS)),
@@ -106,8 +107,7 @@ def _end(run_dir: Path) -> events.RunEnded:
                                                               "confusion_matrix": [[8, 2], [4, 6]]}}}}
     rd = RunDir(run_dir, writer=True)
     rd.write_json(rd.METRICS, metrics)
-    report = run_dir / "report.html"
-    report.write_text("<!doctype html><title>lnzoo kit run</title><p>AUC 0.71</p>\n", encoding="utf-8")
+    report = write_atomic(run_dir / "report.html", "<!doctype html><title>lnzoo kit run</title><p>AUC 0.71</p>\n")
     return events.RunEnded(str(run_dir), metrics, str(report))
 
 
@@ -119,9 +119,16 @@ def run_events(run_dir: Path) -> list[Any]:
 
 
 def _follow(tracker: Any, evs: list[Any], resume: bool = False, status: str | None = "finished") -> None:
+    """Start, every event, finish with ``status``; a tracker that raises is finished "failed" (as lnzoo finishes
+    it), its own error the one reported."""
     tracker.start(resume)
-    for event in evs:
-        tracker.event(event)
+    try:
+        for event in evs:
+            tracker.event(event)
+    except BaseException:
+        with contextlib.suppress(Exception):
+            tracker.finish("failed")
+        raise
     if status is not None:
         tracker.finish(status)
 

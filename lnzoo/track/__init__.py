@@ -81,18 +81,26 @@ def tracker_names(recipe, host) -> list[str]:
 
 class Tracking:
     """``on_event`` for the pipeline when the recipe names trackers: the caller's ``emit`` sees every event first,
-    then each tracker that still works; :meth:`close` finishes them with how the run ended."""
+    then each tracker that still works; :meth:`close` finishes them with how the run ended.
+
+    What each tracker was given of the run's folds is kept in run.json (``given_to_trackers``: per tracker, the last
+    epoch it had of each fold and the folds it had whole). A fold fitted where the tracker was not
+    (:class:`lnzoo.events.FoldKept`: a job of ``lnzoo sweep``, a process before ``--resume``) is replayed to it from
+    the fold's record, only what it lacks; ``start(resume)`` is True only for a tracker that followed the run before.
+    """
 
     def __init__(self, trackers: Mapping[str, Any], emit: Callable[[Any], None], resume: bool = False,
                  run_dir: str | Path | None = None):
         self._emit = emit
         self._resume = resume
         self._run_dir = Path(run_dir) if run_dir is not None else None
-        self._followed: dict[str, set[int]] | None = None  # tracker -> the folds whose FoldEnded it took
         self._waiting = dict(trackers)  # built, not started yet
         self._live: dict[str, Any] = {}  # started, receiving events
         self._open: dict[str, Any] = {}  # started, to be finished (a tracker that failed on an event too)
         self.failed: dict[str, str] = {}  # name -> what went wrong (reported once)
+        self._given: dict[str, dict[str, Any]] | None = None  # run.json's given_to_trackers, read when first needed
+        self._kept: tuple[Any, tuple[Any, ...] | None] = (None, None)  # a FoldKept and its replay, built once
+        self._unsaved = False
 
     @property
     def names(self) -> list[str]:
@@ -102,38 +110,84 @@ class Tracking:
         self._emit(event)
         for name in list(self._waiting):
             tracker = self._waiting.pop(name)
-            if self._call(name, "when it started", tracker.start, self._resume):
+            before = self._run_dir is None or name in self.given() or bool(recall(self._run_dir, name))
+            if self._call(name, "when it started", tracker.start, self._resume and before):
                 self._live[name] = self._open[name] = tracker
+                self.given().setdefault(name, {"epochs": {}, "whole": []})
+                self._unsaved = True
         for name, tracker in list(self._live.items()):
-            if not isinstance(event, events.FoldKept):
+            if isinstance(event, events.FoldKept):
+                self._replay(name, tracker, event)
+            else:
                 self._deliver(name, tracker, event)
-            elif event.fold not in self.followed().get(name, set()):  # fitted where this tracker was not
-                for kept in event.replay:
-                    if not self._deliver(name, tracker, kept):
-                        break
+        self._save()
 
-    def followed(self) -> dict[str, set[int]]:
-        """Tracker -> the folds it was given whole (their FoldEnded taken), in this process or one before it
-        (run.json's ``tracked_folds``): a fold kept from elsewhere (:class:`lnzoo.events.FoldKept`) is replayed to
-        a tracker only when it is not among them."""
-        if self._followed is None:
+    def given(self) -> dict[str, dict[str, Any]]:
+        """Tracker -> ``{"epochs": {fold: the last epoch it had}, "whole": [the folds it had to their end]}``."""
+        if self._given is None:
             from lnzoo.rundir import RunDir
 
-            kept = RunDir(self._run_dir).read_json(RunDir.RUN).get("tracked_folds") if self._run_dir else None
-            self._followed = {n: set(map(int, f)) for n, f in (kept or {}).items() if isinstance(f, list)}
-        return self._followed
+            kept = RunDir(self._run_dir).read_json(RunDir.RUN).get("given_to_trackers") if self._run_dir else None
+            self._given = {name: {"epochs": dict(g.get("epochs") or {}), "whole": list(g.get("whole") or [])}
+                           for name, g in (kept or {}).items() if isinstance(g, Mapping)}
+        return self._given
 
     def _deliver(self, name: str, tracker: Any, event: Any) -> bool:
         if not self._call(name, f"on {type(event).__name__}", tracker.event, event):
             return False
-        if isinstance(event, events.FoldEnded):
-            self.followed().setdefault(name, set()).add(event.fold)
-            if self._run_dir is not None:
-                from lnzoo.rundir import RunDir
-
-                RunDir(self._run_dir, writer=True).update_run(
-                    tracked_folds={n: sorted(f) for n, f in self.followed().items()})
+        mine = self.given()[name]
+        if isinstance(event, events.FoldStarted):
+            mine["epochs"].setdefault(str(event.fold), 0)
+        elif isinstance(event, events.EpochEnded):
+            fold = str(event.fold)
+            mine["epochs"][fold] = max(int(event.row.get("epoch", 0)), int(mine["epochs"].get(fold, 0)))
+        elif isinstance(event, events.FoldEnded) and event.fold not in mine["whole"]:
+            mine["whole"].append(event.fold)
+        else:
+            return True
+        self._unsaved = True
         return True
+
+    def _replay(self, name: str, tracker: Any, event: events.FoldKept) -> None:
+        """What ``name`` lacks of a kept fold: its start, the epochs after the last it had, its end."""
+        mine = self.given()[name]
+        fold = str(event.fold)
+        if event.fold in mine["whole"]:
+            return
+        for kept in self._replayed(event):
+            if isinstance(kept, events.FoldStarted) and fold in mine["epochs"]:
+                continue
+            if isinstance(kept, events.EpochEnded) and int(kept.row.get("epoch", 0)) <= mine["epochs"].get(fold, 0):
+                continue
+            if not self._deliver(name, tracker, kept):
+                return
+
+    def _replayed(self, event: events.FoldKept) -> tuple[Any, ...]:
+        """The kept fold's events, rebuilt once for every tracker; none (with a warning) when its record cannot be
+        read: the trackers then lack that fold's curves, and the run goes on."""
+        if self._kept[0] is not event:
+            try:
+                replay: tuple[Any, ...] | None = tuple(event.replay())
+            except Exception as exc:  # noqa: BLE001 - tracking never stops the run
+                replay = None
+                self._emit(events.Note(f"fold {event.fold} could not be replayed to the trackers ({type(exc).__name__}:"
+                                       f" {exc}); they lack its curves and held-out figures", "warning"))
+            self._kept = (event, replay)
+        return self._kept[1] or ()
+
+    def _save(self) -> None:
+        """Keep :meth:`given` in run.json, where the next ``--resume`` reads it."""
+        if not self._unsaved or self._run_dir is None:
+            return
+        self._unsaved = False
+        from lnzoo.rundir import RunDir
+
+        try:
+            RunDir(self._run_dir, writer=True).update_run(given_to_trackers=self.given())
+        except Exception as exc:  # noqa: BLE001 - tracking never stops the run; lnzoo's own next write will say more
+            self._emit(events.Note(f"what the trackers were given could not be written to run.json "
+                                   f"({type(exc).__name__}: {exc}); a later --resume may send them events again",
+                                   "warning"))
 
     @contextlib.contextmanager
     def following(self) -> Iterator["Tracking"]:
